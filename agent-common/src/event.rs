@@ -1,0 +1,148 @@
+//! Events the kernel sends to the daemon through the ring buffer.
+//!
+//! Every record starts with an [`EventHeader`]; `kind` says which body
+//! follows and `size` how many bytes the whole record has, so a reader can
+//! skip kinds it does not know. Bump [`EVENT_VERSION`] on any layout change.
+
+use core::mem::size_of;
+
+/// Layout version of the records below.
+pub const EVENT_VERSION: u16 = 1;
+
+/// Record kinds. Stored in [`EventHeader::kind`].
+pub mod kind {
+    /// A network connect or send: [`super::ConnectEvent`].
+    pub const CONNECT: u16 = 1;
+    /// A file access: [`super::FileEvent`].
+    pub const FILE: u16 = 2;
+}
+
+/// The hook that decided. Stored in [`EventHeader::hook`].
+pub mod hook {
+    /// `cgroup/connect4`.
+    pub const CONNECT4: u16 = 1;
+    /// `cgroup/connect6`.
+    pub const CONNECT6: u16 = 2;
+    /// `cgroup/sendmsg4`.
+    pub const SENDMSG4: u16 = 3;
+    /// `cgroup/sendmsg6`.
+    pub const SENDMSG6: u16 = 4;
+    /// `cgroup/sock_create`.
+    pub const SOCK_CREATE: u16 = 5;
+    /// LSM `file_open`.
+    pub const FILE_OPEN: u16 = 16;
+    /// LSM `bprm_check_security`.
+    pub const BPRM_CHECK: u16 = 17;
+    /// LSM `mmap_file`.
+    pub const MMAP_FILE: u16 = 18;
+}
+
+/// Bytes of the process name carried in every event.
+pub const COMM_BYTES: usize = 16;
+
+/// Common prefix of every event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// [`EVENT_VERSION`].
+    pub version: u16,
+    /// One of [`kind`].
+    pub kind: u16,
+    /// Size of the whole record in bytes.
+    pub size: u32,
+    /// `bpf_ktime_get_boot_ns` at the decision.
+    pub time_boot_ns: u64,
+    /// cgroup v2 id of the process.
+    pub cgroup_id: u64,
+    /// Agent id.
+    pub agent_id: u32,
+    /// Thread id (kernel `pid`).
+    pub pid: u32,
+    /// Process id (kernel `tgid`).
+    pub tgid: u32,
+    /// Real uid.
+    pub uid: u32,
+    /// Real gid.
+    pub gid: u32,
+    /// tgid of the agent's root process.
+    pub root_tgid: u32,
+    /// One of [`hook`].
+    pub hook: u16,
+    /// A [`crate::verdict::Verdict`] as `u8`.
+    pub verdict: u8,
+    /// The agent's [`crate::verdict::mode`].
+    pub mode: u8,
+    /// Id of the deciding rule (0 when a default decided without a rule).
+    pub rule_id: u32,
+    /// Policy generation the decision was made under.
+    pub generation: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// `comm` of the thread, NUL-padded.
+    pub comm: [u8; COMM_BYTES],
+}
+const _: () = assert!(size_of::<EventHeader>() == 80);
+
+/// A connect or send decision.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectEvent {
+    /// Common header; `kind` is [`kind::CONNECT`].
+    pub header: EventHeader,
+    /// `AF_INET` or `AF_INET6` as the caller used it.
+    pub family: u16,
+    /// Destination port, host order.
+    pub port: u16,
+    /// `IPPROTO_*` of the socket.
+    pub protocol: u8,
+    /// `SOCK_*` type of the socket.
+    pub sock_type: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 2],
+    /// Destination, IPv6 or IPv4-mapped, network order.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<ConnectEvent>() == 80 + 24);
+
+/// Path bytes carried in a file event.
+pub const EVENT_PATH_BYTES: usize = 512;
+
+/// Bits of [`FileEvent::flags`].
+pub mod file_flags {
+    /// The path was longer than [`super::EVENT_PATH_BYTES`] and is cut.
+    pub const PATH_TRUNCATED: u32 = 1 << 0;
+    /// The path could not be resolved at all.
+    pub const PATH_UNRESOLVED: u32 = 1 << 1;
+}
+
+/// A file access decision.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileEvent {
+    /// Common header; `kind` is [`kind::FILE`].
+    pub header: EventHeader,
+    /// Right set requested (bits of [`crate::files::right`]).
+    pub rights: u32,
+    /// Right set that was denied.
+    pub denied_rights: u32,
+    /// Bit set of [`file_flags`].
+    pub flags: u32,
+    /// Length of the path in `path`, without the NUL.
+    pub path_len: u32,
+    /// The resolved absolute path.
+    pub path: [u8; EVENT_PATH_BYTES],
+}
+const _: () = assert!(size_of::<FileEvent>() == 80 + 16 + EVENT_PATH_BYTES);
+
+impl Default for FileEvent {
+    fn default() -> Self {
+        Self {
+            header: EventHeader::default(),
+            rights: 0,
+            denied_rights: 0,
+            flags: 0,
+            path_len: 0,
+            path: [0; EVENT_PATH_BYTES],
+        }
+    }
+}

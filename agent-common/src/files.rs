@@ -1,0 +1,75 @@
+//! File rule maps: an LPM trie of path prefixes.
+//!
+//! Paths are matched on component boundaries: a rule for `/x/.ssh` is stored
+//! as `/x/.ssh/`, and the kernel appends `/` to the path it looks up, so
+//! `/x/.ssh` and `/x/.ssh/id` match while `/x/.ssh_old` does not.
+
+use core::mem::size_of;
+
+/// Path bytes held in a key. Rules longer than this are rejected at policy
+/// check; longer paths are matched on their first `PATH_KEY_BYTES` bytes.
+pub const PATH_KEY_BYTES: usize = 248;
+
+/// Bits of the key in front of the path (generation and agent id).
+pub const FILE_KEY_HEADER_BITS: u32 = 64;
+
+/// Data part of a file LPM trie key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    /// Policy generation, big-endian.
+    pub generation: [u8; 4],
+    /// Agent id, big-endian.
+    pub agent_id: [u8; 4],
+    /// Path bytes, with a `/` after the last component.
+    pub path: [u8; PATH_KEY_BYTES],
+}
+const _: () = assert!(size_of::<FileKey>() == 256);
+
+impl Default for FileKey {
+    fn default() -> Self {
+        Self {
+            generation: [0; 4],
+            agent_id: [0; 4],
+            path: [0; PATH_KEY_BYTES],
+        }
+    }
+}
+
+/// Index of each right in [`FileValue`].
+pub mod right {
+    /// Open for reading.
+    pub const READ: usize = 0;
+    /// Open for writing, truncate, chmod.
+    pub const WRITE: usize = 1;
+    /// Create a file, directory or link.
+    pub const CREATE: usize = 2;
+    /// Unlink or rmdir.
+    pub const DELETE: usize = 3;
+    /// Rename (either end).
+    pub const RENAME: usize = 4;
+    /// Execute or map executable.
+    pub const EXEC: usize = 5;
+    /// Number of rights.
+    pub const COUNT: usize = 6;
+    /// Bit of a right in a right set.
+    pub const fn bit(right: usize) -> u32 {
+        1 << right
+    }
+}
+
+/// Slots per value; more than [`right::COUNT`] so rights can be added later
+/// without changing the layout.
+pub const RIGHT_SLOTS: usize = 8;
+
+/// Value of a file rule: one decision per right, already resolved against
+/// the less specific prefixes that cover this one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileValue {
+    /// One of [`crate::verdict::decision`] per right.
+    pub decisions: [u8; RIGHT_SLOTS],
+    /// Rule id reported per right.
+    pub rule_ids: [u32; RIGHT_SLOTS],
+}
+const _: () = assert!(size_of::<FileValue>() == 40);

@@ -1,0 +1,74 @@
+//! Which process belongs to which agent, and per-agent settings.
+
+use core::mem::size_of;
+
+/// How a process became an agent. Stored in [`AgentRecord::admission`].
+pub mod admission {
+    /// Placed by `baton exec`.
+    pub const EXEC: u8 = 1;
+    /// Inherited from its parent at fork.
+    pub const FORK: u8 = 2;
+    /// Found in a selected cgroup or systemd unit.
+    pub const CGROUP: u8 = 3;
+    /// Exec'd a selected executable.
+    pub const EXECUTABLE: u8 = 4;
+}
+
+/// Value of the `tgid → agent` map, the authoritative identity record.
+///
+/// Set when a process is admitted, copied to children at fork, removed when
+/// the last thread of the process exits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentRecord {
+    /// The agent's numeric id, allocated by the daemon and stable across reloads.
+    pub agent_id: u32,
+    /// The tgid of the process that was admitted; descendants keep it, so the
+    /// audit trail can show the chain back to the agent's root process.
+    pub root_tgid: u32,
+    /// One of [`admission`].
+    pub admission: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(size_of::<AgentRecord>() == 16);
+
+/// Key of the per-generation agent settings map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AgentPolicyKey {
+    /// Policy generation the entry belongs to.
+    pub generation: u32,
+    /// Agent id.
+    pub agent_id: u32,
+}
+const _: () = assert!(size_of::<AgentPolicyKey>() == 8);
+
+/// Per-generation, per-agent settings.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentPolicy {
+    /// One of [`crate::verdict::mode`].
+    pub mode: u8,
+    /// Decision when no egress rule matches.
+    pub egress_default: u8,
+    /// Decision when no file rule matches.
+    pub file_default: u8,
+    /// Decision when no exec rule matches.
+    pub exec_default: u8,
+    /// Bit set of [`policy_flags`].
+    pub flags: u32,
+    /// Rule id reported when the egress default decides.
+    pub egress_default_rule: u32,
+    /// Rule id reported when the file default decides.
+    pub file_default_rule: u32,
+}
+const _: () = assert!(size_of::<AgentPolicy>() == 16);
+
+/// Bits of [`AgentPolicy::flags`].
+pub mod policy_flags {
+    /// Record allowed connects too.
+    pub const LOG_ALLOWED_EGRESS: u32 = 1 << 0;
+    /// Record allowed file accesses too.
+    pub const LOG_ALLOWED_FILES: u32 = 1 << 1;
+}

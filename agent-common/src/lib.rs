@@ -1,0 +1,67 @@
+//! Types shared by Baton's kernel programs (`agent-ebpf`) and its daemon (`agent`).
+//!
+//! Every type here crosses the user/kernel boundary, either as a BPF map key or
+//! value, a read-only global, or a ring-buffer event. They are all `#[repr(C)]`,
+//! `Copy`, carry explicit padding so no byte is left uninitialised, and have
+//! their size pinned by a compile-time assertion: a layout change breaks the
+//! build instead of silently desynchronising the kernel and the daemon.
+//!
+//! Enable the `user` feature in userspace to get `aya::Pod` implementations.
+#![no_std]
+#![deny(missing_docs)]
+
+pub mod egress;
+pub mod event;
+pub mod files;
+pub mod identity;
+pub mod offsets;
+pub mod verdict;
+
+/// Names of the BPF maps, shared so both sides spell them the same way.
+pub mod map_names {
+    /// `tgid → AgentRecord`: which agent a process belongs to.
+    pub const AGENT_OF_TGID: &str = "AGENT_OF_TGID";
+    /// `AgentPolicyKey → AgentPolicy`: per-generation, per-agent settings.
+    pub const AGENT_POLICIES: &str = "AGENT_POLICIES";
+    /// One-element array holding the generation every program must use.
+    pub const ACTIVE_GENERATION: &str = "ACTIVE_GENERATION";
+    /// LPM trie of egress rules.
+    pub const EGRESS_RULES: &str = "EGRESS_RULES";
+    /// Array of port tables referenced by egress rules.
+    pub const EGRESS_PORT_TABLES: &str = "EGRESS_PORT_TABLES";
+    /// LPM trie of file rules.
+    pub const FILE_RULES: &str = "FILE_RULES";
+    /// Ring buffer of events.
+    pub const EVENTS: &str = "EVENTS";
+    /// Per-CPU counters of events that could not be queued.
+    pub const EVENT_DROPS: &str = "EVENT_DROPS";
+}
+
+/// Implements `aya::Pod` for shared types when the `user` feature is on.
+#[cfg(feature = "user")]
+macro_rules! impl_pod {
+    ($($ty:ty),* $(,)?) => {
+        $(
+            // SAFETY: the type is `#[repr(C)]`, `Copy`, and has explicit padding
+            // fields, so every byte pattern is valid and none is uninitialised.
+            unsafe impl aya::Pod for $ty {}
+        )*
+    };
+}
+
+#[cfg(feature = "user")]
+impl_pod!(
+    identity::AgentRecord,
+    identity::AgentPolicyKey,
+    identity::AgentPolicy,
+    egress::EgressKey,
+    egress::EgressValue,
+    egress::PortRule,
+    egress::PortTable,
+    files::FileKey,
+    files::FileValue,
+    offsets::KernelOffsets,
+    event::EventHeader,
+    event::ConnectEvent,
+    event::FileEvent,
+);

@@ -1,0 +1,35 @@
+//! Kernel struct offsets, resolved from the running kernel's BTF at load time.
+//!
+//! Rust eBPF has no CO-RE relocations, and these offsets really differ between
+//! kernels (`file.f_path` is at byte 16 on 6.1 and 64 on 6.12), so the daemon
+//! reads them from `/sys/kernel/btf/vmlinux` and hands them to the programs as
+//! one read-only global. The verifier sees them as constants.
+
+use core::mem::size_of;
+
+/// Offsets (in bytes) of the kernel struct members the programs read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `struct file.f_path`.
+    pub file_f_path: u32,
+    /// `struct file.f_mode`.
+    pub file_f_mode: u32,
+    /// `struct task_struct.pid`.
+    pub task_pid: u32,
+    /// `struct task_struct.tgid`.
+    pub task_tgid: u32,
+    /// `struct task_struct.signal`.
+    pub task_signal: u32,
+    /// `struct signal_struct.live`.
+    pub signal_live: u32,
+    /// Non-zero once the daemon has filled the offsets in; programs refuse to
+    /// read kernel memory before that.
+    pub resolved: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<KernelOffsets>() == 32);
+
+/// Name of the global holding [`KernelOffsets`] in the eBPF object.
+pub const KERNEL_OFFSETS_GLOBAL: &str = "KERNEL_OFFSETS";

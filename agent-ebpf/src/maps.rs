@@ -1,0 +1,110 @@
+//! Every map and global the programs share. Names match
+//! `agent_common::map_names`; sizes are the capacity the daemon reports.
+
+use agent_common::{
+    egress::{EgressKey, EgressValue, PORT_TABLES_PER_GENERATION, PortTable},
+    files::{FileKey, FileValue},
+    identity::{AgentPolicy, AgentPolicyKey, AgentRecord},
+    offsets::KernelOffsets,
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
+};
+
+/// Processes an agent may have at once, host-wide.
+const MAX_AGENT_PROCESSES: u32 = 65_536;
+
+#[map(name = "AGENT_OF_TGID")]
+pub static AGENT_OF_TGID: HashMap<u32, AgentRecord> =
+    HashMap::with_max_entries(MAX_AGENT_PROCESSES, 0);
+
+#[map(name = "AGENT_POLICIES")]
+pub static AGENT_POLICIES: HashMap<AgentPolicyKey, AgentPolicy> =
+    HashMap::with_max_entries(4096, 0);
+
+#[map(name = "ACTIVE_GENERATION")]
+pub static ACTIVE_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map(name = "EGRESS_RULES")]
+pub static EGRESS_RULES: LpmTrie<EgressKey, EgressValue> = LpmTrie::with_max_entries(65_536, 0);
+
+#[map(name = "EGRESS_PORT_TABLES")]
+pub static EGRESS_PORT_TABLES: Array<PortTable> =
+    Array::with_max_entries(2 * PORT_TABLES_PER_GENERATION, 0);
+
+#[map(name = "FILE_RULES")]
+pub static FILE_RULES: LpmTrie<FileKey, FileValue> = LpmTrie::with_max_entries(65_536, 0);
+
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Events that could not be queued, per agent and per CPU.
+#[map(name = "EVENT_DROPS")]
+pub static EVENT_DROPS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(4096, 0);
+
+/// Bytes `bpf_d_path` may write: the kernel's `PATH_MAX`.
+pub const PATH_BUF_BYTES: usize = 4096;
+
+/// Per-CPU scratch space for path resolution; the 512-byte stack cannot hold
+/// a path or an LPM key.
+#[repr(C)]
+pub struct PathScratch {
+    pub key: Key<FileKey>,
+    pub buf: [u8; PATH_BUF_BYTES],
+}
+
+#[map(name = "PATH_SCRATCH")]
+pub static PATH_SCRATCH: PerCpuArray<PathScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Filled in by the daemon from the running kernel's BTF before load.
+#[unsafe(no_mangle)]
+static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
+    file_f_path: 0,
+    file_f_mode: 0,
+    task_pid: 0,
+    task_tgid: 0,
+    task_signal: 0,
+    signal_live: 0,
+    resolved: 0,
+    _pad: 0,
+};
+
+/// Reads the offsets through a volatile load so the compiler cannot fold the
+/// zero placeholder in; the verifier then sees the loaded constant.
+#[inline(always)]
+pub fn kernel_offsets() -> KernelOffsets {
+    // SAFETY: reading a plain static.
+    unsafe { core::ptr::read_volatile(&KERNEL_OFFSETS) }
+}
+
+/// The policy generation this call must use, read once per call.
+#[inline(always)]
+pub fn active_generation() -> u32 {
+    match ACTIVE_GENERATION.get(0) {
+        Some(generation) => *generation,
+        None => 0,
+    }
+}
+
+/// The calling process's agent, or `None` for processes in no agent.
+#[inline(always)]
+pub fn current_agent(tgid: u32) -> Option<AgentRecord> {
+    AGENT_OF_TGID.get_ptr(tgid).map(|record| {
+        // SAFETY: the pointer comes from a successful lookup.
+        unsafe { *record }
+    })
+}
+
+/// The agent's settings under `generation`.
+#[inline(always)]
+pub fn agent_policy(generation: u32, agent_id: u32) -> Option<AgentPolicy> {
+    let key = AgentPolicyKey {
+        generation,
+        agent_id,
+    };
+    AGENT_POLICIES.get_ptr(key).map(|policy| {
+        // SAFETY: the pointer comes from a successful lookup.
+        unsafe { *policy }
+    })
+}

@@ -1,0 +1,23 @@
+use anyhow::{Context as _, anyhow};
+use aya_build::{Package, Toolchain};
+
+/// Builds the eBPF programs in `agent-ebpf` with the nightly toolchain and
+/// bpf-linker, and places the object in `OUT_DIR` for `include_bytes!`.
+fn main() -> anyhow::Result<()> {
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;
+    let ebpf_dir = std::path::Path::new(&manifest_dir)
+        .parent()
+        .ok_or_else(|| anyhow!("agent has no parent directory"))?
+        .join("agent-ebpf");
+    let ebpf_dir = ebpf_dir
+        .to_str()
+        .ok_or_else(|| anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
+    aya_build::build_ebpf(
+        [Package {
+            name: "agent-ebpf",
+            root_dir: ebpf_dir,
+            ..Default::default()
+        }],
+        Toolchain::default(),
+    )
+}

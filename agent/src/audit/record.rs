@@ -1,0 +1,502 @@
+//! The audit record: one versioned JSON object per decision or lifecycle
+//! change. The field list is the contract with SIEMs and `baton events`;
+//! add fields, never rename or repurpose them without bumping [`SCHEMA`].
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr},
+    time::{Duration, SystemTime},
+};
+
+use agent_common::{
+    event::{self, ConnectEvent, EventHeader, FileEvent, file_flags, hook, kind},
+    files::right,
+    verdict::{Verdict, mode},
+};
+use serde::Serialize;
+use thiserror::Error;
+
+/// Schema identifier written in every record.
+pub const SCHEMA: &str = "baton.audit/v1";
+
+/// Errors decoding a kernel event.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Shorter than its header says.
+    #[error("event of {got} bytes is shorter than {need}")]
+    Short {
+        /// Bytes received.
+        got: usize,
+        /// Bytes needed.
+        need: usize,
+    },
+    /// Written by a different build of the kernel programs.
+    #[error("event layout version {0} is not {version}", version = event::EVENT_VERSION)]
+    Version(u16),
+    /// Unknown kind.
+    #[error("unknown event kind {0}")]
+    Kind(u16),
+}
+
+/// The decided object.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum AuditObject {
+    /// A network destination.
+    Network {
+        /// Destination address.
+        address: IpAddr,
+        /// Destination port.
+        port: u16,
+        /// `tcp`, `udp` or the protocol number.
+        protocol: String,
+    },
+    /// A file.
+    File {
+        /// Resolved path.
+        path: String,
+        /// Rights requested.
+        rights: Vec<&'static str>,
+        /// Rights denied.
+        denied_rights: Vec<&'static str>,
+        /// Whether the path was cut to fit the event.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
+    },
+    /// A lifecycle change.
+    Message {
+        /// What happened.
+        message: String,
+    },
+}
+
+/// The rule that decided.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AuditRule {
+    /// Policy name.
+    pub policy: String,
+    /// Rule within the policy, such as `egress.deny[0]`.
+    pub id: String,
+    /// Kernel rule number.
+    pub kernel_id: u32,
+}
+
+/// The acting process.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AuditProcess {
+    /// Process id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Real uid.
+    pub uid: u32,
+    /// Real gid.
+    pub gid: u32,
+    /// Thread name from the kernel.
+    pub comm: String,
+    /// Executable, when the process was still there to ask.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// Command line, when the process was still there to ask.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<Vec<String>>,
+    /// cgroup v2 id.
+    pub cgroup_id: u64,
+    /// pid of the agent's root process.
+    pub agent_root_pid: u32,
+}
+
+/// One audit record.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// [`SCHEMA`].
+    pub schema: &'static str,
+    /// Position in the log, from 1.
+    pub seq: u64,
+    /// RFC 3339 time of the decision.
+    pub time: String,
+    /// Host name.
+    pub host: String,
+    /// Agent name, absent for daemon records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// `enforce`, `audit` or `quarantine`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<&'static str>,
+    /// `allowed`, `denied`, `would-deny`, `detected`, or `info` for lifecycle records.
+    pub verdict: &'static str,
+    /// `egress`, `file`, `policy`, `daemon`.
+    pub control: &'static str,
+    /// Hook that decided (`connect4`, `file_open`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook: Option<&'static str>,
+    /// What was accessed.
+    pub object: AuditObject,
+    /// The deciding rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<AuditRule>,
+    /// Who accessed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<AuditProcess>,
+}
+
+/// Converts `CLOCK_BOOTTIME` nanoseconds into wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    boot_epoch: SystemTime,
+}
+
+impl Clock {
+    /// Reads the offset between boot time and wall-clock time now.
+    pub fn new() -> Self {
+        let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+            .map(|t| Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
+            .unwrap_or_default();
+        Self {
+            boot_epoch: SystemTime::now() - boot,
+        }
+    }
+
+    /// Wall-clock time of a boot-time timestamp.
+    pub fn wall(&self, boot_ns: u64) -> SystemTime {
+        self.boot_epoch + Duration::from_nanos(boot_ns)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// RFC 3339 with nanoseconds, UTC.
+pub fn format_time(time: SystemTime) -> String {
+    humantime::format_rfc3339_nanos(time).to_string()
+}
+
+/// What procfs said about a process, cached so a burst of events from one
+/// process costs one set of reads.
+#[derive(Clone, Debug, Default)]
+struct ProcessInfo {
+    exe: Option<String>,
+    cmdline: Option<Vec<String>>,
+}
+
+/// Per-process enrichment cache.
+#[derive(Debug, Default)]
+pub struct ProcessCache {
+    entries: HashMap<u32, ProcessInfo>,
+}
+
+/// Entries kept before the cache is cleared; processes come and go, and a
+/// stale entry is worse than a second read.
+const PROCESS_CACHE_LIMIT: usize = 4096;
+
+impl ProcessCache {
+    fn lookup(&mut self, tgid: u32) -> ProcessInfo {
+        if let Some(info) = self.entries.get(&tgid) {
+            return info.clone();
+        }
+        let exe = std::fs::read_link(format!("/proc/{tgid}/exe"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
+        let cmdline = std::fs::read(format!("/proc/{tgid}/cmdline")).ok().and_then(|raw| {
+            if raw.is_empty() {
+                return None;
+            }
+            Some(
+                raw.split(|&b| b == 0)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect(),
+            )
+        });
+        let info = ProcessInfo { exe, cmdline };
+        if info.exe.is_some() {
+            if self.entries.len() >= PROCESS_CACHE_LIMIT {
+                self.entries.clear();
+            }
+            self.entries.insert(tgid, info.clone());
+        }
+        info
+    }
+
+    /// Drops what is cached for `tgid` (its process is gone or exec'd).
+    pub fn forget(&mut self, tgid: u32) {
+        self.entries.remove(&tgid);
+    }
+}
+
+fn read_header(bytes: &[u8]) -> Result<EventHeader, DecodeError> {
+    let need = size_of::<EventHeader>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short {
+            got: bytes.len(),
+            need,
+        });
+    }
+    // SAFETY: length checked; `EventHeader` is plain old data.
+    let header: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    if header.version != event::EVENT_VERSION {
+        return Err(DecodeError::Version(header.version));
+    }
+    Ok(header)
+}
+
+fn read_body<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let need = size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short {
+            got: bytes.len(),
+            need,
+        });
+    }
+    // SAFETY: length checked; callers only use `#[repr(C)]` POD event types.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}
+
+fn hook_name(hook: u16) -> &'static str {
+    match hook {
+        hook::CONNECT4 => "connect4",
+        hook::CONNECT6 => "connect6",
+        hook::SENDMSG4 => "sendmsg4",
+        hook::SENDMSG6 => "sendmsg6",
+        hook::SOCK_CREATE => "sock_create",
+        hook::FILE_OPEN => "file_open",
+        hook::BPRM_CHECK => "bprm_check_security",
+        hook::MMAP_FILE => "mmap_file",
+        _ => "unknown",
+    }
+}
+
+/// Spelling of a verdict in records.
+pub fn verdict_name(verdict: Option<Verdict>) -> &'static str {
+    match verdict {
+        Some(Verdict::Allowed) => "allowed",
+        Some(Verdict::Denied) => "denied",
+        Some(Verdict::WouldDeny) => "would-deny",
+        Some(Verdict::Detected) => "detected",
+        None => "unknown",
+    }
+}
+
+fn mode_name(agent_mode: u8) -> &'static str {
+    match agent_mode {
+        mode::ENFORCE => "enforce",
+        mode::AUDIT => "audit",
+        mode::QUARANTINE => "quarantine",
+        _ => "unknown",
+    }
+}
+
+fn rights_names(bits: u32) -> Vec<&'static str> {
+    const NAMES: [(usize, &str); right::COUNT] = [
+        (right::READ, "read"),
+        (right::WRITE, "write"),
+        (right::CREATE, "create"),
+        (right::DELETE, "delete"),
+        (right::RENAME, "rename"),
+        (right::EXEC, "exec"),
+    ];
+    NAMES
+        .iter()
+        .filter(|(r, _)| bits & right::bit(*r) != 0)
+        .map(|(_, n)| *n)
+        .collect()
+}
+
+fn comm_string(comm: &[u8]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+/// What the daemon knows that the kernel event does not carry.
+pub struct Context<'a> {
+    /// Host name.
+    pub host: &'a str,
+    /// Boot-to-wall clock.
+    pub clock: &'a Clock,
+    /// Agent name for an id.
+    pub agent_name: &'a dyn Fn(u32) -> Option<String>,
+    /// Policy name and rule for a kernel rule id.
+    pub rule: &'a dyn Fn(u32) -> Option<(String, String)>,
+}
+
+impl AuditRecord {
+    /// A daemon lifecycle record (start, stop, policy loaded or rejected,
+    /// control degraded).
+    pub fn lifecycle(host: &str, control: &'static str, message: String) -> Self {
+        Self {
+            schema: SCHEMA,
+            seq: 0,
+            time: format_time(SystemTime::now()),
+            host: host.to_string(),
+            agent: None,
+            mode: None,
+            verdict: "info",
+            control,
+            hook: None,
+            object: AuditObject::Message { message },
+            rule: None,
+            process: None,
+        }
+    }
+
+    /// Decodes one ring-buffer event and enriches it.
+    pub fn from_event(
+        bytes: &[u8],
+        context: &Context<'_>,
+        processes: &mut ProcessCache,
+    ) -> Result<Self, DecodeError> {
+        let header = read_header(bytes)?;
+        let (control, object) = match header.kind {
+            kind::CONNECT => {
+                let e: ConnectEvent = read_body(bytes)?;
+                let v6 = Ipv6Addr::from(e.addr);
+                let address = match v6.to_ipv4_mapped() {
+                    Some(v4) => IpAddr::V4(v4),
+                    None => IpAddr::V6(v6),
+                };
+                let protocol = match e.protocol {
+                    6 => "tcp".to_string(),
+                    17 => "udp".to_string(),
+                    other => other.to_string(),
+                };
+                (
+                    "egress",
+                    AuditObject::Network {
+                        address,
+                        port: e.port,
+                        protocol,
+                    },
+                )
+            }
+            kind::FILE => {
+                let e: FileEvent = read_body(bytes)?;
+                let len = (e.path_len as usize).min(e.path.len());
+                let path = if e.flags & file_flags::PATH_UNRESOLVED != 0 {
+                    "<unresolved>".to_string()
+                } else {
+                    String::from_utf8_lossy(&e.path[..len]).into_owned()
+                };
+                (
+                    "file",
+                    AuditObject::File {
+                        path,
+                        rights: rights_names(e.rights),
+                        denied_rights: rights_names(e.denied_rights),
+                        truncated: e.flags & file_flags::PATH_TRUNCATED != 0,
+                    },
+                )
+            }
+            other => return Err(DecodeError::Kind(other)),
+        };
+        let info = processes.lookup(header.tgid);
+        let rule = (header.rule_id != 0).then(|| {
+            let (policy, id) = (context.rule)(header.rule_id)
+                .unwrap_or_else(|| ("<unknown>".to_string(), "<unknown>".to_string()));
+            AuditRule {
+                policy,
+                id,
+                kernel_id: header.rule_id,
+            }
+        });
+        Ok(Self {
+            schema: SCHEMA,
+            seq: 0,
+            time: format_time(context.clock.wall(header.time_boot_ns)),
+            host: context.host.to_string(),
+            agent: Some(
+                (context.agent_name)(header.agent_id)
+                    .unwrap_or_else(|| format!("#{}", header.agent_id)),
+            ),
+            mode: Some(mode_name(header.mode)),
+            verdict: verdict_name(Verdict::from_u8(header.verdict)),
+            control,
+            hook: Some(hook_name(header.hook)),
+            object,
+            rule,
+            process: Some(AuditProcess {
+                pid: header.tgid,
+                tid: header.pid,
+                uid: header.uid,
+                gid: header.gid,
+                comm: comm_string(&header.comm),
+                exe: info.exe,
+                cmdline: info.cmdline,
+                cgroup_id: header.cgroup_id,
+                agent_root_pid: header.root_tgid,
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agent_common::egress::ipv4_mapped;
+
+    use super::*;
+
+    fn context_test(f: impl FnOnce(&Context<'_>)) {
+        let clock = Clock::new();
+        let agent_name = |id: u32| (id == 7).then(|| "demo".to_string());
+        let rule = |id: u32| (id == 3).then(|| ("p".to_string(), "egress.deny[0]".to_string()));
+        f(&Context {
+            host: "h",
+            clock: &clock,
+            agent_name: &agent_name,
+            rule: &rule,
+        });
+    }
+
+    fn as_bytes<T>(value: &T) -> &[u8] {
+        // SAFETY: test-only view of a POD value.
+        unsafe { std::slice::from_raw_parts((value as *const T).cast(), size_of::<T>()) }
+    }
+
+    #[test]
+    fn decodes_a_connect_event() {
+        let mut e = ConnectEvent::default();
+        e.header.version = event::EVENT_VERSION;
+        e.header.kind = kind::CONNECT;
+        e.header.agent_id = 7;
+        e.header.tgid = u32::MAX; // no such process: enrichment must not fail
+        e.header.verdict = Verdict::Denied as u8;
+        e.header.rule_id = 3;
+        e.header.hook = hook::CONNECT4;
+        e.header.comm[..4].copy_from_slice(b"curl");
+        e.port = 9;
+        e.protocol = 6;
+        e.addr = ipv4_mapped([127, 0, 0, 1]);
+        context_test(|context| {
+            let record =
+                AuditRecord::from_event(as_bytes(&e), context, &mut ProcessCache::default())
+                    .unwrap();
+            let json = serde_json::to_value(&record).unwrap();
+            assert_eq!(json["agent"], "demo");
+            assert_eq!(json["verdict"], "denied");
+            assert_eq!(json["object"]["address"], "127.0.0.1");
+            assert_eq!(json["object"]["port"], 9);
+            assert_eq!(json["rule"]["id"], "egress.deny[0]");
+            assert_eq!(json["process"]["comm"], "curl");
+            assert!(json["process"].get("exe").is_none());
+        });
+    }
+
+    #[test]
+    fn rejects_short_and_foreign_events() {
+        context_test(|context| {
+            let mut cache = ProcessCache::default();
+            assert!(matches!(
+                AuditRecord::from_event(&[0; 8], context, &mut cache),
+                Err(DecodeError::Short { .. })
+            ));
+            let mut e = ConnectEvent::default();
+            e.header.version = 99;
+            assert_eq!(
+                AuditRecord::from_event(as_bytes(&e), context, &mut cache),
+                Err(DecodeError::Version(99))
+            );
+        });
+    }
+}

@@ -1,0 +1,248 @@
+//! `baton run`: the daemon.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use agent_common::{identity::{AgentRecord, admission}, map_names};
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+
+use super::RunArgs;
+use crate::{
+    audit::{AuditRecord, FileSink, ProcessCache, record::{Clock, Context}},
+    config::{Config, DEFAULT_AUDIT_LOG, DEFAULT_CONTROL_SOCKET, DEFAULT_POLICY_DIR},
+    control::{Reply, Request, server::{self, Caller, Handler}},
+    identity::AgentRegistry,
+    kernel::{Enforcer, loader::ControlState, maps::PolicyMaps},
+    policy::{CompiledPolicySet, compile, load_dir},
+};
+
+/// Settings after merging the configuration file and flags.
+struct Settings {
+    policy_dir: PathBuf,
+    audit_log: PathBuf,
+    control_socket: PathBuf,
+}
+
+impl Settings {
+    fn resolve(args: &RunArgs) -> anyhow::Result<Self> {
+        let config = Config::load(args.config.as_deref())?;
+        Ok(Self {
+            policy_dir: args
+                .policy_dir
+                .clone()
+                .or(config.policy_dir)
+                .unwrap_or_else(|| DEFAULT_POLICY_DIR.into()),
+            audit_log: args
+                .audit_log
+                .clone()
+                .or(config.audit_log)
+                .unwrap_or_else(|| DEFAULT_AUDIT_LOG.into()),
+            control_socket: args
+                .control_socket
+                .clone()
+                .or(config.control_socket)
+                .unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into()),
+        })
+    }
+}
+
+/// State the control socket and the event loop share.
+struct State {
+    maps: PolicyMaps,
+    registry: AgentRegistry,
+    policies: CompiledPolicySet,
+    sink: FileSink,
+    host: String,
+}
+
+impl State {
+    fn record(&mut self, mut record: AuditRecord) {
+        if let Err(error) = self.sink.write(&mut record) {
+            tracing::error!(%error, "audit record lost");
+        }
+    }
+}
+
+struct Daemon {
+    state: Mutex<State>,
+}
+
+impl Handler for Daemon {
+    fn handle(&self, caller: Caller, request: Request) -> Reply {
+        match request {
+            Request::Admit { agent } => self.admit(caller, &agent),
+        }
+    }
+}
+
+impl Daemon {
+    fn admit(&self, caller: Caller, agent: &str) -> Reply {
+        let mut state = self.state.lock().expect("state lock poisoned");
+        let Some(agent_id) = state.registry.id_of(agent) else {
+            return Reply::Error {
+                message: format!("no loaded policy selects agent {agent:?}"),
+            };
+        };
+        // A process never changes agent: otherwise an agent could leave its
+        // policy by asking to join a more permissive one.
+        if let Some(current) = state.maps.agent_of(caller.pid) {
+            if current.agent_id == agent_id {
+                return Reply::Admitted { agent_id };
+            }
+            let current_name = state
+                .registry
+                .name_of(current.agent_id)
+                .map_or_else(|| format!("#{}", current.agent_id), |n| n.0.clone());
+            return Reply::Error {
+                message: format!("process {} already belongs to agent {current_name:?}", caller.pid),
+            };
+        }
+        let record = AgentRecord {
+            agent_id,
+            root_tgid: caller.pid,
+            admission: admission::EXEC,
+            _pad: [0; 7],
+        };
+        match state.maps.admit(caller.pid, record) {
+            Ok(()) => {
+                tracing::info!(pid = caller.pid, uid = caller.uid, agent, "admitted");
+                Reply::Admitted { agent_id }
+            }
+            Err(error) => Reply::Error {
+                message: format!("kernel refused the admission: {error}"),
+            },
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    let settings = Settings::resolve(args)?;
+    // Policies are read and compiled before anything touches the kernel, so
+    // a bad file stops the daemon before it enforces a partial set.
+    let policies = load_dir(&settings.policy_dir)?;
+    let compiled = compile(&policies, 1)?;
+    let sink = FileSink::open(&settings.audit_log)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(settings, compiled, sink))
+}
+
+async fn serve(settings: Settings, compiled: CompiledPolicySet, sink: FileSink) -> anyhow::Result<()> {
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut enforcer = Enforcer::load()?;
+    let mut maps = PolicyMaps::new(&mut enforcer.ebpf)?;
+    let mut registry = AgentRegistry::new();
+    registry.sync(&compiled);
+    let generation = maps.apply(&compiled, registry.ids())?;
+    let events = enforcer
+        .ebpf
+        .take_map(map_names::EVENTS)
+        .context("map EVENTS is missing from the eBPF object")?;
+    let events = RingBuf::try_from(events)?;
+
+    let mut state = State {
+        maps,
+        registry,
+        policies: compiled,
+        sink,
+        host: host.clone(),
+    };
+    state.record(AuditRecord::lifecycle(
+        &host,
+        "daemon",
+        format!("baton {} started", env!("CARGO_PKG_VERSION")),
+    ));
+    let agents: Vec<String> = state.policies.agents.keys().map(|n| n.0.clone()).collect();
+    state.record(AuditRecord::lifecycle(
+        &host,
+        "policy",
+        format!(
+            "generation {generation} loaded from {}: agents {}",
+            settings.policy_dir.display(),
+            agents.join(", ")
+        ),
+    ));
+    tracing::info!(generation, policy_dir = %settings.policy_dir.display(), agents = ?agents, "policies loaded");
+    tracing::info!(control = "egress", state = ?enforcer.egress, cgroup_root = %enforcer.cgroup_root.display());
+    if let ControlState::Unavailable(reason) = &enforcer.files {
+        tracing::warn!(control = "file", %reason, "file rules are NOT enforced");
+        state.record(AuditRecord::lifecycle(
+            &host,
+            "file",
+            format!("control degraded: file rules are not enforced: {reason}"),
+        ));
+    } else {
+        tracing::info!(control = "file", state = "enforced");
+    }
+
+    let daemon = Arc::new(Daemon {
+        state: Mutex::new(state),
+    });
+    // The socket appears last: once it exists, the daemon is enforcing.
+    let listener = server::bind(&settings.control_socket)?;
+    let control = tokio::spawn(server::serve(listener, daemon.clone()));
+    tracing::info!(socket = %settings.control_socket.display(), audit_log = %settings.audit_log.display(), "ready");
+
+    let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let result = tokio::select! {
+        result = drain_events(events, daemon.clone()) => result,
+        _ = terminate.recv() => Ok(()),
+        _ = interrupt.recv() => Ok(()),
+    };
+    control.abort();
+    let _ = std::fs::remove_file(&settings.control_socket);
+    {
+        let mut state = daemon.state.lock().expect("state lock poisoned");
+        let host = state.host.clone();
+        state.record(AuditRecord::lifecycle(&host, "daemon", "baton stopped".into()));
+    }
+    drop(enforcer);
+    result
+}
+
+async fn drain_events(events: RingBuf<MapData>, daemon: Arc<Daemon>) -> anyhow::Result<()> {
+    // SAFETY: the ring buffer owns its descriptor and `AsyncFd` owns the
+    // ring buffer, so the descriptor outlives the registration.
+    let mut events = unsafe { AsyncFd::register(events) }.map_err(|e| e.into_parts().1)?;
+    let clock = Clock::new();
+    let mut processes = ProcessCache::default();
+    loop {
+        let mut guard = events.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        let mut state = daemon.state.lock().expect("state lock poisoned");
+        while let Some(item) = ring.next() {
+            let record = {
+                let State {
+                    registry, policies, host, ..
+                } = &*state;
+                let agent_name = |id: u32| registry.name_of(id).map(|n| n.0.clone());
+                let rule = |id: u32| policies.rule(id).map(|r| (r.policy.clone(), r.rule.clone()));
+                let context = Context {
+                    host,
+                    clock: &clock,
+                    agent_name: &agent_name,
+                    rule: &rule,
+                };
+                AuditRecord::from_event(&item, &context, &mut processes)
+            };
+            match record {
+                Ok(record) => state.record(record),
+                Err(error) => tracing::warn!(%error, "undecodable kernel event"),
+            }
+        }
+        drop(state);
+        guard.clear_ready();
+    }
+}

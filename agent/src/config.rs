@@ -1,0 +1,89 @@
+//! Daemon configuration: an optional YAML file, overridden by flags.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Default configuration file; read when present.
+pub const DEFAULT_CONFIG: &str = "/etc/baton/config.yaml";
+/// Default policy directory.
+pub const DEFAULT_POLICY_DIR: &str = "/etc/baton/policies";
+/// Default audit log.
+pub const DEFAULT_AUDIT_LOG: &str = "/var/log/baton/audit.jsonl";
+/// Default control socket.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/baton/baton.sock";
+
+/// Errors reading the configuration.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        /// File.
+        path: PathBuf,
+        /// Line.
+        line: usize,
+        /// Column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The configuration file's contents; every key is optional.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Config {
+    /// Directory of policy files.
+    pub policy_dir: Option<PathBuf>,
+    /// Audit log file.
+    pub audit_log: Option<PathBuf>,
+    /// Control socket path.
+    pub control_socket: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads `path`; a missing default file is an empty configuration, a
+    /// missing file named explicitly is an error.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, explicit) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Self::default());
+            }
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_norway::from_str(&text).map_err(|error| {
+            let (line, column) = error
+                .location()
+                .map_or((0, 0), |l| (l.line(), l.column()));
+            let message = error.to_string();
+            let message = match message.rfind(" at line ") {
+                Some(at) => message[..at].to_string(),
+                None => message,
+            };
+            ConfigError::Invalid {
+                path,
+                line,
+                column,
+                message,
+            }
+        })
+    }
+}

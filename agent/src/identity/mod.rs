@@ -1,0 +1,53 @@
+//! Which agent names exist and the numeric ids the kernel knows them by.
+//!
+//! Ids are allocated once per name and never reused while the daemon runs,
+//! so a reload that drops and re-adds an agent cannot hand its processes to
+//! another agent's rules.
+
+use std::collections::BTreeMap;
+
+use crate::policy::{CompiledPolicySet, spec::Name};
+
+/// Agent names and ids.
+#[derive(Debug, Default)]
+pub struct AgentRegistry {
+    ids: BTreeMap<Name, u32>,
+    names: BTreeMap<u32, Name>,
+    next_id: u32,
+}
+
+impl AgentRegistry {
+    /// An empty registry; ids start at 1.
+    pub fn new() -> Self {
+        Self {
+            next_id: 1,
+            ..Self::default()
+        }
+    }
+
+    /// Allocates ids for agents first seen in `set`.
+    pub fn sync(&mut self, set: &CompiledPolicySet) {
+        for name in set.agents.keys() {
+            if !self.ids.contains_key(name) {
+                self.ids.insert(name.clone(), self.next_id);
+                self.names.insert(self.next_id, name.clone());
+                self.next_id += 1;
+            }
+        }
+    }
+
+    /// Every known agent and its id.
+    pub fn ids(&self) -> &BTreeMap<Name, u32> {
+        &self.ids
+    }
+
+    /// Id of a named agent.
+    pub fn id_of(&self, name: &str) -> Option<u32> {
+        self.ids.get(&Name(name.to_string())).copied()
+    }
+
+    /// Name of an agent id.
+    pub fn name_of(&self, id: u32) -> Option<&Name> {
+        self.names.get(&id)
+    }
+}

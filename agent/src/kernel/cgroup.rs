@@ -1,0 +1,76 @@
+//! Finding the cgroup v2 hierarchy.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Errors while locating cgroup v2.
+#[derive(Debug, Error)]
+pub enum CgroupError {
+    /// `/proc/self/mountinfo` could not be read.
+    #[error("cannot read /proc/self/mountinfo: {0}")]
+    MountInfo(std::io::Error),
+    /// No cgroup2 mount exists.
+    #[error("no cgroup v2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup/unified)")]
+    NotMounted,
+}
+
+/// The cgroup v2 mount point, from `/proc/self/mountinfo` (hybrid hosts mount
+/// it at `/sys/fs/cgroup/unified`, unified hosts at `/sys/fs/cgroup`).
+pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            // Fields after " - " are: fstype, source, super options.
+            let (left, right) = line.split_once(" - ")?;
+            if right.split_whitespace().next()? != "cgroup2" {
+                return None;
+            }
+            left.split_whitespace().nth(4).map(unescape_mount_path)
+        })
+        .ok_or(CgroupError::NotMounted)
+}
+
+/// Undoes the octal escapes mountinfo uses for spaces and the like.
+fn unescape_mount_path(field: &str) -> PathBuf {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && let Some(Ok(value)) = field.get(i + 1..i + 4).map(|d| u8::from_str_radix(d, 8))
+        {
+            out.push(value);
+            i += 4;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    PathBuf::from(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Controllers enabled in the v2 hierarchy (`cgroup.controllers` at its root).
+pub fn cgroup2_controllers(mount: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(mount.join("cgroup.controllers"))
+        .map(|s| s.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unescapes_spaces() {
+        assert_eq!(unescape_mount_path("/a\\040b"), PathBuf::from("/a b"));
+        assert_eq!(unescape_mount_path("/sys/fs/cgroup"), PathBuf::from("/sys/fs/cgroup"));
+    }
+
+    #[test]
+    fn finds_the_mount() {
+        let mount = cgroup2_mount().unwrap();
+        assert!(mount.join("cgroup.procs").exists(), "{}", mount.display());
+    }
+}

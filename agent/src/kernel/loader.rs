@@ -1,0 +1,178 @@
+//! Loading and attaching the programs.
+
+use std::{fs::File, path::PathBuf};
+
+use agent_common::offsets::{KERNEL_OFFSETS_GLOBAL, KernelOffsets};
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError},
+};
+use thiserror::Error;
+
+use super::{
+    EBPF_OBJECT,
+    btf::{Btf, BtfError},
+    cgroup::{CgroupError, cgroup2_mount},
+};
+
+/// Errors while loading or attaching.
+#[derive(Debug, Error)]
+pub enum KernelError {
+    /// BTF could not be read or lacks what the programs need.
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    /// cgroup v2 is missing.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// aya could not read the kernel's BTF for attaching.
+    #[error("cannot read kernel BTF for attaching programs: {0}")]
+    AyaBtf(#[from] aya::BtfError),
+    /// The object could not be loaded.
+    #[error("cannot load Baton's eBPF object: {0}")]
+    Object(#[from] EbpfError),
+    /// A program could not be loaded or attached.
+    #[error("cannot {action} program {program}: {source}")]
+    Program {
+        /// Program name.
+        program: &'static str,
+        /// `load` or `attach`.
+        action: &'static str,
+        /// Underlying error.
+        source: ProgramError,
+    },
+    /// A program is missing from the object (a build problem).
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    /// The cgroup v2 root could not be opened.
+    #[error("cannot open cgroup v2 root {path}: {source}")]
+    CgroupRoot {
+        /// The mount point.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// A map operation failed.
+    #[error("map {map}: {source}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// Underlying error.
+        source: aya::maps::MapError,
+    },
+    /// A map is missing from the object (a build problem).
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+}
+
+/// The egress programs and the hook each attaches to.
+const EGRESS_PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
+
+/// Whether a control is in force, and if not, why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ControlState {
+    /// The kernel enforces it.
+    Enforced,
+    /// Not available; the reason says why.
+    Unavailable(String),
+}
+
+/// The loaded programs and their maps.
+pub struct Enforcer {
+    /// The loaded object; dropping it detaches everything.
+    pub ebpf: Ebpf,
+    /// Offsets handed to the programs.
+    pub offsets: KernelOffsets,
+    /// Where the cgroup programs are attached.
+    pub cgroup_root: PathBuf,
+    /// Egress enforcement.
+    pub egress: ControlState,
+    /// File enforcement.
+    pub files: ControlState,
+}
+
+fn program_error(program: &'static str, action: &'static str) -> impl FnOnce(ProgramError) -> KernelError {
+    move |source| KernelError::Program {
+        program,
+        action,
+        source,
+    }
+}
+
+impl Enforcer {
+    /// Loads the object with this kernel's offsets and attaches identity
+    /// tracking and egress programs. File programs are attached when the
+    /// kernel accepts BPF LSM; otherwise `files` says why not.
+    pub fn load() -> Result<Self, KernelError> {
+        let btf = Btf::from_kernel()?;
+        let offsets = btf.kernel_offsets()?;
+        let aya_btf = aya::Btf::from_sys_fs()?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&aya_btf))
+            .override_global(KERNEL_OFFSETS_GLOBAL, &offsets, true)
+            .load(EBPF_OBJECT)?;
+
+        for tracepoint in ["sched_process_fork", "sched_process_exit"] {
+            let program: &mut BtfTracePoint = ebpf
+                .program_mut(tracepoint)
+                .ok_or(KernelError::MissingProgram(tracepoint))?
+                .try_into()
+                .map_err(program_error(tracepoint, "load"))?;
+            program
+                .load(tracepoint, &aya_btf)
+                .map_err(program_error(tracepoint, "load"))?;
+            program.attach().map_err(program_error(tracepoint, "attach"))?;
+        }
+
+        let cgroup_root = cgroup2_mount()?;
+        let root = File::open(&cgroup_root).map_err(|source| KernelError::CgroupRoot {
+            path: cgroup_root.clone(),
+            source,
+        })?;
+        for name in EGRESS_PROGRAMS {
+            let program: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(KernelError::MissingProgram(name))?
+                .try_into()
+                .map_err(program_error(name, "load"))?;
+            program.load().map_err(program_error(name, "load"))?;
+            // On 5.7+ aya attaches through a BPF link, which the kernel always
+            // attaches in multi mode (and rejects any explicit flag), so other
+            // tools' programs on the root keep running next to ours.
+            program
+                .attach(&root, CgroupAttachMode::Single)
+                .map_err(program_error(name, "attach"))?;
+        }
+
+        let files = match load_lsm(&mut ebpf, "file_open", "file_open", &aya_btf) {
+            Ok(()) => ControlState::Enforced,
+            Err(error) => ControlState::Unavailable(format!("BPF LSM refused: {error}")),
+        };
+
+        Ok(Self {
+            ebpf,
+            offsets,
+            cgroup_root,
+            egress: ControlState::Enforced,
+            files,
+        })
+    }
+}
+
+/// Loads and attaches one LSM program.
+pub fn load_lsm(
+    ebpf: &mut Ebpf,
+    program_name: &'static str,
+    hook: &str,
+    btf: &aya::Btf,
+) -> Result<(), KernelError> {
+    let program: &mut Lsm = ebpf
+        .program_mut(program_name)
+        .ok_or(KernelError::MissingProgram(program_name))?
+        .try_into()
+        .map_err(program_error(program_name, "load"))?;
+    program
+        .load(hook, btf)
+        .map_err(program_error(program_name, "load"))?;
+    program.attach().map_err(program_error(program_name, "attach"))?;
+    Ok(())
+}

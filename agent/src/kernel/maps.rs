@@ -1,0 +1,215 @@
+//! Writing compiled policies into the kernel maps with an atomic generation
+//! swap, and the identity map that admission writes.
+//!
+//! The new generation's entries are written next to the live ones (every key
+//! starts with its generation), then one array slot is flipped, then the old
+//! entries are deleted. A program reads the generation once per call, so it
+//! always sees one complete policy set and never none.
+
+use std::collections::BTreeMap;
+
+use agent_common::{
+    egress::{
+        EGRESS_KEY_HEADER_BITS, EgressKey, EgressValue, PORT_TABLES_PER_GENERATION, PortTable,
+    },
+    files::{FILE_KEY_HEADER_BITS, FileKey, FileValue, PATH_KEY_BYTES},
+    identity::{AgentPolicy, AgentPolicyKey, AgentRecord},
+    map_names,
+};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, lpm_trie::Key},
+};
+
+use super::loader::KernelError;
+use crate::policy::{CompiledPolicySet, spec::Name};
+
+fn map_error(map: &'static str) -> impl FnOnce(MapError) -> KernelError {
+    move |source| KernelError::Map { map, source }
+}
+
+/// Keys written for one generation, so they can be deleted after the next swap.
+#[derive(Default)]
+struct WrittenKeys {
+    generation: u32,
+    agents: Vec<AgentPolicyKey>,
+    egress: Vec<Key<EgressKey>>,
+    files: Vec<Key<FileKey>>,
+}
+
+/// Owns the policy maps.
+pub struct PolicyMaps {
+    agent_policies: HashMap<MapData, AgentPolicyKey, AgentPolicy>,
+    active_generation: Array<MapData, u32>,
+    egress_rules: LpmTrie<MapData, EgressKey, EgressValue>,
+    port_tables: Array<MapData, PortTable>,
+    file_rules: LpmTrie<MapData, FileKey, FileValue>,
+    identity: HashMap<MapData, u32, AgentRecord>,
+    live: Option<WrittenKeys>,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(KernelError::MissingMap(name))?;
+    T::try_from(map).map_err(map_error(name))
+}
+
+impl PolicyMaps {
+    /// Takes the policy and identity maps out of the loaded object.
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self, KernelError> {
+        Ok(Self {
+            agent_policies: take(ebpf, map_names::AGENT_POLICIES)?,
+            active_generation: take(ebpf, map_names::ACTIVE_GENERATION)?,
+            egress_rules: take(ebpf, map_names::EGRESS_RULES)?,
+            port_tables: take(ebpf, map_names::EGRESS_PORT_TABLES)?,
+            file_rules: take(ebpf, map_names::FILE_RULES)?,
+            identity: take(ebpf, map_names::AGENT_OF_TGID)?,
+            live: None,
+        })
+    }
+
+    /// The generation in force, 0 before the first policy set.
+    pub fn active_generation(&self) -> u32 {
+        self.live.as_ref().map_or(0, |l| l.generation)
+    }
+
+    /// Writes `set` as the next generation and makes it live. On error the
+    /// previous generation stays in force and the partial new one is removed.
+    pub fn apply(
+        &mut self,
+        set: &CompiledPolicySet,
+        agent_ids: &BTreeMap<Name, u32>,
+    ) -> Result<u32, KernelError> {
+        let generation = self.active_generation().wrapping_add(1).max(1);
+        let mut written = WrittenKeys {
+            generation,
+            ..WrittenKeys::default()
+        };
+        if let Err(error) = self.write_generation(set, agent_ids, &mut written) {
+            self.delete(&written);
+            return Err(error);
+        }
+        self.active_generation
+            .set(0, generation, 0)
+            .map_err(map_error(map_names::ACTIVE_GENERATION))?;
+        if let Some(old) = self.live.replace(written) {
+            self.delete(&old);
+        }
+        Ok(generation)
+    }
+
+    fn write_generation(
+        &mut self,
+        set: &CompiledPolicySet,
+        agent_ids: &BTreeMap<Name, u32>,
+        written: &mut WrittenKeys,
+    ) -> Result<(), KernelError> {
+        let generation = written.generation;
+        let mut next_table = (generation % 2) * PORT_TABLES_PER_GENERATION;
+        let table_end = next_table + PORT_TABLES_PER_GENERATION;
+        for (name, agent) in &set.agents {
+            let Some(&agent_id) = agent_ids.get(name) else {
+                continue;
+            };
+            let key = AgentPolicyKey {
+                generation,
+                agent_id,
+            };
+            let value = AgentPolicy {
+                mode: agent.mode,
+                egress_default: agent.egress_default,
+                file_default: agent.file_default,
+                exec_default: 0,
+                flags: 0,
+                egress_default_rule: agent.egress_default_rule,
+                file_default_rule: agent.file_default_rule,
+            };
+            self.agent_policies
+                .insert(key, value, 0)
+                .map_err(map_error(map_names::AGENT_POLICIES))?;
+            written.agents.push(key);
+
+            for entry in &agent.egress {
+                if next_table >= table_end {
+                    return Err(KernelError::Map {
+                        map: map_names::EGRESS_PORT_TABLES,
+                        source: MapError::OutOfBounds {
+                            index: next_table,
+                            max_entries: table_end,
+                        },
+                    });
+                }
+                let mut table = PortTable {
+                    len: entry.rows.len() as u32,
+                    ..PortTable::default()
+                };
+                table.rows[..entry.rows.len()].copy_from_slice(&entry.rows);
+                self.port_tables
+                    .set(next_table, table, 0)
+                    .map_err(map_error(map_names::EGRESS_PORT_TABLES))?;
+                let key = Key::new(
+                    EGRESS_KEY_HEADER_BITS + entry.prefix_len,
+                    EgressKey {
+                        generation: generation.to_be_bytes(),
+                        agent_id: agent_id.to_be_bytes(),
+                        addr: entry.addr,
+                    },
+                );
+                self.egress_rules
+                    .insert(
+                        &key,
+                        EgressValue {
+                            port_table: next_table,
+                        },
+                        0,
+                    )
+                    .map_err(map_error(map_names::EGRESS_RULES))?;
+                written.egress.push(key);
+                next_table += 1;
+            }
+
+            for entry in &agent.files {
+                let mut data = FileKey {
+                    generation: generation.to_be_bytes(),
+                    agent_id: agent_id.to_be_bytes(),
+                    path: [0; PATH_KEY_BYTES],
+                };
+                let len = entry.key.len().min(PATH_KEY_BYTES);
+                data.path[..len].copy_from_slice(&entry.key[..len]);
+                let key = Key::new(FILE_KEY_HEADER_BITS + 8 * len as u32, data);
+                self.file_rules
+                    .insert(&key, entry.value, 0)
+                    .map_err(map_error(map_names::FILE_RULES))?;
+                written.files.push(key);
+            }
+        }
+        Ok(())
+    }
+
+    fn delete(&mut self, keys: &WrittenKeys) {
+        for key in &keys.agents {
+            let _ = self.agent_policies.remove(key);
+        }
+        for key in &keys.egress {
+            let _ = self.egress_rules.remove(key);
+        }
+        for key in &keys.files {
+            let _ = self.file_rules.remove(key);
+        }
+    }
+
+    /// Makes process `tgid` (and, through fork tracking, its future
+    /// children) a member of `agent_id`.
+    pub fn admit(&mut self, tgid: u32, record: AgentRecord) -> Result<(), KernelError> {
+        self.identity
+            .insert(tgid, record, 0)
+            .map_err(map_error(map_names::AGENT_OF_TGID))
+    }
+
+    /// The agent record of `tgid`, if it belongs to one.
+    pub fn agent_of(&self, tgid: u32) -> Option<AgentRecord> {
+        self.identity.get(&tgid, 0).ok()
+    }
+}

@@ -1,0 +1,323 @@
+//! What this kernel offers Baton, tested rather than assumed, and which
+//! controls follow from it.
+//!
+//! A kernel may list `bpf` among its active LSMs and still refuse every BPF
+//! LSM program, so the probe loads and attaches a real (pass-through) LSM
+//! program instead of trusting the list.
+
+use std::path::Path;
+
+use agent_common::offsets::KernelOffsets;
+use aya::{EbpfLoader, maps::MapType, sys::is_map_supported};
+use serde::Serialize;
+
+use super::{
+    EBPF_OBJECT,
+    btf::{Btf, VMLINUX_BTF},
+    cgroup::{cgroup2_controllers, cgroup2_mount},
+    loader::load_lsm,
+};
+
+/// Outcome of one check.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Present and working.
+    Yes,
+    /// Absent or refused.
+    No,
+}
+
+/// One row of the probe table.
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    /// What was checked.
+    pub name: &'static str,
+    /// Result.
+    pub status: Status,
+    /// Details: a mount point, a version, an error.
+    pub detail: String,
+}
+
+/// How a control is provided on this kernel.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlLevel {
+    /// Enforced in the kernel for every agent.
+    Enforced,
+    /// Provided in a weaker form; the detail says which.
+    Degraded,
+    /// Not provided.
+    Unavailable,
+}
+
+/// One Baton control and how this kernel can provide it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Control {
+    /// Control name.
+    pub name: &'static str,
+    /// Level.
+    pub level: ControlLevel,
+    /// Why.
+    pub detail: String,
+}
+
+/// The whole probe result.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeReport {
+    /// `uname -r`.
+    pub kernel: String,
+    /// Checks, in table order.
+    pub checks: Vec<Check>,
+    /// Controls, in table order.
+    pub controls: Vec<Control>,
+    /// Whether a BPF LSM program really loaded and attached.
+    pub bpf_lsm_loadable: bool,
+    /// Offsets resolved from BTF, when BTF is readable.
+    pub offsets: Option<KernelOffsetsReport>,
+}
+
+/// Serializable copy of [`KernelOffsets`].
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelOffsetsReport {
+    /// `file.f_path`.
+    pub file_f_path: u32,
+    /// `file.f_mode`.
+    pub file_f_mode: u32,
+    /// `task_struct.pid`.
+    pub task_pid: u32,
+    /// `task_struct.tgid`.
+    pub task_tgid: u32,
+    /// `task_struct.signal`.
+    pub task_signal: u32,
+    /// `signal_struct.live`.
+    pub signal_live: u32,
+}
+
+impl From<KernelOffsets> for KernelOffsetsReport {
+    fn from(o: KernelOffsets) -> Self {
+        Self {
+            file_f_path: o.file_f_path,
+            file_f_mode: o.file_f_mode,
+            task_pid: o.task_pid,
+            task_tgid: o.task_tgid,
+            task_signal: o.task_signal,
+            signal_live: o.signal_live,
+        }
+    }
+}
+
+fn check(name: &'static str, ok: bool, detail: impl Into<String>) -> Check {
+    Check {
+        name,
+        status: if ok { Status::Yes } else { Status::No },
+        detail: detail.into(),
+    }
+}
+
+/// Loads and attaches the pass-through LSM program, then drops it.
+pub fn try_bpf_lsm() -> Result<(), String> {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string())?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .load(EBPF_OBJECT)
+        .map_err(|e| e.to_string())?;
+    load_lsm(&mut ebpf, "probe_lsm", "file_open", &btf).map_err(|e| {
+        // The innermost cause is the kernel's answer; the layers above it
+        // repeat it.
+        let mut innermost: &dyn std::error::Error = &e;
+        while let Some(inner) = innermost.source() {
+            innermost = inner;
+        }
+        format!("refused by the kernel: {innermost}")
+    })
+}
+
+/// Runs every check.
+pub fn probe() -> ProbeReport {
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut checks = Vec::new();
+
+    let btf = Btf::from_kernel();
+    let offsets = btf.as_ref().ok().and_then(|b| b.kernel_offsets().ok());
+    checks.push(match (&btf, &offsets) {
+        (Ok(_), Some(o)) => check(
+            "BTF",
+            true,
+            format!("{VMLINUX_BTF}; file.f_path at {}, file.f_mode at {}", o.file_f_path, o.file_f_mode),
+        ),
+        (Ok(b), None) => check(
+            "BTF",
+            false,
+            b.kernel_offsets().err().map(|e| e.to_string()).unwrap_or_default(),
+        ),
+        (Err(e), _) => check("BTF", false, e.to_string()),
+    });
+
+    let cgroup = cgroup2_mount();
+    checks.push(match &cgroup {
+        Ok(mount) => {
+            let controllers = cgroup2_controllers(mount);
+            check(
+                "cgroup v2",
+                true,
+                format!(
+                    "{}; controllers: {}",
+                    mount.display(),
+                    if controllers.is_empty() {
+                        "none".to_string()
+                    } else {
+                        controllers.join(" ")
+                    }
+                ),
+            )
+        }
+        Err(e) => check("cgroup v2", false, e.to_string()),
+    });
+
+    let ringbuf = is_map_supported(MapType::RingBuf);
+    checks.push(match &ringbuf {
+        Ok(true) => check("ring buffer", true, "BPF_MAP_TYPE_RINGBUF"),
+        Ok(false) => check("ring buffer", false, "BPF_MAP_TYPE_RINGBUF not supported"),
+        Err(e) => check("ring buffer", false, e.to_string()),
+    });
+
+    let lsm_list = std::fs::read_to_string("/sys/kernel/security/lsm");
+    let lsm_listed = lsm_list.as_ref().is_ok_and(|l| l.trim().split(',').any(|m| m == "bpf"));
+    checks.push(match &lsm_list {
+        Ok(list) => check("BPF LSM listed", lsm_listed, format!("active LSMs: {}", list.trim())),
+        Err(e) => check(
+            "BPF LSM listed",
+            false,
+            format!("/sys/kernel/security/lsm: {e} (is securityfs mounted?)"),
+        ),
+    });
+
+    let lsm_loaded = try_bpf_lsm();
+    let bpf_lsm_loadable = lsm_loaded.is_ok();
+    checks.push(match &lsm_loaded {
+        Ok(()) => check("BPF LSM loads", true, "a file_open program loaded and attached"),
+        Err(e) => check("BPF LSM loads", false, e.clone()),
+    });
+
+    let d_path_present = btf.as_ref().is_ok_and(|b| b.has_function("bpf_d_path"));
+    checks.push(check(
+        "bpf_d_path",
+        d_path_present && bpf_lsm_loadable,
+        match (d_path_present, bpf_lsm_loadable) {
+            (true, true) => "usable from BPF LSM programs",
+            (true, false) => "in the kernel, but unusable without BPF LSM",
+            (false, _) => "not in this kernel",
+        },
+    ));
+
+    let landlock = landlock_abi();
+    checks.push(match landlock {
+        Some(abi) => check("Landlock", true, format!("ABI {abi}")),
+        None => check("Landlock", false, "not enabled in this kernel"),
+    });
+
+    let mut controls = Vec::new();
+    let egress_ok = cgroup.is_ok() && offsets.is_some();
+    controls.push(Control {
+        name: "egress (address, port)",
+        level: if egress_ok {
+            ControlLevel::Enforced
+        } else {
+            ControlLevel::Unavailable
+        },
+        detail: if egress_ok {
+            "cgroup/connect4, connect6, sendmsg4, sendmsg6 on the cgroup v2 root".into()
+        } else {
+            "needs cgroup v2 and BTF".into()
+        },
+    });
+    controls.push(Control {
+        name: "agent identity",
+        level: if offsets.is_some() {
+            ControlLevel::Enforced
+        } else {
+            ControlLevel::Unavailable
+        },
+        detail: "tgid record, inherited at fork (tp_btf/sched_process_fork)".into(),
+    });
+    let files_level = if bpf_lsm_loadable && offsets.is_some() {
+        ControlLevel::Enforced
+    } else {
+        ControlLevel::Unavailable
+    };
+    controls.push(Control {
+        name: "file access",
+        detail: if files_level == ControlLevel::Enforced {
+            "BPF LSM file_open with bpf_d_path".into()
+        } else if lsm_listed {
+            "BPF LSM is listed but refuses programs; file rules are not enforced on this kernel".into()
+        } else {
+            "BPF LSM is not active (boot with lsm=...,bpf); file rules are not enforced on this kernel".into()
+        },
+        level: files_level,
+    });
+    controls.push(Control {
+        name: "audit trail",
+        level: if ringbuf.as_ref().is_ok_and(|supported| *supported) {
+            ControlLevel::Enforced
+        } else {
+            ControlLevel::Unavailable
+        },
+        detail: "ring buffer events to a JSON-lines log".into(),
+    });
+
+    ProbeReport {
+        kernel,
+        checks,
+        controls,
+        bpf_lsm_loadable,
+        offsets: offsets.map(Into::into),
+    }
+}
+
+/// Landlock ABI version, or `None` when Landlock is off.
+pub fn landlock_abi() -> Option<i64> {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: the version query takes no ruleset and writes no memory.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    (abi > 0).then_some(abi)
+}
+
+impl ProbeReport {
+    /// Renders the report as a table.
+    pub fn render(&self) -> String {
+        let mut out = format!("Kernel {}\n\n", self.kernel);
+        let width = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+        out.push_str(&format!("{:width$}  {:3}  DETAIL\n", "CHECK", "OK"));
+        for c in &self.checks {
+            let ok = if c.status == Status::Yes { "yes" } else { "no" };
+            out.push_str(&format!("{:width$}  {ok:3}  {}\n", c.name, c.detail));
+        }
+        let width = self.controls.iter().map(|c| c.name.len()).max().unwrap_or(0);
+        out.push_str(&format!("\n{:width$}  {:11}  DETAIL\n", "CONTROL", "STATE"));
+        for c in &self.controls {
+            let level = match c.level {
+                ControlLevel::Enforced => "enforced",
+                ControlLevel::Degraded => "degraded",
+                ControlLevel::Unavailable => "unavailable",
+            };
+            out.push_str(&format!("{:width$}  {level:11}  {}\n", c.name, c.detail));
+        }
+        out
+    }
+}
+
+/// Whether securityfs is mounted (the LSM list lives there).
+pub fn securityfs_mounted() -> bool {
+    Path::new("/sys/kernel/security/lsm").exists()
+}

@@ -1,0 +1,36 @@
+//! The `baton` command.
+
+use clap::Parser;
+use baton::cli::{Cli, Command, daemon, exec, policy, probe};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("BATON_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Run(args) => daemon::run(args),
+        Command::Exec(args) => exec::run(args),
+        Command::Probe(args) => probe::run(args),
+        Command::Policy(command) => policy::run(command),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // Print each cause once: many messages already quote their source.
+            let mut message = error.to_string();
+            for cause in error.chain().skip(1) {
+                let text = cause.to_string();
+                if !message.contains(&text) {
+                    message = format!("{message}: {text}");
+                }
+            }
+            eprintln!("baton: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

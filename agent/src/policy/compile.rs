@@ -1,0 +1,462 @@
+//! Compiling policies into the entries the kernel maps hold.
+//!
+//! Precedence is resolved here, once, so the kernel only does lookups: the
+//! most specific rule wins, and deny wins a tie. For egress, every address
+//! prefix gets a port table that already lists, in precedence order, the
+//! rules of all less specific prefixes covering it; for files, every path
+//! prefix gets one decision per right, already resolved against the prefixes
+//! above it.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    path::PathBuf,
+};
+
+use agent_common::{
+    egress::{PORT_TABLE_ROWS, PortRule, ipv4_mapped, protocol},
+    files::{FileValue, RIGHT_SLOTS, right},
+    verdict::{decision, mode},
+};
+use thiserror::Error;
+
+use super::{
+    load::LoadedPolicy,
+    spec::{AbsolutePath, Action, Mode, Name, PortRange, Protocol},
+};
+
+/// Errors that only show once policies are combined.
+#[derive(Debug, Error)]
+pub enum CompileError {
+    /// An address prefix needs more port-table rows than the kernel holds.
+    #[error(
+        "agent {agent}: destination {prefix} is covered by {rows} port rules, more than the {PORT_TABLE_ROWS} the kernel holds per destination; merge port ranges or split the network"
+    )]
+    TooManyPortRows {
+        /// Agent.
+        agent: String,
+        /// Destination prefix.
+        prefix: String,
+        /// Rows needed.
+        rows: usize,
+    },
+}
+
+/// Where a kernel rule id came from, for audit records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleRef {
+    /// Policy name.
+    pub policy: String,
+    /// Rule within the policy, e.g. `egress.deny[0]` or `egress.default`.
+    pub rule: String,
+    /// File the policy was read from.
+    pub source: PathBuf,
+}
+
+/// The settings of one agent after merging every policy that selects it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledAgent {
+    /// Policies selecting the agent.
+    pub policies: Vec<String>,
+    /// One of [`agent_common::verdict::mode`].
+    pub mode: u8,
+    /// Decision when no egress rule matches.
+    pub egress_default: u8,
+    /// Rule id for the egress default.
+    pub egress_default_rule: u32,
+    /// Decision when no file rule matches.
+    pub file_default: u8,
+    /// Rule id for the file default.
+    pub file_default_rule: u32,
+    /// Egress prefixes with their port tables.
+    pub egress: Vec<EgressEntry>,
+    /// File prefixes with their per-right decisions.
+    pub files: Vec<FileEntry>,
+}
+
+/// One egress trie entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EgressEntry {
+    /// IPv6 address, IPv4-mapped for IPv4.
+    pub addr: [u8; 16],
+    /// Prefix length in the 128-bit address.
+    pub prefix_len: u32,
+    /// Rows in precedence order.
+    pub rows: Vec<PortRule>,
+}
+
+/// One file trie entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileEntry {
+    /// Path bytes with the trailing `/`.
+    pub key: Vec<u8>,
+    /// Decisions per right.
+    pub value: FileValue,
+}
+
+/// A whole policy set, ready to be written to the kernel.
+#[derive(Clone, Debug, Default)]
+pub struct CompiledPolicySet {
+    /// Per agent name.
+    pub agents: BTreeMap<Name, CompiledAgent>,
+    /// Rule `first_rule_id + i` is `rules[i]`.
+    pub rules: Vec<RuleRef>,
+    /// Id of `rules[0]`.
+    pub first_rule_id: u32,
+}
+
+impl CompiledPolicySet {
+    /// Looks a kernel rule id up.
+    pub fn rule(&self, id: u32) -> Option<&RuleRef> {
+        id.checked_sub(self.first_rule_id)
+            .and_then(|i| self.rules.get(i as usize))
+    }
+
+    /// Total rule-table entries, for capacity reporting.
+    pub fn entry_count(&self) -> usize {
+        self.agents
+            .values()
+            .map(|a| a.egress.len() + a.files.len())
+            .sum()
+    }
+}
+
+/// One egress rule before flattening.
+struct EgressSource {
+    addr: [u8; 16],
+    prefix_len: u32,
+    ports: Vec<PortRange>,
+    protocols: u8,
+    decision: u8,
+    rule_id: u32,
+}
+
+/// One file rule before flattening.
+struct FileSource {
+    path: AbsolutePath,
+    rights: u32,
+    decision: u8,
+    rule_id: u32,
+}
+
+fn action_decision(action: Action) -> u8 {
+    match action {
+        Action::Allow => decision::ALLOW,
+        Action::Deny => decision::DENY,
+    }
+}
+
+/// Maps an address and prefix length into the 128-bit key space.
+fn key_prefix(addr: IpAddr, prefix_len: u8) -> ([u8; 16], u32) {
+    match addr {
+        IpAddr::V4(v4) => (ipv4_mapped(v4.octets()), 96 + u32::from(prefix_len)),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => (ipv4_mapped(v4.octets()), u32::from(prefix_len)),
+            None => (v6.octets(), u32::from(prefix_len)),
+        },
+    }
+}
+
+fn covers(outer: &([u8; 16], u32), inner: &([u8; 16], u32)) -> bool {
+    if outer.1 > inner.1 {
+        return false;
+    }
+    let outer_bits = u128::from_be_bytes(outer.0);
+    let inner_bits = u128::from_be_bytes(inner.0);
+    let mask = if outer.1 == 0 {
+        0
+    } else {
+        u128::MAX << (128 - outer.1)
+    };
+    outer_bits & mask == inner_bits & mask
+}
+
+fn format_prefix(addr: [u8; 16], prefix_len: u32) -> String {
+    let v6 = std::net::Ipv6Addr::from(addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) if prefix_len >= 96 => format!("{v4}/{}", prefix_len - 96),
+        _ => format!("{v6}/{prefix_len}"),
+    }
+}
+
+/// Compiles a policy set. Rule ids start at `first_rule_id`, which the caller
+/// keeps increasing between reloads so that an event decided under an older
+/// generation still names the right rule.
+pub fn compile(
+    policies: &[LoadedPolicy],
+    first_rule_id: u32,
+) -> Result<CompiledPolicySet, CompileError> {
+    let mut rules: Vec<RuleRef> = Vec::new();
+    let mut add_rule = |policy: &LoadedPolicy, rule: String| -> u32 {
+        rules.push(RuleRef {
+            policy: policy.document.metadata.name.0.clone(),
+            rule,
+            source: policy.source.clone(),
+        });
+        first_rule_id + rules.len() as u32 - 1
+    };
+
+    let mut by_agent: BTreeMap<Name, Vec<&LoadedPolicy>> = BTreeMap::new();
+    for policy in policies {
+        by_agent
+            .entry(policy.document.spec.selector.agent.clone())
+            .or_default()
+            .push(policy);
+    }
+
+    let mut agents = BTreeMap::new();
+    for (agent, selecting) in by_agent {
+        let mut egress_sources = Vec::new();
+        let mut file_sources = Vec::new();
+        let mut any_enforce = false;
+        let mut egress_default: Option<(u8, u32)> = None;
+        let mut file_default: Option<(u8, u32)> = None;
+        for policy in &selecting {
+            let spec = &policy.document.spec;
+            any_enforce |= spec.mode == Mode::Enforce;
+            if let Some(egress) = &spec.egress {
+                let d = action_decision(egress.default);
+                // The strictest default of the merged policies applies.
+                if egress_default.is_none_or(|(current, _)| d == decision::DENY && current != d) {
+                    egress_default = Some((d, add_rule(policy, "egress.default".into())));
+                }
+                for (list, action, rules_of) in [
+                    ("allow", Action::Allow, &egress.allow),
+                    ("deny", Action::Deny, &egress.deny),
+                ] {
+                    for (i, rule) in rules_of.iter().enumerate() {
+                        let (addr, prefix_len) = key_prefix(rule.cidr.0.network(), rule.cidr.0.prefix_len());
+                        egress_sources.push(EgressSource {
+                            addr,
+                            prefix_len,
+                            ports: rule.ports.clone(),
+                            protocols: match rule.protocol {
+                                Protocol::Any => protocol::ANY,
+                                Protocol::Tcp => protocol::TCP,
+                                Protocol::Udp => protocol::UDP,
+                            },
+                            decision: action_decision(action),
+                            rule_id: add_rule(policy, format!("egress.{list}[{i}]")),
+                        });
+                    }
+                }
+            }
+            if let Some(files) = &spec.files {
+                let d = action_decision(files.default);
+                if file_default.is_none_or(|(current, _)| d == decision::DENY && current != d) {
+                    file_default = Some((d, add_rule(policy, "files.default".into())));
+                }
+                for (i, path) in files.deny.iter().enumerate() {
+                    file_sources.push(FileSource {
+                        path: path.clone(),
+                        rights: (0..right::COUNT).fold(0, |acc, r| acc | right::bit(r)),
+                        decision: decision::DENY,
+                        rule_id: add_rule(policy, format!("files.deny[{i}]")),
+                    });
+                }
+            }
+        }
+        let (egress_default, egress_default_rule) = egress_default.unwrap_or((decision::DENY, 0));
+        let (file_default, file_default_rule) = file_default.unwrap_or((decision::ALLOW, 0));
+        let compiled = CompiledAgent {
+            policies: selecting
+                .iter()
+                .map(|p| p.document.metadata.name.0.clone())
+                .collect(),
+            mode: if any_enforce { mode::ENFORCE } else { mode::AUDIT },
+            egress_default,
+            egress_default_rule,
+            file_default,
+            file_default_rule,
+            egress: flatten_egress(&agent, &egress_sources)?,
+            files: flatten_files(&file_sources),
+        };
+        agents.insert(agent, compiled);
+    }
+    Ok(CompiledPolicySet {
+        agents,
+        rules,
+        first_rule_id,
+    })
+}
+
+fn flatten_egress(agent: &Name, sources: &[EgressSource]) -> Result<Vec<EgressEntry>, CompileError> {
+    let prefixes: BTreeSet<([u8; 16], u32)> =
+        sources.iter().map(|s| (s.addr, s.prefix_len)).collect();
+    let mut entries = Vec::new();
+    for prefix in prefixes {
+        let mut covering: Vec<&EgressSource> = sources
+            .iter()
+            .filter(|s| covers(&(s.addr, s.prefix_len), &prefix))
+            .collect();
+        // Most specific first; deny before allow at equal specificity; then
+        // the order rules were written in.
+        covering.sort_by_key(|s| (std::cmp::Reverse(s.prefix_len), s.decision != decision::DENY));
+        let mut rows = Vec::new();
+        for source in covering {
+            let ports = if source.ports.is_empty() {
+                vec![PortRange::ALL]
+            } else {
+                source.ports.clone()
+            };
+            for range in ports {
+                rows.push(PortRule {
+                    port_lo: range.first,
+                    port_hi: range.last,
+                    protocols: source.protocols,
+                    decision: source.decision,
+                    _pad: [0; 2],
+                    rule_id: source.rule_id,
+                });
+            }
+        }
+        if rows.len() > PORT_TABLE_ROWS {
+            return Err(CompileError::TooManyPortRows {
+                agent: agent.0.clone(),
+                prefix: format_prefix(prefix.0, prefix.1),
+                rows: rows.len(),
+            });
+        }
+        entries.push(EgressEntry {
+            addr: prefix.0,
+            prefix_len: prefix.1,
+            rows,
+        });
+    }
+    Ok(entries)
+}
+
+fn flatten_files(sources: &[FileSource]) -> Vec<FileEntry> {
+    let paths: BTreeSet<&AbsolutePath> = sources.iter().map(|s| &s.path).collect();
+    let mut entries = Vec::new();
+    for path in paths {
+        let mut value = FileValue::default();
+        for (r, (slot_decision, slot_rule)) in value
+            .decisions
+            .iter_mut()
+            .zip(value.rule_ids.iter_mut())
+            .enumerate()
+            .take(RIGHT_SLOTS)
+        {
+            let best = sources
+                .iter()
+                .filter(|s| s.rights & right::bit(r) != 0 && s.path.covers(path))
+                .max_by_key(|s| (s.path.0.len(), s.decision == decision::DENY));
+            if let Some(best) = best {
+                *slot_decision = best.decision;
+                *slot_rule = best.rule_id;
+            }
+        }
+        entries.push(FileEntry {
+            key: path.key_bytes(),
+            value,
+        });
+    }
+    entries
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::policy::load::parse_str;
+
+    fn compile_text(text: &str) -> CompiledPolicySet {
+        compile(&parse_str(Path::new("p.yaml"), text).unwrap(), 1).unwrap()
+    }
+
+    const HEAD: &str = "apiVersion: baton.dev/v1alpha1
+kind: AgentPolicy
+metadata:
+  name: p
+spec:
+  selector:
+    agent: a
+";
+
+    #[test]
+    fn specific_rules_come_first_and_deny_wins_ties() {
+        let set = compile_text(&format!(
+            "{HEAD}  egress:
+    allow:
+      - cidr: 10.0.0.0/8
+      - cidr: 10.1.0.0/16
+        ports: [443]
+    deny:
+      - cidr: 10.1.0.0/16
+"
+        ));
+        let agent = &set.agents[&Name("a".into())];
+        assert_eq!(agent.egress.len(), 2);
+        let inner = agent.egress.iter().find(|e| e.prefix_len == 96 + 16).unwrap();
+        // deny /16, allow /16:443, allow /8
+        assert_eq!(inner.rows.len(), 3);
+        assert_eq!(inner.rows[0].decision, decision::DENY);
+        assert_eq!(inner.rows[1].decision, decision::ALLOW);
+        assert_eq!(inner.rows[1].port_lo, 443);
+        assert_eq!(inner.rows[2].port_hi, u16::MAX);
+        assert_eq!(set.rule(inner.rows[0].rule_id).unwrap().rule, "egress.deny[0]");
+        assert_eq!(agent.egress_default, decision::DENY);
+    }
+
+    #[test]
+    fn ipv4_mapped_rules_are_ipv4_rules() {
+        let set = compile_text(&format!(
+            "{HEAD}  egress:
+    allow:
+      - cidr: ::ffff:127.0.0.1
+      - cidr: 127.0.0.1
+"
+        ));
+        assert_eq!(set.agents[&Name("a".into())].egress.len(), 1);
+    }
+
+    #[test]
+    fn files_resolve_per_right_on_component_boundaries() {
+        let set = compile_text(&format!(
+            "{HEAD}  files:
+    deny:
+      - /x/.ssh
+"
+        ));
+        let agent = &set.agents[&Name("a".into())];
+        assert_eq!(agent.files[0].key, b"/x/.ssh/");
+        assert_eq!(agent.files[0].value.decisions[right::READ], decision::DENY);
+        assert_eq!(agent.file_default, decision::ALLOW);
+    }
+
+    #[test]
+    fn too_many_port_rows_is_an_error() {
+        let ports: Vec<String> = (1..=17).map(|p| p.to_string()).collect();
+        let text = format!(
+            "{HEAD}  egress:
+    allow:
+      - cidr: 10.0.0.0/8
+        ports: [{}]
+",
+            ports.join(", ")
+        );
+        let error = compile(&parse_str(Path::new("p.yaml"), &text).unwrap(), 1).unwrap_err();
+        assert!(error.to_string().contains("10.0.0.0/8"), "{error}");
+    }
+
+    #[test]
+    fn merged_policies_take_the_strictest_settings() {
+        let text = format!(
+            "{HEAD}  mode: audit
+  egress:
+    default: allow
+---
+{}  egress:
+    default: deny
+",
+            HEAD.replace("name: p", "name: q")
+        );
+        let set = compile_text(&text);
+        let agent = &set.agents[&Name("a".into())];
+        assert_eq!(agent.mode, mode::ENFORCE);
+        assert_eq!(agent.egress_default, decision::DENY);
+        assert_eq!(agent.policies, vec!["p", "q"]);
+    }
+}

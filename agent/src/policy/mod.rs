@@ -1,0 +1,12 @@
+//! Policies: reading, validating and compiling them to kernel map entries.
+//!
+//! Nothing here touches the kernel: a policy set is parsed, validated and
+//! compiled completely first, so a bad file can never leave a half-applied
+//! set behind.
+
+pub mod compile;
+pub mod load;
+pub mod spec;
+
+pub use compile::{CompiledPolicySet, RuleRef, compile};
+pub use load::{LoadedPolicy, PolicyError, load_dir, load_files, parse_str};

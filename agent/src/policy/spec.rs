@@ -1,0 +1,453 @@
+//! The policy format: Kubernetes-style YAML, one `AgentPolicy` per document.
+//!
+//! ```yaml
+//! apiVersion: baton.dev/v1alpha1
+//! kind: AgentPolicy
+//! metadata:
+//!   name: demo
+//! spec:
+//!   selector:
+//!     agent: demo
+//!   mode: enforce
+//!   egress:
+//!     default: deny
+//!     allow:
+//!       - cidr: 127.0.0.1/32
+//!         ports: [8080, "9000-9100"]
+//!         protocol: tcp
+//!   files:
+//!     deny:
+//!       - /etc/shadow
+//! ```
+//!
+//! Every struct rejects unknown fields: a misspelt key is an error with its
+//! line and column, never a silently ignored rule. Values are checked while
+//! they are read (CIDRs, ports, paths), so their errors carry a position too.
+
+use std::{fmt, net::IpAddr};
+
+use ipnet::IpNet;
+use serde::{
+    Deserialize, Deserializer, Serialize,
+    de::{self, Visitor},
+};
+
+/// The only API version so far.
+pub const API_VERSION: &str = "baton.dev/v1alpha1";
+
+/// `apiVersion`.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub enum ApiVersion {
+    /// `baton.dev/v1alpha1`.
+    #[serde(rename = "baton.dev/v1alpha1")]
+    V1alpha1,
+}
+
+/// `kind`.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub enum Kind {
+    /// The only kind.
+    AgentPolicy,
+}
+
+/// One policy document.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AgentPolicyDocument {
+    /// Schema version.
+    pub api_version: ApiVersion,
+    /// Always `AgentPolicy`.
+    pub kind: Kind,
+    /// Name and labels.
+    pub metadata: Metadata,
+    /// What the policy selects and enforces.
+    pub spec: PolicySpec,
+}
+
+/// `metadata`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// Unique policy name; audit records cite it.
+    pub name: Name,
+    /// Free-form labels, kept for tooling.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// `spec`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    /// Which processes are the agent.
+    pub selector: Selector,
+    /// `enforce` (default) or `audit`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Where the agent may connect.
+    #[serde(default)]
+    pub egress: Option<EgressSpec>,
+    /// Which files the agent may touch.
+    #[serde(default)]
+    pub files: Option<FilesSpec>,
+    /// Which programs the agent may run (not yet enforced; rejected if set).
+    #[serde(default)]
+    pub exec: Option<Unsupported>,
+    /// Circuit breakers (not yet enforced; rejected if set).
+    #[serde(default)]
+    pub breakers: Option<Unsupported>,
+}
+
+/// `spec.selector`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selector {
+    /// Agent name, as given to `baton exec --agent NAME`.
+    pub agent: Name,
+}
+
+/// `spec.mode`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Deny what the policy denies.
+    #[default]
+    Enforce,
+    /// Decide and record, never deny.
+    Audit,
+}
+
+/// Allow or deny.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Allow.
+    Allow,
+    /// Deny.
+    Deny,
+}
+
+/// `spec.egress`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressSpec {
+    /// Decision when no rule matches; `deny` unless set.
+    #[serde(default = "default_deny")]
+    pub default: Action,
+    /// Destinations the agent may reach.
+    #[serde(default)]
+    pub allow: Vec<EgressRule>,
+    /// Destinations the agent may not reach.
+    #[serde(default)]
+    pub deny: Vec<EgressRule>,
+}
+
+fn default_deny() -> Action {
+    Action::Deny
+}
+
+fn default_allow() -> Action {
+    Action::Allow
+}
+
+/// One egress rule.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressRule {
+    /// IPv4 or IPv6 network; a bare address means a single host.
+    pub cidr: Cidr,
+    /// Ports and port ranges; every port when empty.
+    #[serde(default)]
+    pub ports: Vec<PortRange>,
+    /// `tcp`, `udp` or `any` (default).
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// `protocol` of an egress rule.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP and UDP.
+    #[default]
+    Any,
+    /// TCP only.
+    Tcp,
+    /// UDP only.
+    Udp,
+}
+
+/// `spec.files`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesSpec {
+    /// Decision when no rule matches; `allow` unless set.
+    #[serde(default = "default_allow")]
+    pub default: Action,
+    /// Path prefixes the agent may not touch at all.
+    #[serde(default)]
+    pub deny: Vec<AbsolutePath>,
+}
+
+/// A section that a later version of Baton enforces; present now so that
+/// files written against the full schema fail loudly instead of half-working.
+#[derive(Clone, Debug, Serialize)]
+pub struct Unsupported;
+
+impl<'de> Deserialize<'de> for Unsupported {
+    fn deserialize<D: Deserializer<'de>>(_deserializer: D) -> Result<Self, D::Error> {
+        Err(de::Error::custom(
+            "this section is not enforced by this version of Baton; remove it rather than believe it is in force",
+        ))
+    }
+}
+
+/// A name: 1–63 characters of `a-z`, `0-9`, `-`, `_`, `.`, starting with a
+/// letter or digit.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(transparent)]
+pub struct Name(pub String);
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Name {
+    /// Validates a name.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let valid = !s.is_empty()
+            && s.len() <= 63
+            && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+        if valid {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(format!(
+                "invalid name {s:?}: use 1-63 characters of a-z, 0-9, '-', '_' or '.', starting with a letter or digit"
+            ))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Self::parse(&s).map_err(de::Error::custom)
+    }
+}
+
+/// An IP network, normalised (host bits cleared).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Cidr(pub IpNet);
+
+impl Cidr {
+    /// Parses `a.b.c.d/n`, `x::y/n` or a bare address.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Ok(net) = s.parse::<IpNet>() {
+            if net.addr() != net.network() {
+                return Err(format!(
+                    "invalid CIDR {s:?}: host bits are set; did you mean {}?",
+                    net.trunc()
+                ));
+            }
+            return Ok(Self(net));
+        }
+        if let Ok(addr) = s.parse::<IpAddr>() {
+            return Ok(Self(IpNet::from(addr)));
+        }
+        Err(format!(
+            "invalid CIDR {s:?}: expected an address with an optional prefix length, such as 10.0.0.0/8 or 2001:db8::/32"
+        ))
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Self::parse(&s).map_err(de::Error::custom)
+    }
+}
+
+/// An inclusive port range; a single port is a range of one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct PortRange {
+    /// First port.
+    pub first: u16,
+    /// Last port.
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Every port.
+    pub const ALL: Self = Self {
+        first: 0,
+        last: u16::MAX,
+    };
+
+    /// Parses `443` or `8000-8100`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let port = |p: &str| -> Result<u16, String> {
+            p.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("invalid port {p:?}: expected a number from 0 to 65535"))
+        };
+        match s.split_once('-') {
+            Some((first, last)) => {
+                let (first, last) = (port(first)?, port(last)?);
+                if first > last {
+                    return Err(format!("invalid port range {s:?}: first port is above the last"));
+                }
+                Ok(Self { first, last })
+            }
+            None => {
+                let p = port(s)?;
+                Ok(Self { first: p, last: p })
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PortVisitor;
+        impl Visitor<'_> for PortVisitor {
+            type Value = PortRange;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port number or a range such as \"8000-8100\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PortRange, E> {
+                u16::try_from(v)
+                    .map(|p| PortRange { first: p, last: p })
+                    .map_err(|_| E::custom(format!("invalid port {v}: expected a number from 0 to 65535")))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortRange, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom(format!("invalid port {v}: expected a number from 0 to 65535")))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortRange, E> {
+                PortRange::parse(v).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(PortVisitor)
+    }
+}
+
+/// An absolute, normalised path prefix.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct AbsolutePath(pub String);
+
+/// Longest path a rule may name: the kernel key holds 248 bytes, one of them
+/// the `/` that marks the component boundary.
+pub const MAX_RULE_PATH_BYTES: usize = agent_common::files::PATH_KEY_BYTES - 1;
+
+impl AbsolutePath {
+    /// Validates and normalises a rule path: absolute, no `~`, `.` or `..`
+    /// components, no repeated or trailing `/`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.starts_with('~') {
+            return Err(format!(
+                "invalid path {s:?}: '~' is not expanded; write the absolute path (for every user's home, /home/*/... is planned)"
+            ));
+        }
+        if !s.starts_with('/') {
+            return Err(format!("invalid path {s:?}: rule paths must be absolute"));
+        }
+        if s.contains('\0') {
+            return Err(format!("invalid path {s:?}: contains a NUL byte"));
+        }
+        let mut components = Vec::new();
+        for component in s.split('/').filter(|c| !c.is_empty()) {
+            if component == "." || component == ".." {
+                return Err(format!(
+                    "invalid path {s:?}: '.' and '..' are not allowed; the kernel matches resolved paths"
+                ));
+            }
+            if component.contains('*') {
+                return Err(format!(
+                    "invalid path {s:?}: wildcards are not supported yet"
+                ));
+            }
+            components.push(component);
+        }
+        let normalised = format!("/{}", components.join("/"));
+        if normalised.len() > MAX_RULE_PATH_BYTES {
+            return Err(format!(
+                "invalid path {s:?}: {} bytes is longer than the {MAX_RULE_PATH_BYTES} bytes a kernel rule can hold",
+                normalised.len()
+            ));
+        }
+        Ok(Self(normalised))
+    }
+
+    /// Key bytes: the path with a trailing `/` (the root is just `/`).
+    pub fn key_bytes(&self) -> Vec<u8> {
+        if self.0 == "/" {
+            b"/".to_vec()
+        } else {
+            format!("{}/", self.0).into_bytes()
+        }
+    }
+
+    /// Whether `self` covers `other` on component boundaries.
+    pub fn covers(&self, other: &AbsolutePath) -> bool {
+        other.key_bytes().starts_with(&self.key_bytes())
+    }
+}
+
+impl<'de> Deserialize<'de> for AbsolutePath {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Self::parse(&s).map_err(de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs() {
+        assert_eq!(Cidr::parse("10.0.0.0/8").unwrap().0.prefix_len(), 8);
+        assert_eq!(Cidr::parse("127.0.0.1").unwrap().0.prefix_len(), 32);
+        assert_eq!(Cidr::parse("::1").unwrap().0.prefix_len(), 128);
+        assert!(Cidr::parse("10.0.0.1/8").unwrap_err().contains("host bits"));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("example.com").is_err());
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!(PortRange::parse("80").unwrap(), PortRange { first: 80, last: 80 });
+        assert_eq!(PortRange::parse("1-2").unwrap(), PortRange { first: 1, last: 2 });
+        assert!(PortRange::parse("2-1").is_err());
+        assert!(PortRange::parse("70000").is_err());
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(AbsolutePath::parse("/a//b/").unwrap().0, "/a/b");
+        assert_eq!(AbsolutePath::parse("/").unwrap().key_bytes(), b"/");
+        assert!(AbsolutePath::parse("~/.ssh").unwrap_err().contains('~'));
+        assert!(AbsolutePath::parse("a/b").is_err());
+        assert!(AbsolutePath::parse("/a/../b").is_err());
+        assert!(AbsolutePath::parse(&format!("/{}", "x".repeat(300))).is_err());
+        let ssh = AbsolutePath::parse("/x/.ssh").unwrap();
+        assert!(ssh.covers(&AbsolutePath::parse("/x/.ssh/id").unwrap()));
+        assert!(ssh.covers(&ssh));
+        assert!(!ssh.covers(&AbsolutePath::parse("/x/.ssh_old").unwrap()));
+        assert!(AbsolutePath::parse("/").unwrap().covers(&ssh));
+    }
+
+    #[test]
+    fn names() {
+        assert!(Name::parse("demo-1").is_ok());
+        assert!(Name::parse("").is_err());
+        assert!(Name::parse("Demo").is_err());
+        assert!(Name::parse("-x").is_err());
+    }
+}
