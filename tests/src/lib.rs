@@ -1,0 +1,283 @@
+//! Shared harness for Baton's integration tests: start a real daemon with
+//! real policies, run real processes inside and outside agents, read the
+//! real audit log.
+//!
+//! Every test runs as root on a kernel that accepts the programs; nothing
+//! here imitates the kernel.
+
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The workspace's `target/debug` directory.
+fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug")
+}
+
+/// The `baton` binary under test: `BATON_BIN`, or the workspace build.
+pub fn baton_bin() -> PathBuf {
+    let path = std::env::var_os("BATON_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("baton"));
+    assert!(
+        path.exists(),
+        "{} does not exist: build it first (cargo build -p agent) or set BATON_BIN",
+        path.display()
+    );
+    path
+}
+
+/// A fresh, empty directory for one test, removed on drop.
+pub struct TempDir(PathBuf);
+
+static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
+
+impl TempDir {
+    /// Creates the directory.
+    pub fn new(label: &str) -> Self {
+        let base = std::env::var_os("BATON_TEST_TMP")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = base.join(format!(
+            "baton-test-{label}-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create test directory");
+        Self(dir)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `baton run`, stopped on drop.
+pub struct Daemon {
+    child: Child,
+    /// The test's directory: policies, audit log, socket.
+    pub dir: TempDir,
+    /// Control socket.
+    pub socket: PathBuf,
+    /// Audit log.
+    pub audit_log: PathBuf,
+}
+
+impl Daemon {
+    /// Writes `policies` (file name, YAML) and starts the daemon; returns once
+    /// it is enforcing (its control socket exists).
+    pub fn start(label: &str, policies: &[(&str, String)]) -> Self {
+        let dir = TempDir::new(label);
+        let policy_dir = dir.path().join("policies");
+        std::fs::create_dir_all(&policy_dir).unwrap();
+        for (name, text) in policies {
+            std::fs::write(policy_dir.join(name), text).unwrap();
+        }
+        let socket = dir.path().join("baton.sock");
+        let audit_log = dir.path().join("log/audit.jsonl");
+        let stderr_path = dir.path().join("daemon.stderr");
+        // An empty configuration keeps the host's /etc/baton out of the test.
+        let config = dir.path().join("config.yaml");
+        std::fs::write(&config, "").unwrap();
+        let child = Command::new(baton_bin())
+            .arg("run")
+            .arg("--policy-dir")
+            .arg(&policy_dir)
+            .arg("--audit-log")
+            .arg(&audit_log)
+            .arg("--control-socket")
+            .arg(&socket)
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .expect("spawn baton run");
+        let mut daemon = Self {
+            child,
+            dir,
+            socket,
+            audit_log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !daemon.socket.exists() {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!(
+                    "baton run exited with {status} before it was ready:\n{}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "baton run was not ready within 60 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        daemon
+    }
+
+    /// Runs `command` inside `agent` through `baton exec`.
+    pub fn exec(&self, agent: &str, command: &[&str]) -> Output {
+        Command::new(baton_bin())
+            .arg("exec")
+            .arg("--agent")
+            .arg(agent)
+            .arg("--control-socket")
+            .arg(&self.socket)
+            .arg("--")
+            .args(command)
+            .output()
+            .expect("spawn baton exec")
+    }
+
+    /// Every audit record written so far.
+    pub fn records(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.audit_log)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("audit lines are JSON"))
+            .collect()
+    }
+
+    /// Waits up to 10 s for a record matching `matches`.
+    pub fn wait_for_record(&self, matches: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(found) = self.records().into_iter().find(&matches) {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no matching audit record within 10 s; log:\n{}",
+                std::fs::read_to_string(&self.audit_log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.stderr")).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Output of the syscall helper: `ok` or `errno=N`.
+pub fn helper_outcome(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "helper failed: {}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// The errno text for EPERM as the helper prints it.
+pub const EPERM: &str = "errno=1";
+
+/// A policy document for agent `agent` with the given `spec` body (indented
+/// by four spaces, below `spec:`), selecting `agent` by name.
+pub fn policy(name: &str, agent: &str, spec_body: &str) -> String {
+    format!(
+        "apiVersion: baton.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: {name}\nspec:\n  selector:\n    agent: {agent}\n{spec_body}"
+    )
+}
+
+/// Runs `baton` with arguments and returns its output.
+pub fn baton(args: &[&str]) -> Output {
+    Command::new(baton_bin())
+        .args(args)
+        .output()
+        .expect("spawn baton")
+}
+
+/// Loads a trivial BPF LSM program with raw `bpf(2)` calls, independently of
+/// Baton's loader: `r0 = 0; exit` attached to `file_open`. Returns the errno
+/// on refusal.
+pub fn independent_lsm_load() -> Result<(), i32> {
+    let btf_id = btf_func_id("bpf_lsm_file_open").expect("bpf_lsm_file_open in vmlinux BTF");
+    // mov64 r0, 0 ; exit
+    let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
+    let license = b"GPL\0";
+    let mut attr = [0u8; 128];
+    let put_u32 = |attr: &mut [u8; 128], at: usize, v: u32| attr[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+    let put_u64 = |attr: &mut [u8; 128], at: usize, v: u64| attr[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+    const BPF_PROG_TYPE_LSM: u32 = 29;
+    const BPF_LSM_MAC: u32 = 27;
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
+    put_u32(&mut attr, 0, BPF_PROG_TYPE_LSM);
+    put_u32(&mut attr, 4, insns.len() as u32);
+    put_u64(&mut attr, 8, insns.as_ptr() as u64);
+    put_u64(&mut attr, 16, license.as_ptr() as u64);
+    put_u32(&mut attr, 68, BPF_LSM_MAC);
+    put_u32(&mut attr, 108, btf_id);
+    // SAFETY: `attr` is a zero-padded bpf_attr for BPF_PROG_LOAD whose
+    // pointers outlive the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), attr.len()) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1));
+    }
+    // Attaching proves the program can take effect, not only that it loads.
+    let mut attach = [0u8; 16];
+    attach[8..12].copy_from_slice(&(fd as u32).to_ne_bytes());
+    // SAFETY: `attach` is a zero-padded bpf_attr for BPF_RAW_TRACEPOINT_OPEN.
+    let link = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_RAW_TRACEPOINT_OPEN, attach.as_ptr(), attach.len())
+    };
+    let result = if link < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1))
+    } else {
+        // SAFETY: closing descriptors we own.
+        unsafe { libc::close(link as i32) };
+        Ok(())
+    };
+    // SAFETY: closing a descriptor we own.
+    unsafe { libc::close(fd as i32) };
+    result
+}
+
+/// Type id of a kernel function in vmlinux BTF, from `bpftool`, so that the
+/// independent load does not share Baton's BTF reader.
+fn btf_func_id(name: &str) -> Option<u32> {
+    let mut child = Command::new("bpftool")
+        .args(["btf", "dump", "file", "/sys/kernel/btf/vmlinux"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("bpftool is installed by cargo xtask setup");
+    let mut text = String::new();
+    child.stdout.take()?.read_to_string(&mut text).ok()?;
+    let _ = child.wait();
+    let needle = format!("] FUNC '{name}'");
+    text.lines()
+        .find(|line| line.contains(&needle))
+        .and_then(|line| line.strip_prefix('[')?.split(']').next()?.parse().ok())
+}

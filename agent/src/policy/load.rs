@@ -221,19 +221,25 @@ spec:
     #[test]
     fn unknown_field_has_a_position() {
         let error = error_of(&GOOD.replace("  egress:", "  egres:"));
-        assert!(error.starts_with("p.yaml:8:3: unknown field `egres`"), "{error}");
+        assert!(error.starts_with("p.yaml:8:3: spec: unknown field `egres`"), "{error}");
     }
 
     #[test]
     fn bad_cidr_has_a_position() {
         let error = error_of(&GOOD.replace("127.0.0.1", "127.0.0.300"));
-        assert!(error.starts_with("p.yaml:10:15: invalid CIDR"), "{error}");
+        assert!(
+            error.starts_with("p.yaml:10:15: spec.egress.allow[0].cidr: invalid CIDR"),
+            "{error}"
+        );
     }
 
     #[test]
     fn bad_port_has_a_position() {
         let error = error_of(&GOOD.replace("[80,", "[80000,"));
-        assert!(error.starts_with("p.yaml:11:16: invalid port 80000"), "{error}");
+        assert!(
+            error.starts_with("p.yaml:11:17: spec.egress.allow[0].ports[0]: invalid port 80000"),
+            "{error}"
+        );
     }
 
     #[test]

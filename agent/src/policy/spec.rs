@@ -202,6 +202,32 @@ impl<'de> Deserialize<'de> for Unsupported {
     }
 }
 
+/// Deserializes a string through `parse` inside the deserializer, so that a
+/// rejected value's error carries the value's own line and column.
+fn deserialize_parsed<'de, D, T>(
+    deserializer: D,
+    expecting: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct ParsedVisitor<T> {
+        expecting: &'static str,
+        parse: fn(&str) -> Result<T, String>,
+    }
+    impl<T> Visitor<'_> for ParsedVisitor<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.expecting)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            (self.parse)(v).map_err(E::custom)
+        }
+    }
+    deserializer.deserialize_str(ParsedVisitor { expecting, parse })
+}
+
 /// A name: 1–63 characters of `a-z`, `0-9`, `-`, `_`, `.`, starting with a
 /// letter or digit.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -233,8 +259,7 @@ impl Name {
 
 impl<'de> Deserialize<'de> for Name {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Self::parse(&s).map_err(de::Error::custom)
+        deserialize_parsed(deserializer, "a name", Self::parse)
     }
 }
 
@@ -266,8 +291,7 @@ impl Cidr {
 
 impl<'de> Deserialize<'de> for Cidr {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Self::parse(&s).map_err(de::Error::custom)
+        deserialize_parsed(deserializer, "an IP network such as 10.0.0.0/8", Self::parse)
     }
 }
 
@@ -401,8 +425,7 @@ impl AbsolutePath {
 
 impl<'de> Deserialize<'de> for AbsolutePath {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Self::parse(&s).map_err(de::Error::custom)
+        deserialize_parsed(deserializer, "an absolute path", Self::parse)
     }
 }
 

@@ -1,0 +1,178 @@
+//! Developer tasks for Baton: `cargo xtask setup | build | run | test | vm | lint`.
+//!
+//! Every task installs what it is missing first (idempotently, saying what it
+//! does), so a newcomer needs nothing but this repository and rustup.
+
+mod setup;
+mod test;
+mod util;
+mod vm;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// Baton's developer tasks.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what building and testing need: nightly rust-src, bpf-linker,
+    /// bpffs and securityfs mounts, Debian packages, and the VM test kit
+    /// (QEMU, virtme-ng, Debian 6.1 and 6.12 kernels). Safe to repeat.
+    Setup {
+        /// Skip the VM test kit.
+        #[arg(long)]
+        no_vm: bool,
+    },
+    /// Build the daemon (with its eBPF programs) and the test helpers.
+    Build,
+    /// Build, then start the daemon as root with the policies in `policies/`.
+    Run {
+        /// Extra arguments for `baton run`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: unit, host-kernel integration, then the VM suite on
+    /// each test kernel. Exits non-zero on any failure.
+    Test {
+        /// Leave out the VM suite (the summary says so). The VM suite is the
+        /// only place BPF LSM file enforcement is tested.
+        #[arg(long)]
+        no_vm: bool,
+    },
+    /// Run a command inside a test kernel with BPF LSM enabled.
+    Vm {
+        /// Kernel to boot.
+        #[arg(long, value_parser = ["6.1", "6.12"])]
+        kernel: String,
+        /// Command to run (as root) inside the VM.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// rustfmt and clippy (-D warnings) on the whole workspace.
+    Lint,
+}
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Builds the daemon and the test helper binary.
+pub fn build() -> Result<()> {
+    // The default members leave out agent-ebpf, which only builds for the
+    // BPF target (agent/build.rs does that).
+    println!("build: cargo build");
+    util::run(cargo().args(["build", "--bins"]))
+}
+
+fn run_daemon(args: &[String]) -> Result<()> {
+    setup::setup(&setup::SetupOptions { vm: false })?;
+    build()?;
+    let root = workspace_root();
+    let baton = root.join("target/debug/baton");
+    if !nix_is_root() {
+        bail!("baton run needs root (CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN): run cargo xtask run as root");
+    }
+    println!(
+        "run: {} run --policy-dir {} {}",
+        baton.display(),
+        root.join("policies").display(),
+        args.join(" ")
+    );
+    let status = Command::new(&baton)
+        .arg("run")
+        .arg("--policy-dir")
+        .arg(root.join("policies"))
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot start {}", baton.display()))?;
+    if !status.success() {
+        bail!("baton run exited with {status}");
+    }
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn run_vm(kernel: &str, command: &[String]) -> Result<()> {
+    let kit = setup::setup(&setup::SetupOptions { vm: true })?;
+    let image = kit
+        .kernels
+        .iter()
+        .find(|k| k.name == kernel)
+        .with_context(|| format!("no {kernel} kernel in the kit"))?;
+    let command = command
+        .iter()
+        .map(util::shell_quote)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let outcome = vm::run_in_vm(&kit, image, &command, &[])?;
+    println!("vm: console log in {}", outcome.log.display());
+    if outcome.exit_code != 0 {
+        bail!("command exited with {} inside the {kernel} VM", outcome.exit_code);
+    }
+    Ok(())
+}
+
+fn lint() -> Result<()> {
+    setup::setup(&setup::SetupOptions { vm: false })?;
+    util::run(cargo().args(["fmt", "--all", "--check"]))?;
+    util::run(cargo().args([
+        "clippy",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup { no_vm } => {
+            let kit = setup::setup(&setup::SetupOptions { vm: !no_vm })?;
+            for kernel in &kit.kernels {
+                println!("setup: kernel {} ready: {}", kernel.name, kernel.release);
+            }
+            println!("setup: done");
+            Ok(())
+        }
+        Task::Build => {
+            setup::setup(&setup::SetupOptions { vm: false })?;
+            build()
+        }
+        Task::Run { args } => run_daemon(&args),
+        Task::Test { no_vm } => test::run(!no_vm),
+        Task::Vm { kernel, command } => run_vm(&kernel, &command),
+        Task::Lint => lint(),
+    }
+}

@@ -1,0 +1,278 @@
+//! `cargo xtask test`: unit tests, host-kernel integration tests, then the VM
+//! suite on each test kernel, with one summary at the end.
+
+use std::{
+    fmt::Write as _,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::Stdio,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cargo, setup, util, vm, workspace_root};
+
+/// Pass/fail counts of one suite.
+#[derive(Debug, Default, Clone)]
+struct Counts {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    /// Set when the suite could not run at all (build failure, VM did not boot).
+    error: Option<String>,
+}
+
+impl Counts {
+    fn add(&mut self, other: &Counts) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.ignored += other.ignored;
+    }
+
+    fn ok(&self) -> bool {
+        self.failed == 0 && self.error.is_none()
+    }
+}
+
+/// Parses libtest's `test result: ok. 3 passed; 0 failed; 1 ignored; ...`.
+fn parse_result_line(line: &str) -> Option<Counts> {
+    let rest = line.trim().strip_prefix("test result: ")?;
+    let mut counts = Counts::default();
+    for part in rest.split(';') {
+        let words: Vec<&str> = part.split_whitespace().collect();
+        let (number, label) = match words.as_slice() {
+            [_, n, label, ..] if n.parse::<u64>().is_ok() => (n, label),
+            [n, label, ..] => (n, label),
+            _ => continue,
+        };
+        let Ok(n) = number.parse::<u64>() else {
+            continue;
+        };
+        match *label {
+            "passed" => counts.passed = n,
+            "failed" => counts.failed = n,
+            "ignored" => counts.ignored = n,
+            _ => {}
+        }
+    }
+    Some(counts)
+}
+
+/// One test binary, as cargo built it.
+#[derive(Debug, Clone)]
+struct TestBinary {
+    package: String,
+    name: String,
+    path: PathBuf,
+}
+
+fn test_binaries() -> Result<Vec<TestBinary>> {
+    let output = util::output(cargo().args(["test", "--no-run", "--message-format=json"]))?;
+    let mut binaries = Vec::new();
+    for line in output.lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if message["reason"] != "compiler-artifact" || message["profile"]["test"] != true {
+            continue;
+        }
+        let Some(path) = message["executable"].as_str() else {
+            continue;
+        };
+        let package_id = message["package_id"].as_str().unwrap_or_default();
+        let package = if package_id.contains("baton-tests") || package_id.contains("/tests#") {
+            "baton-tests"
+        } else if package_id.contains("/agent#") || package_id.contains("agent@") {
+            "agent"
+        } else {
+            "other"
+        };
+        binaries.push(TestBinary {
+            package: package.to_string(),
+            name: message["target"]["name"].as_str().unwrap_or("?").to_string(),
+            path: PathBuf::from(path),
+        });
+    }
+    Ok(binaries)
+}
+
+fn host_suite() -> Result<Counts> {
+    println!("\ntest: unit and host-kernel integration tests (cargo test)");
+    let mut child = cargo()
+        .args(["test", "--no-fail-fast"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start cargo test")?;
+    let mut counts = Counts::default();
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(result) = parse_result_line(&line) {
+            counts.add(&result);
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && counts.failed == 0 {
+        counts.error = Some(format!("cargo test exited with {status}"));
+    }
+    Ok(counts)
+}
+
+fn vm_script(root: &Path, results: &Path, binaries: &[TestBinary]) -> String {
+    let mut script = String::from("set -u\n");
+    let _ = writeln!(script, "cd {}", util::shell_quote(root));
+    let _ = writeln!(
+        script,
+        "export BATON_BIN={}",
+        util::shell_quote(root.join("target/debug/baton"))
+    );
+    script.push_str(
+        "mountpoint -q /sys/kernel/security || mount -t securityfs securityfs /sys/kernel/security\n",
+    );
+    for binary in binaries {
+        // Unit tests that read the running kernel's BTF run here too; the
+        // integration binaries run the tests marked for the VM.
+        let args = if binary.package == "agent" {
+            "kernel:: --test-threads=1"
+        } else {
+            "--ignored --test-threads=1"
+        };
+        let label = format!("{}-{}", binary.package, binary.name);
+        let log = util::shell_quote(results.join(format!("{label}.log")));
+        let _ = writeln!(
+            script,
+            "echo \"vm-suite: running {label}\"; {} {args} > {log} 2>&1; echo $? > {}",
+            util::shell_quote(&binary.path),
+            util::shell_quote(results.join(format!("{label}.rc")))
+        );
+    }
+    script
+}
+
+fn vm_suite(kit: &setup::Kit, kernel: &setup::KernelImage, binaries: &[TestBinary]) -> Counts {
+    println!("\ntest: VM suite on {} ({})", kernel.name, kernel.release);
+    let root = workspace_root();
+    let results = root.join("target/vm-results").join(&kernel.name);
+    let _ = std::fs::remove_dir_all(&results);
+    if let Err(error) = std::fs::create_dir_all(&results) {
+        return Counts {
+            error: Some(format!("cannot create {}: {error}", results.display())),
+            ..Counts::default()
+        };
+    }
+    let selected: Vec<TestBinary> = binaries
+        .iter()
+        .filter(|b| b.package == "agent" && b.name == "baton" || b.package == "baton-tests")
+        .cloned()
+        .collect();
+    let script_path = results.join("suite.sh");
+    if let Err(error) = std::fs::write(&script_path, vm_script(&root, &results, &selected)) {
+        return Counts {
+            error: Some(format!("cannot write {}: {error}", script_path.display())),
+            ..Counts::default()
+        };
+    }
+    let command = format!("/bin/sh {}", util::shell_quote(&script_path));
+    let outcome = match vm::run_in_vm(kit, kernel, &command, std::slice::from_ref(&results)) {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            return Counts {
+                error: Some(format!("VM {} did not run the suite: {error:#}", kernel.name)),
+                ..Counts::default()
+            };
+        }
+    };
+    let mut counts = Counts::default();
+    for binary in &selected {
+        let label = format!("{}-{}", binary.package, binary.name);
+        let log = std::fs::read_to_string(results.join(format!("{label}.log"))).unwrap_or_default();
+        let rc = std::fs::read_to_string(results.join(format!("{label}.rc"))).unwrap_or_default();
+        let mut found = false;
+        for line in log.lines() {
+            if let Some(result) = parse_result_line(line) {
+                counts.add(&result);
+                found = true;
+            }
+        }
+        let rc_ok = rc.trim() == "0";
+        if !rc_ok || log.contains("FAILED") {
+            println!("---- {label} in VM {} (exit {}) ----\n{log}", kernel.name, rc.trim());
+        } else {
+            for line in log.lines().filter(|l| l.starts_with("test ") && l.contains("... ok")) {
+                println!("[vm {}] {label}: {line}", kernel.name);
+            }
+        }
+        if !found || (!rc_ok && counts.failed == 0) {
+            counts.failed += 1;
+            println!("vm-suite: {label} did not complete on {} (exit {:?})", kernel.name, rc.trim());
+        }
+    }
+    if outcome.exit_code != 0 && counts.ok() {
+        counts.error = Some(format!(
+            "the suite script exited with {} (console: {})",
+            outcome.exit_code,
+            outcome.log.display()
+        ));
+    }
+    counts
+}
+
+/// Runs everything; `vm` is false only when a person passed `--no-vm`.
+pub fn run(vm: bool) -> Result<()> {
+    let kit = setup::setup(&setup::SetupOptions { vm })?;
+    crate::build()?;
+    let mut suites: Vec<(String, Counts)> = Vec::new();
+    suites.push(("unit + host kernel".into(), host_suite()?));
+    if vm {
+        let binaries = test_binaries()?;
+        if kit.kernels.is_empty() {
+            bail!("the VM kit has no kernels; setup should have fetched them");
+        }
+        for kernel in &kit.kernels {
+            let counts = vm_suite(&kit, kernel, &binaries);
+            suites.push((format!("VM {} ({})", kernel.name, kernel.release), counts));
+        }
+    }
+
+    println!("\n==================== summary ====================");
+    let mut total = Counts::default();
+    for (name, counts) in &suites {
+        total.add(counts);
+        let state = match (&counts.error, counts.failed) {
+            (Some(error), _) => format!("ERROR: {error}"),
+            (None, 0) => "ok".to_string(),
+            (None, _) => "FAILED".to_string(),
+        };
+        println!(
+            "{name:32} {:4} passed {:4} failed {:4} ignored  {state}",
+            counts.passed, counts.failed, counts.ignored
+        );
+    }
+    if !vm {
+        println!("{:32} SKIPPED: --no-vm was given; BPF LSM enforcement was NOT tested", "VM suite");
+    }
+    let errors = suites.iter().filter(|(_, c)| c.error.is_some()).count() as u64;
+    println!("total: {} passed, {} failed", total.passed, total.failed + errors);
+    if suites.iter().any(|(_, c)| !c.ok()) {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_libtest_summaries() {
+        let c = parse_result_line(
+            "test result: ok. 3 passed; 1 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.01s",
+        )
+        .unwrap();
+        assert_eq!((c.passed, c.failed, c.ignored), (3, 1, 2));
+        let c = parse_result_line("test result: FAILED. 0 passed; 4 failed; 0 ignored").unwrap();
+        assert_eq!(c.failed, 4);
+        assert!(parse_result_line("running 3 tests").is_none());
+    }
+}
