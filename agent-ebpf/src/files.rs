@@ -94,7 +94,10 @@ fn try_file_open(ctx: &LsmContext, agent: &AgentRecord) -> Verdict {
         let written = bpf_d_path(path_ptr, scratch.buf.as_mut_ptr().cast(), PATH_BUF_BYTES as u32);
         if written > 1 && offsets.resolved != 0 {
             ResolvedPath {
-                len: (written - 1) as usize,
+                // `bpf_d_path` never writes more than the buffer; the mask
+                // says so to the verifier, which cannot know it, so every
+                // later index derived from the length is provably in bounds.
+                len: ((written - 1) as usize) & (PATH_BUF_BYTES - 1),
                 flags: 0,
             }
         } else {
@@ -150,6 +153,13 @@ fn match_rules(
 ) -> (u8, u32, u32) {
     scratch.key.data.generation = generation.to_be_bytes();
     scratch.key.data.agent_id = agent_id.to_be_bytes();
+    let key_bytes = if path_len < PATH_KEY_BYTES {
+        // The trailing `/` puts the path on a component boundary.
+        scratch.buf[path_len & (PATH_BUF_BYTES - 1)] = b'/';
+        path_len + 1
+    } else {
+        PATH_KEY_BYTES
+    };
     // SAFETY: both buffers are larger than `PATH_KEY_BYTES`.
     unsafe {
         bpf_probe_read_kernel(
@@ -158,15 +168,6 @@ fn match_rules(
             scratch.buf.as_ptr().cast(),
         );
     }
-    let key_bytes = if path_len < PATH_KEY_BYTES {
-        // The trailing `/` puts the path on a component boundary.
-        if let Some(byte) = scratch.key.data.path.get_mut(path_len) {
-            *byte = b'/';
-        }
-        path_len + 1
-    } else {
-        PATH_KEY_BYTES
-    };
     scratch.key.prefix_len = FILE_KEY_HEADER_BITS + (key_bytes as u32) * 8;
 
     let value = FILE_RULES.get(&scratch.key);

@@ -155,9 +155,18 @@ fn lint() -> Result<()> {
     ]))
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
-    match cli.task {
+fn main() -> std::process::ExitCode {
+    match run_task(Cli::parse().task) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_task(task: Task) -> Result<()> {
+    match task {
         Task::Setup { no_vm } => {
             let kit = setup::setup(&setup::SetupOptions { vm: !no_vm })?;
             for kernel in &kit.kernels {
