@@ -8,9 +8,7 @@
 //! addresses mapped.
 
 use agent_common::{
-    egress::{
-        EGRESS_KEY_HEADER_BITS, EgressKey, PORT_TABLE_ROWS, PortRule, ipv4_mapped, protocol,
-    },
+    egress::{EGRESS_KEY_HEADER_BITS, EgressKey, PORT_TABLE_ROWS, PortRule, ipv4_mapped, protocol},
     event::{ConnectEvent, hook, kind},
     identity::AgentRecord,
     verdict::{Verdict, decision, mode, verdict_for},
@@ -22,7 +20,9 @@ use aya_ebpf::{
 
 use crate::{
     events::{Decision, count_drop, fill_header},
-    maps::{EGRESS_PORT_TABLES, EGRESS_RULES, EVENTS, active_generation, agent_policy, current_agent},
+    maps::{
+        EGRESS_PORT_TABLES, EGRESS_RULES, EVENTS, active_generation, agent_policy, current_agent,
+    },
 };
 
 const AF_INET: u16 = 2;
@@ -82,7 +82,12 @@ fn try_decide(ctx: &SockAddrContext, hook: u16, agent: &AgentRecord) -> Verdict 
             sock_type: sa.type_ as u8,
         }
     } else {
-        let words = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]];
+        let words = [
+            sa.user_ip6[0],
+            sa.user_ip6[1],
+            sa.user_ip6[2],
+            sa.user_ip6[3],
+        ];
         let mut addr = [0u8; 16];
         for (i, word) in words.iter().enumerate() {
             let bytes = word.to_ne_bytes();
@@ -106,7 +111,11 @@ fn try_decide(ctx: &SockAddrContext, hook: u16, agent: &AgentRecord) -> Verdict 
         Some(policy) => {
             let (found, rule_id) = match_rules(generation, agent.agent_id, &destination);
             if found == decision::NONE {
-                (policy.mode, policy.egress_default, policy.egress_default_rule)
+                (
+                    policy.mode,
+                    policy.egress_default,
+                    policy.egress_default_rule,
+                )
             } else {
                 (policy.mode, found, rule_id)
             }

@@ -91,7 +91,11 @@ fn try_file_open(ctx: &LsmContext, agent: &AgentRecord) -> Verdict {
     // hands us; the verifier checks the type from BTF.
     let resolved = unsafe {
         let path_ptr = file.add(offsets.file_f_path as usize) as *mut path;
-        let written = bpf_d_path(path_ptr, scratch.buf.as_mut_ptr().cast(), PATH_BUF_BYTES as u32);
+        let written = bpf_d_path(
+            path_ptr,
+            scratch.buf.as_mut_ptr().cast(),
+            PATH_BUF_BYTES as u32,
+        );
         if written > 1 && offsets.resolved != 0 {
             ResolvedPath {
                 // `bpf_d_path` never writes more than the buffer; the mask
@@ -112,7 +116,15 @@ fn try_file_open(ctx: &LsmContext, agent: &AgentRecord) -> Verdict {
         // A path we cannot name is a path we cannot allow.
         (policy.mode, decision::DENY, 0, rights)
     } else {
-        let (found, rule_id, denied) = match_rules(scratch, generation, agent.agent_id, resolved.len, rights, policy.file_default, policy.file_default_rule);
+        let (found, rule_id, denied) = match_rules(
+            scratch,
+            generation,
+            agent.agent_id,
+            resolved.len,
+            rights,
+            policy.file_default,
+            policy.file_default_rule,
+        );
         (policy.mode, found, rule_id, denied)
     };
     let verdict = if agent_mode == mode::QUARANTINE && rights & right::bit(right::WRITE) != 0 {

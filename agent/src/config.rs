@@ -70,9 +70,7 @@ impl Config {
             return Ok(Self::default());
         }
         serde_norway::from_str(&text).map_err(|error| {
-            let (line, column) = error
-                .location()
-                .map_or((0, 0), |l| (l.line(), l.column()));
+            let (line, column) = error.location().map_or((0, 0), |l| (l.line(), l.column()));
             let message = error.to_string();
             let message = match message.rfind(" at line ") {
                 Some(at) => message[..at].to_string(),

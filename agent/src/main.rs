@@ -1,7 +1,7 @@
 //! The `baton` command.
 
-use clap::Parser;
 use baton::cli::{Cli, Command, daemon, exec, policy, probe};
+use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {

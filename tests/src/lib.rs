@@ -6,7 +6,6 @@
 //! here imitates the kernel.
 
 use std::{
-    io::Read,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -121,7 +120,10 @@ impl Daemon {
                     std::fs::read_to_string(&stderr_path).unwrap_or_default()
                 );
             }
-            assert!(Instant::now() < deadline, "baton run was not ready within 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "baton run was not ready within 60 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         daemon
@@ -228,8 +230,12 @@ pub fn independent_lsm_load() -> Result<(), i32> {
     let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
     let license = b"GPL\0";
     let mut attr = [0u8; 128];
-    let put_u32 = |attr: &mut [u8; 128], at: usize, v: u32| attr[at..at + 4].copy_from_slice(&v.to_ne_bytes());
-    let put_u64 = |attr: &mut [u8; 128], at: usize, v: u64| attr[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+    let put_u32 = |attr: &mut [u8; 128], at: usize, v: u32| {
+        attr[at..at + 4].copy_from_slice(&v.to_ne_bytes())
+    };
+    let put_u64 = |attr: &mut [u8; 128], at: usize, v: u64| {
+        attr[at..at + 8].copy_from_slice(&v.to_ne_bytes())
+    };
     const BPF_PROG_TYPE_LSM: u32 = 29;
     const BPF_LSM_MAC: u32 = 27;
     const BPF_PROG_LOAD: libc::c_long = 5;
@@ -251,7 +257,12 @@ pub fn independent_lsm_load() -> Result<(), i32> {
     attach[8..12].copy_from_slice(&(fd as u32).to_ne_bytes());
     // SAFETY: `attach` is a zero-padded bpf_attr for BPF_RAW_TRACEPOINT_OPEN.
     let link = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_RAW_TRACEPOINT_OPEN, attach.as_ptr(), attach.len())
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_RAW_TRACEPOINT_OPEN,
+            attach.as_ptr(),
+            attach.len(),
+        )
     };
     let result = if link < 0 {
         Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1))
@@ -268,14 +279,12 @@ pub fn independent_lsm_load() -> Result<(), i32> {
 /// Type id of a kernel function in vmlinux BTF, from `bpftool`, so that the
 /// independent load does not share Baton's BTF reader.
 fn btf_func_id(name: &str) -> Option<u32> {
-    let mut child = Command::new("bpftool")
+    let output = Command::new("bpftool")
         .args(["btf", "dump", "file", "/sys/kernel/btf/vmlinux"])
-        .stdout(Stdio::piped())
-        .spawn()
+        .stderr(Stdio::inherit())
+        .output()
         .expect("bpftool is installed by cargo xtask setup");
-    let mut text = String::new();
-    child.stdout.take()?.read_to_string(&mut text).ok()?;
-    let _ = child.wait();
+    let text = String::from_utf8_lossy(&output.stdout);
     let needle = format!("] FUNC '{name}'");
     text.lines()
         .find(|line| line.contains(&needle))

@@ -38,10 +38,23 @@ fn agent_is_denied_a_port_the_policy_denies_and_others_are_not() {
     assert_eq!(inside(&denied), EPERM, "agent is denied the other port");
 
     let outside = |addr: &str| {
-        helper_outcome(&std::process::Command::new(HELPER).args(["connect", addr]).output().unwrap())
+        helper_outcome(
+            &std::process::Command::new(HELPER)
+                .args(["connect", addr])
+                .output()
+                .unwrap(),
+        )
     };
-    assert_eq!(outside(&allowed), "ok", "a process in no agent is unaffected");
-    assert_eq!(outside(&denied), "ok", "a process in no agent is unaffected");
+    assert_eq!(
+        outside(&allowed),
+        "ok",
+        "a process in no agent is unaffected"
+    );
+    assert_eq!(
+        outside(&denied),
+        "ok",
+        "a process in no agent is unaffected"
+    );
 
     let record = daemon.wait_for_record(|r| {
         r["control"] == "egress" && r["object"]["port"] == u64::from(denied_port)
@@ -91,7 +104,12 @@ fn explicit_deny_rule_is_named_and_children_inherit_the_agent() {
     let output = daemon.exec("worker", &["sh", "-c", &script]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines, vec!["ok", EPERM], "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        lines,
+        vec!["ok", EPERM],
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let record = daemon.wait_for_record(|r| r["object"]["port"] == u64::from(closed_port));
     assert_eq!(record["rule"]["id"], "egress.deny[0]");
     assert_eq!(record["agent"], "worker");
@@ -119,12 +137,18 @@ fn ipv6_loopback_follows_the_policy() {
 fn exec_refuses_an_unknown_agent() {
     let daemon = Daemon::start(
         "egress-unknown",
-        &[("p.yaml", policy("p", "known", "  egress:\n    default: deny\n"))],
+        &[(
+            "p.yaml",
+            policy("p", "known", "  egress:\n    default: deny\n"),
+        )],
     );
     let output = daemon.exec("unknown", &["true"]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("no loaded policy selects agent \"unknown\""), "{stderr}");
+    assert!(
+        stderr.contains("no loaded policy selects agent \"unknown\""),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -133,8 +157,14 @@ fn an_agent_cannot_switch_to_another_agent() {
     let daemon = Daemon::start(
         "egress-switch",
         &[
-            ("a.yaml", policy("strict", "strict", "  egress:\n    default: deny\n")),
-            ("b.yaml", policy("loose", "loose", "  egress:\n    default: allow\n")),
+            (
+                "a.yaml",
+                policy("strict", "strict", "  egress:\n    default: deny\n"),
+            ),
+            (
+                "b.yaml",
+                policy("loose", "loose", "  egress:\n    default: allow\n"),
+            ),
         ],
     );
     let baton = baton_tests::baton_bin();
@@ -145,6 +175,9 @@ fn an_agent_cannot_switch_to_another_agent() {
     );
     let output = daemon.exec("strict", &["sh", "-c", &script]);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("already belongs to agent \"strict\""), "{stderr}");
+    assert!(
+        stderr.contains("already belongs to agent \"strict\""),
+        "{stderr}"
+    );
     assert!(!String::from_utf8_lossy(&output.stdout).contains("ok"));
 }

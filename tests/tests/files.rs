@@ -45,9 +45,17 @@ fn vm_agent_is_denied_files_under_a_denied_prefix_and_others_are_not() {
         helper_outcome(&daemon.exec("demo", &[HELPER, "open", path.to_str().unwrap(), mode]))
     };
     assert_eq!(open(&secret, "read"), EPERM, "read under the denied prefix");
-    assert_eq!(open(&secret, "write"), EPERM, "write under the denied prefix");
+    assert_eq!(
+        open(&secret, "write"),
+        EPERM,
+        "write under the denied prefix"
+    );
     assert_eq!(open(&public, "read"), "ok", "a file elsewhere");
-    assert_eq!(open(&sibling, "read"), "ok", "secret_old is not under secret/");
+    assert_eq!(
+        open(&sibling, "read"),
+        "ok",
+        "secret_old is not under secret/"
+    );
 
     let outside = |path: &std::path::Path| {
         helper_outcome(
@@ -57,12 +65,18 @@ fn vm_agent_is_denied_files_under_a_denied_prefix_and_others_are_not() {
                 .unwrap(),
         )
     };
-    assert_eq!(outside(&secret), "ok", "a process in no agent is unaffected");
+    assert_eq!(
+        outside(&secret),
+        "ok",
+        "a process in no agent is unaffected"
+    );
     assert_eq!(outside(&public), "ok");
 
     let secret_path = secret.display().to_string();
     let record = daemon.wait_for_record(|r| {
-        r["control"] == "file" && r["object"]["path"] == secret_path.as_str() && r["object"]["rights"][0] == "read"
+        r["control"] == "file"
+            && r["object"]["path"] == secret_path.as_str()
+            && r["object"]["rights"][0] == "read"
     });
     assert_eq!(record["schema"], "baton.audit/v1");
     assert_eq!(record["agent"], "demo");

@@ -22,7 +22,10 @@ fn run_with(label: &str, text: &str) -> (String, String) {
         dir.path().join("sock").to_str().unwrap(),
     ]);
     assert!(!output.status.success(), "baton run accepted:\n{text}");
-    assert!(!dir.path().join("sock").exists(), "the daemon must not have started");
+    assert!(
+        !dir.path().join("sock").exists(),
+        "the daemon must not have started"
+    );
     (
         file.display().to_string(),
         String::from_utf8_lossy(&output.stderr).to_string(),
@@ -58,7 +61,9 @@ fn bad_cidr() {
     let text = policy("p", "a", &GOOD_BODY.replace("10.0.0.0/8", "10.0.0.0/40"));
     let (file, stderr) = run_with("bad-cidr", &text);
     assert!(
-        stderr.contains(&format!("{file}:10:15: spec.egress.allow[0].cidr: invalid CIDR \"10.0.0.0/40\"")),
+        stderr.contains(&format!(
+            "{file}:10:15: spec.egress.allow[0].cidr: invalid CIDR \"10.0.0.0/40\""
+        )),
         "{stderr}"
     );
 }
@@ -67,13 +72,27 @@ fn bad_cidr() {
 fn policy_check_reports_the_same_position() {
     let dir = TempDir::new("check");
     let file = dir.path().join("p.yaml");
-    std::fs::write(&file, policy("p", "a", &GOOD_BODY.replace("10.0.0.0/8", "nonsense"))).unwrap();
+    std::fs::write(
+        &file,
+        policy("p", "a", &GOOD_BODY.replace("10.0.0.0/8", "nonsense")),
+    )
+    .unwrap();
     let output = baton(&["policy", "check", file.to_str().unwrap()]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains(&format!("{}:10:15: spec.egress.allow[0].cidr: invalid CIDR", file.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:10:15: spec.egress.allow[0].cidr: invalid CIDR",
+            file.display()
+        )),
+        "{stderr}"
+    );
 
     std::fs::write(&file, policy("p", "a", GOOD_BODY)).unwrap();
     let output = baton(&["policy", "check", file.to_str().unwrap()]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

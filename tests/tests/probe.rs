@@ -6,7 +6,11 @@ use serde_json::Value;
 
 fn probe_json() -> Value {
     let output = baton(&["probe", "--json"]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     serde_json::from_slice(&output.stdout).unwrap()
 }
 

@@ -91,7 +91,9 @@ fn run_daemon(args: &[String]) -> Result<()> {
     let root = workspace_root();
     let baton = root.join("target/debug/baton");
     if !nix_is_root() {
-        bail!("baton run needs root (CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN): run cargo xtask run as root");
+        bail!(
+            "baton run needs root (CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN): run cargo xtask run as root"
+        );
     }
     println!(
         "run: {} run --policy-dir {} {}",
@@ -138,7 +140,10 @@ fn run_vm(kernel: &str, command: &[String]) -> Result<()> {
     let outcome = vm::run_in_vm(&kit, image, &command, &[])?;
     println!("vm: console log in {}", outcome.log.display());
     if outcome.exit_code != 0 {
-        bail!("command exited with {} inside the {kernel} VM", outcome.exit_code);
+        bail!(
+            "command exited with {} inside the {kernel} VM",
+            outcome.exit_code
+        );
     }
     Ok(())
 }
@@ -146,9 +151,22 @@ fn run_vm(kernel: &str, command: &[String]) -> Result<()> {
 fn lint() -> Result<()> {
     setup::setup(&setup::SetupOptions { vm: false })?;
     util::run(cargo().args(["fmt", "--all", "--check"]))?;
-    util::run(cargo().args([
+    util::run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // The kernel programs only build for the BPF target, with nightly.
+    let mut nightly = Command::new("rustup");
+    nightly.current_dir(workspace_root());
+    util::clean_cargo_env(&mut nightly);
+    util::run(nightly.args([
+        "run",
+        setup::NIGHTLY_TOOLCHAIN,
+        "cargo",
         "clippy",
-        "--all-targets",
+        "--package",
+        "agent-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
         "--",
         "-D",
         "warnings",

@@ -89,7 +89,10 @@ fn test_binaries() -> Result<Vec<TestBinary>> {
         };
         binaries.push(TestBinary {
             package: package.to_string(),
-            name: message["target"]["name"].as_str().unwrap_or("?").to_string(),
+            name: message["target"]["name"]
+                .as_str()
+                .unwrap_or("?")
+                .to_string(),
             path: PathBuf::from(path),
         });
     }
@@ -178,7 +181,10 @@ fn vm_suite(kit: &setup::Kit, kernel: &setup::KernelImage, binaries: &[TestBinar
         Ok(outcome) => outcome,
         Err(error) => {
             return Counts {
-                error: Some(format!("VM {} did not run the suite: {error:#}", kernel.name)),
+                error: Some(format!(
+                    "VM {} did not run the suite: {error:#}",
+                    kernel.name
+                )),
                 ..Counts::default()
             };
         }
@@ -197,15 +203,26 @@ fn vm_suite(kit: &setup::Kit, kernel: &setup::KernelImage, binaries: &[TestBinar
         }
         let rc_ok = rc.trim() == "0";
         if !rc_ok || log.contains("FAILED") {
-            println!("---- {label} in VM {} (exit {}) ----\n{log}", kernel.name, rc.trim());
+            println!(
+                "---- {label} in VM {} (exit {}) ----\n{log}",
+                kernel.name,
+                rc.trim()
+            );
         } else {
-            for line in log.lines().filter(|l| l.starts_with("test ") && l.contains("... ok")) {
+            for line in log
+                .lines()
+                .filter(|l| l.starts_with("test ") && l.contains("... ok"))
+            {
                 println!("[vm {}] {label}: {line}", kernel.name);
             }
         }
         if !found || (!rc_ok && counts.failed == 0) {
             counts.failed += 1;
-            println!("vm-suite: {label} did not complete on {} (exit {:?})", kernel.name, rc.trim());
+            println!(
+                "vm-suite: {label} did not complete on {} (exit {:?})",
+                kernel.name,
+                rc.trim()
+            );
         }
     }
     if outcome.exit_code != 0 && counts.ok() {
@@ -250,10 +267,17 @@ pub fn run(vm: bool) -> Result<()> {
         );
     }
     if !vm {
-        println!("{:32} SKIPPED: --no-vm was given; BPF LSM enforcement was NOT tested", "VM suite");
+        println!(
+            "{:32} SKIPPED: --no-vm was given; BPF LSM enforcement was NOT tested",
+            "VM suite"
+        );
     }
     let errors = suites.iter().filter(|(_, c)| c.error.is_some()).count() as u64;
-    println!("total: {} passed, {} failed", total.passed, total.failed + errors);
+    println!(
+        "total: {} passed, {} failed",
+        total.passed,
+        total.failed + errors
+    );
     if suites.iter().any(|(_, c)| !c.ok()) {
         bail!("tests failed");
     }

@@ -93,6 +93,9 @@ pub fn run_in_vm(
     cmd.arg("--run")
         .arg(&kernel.vmlinuz)
         .arg("--disable-kvm")
+        // virtiofsd cannot start here and vng waits for it before falling
+        // back to 9p; asking for 9p at once saves the wait.
+        .arg("--force-9p")
         .args(["--memory", VM_MEMORY])
         .args(["--cpus", &VM_CPUS.to_string()])
         .args(["--append", VM_KERNEL_ARGS])

@@ -200,17 +200,19 @@ impl ProcessCache {
         let exe = std::fs::read_link(format!("/proc/{tgid}/exe"))
             .ok()
             .map(|p| p.to_string_lossy().into_owned());
-        let cmdline = std::fs::read(format!("/proc/{tgid}/cmdline")).ok().and_then(|raw| {
-            if raw.is_empty() {
-                return None;
-            }
-            Some(
-                raw.split(|&b| b == 0)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| String::from_utf8_lossy(s).into_owned())
-                    .collect(),
-            )
-        });
+        let cmdline = std::fs::read(format!("/proc/{tgid}/cmdline"))
+            .ok()
+            .and_then(|raw| {
+                if raw.is_empty() {
+                    return None;
+                }
+                Some(
+                    raw.split(|&b| b == 0)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| String::from_utf8_lossy(s).into_owned())
+                        .collect(),
+                )
+            });
         let info = ProcessInfo { exe, cmdline };
         if info.exe.is_some() {
             if self.entries.len() >= PROCESS_CACHE_LIMIT {

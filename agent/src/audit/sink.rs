@@ -125,6 +125,10 @@ mod tests {
         let error = FileSink::open(Path::new("/proc/baton/audit.jsonl"))
             .err()
             .unwrap();
-        assert!(error.to_string().starts_with("cannot open audit log /proc/baton/audit.jsonl"));
+        assert!(
+            error
+                .to_string()
+                .starts_with("cannot open audit log /proc/baton/audit.jsonl")
+        );
     }
 }

@@ -5,16 +5,25 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use agent_common::{identity::{AgentRecord, admission}, map_names};
+use agent_common::{
+    identity::{AgentRecord, admission},
+    map_names,
+};
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use super::RunArgs;
 use crate::{
-    audit::{AuditRecord, FileSink, ProcessCache, record::{Clock, Context}},
+    audit::{
+        AuditRecord, FileSink, ProcessCache,
+        record::{Clock, Context},
+    },
     config::{Config, DEFAULT_AUDIT_LOG, DEFAULT_CONTROL_SOCKET, DEFAULT_POLICY_DIR},
-    control::{Reply, Request, server::{self, Caller, Handler}},
+    control::{
+        Reply, Request,
+        server::{self, Caller, Handler},
+    },
     identity::AgentRegistry,
     kernel::{Enforcer, loader::ControlState, maps::PolicyMaps},
     policy::{CompiledPolicySet, compile, load_dir},
@@ -98,7 +107,10 @@ impl Daemon {
                 .name_of(current.agent_id)
                 .map_or_else(|| format!("#{}", current.agent_id), |n| n.0.clone());
             return Reply::Error {
-                message: format!("process {} already belongs to agent {current_name:?}", caller.pid),
+                message: format!(
+                    "process {} already belongs to agent {current_name:?}",
+                    caller.pid
+                ),
             };
         }
         let record = AgentRecord {
@@ -136,7 +148,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     runtime.block_on(serve(settings, compiled, sink))
 }
 
-async fn serve(settings: Settings, compiled: CompiledPolicySet, sink: FileSink) -> anyhow::Result<()> {
+async fn serve(
+    settings: Settings,
+    compiled: CompiledPolicySet,
+    sink: FileSink,
+) -> anyhow::Result<()> {
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -206,7 +222,11 @@ async fn serve(settings: Settings, compiled: CompiledPolicySet, sink: FileSink) 
     {
         let mut state = daemon.state.lock().expect("state lock poisoned");
         let host = state.host.clone();
-        state.record(AuditRecord::lifecycle(&host, "daemon", "baton stopped".into()));
+        state.record(AuditRecord::lifecycle(
+            &host,
+            "daemon",
+            "baton stopped".into(),
+        ));
     }
     drop(enforcer);
     result
@@ -225,10 +245,17 @@ async fn drain_events(events: RingBuf<MapData>, daemon: Arc<Daemon>) -> anyhow::
         while let Some(item) = ring.next() {
             let record = {
                 let State {
-                    registry, policies, host, ..
+                    registry,
+                    policies,
+                    host,
+                    ..
                 } = &*state;
                 let agent_name = |id: u32| registry.name_of(id).map(|n| n.0.clone());
-                let rule = |id: u32| policies.rule(id).map(|r| (r.policy.clone(), r.rule.clone()));
+                let rule = |id: u32| {
+                    policies
+                        .rule(id)
+                        .map(|r| (r.policy.clone(), r.rule.clone()))
+                };
                 let context = Context {
                     host,
                     clock: &clock,

@@ -20,10 +20,7 @@ pub fn run(args: &ExecArgs) -> anyhow::Result<()> {
         Reply::Admitted { .. } => {}
         Reply::Error { message } => bail!("cannot join agent {}: {message}", args.agent),
     }
-    let (program, rest) = args
-        .command
-        .split_first()
-        .expect("clap requires a command");
+    let (program, rest) = args.command.split_first().expect("clap requires a command");
     let error = std::process::Command::new(program).args(rest).exec();
     bail!("cannot run {program}: {error}")
 }

@@ -34,6 +34,10 @@ fn check(paths: &[PathBuf]) -> anyhow::Result<()> {
             compiled.files.len()
         );
     }
-    println!("ok: {} policies, {} agents", policies.len(), set.agents.len());
+    println!(
+        "ok: {} policies, {} agents",
+        policies.len(),
+        set.agents.len()
+    );
     Ok(())
 }

@@ -18,7 +18,9 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 #[derive(Debug, Error)]
 pub enum BtfError {
     /// The BTF file could not be read.
-    #[error("cannot read kernel BTF at {path}: {source} (Baton needs a kernel built with CONFIG_DEBUG_INFO_BTF=y)")]
+    #[error(
+        "cannot read kernel BTF at {path}: {source} (Baton needs a kernel built with CONFIG_DEBUG_INFO_BTF=y)"
+    )]
     Read {
         /// File that was read.
         path: String,
@@ -170,7 +172,11 @@ impl Btf {
                         members.push(Member {
                             name: string_at(read_u32(data, at)?),
                             type_id: read_u32(data, at + 4)?,
-                            bit_offset: if kind_flag == 1 { offset & 0xff_ffff } else { offset },
+                            bit_offset: if kind_flag == 1 {
+                                offset & 0xff_ffff
+                            } else {
+                                offset
+                            },
                         });
                         at += 12;
                     }
@@ -199,7 +205,10 @@ impl Btf {
         let mut by_name: HashMap<String, Vec<u32>> = HashMap::new();
         for (id, record) in types.iter().enumerate() {
             if !record.name.is_empty() {
-                by_name.entry(record.name.clone()).or_default().push(id as u32);
+                by_name
+                    .entry(record.name.clone())
+                    .or_default()
+                    .push(id as u32);
             }
         }
         Ok(Self { types, by_name })
@@ -345,9 +354,27 @@ mod tests {
         // 3: union { int b; struct {..} } (anon)
         types.extend([0, (KIND_UNION << 24) | 2, 4, name("b"), 1, 0, 0, 2, 0]);
         // 4: struct outer { int a; union at bit 64 }
-        types.extend([name("outer"), (KIND_STRUCT << 24) | 2, 16, name("a"), 1, 0, 0, 3, 64]);
+        types.extend([
+            name("outer"),
+            (KIND_STRUCT << 24) | 2,
+            16,
+            name("a"),
+            1,
+            0,
+            0,
+            3,
+            64,
+        ]);
         // 5: func proto (x, y)
-        types.extend([0, (KIND_FUNC_PROTO << 24) | 2, 1, name("x"), 1, name("y"), 1]);
+        types.extend([
+            0,
+            (KIND_FUNC_PROTO << 24) | 2,
+            1,
+            name("x"),
+            1,
+            name("y"),
+            1,
+        ]);
         // 6: func f
         types.extend([name("f"), KIND_FUNC << 24, 5]);
         let type_bytes: Vec<u8> = types.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -407,6 +434,9 @@ mod tests {
         };
         assert_eq!(offsets.file_f_path, expected_f_path, "kernel {release}");
         assert!(offsets.task_tgid == offsets.task_pid + 4, "{offsets:?}");
-        assert_eq!(btf.parameter_position("bpf_lsm_file_open", "file").unwrap(), 0);
+        assert_eq!(
+            btf.parameter_position("bpf_lsm_file_open", "file").unwrap(),
+            0
+        );
     }
 }

@@ -18,7 +18,8 @@ pub enum CgroupError {
 /// The cgroup v2 mount point, from `/proc/self/mountinfo` (hybrid hosts mount
 /// it at `/sys/fs/cgroup/unified`, unified hosts at `/sys/fs/cgroup`).
 pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
     mountinfo
         .lines()
         .find_map(|line| {
@@ -65,7 +66,10 @@ mod tests {
     #[test]
     fn unescapes_spaces() {
         assert_eq!(unescape_mount_path("/a\\040b"), PathBuf::from("/a b"));
-        assert_eq!(unescape_mount_path("/sys/fs/cgroup"), PathBuf::from("/sys/fs/cgroup"));
+        assert_eq!(
+            unescape_mount_path("/sys/fs/cgroup"),
+            PathBuf::from("/sys/fs/cgroup")
+        );
     }
 
     #[test]

@@ -90,7 +90,10 @@ pub struct Enforcer {
     pub files: ControlState,
 }
 
-fn program_error(program: &'static str, action: &'static str) -> impl FnOnce(ProgramError) -> KernelError {
+fn program_error(
+    program: &'static str,
+    action: &'static str,
+) -> impl FnOnce(ProgramError) -> KernelError {
     move |source| KernelError::Program {
         program,
         action,
@@ -120,7 +123,9 @@ impl Enforcer {
             program
                 .load(tracepoint, &aya_btf)
                 .map_err(program_error(tracepoint, "load"))?;
-            program.attach().map_err(program_error(tracepoint, "attach"))?;
+            program
+                .attach()
+                .map_err(program_error(tracepoint, "attach"))?;
         }
 
         let cgroup_root = cgroup2_mount()?;
@@ -173,6 +178,8 @@ pub fn load_lsm(
     program
         .load(hook, btf)
         .map_err(program_error(program_name, "load"))?;
-    program.attach().map_err(program_error(program_name, "attach"))?;
+    program
+        .attach()
+        .map_err(program_error(program_name, "attach"))?;
     Ok(())
 }

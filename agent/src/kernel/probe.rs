@@ -146,12 +146,18 @@ pub fn probe() -> ProbeReport {
         (Ok(_), Some(o)) => check(
             "BTF",
             true,
-            format!("{VMLINUX_BTF}; file.f_path at {}, file.f_mode at {}", o.file_f_path, o.file_f_mode),
+            format!(
+                "{VMLINUX_BTF}; file.f_path at {}, file.f_mode at {}",
+                o.file_f_path, o.file_f_mode
+            ),
         ),
         (Ok(b), None) => check(
             "BTF",
             false,
-            b.kernel_offsets().err().map(|e| e.to_string()).unwrap_or_default(),
+            b.kernel_offsets()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
         ),
         (Err(e), _) => check("BTF", false, e.to_string()),
     });
@@ -185,9 +191,15 @@ pub fn probe() -> ProbeReport {
     });
 
     let lsm_list = std::fs::read_to_string("/sys/kernel/security/lsm");
-    let lsm_listed = lsm_list.as_ref().is_ok_and(|l| l.trim().split(',').any(|m| m == "bpf"));
+    let lsm_listed = lsm_list
+        .as_ref()
+        .is_ok_and(|l| l.trim().split(',').any(|m| m == "bpf"));
     checks.push(match &lsm_list {
-        Ok(list) => check("BPF LSM listed", lsm_listed, format!("active LSMs: {}", list.trim())),
+        Ok(list) => check(
+            "BPF LSM listed",
+            lsm_listed,
+            format!("active LSMs: {}", list.trim()),
+        ),
         Err(e) => check(
             "BPF LSM listed",
             false,
@@ -198,7 +210,11 @@ pub fn probe() -> ProbeReport {
     let lsm_loaded = try_bpf_lsm();
     let bpf_lsm_loadable = lsm_loaded.is_ok();
     checks.push(match &lsm_loaded {
-        Ok(()) => check("BPF LSM loads", true, "a file_open program loaded and attached"),
+        Ok(()) => check(
+            "BPF LSM loads",
+            true,
+            "a file_open program loaded and attached",
+        ),
         Err(e) => check("BPF LSM loads", false, e.clone()),
     });
 
@@ -303,7 +319,12 @@ impl ProbeReport {
             let ok = if c.status == Status::Yes { "yes" } else { "no" };
             out.push_str(&format!("{:width$}  {ok:3}  {}\n", c.name, c.detail));
         }
-        let width = self.controls.iter().map(|c| c.name.len()).max().unwrap_or(0);
+        let width = self
+            .controls
+            .iter()
+            .map(|c| c.name.len())
+            .max()
+            .unwrap_or(0);
         out.push_str(&format!("\n{:width$}  {:11}  DETAIL\n", "CONTROL", "STATE"));
         for c in &self.controls {
             let level = match c.level {

@@ -225,7 +225,8 @@ pub fn compile(
                     ("deny", Action::Deny, &egress.deny),
                 ] {
                     for (i, rule) in rules_of.iter().enumerate() {
-                        let (addr, prefix_len) = key_prefix(rule.cidr.0.network(), rule.cidr.0.prefix_len());
+                        let (addr, prefix_len) =
+                            key_prefix(rule.cidr.0.network(), rule.cidr.0.prefix_len());
                         egress_sources.push(EgressSource {
                             addr,
                             prefix_len,
@@ -263,7 +264,11 @@ pub fn compile(
                 .iter()
                 .map(|p| p.document.metadata.name.0.clone())
                 .collect(),
-            mode: if any_enforce { mode::ENFORCE } else { mode::AUDIT },
+            mode: if any_enforce {
+                mode::ENFORCE
+            } else {
+                mode::AUDIT
+            },
             egress_default,
             egress_default_rule,
             file_default,
@@ -280,7 +285,10 @@ pub fn compile(
     })
 }
 
-fn flatten_egress(agent: &Name, sources: &[EgressSource]) -> Result<Vec<EgressEntry>, CompileError> {
+fn flatten_egress(
+    agent: &Name,
+    sources: &[EgressSource],
+) -> Result<Vec<EgressEntry>, CompileError> {
     let prefixes: BTreeSet<([u8; 16], u32)> =
         sources.iter().map(|s| (s.addr, s.prefix_len)).collect();
     let mut entries = Vec::new();
@@ -291,7 +299,12 @@ fn flatten_egress(agent: &Name, sources: &[EgressSource]) -> Result<Vec<EgressEn
             .collect();
         // Most specific first; deny before allow at equal specificity; then
         // the order rules were written in.
-        covering.sort_by_key(|s| (std::cmp::Reverse(s.prefix_len), s.decision != decision::DENY));
+        covering.sort_by_key(|s| {
+            (
+                std::cmp::Reverse(s.prefix_len),
+                s.decision != decision::DENY,
+            )
+        });
         let mut rows = Vec::new();
         for source in covering {
             let ports = if source.ports.is_empty() {
@@ -389,14 +402,21 @@ spec:
         ));
         let agent = &set.agents[&Name("a".into())];
         assert_eq!(agent.egress.len(), 2);
-        let inner = agent.egress.iter().find(|e| e.prefix_len == 96 + 16).unwrap();
+        let inner = agent
+            .egress
+            .iter()
+            .find(|e| e.prefix_len == 96 + 16)
+            .unwrap();
         // deny /16, allow /16:443, allow /8
         assert_eq!(inner.rows.len(), 3);
         assert_eq!(inner.rows[0].decision, decision::DENY);
         assert_eq!(inner.rows[1].decision, decision::ALLOW);
         assert_eq!(inner.rows[1].port_lo, 443);
         assert_eq!(inner.rows[2].port_hi, u16::MAX);
-        assert_eq!(set.rule(inner.rows[0].rule_id).unwrap().rule, "egress.deny[0]");
+        assert_eq!(
+            set.rule(inner.rows[0].rule_id).unwrap().rule,
+            "egress.deny[0]"
+        );
         assert_eq!(agent.egress_default, decision::DENY);
     }
 

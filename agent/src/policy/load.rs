@@ -169,7 +169,10 @@ fn check_unique_names(policies: &[LoadedPolicy]) -> Result<(), PolicyError> {
             return Err(PolicyError::invalid(
                 &policy.source,
                 None,
-                format!("policy name {name:?} is already used in {}", first.display()),
+                format!(
+                    "policy name {name:?} is already used in {}",
+                    first.display()
+                ),
             ));
         }
     }
@@ -194,7 +197,9 @@ spec:
 ";
 
     fn error_of(text: &str) -> String {
-        parse_str(Path::new("p.yaml"), text).unwrap_err().to_string()
+        parse_str(Path::new("p.yaml"), text)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -207,7 +212,10 @@ spec:
 
     #[test]
     fn several_documents_and_empty_ones() {
-        let text = format!("---\n{GOOD}---\n{}", GOOD.replace("name: demo", "name: other"));
+        let text = format!(
+            "---\n{GOOD}---\n{}",
+            GOOD.replace("name: demo", "name: other")
+        );
         assert_eq!(parse_str(Path::new("p.yaml"), &text).unwrap().len(), 2);
     }
 
@@ -221,7 +229,10 @@ spec:
     #[test]
     fn unknown_field_has_a_position() {
         let error = error_of(&GOOD.replace("  egress:", "  egres:"));
-        assert!(error.starts_with("p.yaml:8:3: spec: unknown field `egres`"), "{error}");
+        assert!(
+            error.starts_with("p.yaml:8:3: spec: unknown field `egres`"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -245,8 +245,11 @@ impl Name {
     pub fn parse(s: &str) -> Result<Self, String> {
         let valid = !s.is_empty()
             && s.len() <= 63
-            && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+            && s.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
         if valid {
             Ok(Self(s.to_string()))
         } else {
@@ -291,7 +294,11 @@ impl Cidr {
 
 impl<'de> Deserialize<'de> for Cidr {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserialize_parsed(deserializer, "an IP network such as 10.0.0.0/8", Self::parse)
+        deserialize_parsed(
+            deserializer,
+            "an IP network such as 10.0.0.0/8",
+            Self::parse,
+        )
     }
 }
 
@@ -322,7 +329,9 @@ impl PortRange {
             Some((first, last)) => {
                 let (first, last) = (port(first)?, port(last)?);
                 if first > last {
-                    return Err(format!("invalid port range {s:?}: first port is above the last"));
+                    return Err(format!(
+                        "invalid port range {s:?}: first port is above the last"
+                    ));
                 }
                 Ok(Self { first, last })
             }
@@ -345,11 +354,19 @@ impl<'de> Deserialize<'de> for PortRange {
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<PortRange, E> {
                 u16::try_from(v)
                     .map(|p| PortRange { first: p, last: p })
-                    .map_err(|_| E::custom(format!("invalid port {v}: expected a number from 0 to 65535")))
+                    .map_err(|_| {
+                        E::custom(format!(
+                            "invalid port {v}: expected a number from 0 to 65535"
+                        ))
+                    })
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortRange, E> {
                 u64::try_from(v)
-                    .map_err(|_| E::custom(format!("invalid port {v}: expected a number from 0 to 65535")))
+                    .map_err(|_| {
+                        E::custom(format!(
+                            "invalid port {v}: expected a number from 0 to 65535"
+                        ))
+                    })
                     .and_then(|v| self.visit_u64(v))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<PortRange, E> {
@@ -445,8 +462,17 @@ mod tests {
 
     #[test]
     fn ports() {
-        assert_eq!(PortRange::parse("80").unwrap(), PortRange { first: 80, last: 80 });
-        assert_eq!(PortRange::parse("1-2").unwrap(), PortRange { first: 1, last: 2 });
+        assert_eq!(
+            PortRange::parse("80").unwrap(),
+            PortRange {
+                first: 80,
+                last: 80
+            }
+        );
+        assert_eq!(
+            PortRange::parse("1-2").unwrap(),
+            PortRange { first: 1, last: 2 }
+        );
         assert!(PortRange::parse("2-1").is_err());
         assert!(PortRange::parse("70000").is_err());
     }

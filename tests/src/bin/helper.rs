@@ -23,7 +23,12 @@ fn report(result: std::io::Result<()>) -> ExitCode {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["connect", addr] => {
             let Ok(addr) = addr.parse::<SocketAddr>() else {
                 eprintln!("bad address {addr}");
