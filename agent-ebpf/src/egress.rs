@@ -166,18 +166,18 @@ fn match_rules(generation: u32, agent_id: u32, destination: &Destination) -> (u8
         _ => 0,
     };
     let len = table.len as usize;
-    for i in 0..PORT_TABLE_ROWS {
-        if i >= len {
-            break;
+    const _: () = assert!(PORT_TABLE_ROWS == 16, "the unrolled scan lists every row");
+    unroll!(i in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
+        if i < len {
+            let row: &PortRule = &table.rows[i];
+            if destination.port >= row.port_lo
+                && destination.port <= row.port_hi
+                && row.protocols & protocol_bit != 0
+            {
+                return (row.decision, row.rule_id);
+            }
         }
-        let row: &PortRule = &table.rows[i];
-        if destination.port >= row.port_lo
-            && destination.port <= row.port_hi
-            && row.protocols & protocol_bit != 0
-        {
-            return (row.decision, row.rule_id);
-        }
-    }
+    });
     (decision::NONE, 0)
 }
 

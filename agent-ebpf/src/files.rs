@@ -8,7 +8,7 @@
 
 use agent_common::{
     event::{EVENT_PATH_BYTES, FileEvent, file_flags, hook, kind},
-    files::{FILE_KEY_HEADER_BITS, PATH_KEY_BYTES, RIGHT_SLOTS, right},
+    files::{FILE_KEY_HEADER_BITS, PATH_KEY_BYTES, right},
     identity::AgentRecord,
     verdict::{Verdict, decision, mode, verdict_for},
 };
@@ -186,27 +186,27 @@ fn match_rules(
     let mut denied = 0u32;
     let mut deny_rule = 0u32;
     let mut allow_rule = 0u32;
-    for r in 0..RIGHT_SLOTS {
-        if rights & right::bit(r) == 0 {
-            continue;
-        }
-        let (mut found, mut rule_id) = match value {
-            Some(value) => (value.decisions[r], value.rule_ids[r]),
-            None => (decision::NONE, 0),
-        };
-        if found == decision::NONE {
-            found = default_decision;
-            rule_id = default_rule;
-        }
-        if found == decision::DENY {
-            denied |= right::bit(r);
-            if deny_rule == 0 {
-                deny_rule = rule_id;
+    const _: () = assert!(right::COUNT == 6, "the unrolled scan lists every right");
+    unroll!(r in [0, 1, 2, 3, 4, 5] {
+        if rights & right::bit(r) != 0 {
+            let (mut found, mut rule_id) = match value {
+                Some(value) => (value.decisions[r], value.rule_ids[r]),
+                None => (decision::NONE, 0),
+            };
+            if found == decision::NONE {
+                found = default_decision;
+                rule_id = default_rule;
             }
-        } else if allow_rule == 0 {
-            allow_rule = rule_id;
+            if found == decision::DENY {
+                denied |= right::bit(r);
+                if deny_rule == 0 {
+                    deny_rule = rule_id;
+                }
+            } else if allow_rule == 0 {
+                allow_rule = rule_id;
+            }
         }
-    }
+    });
     if denied != 0 {
         (decision::DENY, deny_rule, denied)
     } else {

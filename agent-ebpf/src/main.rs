@@ -6,6 +6,9 @@
 #![no_std]
 #![no_main]
 
+#[macro_use]
+mod unroll;
+
 mod egress;
 mod events;
 mod files;

@@ -62,8 +62,16 @@ fn parse_result_line(line: &str) -> Option<Counts> {
 #[derive(Debug, Clone)]
 struct TestBinary {
     package: String,
+    /// `lib`, `bin` or `test`.
+    kind: String,
     name: String,
     path: PathBuf,
+}
+
+impl TestBinary {
+    fn label(&self) -> String {
+        format!("{}-{}-{}", self.package, self.kind, self.name)
+    }
 }
 
 fn test_binaries() -> Result<Vec<TestBinary>> {
@@ -89,6 +97,10 @@ fn test_binaries() -> Result<Vec<TestBinary>> {
         };
         binaries.push(TestBinary {
             package: package.to_string(),
+            kind: message["target"]["kind"][0]
+                .as_str()
+                .unwrap_or("?")
+                .to_string(),
             name: message["target"]["name"]
                 .as_str()
                 .unwrap_or("?")
@@ -134,14 +146,15 @@ fn vm_script(root: &Path, results: &Path, binaries: &[TestBinary]) -> String {
         "mountpoint -q /sys/kernel/security || mount -t securityfs securityfs /sys/kernel/security\n",
     );
     for binary in binaries {
-        // Unit tests that read the running kernel's BTF run here too; the
-        // integration binaries run the tests marked for the VM.
+        // Unit tests that read the running kernel run here too; the
+        // integration binaries run everything, the VM-only tests included,
+        // so egress is also exercised on the older kernels.
         let args = if binary.package == "agent" {
             "kernel:: --test-threads=1"
         } else {
-            "--ignored --test-threads=1"
+            "--include-ignored --test-threads=1"
         };
-        let label = format!("{}-{}", binary.package, binary.name);
+        let label = binary.label();
         let log = util::shell_quote(results.join(format!("{label}.log")));
         let _ = writeln!(
             script,
@@ -166,7 +179,7 @@ fn vm_suite(kit: &setup::Kit, kernel: &setup::KernelImage, binaries: &[TestBinar
     }
     let selected: Vec<TestBinary> = binaries
         .iter()
-        .filter(|b| b.package == "agent" && b.name == "baton" || b.package == "baton-tests")
+        .filter(|b| (b.package == "agent" && b.kind == "lib") || b.package == "baton-tests")
         .cloned()
         .collect();
     let script_path = results.join("suite.sh");
@@ -191,7 +204,7 @@ fn vm_suite(kit: &setup::Kit, kernel: &setup::KernelImage, binaries: &[TestBinar
     };
     let mut counts = Counts::default();
     for binary in &selected {
-        let label = format!("{}-{}", binary.package, binary.name);
+        let label = binary.label();
         let log = std::fs::read_to_string(results.join(format!("{label}.log"))).unwrap_or_default();
         let rc = std::fs::read_to_string(results.join(format!("{label}.rc"))).unwrap_or_default();
         let mut found = false;
