@@ -14,6 +14,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod egress;
 pub mod identity;
 pub mod kernel;
 pub mod policy;

@@ -3,6 +3,7 @@
 //! Every task installs what it is missing first (idempotently, saying what it
 //! does), so a newcomer needs nothing but this repository and rustup.
 
+mod bench;
 mod setup;
 mod test;
 mod util;
@@ -61,6 +62,9 @@ enum Task {
     },
     /// rustfmt and clippy (-D warnings) on the whole workspace.
     Lint,
+    /// Benchmarks, reported as ratios against a baseline measured in the
+    /// same run.
+    Bench(bench::BenchArgs),
 }
 
 /// The workspace root.
@@ -201,5 +205,6 @@ fn run_task(task: Task) -> Result<()> {
         Task::Test { no_vm } => test::run(!no_vm),
         Task::Vm { kernel, command } => run_vm(&kernel, &command),
         Task::Lint => lint(),
+        Task::Bench(args) => bench::run(&args),
     }
 }

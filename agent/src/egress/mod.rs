@@ -1,0 +1,1 @@
+//! Egress by name: the DNS proxy and the addresses it learns.
