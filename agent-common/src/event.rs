@@ -29,6 +29,8 @@ pub mod hook {
     pub const SENDMSG6: u16 = 4;
     /// `cgroup/sock_create`.
     pub const SOCK_CREATE: u16 = 5;
+    /// `tp_btf/sched_process_exec` (admission of a selected executable).
+    pub const EXEC_ADMIT: u16 = 6;
     /// LSM `file_open`.
     pub const FILE_OPEN: u16 = 16;
     /// LSM `bprm_check_security`.

@@ -71,4 +71,25 @@ pub mod policy_flags {
     pub const LOG_ALLOWED_EGRESS: u32 = 1 << 0;
     /// Record allowed file accesses too.
     pub const LOG_ALLOWED_FILES: u32 = 1 << 1;
+    /// Let the agent open ICMP ("ping") sockets.
+    pub const ALLOW_ICMP: u32 = 1 << 2;
 }
+
+/// Key of the selected-executables map: the file's identity, not its name,
+/// so a copy or a rename of another binary does not match.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExecutableKey {
+    /// Inode number.
+    pub ino: u64,
+    /// Kernel-internal device number of the file system (`MKDEV(major, minor)`,
+    /// major in the top 12 bits of 32).
+    pub dev: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<ExecutableKey>() == 16);
+
+/// Deepest cgroup level the kernel checks when looking for a selected
+/// ancestor cgroup.
+pub const MAX_CGROUP_LEVELS: u32 = 8;

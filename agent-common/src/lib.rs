@@ -31,6 +31,10 @@ pub mod map_names {
     pub const EGRESS_PORT_TABLES: &str = "EGRESS_PORT_TABLES";
     /// LPM trie of file rules.
     pub const FILE_RULES: &str = "FILE_RULES";
+    /// cgroup v2 id → agent id, for cgroup and systemd unit selectors.
+    pub const SELECTED_CGROUPS: &str = "SELECTED_CGROUPS";
+    /// Executable identity → agent id, for executable selectors.
+    pub const SELECTED_EXECUTABLES: &str = "SELECTED_EXECUTABLES";
     /// Ring buffer of events.
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU counters of events that could not be queued.
@@ -54,6 +58,7 @@ impl_pod!(
     identity::AgentRecord,
     identity::AgentPolicyKey,
     identity::AgentPolicy,
+    identity::ExecutableKey,
     egress::EgressKey,
     egress::EgressValue,
     egress::PortRule,

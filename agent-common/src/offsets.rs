@@ -23,13 +23,21 @@ pub struct KernelOffsets {
     pub task_signal: u32,
     /// `struct signal_struct.live`.
     pub signal_live: u32,
+    /// `struct linux_binprm.file`.
+    pub binprm_file: u32,
+    /// `struct file.f_inode`.
+    pub file_f_inode: u32,
+    /// `struct inode.i_ino`.
+    pub inode_i_ino: u32,
+    /// `struct inode.i_sb`.
+    pub inode_i_sb: u32,
+    /// `struct super_block.s_dev`.
+    pub sb_s_dev: u32,
     /// Non-zero once the daemon has filled the offsets in; programs refuse to
     /// read kernel memory before that.
     pub resolved: u32,
-    /// Explicit padding.
-    pub _pad: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 32);
+const _: () = assert!(size_of::<KernelOffsets>() == 48);
 
 /// Name of the global holding [`KernelOffsets`] in the eBPF object.
 pub const KERNEL_OFFSETS_GLOBAL: &str = "KERNEL_OFFSETS";

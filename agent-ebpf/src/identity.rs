@@ -8,14 +8,48 @@
 //! gone and its record can go; a thread group leader exiting early does not
 //! free the remaining threads from their agent.
 
-use agent_common::identity::{AgentRecord, admission};
+use agent_common::identity::{AgentRecord, ExecutableKey, MAX_CGROUP_LEVELS, admission};
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
+        generated::bpf_get_current_ancestor_cgroup_id,
+    },
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
 
-use crate::maps::{AGENT_OF_TGID, current_agent, kernel_offsets};
+use crate::maps::{
+    AGENT_OF_TGID, SELECTED_CGROUPS, SELECTED_EXECUTABLES, current_agent, kernel_offsets,
+};
+
+/// The agent whose selected cgroup contains the current task, if any: the
+/// task's own cgroup or one of its ancestors (a selected cgroup covers its
+/// whole subtree).
+#[inline(always)]
+fn selected_cgroup_agent() -> Option<u32> {
+    const _: () = assert!(MAX_CGROUP_LEVELS == 8, "the unrolled walk lists every level");
+    unroll!(level in [1, 2, 3, 4, 5, 6, 7, 8] {
+        // SAFETY: helper without memory arguments.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if id == 0 {
+            return None;
+        }
+        if let Some(agent_id) = SELECTED_CGROUPS.get_ptr(id) {
+            // SAFETY: the pointer comes from a successful lookup.
+            return Some(unsafe { *agent_id });
+        }
+    });
+    None
+}
+
+fn record(agent_id: u32, root_tgid: u32, how: u8) -> AgentRecord {
+    AgentRecord {
+        agent_id,
+        root_tgid,
+        admission: how,
+        _pad: [0; 7],
+    }
+}
 
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
@@ -24,8 +58,19 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
 
 fn try_sched_process_fork(ctx: &BtfTracePointContext) -> Result<i32, i64> {
     let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some(parent) = current_agent(parent_tgid) else {
-        return Ok(0);
+    let parent = match current_agent(parent_tgid) {
+        Some(parent) => parent,
+        None => {
+            // A process found in a selected cgroup (moved there after the
+            // daemon scanned it) joins the agent at its next fork, with
+            // the child.
+            let Some(agent_id) = selected_cgroup_agent() else {
+                return Ok(0);
+            };
+            let admitted = record(agent_id, parent_tgid, admission::CGROUP);
+            AGENT_OF_TGID.insert(parent_tgid, admitted, 0)?;
+            admitted
+        }
     };
     let offsets = kernel_offsets();
     if offsets.resolved == 0 {
@@ -44,13 +89,56 @@ fn try_sched_process_fork(ctx: &BtfTracePointContext) -> Result<i32, i64> {
         // A new thread shares its process's record.
         return Ok(0);
     }
-    let record = AgentRecord {
-        agent_id: parent.agent_id,
-        root_tgid: parent.root_tgid,
-        admission: admission::FORK,
-        _pad: [0; 7],
+    let child = record(parent.agent_id, parent.root_tgid, admission::FORK);
+    AGENT_OF_TGID.insert(child_tgid as u32, child, 0)?;
+    Ok(0)
+}
+
+/// Admission by executable identity and by cgroup at exec.
+///
+/// Hook choice: `tp_btf/sched_process_exec` (5.5) fires after the new
+/// program is loaded and before it runs its first instruction, with the
+/// `linux_binprm` whose `file` is the executable actually mapped (the
+/// interpreter, for a `#!` script). The file's device and inode identify it;
+/// the path the caller used does not matter.
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
+    try_sched_process_exec(&ctx).unwrap_or(0)
+}
+
+fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<i32, i64> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if current_agent(tgid).is_some() {
+        // A process never changes agent, whatever it execs.
+        return Ok(0);
+    }
+    let offsets = kernel_offsets();
+    if offsets.resolved == 0 {
+        return Err(-1);
+    }
+    let bprm: *const u8 = ctx.arg(2);
+    // SAFETY: `bprm` is the tracepoint's argument; offsets come from this
+    // kernel's BTF; the helper faults safely.
+    let key = unsafe {
+        let file: *const u8 =
+            bpf_probe_read_kernel(bprm.add(offsets.binprm_file as usize) as *const *const u8)?;
+        let inode: *const u8 =
+            bpf_probe_read_kernel(file.add(offsets.file_f_inode as usize) as *const *const u8)?;
+        let ino: u64 = bpf_probe_read_kernel(inode.add(offsets.inode_i_ino as usize) as *const u64)?;
+        let sb: *const u8 =
+            bpf_probe_read_kernel(inode.add(offsets.inode_i_sb as usize) as *const *const u8)?;
+        let dev: u32 = bpf_probe_read_kernel(sb.add(offsets.sb_s_dev as usize) as *const u32)?;
+        ExecutableKey { ino, dev, _pad: 0 }
     };
-    AGENT_OF_TGID.insert(child_tgid as u32, record, 0)?;
+    if let Some(agent_id) = SELECTED_EXECUTABLES.get_ptr(key) {
+        // SAFETY: the pointer comes from a successful lookup.
+        let agent_id = unsafe { *agent_id };
+        AGENT_OF_TGID.insert(tgid, record(agent_id, tgid, admission::EXECUTABLE), 0)?;
+        return Ok(0);
+    }
+    if let Some(agent_id) = selected_cgroup_agent() {
+        AGENT_OF_TGID.insert(tgid, record(agent_id, tgid, admission::CGROUP), 0)?;
+    }
     Ok(0)
 }
 

@@ -4,7 +4,7 @@
 use agent_common::{
     egress::{EgressKey, EgressValue, PORT_TABLES_PER_GENERATION, PortTable},
     files::{FileKey, FileValue},
-    identity::{AgentPolicy, AgentPolicyKey, AgentRecord},
+    identity::{AgentPolicy, AgentPolicyKey, AgentRecord, ExecutableKey},
     offsets::KernelOffsets,
 };
 use aya_ebpf::{
@@ -36,6 +36,14 @@ pub static EGRESS_PORT_TABLES: Array<PortTable> =
 #[map(name = "FILE_RULES")]
 pub static FILE_RULES: LpmTrie<FileKey, FileValue> = LpmTrie::with_max_entries(65_536, 0);
 
+/// cgroup v2 id → agent id, for cgroup and systemd unit selectors.
+#[map(name = "SELECTED_CGROUPS")]
+pub static SELECTED_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Executable identity → agent id, for executable selectors.
+#[map(name = "SELECTED_EXECUTABLES")]
+pub static SELECTED_EXECUTABLES: HashMap<ExecutableKey, u32> = HashMap::with_max_entries(4096, 0);
+
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
@@ -66,8 +74,12 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     task_tgid: 0,
     task_signal: 0,
     signal_live: 0,
+    binprm_file: 0,
+    file_f_inode: 0,
+    inode_i_ino: 0,
+    inode_i_sb: 0,
+    sb_s_dev: 0,
     resolved: 0,
-    _pad: 0,
 };
 
 /// Reads the offsets through a volatile load so the compiler cannot fold the

@@ -51,6 +51,16 @@ pub enum AuditObject {
         /// `tcp`, `udp` or the protocol number.
         protocol: String,
     },
+    /// A socket the agent tried to create.
+    Socket {
+        /// `inet`, `inet6`, `packet` or the family number.
+        family: String,
+        /// `raw`, `dgram`, `stream` or the type number.
+        #[serde(rename = "type")]
+        sock_type: String,
+        /// Protocol number.
+        protocol: u8,
+    },
     /// A file.
     File {
         /// Resolved path.
@@ -264,6 +274,7 @@ fn hook_name(hook: u16) -> &'static str {
         hook::SENDMSG4 => "sendmsg4",
         hook::SENDMSG6 => "sendmsg6",
         hook::SOCK_CREATE => "sock_create",
+        hook::EXEC_ADMIT => "sched_process_exec",
         hook::FILE_OPEN => "file_open",
         hook::BPRM_CHECK => "bprm_check_security",
         hook::MMAP_FILE => "mmap_file",
@@ -352,6 +363,29 @@ impl AuditRecord {
     ) -> Result<Self, DecodeError> {
         let header = read_header(bytes)?;
         let (control, object) = match header.kind {
+            kind::CONNECT if header.hook == hook::SOCK_CREATE => {
+                let e: ConnectEvent = read_body(bytes)?;
+                let family = match e.family {
+                    2 => "inet".to_string(),
+                    10 => "inet6".to_string(),
+                    17 => "packet".to_string(),
+                    other => other.to_string(),
+                };
+                let sock_type = match e.sock_type {
+                    1 => "stream".to_string(),
+                    2 => "dgram".to_string(),
+                    3 => "raw".to_string(),
+                    other => other.to_string(),
+                };
+                (
+                    "egress",
+                    AuditObject::Socket {
+                        family,
+                        sock_type,
+                        protocol: e.protocol,
+                    },
+                )
+            }
             kind::CONNECT => {
                 let e: ConnectEvent = read_body(bytes)?;
                 let v6 = Ipv6Addr::from(e.addr);

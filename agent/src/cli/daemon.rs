@@ -1,7 +1,7 @@
 //! `baton run`: the daemon.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
 
@@ -69,6 +69,43 @@ struct State {
 }
 
 impl State {
+    /// Admits every process already inside a selected cgroup (or below it).
+    /// The kernel admits processes that enter later, at their next fork or
+    /// exec; this catches the ones that were there before the selector.
+    fn admit_cgroup_members(&mut self, cgroup_root: &Path) -> usize {
+        let mut admitted = 0;
+        let agents: Vec<(String, Vec<String>)> = self
+            .policies
+            .agents
+            .iter()
+            .map(|(name, agent)| (name.0.clone(), agent.cgroups.clone()))
+            .collect();
+        for (name, cgroups) in agents {
+            let Some(agent_id) = self.registry.id_of(&name) else {
+                continue;
+            };
+            for cgroup in cgroups {
+                let dir = cgroup_root.join(cgroup.trim_start_matches('/'));
+                for tgid in cgroup_members(&dir) {
+                    if self.maps.agent_of(tgid).is_some() {
+                        continue;
+                    }
+                    let record = AgentRecord {
+                        agent_id,
+                        root_tgid: tgid,
+                        admission: admission::CGROUP,
+                        _pad: [0; 7],
+                    };
+                    match self.maps.admit(tgid, record) {
+                        Ok(()) => admitted += 1,
+                        Err(error) => tracing::error!(tgid, agent = name, %error, "cannot admit"),
+                    }
+                }
+            }
+        }
+        admitted
+    }
+
     fn record(&mut self, mut record: AuditRecord) {
         if let Err(error) = self.sink.write(&mut record) {
             tracing::error!(%error, "audit record lost");
@@ -161,6 +198,7 @@ async fn serve(
     let mut registry = AgentRegistry::new();
     registry.sync(&compiled);
     let generation = maps.apply(&compiled, registry.ids())?;
+    let unresolved = maps.apply_selectors(&compiled, registry.ids(), &enforcer.cgroup_root)?;
     let events = enforcer
         .ebpf
         .take_map(map_names::EVENTS)
@@ -190,6 +228,18 @@ async fn serve(
         ),
     ));
     tracing::info!(generation, policy_dir = %settings.policy_dir.display(), agents = ?agents, "policies loaded");
+    for selector in &unresolved {
+        let message = format!(
+            "agent {}: {} {} is not selected yet: {}",
+            selector.agent, selector.what, selector.path, selector.reason
+        );
+        tracing::warn!("{message}");
+        state.record(AuditRecord::lifecycle(&host, "policy", message));
+    }
+    let admitted = state.admit_cgroup_members(&enforcer.cgroup_root);
+    if admitted > 0 {
+        tracing::info!(admitted, "processes already in selected cgroups admitted");
+    }
     tracing::info!(control = "egress", state = ?enforcer.egress, cgroup_root = %enforcer.cgroup_root.display());
     if let ControlState::Unavailable(reason) = &enforcer.files {
         tracing::warn!(control = "file", %reason, "file rules are NOT enforced");
@@ -230,6 +280,26 @@ async fn serve(
     }
     drop(enforcer);
     result
+}
+
+/// Process ids in a cgroup and all its descendants.
+fn cgroup_members(dir: &Path) -> Vec<u32> {
+    let mut members = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            members.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            pending.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    members
 }
 
 async fn drain_events(events: RingBuf<MapData>, daemon: Arc<Daemon>) -> anyhow::Result<()> {

@@ -64,6 +64,11 @@ pub struct ExecArgs {
     /// Control socket of the daemon.
     #[arg(long, env = "BATON_SOCKET", default_value = crate::config::DEFAULT_CONTROL_SOCKET)]
     pub control_socket: PathBuf,
+    /// Run the command as this user (name or uid), with its primary group
+    /// and supplementary groups. Root only. The process is admitted to the
+    /// agent before it drops privileges.
+    #[arg(long)]
+    pub user: Option<String>,
     /// The command and its arguments.
     #[arg(required = true, last = true)]
     pub command: Vec<String>,

@@ -324,8 +324,12 @@ impl Btf {
             task_tgid: self.member_offset("task_struct", "tgid")?,
             task_signal: self.member_offset("task_struct", "signal")?,
             signal_live: self.member_offset("signal_struct", "live")?,
+            binprm_file: self.member_offset("linux_binprm", "file")?,
+            file_f_inode: self.member_offset("file", "f_inode")?,
+            inode_i_ino: self.member_offset("inode", "i_ino")?,
+            inode_i_sb: self.member_offset("inode", "i_sb")?,
+            sb_s_dev: self.member_offset("super_block", "s_dev")?,
             resolved: 1,
-            _pad: 0,
         })
     }
 }

@@ -5,7 +5,7 @@ use std::{fs::File, path::PathBuf};
 use agent_common::offsets::{KERNEL_OFFSETS_GLOBAL, KernelOffsets};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, ProgramError},
 };
 use thiserror::Error;
 
@@ -114,7 +114,7 @@ impl Enforcer {
             .override_global(KERNEL_OFFSETS_GLOBAL, &offsets, true)
             .load(EBPF_OBJECT)?;
 
-        for tracepoint in ["sched_process_fork", "sched_process_exit"] {
+        for tracepoint in ["sched_process_fork", "sched_process_exec", "sched_process_exit"] {
             let program: &mut BtfTracePoint = ebpf
                 .program_mut(tracepoint)
                 .ok_or(KernelError::MissingProgram(tracepoint))?
@@ -147,6 +147,16 @@ impl Enforcer {
                 .attach(&root, CgroupAttachMode::Single)
                 .map_err(program_error(name, "attach"))?;
         }
+
+        let program: &mut CgroupSock = ebpf
+            .program_mut("sock_create")
+            .ok_or(KernelError::MissingProgram("sock_create"))?
+            .try_into()
+            .map_err(program_error("sock_create", "load"))?;
+        program.load().map_err(program_error("sock_create", "load"))?;
+        program
+            .attach(&root, CgroupAttachMode::Single)
+            .map_err(program_error("sock_create", "attach"))?;
 
         let files = match load_lsm(&mut ebpf, "file_open", "file_open", &aya_btf) {
             Ok(()) => ControlState::Enforced,

@@ -6,14 +6,18 @@
 //! entries are deleted. A program reads the generation once per call, so it
 //! always sees one complete policy set and never none.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    os::unix::fs::MetadataExt,
+    path::Path,
+};
 
 use agent_common::{
     egress::{
         EGRESS_KEY_HEADER_BITS, EgressKey, EgressValue, PORT_TABLES_PER_GENERATION, PortTable,
     },
     files::{FILE_KEY_HEADER_BITS, FileKey, FileValue, PATH_KEY_BYTES},
-    identity::{AgentPolicy, AgentPolicyKey, AgentRecord},
+    identity::{AgentPolicy, AgentPolicyKey, AgentRecord, ExecutableKey, policy_flags},
     map_names,
 };
 use aya::{
@@ -45,7 +49,43 @@ pub struct PolicyMaps {
     port_tables: Array<MapData, PortTable>,
     file_rules: LpmTrie<MapData, FileKey, FileValue>,
     identity: HashMap<MapData, u32, AgentRecord>,
+    selected_cgroups: HashMap<MapData, u64, u32>,
+    selected_executables: HashMap<MapData, ExecutableKey, u32>,
     live: Option<WrittenKeys>,
+    live_cgroups: BTreeSet<u64>,
+    live_executables: BTreeSet<(u64, u32)>,
+}
+
+/// A selector the daemon could not turn into a kernel entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnresolvedSelector {
+    /// Agent.
+    pub agent: String,
+    /// `cgroup` or `executable`.
+    pub what: &'static str,
+    /// The path.
+    pub path: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Identity of an executable as the kernel sees it.
+pub fn executable_key(path: &Path) -> std::io::Result<ExecutableKey> {
+    let metadata = std::fs::metadata(path)?;
+    let dev = metadata.dev();
+    // The kernel keeps `MKDEV(major, minor)` (major above bit 20); stat(2)
+    // reports the user-space encoding of the same number.
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    Ok(ExecutableKey {
+        ino: metadata.ino(),
+        dev: (major << 20) | minor,
+        _pad: 0,
+    })
+}
+
+/// The cgroup v2 id of a cgroup directory: its inode number.
+pub fn cgroup_id(dir: &Path) -> std::io::Result<u64> {
+    Ok(std::fs::metadata(dir)?.ino())
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
@@ -66,7 +106,11 @@ impl PolicyMaps {
             port_tables: take(ebpf, map_names::EGRESS_PORT_TABLES)?,
             file_rules: take(ebpf, map_names::FILE_RULES)?,
             identity: take(ebpf, map_names::AGENT_OF_TGID)?,
+            selected_cgroups: take(ebpf, map_names::SELECTED_CGROUPS)?,
+            selected_executables: take(ebpf, map_names::SELECTED_EXECUTABLES)?,
             live: None,
+            live_cgroups: BTreeSet::new(),
+            live_executables: BTreeSet::new(),
         })
     }
 
@@ -122,7 +166,11 @@ impl PolicyMaps {
                 egress_default: agent.egress_default,
                 file_default: agent.file_default,
                 exec_default: 0,
-                flags: 0,
+                flags: if agent.allow_icmp {
+                    policy_flags::ALLOW_ICMP
+                } else {
+                    0
+                },
                 egress_default_rule: agent.egress_default_rule,
                 file_default_rule: agent.file_default_rule,
             };
@@ -186,6 +234,72 @@ impl PolicyMaps {
             }
         }
         Ok(())
+    }
+
+    /// Points the cgroup and executable selectors at their agents. Entries
+    /// for selectors that went away are removed after the new ones are in.
+    /// Selectors that cannot be resolved now (a cgroup or file that does not
+    /// exist yet) are returned so the caller can say so.
+    pub fn apply_selectors(
+        &mut self,
+        set: &CompiledPolicySet,
+        agent_ids: &BTreeMap<Name, u32>,
+        cgroup_root: &Path,
+    ) -> Result<Vec<UnresolvedSelector>, KernelError> {
+        let mut unresolved = Vec::new();
+        let mut cgroups = BTreeSet::new();
+        let mut executables = BTreeSet::new();
+        for (name, agent) in &set.agents {
+            let Some(&agent_id) = agent_ids.get(name) else {
+                continue;
+            };
+            for path in &agent.cgroups {
+                let dir = cgroup_root.join(path.trim_start_matches('/'));
+                match cgroup_id(&dir) {
+                    Ok(id) => {
+                        self.selected_cgroups
+                            .insert(id, agent_id, 0)
+                            .map_err(map_error(map_names::SELECTED_CGROUPS))?;
+                        cgroups.insert(id);
+                    }
+                    Err(error) => unresolved.push(UnresolvedSelector {
+                        agent: name.0.clone(),
+                        what: "cgroup",
+                        path: dir.display().to_string(),
+                        reason: error.to_string(),
+                    }),
+                }
+            }
+            for path in &agent.executables {
+                match executable_key(Path::new(path)) {
+                    Ok(key) => {
+                        self.selected_executables
+                            .insert(key, agent_id, 0)
+                            .map_err(map_error(map_names::SELECTED_EXECUTABLES))?;
+                        executables.insert((key.ino, key.dev));
+                    }
+                    Err(error) => unresolved.push(UnresolvedSelector {
+                        agent: name.0.clone(),
+                        what: "executable",
+                        path: path.clone(),
+                        reason: error.to_string(),
+                    }),
+                }
+            }
+        }
+        for stale in self.live_cgroups.difference(&cgroups) {
+            let _ = self.selected_cgroups.remove(stale);
+        }
+        for (ino, dev) in self.live_executables.difference(&executables) {
+            let _ = self.selected_executables.remove(&ExecutableKey {
+                ino: *ino,
+                dev: *dev,
+                _pad: 0,
+            });
+        }
+        self.live_cgroups = cgroups;
+        self.live_executables = executables;
+        Ok(unresolved)
     }
 
     fn delete(&mut self, keys: &WrittenKeys) {

@@ -245,7 +245,7 @@ pub fn probe() -> ProbeReport {
             ControlLevel::Unavailable
         },
         detail: if egress_ok {
-            "cgroup/connect4, connect6, sendmsg4, sendmsg6 on the cgroup v2 root".into()
+            "cgroup/connect4, connect6, sendmsg4, sendmsg6 and sock_create on the cgroup v2 root".into()
         } else {
             "needs cgroup v2 and BTF".into()
         },

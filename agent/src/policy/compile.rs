@@ -28,6 +28,24 @@ use super::{
 /// Errors that only show once policies are combined.
 #[derive(Debug, Error)]
 pub enum CompileError {
+    /// Two agents select the same cgroup, unit or executable.
+    #[error(
+        "{what} {item} is selected by agent {first} (policy {first_policy}) and agent {second} (policy {second_policy}); a process can belong to one agent only"
+    )]
+    AmbiguousSelector {
+        /// `cgroup`, `systemd unit` or `executable`.
+        what: &'static str,
+        /// The selected item.
+        item: String,
+        /// First agent.
+        first: String,
+        /// Policy of the first agent.
+        first_policy: String,
+        /// Second agent.
+        second: String,
+        /// Policy of the second agent.
+        second_policy: String,
+    },
     /// An address prefix needs more port-table rows than the kernel holds.
     #[error(
         "agent {agent}: destination {prefix} is covered by {rows} port rules, more than the {PORT_TABLE_ROWS} the kernel holds per destination; merge port ranges or split the network"
@@ -58,6 +76,13 @@ pub struct RuleRef {
 pub struct CompiledAgent {
     /// Policies selecting the agent.
     pub policies: Vec<String>,
+    /// cgroup paths (relative to the cgroup v2 mount) whose processes are
+    /// the agent, systemd units already turned into their cgroups.
+    pub cgroups: Vec<String>,
+    /// Executables whose exec makes a process the agent.
+    pub executables: Vec<String>,
+    /// Whether ICMP sockets are allowed.
+    pub allow_icmp: bool,
     /// One of [`agent_common::verdict::mode`].
     pub mode: u8,
     /// Decision when no egress rule matches.
@@ -198,23 +223,30 @@ pub fn compile(
 
     let mut by_agent: BTreeMap<Name, Vec<&LoadedPolicy>> = BTreeMap::new();
     for policy in policies {
-        by_agent
-            .entry(policy.document.spec.selector.agent.clone())
-            .or_default()
-            .push(policy);
+        by_agent.entry(agent_name(policy)).or_default().push(policy);
     }
+    check_selectors(&by_agent)?;
 
     let mut agents = BTreeMap::new();
     for (agent, selecting) in by_agent {
         let mut egress_sources = Vec::new();
         let mut file_sources = Vec::new();
         let mut any_enforce = false;
+        let mut allow_icmp = true;
+        let mut any_egress = false;
+        let mut cgroups = BTreeSet::new();
+        let mut executables = BTreeSet::new();
         let mut egress_default: Option<(u8, u32)> = None;
         let mut file_default: Option<(u8, u32)> = None;
         for policy in &selecting {
             let spec = &policy.document.spec;
             any_enforce |= spec.mode == Mode::Enforce;
+            cgroups.extend(spec.selector.cgroups.iter().map(|c| c.0.clone()));
+            cgroups.extend(spec.selector.systemd_units.iter().map(|u| u.cgroup_path()));
+            executables.extend(spec.selector.executables.iter().map(|e| e.0.clone()));
             if let Some(egress) = &spec.egress {
+                any_egress = true;
+                allow_icmp &= egress.icmp == Action::Allow;
                 let d = action_decision(egress.default);
                 // The strictest default of the merged policies applies.
                 if egress_default.is_none_or(|(current, _)| d == decision::DENY && current != d) {
@@ -260,6 +292,9 @@ pub fn compile(
         let (egress_default, egress_default_rule) = egress_default.unwrap_or((decision::DENY, 0));
         let (file_default, file_default_rule) = file_default.unwrap_or((decision::ALLOW, 0));
         let compiled = CompiledAgent {
+            cgroups: cgroups.into_iter().collect(),
+            executables: executables.into_iter().collect(),
+            allow_icmp: any_egress && allow_icmp,
             policies: selecting
                 .iter()
                 .map(|p| p.document.metadata.name.0.clone())
@@ -283,6 +318,54 @@ pub fn compile(
         rules,
         first_rule_id,
     })
+}
+
+/// The agent a policy selects: `selector.agent`, or the policy's own name.
+pub fn agent_name(policy: &LoadedPolicy) -> Name {
+    policy
+        .document
+        .spec
+        .selector
+        .agent
+        .clone()
+        .unwrap_or_else(|| policy.document.metadata.name.clone())
+}
+
+/// Refuses a cgroup, unit or executable selected by two different agents:
+/// a process can belong to one agent only, so the policies contradict.
+fn check_selectors(by_agent: &BTreeMap<Name, Vec<&LoadedPolicy>>) -> Result<(), CompileError> {
+    let mut owners: BTreeMap<(&'static str, String), (&Name, &str)> = BTreeMap::new();
+    for (agent, policies) in by_agent {
+        for policy in policies {
+            let selector = &policy.document.spec.selector;
+            let items = selector
+                .cgroups
+                .iter()
+                .map(|c| ("cgroup", c.0.clone()))
+                .chain(selector.systemd_units.iter().map(|u| ("systemd unit", u.0.clone())))
+                .chain(selector.executables.iter().map(|e| ("executable", e.0.clone())));
+            for (what, item) in items {
+                let policy_name = policy.document.metadata.name.0.as_str();
+                match owners.get(&(what, item.clone())) {
+                    Some((first, first_policy)) if *first != agent => {
+                        return Err(CompileError::AmbiguousSelector {
+                            what,
+                            item,
+                            first: first.0.clone(),
+                            first_policy: first_policy.to_string(),
+                            second: agent.0.clone(),
+                            second_policy: policy_name.to_string(),
+                        });
+                    }
+                    Some(_) => {}
+                    None => {
+                        owners.insert((what, item), (agent, policy_name));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn flatten_egress(
@@ -459,6 +542,36 @@ spec:
         );
         let error = compile(&parse_str(Path::new("p.yaml"), &text).unwrap(), 1).unwrap_err();
         assert!(error.to_string().contains("10.0.0.0/8"), "{error}");
+    }
+
+    #[test]
+    fn one_cgroup_cannot_select_two_agents() {
+        let text = format!(
+            "{}---\n{}",
+            HEAD.replace("    agent: a\n", "    agent: a\n    cgroups: [/x]\n"),
+            HEAD.replace("name: p", "name: q")
+                .replace("    agent: a\n", "    agent: b\n    cgroups: [/x/]\n")
+        );
+        let error = compile(&parse_str(Path::new("p.yaml"), &text).unwrap(), 1).unwrap_err();
+        assert!(error.to_string().contains("cgroup /x is selected by agent a"), "{error}");
+    }
+
+    #[test]
+    fn agent_defaults_to_the_policy_name_and_units_become_cgroups() {
+        let text = "apiVersion: baton.dev/v1alpha1
+kind: AgentPolicy
+metadata:
+  name: coder
+spec:
+  selector:
+    systemdUnits: [coder.service]
+  egress:
+    icmp: allow
+";
+        let set = compile_text(text);
+        let agent = &set.agents[&Name("coder".into())];
+        assert_eq!(agent.cgroups, vec!["/system.slice/coder.service"]);
+        assert!(agent.allow_icmp);
     }
 
     #[test]

@@ -98,12 +98,128 @@ pub struct PolicySpec {
     pub breakers: Option<Unsupported>,
 }
 
-/// `spec.selector`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+/// `spec.selector`: which processes are the agent. Any combination of the
+/// fields may be given; at least one must be.
+///
+/// A process belongs to at most one agent, and once admitted it never
+/// changes agent. The first admission wins: `baton exec` admits before the
+/// command runs; otherwise, at exec, a selected executable wins over a
+/// selected cgroup; a process already in a selected cgroup when the daemon
+/// starts is admitted then.
+#[derive(Clone, Debug, Deserialize, Serialize, Default)]
+#[serde(try_from = "RawSelector", rename_all = "camelCase")]
 pub struct Selector {
-    /// Agent name, as given to `baton exec --agent NAME`.
-    pub agent: Name,
+    /// Agent name, as given to `baton exec --agent NAME`; when absent the
+    /// agent is named after the policy.
+    pub agent: Option<Name>,
+    /// cgroup v2 paths, relative to the cgroup v2 mount (`/agents/coder`);
+    /// every process in the cgroup or below it is the agent.
+    pub cgroups: Vec<CgroupPath>,
+    /// systemd units (`coder.service`, or `agents.slice/coder.service` for a
+    /// unit outside `system.slice`); selected through their cgroup.
+    pub systemd_units: Vec<UnitName>,
+    /// Executables: a process that execs one of these files becomes the
+    /// agent. Matched on the file's device and inode, not its name.
+    pub executables: Vec<AbsolutePath>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawSelector {
+    #[serde(default)]
+    agent: Option<Name>,
+    #[serde(default)]
+    cgroups: Vec<CgroupPath>,
+    #[serde(default)]
+    systemd_units: Vec<UnitName>,
+    #[serde(default)]
+    executables: Vec<AbsolutePath>,
+}
+
+impl TryFrom<RawSelector> for Selector {
+    type Error = String;
+
+    fn try_from(raw: RawSelector) -> Result<Self, String> {
+        if raw.agent.is_none()
+            && raw.cgroups.is_empty()
+            && raw.systemd_units.is_empty()
+            && raw.executables.is_empty()
+        {
+            return Err(
+                "a selector needs at least one of agent, cgroups, systemdUnits, executables".into(),
+            );
+        }
+        Ok(Self {
+            agent: raw.agent,
+            cgroups: raw.cgroups,
+            systemd_units: raw.systemd_units,
+            executables: raw.executables,
+        })
+    }
+}
+
+/// A cgroup v2 path, relative to the cgroup v2 mount, written with a leading
+/// `/` (`/agents/coder`).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(transparent)]
+pub struct CgroupPath(pub String);
+
+impl CgroupPath {
+    /// Validates a cgroup path.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let path = AbsolutePath::parse(s)
+            .map_err(|e| e.replacen("invalid path", "invalid cgroup path", 1))?;
+        if path.0 == "/" {
+            return Err("invalid cgroup path \"/\": selecting the root cgroup would make every process an agent".into());
+        }
+        Ok(Self(path.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for CgroupPath {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_parsed(deserializer, "a cgroup path such as /agents/coder", Self::parse)
+    }
+}
+
+/// A systemd unit name, optionally inside a slice.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(transparent)]
+pub struct UnitName(pub String);
+
+impl UnitName {
+    /// Validates a unit name.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let unit = s.rsplit('/').next().unwrap_or(s);
+        let valid_suffix = [".service", ".scope", ".slice"]
+            .iter()
+            .any(|suffix| unit.ends_with(suffix) && unit.len() > suffix.len());
+        let valid_chars = s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@:\\/".contains(&b));
+        if !valid_suffix || !valid_chars || s.starts_with('/') || s.contains("..") {
+            return Err(format!(
+                "invalid systemd unit {s:?}: expected a name such as coder.service or agents.slice/coder.service"
+            ));
+        }
+        Ok(Self(s.to_string()))
+    }
+
+    /// The unit's cgroup path relative to the cgroup v2 mount: units are
+    /// under `system.slice` unless a slice is given.
+    pub fn cgroup_path(&self) -> String {
+        if self.0.contains('/') {
+            format!("/{}", self.0)
+        } else {
+            format!("/system.slice/{}", self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for UnitName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_parsed(deserializer, "a systemd unit name such as coder.service", Self::parse)
+    }
 }
 
 /// `spec.mode`.
@@ -140,6 +256,10 @@ pub struct EgressSpec {
     /// Destinations the agent may not reach.
     #[serde(default)]
     pub deny: Vec<EgressRule>,
+    /// Whether the agent may open ICMP ("ping") sockets; `deny` unless set.
+    /// Raw and packet sockets are always denied to agents.
+    #[serde(default = "default_deny")]
+    pub icmp: Action,
 }
 
 fn default_deny() -> Action {
@@ -490,6 +610,30 @@ mod tests {
         assert!(ssh.covers(&ssh));
         assert!(!ssh.covers(&AbsolutePath::parse("/x/.ssh_old").unwrap()));
         assert!(AbsolutePath::parse("/").unwrap().covers(&ssh));
+    }
+
+    #[test]
+    fn selectors_need_something() {
+        assert!(Selector::try_from(RawSelector {
+            agent: None,
+            cgroups: vec![],
+            systemd_units: vec![],
+            executables: vec![],
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn units_and_cgroups() {
+        assert_eq!(UnitName::parse("coder.service").unwrap().cgroup_path(), "/system.slice/coder.service");
+        assert_eq!(
+            UnitName::parse("agents.slice/coder.service").unwrap().cgroup_path(),
+            "/agents.slice/coder.service"
+        );
+        assert!(UnitName::parse("coder").is_err());
+        assert!(UnitName::parse("../x.service").is_err());
+        assert!(CgroupPath::parse("/").is_err());
+        assert_eq!(CgroupPath::parse("/a//b").unwrap().0, "/a/b");
     }
 
     #[test]
