@@ -37,6 +37,8 @@ pub mod hook {
     pub const BPRM_CHECK: u16 = 17;
     /// LSM `mmap_file`.
     pub const MMAP_FILE: u16 = 18;
+    /// LSM `socket_create`.
+    pub const SOCKET_CREATE: u16 = 19;
 }
 
 /// Bytes of the process name carried in every event.

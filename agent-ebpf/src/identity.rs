@@ -27,7 +27,10 @@ use crate::maps::{
 /// whole subtree).
 #[inline(always)]
 fn selected_cgroup_agent() -> Option<u32> {
-    const _: () = assert!(MAX_CGROUP_LEVELS == 8, "the unrolled walk lists every level");
+    const _: () = assert!(
+        MAX_CGROUP_LEVELS == 8,
+        "the unrolled walk lists every level"
+    );
     unroll!(level in [1, 2, 3, 4, 5, 6, 7, 8] {
         // SAFETY: helper without memory arguments.
         let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
@@ -124,7 +127,8 @@ fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<i32, i64> {
             bpf_probe_read_kernel(bprm.add(offsets.binprm_file as usize) as *const *const u8)?;
         let inode: *const u8 =
             bpf_probe_read_kernel(file.add(offsets.file_f_inode as usize) as *const *const u8)?;
-        let ino: u64 = bpf_probe_read_kernel(inode.add(offsets.inode_i_ino as usize) as *const u64)?;
+        let ino: u64 =
+            bpf_probe_read_kernel(inode.add(offsets.inode_i_ino as usize) as *const u64)?;
         let sb: *const u8 =
             bpf_probe_read_kernel(inode.add(offsets.inode_i_sb as usize) as *const *const u8)?;
         let dev: u32 = bpf_probe_read_kernel(sb.add(offsets.sb_s_dev as usize) as *const u32)?;

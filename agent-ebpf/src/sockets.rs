@@ -40,9 +40,7 @@ fn try_sock_create(ctx: &SockContext, agent: &AgentRecord) -> Verdict {
     // SAFETY: the context pointer is valid for the whole program run.
     let sock = unsafe { &*ctx.sock };
     let (family, sock_type, protocol) = (sock.family, sock.type_, sock.protocol);
-    let generation = active_generation();
-    let policy = agent_policy(generation, agent.agent_id);
-    let agent_mode = policy.map_or(mode::ENFORCE, |p| p.mode);
+    let policy = agent_policy(active_generation(), agent.agent_id);
     let allow_icmp = policy.is_some_and(|p| p.flags & policy_flags::ALLOW_ICMP != 0);
 
     let is_icmp = sock_type == SOCK_DGRAM
@@ -52,6 +50,20 @@ fn try_sock_create(ctx: &SockContext, agent: &AgentRecord) -> Verdict {
     if !forbidden {
         return Verdict::Allowed;
     }
+    deny_socket(agent, hook::SOCK_CREATE, family, sock_type, protocol)
+}
+
+/// Records and returns the verdict for a socket the agent may not have.
+#[inline(always)]
+fn deny_socket(
+    agent: &AgentRecord,
+    hook: u16,
+    family: u32,
+    sock_type: u32,
+    protocol: u32,
+) -> Verdict {
+    let generation = active_generation();
+    let agent_mode = agent_policy(generation, agent.agent_id).map_or(mode::ENFORCE, |p| p.mode);
     let verdict = verdict_for(decision::DENY, agent_mode);
     let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
         count_drop(agent.agent_id);
@@ -66,7 +78,7 @@ fn try_sock_create(ctx: &SockContext, agent: &AgentRecord) -> Verdict {
         core::mem::size_of::<ConnectEvent>(),
         agent,
         &Decision {
-            hook: hook::SOCK_CREATE,
+            hook,
             verdict,
             mode: agent_mode,
             rule_id: 0,
@@ -81,4 +93,35 @@ fn try_sock_create(ctx: &SockContext, agent: &AgentRecord) -> Verdict {
     event.addr = [0; 16];
     entry.submit(0);
     verdict
+}
+
+/// The BPF LSM second line: `socket_create` (5.7) sees every socket family,
+/// including `AF_PACKET`, which `cgroup/sock_create` (inet families only)
+/// never sees.
+#[aya_ebpf::macros::lsm(hook = "socket_create")]
+pub fn socket_create(ctx: aya_ebpf::programs::LsmContext) -> i32 {
+    // socket_create(int family, int type, int protocol, int kern, int ret)
+    let previous: i32 = ctx.arg(4);
+    if previous != 0 {
+        return previous;
+    }
+    let kern: i32 = ctx.arg(3);
+    let family: i32 = ctx.arg(0);
+    if kern != 0 || family as u32 != AF_PACKET {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(agent) = current_agent(tgid) else {
+        return 0;
+    };
+    let sock_type: i32 = ctx.arg(1);
+    let protocol: i32 = ctx.arg(2);
+    deny_socket(
+        &agent,
+        hook::SOCKET_CREATE,
+        family as u32,
+        sock_type as u32 & 0xf,
+        protocol as u32,
+    )
+    .to_lsm(previous)
 }

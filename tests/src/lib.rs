@@ -152,11 +152,20 @@ impl Daemon {
             .collect()
     }
 
-    /// Waits up to 10 s for a record matching `matches`.
+    /// Every decision record (lifecycle records, whose verdict is `info`,
+    /// left out).
+    pub fn decisions(&self) -> Vec<Value> {
+        self.records()
+            .into_iter()
+            .filter(|r| r["verdict"] != "info")
+            .collect()
+    }
+
+    /// Waits up to 10 s for a decision record matching `matches`.
     pub fn wait_for_record(&self, matches: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(found) = self.records().into_iter().find(&matches) {
+            if let Some(found) = self.decisions().into_iter().find(&matches) {
                 return found;
             }
             assert!(
@@ -289,4 +298,83 @@ fn btf_func_id(name: &str) -> Option<u32> {
     text.lines()
         .find(|line| line.contains(&needle))
         .and_then(|line| line.strip_prefix('[')?.split(']').next()?.parse().ok())
+}
+
+/// The cgroup v2 mount point (from `findmnt`, independently of Baton's own
+/// lookup).
+pub fn cgroup2_root() -> PathBuf {
+    let output = Command::new("findmnt")
+        .args(["-n", "-t", "cgroup2", "-o", "TARGET"])
+        .output()
+        .expect("findmnt");
+    let text = String::from_utf8_lossy(&output.stdout);
+    PathBuf::from(text.lines().next().expect("a cgroup2 mount").trim())
+}
+
+/// A cgroup created for one test under the cgroup v2 root, removed on drop.
+pub struct TestCgroup {
+    /// Absolute directory.
+    pub dir: PathBuf,
+    /// Path relative to the cgroup v2 root, with a leading `/`.
+    pub relative: String,
+}
+
+impl TestCgroup {
+    /// Creates `relative` (and its parents) under the cgroup v2 root.
+    pub fn new(relative: &str) -> Self {
+        let dir = cgroup2_root().join(relative.trim_start_matches('/'));
+        std::fs::create_dir_all(&dir).expect("create cgroup");
+        Self {
+            dir,
+            relative: relative.to_string(),
+        }
+    }
+
+    /// Moves process `pid` into this cgroup.
+    pub fn add(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).expect("join cgroup");
+    }
+
+    /// A shell command prefix that moves the shell into this cgroup before
+    /// it execs the rest of the command.
+    pub fn enter_and_exec(&self, command: &str) -> Vec<String> {
+        vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            format!(
+                "echo $$ > {}/cgroup.procs && exec {command}",
+                self.dir.display()
+            ),
+        ]
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Children first; a cgroup can only be removed once empty.
+        let mut dirs = vec![self.dir.clone()];
+        let mut i = 0;
+        while i < dirs.len() {
+            if let Ok(entries) = std::fs::read_dir(&dirs[i]) {
+                for entry in entries.flatten() {
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        dirs.push(entry.path());
+                    }
+                }
+            }
+            i += 1;
+        }
+        for dir in dirs.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Runs a command and returns the helper outcome it printed.
+pub fn run_outcome(command: &[String]) -> String {
+    let output = Command::new(&command[0])
+        .args(&command[1..])
+        .output()
+        .expect("spawn");
+    helper_outcome(&output)
 }

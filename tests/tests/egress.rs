@@ -73,7 +73,7 @@ fn agent_is_denied_a_port_the_policy_denies_and_others_are_not() {
     assert_eq!(record["process"]["comm"], "baton-test-help");
     // Exactly one record for the one denied connect; none for allowed ones.
     let egress: Vec<_> = daemon
-        .records()
+        .decisions()
         .into_iter()
         .filter(|r| r["control"] == "egress")
         .collect();
@@ -180,4 +180,190 @@ fn an_agent_cannot_switch_to_another_agent() {
         "{stderr}"
     );
     assert!(!String::from_utf8_lossy(&output.stdout).contains("ok"));
+}
+
+fn deny_all_egress(name: &str) -> String {
+    policy(name, name, "  egress:\n    default: deny\n")
+}
+
+#[test]
+fn unconnected_udp_sendto_is_decided_too() {
+    let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = receiver.local_addr().unwrap().to_string();
+    let daemon = Daemon::start("udp", &[("p.yaml", deny_all_egress("udp"))]);
+    let output = daemon.exec("udp", &[HELPER, "sendto", &addr]);
+    assert_eq!(helper_outcome(&output), EPERM);
+    let record = daemon.wait_for_record(|r| r["control"] == "egress");
+    assert_eq!(record["hook"], "sendmsg4");
+    assert_eq!(record["object"]["protocol"], "udp");
+}
+
+#[test]
+fn ipv4_mapped_ipv6_follows_the_ipv4_rules() {
+    let (_allowed, allowed_port) = listener();
+    let (_denied, denied_port) = listener();
+    let daemon = Daemon::start(
+        "mapped",
+        &[(
+            "p.yaml",
+            policy(
+                "mapped",
+                "mapped",
+                &format!(
+                    "  egress:\n    default: deny\n    allow:\n      - cidr: 127.0.0.1/32\n        ports: [{allowed_port}]\n"
+                ),
+            ),
+        )],
+    );
+    let connect = |port: u16| {
+        helper_outcome(&daemon.exec(
+            "mapped",
+            &[HELPER, "connect", &format!("[::ffff:127.0.0.1]:{port}")],
+        ))
+    };
+    assert_eq!(connect(allowed_port), "ok");
+    assert_eq!(connect(denied_port), EPERM);
+    let record = daemon.wait_for_record(|r| r["control"] == "egress");
+    assert_eq!(record["hook"], "connect6");
+    assert_eq!(record["object"]["address"], "127.0.0.1");
+}
+
+#[test]
+fn io_uring_connect_is_decided_by_the_same_hook() {
+    let (_denied, denied_port) = listener();
+    let (_allowed, allowed_port) = listener();
+    let daemon = Daemon::start(
+        "uring",
+        &[(
+            "p.yaml",
+            policy(
+                "uring",
+                "uring",
+                &format!(
+                    "  egress:\n    default: deny\n    allow:\n      - cidr: 127.0.0.1\n        ports: [{allowed_port}]\n"
+                ),
+            ),
+        )],
+    );
+    let connect = |port: u16| {
+        helper_outcome(&daemon.exec(
+            "uring",
+            &[HELPER, "connect-uring", &format!("127.0.0.1:{port}")],
+        ))
+    };
+    assert_eq!(
+        connect(allowed_port),
+        "ok",
+        "io_uring itself works for the agent"
+    );
+    assert_eq!(connect(denied_port), EPERM);
+    daemon.wait_for_record(|r| r["object"]["port"] == u64::from(denied_port));
+}
+
+#[test]
+fn raw_packet_and_icmp_sockets_are_denied_to_agents() {
+    let daemon = Daemon::start("raw", &[("p.yaml", deny_all_egress("raw"))]);
+    for kind in ["raw"] {
+        assert_eq!(
+            helper_outcome(&daemon.exec("raw", &[HELPER, "socket", kind])),
+            EPERM,
+            "{kind} socket"
+        );
+        assert_eq!(
+            helper_outcome(
+                &std::process::Command::new(HELPER)
+                    .args(["socket", kind])
+                    .output()
+                    .unwrap()
+            ),
+            "ok",
+            "{kind} socket outside any agent"
+        );
+    }
+    // Ping sockets need ping_group_range to include the caller's group; set
+    // it in a private network namespace so the host is untouched.
+    let icmp =
+        format!("sysctl -q -w net.ipv4.ping_group_range='0 2147483647' && {HELPER} socket icmp");
+    let output = daemon.exec("raw", &["unshare", "-n", "sh", "-c", &icmp]);
+    assert_eq!(helper_outcome(&output), EPERM, "icmp socket");
+    let record =
+        daemon.wait_for_record(|r| r["hook"] == "sock_create" && r["object"]["type"] == "raw");
+    assert_eq!(record["verdict"], "denied");
+}
+
+/// `AF_PACKET` sockets never reach `cgroup/sock_create`; the BPF LSM
+/// `socket_create` hook denies them where BPF LSM loads.
+#[test]
+#[ignore = "needs a kernel booted with BPF LSM: runs inside the test VMs (cargo xtask test)"]
+fn vm_packet_sockets_are_denied_with_bpf_lsm() {
+    let daemon = Daemon::start("packet", &[("p.yaml", deny_all_egress("packet"))]);
+    assert_eq!(
+        helper_outcome(&daemon.exec("packet", &[HELPER, "socket", "packet"])),
+        EPERM
+    );
+    assert_eq!(
+        helper_outcome(
+            &std::process::Command::new(HELPER)
+                .args(["socket", "packet"])
+                .output()
+                .unwrap()
+        ),
+        "ok"
+    );
+    let record = daemon.wait_for_record(|r| r["hook"] == "socket_create");
+    assert_eq!(record["object"]["family"], "packet");
+    assert_eq!(record["verdict"], "denied");
+}
+
+#[test]
+fn icmp_sockets_can_be_allowed() {
+    let daemon = Daemon::start(
+        "icmp",
+        &[(
+            "p.yaml",
+            policy(
+                "icmp",
+                "icmp",
+                "  egress:\n    default: deny\n    icmp: allow\n",
+            ),
+        )],
+    );
+    let icmp =
+        format!("sysctl -q -w net.ipv4.ping_group_range='0 2147483647' && {HELPER} socket icmp");
+    let output = daemon.exec("icmp", &["unshare", "-n", "sh", "-c", &icmp]);
+    assert_eq!(helper_outcome(&output), "ok");
+    assert_eq!(
+        helper_outcome(&daemon.exec("icmp", &[HELPER, "socket", "raw"])),
+        EPERM
+    );
+}
+
+#[test]
+fn audit_mode_records_but_never_denies() {
+    let (_l, port) = listener();
+    let daemon = Daemon::start(
+        "audit",
+        &[(
+            "p.yaml",
+            policy(
+                "watch",
+                "watch",
+                "  mode: audit\n  egress:\n    default: deny\n",
+            ),
+        )],
+    );
+    let addr = format!("127.0.0.1:{port}");
+    assert_eq!(
+        helper_outcome(&daemon.exec("watch", &[HELPER, "connect", &addr])),
+        "ok"
+    );
+    assert_eq!(
+        helper_outcome(&daemon.exec("watch", &[HELPER, "socket", "raw"])),
+        "ok"
+    );
+    let record = daemon
+        .wait_for_record(|r| r["control"] == "egress" && r["object"]["port"] == u64::from(port));
+    assert_eq!(record["verdict"], "would-deny");
+    assert_eq!(record["mode"], "audit");
+    daemon.wait_for_record(|r| r["hook"] == "sock_create" && r["verdict"] == "would-deny");
 }

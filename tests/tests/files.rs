@@ -87,7 +87,7 @@ fn vm_agent_is_denied_files_under_a_denied_prefix_and_others_are_not() {
     assert_eq!(record["rule"]["id"], "files.deny[0]");
     assert!(record["process"]["pid"].as_u64().unwrap() > 0);
     let file_records = daemon
-        .records()
+        .decisions()
         .into_iter()
         .filter(|r| r["control"] == "file" && r["verdict"] == "denied")
         .count();

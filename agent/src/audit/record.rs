@@ -278,6 +278,7 @@ fn hook_name(hook: u16) -> &'static str {
         hook::FILE_OPEN => "file_open",
         hook::BPRM_CHECK => "bprm_check_security",
         hook::MMAP_FILE => "mmap_file",
+        hook::SOCKET_CREATE => "socket_create",
         _ => "unknown",
     }
 }
@@ -363,7 +364,7 @@ impl AuditRecord {
     ) -> Result<Self, DecodeError> {
         let header = read_header(bytes)?;
         let (control, object) = match header.kind {
-            kind::CONNECT if header.hook == hook::SOCK_CREATE => {
+            kind::CONNECT if matches!(header.hook, hook::SOCK_CREATE | hook::SOCKET_CREATE) => {
                 let e: ConnectEvent = read_body(bytes)?;
                 let family = match e.family {
                     2 => "inet".to_string(),

@@ -241,6 +241,14 @@ async fn serve(
         tracing::info!(admitted, "processes already in selected cgroups admitted");
     }
     tracing::info!(control = "egress", state = ?enforcer.egress, cgroup_root = %enforcer.cgroup_root.display());
+    if let ControlState::Unavailable(reason) = &enforcer.packet_sockets {
+        tracing::warn!(control = "egress", %reason, "packet sockets are NOT denied to agents");
+        state.record(AuditRecord::lifecycle(
+            &host,
+            "egress",
+            format!("control degraded: packet sockets are not denied to agents: {reason}"),
+        ));
+    }
     if let ControlState::Unavailable(reason) = &enforcer.files {
         tracing::warn!(control = "file", %reason, "file rules are NOT enforced");
         state.record(AuditRecord::lifecycle(

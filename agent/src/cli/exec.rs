@@ -21,6 +21,33 @@ pub fn run(args: &ExecArgs) -> anyhow::Result<()> {
         Reply::Error { message } => bail!("cannot join agent {}: {message}", args.agent),
     }
     let (program, rest) = args.command.split_first().expect("clap requires a command");
-    let error = std::process::Command::new(program).args(rest).exec();
+    let mut command = std::process::Command::new(program);
+    command.args(rest);
+    if let Some(user) = &args.user {
+        let user = find_user(user)?;
+        let name = std::ffi::CString::new(user.name.clone())?;
+        let (uid, gid) = (user.uid, user.gid);
+        // SAFETY: runs in this single-threaded process right before exec;
+        // the calls only drop privileges.
+        unsafe {
+            command.pre_exec(move || {
+                nix::unistd::initgroups(&name, gid)?;
+                nix::unistd::setgid(gid)?;
+                nix::unistd::setuid(uid)?;
+                Ok(())
+            });
+        }
+        command.env("USER", &user.name).env("HOME", &user.dir);
+    }
+    let error = command.exec();
     bail!("cannot run {program}: {error}")
+}
+
+fn find_user(spec: &str) -> anyhow::Result<nix::unistd::User> {
+    use nix::unistd::{Uid, User};
+    let found = match spec.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid))?,
+        Err(_) => User::from_name(spec)?,
+    };
+    found.ok_or_else(|| anyhow::anyhow!("no such user {spec:?}"))
 }

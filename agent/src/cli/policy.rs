@@ -27,12 +27,27 @@ fn check(paths: &[PathBuf]) -> anyhow::Result<()> {
     policies.extend(load_files(&files)?);
     let set = compile(&policies, 1).context("policies do not compile")?;
     for (agent, compiled) in &set.agents {
+        let mut selectors = vec![format!("baton exec --agent {agent}")];
+        selectors.extend(compiled.cgroups.iter().map(|c| format!("cgroup {c}")));
+        selectors.extend(
+            compiled
+                .executables
+                .iter()
+                .map(|e| format!("executable {e}")),
+        );
         println!(
-            "agent {agent}: policies {}; {} egress entries, {} file entries",
+            "agent {agent}: policies {}; selected by {}; {} egress entries, {} file entries",
             compiled.policies.join(", "),
+            selectors.join(", "),
             compiled.egress.len(),
             compiled.files.len()
         );
+        if compiled.policies.len() > 1 {
+            println!(
+                "  note: {} policies select agent {agent}; their rules are merged: enforce wins over audit, a deny default over an allow default, and the most specific rule decides (deny wins a tie)",
+                compiled.policies.len()
+            );
+        }
     }
     println!(
         "ok: {} policies, {} agents",

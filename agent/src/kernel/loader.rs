@@ -88,6 +88,8 @@ pub struct Enforcer {
     pub egress: ControlState,
     /// File enforcement.
     pub files: ControlState,
+    /// Denial of `AF_PACKET` sockets to agents.
+    pub packet_sockets: ControlState,
 }
 
 fn program_error(
@@ -114,7 +116,11 @@ impl Enforcer {
             .override_global(KERNEL_OFFSETS_GLOBAL, &offsets, true)
             .load(EBPF_OBJECT)?;
 
-        for tracepoint in ["sched_process_fork", "sched_process_exec", "sched_process_exit"] {
+        for tracepoint in [
+            "sched_process_fork",
+            "sched_process_exec",
+            "sched_process_exit",
+        ] {
             let program: &mut BtfTracePoint = ebpf
                 .program_mut(tracepoint)
                 .ok_or(KernelError::MissingProgram(tracepoint))?
@@ -153,7 +159,9 @@ impl Enforcer {
             .ok_or(KernelError::MissingProgram("sock_create"))?
             .try_into()
             .map_err(program_error("sock_create", "load"))?;
-        program.load().map_err(program_error("sock_create", "load"))?;
+        program
+            .load()
+            .map_err(program_error("sock_create", "load"))?;
         program
             .attach(&root, CgroupAttachMode::Single)
             .map_err(program_error("sock_create", "attach"))?;
@@ -162,6 +170,18 @@ impl Enforcer {
             Ok(()) => ControlState::Enforced,
             Err(error) => ControlState::Unavailable(format!("BPF LSM refused: {error}")),
         };
+        // Packet sockets never reach cgroup/sock_create; only the LSM hook
+        // sees them.
+        let packet_sockets = if files == ControlState::Enforced {
+            match load_lsm(&mut ebpf, "socket_create", "socket_create", &aya_btf) {
+                Ok(()) => ControlState::Enforced,
+                Err(error) => ControlState::Unavailable(format!("BPF LSM socket_create: {error}")),
+            }
+        } else {
+            ControlState::Unavailable(
+                "BPF LSM refused; AF_PACKET sockets still need CAP_NET_RAW, which unprivileged agents lack".into(),
+            )
+        };
 
         Ok(Self {
             ebpf,
@@ -169,6 +189,7 @@ impl Enforcer {
             cgroup_root,
             egress: ControlState::Enforced,
             files,
+            packet_sockets,
         })
     }
 }

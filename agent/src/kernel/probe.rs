@@ -245,9 +245,32 @@ pub fn probe() -> ProbeReport {
             ControlLevel::Unavailable
         },
         detail: if egress_ok {
-            "cgroup/connect4, connect6, sendmsg4, sendmsg6 and sock_create on the cgroup v2 root".into()
+            "cgroup/connect4, connect6, sendmsg4, sendmsg6 and sock_create on the cgroup v2 root"
+                .into()
         } else {
             "needs cgroup v2 and BTF".into()
+        },
+    });
+    controls.push(Control {
+        name: "raw and ICMP sockets",
+        level: if egress_ok {
+            ControlLevel::Enforced
+        } else {
+            ControlLevel::Unavailable
+        },
+        detail: "cgroup/sock_create".into(),
+    });
+    controls.push(Control {
+        name: "packet sockets",
+        level: if bpf_lsm_loadable {
+            ControlLevel::Enforced
+        } else {
+            ControlLevel::Degraded
+        },
+        detail: if bpf_lsm_loadable {
+            "BPF LSM socket_create".into()
+        } else {
+            "not denied by Baton without BPF LSM; AF_PACKET needs CAP_NET_RAW, so only agents running with that capability (root) can open one".into()
         },
     });
     controls.push(Control {

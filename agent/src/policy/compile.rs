@@ -342,8 +342,18 @@ fn check_selectors(by_agent: &BTreeMap<Name, Vec<&LoadedPolicy>>) -> Result<(), 
                 .cgroups
                 .iter()
                 .map(|c| ("cgroup", c.0.clone()))
-                .chain(selector.systemd_units.iter().map(|u| ("systemd unit", u.0.clone())))
-                .chain(selector.executables.iter().map(|e| ("executable", e.0.clone())));
+                .chain(
+                    selector
+                        .systemd_units
+                        .iter()
+                        .map(|u| ("systemd unit", u.0.clone())),
+                )
+                .chain(
+                    selector
+                        .executables
+                        .iter()
+                        .map(|e| ("executable", e.0.clone())),
+                );
             for (what, item) in items {
                 let policy_name = policy.document.metadata.name.0.as_str();
                 match owners.get(&(what, item.clone())) {
@@ -553,7 +563,12 @@ spec:
                 .replace("    agent: a\n", "    agent: b\n    cgroups: [/x/]\n")
         );
         let error = compile(&parse_str(Path::new("p.yaml"), &text).unwrap(), 1).unwrap_err();
-        assert!(error.to_string().contains("cgroup /x is selected by agent a"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("cgroup /x is selected by agent a"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -178,7 +178,11 @@ impl CgroupPath {
 
 impl<'de> Deserialize<'de> for CgroupPath {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserialize_parsed(deserializer, "a cgroup path such as /agents/coder", Self::parse)
+        deserialize_parsed(
+            deserializer,
+            "a cgroup path such as /agents/coder",
+            Self::parse,
+        )
     }
 }
 
@@ -218,7 +222,11 @@ impl UnitName {
 
 impl<'de> Deserialize<'de> for UnitName {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserialize_parsed(deserializer, "a systemd unit name such as coder.service", Self::parse)
+        deserialize_parsed(
+            deserializer,
+            "a systemd unit name such as coder.service",
+            Self::parse,
+        )
     }
 }
 
@@ -614,20 +622,27 @@ mod tests {
 
     #[test]
     fn selectors_need_something() {
-        assert!(Selector::try_from(RawSelector {
-            agent: None,
-            cgroups: vec![],
-            systemd_units: vec![],
-            executables: vec![],
-        })
-        .is_err());
+        assert!(
+            Selector::try_from(RawSelector {
+                agent: None,
+                cgroups: vec![],
+                systemd_units: vec![],
+                executables: vec![],
+            })
+            .is_err()
+        );
     }
 
     #[test]
     fn units_and_cgroups() {
-        assert_eq!(UnitName::parse("coder.service").unwrap().cgroup_path(), "/system.slice/coder.service");
         assert_eq!(
-            UnitName::parse("agents.slice/coder.service").unwrap().cgroup_path(),
+            UnitName::parse("coder.service").unwrap().cgroup_path(),
+            "/system.slice/coder.service"
+        );
+        assert_eq!(
+            UnitName::parse("agents.slice/coder.service")
+                .unwrap()
+                .cgroup_path(),
             "/agents.slice/coder.service"
         );
         assert!(UnitName::parse("coder").is_err());
