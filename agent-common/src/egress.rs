@@ -90,3 +90,73 @@ pub const fn ipv4_mapped(octets: [u8; 4]) -> [u8; 16] {
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
     ]
 }
+
+/// Key of the learned-address map: an address one agent may reach because
+/// its DNS proxy resolved an allowed name to it. Per agent: names learned by
+/// one agent open nothing for another.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LearnedKey {
+    /// Agent id.
+    pub agent_id: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// IPv6 address, IPv4-mapped for IPv4.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<LearnedKey>() == 24);
+
+/// Port rows a learned address carries (from its domain rule).
+pub const LEARNED_ROWS: usize = 4;
+
+/// Value of the learned-address map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LearnedValue {
+    /// `CLOCK_BOOTTIME` nanoseconds after which the kernel ignores the entry,
+    /// so a dead daemon leaves nothing open.
+    pub expires_boot_ns: u64,
+    /// Number of rows in use.
+    pub len: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Allowed ports and protocols; `decision` is always allow.
+    pub rows: [PortRule; LEARNED_ROWS],
+}
+const _: () = assert!(size_of::<LearnedValue>() == 16 + 12 * LEARNED_ROWS);
+
+/// Where an agent's DNS traffic is redirected: the daemon's proxy sockets
+/// for that agent, on the loopback addresses. Ports are host order; 0 means
+/// no socket of that kind.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsProxyPorts {
+    /// UDP on 127.0.0.1.
+    pub udp4: u16,
+    /// TCP on 127.0.0.1.
+    pub tcp4: u16,
+    /// UDP on ::1.
+    pub udp6: u16,
+    /// TCP on ::1.
+    pub tcp6: u16,
+}
+const _: () = assert!(size_of::<DnsProxyPorts>() == 8);
+
+/// The destination a socket's DNS traffic was redirected from, so replies
+/// and `getpeername` can show it instead of the proxy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OriginalDestination {
+    /// Address as the caller gave it (IPv6 or IPv4-mapped), network order.
+    pub addr: [u8; 16],
+    /// Port, host order.
+    pub port: u16,
+    /// Proxy port the socket was sent to, host order.
+    pub proxy_port: u16,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<OriginalDestination>() == 24);
+
+/// The DNS port.
+pub const DNS_PORT: u16 = 53;

@@ -35,6 +35,12 @@ pub mod map_names {
     pub const SELECTED_CGROUPS: &str = "SELECTED_CGROUPS";
     /// Executable identity → agent id, for executable selectors.
     pub const SELECTED_EXECUTABLES: &str = "SELECTED_EXECUTABLES";
+    /// Learned (agent, address) → expiry and ports, from the DNS proxy.
+    pub const LEARNED_ADDRS: &str = "LEARNED_ADDRS";
+    /// Agent id → its DNS proxy ports.
+    pub const DNS_PROXY_PORTS: &str = "DNS_PROXY_PORTS";
+    /// Socket cookie → the DNS server it was redirected from.
+    pub const DNS_ORIGINAL: &str = "DNS_ORIGINAL";
     /// Ring buffer of events.
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU counters of events that could not be queued.
@@ -63,6 +69,10 @@ impl_pod!(
     egress::EgressValue,
     egress::PortRule,
     egress::PortTable,
+    egress::LearnedKey,
+    egress::LearnedValue,
+    egress::DnsProxyPorts,
+    egress::OriginalDestination,
     files::FileKey,
     files::FileValue,
     offsets::KernelOffsets,

@@ -6,22 +6,36 @@
 //! which would otherwise escape. An IPv4-mapped IPv6 destination arrives at
 //! the `*6` hooks and is matched against IPv4 rules because keys store IPv4
 //! addresses mapped.
+//!
+//! DNS: for agents with domain rules, every port-53 connect or send is
+//! rewritten to the daemon's proxy for that agent, and the original server
+//! is remembered per socket; `recvmsg4/6` and `getpeername4/6` (5.8) put it back, so resolvers accept the replies. Addresses the proxy
+//! learns are allowed until an expiry the programs check themselves.
 
 use agent_common::{
-    egress::{EGRESS_KEY_HEADER_BITS, EgressKey, PORT_TABLE_ROWS, PortRule, ipv4_mapped, protocol},
+    egress::{
+        DNS_PORT, DnsProxyPorts, EGRESS_KEY_HEADER_BITS, EgressKey, LEARNED_ROWS, LearnedKey,
+        OriginalDestination, PORT_TABLE_ROWS, PortRule, ipv4_mapped, protocol,
+    },
     event::{ConnectEvent, hook, kind},
     identity::AgentRecord,
     verdict::{Verdict, decision, mode, verdict_for},
 };
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::cgroup_sock_addr, maps::lpm_trie::Key,
+    EbpfContext,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, generated::bpf_get_socket_cookie,
+    },
+    macros::cgroup_sock_addr,
+    maps::lpm_trie::Key,
     programs::SockAddrContext,
 };
 
 use crate::{
     events::{Decision, count_drop, fill_header},
     maps::{
-        EGRESS_PORT_TABLES, EGRESS_RULES, EVENTS, active_generation, agent_policy, current_agent,
+        DNS_ORIGINAL, DNS_PROXY_PORTS, EGRESS_PORT_TABLES, EGRESS_RULES, EVENTS, LEARNED_ADDRS,
+        active_generation, agent_policy, current_agent,
     },
 };
 
@@ -48,6 +62,155 @@ pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     decide(&ctx, hook::SENDMSG6).to_cgroup_sock()
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
+    restore_dns_source(&ctx, false);
+    1
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
+    restore_dns_source(&ctx, true);
+    1
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn getpeername4(ctx: SockAddrContext) -> i32 {
+    restore_dns_source(&ctx, false);
+    1
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn getpeername6(ctx: SockAddrContext) -> i32 {
+    restore_dns_source(&ctx, true);
+    1
+}
+
+const LOOPBACK4: [u8; 4] = [127, 0, 0, 1];
+const LOOPBACK6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// Makes a reply from (or the peer name of) the proxy look as if it came
+/// from the DNS server the agent addressed. Only sockets that were
+/// redirected have an entry, so everything else costs one lookup.
+#[inline(always)]
+fn restore_dns_source(ctx: &SockAddrContext, ipv6: bool) {
+    // SAFETY: the helper takes the program context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(original) = DNS_ORIGINAL.get_ptr(cookie) else {
+        return;
+    };
+    // SAFETY: the pointer comes from a successful lookup.
+    let original: OriginalDestination = unsafe { *original };
+    // SAFETY: the context pointer is valid for the whole program run.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if u16::from_be(sa.user_port as u16) != original.proxy_port {
+        return;
+    }
+    if ipv6 {
+        unroll!(i in [0, 1, 2, 3] {
+            sa.user_ip6[i] = u32::from_ne_bytes([
+                original.addr[i * 4],
+                original.addr[i * 4 + 1],
+                original.addr[i * 4 + 2],
+                original.addr[i * 4 + 3],
+            ]);
+        });
+    } else {
+        sa.user_ip4 = u32::from_ne_bytes([
+            original.addr[12],
+            original.addr[13],
+            original.addr[14],
+            original.addr[15],
+        ]);
+    }
+    sa.user_port = u32::from(original.port.to_be());
+}
+
+/// Sends an agent's DNS traffic to its proxy. Returns the verdict: allowed
+/// when redirected, denied when the proxy has no socket of that kind (a
+/// query must never slip past the proxy).
+#[inline(always)]
+fn redirect_dns(
+    ctx: &SockAddrContext,
+    destination: &Destination,
+    ipv6_hook: bool,
+    ports: &DnsProxyPorts,
+) -> Verdict {
+    let tcp = destination.protocol as u32 == IPPROTO_TCP;
+    let mapped = destination.addr[..12] == ipv4_mapped([0; 4])[..12];
+    let (proxy_port, to_ipv4) = match (ipv6_hook && !mapped, tcp) {
+        (false, false) => (ports.udp4, true),
+        (false, true) => (ports.tcp4, true),
+        (true, false) => (ports.udp6, false),
+        (true, true) => (ports.tcp6, false),
+    };
+    if proxy_port == 0 {
+        return Verdict::Denied;
+    }
+    // SAFETY: the helper takes the program context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let original = OriginalDestination {
+        addr: destination.addr,
+        port: destination.port,
+        proxy_port,
+        _pad: 0,
+    };
+    if DNS_ORIGINAL.insert(cookie, original, 0).is_err() {
+        return Verdict::Denied;
+    }
+    // SAFETY: the context pointer is valid for the whole program run.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if !ipv6_hook {
+        sa.user_ip4 = u32::from_ne_bytes(LOOPBACK4);
+    } else {
+        let target = if to_ipv4 { ipv4_mapped(LOOPBACK4) } else { LOOPBACK6 };
+        unroll!(i in [0, 1, 2, 3] {
+            sa.user_ip6[i] = u32::from_ne_bytes([
+                target[i * 4],
+                target[i * 4 + 1],
+                target[i * 4 + 2],
+                target[i * 4 + 3],
+            ]);
+        });
+    }
+    sa.user_port = u32::from(proxy_port.to_be());
+    Verdict::Allowed
+}
+
+/// Allows a destination the agent's DNS proxy learned from an allowed name,
+/// until the entry expires.
+#[inline(always)]
+fn match_learned(agent_id: u32, destination: &Destination, protocol_bit: u8) -> (u8, u32) {
+    let key = LearnedKey {
+        agent_id,
+        _pad: 0,
+        addr: destination.addr,
+    };
+    let Some(learned) = LEARNED_ADDRS.get_ptr(key) else {
+        return (decision::NONE, 0);
+    };
+    // SAFETY: the pointer comes from a successful lookup.
+    let learned = unsafe { &*learned };
+    // SAFETY: helper without memory arguments.
+    if unsafe { bpf_ktime_get_boot_ns() } >= learned.expires_boot_ns {
+        return (decision::NONE, 0);
+    }
+    let len = learned.len as usize;
+    const _: () = assert!(LEARNED_ROWS == 4, "the unrolled scan lists every row");
+    unroll!(i in [0, 1, 2, 3] {
+        if i < len {
+            let row = &learned.rows[i];
+            if destination.port >= row.port_lo
+                && destination.port <= row.port_hi
+                && row.protocols & protocol_bit != 0
+            {
+                return (decision::ALLOW, row.rule_id);
+            }
+        }
+    });
+    (decision::NONE, 0)
 }
 
 /// The destination of a connect or send, normalised.
@@ -82,20 +245,14 @@ fn try_decide(ctx: &SockAddrContext, hook: u16, agent: &AgentRecord) -> Verdict 
             sock_type: sa.type_ as u8,
         }
     } else {
-        let words = [
-            sa.user_ip6[0],
-            sa.user_ip6[1],
-            sa.user_ip6[2],
-            sa.user_ip6[3],
-        ];
         let mut addr = [0u8; 16];
-        for (i, word) in words.iter().enumerate() {
-            let bytes = word.to_ne_bytes();
+        unroll!(i in [0, 1, 2, 3] {
+            let bytes = sa.user_ip6[i].to_ne_bytes();
             addr[i * 4] = bytes[0];
             addr[i * 4 + 1] = bytes[1];
             addr[i * 4 + 2] = bytes[2];
             addr[i * 4 + 3] = bytes[3];
-        }
+        });
         Destination {
             family: AF_INET6,
             addr,
@@ -105,11 +262,24 @@ fn try_decide(ctx: &SockAddrContext, hook: u16, agent: &AgentRecord) -> Verdict 
         }
     };
 
+    if destination.port == DNS_PORT
+        && let Some(ports) = DNS_PROXY_PORTS.get_ptr(agent.agent_id)
+    {
+        // SAFETY: the pointer comes from a successful lookup.
+        let ports = unsafe { *ports };
+        let ipv6_hook = hook == hook::CONNECT6 || hook == hook::SENDMSG6;
+        return redirect_dns(ctx, &destination, ipv6_hook, &ports);
+    }
+
     let (agent_mode, rule_decision, rule_id) = match agent_policy(generation, agent.agent_id) {
         // An agent whose policy is gone is held closed rather than let loose.
         None => (mode::ENFORCE, decision::DENY, 0),
         Some(policy) => {
-            let (found, rule_id) = match_rules(generation, agent.agent_id, &destination);
+            let (mut found, mut rule_id) = match_rules(generation, agent.agent_id, &destination);
+            if found == decision::NONE {
+                (found, rule_id) =
+                    match_learned(agent.agent_id, &destination, protocol_bit(destination.protocol));
+            }
             if found == decision::NONE {
                 (
                     policy.mode,
@@ -160,11 +330,7 @@ fn match_rules(generation: u32, agent_id: u32, destination: &Destination) -> (u8
     let Some(table) = EGRESS_PORT_TABLES.get(value.port_table) else {
         return (decision::NONE, 0);
     };
-    let protocol_bit = match destination.protocol as u32 {
-        IPPROTO_TCP => protocol::TCP,
-        IPPROTO_UDP => protocol::UDP,
-        _ => 0,
-    };
+    let protocol_bit = protocol_bit(destination.protocol);
     let len = table.len as usize;
     const _: () = assert!(PORT_TABLE_ROWS == 16, "the unrolled scan lists every row");
     unroll!(i in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
@@ -179,6 +345,15 @@ fn match_rules(generation: u32, agent_id: u32, destination: &Destination) -> (u8
         }
     });
     (decision::NONE, 0)
+}
+
+#[inline(always)]
+fn protocol_bit(ip_protocol: u8) -> u8 {
+    match ip_protocol as u32 {
+        IPPROTO_TCP => protocol::TCP,
+        IPPROTO_UDP => protocol::UDP,
+        _ => 0,
+    }
 }
 
 #[inline(always)]

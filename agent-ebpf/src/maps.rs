@@ -2,14 +2,19 @@
 //! `agent_common::map_names`; sizes are the capacity the daemon reports.
 
 use agent_common::{
-    egress::{EgressKey, EgressValue, PORT_TABLES_PER_GENERATION, PortTable},
+    egress::{
+        DnsProxyPorts, EgressKey, EgressValue, LearnedKey, LearnedValue, OriginalDestination,
+        PORT_TABLES_PER_GENERATION, PortTable,
+    },
     files::{FileKey, FileValue},
     identity::{AgentPolicy, AgentPolicyKey, AgentRecord, ExecutableKey},
     offsets::KernelOffsets,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
+    },
 };
 
 /// Processes an agent may have at once, host-wide.
@@ -35,6 +40,21 @@ pub static EGRESS_PORT_TABLES: Array<PortTable> =
 
 #[map(name = "FILE_RULES")]
 pub static FILE_RULES: LpmTrie<FileKey, FileValue> = LpmTrie::with_max_entries(65_536, 0);
+
+/// Addresses learned from allowed DNS answers, per agent, with an expiry
+/// the programs check themselves.
+#[map(name = "LEARNED_ADDRS")]
+pub static LEARNED_ADDRS: HashMap<LearnedKey, LearnedValue> = HashMap::with_max_entries(65_536, 0);
+
+/// Agents whose DNS goes to the daemon's proxy, and where.
+#[map(name = "DNS_PROXY_PORTS")]
+pub static DNS_PROXY_PORTS: HashMap<u32, DnsProxyPorts> = HashMap::with_max_entries(4096, 0);
+
+/// Socket cookie → the DNS server the socket was redirected from. LRU:
+/// sockets close without telling us.
+#[map(name = "DNS_ORIGINAL")]
+pub static DNS_ORIGINAL: LruHashMap<u64, OriginalDestination> =
+    LruHashMap::with_max_entries(65_536, 0);
 
 /// cgroup v2 id → agent id, for cgroup and systemd unit selectors.
 #[map(name = "SELECTED_CGROUPS")]

@@ -64,8 +64,17 @@ pub enum KernelError {
     MissingMap(&'static str),
 }
 
-/// The egress programs and the hook each attaches to.
-const EGRESS_PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
+/// The egress programs; each attaches to the hook of the same name.
+const EGRESS_PROGRAMS: [&str; 8] = [
+    "connect4",
+    "connect6",
+    "sendmsg4",
+    "sendmsg6",
+    "recvmsg4",
+    "recvmsg6",
+    "getpeername4",
+    "getpeername6",
+];
 
 /// Whether a control is in force, and if not, why.
 #[derive(Clone, Debug, PartialEq, Eq)]
