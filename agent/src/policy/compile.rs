@@ -14,7 +14,7 @@ use std::{
 };
 
 use agent_common::{
-    egress::{PORT_TABLE_ROWS, PortRule, ipv4_mapped, protocol},
+    egress::{LEARNED_ROWS, PORT_TABLE_ROWS, PortRule, ipv4_mapped, protocol},
     files::{FileValue, RIGHT_SLOTS, right},
     verdict::{decision, mode},
 };
@@ -22,30 +22,36 @@ use thiserror::Error;
 
 use super::{
     load::LoadedPolicy,
-    spec::{AbsolutePath, Action, Mode, Name, PortRange, Protocol},
+    spec::{AbsolutePath, Action, EgressTarget, Mode, Name, PortRange, Protocol},
 };
+use crate::egress::domain::DomainPattern;
 
 /// Errors that only show once policies are combined.
 #[derive(Debug, Error)]
 pub enum CompileError {
-    /// Two agents select the same cgroup, unit or executable.
+    /// A domain rule in a deny list.
     #[error(
-        "{what} {item} is selected by agent {first} (policy {first_policy}) and agent {second} (policy {second_policy}); a process can belong to one agent only"
+        "policy {policy}: egress.deny[{index}]: deny lists take cidr rules only; a name is denied by not allowing it (and its addresses with cidr rules)"
     )]
-    AmbiguousSelector {
-        /// `cgroup`, `systemd unit` or `executable`.
-        what: &'static str,
-        /// The selected item.
-        item: String,
-        /// First agent.
-        first: String,
-        /// Policy of the first agent.
-        first_policy: String,
-        /// Second agent.
-        second: String,
-        /// Policy of the second agent.
-        second_policy: String,
+    DomainDeny {
+        /// Policy.
+        policy: String,
+        /// Index in the deny list.
+        index: usize,
     },
+    /// A domain rule with more port ranges than a learned address holds.
+    #[error(
+        "policy {policy}: egress.allow[{index}]: a domain rule may list at most {LEARNED_ROWS} port ranges"
+    )]
+    DomainPorts {
+        /// Policy.
+        policy: String,
+        /// Index in the allow list.
+        index: usize,
+    },
+    /// Two agents select the same cgroup, unit or executable.
+    #[error("{0}; a process can belong to one agent only")]
+    AmbiguousSelector(String),
     /// An address prefix needs more port-table rows than the kernel holds.
     #[error(
         "agent {agent}: destination {prefix} is covered by {rows} port rules, more than the {PORT_TABLE_ROWS} the kernel holds per destination; merge port ranges or split the network"
@@ -95,6 +101,8 @@ pub struct CompiledAgent {
     pub file_default_rule: u32,
     /// Egress prefixes with their port tables.
     pub egress: Vec<EgressEntry>,
+    /// Names the agent may resolve, with the ports their addresses open.
+    pub domains: Vec<DomainEntry>,
     /// File prefixes with their per-right decisions.
     pub files: Vec<FileEntry>,
 }
@@ -107,6 +115,17 @@ pub struct EgressEntry {
     /// Prefix length in the 128-bit address.
     pub prefix_len: u32,
     /// Rows in precedence order.
+    pub rows: Vec<PortRule>,
+}
+
+/// One allowed name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainEntry {
+    /// The name or wildcard.
+    pub pattern: DomainPattern,
+    /// Kernel rule id.
+    pub rule_id: u32,
+    /// Ports and protocols an address learned from the name opens.
     pub rows: Vec<PortRule>,
 }
 
@@ -230,6 +249,7 @@ pub fn compile(
     let mut agents = BTreeMap::new();
     for (agent, selecting) in by_agent {
         let mut egress_sources = Vec::new();
+        let mut domains = Vec::new();
         let mut file_sources = Vec::new();
         let mut any_enforce = false;
         let mut allow_icmp = true;
@@ -257,20 +277,61 @@ pub fn compile(
                     ("deny", Action::Deny, &egress.deny),
                 ] {
                     for (i, rule) in rules_of.iter().enumerate() {
-                        let (addr, prefix_len) =
-                            key_prefix(rule.cidr.0.network(), rule.cidr.0.prefix_len());
-                        egress_sources.push(EgressSource {
-                            addr,
-                            prefix_len,
-                            ports: rule.ports.clone(),
-                            protocols: match rule.protocol {
-                                Protocol::Any => protocol::ANY,
-                                Protocol::Tcp => protocol::TCP,
-                                Protocol::Udp => protocol::UDP,
-                            },
-                            decision: action_decision(action),
-                            rule_id: add_rule(policy, format!("egress.{list}[{i}]")),
-                        });
+                        let protocols = match rule.protocol {
+                            Protocol::Any => protocol::ANY,
+                            Protocol::Tcp => protocol::TCP,
+                            Protocol::Udp => protocol::UDP,
+                        };
+                        let rule_id = add_rule(policy, format!("egress.{list}[{i}]"));
+                        match &rule.target {
+                            EgressTarget::Cidr(cidr) => {
+                                let (addr, prefix_len) =
+                                    key_prefix(cidr.0.network(), cidr.0.prefix_len());
+                                egress_sources.push(EgressSource {
+                                    addr,
+                                    prefix_len,
+                                    ports: rule.ports.clone(),
+                                    protocols,
+                                    decision: action_decision(action),
+                                    rule_id,
+                                });
+                            }
+                            EgressTarget::Domain(pattern) => {
+                                let policy_name = policy.document.metadata.name.0.clone();
+                                if action == Action::Deny {
+                                    return Err(CompileError::DomainDeny {
+                                        policy: policy_name,
+                                        index: i,
+                                    });
+                                }
+                                let ranges = if rule.ports.is_empty() {
+                                    vec![PortRange::ALL]
+                                } else {
+                                    rule.ports.clone()
+                                };
+                                if ranges.len() > LEARNED_ROWS {
+                                    return Err(CompileError::DomainPorts {
+                                        policy: policy_name,
+                                        index: i,
+                                    });
+                                }
+                                domains.push(DomainEntry {
+                                    pattern: pattern.clone(),
+                                    rule_id,
+                                    rows: ranges
+                                        .iter()
+                                        .map(|r| PortRule {
+                                            port_lo: r.first,
+                                            port_hi: r.last,
+                                            protocols,
+                                            decision: decision::ALLOW,
+                                            _pad: [0; 2],
+                                            rule_id,
+                                        })
+                                        .collect(),
+                                });
+                            }
+                        }
                     }
                 }
             }
@@ -309,6 +370,7 @@ pub fn compile(
             file_default,
             file_default_rule,
             egress: flatten_egress(&agent, &egress_sources)?,
+            domains,
             files: flatten_files(&file_sources),
         };
         agents.insert(agent, compiled);
@@ -358,14 +420,9 @@ fn check_selectors(by_agent: &BTreeMap<Name, Vec<&LoadedPolicy>>) -> Result<(), 
                 let policy_name = policy.document.metadata.name.0.as_str();
                 match owners.get(&(what, item.clone())) {
                     Some((first, first_policy)) if *first != agent => {
-                        return Err(CompileError::AmbiguousSelector {
-                            what,
-                            item,
-                            first: first.0.clone(),
-                            first_policy: first_policy.to_string(),
-                            second: agent.0.clone(),
-                            second_policy: policy_name.to_string(),
-                        });
+                        return Err(CompileError::AmbiguousSelector(format!(
+                            "{what} {item} is selected by agent {first} (policy {first_policy}) and agent {agent} (policy {policy_name})"
+                        )));
                     }
                     Some(_) => {}
                     None => {

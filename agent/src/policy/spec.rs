@@ -27,6 +27,8 @@
 use std::{fmt, net::IpAddr};
 
 use ipnet::IpNet;
+
+use crate::egress::domain::DomainPattern;
 use serde::{
     Deserialize, Deserializer, Serialize,
     de::{self, Visitor},
@@ -278,18 +280,61 @@ fn default_allow() -> Action {
     Action::Allow
 }
 
-/// One egress rule.
+/// One egress rule: a network (`cidr`) or a name (`domain`), with ports and
+/// a protocol.
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawEgressRule")]
 pub struct EgressRule {
-    /// IPv4 or IPv6 network; a bare address means a single host.
-    pub cidr: Cidr,
+    /// What the rule is about.
+    pub target: EgressTarget,
     /// Ports and port ranges; every port when empty.
-    #[serde(default)]
     pub ports: Vec<PortRange>,
     /// `tcp`, `udp` or `any` (default).
-    #[serde(default)]
     pub protocol: Protocol,
+}
+
+/// The destination of an egress rule.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EgressTarget {
+    /// IPv4 or IPv6 network; a bare address means a single host.
+    Cidr(Cidr),
+    /// A name (`api.example.com`) or a wildcard (`*.example.com`), resolved
+    /// through Baton's DNS proxy.
+    Domain(DomainPattern),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEgressRule {
+    #[serde(default)]
+    cidr: Option<Cidr>,
+    #[serde(default)]
+    domain: Option<DomainPattern>,
+    #[serde(default)]
+    ports: Vec<PortRange>,
+    #[serde(default)]
+    protocol: Protocol,
+}
+
+impl TryFrom<RawEgressRule> for EgressRule {
+    type Error = String;
+
+    fn try_from(raw: RawEgressRule) -> Result<Self, String> {
+        let target = match (raw.cidr, raw.domain) {
+            (Some(cidr), None) => EgressTarget::Cidr(cidr),
+            (None, Some(domain)) => EgressTarget::Domain(domain),
+            (Some(_), Some(_)) => {
+                return Err("an egress rule has either cidr or domain, not both".into());
+            }
+            (None, None) => return Err("an egress rule needs cidr or domain".into()),
+        };
+        Ok(Self {
+            target,
+            ports: raw.ports,
+            protocol: raw.protocol,
+        })
+    }
 }
 
 /// `protocol` of an egress rule.
