@@ -49,6 +49,26 @@ pub struct Config {
     pub audit_log: Option<PathBuf>,
     /// Control socket path.
     pub control_socket: Option<PathBuf>,
+    /// The DNS proxy that enforces domain rules.
+    #[serde(default)]
+    pub dns: DnsConfig,
+}
+
+/// `dns:` in the configuration file.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DnsConfig {
+    /// Upstream resolvers (`address:port`); read from `resolvConf` when absent.
+    pub upstreams: Option<Vec<std::net::SocketAddr>>,
+    /// Where to read upstream resolvers from [default: /etc/resolv.conf].
+    pub resolv_conf: Option<PathBuf>,
+    /// Shortest time a learned address stays allowed, in seconds [default: 5].
+    pub min_ttl_seconds: Option<u64>,
+    /// Longest time a learned address stays allowed, in seconds; answer TTLs
+    /// are capped to it [default: 3600].
+    pub max_ttl_seconds: Option<u64>,
+    /// Time to wait for an upstream, in milliseconds [default: 2000].
+    pub timeout_ms: Option<u64>,
 }
 
 impl Config {

@@ -80,6 +80,11 @@ impl Daemon {
     /// Writes `policies` (file name, YAML) and starts the daemon; returns once
     /// it is enforcing (its control socket exists).
     pub fn start(label: &str, policies: &[(&str, String)]) -> Self {
+        Self::start_with_config(label, policies, "")
+    }
+
+    /// Like [`Daemon::start`], with a configuration file.
+    pub fn start_with_config(label: &str, policies: &[(&str, String)], config_yaml: &str) -> Self {
         let dir = TempDir::new(label);
         let policy_dir = dir.path().join("policies");
         std::fs::create_dir_all(&policy_dir).unwrap();
@@ -91,7 +96,7 @@ impl Daemon {
         let stderr_path = dir.path().join("daemon.stderr");
         // An empty configuration keeps the host's /etc/baton out of the test.
         let config = dir.path().join("config.yaml");
-        std::fs::write(&config, "").unwrap();
+        std::fs::write(&config, config_yaml).unwrap();
         let child = Command::new(baton_bin())
             .arg("run")
             .arg("--policy-dir")
@@ -377,4 +382,93 @@ pub fn run_outcome(command: &[String]) -> String {
         .output()
         .expect("spawn");
     helper_outcome(&output)
+}
+
+/// A free TCP port on `ip` (bound, then released for the caller to use).
+pub fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed on drop.
+pub struct Service(Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for_tcp(addr: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A real DNS server on 127.0.0.1: dnsmasq answering only from its own
+/// `--address` entries, never forwarding anywhere.
+pub fn dnsmasq(addresses: &[(&str, &str)]) -> (Service, u16) {
+    let port = free_port("127.0.0.1");
+    let mut command = Command::new("dnsmasq");
+    command.args([
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--no-poll",
+        "--bind-interfaces",
+        "--listen-address=127.0.0.1",
+        "--user=root",
+        "--pid-file",
+        "--local-ttl=60",
+        &format!("--port={port}"),
+    ]);
+    for (name, addr) in addresses {
+        command.arg(format!("--address=/{name}/{addr}"));
+    }
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dnsmasq is installed by cargo xtask setup");
+    let service = Service(child);
+    wait_for_tcp(&format!("127.0.0.1:{port}"), "dnsmasq");
+    (service, port)
+}
+
+/// A static HTTP server (Python's) serving `dir` on `ip:port`.
+pub fn http_server(ip: &str, port: u16, dir: &Path) -> Service {
+    let child = Command::new("python3")
+        .args(["-m", "http.server", "--bind", ip, &port.to_string()])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    let service = Service(child);
+    wait_for_tcp(&format!("{ip}:{port}"), "http.server");
+    service
+}
+
+/// Wraps `command` so it runs with `resolv_conf` bind-mounted over
+/// /etc/resolv.conf in a private mount namespace: the agent's resolver then
+/// asks a loopback address, never the host's real resolver.
+pub fn with_resolv_conf(resolv_conf: &Path, command: &str) -> Vec<String> {
+    vec![
+        "unshare".into(),
+        "--mount".into(),
+        "--propagation".into(),
+        "private".into(),
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "mount --bind {} /etc/resolv.conf && exec {command}",
+            resolv_conf.display()
+        ),
+    ]
 }

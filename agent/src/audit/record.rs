@@ -50,6 +50,17 @@ pub enum AuditObject {
         port: u16,
         /// `tcp`, `udp` or the protocol number.
         protocol: String,
+        /// The name the address was learned from, when the agent's DNS
+        /// proxy resolved one to it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        domain: Option<String>,
+    },
+    /// A name the agent asked its DNS proxy to resolve.
+    Domain {
+        /// The name, lower-case, without the trailing dot.
+        domain: String,
+        /// The record type asked for (`A`, `AAAA`, ...).
+        query_type: String,
     },
     /// A socket the agent tried to create.
     Socket {
@@ -334,6 +345,8 @@ pub struct Context<'a> {
     pub agent_name: &'a dyn Fn(u32) -> Option<String>,
     /// Policy name and rule for a kernel rule id.
     pub rule: &'a dyn Fn(u32) -> Option<(String, String)>,
+    /// The name an agent's DNS proxy learned an address from.
+    pub domain_of: &'a dyn Fn(u32, IpAddr) -> Option<String>,
 }
 
 impl AuditRecord {
@@ -351,6 +364,34 @@ impl AuditRecord {
             control,
             hook: None,
             object: AuditObject::Message { message },
+            rule: None,
+            process: None,
+        }
+    }
+
+    /// A record of a name the DNS proxy refused (or, in audit mode, would
+    /// have refused).
+    pub fn dns_refusal(
+        host: &str,
+        agent: &str,
+        audit_mode: bool,
+        domain: &str,
+        query_type: &str,
+    ) -> Self {
+        Self {
+            schema: SCHEMA,
+            seq: 0,
+            time: format_time(SystemTime::now()),
+            host: host.to_string(),
+            agent: Some(agent.to_string()),
+            mode: Some(if audit_mode { "audit" } else { "enforce" }),
+            verdict: if audit_mode { "would-deny" } else { "denied" },
+            control: "dns",
+            hook: Some("dns_proxy"),
+            object: AuditObject::Domain {
+                domain: domain.to_string(),
+                query_type: query_type.to_string(),
+            },
             rule: None,
             process: None,
         }
@@ -405,6 +446,7 @@ impl AuditRecord {
                         address,
                         port: e.port,
                         protocol,
+                        domain: (context.domain_of)(header.agent_id, address),
                     },
                 )
             }
@@ -478,11 +520,13 @@ mod tests {
         let clock = Clock::new();
         let agent_name = |id: u32| (id == 7).then(|| "demo".to_string());
         let rule = |id: u32| (id == 3).then(|| ("p".to_string(), "egress.deny[0]".to_string()));
+        let domain_of = |_: u32, _: IpAddr| None;
         f(&Context {
             host: "h",
             clock: &clock,
             agent_name: &agent_name,
             rule: &rule,
+            domain_of: &domain_of,
         });
     }
 

@@ -1,13 +1,18 @@
 //! `baton run`: the daemon.
 
 use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
+    time::Duration,
 };
 
 use agent_common::{
+    egress::PortRule,
     identity::{AgentRecord, admission},
     map_names,
+    verdict::mode,
 };
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
@@ -19,13 +24,21 @@ use crate::{
         AuditRecord, FileSink, ProcessCache,
         record::{Clock, Context},
     },
-    config::{Config, DEFAULT_AUDIT_LOG, DEFAULT_CONTROL_SOCKET, DEFAULT_POLICY_DIR},
+    config::{Config, DEFAULT_AUDIT_LOG, DEFAULT_CONTROL_SOCKET, DEFAULT_POLICY_DIR, DnsConfig},
     control::{
         Reply, Request,
         server::{self, Caller, Handler},
     },
+    egress::{
+        dns::{AgentNames, DomainRule, LearnedAddress, Learner},
+        service::{AgentProxy, proxy_config, start_agent_proxy},
+    },
     identity::AgentRegistry,
-    kernel::{Enforcer, loader::ControlState, maps::PolicyMaps},
+    kernel::{
+        Enforcer,
+        loader::ControlState,
+        maps::{DnsMaps, PolicyMaps},
+    },
     policy::{CompiledPolicySet, compile, load_dir},
 };
 
@@ -34,6 +47,7 @@ struct Settings {
     policy_dir: PathBuf,
     audit_log: PathBuf,
     control_socket: PathBuf,
+    dns: DnsConfig,
 }
 
 impl Settings {
@@ -55,6 +69,7 @@ impl Settings {
                 .clone()
                 .or(config.control_socket)
                 .unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into()),
+            dns: config.dns,
         })
     }
 }
@@ -62,10 +77,79 @@ impl Settings {
 /// State the control socket and the event loop share.
 struct State {
     maps: PolicyMaps,
+    dns: DnsMaps,
     registry: AgentRegistry,
     policies: CompiledPolicySet,
     sink: FileSink,
     host: String,
+    /// Running DNS proxies, per agent id.
+    proxies: BTreeMap<u32, AgentProxy>,
+    /// Port rows a domain rule opens, by rule id.
+    domain_rows: HashMap<u32, Vec<PortRule>>,
+    /// The name each learned address came from, for audit records.
+    learned_names: HashMap<(u32, IpAddr), String>,
+}
+
+/// Entries kept in `learned_names` before it is cleared.
+const LEARNED_NAMES_LIMIT: usize = 65_536;
+
+/// The DNS proxies' link to the kernel and the audit trail.
+struct ProxyLearner {
+    daemon: Weak<Daemon>,
+}
+
+impl Learner for ProxyLearner {
+    fn learn(
+        &self,
+        agent_id: u32,
+        rule_id: u32,
+        name: &str,
+        addrs: &[LearnedAddress],
+    ) -> Result<(), String> {
+        let daemon = self.daemon.upgrade().ok_or("the daemon is stopping")?;
+        let mut state = daemon.state.lock().map_err(|_| "state lock poisoned")?;
+        // Audit mode resolves names no rule allows (rule 0); nothing is
+        // denied then, so there are no ports to open, only a name to note.
+        let rows = state.domain_rows.get(&rule_id).cloned().unwrap_or_default();
+        for learned in addrs {
+            if !rows.is_empty() {
+                state
+                    .dns
+                    .learn(agent_id, learned.addr, learned.ttl, &rows)
+                    .map_err(|e| e.to_string())?;
+            }
+            if state.learned_names.len() >= LEARNED_NAMES_LIMIT {
+                state.learned_names.clear();
+            }
+            state
+                .learned_names
+                .insert((agent_id, learned.addr), name.to_string());
+        }
+        Ok(())
+    }
+
+    fn refused(&self, agent_id: u32, name: &str, query_type: &str) {
+        let Some(daemon) = self.daemon.upgrade() else {
+            return;
+        };
+        let Ok(mut state) = daemon.state.lock() else {
+            return;
+        };
+        let agent = state
+            .registry
+            .name_of(agent_id)
+            .map_or_else(|| format!("#{agent_id}"), |n| n.0.clone());
+        let audit = state
+            .policies
+            .agents
+            .values()
+            .zip(state.policies.agents.keys())
+            .any(|(a, n)| n.0 == agent && a.mode == mode::AUDIT);
+        let host = state.host.clone();
+        state.record(AuditRecord::dns_refusal(
+            &host, &agent, audit, name, query_type,
+        ));
+    }
 }
 
 impl State {
@@ -199,6 +283,7 @@ async fn serve(
     registry.sync(&compiled);
     let generation = maps.apply(&compiled, registry.ids())?;
     let unresolved = maps.apply_selectors(&compiled, registry.ids(), &enforcer.cgroup_root)?;
+    let dns = DnsMaps::new(&mut enforcer.ebpf)?;
     let events = enforcer
         .ebpf
         .take_map(map_names::EVENTS)
@@ -207,10 +292,14 @@ async fn serve(
 
     let mut state = State {
         maps,
+        dns,
         registry,
         policies: compiled,
         sink,
         host: host.clone(),
+        proxies: BTreeMap::new(),
+        domain_rows: HashMap::new(),
+        learned_names: HashMap::new(),
     };
     state.record(AuditRecord::lifecycle(
         &host,
@@ -263,6 +352,8 @@ async fn serve(
     let daemon = Arc::new(Daemon {
         state: Mutex::new(state),
     });
+    start_dns_proxies(&daemon, &settings.dns).await?;
+    let sweeper = tokio::spawn(sweep_learned_addresses(Arc::downgrade(&daemon)));
     // The socket appears last: once it exists, the daemon is enforcing.
     let listener = server::bind(&settings.control_socket)?;
     let control = tokio::spawn(server::serve(listener, daemon.clone()));
@@ -276,6 +367,7 @@ async fn serve(
         _ = interrupt.recv() => Ok(()),
     };
     control.abort();
+    sweeper.abort();
     let _ = std::fs::remove_file(&settings.control_socket);
     {
         let mut state = daemon.state.lock().expect("state lock poisoned");
@@ -288,6 +380,101 @@ async fn serve(
     }
     drop(enforcer);
     result
+}
+
+/// What one agent's DNS proxy needs.
+struct ProxyPlan {
+    agent_id: u32,
+    agent: String,
+    names: AgentNames,
+    /// Port rows per domain rule id.
+    rows: Vec<(u32, Vec<PortRule>)>,
+}
+
+/// Starts a DNS proxy for every agent with domain rules and points the
+/// kernel's redirect at it.
+async fn start_dns_proxies(daemon: &Arc<Daemon>, dns: &DnsConfig) -> anyhow::Result<()> {
+    let wanted: Vec<ProxyPlan> = {
+        let state = daemon.state.lock().expect("state lock poisoned");
+        state
+            .policies
+            .agents
+            .iter()
+            .filter(|(_, agent)| !agent.domains.is_empty())
+            .filter_map(|(name, agent)| {
+                let agent_id = state.registry.id_of(&name.0)?;
+                let names = AgentNames {
+                    agent_id,
+                    agent: name.0.clone(),
+                    rules: agent
+                        .domains
+                        .iter()
+                        .map(|d| DomainRule {
+                            pattern: d.pattern.clone(),
+                            rule_id: d.rule_id,
+                        })
+                        .collect(),
+                    audit: agent.mode == mode::AUDIT,
+                };
+                let rows = agent
+                    .domains
+                    .iter()
+                    .map(|d| (d.rule_id, d.rows.clone()))
+                    .collect();
+                Some(ProxyPlan {
+                    agent_id,
+                    agent: name.0.clone(),
+                    names,
+                    rows,
+                })
+            })
+            .collect()
+    };
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let config = Arc::new(
+        proxy_config(dns)
+            .context("agents have domain rules, so Baton needs an upstream resolver")?,
+    );
+    let learner: Arc<dyn Learner> = Arc::new(ProxyLearner {
+        daemon: Arc::downgrade(daemon),
+    });
+    for ProxyPlan {
+        agent_id,
+        agent,
+        names,
+        rows,
+    } in wanted
+    {
+        let proxy = start_agent_proxy(names, config.clone(), learner.clone()).await?;
+        let mut state = daemon.state.lock().expect("state lock poisoned");
+        state.domain_rows.extend(rows);
+        state.dns.set_proxy(agent_id, proxy.ports)?;
+        tracing::info!(agent, ports = ?proxy.ports, upstreams = ?config.upstreams, "DNS proxy started");
+        state.proxies.insert(agent_id, proxy);
+    }
+    Ok(())
+}
+
+/// Frees the space of expired learned addresses now and then; the kernel
+/// already ignores them.
+async fn sweep_learned_addresses(daemon: Weak<Daemon>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        interval.tick().await;
+        let Some(daemon) = daemon.upgrade() else {
+            return;
+        };
+        let removed = daemon
+            .state
+            .lock()
+            .map(|mut state| state.dns.sweep_expired())
+            .unwrap_or(0);
+        if removed > 0 {
+            tracing::debug!(removed, "expired learned addresses removed");
+        }
+    }
 }
 
 /// Process ids in a cgroup and all its descendants.
@@ -326,6 +513,7 @@ async fn drain_events(events: RingBuf<MapData>, daemon: Arc<Daemon>) -> anyhow::
                     registry,
                     policies,
                     host,
+                    learned_names,
                     ..
                 } = &*state;
                 let agent_name = |id: u32| registry.name_of(id).map(|n| n.0.clone());
@@ -334,11 +522,14 @@ async fn drain_events(events: RingBuf<MapData>, daemon: Arc<Daemon>) -> anyhow::
                         .rule(id)
                         .map(|r| (r.policy.clone(), r.rule.clone()))
                 };
+                let domain_of =
+                    |agent_id: u32, addr: IpAddr| learned_names.get(&(agent_id, addr)).cloned();
                 let context = Context {
                     host,
                     clock: &clock,
                     agent_name: &agent_name,
                     rule: &rule,
+                    domain_of: &domain_of,
                 };
                 AuditRecord::from_event(&item, &context, &mut processes)
             };

@@ -152,6 +152,10 @@ pub struct AgentNames {
     pub agent: String,
     /// The domain allow rules.
     pub rules: Vec<DomainRule>,
+    /// Audit mode: a name no rule allows is reported through
+    /// [`Learner::refused`] but still resolved (with rule id 0), because an
+    /// agent in audit mode is never denied anything.
+    pub audit: bool,
 }
 
 impl AgentNames {
@@ -476,7 +480,7 @@ impl Proxy {
         let name = presentation_name(&question.name);
         let query_type = question.query_type;
 
-        let (agent_id, agent, rule_id) = {
+        let (agent_id, agent, rule_id, audit) = {
             let names = self.names.read();
             // A writer panicked half-way through a policy swap: the rules may
             // be anything, so allow nothing until the next good swap.
@@ -488,13 +492,24 @@ impl Proxy {
             } else {
                 names.decide(&name).map(|rule| rule.rule_id)
             };
-            (names.agent_id, names.agent.clone(), rule_id)
+            (
+                names.agent_id,
+                names.agent.clone(),
+                rule_id,
+                names.audit && !poisoned,
+            )
         };
-        let Some(rule_id) = rule_id else {
-            debug!(%agent, %name, %query_type, "DNS proxy: refused");
-            self.learner
-                .refused(agent_id, &name, &query_type.to_string());
-            return encode(&error_reply(&query, ResponseCode::Refused));
+        let rule_id = match rule_id {
+            Some(rule_id) => rule_id,
+            None => {
+                self.learner
+                    .refused(agent_id, &name, &query_type.to_string());
+                if !audit {
+                    debug!(%agent, %name, %query_type, "DNS proxy: refused");
+                    return encode(&error_reply(&query, ResponseCode::Refused));
+                }
+                0
+            }
         };
         // A zone transfer is a stream of messages, not one answer; agents
         // have no business asking for one.
@@ -953,6 +968,7 @@ mod tests {
                 rule("*.allowed.test", RULE_WILDCARD),
                 rule("*.records.test", RULE_RECORDS),
             ],
+            audit: false,
         }
     }
 
@@ -1103,6 +1119,7 @@ mod tests {
                 rule("v1.api.example.com", 13),
                 rule("*.example.com", 14),
             ],
+            audit: false,
         };
         let decide = |name| names.decide(name).map(|rule| rule.rule_id);
         assert_eq!(decide("www.example.com"), Some(10), "first of equals wins");

@@ -24,3 +24,4 @@
 
 pub mod dns;
 pub mod domain;
+pub mod service;

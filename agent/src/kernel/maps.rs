@@ -8,13 +8,16 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     os::unix::fs::MetadataExt,
     path::Path,
+    time::Duration,
 };
 
 use agent_common::{
     egress::{
-        EGRESS_KEY_HEADER_BITS, EgressKey, EgressValue, PORT_TABLES_PER_GENERATION, PortTable,
+        DnsProxyPorts, EGRESS_KEY_HEADER_BITS, EgressKey, EgressValue, LEARNED_ROWS, LearnedKey,
+        LearnedValue, PORT_TABLES_PER_GENERATION, PortRule, PortTable, ipv4_mapped,
     },
     files::{FILE_KEY_HEADER_BITS, FileKey, FileValue, PATH_KEY_BYTES},
     identity::{AgentPolicy, AgentPolicyKey, AgentRecord, ExecutableKey, policy_flags},
@@ -325,5 +328,101 @@ impl PolicyMaps {
     /// The agent record of `tgid`, if it belongs to one.
     pub fn agent_of(&self, tgid: u32) -> Option<AgentRecord> {
         self.identity.get(&tgid, 0).ok()
+    }
+}
+
+/// The maps the DNS proxy writes: where each agent's DNS goes, and the
+/// addresses it learned.
+pub struct DnsMaps {
+    learned: HashMap<MapData, LearnedKey, LearnedValue>,
+    proxy_ports: HashMap<MapData, u32, DnsProxyPorts>,
+}
+
+/// `CLOCK_BOOTTIME` now, in nanoseconds: the clock the programs compare
+/// expiry times with.
+pub fn boot_time_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+impl DnsMaps {
+    /// Takes the DNS maps out of the loaded object.
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self, KernelError> {
+        Ok(Self {
+            learned: take(ebpf, map_names::LEARNED_ADDRS)?,
+            proxy_ports: take(ebpf, map_names::DNS_PROXY_PORTS)?,
+        })
+    }
+
+    /// Sends `agent_id`'s DNS traffic to these proxy ports.
+    pub fn set_proxy(&mut self, agent_id: u32, ports: DnsProxyPorts) -> Result<(), KernelError> {
+        self.proxy_ports
+            .insert(agent_id, ports, 0)
+            .map_err(map_error(map_names::DNS_PROXY_PORTS))
+    }
+
+    /// Stops redirecting `agent_id`'s DNS traffic.
+    pub fn remove_proxy(&mut self, agent_id: u32) {
+        let _ = self.proxy_ports.remove(&agent_id);
+    }
+
+    /// Allows `addr` to `agent_id` on `rows` for `ttl`. An entry already
+    /// there is extended, never shortened.
+    pub fn learn(
+        &mut self,
+        agent_id: u32,
+        addr: IpAddr,
+        ttl: Duration,
+        rows: &[PortRule],
+    ) -> Result<(), KernelError> {
+        let key = LearnedKey {
+            agent_id,
+            _pad: 0,
+            addr: match addr {
+                IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
+                IpAddr::V6(v6) => v6
+                    .to_ipv4_mapped()
+                    .map_or(v6.octets(), |v4| ipv4_mapped(v4.octets())),
+            },
+        };
+        let expires = boot_time_ns().saturating_add(ttl.as_nanos() as u64);
+        let mut value = LearnedValue {
+            expires_boot_ns: expires,
+            ..LearnedValue::default()
+        };
+        // Rows from several names that share an address are merged, most
+        // recent first, up to the capacity of one entry.
+        let mut merged: Vec<PortRule> = rows.iter().copied().take(LEARNED_ROWS).collect();
+        if let Ok(existing) = self.learned.get(&key, 0) {
+            value.expires_boot_ns = value.expires_boot_ns.max(existing.expires_boot_ns);
+            for row in existing.rows.iter().take(existing.len as usize) {
+                if merged.len() < LEARNED_ROWS && !merged.contains(row) {
+                    merged.push(*row);
+                }
+            }
+        }
+        value.len = merged.len() as u32;
+        value.rows[..merged.len()].copy_from_slice(&merged);
+        self.learned
+            .insert(key, value, 0)
+            .map_err(map_error(map_names::LEARNED_ADDRS))
+    }
+
+    /// Deletes expired entries (the kernel already ignores them; this frees
+    /// the space). Returns how many were removed.
+    pub fn sweep_expired(&mut self) -> usize {
+        let now = boot_time_ns();
+        let expired: Vec<LearnedKey> = self
+            .learned
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, value)| value.expires_boot_ns <= now)
+            .map(|(key, _)| key)
+            .collect();
+        for key in &expired {
+            let _ = self.learned.remove(key);
+        }
+        expired.len()
     }
 }

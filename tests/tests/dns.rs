@@ -1,0 +1,396 @@
+//! Domain rules through the DNS proxy, against a real DNS server (dnsmasq on
+//! loopback) and real clients: curl, Python's urllib, git over HTTP.
+//!
+//! `allowed.test` resolves to 127.0.0.2 and `blocked.test` to 127.0.0.3; an
+//! HTTP server listens on both.
+
+use std::path::Path;
+
+use baton_tests::{
+    Daemon, EPERM, Service, TempDir, dnsmasq, free_port, helper_outcome, http_server, policy,
+    with_resolv_conf,
+};
+
+const HELPER: &str = env!("CARGO_BIN_EXE_baton-test-helper");
+
+struct World {
+    _dns: Service,
+    _allowed_http: Service,
+    _blocked_http: Service,
+    dns_port: u16,
+    http_port: u16,
+    dir: TempDir,
+    resolv_conf: std::path::PathBuf,
+}
+
+fn world(label: &str) -> World {
+    let dir = TempDir::new(label);
+    let (dns, dns_port) = dnsmasq(&[
+        ("allowed.test", "127.0.0.2"),
+        ("blocked.test", "127.0.0.3"),
+        ("other.test", "127.0.0.4"),
+    ]);
+    let site = dir.path().join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("index.html"), "hello from the test server\n").unwrap();
+    // A bare repository served over "dumb" HTTP, for git clone.
+    let repo = site.join("repo.git");
+    let run = |args: &[&str], cwd: &Path| {
+        let status = std::process::Command::new("git")
+            .args(args)
+            .current_dir(cwd)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    };
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    run(&["init", "-q", "-b", "main"], &work);
+    std::fs::write(work.join("README"), "test repository\n").unwrap();
+    run(&["add", "README"], &work);
+    run(
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "-m",
+            "init",
+        ],
+        &work,
+    );
+    run(
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap(),
+            repo.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    run(&["update-server-info"], &repo);
+
+    let http_port = free_port("127.0.0.2");
+    let allowed_http = http_server("127.0.0.2", http_port, &site);
+    let blocked_http = http_server("127.0.0.3", http_port, &site);
+    let resolv_conf = dir.path().join("resolv.conf");
+    // Any address will do: the agent's port-53 traffic goes to its proxy.
+    std::fs::write(
+        &resolv_conf,
+        "nameserver 127.0.0.53\noptions attempts:1 timeout:2\n",
+    )
+    .unwrap();
+    World {
+        _dns: dns,
+        _allowed_http: allowed_http,
+        _blocked_http: blocked_http,
+        dns_port,
+        http_port,
+        dir,
+        resolv_conf,
+    }
+}
+
+fn config(world: &World, max_ttl: u64) -> String {
+    format!(
+        "dns:\n  upstreams: [\"127.0.0.1:{}\"]\n  minTtlSeconds: 1\n  maxTtlSeconds: {max_ttl}\n",
+        world.dns_port
+    )
+}
+
+fn web_policy(name: &str, domain: &str, port: u16, extra: &str) -> String {
+    policy(
+        name,
+        name,
+        &format!(
+            "  egress:\n    default: deny\n    allow:\n      - domain: {domain}\n        ports: [{port}]\n        protocol: tcp\n{extra}"
+        ),
+    )
+}
+
+fn run_in_agent(
+    daemon: &Daemon,
+    agent: &str,
+    world: &World,
+    command: &str,
+) -> std::process::Output {
+    let wrapped = with_resolv_conf(&world.resolv_conf, command);
+    let args: Vec<&str> = wrapped.iter().map(String::as_str).collect();
+    daemon.exec(agent, &args)
+}
+
+#[test]
+fn real_clients_reach_allowed_names_only() {
+    let world = world("dns-clients");
+    let port = world.http_port;
+    let daemon = Daemon::start_with_config(
+        "dns-clients",
+        &[("p.yaml", web_policy("web", "allowed.test", port, ""))],
+        &config(&world, 60),
+    );
+
+    let curl = run_in_agent(
+        &daemon,
+        "web",
+        &world,
+        &format!("curl -sS --noproxy '*' http://allowed.test:{port}/index.html"),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&curl.stdout),
+        "hello from the test server\n",
+        "curl to an allowed name: {}",
+        String::from_utf8_lossy(&curl.stderr)
+    );
+
+    let blocked = run_in_agent(
+        &daemon,
+        "web",
+        &world,
+        &format!("curl -sS --noproxy '*' http://blocked.test:{port}/index.html"),
+    );
+    assert_eq!(
+        blocked.status.code(),
+        Some(6),
+        "curl cannot resolve blocked.test"
+    );
+
+    let by_address = run_in_agent(
+        &daemon,
+        "web",
+        &world,
+        &format!("{HELPER} connect 127.0.0.3:{port}"),
+    );
+    assert_eq!(
+        helper_outcome(&by_address),
+        EPERM,
+        "the blocked address by number"
+    );
+
+    let python = run_in_agent(
+        &daemon,
+        "web",
+        &world,
+        &format!(
+            "python3 -c \"import urllib.request; print(urllib.request.urlopen('http://allowed.test:{port}/index.html', timeout=5).read().decode().strip())\""
+        ),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&python.stdout).trim(),
+        "hello from the test server",
+        "urllib: {}",
+        String::from_utf8_lossy(&python.stderr)
+    );
+
+    let clone_dir = world.dir.path().join("clone");
+    let git = run_in_agent(
+        &daemon,
+        "web",
+        &world,
+        &format!(
+            "env GIT_CONFIG_GLOBAL=/dev/null git clone -q http://allowed.test:{port}/repo.git {}",
+            clone_dir.display()
+        ),
+    );
+    assert!(
+        git.status.success(),
+        "git clone: {}",
+        String::from_utf8_lossy(&git.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(clone_dir.join("README")).unwrap(),
+        "test repository\n"
+    );
+
+    let refusal = daemon.wait_for_record(|r| r["control"] == "dns");
+    assert_eq!(refusal["object"]["domain"], "blocked.test");
+    assert_eq!(refusal["verdict"], "denied");
+    assert_eq!(refusal["agent"], "web");
+    let denied = daemon.wait_for_record(|r| r["control"] == "egress");
+    assert_eq!(denied["object"]["address"], "127.0.0.3");
+}
+
+/// A DNS query over TCP, built by hand, sent to a loopback "server" that
+/// the kernel redirects to the proxy; prints the first A record or the
+/// response code.
+const TCP_QUERY: &str = r#"
+import socket, struct, sys
+name = sys.argv[1]
+q = struct.pack('>HHHHHH', 0x1234, 0x0100, 1, 0, 0, 0)
+q += b''.join(bytes([len(p)]) + p.encode() for p in name.split('.')) + b'\0' + struct.pack('>HH', 1, 1)
+s = socket.create_connection(('127.0.0.53', 53), timeout=5)
+s.sendall(struct.pack('>H', len(q)) + q)
+n = struct.unpack('>H', s.recv(2))[0]
+r = b''
+while len(r) < n:
+    r += s.recv(n - len(r))
+rcode = r[3] & 0xf
+if rcode:
+    print('rcode', rcode)
+else:
+    print('.'.join(str(b) for b in r[-4:]))
+"#;
+
+#[test]
+fn dns_over_tcp_is_handled_the_same_way() {
+    let world = world("dns-tcp");
+    let daemon = Daemon::start_with_config(
+        "dns-tcp",
+        &[(
+            "p.yaml",
+            web_policy("tcp", "allowed.test", world.http_port, ""),
+        )],
+        &config(&world, 60),
+    );
+    let script = world.dir.path().join("query.py");
+    std::fs::write(&script, TCP_QUERY).unwrap();
+    let query = |name: &str| {
+        let output = run_in_agent(
+            &daemon,
+            "tcp",
+            &world,
+            &format!("python3 {} {name}", script.display()),
+        );
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    assert_eq!(query("allowed.test"), "127.0.0.2");
+    assert_eq!(query("blocked.test"), "rcode 5", "REFUSED");
+}
+
+#[test]
+fn learned_addresses_expire_in_the_kernel() {
+    let world = world("dns-ttl");
+    let port = world.http_port;
+    let daemon = Daemon::start_with_config(
+        "dns-ttl",
+        &[("p.yaml", web_policy("ttl", "allowed.test", port, ""))],
+        &config(&world, 2),
+    );
+    let resolve_then_connect = format!(
+        "sh -c 'getent hosts allowed.test >/dev/null && {HELPER} connect 127.0.0.2:{port}'"
+    );
+    let first = run_in_agent(&daemon, "ttl", &world, &resolve_then_connect);
+    assert_eq!(helper_outcome(&first), "ok", "within the TTL");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let later = run_in_agent(
+        &daemon,
+        "ttl",
+        &world,
+        &format!("{HELPER} connect 127.0.0.2:{port}"),
+    );
+    assert_eq!(
+        helper_outcome(&later),
+        EPERM,
+        "after the TTL the address is closed again"
+    );
+}
+
+#[test]
+fn names_learned_by_one_agent_open_nothing_for_another() {
+    let world = world("dns-two");
+    let port = world.http_port;
+    let daemon = Daemon::start_with_config(
+        "dns-two",
+        &[
+            ("a.yaml", web_policy("alpha", "allowed.test", port, "")),
+            ("b.yaml", web_policy("beta", "other.test", port, "")),
+        ],
+        &config(&world, 60),
+    );
+    let alpha = run_in_agent(
+        &daemon,
+        "alpha",
+        &world,
+        &format!(
+            "sh -c 'getent hosts allowed.test >/dev/null && {HELPER} connect 127.0.0.2:{port}'"
+        ),
+    );
+    assert_eq!(helper_outcome(&alpha), "ok");
+    let beta = run_in_agent(
+        &daemon,
+        "beta",
+        &world,
+        &format!("{HELPER} connect 127.0.0.2:{port}"),
+    );
+    assert_eq!(
+        helper_outcome(&beta),
+        EPERM,
+        "alpha's learned address is alpha's only"
+    );
+    let beta_resolves = run_in_agent(&daemon, "beta", &world, "getent hosts allowed.test");
+    assert!(
+        !beta_resolves.status.success(),
+        "beta may not resolve alpha's name"
+    );
+}
+
+#[test]
+fn an_explicit_cidr_deny_beats_a_learned_name() {
+    let world = world("dns-deny");
+    let port = world.http_port;
+    let daemon = Daemon::start_with_config(
+        "dns-deny",
+        &[(
+            "p.yaml",
+            web_policy(
+                "strict",
+                "allowed.test",
+                port,
+                "    deny:\n      - cidr: 127.0.0.2/32\n",
+            ),
+        )],
+        &config(&world, 60),
+    );
+    let output = run_in_agent(
+        &daemon,
+        "strict",
+        &world,
+        &format!("sh -c 'getent hosts allowed.test && {HELPER} connect 127.0.0.2:{port}'"),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("127.0.0.2"), "the name resolves: {stdout}");
+    assert!(
+        stdout.contains(EPERM),
+        "but the address is denied: {stdout}"
+    );
+    let record = daemon.wait_for_record(|r| r["control"] == "egress");
+    assert_eq!(record["rule"]["id"], "egress.deny[0]");
+    assert_eq!(record["object"]["domain"], "allowed.test");
+}
+
+#[test]
+fn audit_mode_resolves_everything_and_records_would_deny() {
+    let world = world("dns-audit");
+    let port = world.http_port;
+    let daemon = Daemon::start_with_config(
+        "dns-audit",
+        &[(
+            "p.yaml",
+            web_policy("watch", "allowed.test", port, "")
+                .replace("spec:\n", "spec:\n  mode: audit\n"),
+        )],
+        &config(&world, 60),
+    );
+    let output = run_in_agent(
+        &daemon,
+        "watch",
+        &world,
+        &format!(
+            "sh -c 'getent hosts blocked.test >/dev/null && {HELPER} connect 127.0.0.3:{port}'"
+        ),
+    );
+    assert_eq!(helper_outcome(&output), "ok");
+    let dns = daemon.wait_for_record(|r| r["control"] == "dns");
+    assert_eq!(dns["verdict"], "would-deny");
+    let egress = daemon.wait_for_record(|r| r["control"] == "egress");
+    assert_eq!(egress["verdict"], "would-deny");
+    assert_eq!(egress["object"]["domain"], "blocked.test");
+}
