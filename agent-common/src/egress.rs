@@ -142,6 +142,21 @@ pub struct DnsProxyPorts {
 }
 const _: () = assert!(size_of::<DnsProxyPorts>() == 8);
 
+/// Key of the DNS proxy map: an agent's proxy sockets exist per network
+/// namespace, since a loopback address only reaches sockets in its own
+/// namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DnsProxyKey {
+    /// Agent id.
+    pub agent_id: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Network namespace cookie (`SO_NETNS_COOKIE`).
+    pub netns_cookie: u64,
+}
+const _: () = assert!(size_of::<DnsProxyKey>() == 16);
+
 /// The destination a socket's DNS traffic was redirected from, so replies
 /// and `getpeername` can show it instead of the proxy.
 #[repr(C)]

@@ -15,6 +15,10 @@ pub mod kind {
     pub const CONNECT: u16 = 1;
     /// A file access: [`super::FileEvent`].
     pub const FILE: u16 = 2;
+    /// An agent sent DNS from a network namespace that has no proxy socket
+    /// yet: [`super::NetnsEvent`]. The query was denied; the daemon opens a
+    /// socket there so the resolver's next try succeeds.
+    pub const NETNS_PROXY_NEEDED: u16 = 3;
 }
 
 /// The hook that decided. Stored in [`EventHeader::hook`].
@@ -107,6 +111,17 @@ pub struct ConnectEvent {
     pub addr: [u8; 16],
 }
 const _: () = assert!(size_of::<ConnectEvent>() == 80 + 24);
+
+/// A DNS query from a network namespace without a proxy socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetnsEvent {
+    /// Common header; `kind` is [`kind::NETNS_PROXY_NEEDED`].
+    pub header: EventHeader,
+    /// The namespace's cookie.
+    pub netns_cookie: u64,
+}
+const _: () = assert!(size_of::<NetnsEvent>() == 80 + 8);
 
 /// Path bytes carried in a file event.
 pub const EVENT_PATH_BYTES: usize = 512;

@@ -73,6 +73,8 @@ pub mod policy_flags {
     pub const LOG_ALLOWED_FILES: u32 = 1 << 1;
     /// Let the agent open ICMP ("ping") sockets.
     pub const ALLOW_ICMP: u32 = 1 << 2;
+    /// The agent's DNS goes through a Baton proxy (it has domain rules).
+    pub const DNS_PROXY: u32 = 1 << 3;
 }
 
 /// Key of the selected-executables map: the file's identity, not its name,

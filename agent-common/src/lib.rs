@@ -37,7 +37,7 @@ pub mod map_names {
     pub const SELECTED_EXECUTABLES: &str = "SELECTED_EXECUTABLES";
     /// Learned (agent, address) → expiry and ports, from the DNS proxy.
     pub const LEARNED_ADDRS: &str = "LEARNED_ADDRS";
-    /// Agent id → its DNS proxy ports.
+    /// (Agent id, network namespace) → its DNS proxy ports.
     pub const DNS_PROXY_PORTS: &str = "DNS_PROXY_PORTS";
     /// Socket cookie → the DNS server it was redirected from.
     pub const DNS_ORIGINAL: &str = "DNS_ORIGINAL";
@@ -72,6 +72,8 @@ impl_pod!(
     egress::LearnedKey,
     egress::LearnedValue,
     egress::DnsProxyPorts,
+    egress::DnsProxyKey,
+    event::NetnsEvent,
     egress::OriginalDestination,
     files::FileKey,
     files::FileValue,

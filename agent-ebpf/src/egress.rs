@@ -14,17 +14,18 @@
 
 use agent_common::{
     egress::{
-        DNS_PORT, DnsProxyPorts, EGRESS_KEY_HEADER_BITS, EgressKey, LEARNED_ROWS, LearnedKey,
-        OriginalDestination, PORT_TABLE_ROWS, PortRule, ipv4_mapped, protocol,
+        DNS_PORT, DnsProxyKey, DnsProxyPorts, EGRESS_KEY_HEADER_BITS, EgressKey, LEARNED_ROWS,
+        LearnedKey, OriginalDestination, PORT_TABLE_ROWS, PortRule, ipv4_mapped, protocol,
     },
-    event::{ConnectEvent, hook, kind},
-    identity::AgentRecord,
+    event::{ConnectEvent, NetnsEvent, hook, kind},
+    identity::{AgentRecord, policy_flags},
     verdict::{Verdict, decision, mode, verdict_for},
 };
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, generated::bpf_get_socket_cookie,
+        bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
+        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     },
     macros::cgroup_sock_addr,
     maps::lpm_trie::Key,
@@ -165,7 +166,11 @@ fn redirect_dns(
     if !ipv6_hook {
         sa.user_ip4 = u32::from_ne_bytes(LOOPBACK4);
     } else {
-        let target = if to_ipv4 { ipv4_mapped(LOOPBACK4) } else { LOOPBACK6 };
+        let target = if to_ipv4 {
+            ipv4_mapped(LOOPBACK4)
+        } else {
+            LOOPBACK6
+        };
         unroll!(i in [0, 1, 2, 3] {
             sa.user_ip6[i] = u32::from_ne_bytes([
                 target[i * 4],
@@ -262,23 +267,45 @@ fn try_decide(ctx: &SockAddrContext, hook: u16, agent: &AgentRecord) -> Verdict 
         }
     };
 
+    let policy = agent_policy(generation, agent.agent_id);
     if destination.port == DNS_PORT
-        && let Some(ports) = DNS_PROXY_PORTS.get_ptr(agent.agent_id)
+        && policy.is_some_and(|p| p.flags & policy_flags::DNS_PROXY != 0)
     {
-        // SAFETY: the pointer comes from a successful lookup.
-        let ports = unsafe { *ports };
-        let ipv6_hook = hook == hook::CONNECT6 || hook == hook::SENDMSG6;
-        return redirect_dns(ctx, &destination, ipv6_hook, &ports);
+        // SAFETY: the helper takes the program context.
+        let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+        let key = DnsProxyKey {
+            agent_id: agent.agent_id,
+            _pad: 0,
+            netns_cookie,
+        };
+        return match DNS_PROXY_PORTS.get_ptr(key) {
+            Some(ports) => {
+                // SAFETY: the pointer comes from a successful lookup.
+                let ports = unsafe { *ports };
+                let ipv6_hook = hook == hook::CONNECT6 || hook == hook::SENDMSG6;
+                redirect_dns(ctx, &destination, ipv6_hook, &ports)
+            }
+            None => {
+                // No proxy socket in this namespace yet: the query may not
+                // go anywhere else, so it fails now and the daemon opens a
+                // socket there for the resolver's next try.
+                request_netns_proxy(agent, netns_cookie, hook, generation);
+                Verdict::Denied
+            }
+        };
     }
 
-    let (agent_mode, rule_decision, rule_id) = match agent_policy(generation, agent.agent_id) {
+    let (agent_mode, rule_decision, rule_id) = match policy {
         // An agent whose policy is gone is held closed rather than let loose.
         None => (mode::ENFORCE, decision::DENY, 0),
         Some(policy) => {
             let (mut found, mut rule_id) = match_rules(generation, agent.agent_id, &destination);
             if found == decision::NONE {
-                (found, rule_id) =
-                    match_learned(agent.agent_id, &destination, protocol_bit(destination.protocol));
+                (found, rule_id) = match_learned(
+                    agent.agent_id,
+                    &destination,
+                    protocol_bit(destination.protocol),
+                );
             }
             if found == decision::NONE {
                 (
@@ -345,6 +372,32 @@ fn match_rules(generation: u32, agent_id: u32, destination: &Destination) -> (u8
         }
     });
     (decision::NONE, 0)
+}
+
+#[inline(always)]
+fn request_netns_proxy(agent: &AgentRecord, netns_cookie: u64, hook: u16, generation: u32) {
+    let Some(mut entry) = EVENTS.reserve::<NetnsEvent>(0) else {
+        count_drop(agent.agent_id);
+        return;
+    };
+    // SAFETY: the reservation is exactly one `NetnsEvent`; every field is
+    // written below before submit.
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(
+        &mut event.header,
+        kind::NETNS_PROXY_NEEDED,
+        core::mem::size_of::<NetnsEvent>(),
+        agent,
+        &Decision {
+            hook,
+            verdict: Verdict::Denied,
+            mode: mode::ENFORCE,
+            rule_id: 0,
+            generation,
+        },
+    );
+    event.netns_cookie = netns_cookie;
+    entry.submit(0);
 }
 
 #[inline(always)]

@@ -3,8 +3,8 @@
 
 use agent_common::{
     egress::{
-        DnsProxyPorts, EgressKey, EgressValue, LearnedKey, LearnedValue, OriginalDestination,
-        PORT_TABLES_PER_GENERATION, PortTable,
+        DnsProxyKey, DnsProxyPorts, EgressKey, EgressValue, LearnedKey, LearnedValue,
+        OriginalDestination, PORT_TABLES_PER_GENERATION, PortTable,
     },
     files::{FileKey, FileValue},
     identity::{AgentPolicy, AgentPolicyKey, AgentRecord, ExecutableKey},
@@ -48,7 +48,8 @@ pub static LEARNED_ADDRS: HashMap<LearnedKey, LearnedValue> = HashMap::with_max_
 
 /// Agents whose DNS goes to the daemon's proxy, and where.
 #[map(name = "DNS_PROXY_PORTS")]
-pub static DNS_PROXY_PORTS: HashMap<u32, DnsProxyPorts> = HashMap::with_max_entries(4096, 0);
+pub static DNS_PROXY_PORTS: HashMap<DnsProxyKey, DnsProxyPorts> =
+    HashMap::with_max_entries(4096, 0);
 
 /// Socket cookie → the DNS server the socket was redirected from. LRU:
 /// sockets close without telling us.

@@ -394,3 +394,65 @@ fn audit_mode_resolves_everything_and_records_would_deny() {
     assert_eq!(egress["verdict"], "would-deny");
     assert_eq!(egress["object"]["domain"], "blocked.test");
 }
+
+#[test]
+fn an_agent_in_its_own_network_namespace_resolves_through_the_proxy() {
+    let world = world("dns-netns");
+    let daemon = Daemon::start_with_config(
+        "dns-netns",
+        &[(
+            "p.yaml",
+            web_policy("boxed", "allowed.test", world.http_port, ""),
+        )],
+        &config(&world, 60),
+    );
+    // Like a container: a network namespace of its own. Its first query
+    // fails fast while the daemon opens a proxy socket inside the
+    // namespace; the resolver's next try gets the answer.
+    let script = format!(
+        "ip link set lo up; mount --bind {} /etc/resolv.conf; for i in 1 2 3 4 5 6 7 8 9 10; do getent hosts allowed.test && exit 0; sleep 0.3; done; exit 1",
+        world.resolv_conf.display()
+    );
+    let output = daemon.exec(
+        "boxed",
+        &[
+            "unshare",
+            "--net",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("127.0.0.2"),
+        "stdout: {stdout}\nstderr: {}\ndaemon: {}",
+        String::from_utf8_lossy(&output.stderr),
+        daemon.stderr()
+    );
+    assert!(
+        daemon
+            .stderr()
+            .contains("DNS proxy opened in the agent's network namespace")
+    );
+    let blocked = daemon.exec(
+        "boxed",
+        &[
+            "unshare",
+            "--net",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script.replace("allowed.test", "blocked.test"),
+        ],
+    );
+    assert!(
+        !blocked.status.success(),
+        "blocked.test stays refused in the namespace"
+    );
+}

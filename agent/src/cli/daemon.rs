@@ -4,7 +4,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, Weak},
+    sync::{Arc, Mutex, RwLock, Weak},
     time::Duration,
 };
 
@@ -30,8 +30,8 @@ use crate::{
         server::{self, Caller, Handler},
     },
     egress::{
-        dns::{AgentNames, DomainRule, LearnedAddress, Learner},
-        service::{AgentProxy, proxy_config, start_agent_proxy},
+        dns::{AgentNames, DomainRule, LearnedAddress, Learner, ProxyConfig},
+        service::{AgentProxy, proxy_config, start_agent_proxy, start_netns_proxy},
     },
     identity::AgentRegistry,
     kernel::{
@@ -82,8 +82,14 @@ struct State {
     policies: CompiledPolicySet,
     sink: FileSink,
     host: String,
-    /// Running DNS proxies, per agent id.
-    proxies: BTreeMap<u32, AgentProxy>,
+    /// Running DNS proxies, per agent id and network namespace cookie.
+    proxies: BTreeMap<(u32, u64), AgentProxy>,
+    /// Each agent's allowed names, shared by its proxies in every namespace.
+    agent_names: BTreeMap<u32, Arc<RwLock<AgentNames>>>,
+    /// What new proxies need, once the first one is up.
+    proxy_setup: Option<(Arc<ProxyConfig>, Arc<dyn Learner>)>,
+    /// Namespaces a proxy is being opened in, so a burst of queries opens one.
+    pending_netns: std::collections::HashSet<(u32, u64)>,
     /// Port rows a domain rule opens, by rule id.
     domain_rows: HashMap<u32, Vec<PortRule>>,
     /// The name each learned address came from, for audit records.
@@ -298,6 +304,9 @@ async fn serve(
         sink,
         host: host.clone(),
         proxies: BTreeMap::new(),
+        agent_names: BTreeMap::new(),
+        proxy_setup: None,
+        pending_netns: std::collections::HashSet::new(),
         domain_rows: HashMap::new(),
         learned_names: HashMap::new(),
     };
@@ -440,6 +449,8 @@ async fn start_dns_proxies(daemon: &Arc<Daemon>, dns: &DnsConfig) -> anyhow::Res
     let learner: Arc<dyn Learner> = Arc::new(ProxyLearner {
         daemon: Arc::downgrade(daemon),
     });
+    let mut state = daemon.state.lock().expect("state lock poisoned");
+    state.proxy_setup = Some((config.clone(), learner.clone()));
     for ProxyPlan {
         agent_id,
         agent,
@@ -447,14 +458,60 @@ async fn start_dns_proxies(daemon: &Arc<Daemon>, dns: &DnsConfig) -> anyhow::Res
         rows,
     } in wanted
     {
-        let proxy = start_agent_proxy(names, config.clone(), learner.clone()).await?;
-        let mut state = daemon.state.lock().expect("state lock poisoned");
+        let names = Arc::new(RwLock::new(names));
+        let proxy = start_agent_proxy(names.clone(), config.clone(), learner.clone())?;
         state.domain_rows.extend(rows);
-        state.dns.set_proxy(agent_id, proxy.ports)?;
+        state
+            .dns
+            .set_proxy(agent_id, proxy.netns_cookie, proxy.ports)?;
         tracing::info!(agent, ports = ?proxy.ports, upstreams = ?config.upstreams, "DNS proxy started");
-        state.proxies.insert(agent_id, proxy);
+        state.agent_names.insert(agent_id, names);
+        state.proxies.insert((agent_id, proxy.netns_cookie), proxy);
     }
     Ok(())
+}
+
+/// Opens a proxy for `agent_id` in the network namespace of process `pid`,
+/// after the kernel saw that agent send DNS from a namespace without one.
+fn open_netns_proxy(daemon: &Arc<Daemon>, agent_id: u32, netns_cookie: u64, pid: u32) {
+    let (names, setup) = {
+        let mut state = daemon.state.lock().expect("state lock poisoned");
+        if state.proxies.contains_key(&(agent_id, netns_cookie))
+            || !state.pending_netns.insert((agent_id, netns_cookie))
+        {
+            return;
+        }
+        (
+            state.agent_names.get(&agent_id).cloned(),
+            state.proxy_setup.clone(),
+        )
+    };
+    let (Some(names), Some((config, learner))) = (names, setup) else {
+        return;
+    };
+    let result = start_netns_proxy(pid, names, config, learner);
+    let mut state = daemon.state.lock().expect("state lock poisoned");
+    state.pending_netns.remove(&(agent_id, netns_cookie));
+    match result {
+        Ok(proxy) if proxy.netns_cookie == netns_cookie => {
+            if let Err(error) = state.dns.set_proxy(agent_id, netns_cookie, proxy.ports) {
+                tracing::error!(agent_id, %error, "cannot register the namespace's DNS proxy");
+                return;
+            }
+            tracing::info!(agent_id, pid, netns_cookie, ports = ?proxy.ports, "DNS proxy opened in the agent's network namespace");
+            state.proxies.insert((agent_id, netns_cookie), proxy);
+        }
+        Ok(proxy) => tracing::warn!(
+            agent_id,
+            pid,
+            wanted = netns_cookie,
+            got = proxy.netns_cookie,
+            "process changed network namespace before its proxy was ready"
+        ),
+        Err(error) => {
+            tracing::warn!(agent_id, pid, %error, "cannot open a DNS proxy in the agent's network namespace")
+        }
+    }
 }
 
 /// Frees the space of expired learned addresses now and then; the kernel
@@ -497,6 +554,22 @@ fn cgroup_members(dir: &Path) -> Vec<u32> {
     members
 }
 
+/// `(agent id, netns cookie, pid)` of a "needs a proxy here" event.
+fn netns_request(bytes: &[u8]) -> Option<(u32, u64, u32)> {
+    use agent_common::event::{EventHeader, NetnsEvent, kind};
+    if bytes.len() < size_of::<NetnsEvent>() {
+        return None;
+    }
+    // SAFETY: length checked; both types are plain old data.
+    let header: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    if header.kind != kind::NETNS_PROXY_NEEDED {
+        return None;
+    }
+    // SAFETY: as above.
+    let event: NetnsEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    Some((header.agent_id, event.netns_cookie, header.tgid))
+}
+
 async fn drain_events(events: RingBuf<MapData>, daemon: Arc<Daemon>) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its descriptor and `AsyncFd` owns the
     // ring buffer, so the descriptor outlives the registration.
@@ -508,6 +581,14 @@ async fn drain_events(events: RingBuf<MapData>, daemon: Arc<Daemon>) -> anyhow::
         let ring = guard.get_inner_mut();
         let mut state = daemon.state.lock().expect("state lock poisoned");
         while let Some(item) = ring.next() {
+            if let Some(request) = netns_request(&item) {
+                let daemon = daemon.clone();
+                // Entering a namespace blocks; keep it off the event loop.
+                tokio::task::spawn_blocking(move || {
+                    open_netns_proxy(&daemon, request.0, request.1, request.2)
+                });
+                continue;
+            }
             let record = {
                 let State {
                     registry,

@@ -16,8 +16,8 @@ use std::{
 
 use agent_common::{
     egress::{
-        DnsProxyPorts, EGRESS_KEY_HEADER_BITS, EgressKey, EgressValue, LEARNED_ROWS, LearnedKey,
-        LearnedValue, PORT_TABLES_PER_GENERATION, PortRule, PortTable, ipv4_mapped,
+        DnsProxyKey, DnsProxyPorts, EGRESS_KEY_HEADER_BITS, EgressKey, EgressValue, LEARNED_ROWS,
+        LearnedKey, LearnedValue, PORT_TABLES_PER_GENERATION, PortRule, PortTable, ipv4_mapped,
     },
     files::{FILE_KEY_HEADER_BITS, FileKey, FileValue, PATH_KEY_BYTES},
     identity::{AgentPolicy, AgentPolicyKey, AgentRecord, ExecutableKey, policy_flags},
@@ -173,6 +173,10 @@ impl PolicyMaps {
                     policy_flags::ALLOW_ICMP
                 } else {
                     0
+                } | if agent.domains.is_empty() {
+                    0
+                } else {
+                    policy_flags::DNS_PROXY
                 },
                 egress_default_rule: agent.egress_default_rule,
                 file_default_rule: agent.file_default_rule,
@@ -335,7 +339,7 @@ impl PolicyMaps {
 /// addresses it learned.
 pub struct DnsMaps {
     learned: HashMap<MapData, LearnedKey, LearnedValue>,
-    proxy_ports: HashMap<MapData, u32, DnsProxyPorts>,
+    proxy_ports: HashMap<MapData, DnsProxyKey, DnsProxyPorts>,
 }
 
 /// `CLOCK_BOOTTIME` now, in nanoseconds: the clock the programs compare
@@ -355,16 +359,31 @@ impl DnsMaps {
         })
     }
 
-    /// Sends `agent_id`'s DNS traffic to these proxy ports.
-    pub fn set_proxy(&mut self, agent_id: u32, ports: DnsProxyPorts) -> Result<(), KernelError> {
+    /// Sends `agent_id`'s DNS traffic in network namespace `netns_cookie`
+    /// to these proxy ports.
+    pub fn set_proxy(
+        &mut self,
+        agent_id: u32,
+        netns_cookie: u64,
+        ports: DnsProxyPorts,
+    ) -> Result<(), KernelError> {
+        let key = DnsProxyKey {
+            agent_id,
+            _pad: 0,
+            netns_cookie,
+        };
         self.proxy_ports
-            .insert(agent_id, ports, 0)
+            .insert(key, ports, 0)
             .map_err(map_error(map_names::DNS_PROXY_PORTS))
     }
 
-    /// Stops redirecting `agent_id`'s DNS traffic.
-    pub fn remove_proxy(&mut self, agent_id: u32) {
-        let _ = self.proxy_ports.remove(&agent_id);
+    /// Stops redirecting `agent_id`'s DNS traffic in that namespace.
+    pub fn remove_proxy(&mut self, agent_id: u32, netns_cookie: u64) {
+        let _ = self.proxy_ports.remove(&DnsProxyKey {
+            agent_id,
+            _pad: 0,
+            netns_cookie,
+        });
     }
 
     /// Allows `addr` to `agent_id` on `rows` for `ttl`. An entry already
