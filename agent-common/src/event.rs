@@ -43,6 +43,24 @@ pub mod hook {
     pub const MMAP_FILE: u16 = 18;
     /// LSM `socket_create`.
     pub const SOCKET_CREATE: u16 = 19;
+    /// LSM `path_mknod` (file creation).
+    pub const PATH_MKNOD: u16 = 20;
+    /// LSM `path_mkdir`.
+    pub const PATH_MKDIR: u16 = 21;
+    /// LSM `path_symlink`.
+    pub const PATH_SYMLINK: u16 = 22;
+    /// LSM `path_link`.
+    pub const PATH_LINK: u16 = 23;
+    /// LSM `path_unlink`.
+    pub const PATH_UNLINK: u16 = 24;
+    /// LSM `path_rmdir`.
+    pub const PATH_RMDIR: u16 = 25;
+    /// LSM `path_rename`.
+    pub const PATH_RENAME: u16 = 26;
+    /// LSM `path_truncate`.
+    pub const PATH_TRUNCATE: u16 = 27;
+    /// LSM `path_chmod`.
+    pub const PATH_CHMOD: u16 = 28;
 }
 
 /// Bytes of the process name carried in every event.
@@ -132,6 +150,8 @@ pub mod file_flags {
     pub const PATH_TRUNCATED: u32 = 1 << 0;
     /// The path could not be resolved at all.
     pub const PATH_UNRESOLVED: u32 = 1 << 1;
+    /// The file has no name on disk (memfd, deleted file).
+    pub const ANONYMOUS: u32 = 1 << 2;
 }
 
 /// A file access decision.

@@ -62,8 +62,12 @@ pub struct AgentPolicy {
     pub egress_default_rule: u32,
     /// Rule id reported when the file default decides.
     pub file_default_rule: u32,
+    /// Rule id reported when the exec default decides.
+    pub exec_default_rule: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<AgentPolicy>() == 16);
+const _: () = assert!(size_of::<AgentPolicy>() == 24);
 
 /// Bits of [`AgentPolicy::flags`].
 pub mod policy_flags {
@@ -75,6 +79,8 @@ pub mod policy_flags {
     pub const ALLOW_ICMP: u32 = 1 << 2;
     /// The agent's DNS goes through a Baton proxy (it has domain rules).
     pub const DNS_PROXY: u32 = 1 << 3;
+    /// The agent may execute files with no name on disk (memfd, deleted).
+    pub const ALLOW_ANONYMOUS_EXEC: u32 = 1 << 4;
 }
 
 /// Key of the selected-executables map: the file's identity, not its name,

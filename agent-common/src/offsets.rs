@@ -33,11 +33,33 @@ pub struct KernelOffsets {
     pub inode_i_sb: u32,
     /// `struct super_block.s_dev`.
     pub sb_s_dev: u32,
+    /// `struct inode.i_nlink` (through its anonymous union).
+    pub inode_i_nlink: u32,
+    /// `struct path.mnt`.
+    pub path_mnt: u32,
+    /// `struct path.dentry`.
+    pub path_dentry: u32,
+    /// `struct dentry.d_parent`.
+    pub dentry_d_parent: u32,
+    /// `struct dentry.d_name`.
+    pub dentry_d_name: u32,
+    /// `struct qstr.len` (through its anonymous union).
+    pub qstr_len: u32,
+    /// `struct qstr.name`.
+    pub qstr_name: u32,
+    /// `struct mount.mnt` (the `vfsmount` inside a `mount`).
+    pub mount_mnt: u32,
+    /// `struct mount.mnt_parent`.
+    pub mount_mnt_parent: u32,
+    /// `struct mount.mnt_mountpoint`.
+    pub mount_mnt_mountpoint: u32,
+    /// `struct vfsmount.mnt_root`.
+    pub vfsmount_mnt_root: u32,
     /// Non-zero once the daemon has filled the offsets in; programs refuse to
     /// read kernel memory before that.
     pub resolved: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 48);
+const _: () = assert!(size_of::<KernelOffsets>() == 92);
 
 /// Name of the global holding [`KernelOffsets`] in the eBPF object.
 pub const KERNEL_OFFSETS_GLOBAL: &str = "KERNEL_OFFSETS";

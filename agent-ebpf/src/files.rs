@@ -1,15 +1,28 @@
-//! File access decisions with BPF LSM.
+//! File and exec decisions with BPF LSM (5.7).
 //!
-//! Hook choice: `file_open` (5.7 for BPF LSM) runs for every open after the
-//! path walk, on the `struct file` actually being opened, so symlinks, `..`,
-//! relative and `openat` paths and `/proc/self/fd` re-opens all arrive
-//! resolved. `bpf_d_path` is allowed on this hook on every kernel with BPF
-//! LSM, so the path is the real one and not a string the caller chose.
+//! Hook choice:
+//! - `file_open` runs for every open after the path walk, on the `struct
+//!   file` actually being opened, so symlinks, `..`, relative and `openat`
+//!   paths and `/proc/self/fd` re-opens all arrive resolved.
+//! - `bprm_check_security` runs for every binary the kernel is about to
+//!   execute (the script and then its interpreter, for `#!`), whatever the
+//!   path was: `fexecve`, `/proc/self/fd/N` and `execveat` included.
+//! - `mmap_file` with `PROT_EXEC` is how the dynamic loader runs a program
+//!   (`ld.so /usr/bin/nc`) without exec'ing it, so it needs the exec right.
+//! - the `path_*` hooks see creation, removal, rename, link, truncate and
+//!   chmod with the parent directory's `struct path`.
+//!
+//! `bpf_d_path` is allowed on `file_open`, `bprm_check_security` and
+//! `mmap_file` on every kernel with BPF LSM. On the `path_*` hooks it is only
+//! allowed from about 6.8, so there the path is built by walking the dentry
+//! and mount chain with offsets from BTF, in a bounded number of steps. A
+//! path that cannot be resolved is denied to an agent in enforce mode.
 
 use agent_common::{
     event::{EVENT_PATH_BYTES, FileEvent, file_flags, hook, kind},
     files::{FILE_KEY_HEADER_BITS, PATH_KEY_BYTES, right},
-    identity::AgentRecord,
+    identity::{AgentPolicy, AgentRecord, policy_flags},
+    offsets::KernelOffsets,
     verdict::{Verdict, decision, mode, verdict_for},
 };
 use aya_ebpf::{
@@ -29,6 +42,83 @@ use crate::{
 
 const FMODE_READ: u32 = 0x1;
 const FMODE_WRITE: u32 = 0x2;
+const PROT_EXEC: u64 = 0x4;
+
+/// Where walked paths end in the scratch buffer; they are built backwards
+/// from here, so every start offset is below it and `start + PATH_KEY_BYTES`
+/// and `start + EVENT_PATH_BYTES` stay inside the buffer.
+const WALK_END: usize = PATH_BUF_BYTES / 2;
+/// Mask that keeps a start offset below [`WALK_END`] for the verifier.
+const START_MASK: usize = WALK_END - 1;
+
+/// A resolved path in the per-CPU scratch buffer: `buf[start..start + len]`,
+/// followed by a `/` at `buf[start + len]`.
+struct ResolvedPath {
+    start: usize,
+    /// Length; 0 when the path could not be resolved.
+    len: usize,
+    flags: u32,
+}
+
+impl ResolvedPath {
+    const UNRESOLVED: Self = Self {
+        start: 0,
+        len: 0,
+        flags: file_flags::PATH_UNRESOLVED,
+    };
+}
+
+/// Everything a decision needs about the calling agent.
+struct Caller {
+    agent: AgentRecord,
+    policy: AgentPolicy,
+    generation: u32,
+    offsets: KernelOffsets,
+}
+
+/// The calling process's agent and policy, or `None` for processes in no
+/// agent. An agent whose policy is gone gets an enforce-mode, deny-all
+/// policy: it is held closed rather than let loose.
+#[inline(always)]
+fn caller() -> Option<Caller> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let agent = current_agent(tgid)?;
+    let generation = active_generation();
+    let policy = agent_policy(generation, agent.agent_id).unwrap_or(AgentPolicy {
+        mode: mode::ENFORCE,
+        egress_default: decision::DENY,
+        file_default: decision::DENY,
+        exec_default: decision::DENY,
+        flags: 0,
+        egress_default_rule: 0,
+        file_default_rule: 0,
+        exec_default_rule: 0,
+        _pad: 0,
+    });
+    Some(Caller {
+        agent,
+        policy,
+        generation,
+        offsets: kernel_offsets(),
+    })
+}
+
+#[inline(always)]
+fn scratch() -> Option<&'static mut PathScratch> {
+    let scratch = PATH_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch from a successful lookup; nothing else uses it
+    // while this program runs on this CPU.
+    Some(unsafe { &mut *scratch })
+}
+
+/// Reads a kernel value at `base + offset`; `None` if the read faults.
+#[inline(always)]
+fn read<T>(base: *const u8, offset: u32) -> Option<T> {
+    // SAFETY: the helper faults safely on a bad address.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(base.add(offset as usize) as *const T).ok() }
+}
+
+// ---------------------------------------------------------------- hooks
 
 #[lsm(hook = "file_open")]
 pub fn file_open(ctx: LsmContext) -> i32 {
@@ -36,153 +126,506 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some(agent) = current_agent(tgid) else {
+    let Some(caller) = caller() else {
         return 0;
     };
-    try_file_open(&ctx, &agent).to_lsm(previous)
-}
-
-/// A resolved path in the per-CPU scratch buffer.
-struct ResolvedPath {
-    /// Length without the NUL; 0 when the path could not be resolved.
-    len: usize,
-    flags: u32,
-}
-
-#[inline(always)]
-fn try_file_open(ctx: &LsmContext, agent: &AgentRecord) -> Verdict {
-    let generation = active_generation();
-    let offsets = kernel_offsets();
-    let Some(policy) = agent_policy(generation, agent.agent_id) else {
-        return Verdict::Denied;
-    };
-    let Some(scratch) = PATH_SCRATCH.get_ptr_mut(0) else {
-        return Verdict::Denied;
-    };
-    // SAFETY: per-CPU scratch from a successful lookup; nothing else uses it
-    // while this program runs on this CPU.
-    let scratch = unsafe { &mut *scratch };
     let file: *const u8 = ctx.arg(0);
-
-    let mut f_mode: u32 = 0;
-    // SAFETY: `file` is the hook's argument; the offset comes from BTF; the
-    // helper faults safely.
-    let read = unsafe {
-        bpf_probe_read_kernel(
-            (&mut f_mode as *mut u32).cast(),
-            4,
-            file.add(offsets.file_f_mode as usize).cast(),
-        )
+    let rights = match read::<u32>(file, caller.offsets.file_f_mode) {
+        Some(f_mode) => {
+            let mut rights = 0;
+            if f_mode & FMODE_READ != 0 {
+                rights |= right::bit(right::READ);
+            }
+            if f_mode & FMODE_WRITE != 0 {
+                rights |= right::bit(right::WRITE);
+            }
+            rights
+        }
+        None => right::bit(right::READ) | right::bit(right::WRITE),
     };
-    let mut rights = 0u32;
-    if read == 0 {
-        if f_mode & FMODE_READ != 0 {
-            rights |= right::bit(right::READ);
-        }
-        if f_mode & FMODE_WRITE != 0 {
-            rights |= right::bit(right::WRITE);
-        }
-    } else {
-        rights = right::bit(right::READ) | right::bit(right::WRITE);
+    if rights == 0 {
+        return 0;
     }
+    let Some(scratch) = scratch() else {
+        return Verdict::Denied.to_lsm(previous);
+    };
+    let resolved = file_path(scratch, &caller.offsets, file);
+    check(scratch, &caller, &resolved, rights, hook::FILE_OPEN).to_lsm(previous)
+}
 
-    // SAFETY: `file + f_path` is the `struct path` inside the file the hook
+#[lsm(hook = "bprm_check_security")]
+pub fn bprm_check_security(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let Some(caller) = caller() else {
+        return 0;
+    };
+    let bprm: *const u8 = ctx.arg(0);
+    if caller.offsets.resolved == 0 {
+        return Verdict::Denied.to_lsm(previous);
+    }
+    // A direct load, not a probe read: the verifier then knows the result
+    // is the `struct file` of this binprm (from BTF), which `bpf_d_path`
+    // requires; a probe read would give it a plain number.
+    // SAFETY: `bprm` is the hook's BTF-typed argument and the offset comes
+    // from this kernel's BTF; the verifier turns the load into a checked one.
+    let file: *const u8 = unsafe {
+        core::ptr::read_volatile(bprm.add(caller.offsets.binprm_file as usize) as *const *const u8)
+    };
+    check_exec(&caller, file, hook::BPRM_CHECK).to_lsm(previous)
+}
+
+#[lsm(hook = "mmap_file")]
+pub fn mmap_file(ctx: LsmContext) -> i32 {
+    // mmap_file(struct file *file, unsigned long reqprot, unsigned long prot,
+    //           unsigned long flags, int ret)
+    let previous: i32 = ctx.arg(4);
+    if previous != 0 {
+        return previous;
+    }
+    let file: *const u8 = ctx.arg(0);
+    let prot: u64 = ctx.arg(2);
+    // Anonymous executable memory (a JIT) has no file to decide on.
+    if file.is_null() || prot & PROT_EXEC == 0 {
+        return 0;
+    }
+    let Some(caller) = caller() else {
+        return 0;
+    };
+    check_exec(&caller, file, hook::MMAP_FILE).to_lsm(previous)
+}
+
+/// The exec right on `file`, with files that have no name on disk (memfd,
+/// deleted files) denied unless the policy allows them.
+#[inline(always)]
+fn check_exec(caller: &Caller, file: *const u8, hook: u16) -> Verdict {
+    let Some(scratch) = scratch() else {
+        return Verdict::Denied;
+    };
+    let mut resolved = file_path(scratch, &caller.offsets, file);
+    let anonymous = read::<*const u8>(file, caller.offsets.file_f_inode)
+        .and_then(|inode| read::<u32>(inode, caller.offsets.inode_i_nlink))
+        .is_none_or(|nlink| nlink == 0);
+    if anonymous && caller.policy.flags & policy_flags::ALLOW_ANONYMOUS_EXEC == 0 {
+        resolved.flags |= file_flags::ANONYMOUS;
+        let verdict = verdict_for(decision::DENY, caller.policy.mode);
+        emit(
+            scratch,
+            caller,
+            &resolved,
+            right::bit(right::EXEC),
+            right::bit(right::EXEC),
+            caller.policy.exec_default_rule,
+            verdict,
+            hook,
+        );
+        return verdict;
+    }
+    check(scratch, caller, &resolved, right::bit(right::EXEC), hook)
+}
+
+/// `path_mknod(const struct path *dir, struct dentry *dentry, umode_t mode,
+/// unsigned int dev)`: creating a file (including `open(O_CREAT)`).
+#[lsm(hook = "path_mknod")]
+pub fn path_mknod(ctx: LsmContext) -> i32 {
+    entry_hook(&ctx, 4, right::bit(right::CREATE), hook::PATH_MKNOD)
+}
+
+/// `path_mkdir(const struct path *dir, struct dentry *dentry, umode_t mode)`.
+#[lsm(hook = "path_mkdir")]
+pub fn path_mkdir(ctx: LsmContext) -> i32 {
+    entry_hook(&ctx, 3, right::bit(right::CREATE), hook::PATH_MKDIR)
+}
+
+/// `path_symlink(const struct path *dir, struct dentry *dentry,
+/// const char *old_name)`.
+#[lsm(hook = "path_symlink")]
+pub fn path_symlink(ctx: LsmContext) -> i32 {
+    entry_hook(&ctx, 3, right::bit(right::CREATE), hook::PATH_SYMLINK)
+}
+
+/// `path_unlink(const struct path *dir, struct dentry *dentry)`.
+#[lsm(hook = "path_unlink")]
+pub fn path_unlink(ctx: LsmContext) -> i32 {
+    entry_hook(&ctx, 2, right::bit(right::DELETE), hook::PATH_UNLINK)
+}
+
+/// `path_rmdir(const struct path *dir, struct dentry *dentry)`.
+#[lsm(hook = "path_rmdir")]
+pub fn path_rmdir(ctx: LsmContext) -> i32 {
+    entry_hook(&ctx, 2, right::bit(right::DELETE), hook::PATH_RMDIR)
+}
+
+/// `path_truncate(const struct path *path)`.
+#[lsm(hook = "path_truncate")]
+pub fn path_truncate(ctx: LsmContext) -> i32 {
+    whole_path_hook(&ctx, 1, hook::PATH_TRUNCATE)
+}
+
+/// `path_chmod(const struct path *path, umode_t mode)`.
+#[lsm(hook = "path_chmod")]
+pub fn path_chmod(ctx: LsmContext) -> i32 {
+    whole_path_hook(&ctx, 2, hook::PATH_CHMOD)
+}
+
+/// `path_link(struct dentry *old_dentry, const struct path *new_dir,
+/// struct dentry *new_dentry)`: creating a link needs the create right where
+/// it appears, and the read and write rights on what it points to, so a
+/// denied file cannot be given a second, allowed name.
+#[lsm(hook = "path_link")]
+pub fn path_link(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    let Some(caller) = caller() else {
+        return 0;
+    };
+    let Some(scratch) = scratch() else {
+        return Verdict::Denied.to_lsm(previous);
+    };
+    let old_dentry: *const u8 = ctx.arg(0);
+    let new_dir: *const u8 = ctx.arg(1);
+    let new_dentry: *const u8 = ctx.arg(2);
+    let offsets = &caller.offsets;
+    let Some(mnt) = read::<*const u8>(new_dir, offsets.path_mnt) else {
+        return Verdict::Denied.to_lsm(previous);
+    };
+    let Some(new_parent) = read::<*const u8>(new_dir, offsets.path_dentry) else {
+        return Verdict::Denied.to_lsm(previous);
+    };
+    let created = walk(scratch, offsets, mnt, new_parent, new_dentry);
+    let verdict = check(
+        scratch,
+        &caller,
+        &created,
+        right::bit(right::CREATE),
+        hook::PATH_LINK,
+    );
+    if verdict == Verdict::Denied {
+        return verdict.to_lsm(previous);
+    }
+    // Links stay inside one mount, so the target shares the new name's mount.
+    let target = walk(scratch, offsets, mnt, old_dentry, core::ptr::null());
+    let rights = right::bit(right::READ) | right::bit(right::WRITE);
+    check(scratch, &caller, &target, rights, hook::PATH_LINK).to_lsm(previous)
+}
+
+/// `path_rename(const struct path *old_dir, struct dentry *old_dentry,
+/// const struct path *new_dir, struct dentry *new_dentry, unsigned int
+/// flags)`: both ends need the rename right, so a denied directory cannot
+/// be moved to an allowed name, nor an allowed file into a denied one.
+#[lsm(hook = "path_rename")]
+pub fn path_rename(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(5);
+    if previous != 0 {
+        return previous;
+    }
+    let Some(caller) = caller() else {
+        return 0;
+    };
+    let Some(scratch) = scratch() else {
+        return Verdict::Denied.to_lsm(previous);
+    };
+    let rights = right::bit(right::RENAME);
+    let from = dir_entry_path(scratch, &caller.offsets, ctx.arg(0), ctx.arg(1));
+    let verdict = check(scratch, &caller, &from, rights, hook::PATH_RENAME);
+    if verdict == Verdict::Denied {
+        return verdict.to_lsm(previous);
+    }
+    let to = dir_entry_path(scratch, &caller.offsets, ctx.arg(2), ctx.arg(3));
+    check(scratch, &caller, &to, rights, hook::PATH_RENAME).to_lsm(previous)
+}
+
+/// Hooks whose first two arguments are a directory and an entry in it.
+#[inline(always)]
+fn entry_hook(ctx: &LsmContext, ret_arg: usize, rights: u32, hook: u16) -> i32 {
+    let previous: i32 = match ret_arg {
+        2 => ctx.arg(2),
+        3 => ctx.arg(3),
+        _ => ctx.arg(4),
+    };
+    if previous != 0 {
+        return previous;
+    }
+    let Some(caller) = caller() else {
+        return 0;
+    };
+    let Some(scratch) = scratch() else {
+        return Verdict::Denied.to_lsm(previous);
+    };
+    let resolved = dir_entry_path(scratch, &caller.offsets, ctx.arg(0), ctx.arg(1));
+    check(scratch, &caller, &resolved, rights, hook).to_lsm(previous)
+}
+
+/// Hooks on a whole `struct path` that change a file's content or mode.
+#[inline(always)]
+fn whole_path_hook(ctx: &LsmContext, ret_arg: usize, hook: u16) -> i32 {
+    let previous: i32 = match ret_arg {
+        1 => ctx.arg(1),
+        _ => ctx.arg(2),
+    };
+    if previous != 0 {
+        return previous;
+    }
+    let Some(caller) = caller() else {
+        return 0;
+    };
+    let Some(scratch) = scratch() else {
+        return Verdict::Denied.to_lsm(previous);
+    };
+    let path: *const u8 = ctx.arg(0);
+    let offsets = &caller.offsets;
+    let resolved = match (
+        read::<*const u8>(path, offsets.path_mnt),
+        read::<*const u8>(path, offsets.path_dentry),
+    ) {
+        (Some(mnt), Some(dentry)) => walk(scratch, offsets, mnt, dentry, core::ptr::null()),
+        _ => ResolvedPath::UNRESOLVED,
+    };
+    check(scratch, &caller, &resolved, right::bit(right::WRITE), hook).to_lsm(previous)
+}
+
+// ---------------------------------------------------------------- paths
+
+/// The path of an open file, with `bpf_d_path`, at the start of the buffer.
+#[inline(always)]
+fn file_path(scratch: &mut PathScratch, offsets: &KernelOffsets, file: *const u8) -> ResolvedPath {
+    if offsets.resolved == 0 {
+        return ResolvedPath::UNRESOLVED;
+    }
+    // SAFETY: `file + f_path` is the `struct path` inside a file the hook
     // hands us; the verifier checks the type from BTF.
-    let resolved = unsafe {
+    let written = unsafe {
         let path_ptr = file.add(offsets.file_f_path as usize) as *mut path;
-        let written = bpf_d_path(
+        bpf_d_path(
             path_ptr,
             scratch.buf.as_mut_ptr().cast(),
             PATH_BUF_BYTES as u32,
-        );
-        if written > 1 && offsets.resolved != 0 {
-            ResolvedPath {
-                // `bpf_d_path` never writes more than the buffer; the mask
-                // says so to the verifier, which cannot know it, so every
-                // later index derived from the length is provably in bounds.
-                len: ((written - 1) as usize) & (PATH_BUF_BYTES - 1),
-                flags: 0,
-            }
-        } else {
-            ResolvedPath {
-                len: 0,
-                flags: file_flags::PATH_UNRESOLVED,
+        )
+    };
+    if written <= 1 {
+        return ResolvedPath::UNRESOLVED;
+    }
+    // `bpf_d_path` never writes more than the buffer; the mask says so to
+    // the verifier, which cannot know it.
+    let len = ((written - 1) as usize) & (PATH_BUF_BYTES - 1);
+    if len < PATH_KEY_BYTES {
+        // The trailing `/` puts the path on a component boundary.
+        scratch.buf[len & (PATH_BUF_BYTES - 1)] = b'/';
+    }
+    ResolvedPath {
+        start: 0,
+        len,
+        flags: 0,
+    }
+}
+
+/// The path of `entry` in directory `dir` (a `struct path`).
+#[inline(always)]
+fn dir_entry_path(
+    scratch: &mut PathScratch,
+    offsets: &KernelOffsets,
+    dir: *const u8,
+    entry: *const u8,
+) -> ResolvedPath {
+    match (
+        read::<*const u8>(dir, offsets.path_mnt),
+        read::<*const u8>(dir, offsets.path_dentry),
+    ) {
+        (Some(mnt), Some(dentry)) => walk(scratch, offsets, mnt, dentry, entry),
+        _ => ResolvedPath::UNRESOLVED,
+    }
+}
+
+/// Writes `/name` of `dentry` in front of `pos`; returns the new start.
+#[inline(always)]
+fn prepend_name(
+    scratch: &mut PathScratch,
+    offsets: &KernelOffsets,
+    pos: usize,
+    dentry: *const u8,
+) -> Option<usize> {
+    let name_at = offsets.dentry_d_name;
+    let len = read::<u32>(dentry, name_at + offsets.qstr_len)? as usize;
+    let name = read::<*const u8>(dentry, name_at + offsets.qstr_name)?;
+    if len == 0 || len > 255 || pos < len + 1 {
+        return None;
+    }
+    let start = (pos - len) & START_MASK;
+    // SAFETY: `start + len` is at most `WALK_END`, inside the buffer.
+    let copied = unsafe {
+        bpf_probe_read_kernel(
+            scratch.buf.as_mut_ptr().add(start).cast(),
+            (len & 255) as u32,
+            name.cast(),
+        )
+    };
+    if copied != 0 {
+        return None;
+    }
+    let slash = (start - 1) & START_MASK;
+    scratch.buf[slash] = b'/';
+    Some(slash)
+}
+
+/// Steps the dentry walk may take (path components plus mount crossings).
+const MAX_WALK_STEPS: usize = 32;
+
+/// Builds the absolute path of `dentry` on mount `mnt` (a `vfsmount`),
+/// followed by `/leaf` when `leaf` is not null, ending at [`WALK_END`].
+#[inline(always)]
+#[allow(unused_assignments)]
+fn walk(
+    scratch: &mut PathScratch,
+    offsets: &KernelOffsets,
+    mnt: *const u8,
+    dentry: *const u8,
+    leaf: *const u8,
+) -> ResolvedPath {
+    if offsets.resolved == 0 {
+        return ResolvedPath::UNRESOLVED;
+    }
+    scratch.buf[WALK_END] = b'/';
+    let mut pos = WALK_END;
+    if !leaf.is_null() {
+        match prepend_name(scratch, offsets, pos, leaf) {
+            Some(start) => pos = start,
+            None => return ResolvedPath::UNRESOLVED,
+        }
+    }
+    let mut vfsmount = mnt;
+    // SAFETY: a `vfsmount` always lives inside a `struct mount`.
+    let mut mount = unsafe { mnt.sub(offsets.mount_mnt as usize) };
+    let mut current = dentry;
+    let mut done = false;
+    const _: () = assert!(MAX_WALK_STEPS == 32, "the unrolled walk lists every step");
+    unroll!(step in [
+        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+        16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31
+    ] {
+        let _ = step;
+        if !done {
+            let Some(mnt_root) = read::<*const u8>(vfsmount, offsets.vfsmount_mnt_root) else {
+                return ResolvedPath::UNRESOLVED;
+            };
+            if current == mnt_root {
+                let Some(parent_mount) = read::<*const u8>(mount, offsets.mount_mnt_parent) else {
+                    return ResolvedPath::UNRESOLVED;
+                };
+                if parent_mount == mount {
+                    done = true;
+                } else {
+                    let Some(mountpoint) =
+                        read::<*const u8>(mount, offsets.mount_mnt_mountpoint)
+                    else {
+                        return ResolvedPath::UNRESOLVED;
+                    };
+                    current = mountpoint;
+                    mount = parent_mount;
+                    // SAFETY: as above.
+                    vfsmount = unsafe { parent_mount.add(offsets.mount_mnt as usize) };
+                }
+            } else {
+                let Some(parent) = read::<*const u8>(current, offsets.dentry_d_parent) else {
+                    return ResolvedPath::UNRESOLVED;
+                };
+                if parent == current {
+                    done = true;
+                } else {
+                    match prepend_name(scratch, offsets, pos, current) {
+                        Some(start) => pos = start,
+                        None => return ResolvedPath::UNRESOLVED,
+                    }
+                    current = parent;
+                }
             }
         }
-    };
+    });
+    if !done {
+        return ResolvedPath::UNRESOLVED;
+    }
+    if pos == WALK_END {
+        // The root itself.
+        pos = WALK_END - 1;
+        scratch.buf[pos] = b'/';
+        return ResolvedPath {
+            start: pos,
+            len: 1,
+            flags: 0,
+        };
+    }
+    ResolvedPath {
+        start: pos & START_MASK,
+        len: WALK_END - pos,
+        flags: 0,
+    }
+}
 
-    let (agent_mode, rule_decision, rule_id, denied_rights) = if resolved.len == 0 {
+// ---------------------------------------------------------------- decisions
+
+/// Decides `rights` on a resolved path and records anything but an allow.
+#[inline(always)]
+fn check(
+    scratch: &mut PathScratch,
+    caller: &Caller,
+    resolved: &ResolvedPath,
+    rights: u32,
+    hook: u16,
+) -> Verdict {
+    let agent_mode = caller.policy.mode;
+    let (rule_decision, rule_id, denied) = if resolved.len == 0 {
         // A path we cannot name is a path we cannot allow.
-        (policy.mode, decision::DENY, 0, rights)
+        (decision::DENY, 0, rights)
     } else {
-        let (found, rule_id, denied) = match_rules(
-            scratch,
-            generation,
-            agent.agent_id,
-            resolved.len,
-            rights,
-            policy.file_default,
-            policy.file_default_rule,
-        );
-        (policy.mode, found, rule_id, denied)
+        match_rules(scratch, caller, resolved, rights)
     };
-    let verdict = if agent_mode == mode::QUARANTINE && rights & right::bit(right::WRITE) != 0 {
+    let quarantined = agent_mode == mode::QUARANTINE && rights & !right::bit(right::READ) != 0;
+    let verdict = if quarantined {
         Verdict::Denied
     } else {
         verdict_for(rule_decision, agent_mode)
     };
     if verdict != Verdict::Allowed {
+        let denied = if quarantined { rights } else { denied };
         emit(
-            scratch,
-            agent,
-            &resolved,
-            rights,
-            denied_rights,
-            &Decision {
-                hook: hook::FILE_OPEN,
-                verdict,
-                mode: agent_mode,
-                rule_id,
-                generation,
-            },
+            scratch, caller, resolved, rights, denied, rule_id, verdict, hook,
         );
     }
     verdict
 }
 
 /// Looks the path up on component boundaries and combines the decisions of
-/// every requested right: any denied right denies the open.
+/// every requested right: any denied right denies the call.
 #[inline(always)]
 fn match_rules(
     scratch: &mut PathScratch,
-    generation: u32,
-    agent_id: u32,
-    path_len: usize,
+    caller: &Caller,
+    resolved: &ResolvedPath,
     rights: u32,
-    default_decision: u8,
-    default_rule: u32,
 ) -> (u8, u32, u32) {
-    scratch.key.data.generation = generation.to_be_bytes();
-    scratch.key.data.agent_id = agent_id.to_be_bytes();
-    let key_bytes = if path_len < PATH_KEY_BYTES {
-        // The trailing `/` puts the path on a component boundary.
-        scratch.buf[path_len & (PATH_BUF_BYTES - 1)] = b'/';
-        path_len + 1
+    scratch.key.data.generation = caller.generation.to_be_bytes();
+    scratch.key.data.agent_id = caller.agent.agent_id.to_be_bytes();
+    let key_bytes = if resolved.len < PATH_KEY_BYTES {
+        resolved.len + 1
     } else {
         PATH_KEY_BYTES
     };
-    // SAFETY: both buffers are larger than `PATH_KEY_BYTES`.
+    // SAFETY: the start is below `WALK_END`, so `PATH_KEY_BYTES` bytes from
+    // it are inside the buffer.
     unsafe {
         bpf_probe_read_kernel(
             scratch.key.data.path.as_mut_ptr().cast(),
             PATH_KEY_BYTES as u32,
-            scratch.buf.as_ptr().cast(),
+            scratch.buf.as_ptr().add(resolved.start & START_MASK).cast(),
         );
     }
     scratch.key.prefix_len = FILE_KEY_HEADER_BITS + (key_bytes as u32) * 8;
 
     let value = FILE_RULES.get(&scratch.key);
+    let policy = &caller.policy;
     let mut denied = 0u32;
     let mut deny_rule = 0u32;
     let mut allow_rule = 0u32;
@@ -194,8 +637,13 @@ fn match_rules(
                 None => (decision::NONE, 0),
             };
             if found == decision::NONE {
-                found = default_decision;
-                rule_id = default_rule;
+                if r == right::EXEC {
+                    found = policy.exec_default;
+                    rule_id = policy.exec_default_rule;
+                } else {
+                    found = policy.file_default;
+                    rule_id = policy.file_default_rule;
+                }
             }
             if found == decision::DENY {
                 denied |= right::bit(r);
@@ -215,16 +663,19 @@ fn match_rules(
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn emit(
     scratch: &PathScratch,
-    agent: &AgentRecord,
+    caller: &Caller,
     resolved: &ResolvedPath,
     rights: u32,
     denied_rights: u32,
-    decision: &Decision,
+    rule_id: u32,
+    verdict: Verdict,
+    hook: u16,
 ) {
     let Some(mut entry) = EVENTS.reserve::<FileEvent>(0) else {
-        count_drop(agent.agent_id);
+        count_drop(caller.agent.agent_id);
         return;
     };
     // SAFETY: the reservation is exactly one `FileEvent`; every field is
@@ -234,8 +685,14 @@ fn emit(
         &mut event.header,
         kind::FILE,
         core::mem::size_of::<FileEvent>(),
-        agent,
-        decision,
+        &caller.agent,
+        &Decision {
+            hook,
+            verdict,
+            mode: caller.policy.mode,
+            rule_id,
+            generation: caller.generation,
+        },
     );
     event.rights = rights;
     event.denied_rights = denied_rights;
@@ -247,12 +704,13 @@ fn emit(
     }
     event.flags = flags;
     event.path_len = len as u32;
-    // SAFETY: both buffers are at least `EVENT_PATH_BYTES` long.
+    // SAFETY: the start is below `WALK_END`, so `EVENT_PATH_BYTES` bytes from
+    // it are inside the buffer.
     unsafe {
         bpf_probe_read_kernel(
             event.path.as_mut_ptr().cast(),
             EVENT_PATH_BYTES as u32,
-            scratch.buf.as_ptr().cast(),
+            scratch.buf.as_ptr().add(resolved.start & START_MASK).cast(),
         );
     }
     entry.submit(0);

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod egress;
+pub mod fallback;
 pub mod identity;
 pub mod kernel;
 pub mod policy;

@@ -93,3 +93,361 @@ fn vm_agent_is_denied_files_under_a_denied_prefix_and_others_are_not() {
         .count();
     assert_eq!(file_records, 2, "one record per denied open (read, write)");
 }
+
+/// A directory tree for the tricks below: `secret/` is denied (every right),
+/// `public/` is not.
+struct Tree {
+    dir: TempDir,
+}
+
+impl Tree {
+    fn new(label: &str) -> Self {
+        let dir = TempDir::new(label);
+        for sub in ["secret/inner", "public"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        std::fs::write(dir.path().join("secret/key.txt"), "key").unwrap();
+        std::fs::write(dir.path().join("public/ok.txt"), "ok").unwrap();
+        Self { dir }
+    }
+
+    fn path(&self, relative: &str) -> String {
+        self.dir.path().join(relative).display().to_string()
+    }
+
+    fn policy(&self) -> String {
+        policy(
+            "tree",
+            "tree",
+            &format!(
+                "  egress:\n    default: allow\n  files:\n    deny:\n      - {}\n",
+                self.path("secret")
+            ),
+        )
+    }
+}
+
+fn agent_outcome(daemon: &Daemon, agent: &str, args: &[&str]) -> String {
+    let mut command = vec![HELPER];
+    command.extend_from_slice(args);
+    helper_outcome(&daemon.exec(agent, &command))
+}
+
+fn outside_outcome(args: &[&str]) -> String {
+    helper_outcome(
+        &std::process::Command::new(HELPER)
+            .args(args)
+            .output()
+            .unwrap(),
+    )
+}
+
+#[test]
+#[ignore = "needs a kernel booted with BPF LSM: runs inside the test VMs (cargo xtask test)"]
+fn vm_path_tricks_do_not_reach_a_denied_file() {
+    let tree = Tree::new("tricks");
+    let daemon = Daemon::start("tricks", &[("p.yaml", tree.policy())]);
+    let key = tree.path("secret/key.txt");
+
+    // A symlink to the denied file, made before the policy mattered.
+    let link = tree.path("public/link-to-key");
+    std::os::unix::fs::symlink(&key, &link).unwrap();
+    assert_eq!(
+        agent_outcome(&daemon, "tree", &["open", &link, "read"]),
+        EPERM,
+        "symlink"
+    );
+
+    // `..` and a relative path, resolved from a working directory.
+    let relative = "../secret/key.txt";
+    let output = daemon.exec(
+        "tree",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "cd {} && {HELPER} open {relative} read",
+                tree.path("public")
+            ),
+        ],
+    );
+    assert_eq!(helper_outcome(&output), EPERM, "relative path with ..");
+
+    // openat(2) with a directory descriptor.
+    assert_eq!(
+        agent_outcome(
+            &daemon,
+            "tree",
+            &["openat", &tree.path("secret"), "key.txt"]
+        ),
+        EPERM,
+        "openat"
+    );
+    // Re-opening /proc/self/fd/N of an O_PATH descriptor.
+    assert_eq!(
+        agent_outcome(&daemon, "tree", &["reopen", &key]),
+        EPERM,
+        "O_PATH reopen"
+    );
+
+    // Renaming the denied directory to an allowed name.
+    assert_eq!(
+        agent_outcome(
+            &daemon,
+            "tree",
+            &["rename", &tree.path("secret"), &tree.path("public/moved")]
+        ),
+        EPERM,
+        "rename of a denied directory"
+    );
+    // Moving an allowed file into the denied directory.
+    assert_eq!(
+        agent_outcome(
+            &daemon,
+            "tree",
+            &[
+                "rename",
+                &tree.path("public/ok.txt"),
+                &tree.path("secret/ok.txt")
+            ]
+        ),
+        EPERM,
+        "rename into a denied directory"
+    );
+    // A hard link to the denied file from an allowed place.
+    assert_eq!(
+        agent_outcome(
+            &daemon,
+            "tree",
+            &["link", &key, &tree.path("public/hard-link")]
+        ),
+        EPERM,
+        "hard link to a denied file"
+    );
+
+    // Every right under the denied prefix.
+    for (op, target) in [
+        ("create", "secret/new.txt"),
+        ("mkdir", "secret/newdir"),
+        ("unlink", "secret/key.txt"),
+        ("rmdir", "secret/inner"),
+        ("truncate", "secret/key.txt"),
+        ("chmod", "secret/key.txt"),
+    ] {
+        assert_eq!(
+            agent_outcome(&daemon, "tree", &[op, &tree.path(target)]),
+            EPERM,
+            "{op}"
+        );
+    }
+    assert_eq!(
+        agent_outcome(
+            &daemon,
+            "tree",
+            &["symlink", "/etc/hostname", &tree.path("secret/sym")]
+        ),
+        EPERM,
+        "symlink creation"
+    );
+
+    // The same calls elsewhere are allowed to the agent...
+    assert_eq!(
+        agent_outcome(&daemon, "tree", &["create", &tree.path("public/new.txt")]),
+        "ok"
+    );
+    assert_eq!(
+        agent_outcome(&daemon, "tree", &["mkdir", &tree.path("public/newdir")]),
+        "ok"
+    );
+    assert_eq!(
+        agent_outcome(&daemon, "tree", &["chmod", &tree.path("public/new.txt")]),
+        "ok"
+    );
+    assert_eq!(
+        agent_outcome(
+            &daemon,
+            "tree",
+            &[
+                "rename",
+                &tree.path("public/new.txt"),
+                &tree.path("public/renamed.txt")
+            ]
+        ),
+        "ok"
+    );
+    assert_eq!(
+        agent_outcome(
+            &daemon,
+            "tree",
+            &["unlink", &tree.path("public/renamed.txt")]
+        ),
+        "ok"
+    );
+    // ...and everything is allowed to a process outside the agent.
+    assert_eq!(outside_outcome(&["open", &link, "read"]), "ok");
+    assert_eq!(
+        outside_outcome(&["create", &tree.path("secret/outside.txt")]),
+        "ok"
+    );
+
+    let record = daemon.wait_for_record(|r| r["hook"] == "path_rename");
+    assert_eq!(record["verdict"], "denied");
+    assert_eq!(record["object"]["path"], tree.path("secret"));
+    assert_eq!(record["object"]["denied_rights"][0], "rename");
+    let record = daemon.wait_for_record(|r| r["hook"] == "path_mknod");
+    assert_eq!(record["object"]["path"], tree.path("secret/new.txt"));
+    assert_eq!(record["rule"]["id"], "files.deny[0]");
+}
+
+#[test]
+#[ignore = "needs a kernel booted with BPF LSM: runs inside the test VMs (cargo xtask test)"]
+fn vm_rights_and_wildcards() {
+    let dir = TempDir::new("rights");
+    for user in ["alice", "bob"] {
+        std::fs::create_dir_all(dir.path().join(format!("home/{user}/.ssh"))).unwrap();
+        std::fs::write(dir.path().join(format!("home/{user}/.ssh/id_rsa")), "k").unwrap();
+        std::fs::write(dir.path().join(format!("home/{user}/notes.txt")), "n").unwrap();
+    }
+    std::fs::create_dir_all(dir.path().join("docs")).unwrap();
+    std::fs::write(dir.path().join("docs/readme"), "r").unwrap();
+    let base = dir.path().display().to_string();
+    let daemon = Daemon::start(
+        "rights",
+        &[(
+            "p.yaml",
+            policy(
+                "rights",
+                "rights",
+                &format!(
+                    "  egress:\n    default: allow\n  files:\n    deny:\n      - {base}/home/*/.ssh\n      - path: {base}/docs\n        rights: [write, delete]\n"
+                ),
+            ),
+        )],
+    );
+    for user in ["alice", "bob"] {
+        let key = format!("{base}/home/{user}/.ssh/id_rsa");
+        assert_eq!(
+            agent_outcome(&daemon, "rights", &["open", &key, "read"]),
+            EPERM,
+            "{user}"
+        );
+        let notes = format!("{base}/home/{user}/notes.txt");
+        assert_eq!(
+            agent_outcome(&daemon, "rights", &["open", &notes, "read"]),
+            "ok"
+        );
+    }
+    let readme = format!("{base}/docs/readme");
+    assert_eq!(
+        agent_outcome(&daemon, "rights", &["open", &readme, "read"]),
+        "ok",
+        "read is not denied"
+    );
+    assert_eq!(
+        agent_outcome(&daemon, "rights", &["open", &readme, "write"]),
+        EPERM,
+        "write is"
+    );
+    assert_eq!(
+        agent_outcome(&daemon, "rights", &["unlink", &readme]),
+        EPERM,
+        "delete is"
+    );
+}
+
+#[test]
+#[ignore = "needs a kernel booted with BPF LSM: runs inside the test VMs (cargo xtask test)"]
+fn vm_exec_allowlist_holds_against_copies_loaders_fds_and_memfd() {
+    let dir = TempDir::new("exec");
+    let copy = dir.path().join("echo-copy");
+    std::fs::copy("/usr/bin/echo", &copy).unwrap();
+    let copy = copy.display().to_string();
+    let script = dir.path().join("script.sh");
+    std::fs::write(&script, "#!/bin/sh\necho script-ran\n").unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&script).unwrap().permissions(),
+        0o755,
+    );
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let script = script.display().to_string();
+    let helper_dir = std::path::Path::new(HELPER)
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    // An allowlist: the system's programs and libraries, and the test helper.
+    let daemon = Daemon::start(
+        "exec",
+        &[(
+            "p.yaml",
+            policy(
+                "exec",
+                "exec",
+                &format!(
+                    "  egress:\n    default: allow\n  exec:\n    default: deny\n    allow:\n      - /usr\n      - /bin\n      - /lib\n      - /lib64\n      - {helper_dir}\n"
+                ),
+            ),
+        )],
+    );
+    let run = |args: &[&str]| {
+        let output = daemon.exec("exec", args);
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    assert_eq!(
+        run(&[HELPER, "exec", "/usr/bin/echo", "ok"]),
+        "ok",
+        "an allowed program"
+    );
+    assert_eq!(
+        run(&[HELPER, "exec", &copy, "ok"]),
+        EPERM,
+        "a copy outside the allowlist"
+    );
+    assert_eq!(
+        run(&[HELPER, "exec-fd", &copy, "ok"]),
+        EPERM,
+        "exec through /proc/self/fd"
+    );
+    assert_eq!(run(&[HELPER, "fexecve", &copy, "ok"]), EPERM, "fexecve");
+    assert_eq!(
+        run(&[HELPER, "memfd-exec", "/usr/bin/echo", "ok"]),
+        EPERM,
+        "memfd, even of an allowed program"
+    );
+    // The dynamic loader is allowed, but mapping the copy executable is an
+    // exec of the copy.
+    let loader = "/lib64/ld-linux-x86-64.so.2";
+    let output = daemon.exec("exec", &[loader, &copy, "ran"]);
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).contains("ran"),
+        "ld.so must not run the copy: {output:?}"
+    );
+    // A script: exec'ing it directly is an exec of the script (denied); run
+    // by an allowed interpreter, its open is a read and it runs.
+    assert_eq!(
+        run(&[HELPER, "exec", &script]),
+        EPERM,
+        "the script itself is not allowed"
+    );
+    assert_eq!(
+        run(&["/bin/sh", &script]),
+        "script-ran",
+        "an allowed interpreter reads it"
+    );
+
+    // Outside the agent all of it runs.
+    let outside = std::process::Command::new(HELPER)
+        .args(["exec", &copy, "ok"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&outside.stdout).trim(), "ok");
+
+    let record = daemon.wait_for_record(|r| {
+        r["hook"] == "bprm_check_security" && r["object"]["path"] == copy.as_str()
+    });
+    assert_eq!(record["object"]["denied_rights"][0], "exec");
+    assert_eq!(record["rule"]["id"], "exec.default");
+    daemon.wait_for_record(|r| r["hook"] == "mmap_file" && r["object"]["path"] == copy.as_str());
+    let memfd = daemon.wait_for_record(|r| r["object"]["anonymous"] == true);
+    assert_eq!(memfd["verdict"], "denied");
+}

@@ -207,11 +207,11 @@ fn ensure_bpf_linker(kit: &Path, sysroot: &Path) -> Result<()> {
     let in_path = which("bpf-linker");
     let installed = cargo_home()?.join("bin/bpf-linker");
 
-    if let Some(path) = &in_path {
-        if version_of(path).as_deref() == Some(&wanted) {
-            println!("setup: {wanted} is already installed ({})", path.display());
-            return Ok(());
-        }
+    if let Some(path) = &in_path
+        && version_of(path).as_deref() == Some(&wanted)
+    {
+        println!("setup: {wanted} is already installed ({})", path.display());
+        return Ok(());
     }
     if version_of(&installed).as_deref() != Some(&wanted) {
         build_bpf_linker(kit, sysroot)?;

@@ -83,6 +83,9 @@ pub enum AuditObject {
         /// Whether the path was cut to fit the event.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         truncated: bool,
+        /// Whether the file has no name on disk (memfd, deleted file).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        anonymous: bool,
     },
     /// A lifecycle change.
     Message {
@@ -289,6 +292,15 @@ fn hook_name(hook: u16) -> &'static str {
         hook::FILE_OPEN => "file_open",
         hook::BPRM_CHECK => "bprm_check_security",
         hook::MMAP_FILE => "mmap_file",
+        hook::PATH_MKNOD => "path_mknod",
+        hook::PATH_MKDIR => "path_mkdir",
+        hook::PATH_SYMLINK => "path_symlink",
+        hook::PATH_LINK => "path_link",
+        hook::PATH_UNLINK => "path_unlink",
+        hook::PATH_RMDIR => "path_rmdir",
+        hook::PATH_RENAME => "path_rename",
+        hook::PATH_TRUNCATE => "path_truncate",
+        hook::PATH_CHMOD => "path_chmod",
         hook::SOCKET_CREATE => "socket_create",
         _ => "unknown",
     }
@@ -465,6 +477,7 @@ impl AuditRecord {
                         rights: rights_names(e.rights),
                         denied_rights: rights_names(e.denied_rights),
                         truncated: e.flags & file_flags::PATH_TRUNCATED != 0,
+                        anonymous: e.flags & file_flags::ANONYMOUS != 0,
                     },
                 )
             }

@@ -39,7 +39,7 @@ use crate::{
         loader::ControlState,
         maps::{DnsMaps, PolicyMaps},
     },
-    policy::{CompiledPolicySet, compile, load_dir},
+    policy::{CompiledPolicySet, compile_with, expand_on_disk, load_dir},
 };
 
 /// Settings after merging the configuration file and flags.
@@ -82,6 +82,9 @@ struct State {
     policies: CompiledPolicySet,
     sink: FileSink,
     host: String,
+    /// Whether BPF LSM enforces file rules; if not, `baton exec` agents get
+    /// a Landlock ruleset instead.
+    files_enforced: bool,
     /// Running DNS proxies, per agent id and network namespace cookie.
     proxies: BTreeMap<(u32, u64), AgentProxy>,
     /// Each agent's allowed names, shared by its proxies in every namespace.
@@ -227,7 +230,10 @@ impl Daemon {
         // policy by asking to join a more permissive one.
         if let Some(current) = state.maps.agent_of(caller.pid) {
             if current.agent_id == agent_id {
-                return Reply::Admitted { agent_id };
+                return Reply::Admitted {
+                    agent_id,
+                    landlock: None,
+                };
             }
             let current_name = state
                 .registry
@@ -246,10 +252,35 @@ impl Daemon {
             admission: admission::EXEC,
             _pad: [0; 7],
         };
+        // Where BPF LSM is missing, the caller enforces the file rules on
+        // itself with Landlock before it execs the agent.
+        let landlock = if state.files_enforced {
+            None
+        } else {
+            state
+                .policies
+                .agents
+                .iter()
+                .find(|(name, _)| name.0 == agent)
+                .map(|(_, compiled)| {
+                    crate::fallback::landlock::plan(
+                        &compiled.file_rules,
+                        compiled.file_default,
+                        compiled.exec_default,
+                    )
+                })
+                .filter(|plan| plan.handled != 0)
+        };
         match state.maps.admit(caller.pid, record) {
             Ok(()) => {
-                tracing::info!(pid = caller.pid, uid = caller.uid, agent, "admitted");
-                Reply::Admitted { agent_id }
+                tracing::info!(
+                    pid = caller.pid,
+                    uid = caller.uid,
+                    agent,
+                    landlock = landlock.is_some(),
+                    "admitted"
+                );
+                Reply::Admitted { agent_id, landlock }
             }
             Err(error) => Reply::Error {
                 message: format!("kernel refused the admission: {error}"),
@@ -264,7 +295,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     // Policies are read and compiled before anything touches the kernel, so
     // a bad file stops the daemon before it enforces a partial set.
     let policies = load_dir(&settings.policy_dir)?;
-    let compiled = compile(&policies, 1)?;
+    let compiled = compile_with(&policies, 1, &expand_on_disk)?;
     let sink = FileSink::open(&settings.audit_log)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -303,6 +334,7 @@ async fn serve(
         policies: compiled,
         sink,
         host: host.clone(),
+        files_enforced: enforcer.files == ControlState::Enforced,
         proxies: BTreeMap::new(),
         agent_names: BTreeMap::new(),
         proxy_setup: None,
@@ -346,6 +378,13 @@ async fn serve(
             "egress",
             format!("control degraded: packet sockets are not denied to agents: {reason}"),
         ));
+    }
+    for (hook, hook_state) in &enforcer.lsm_hooks {
+        if let ControlState::Unavailable(reason) = hook_state {
+            let message = format!("control degraded: LSM hook {hook} is not attached: {reason}");
+            tracing::warn!("{message}");
+            state.record(AuditRecord::lifecycle(&host, "file", message));
+        }
     }
     if let ControlState::Unavailable(reason) = &enforcer.files {
         tracing::warn!(control = "file", %reason, "file rules are NOT enforced");

@@ -16,10 +16,12 @@ pub fn run(args: &ExecArgs) -> anyhow::Result<()> {
             agent: args.agent.clone(),
         },
     )?;
-    match reply {
-        Reply::Admitted { .. } => {}
+    let landlock = match reply {
+        Reply::Admitted { landlock, .. } => landlock,
         Reply::Error { message } => bail!("cannot join agent {}: {message}", args.agent),
-    }
+        #[allow(unreachable_patterns)]
+        _ => bail!("unexpected reply from the daemon"),
+    };
     let (program, rest) = args.command.split_first().expect("clap requires a command");
     let mut command = std::process::Command::new(program);
     command.args(rest);
@@ -38,6 +40,14 @@ pub fn run(args: &ExecArgs) -> anyhow::Result<()> {
             });
         }
         command.env("USER", &user.name).env("HOME", &user.dir);
+    }
+    if let Some(plan) = &landlock {
+        // BPF LSM is missing on this host: the file rules are enforced by a
+        // Landlock ruleset on this process, which the command inherits.
+        for item in &plan.unexpressible {
+            eprintln!("baton: Landlock cannot express: {item}");
+        }
+        crate::fallback::landlock::apply(plan)?;
     }
     let error = command.exec();
     bail!("cannot run {program}: {error}")

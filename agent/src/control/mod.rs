@@ -28,6 +28,10 @@ pub enum Reply {
     Admitted {
         /// The agent's numeric id.
         agent_id: u32,
+        /// Where BPF LSM is missing: the Landlock ruleset the caller must
+        /// apply to itself before it execs the agent's command.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        landlock: Option<crate::fallback::landlock::LandlockPlan>,
     },
     /// Refused or failed.
     Error {

@@ -307,6 +307,25 @@ impl Btf {
             })
     }
 
+    /// Number of parameters of kernel function `function`.
+    pub fn parameter_count(&self, function: &str) -> Result<usize, BtfError> {
+        let func = self
+            .by_name
+            .get(function)
+            .and_then(|ids| {
+                ids.iter()
+                    .copied()
+                    .find(|&id| self.record(id).is_some_and(|r| r.kind == KIND_FUNC))
+            })
+            .ok_or_else(|| BtfError::NoFunction(function.to_string()))?;
+        self.record(func)
+            .map(|r| r.type_id)
+            .and_then(|id| self.record(id))
+            .filter(|r| r.kind == KIND_FUNC_PROTO)
+            .map(|r| r.members.len())
+            .ok_or_else(|| BtfError::Malformed(format!("function {function} has no prototype")))
+    }
+
     /// Whether a function of this name exists in the kernel.
     pub fn has_function(&self, function: &str) -> bool {
         self.by_name.get(function).is_some_and(|ids| {
@@ -329,6 +348,17 @@ impl Btf {
             inode_i_ino: self.member_offset("inode", "i_ino")?,
             inode_i_sb: self.member_offset("inode", "i_sb")?,
             sb_s_dev: self.member_offset("super_block", "s_dev")?,
+            inode_i_nlink: self.member_offset("inode", "i_nlink")?,
+            path_mnt: self.member_offset("path", "mnt")?,
+            path_dentry: self.member_offset("path", "dentry")?,
+            dentry_d_parent: self.member_offset("dentry", "d_parent")?,
+            dentry_d_name: self.member_offset("dentry", "d_name")?,
+            qstr_len: self.member_offset("qstr", "len")?,
+            qstr_name: self.member_offset("qstr", "name")?,
+            mount_mnt: self.member_offset("mount", "mnt")?,
+            mount_mnt_parent: self.member_offset("mount", "mnt_parent")?,
+            mount_mnt_mountpoint: self.member_offset("mount", "mnt_mountpoint")?,
+            vfsmount_mnt_root: self.member_offset("vfsmount", "mnt_root")?,
             resolved: 1,
         })
     }

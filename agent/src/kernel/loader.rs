@@ -99,7 +99,26 @@ pub struct Enforcer {
     pub files: ControlState,
     /// Denial of `AF_PACKET` sockets to agents.
     pub packet_sockets: ControlState,
+    /// Each file and exec hook beyond `file_open`, where BPF LSM loads.
+    pub lsm_hooks: Vec<(&'static str, ControlState)>,
 }
+
+/// File and exec LSM hooks beyond `file_open`, with the number of context
+/// arguments their programs read (the hook's parameters plus the previous
+/// verdict). A kernel whose hook signature differs does not get the program.
+const FILE_HOOKS: [(&str, usize); 11] = [
+    ("bprm_check_security", 2),
+    ("mmap_file", 5),
+    ("path_mknod", 5),
+    ("path_mkdir", 4),
+    ("path_symlink", 4),
+    ("path_link", 4),
+    ("path_unlink", 3),
+    ("path_rmdir", 3),
+    ("path_rename", 6),
+    ("path_truncate", 2),
+    ("path_chmod", 3),
+];
 
 fn program_error(
     program: &'static str,
@@ -175,8 +194,27 @@ impl Enforcer {
             .attach(&root, CgroupAttachMode::Single)
             .map_err(program_error("sock_create", "attach"))?;
 
+        let mut lsm_hooks = Vec::new();
         let files = match load_lsm(&mut ebpf, "file_open", "file_open", &aya_btf) {
-            Ok(()) => ControlState::Enforced,
+            Ok(()) => {
+                // The file_open program loading proves BPF LSM works here;
+                // each further hook still reports on its own.
+                for (hook, parameters) in FILE_HOOKS {
+                    let state = match btf.parameter_count(&format!("bpf_lsm_{hook}")) {
+                        Ok(found) if found + 1 != parameters => ControlState::Unavailable(format!(
+                            "this kernel's {hook} hook takes {found} arguments, the program expects {}",
+                            parameters - 1
+                        )),
+                        Err(error) => ControlState::Unavailable(error.to_string()),
+                        Ok(_) => match load_lsm(&mut ebpf, hook, hook, &aya_btf) {
+                            Ok(()) => ControlState::Enforced,
+                            Err(error) => ControlState::Unavailable(error.to_string()),
+                        },
+                    };
+                    lsm_hooks.push((hook, state));
+                }
+                ControlState::Enforced
+            }
             Err(error) => ControlState::Unavailable(format!("BPF LSM refused: {error}")),
         };
         // Packet sockets never reach cgroup/sock_create; only the LSM hook
@@ -191,7 +229,6 @@ impl Enforcer {
                 "BPF LSM refused; AF_PACKET sockets still need CAP_NET_RAW, which unprivileged agents lack".into(),
             )
         };
-
         Ok(Self {
             ebpf,
             offsets,
@@ -199,6 +236,7 @@ impl Enforcer {
             egress: ControlState::Enforced,
             files,
             packet_sockets,
+            lsm_hooks,
         })
     }
 }

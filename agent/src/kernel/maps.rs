@@ -168,7 +168,7 @@ impl PolicyMaps {
                 mode: agent.mode,
                 egress_default: agent.egress_default,
                 file_default: agent.file_default,
-                exec_default: 0,
+                exec_default: agent.exec_default,
                 flags: if agent.allow_icmp {
                     policy_flags::ALLOW_ICMP
                 } else {
@@ -177,9 +177,15 @@ impl PolicyMaps {
                     0
                 } else {
                     policy_flags::DNS_PROXY
+                } | if agent.allow_anonymous_exec {
+                    policy_flags::ALLOW_ANONYMOUS_EXEC
+                } else {
+                    0
                 },
                 egress_default_rule: agent.egress_default_rule,
                 file_default_rule: agent.file_default_rule,
+                exec_default_rule: agent.exec_default_rule,
+                _pad: 0,
             };
             self.agent_policies
                 .insert(key, value, 0)

@@ -22,7 +22,7 @@ use thiserror::Error;
 
 use super::{
     load::LoadedPolicy,
-    spec::{AbsolutePath, Action, EgressTarget, Mode, Name, PortRange, Protocol},
+    spec::{AbsolutePath, Action, EgressTarget, Mode, Name, PortRange, Protocol, RulePath},
 };
 use crate::egress::domain::DomainPattern;
 
@@ -99,12 +99,21 @@ pub struct CompiledAgent {
     pub file_default: u8,
     /// Rule id for the file default.
     pub file_default_rule: u32,
+    /// Decision when no exec rule matches.
+    pub exec_default: u8,
+    /// Rule id for the exec default.
+    pub exec_default_rule: u32,
+    /// Whether files with no name on disk may be executed.
+    pub allow_anonymous_exec: bool,
     /// Egress prefixes with their port tables.
     pub egress: Vec<EgressEntry>,
     /// Names the agent may resolve, with the ports their addresses open.
     pub domains: Vec<DomainEntry>,
     /// File prefixes with their per-right decisions.
     pub files: Vec<FileEntry>,
+    /// The file and exec rules as written (wildcards expanded), for
+    /// translations that need them unflattened (Landlock).
+    pub file_rules: Vec<crate::fallback::landlock::SourceRule>,
 }
 
 /// One egress trie entry.
@@ -230,6 +239,62 @@ pub fn compile(
     policies: &[LoadedPolicy],
     first_rule_id: u32,
 ) -> Result<CompiledPolicySet, CompileError> {
+    compile_with(policies, first_rule_id, &expand_literally)
+}
+
+/// Turns a rule path into the paths it stands for. A path with a `*`
+/// component stands for every existing directory entry at that level.
+pub type Expander = dyn Fn(&RulePath) -> Vec<AbsolutePath>;
+
+/// Keeps `*` as it is written: for checking policies without looking at
+/// the file system.
+pub fn expand_literally(path: &RulePath) -> Vec<AbsolutePath> {
+    vec![AbsolutePath(path.0.clone())]
+}
+
+/// Expands `*` components against the directories that exist now.
+/// Directories created later are covered after the next policy load.
+pub fn expand_on_disk(path: &RulePath) -> Vec<AbsolutePath> {
+    let mut prefixes = vec![String::new()];
+    for component in path.0.split('/').filter(|c| !c.is_empty()) {
+        if component == "*" {
+            let mut next = Vec::new();
+            for prefix in &prefixes {
+                let dir = if prefix.is_empty() {
+                    "/"
+                } else {
+                    prefix.as_str()
+                };
+                if let Ok(entries) = std::fs::read_dir(dir) {
+                    let mut names: Vec<String> = entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .filter_map(|e| e.file_name().into_string().ok())
+                        .collect();
+                    names.sort();
+                    next.extend(names.into_iter().map(|n| format!("{prefix}/{n}")));
+                }
+            }
+            prefixes = next;
+        } else {
+            for prefix in &mut prefixes {
+                prefix.push('/');
+                prefix.push_str(component);
+            }
+        }
+    }
+    prefixes
+        .into_iter()
+        .filter_map(|p| AbsolutePath::parse(if p.is_empty() { "/" } else { &p }).ok())
+        .collect()
+}
+
+/// Compiles a policy set, expanding wildcard paths with `expand`.
+pub fn compile_with(
+    policies: &[LoadedPolicy],
+    first_rule_id: u32,
+    expand: &Expander,
+) -> Result<CompiledPolicySet, CompileError> {
     let mut rules: Vec<RuleRef> = Vec::new();
     let mut add_rule = |policy: &LoadedPolicy, rule: String| -> u32 {
         rules.push(RuleRef {
@@ -258,6 +323,8 @@ pub fn compile(
         let mut executables = BTreeSet::new();
         let mut egress_default: Option<(u8, u32)> = None;
         let mut file_default: Option<(u8, u32)> = None;
+        let mut exec_default: Option<(u8, u32)> = None;
+        let mut allow_anonymous_exec = true;
         for policy in &selecting {
             let spec = &policy.document.spec;
             any_enforce |= spec.mode == Mode::Enforce;
@@ -340,18 +407,56 @@ pub fn compile(
                 if file_default.is_none_or(|(current, _)| d == decision::DENY && current != d) {
                     file_default = Some((d, add_rule(policy, "files.default".into())));
                 }
-                for (i, path) in files.deny.iter().enumerate() {
-                    file_sources.push(FileSource {
-                        path: path.clone(),
-                        rights: (0..right::COUNT).fold(0, |acc, r| acc | right::bit(r)),
-                        decision: decision::DENY,
-                        rule_id: add_rule(policy, format!("files.deny[{i}]")),
-                    });
+                for (list, action, rules_of) in [
+                    ("allow", Action::Allow, &files.allow),
+                    ("deny", Action::Deny, &files.deny),
+                ] {
+                    for (i, rule) in rules_of.iter().enumerate() {
+                        let rule_id = add_rule(policy, format!("files.{list}[{i}]"));
+                        let rights = rule
+                            .rights
+                            .iter()
+                            .fold(0, |acc, r| acc | right::bit(r.slot()));
+                        for path in expand(&rule.path) {
+                            file_sources.push(FileSource {
+                                path,
+                                rights,
+                                decision: action_decision(action),
+                                rule_id,
+                            });
+                        }
+                    }
                 }
+            }
+            if let Some(exec) = &spec.exec {
+                let d = action_decision(exec.default);
+                if exec_default.is_none_or(|(current, _)| d == decision::DENY && current != d) {
+                    exec_default = Some((d, add_rule(policy, "exec.default".into())));
+                }
+                allow_anonymous_exec &= exec.allow_anonymous;
+                for (list, action, paths) in [
+                    ("allow", Action::Allow, &exec.allow),
+                    ("deny", Action::Deny, &exec.deny),
+                ] {
+                    for (i, rule_path) in paths.iter().enumerate() {
+                        let rule_id = add_rule(policy, format!("exec.{list}[{i}]"));
+                        for path in expand(rule_path) {
+                            file_sources.push(FileSource {
+                                path,
+                                rights: right::bit(right::EXEC),
+                                decision: action_decision(action),
+                                rule_id,
+                            });
+                        }
+                    }
+                }
+            } else {
+                allow_anonymous_exec = false;
             }
         }
         let (egress_default, egress_default_rule) = egress_default.unwrap_or((decision::DENY, 0));
         let (file_default, file_default_rule) = file_default.unwrap_or((decision::ALLOW, 0));
+        let (exec_default, exec_default_rule) = exec_default.unwrap_or((decision::ALLOW, 0));
         let compiled = CompiledAgent {
             cgroups: cgroups.into_iter().collect(),
             executables: executables.into_iter().collect(),
@@ -369,9 +474,20 @@ pub fn compile(
             egress_default_rule,
             file_default,
             file_default_rule,
+            exec_default,
+            exec_default_rule,
+            allow_anonymous_exec,
             egress: flatten_egress(&agent, &egress_sources)?,
             domains,
             files: flatten_files(&file_sources),
+            file_rules: file_sources
+                .iter()
+                .map(|s| crate::fallback::landlock::SourceRule {
+                    path: s.path.0.clone(),
+                    rights: s.rights,
+                    decision: s.decision,
+                })
+                .collect(),
         };
         agents.insert(agent, compiled);
     }

@@ -8,5 +8,5 @@ pub mod compile;
 pub mod load;
 pub mod spec;
 
-pub use compile::{CompiledPolicySet, RuleRef, compile};
+pub use compile::{CompiledPolicySet, RuleRef, compile, compile_with, expand_on_disk};
 pub use load::{LoadedPolicy, PolicyError, load_dir, load_files, parse_str};

@@ -92,9 +92,9 @@ pub struct PolicySpec {
     /// Which files the agent may touch.
     #[serde(default)]
     pub files: Option<FilesSpec>,
-    /// Which programs the agent may run (not yet enforced; rejected if set).
+    /// Which programs the agent may run (and map executable).
     #[serde(default)]
-    pub exec: Option<Unsupported>,
+    pub exec: Option<ExecSpec>,
     /// Circuit breakers (not yet enforced; rejected if set).
     #[serde(default)]
     pub breakers: Option<Unsupported>,
@@ -357,9 +357,170 @@ pub struct FilesSpec {
     /// Decision when no rule matches; `allow` unless set.
     #[serde(default = "default_allow")]
     pub default: Action,
-    /// Path prefixes the agent may not touch at all.
+    /// Path prefixes the agent may use, with the rights given.
     #[serde(default)]
-    pub deny: Vec<AbsolutePath>,
+    pub allow: Vec<FileRule>,
+    /// Path prefixes the agent may not use, with the rights given.
+    #[serde(default)]
+    pub deny: Vec<FileRule>,
+}
+
+/// A file right.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum FileRight {
+    /// Open for reading.
+    Read,
+    /// Open for writing, truncate, chmod.
+    Write,
+    /// Create files, directories, links and device nodes.
+    Create,
+    /// Unlink files, remove directories.
+    Delete,
+    /// Rename from or to.
+    Rename,
+}
+
+impl FileRight {
+    /// Every file right.
+    pub const ALL: [FileRight; 5] = [
+        FileRight::Read,
+        FileRight::Write,
+        FileRight::Create,
+        FileRight::Delete,
+        FileRight::Rename,
+    ];
+
+    /// Index of the right in the kernel's per-right decisions.
+    pub fn slot(self) -> usize {
+        use agent_common::files::right;
+        match self {
+            FileRight::Read => right::READ,
+            FileRight::Write => right::WRITE,
+            FileRight::Create => right::CREATE,
+            FileRight::Delete => right::DELETE,
+            FileRight::Rename => right::RENAME,
+        }
+    }
+}
+
+/// A file rule: a path prefix (every right), or `{path, rights}`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FileRule {
+    /// Path prefix; a component may be a single `*`.
+    pub path: RulePath,
+    /// Rights the rule is about.
+    pub rights: Vec<FileRight>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFileRule {
+    path: RulePath,
+    #[serde(default)]
+    rights: Option<Vec<FileRight>>,
+}
+
+impl<'de> Deserialize<'de> for FileRule {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RuleVisitor;
+        impl<'de> Visitor<'de> for RuleVisitor {
+            type Value = FileRule;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a path, or a map with path and rights")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<FileRule, E> {
+                Ok(FileRule {
+                    path: RulePath::parse(v).map_err(E::custom)?,
+                    rights: FileRight::ALL.to_vec(),
+                })
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<FileRule, A::Error> {
+                let raw = RawFileRule::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let rights = raw.rights.unwrap_or_else(|| FileRight::ALL.to_vec());
+                if rights.is_empty() {
+                    return Err(de::Error::custom(
+                        "rights is empty: the rule would do nothing",
+                    ));
+                }
+                Ok(FileRule {
+                    path: raw.path,
+                    rights,
+                })
+            }
+        }
+        deserializer.deserialize_any(RuleVisitor)
+    }
+}
+
+/// `spec.exec`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExecSpec {
+    /// Decision when no rule matches; `allow` unless set. An allowlist
+    /// (`default: deny`) is the safe choice: a denylist is undone by
+    /// `cp /usr/bin/nc /tmp/x`.
+    #[serde(default = "default_allow")]
+    pub default: Action,
+    /// Path prefixes the agent may execute or map executable. With
+    /// `default: deny` this must include the dynamic loader and the
+    /// libraries its programs map (`/lib`, `/usr/lib`, ...).
+    #[serde(default)]
+    pub allow: Vec<RulePath>,
+    /// Path prefixes the agent may not execute.
+    #[serde(default)]
+    pub deny: Vec<RulePath>,
+    /// Whether the agent may execute files with no name on disk (`memfd`,
+    /// deleted files). Denied unless set.
+    #[serde(default)]
+    pub allow_anonymous: bool,
+}
+
+/// A rule path: absolute and normalised like [`AbsolutePath`], where a
+/// component may be a single `*` (one directory level, any name):
+/// `/home/*/.ssh`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct RulePath(pub String);
+
+impl RulePath {
+    /// Validates a rule path.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let without_wildcards = s
+            .split('/')
+            .map(|c| if c == "*" { "x" } else { c })
+            .collect::<Vec<_>>()
+            .join("/");
+        if s.split('/').any(|c| c.contains('*') && c != "*") {
+            return Err(format!(
+                "invalid path {s:?}: '*' must be a whole path component, as in /home/*/.ssh"
+            ));
+        }
+        AbsolutePath::parse(&without_wildcards)?;
+        let normalised = format!(
+            "/{}",
+            s.split('/')
+                .filter(|c| !c.is_empty())
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        Ok(Self(normalised))
+    }
+
+    /// Whether a component is a wildcard.
+    pub fn has_wildcard(&self) -> bool {
+        self.0.split('/').any(|c| c == "*")
+    }
+}
+
+impl<'de> Deserialize<'de> for RulePath {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_parsed(
+            deserializer,
+            "an absolute path such as /home/*/.ssh",
+            Self::parse,
+        )
+    }
 }
 
 /// A section that a later version of Baton enforces; present now so that
@@ -565,7 +726,7 @@ impl AbsolutePath {
     pub fn parse(s: &str) -> Result<Self, String> {
         if s.starts_with('~') {
             return Err(format!(
-                "invalid path {s:?}: '~' is not expanded; write the absolute path (for every user's home, /home/*/... is planned)"
+                "invalid path {s:?}: '~' is not expanded; write the absolute path, or /home/*/... for every user's home"
             ));
         }
         if !s.starts_with('/') {
@@ -583,7 +744,7 @@ impl AbsolutePath {
             }
             if component.contains('*') {
                 return Err(format!(
-                    "invalid path {s:?}: wildcards are not supported yet"
+                    "invalid path {s:?}: a wildcard is not allowed here"
                 ));
             }
             components.push(component);
@@ -694,6 +855,15 @@ mod tests {
         assert!(UnitName::parse("../x.service").is_err());
         assert!(CgroupPath::parse("/").is_err());
         assert_eq!(CgroupPath::parse("/a//b").unwrap().0, "/a/b");
+    }
+
+    #[test]
+    fn rule_paths() {
+        assert_eq!(RulePath::parse("/home/*/.ssh/").unwrap().0, "/home/*/.ssh");
+        assert!(RulePath::parse("/home/a*/.ssh").is_err());
+        assert!(RulePath::parse("~/.ssh").unwrap_err().contains('~'));
+        assert!(RulePath::parse("/a/../b").is_err());
+        assert!(RulePath::parse("/home/*/.ssh").unwrap().has_wildcard());
     }
 
     #[test]

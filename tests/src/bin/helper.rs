@@ -8,6 +8,14 @@
 //!   baton-test-helper socket raw|packet|icmp      socket(2) of that kind
 //!   baton-test-helper open PATH read|write        open(2)
 //!   baton-test-helper spawn PROGRAM ARGS...       run PROGRAM as a child, pass its output on
+//!   baton-test-helper openat DIR NAME             openat(2) relative to a directory fd
+//!   baton-test-helper reopen PATH                 open O_PATH, then read-open /proc/self/fd/N
+//!   baton-test-helper create|mkdir|unlink|rmdir|truncate|chmod PATH
+//!   baton-test-helper rename|link|symlink FROM TO
+//!   baton-test-helper exec PROGRAM ARGS...        execve(2) directly
+//!   baton-test-helper exec-fd PROGRAM ARGS...     open, then execve /proc/self/fd/N
+//!   baton-test-helper fexecve PROGRAM ARGS...     open, then fexecve(3)
+//!   baton-test-helper memfd-exec PROGRAM ARGS...  copy into a memfd, then fexecve it
 //!
 //! Prints `ok` or `errno=N` and exits 0; bad usage exits 2.
 
@@ -111,6 +119,113 @@ fn sockaddr(addr: SocketAddr) -> (i32, libc::sockaddr_storage, libc::socklen_t) 
     }
 }
 
+fn cstring(s: &str) -> std::ffi::CString {
+    std::ffi::CString::new(s).expect("no NUL in arguments")
+}
+
+/// Runs `f` and maps a -1 return to the errno.
+fn check(rc: libc::c_int) -> std::io::Result<()> {
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Replaces this process with `argv[0]` run from `fd` (or from `path`);
+/// returns only on failure.
+fn exec_from(fd: Option<libc::c_int>, path: &str, argv: &[&str]) -> std::io::Result<()> {
+    let args: Vec<std::ffi::CString> = argv.iter().map(|a| cstring(a)).collect();
+    let mut pointers: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    pointers.push(std::ptr::null());
+    let env = [std::ptr::null::<libc::c_char>()];
+    // SAFETY: NUL-terminated argument and environment arrays that outlive
+    // the call.
+    let rc = unsafe {
+        match fd {
+            Some(fd) => libc::fexecve(fd, pointers.as_ptr(), env.as_ptr()),
+            None => libc::execve(cstring(path).as_ptr(), pointers.as_ptr(), env.as_ptr()),
+        }
+    };
+    check(rc)
+}
+
+fn open_fd(path: &str, flags: libc::c_int) -> std::io::Result<libc::c_int> {
+    // SAFETY: plain open(2).
+    let fd = unsafe { libc::open(cstring(path).as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(fd)
+    }
+}
+
+fn file_ops(words: &[&str]) -> Option<std::io::Result<()>> {
+    // SAFETY (all calls below): plain syscalls on NUL-terminated paths.
+    let result = match words {
+        ["openat", dir, name] => {
+            open_fd(dir, libc::O_RDONLY | libc::O_DIRECTORY).and_then(|dirfd| {
+                let fd = unsafe { libc::openat(dirfd, cstring(name).as_ptr(), libc::O_RDONLY) };
+                check(fd)
+            })
+        }
+        ["reopen", path] => open_fd(path, libc::O_PATH)
+            .and_then(|fd| open_fd(&format!("/proc/self/fd/{fd}"), libc::O_RDONLY).map(drop)),
+        ["create", path] => open_fd(path, libc::O_CREAT | libc::O_WRONLY | libc::O_EXCL).map(drop),
+        ["mkdir", path] => check(unsafe { libc::mkdir(cstring(path).as_ptr(), 0o755) }),
+        ["unlink", path] => check(unsafe { libc::unlink(cstring(path).as_ptr()) }),
+        ["rmdir", path] => check(unsafe { libc::rmdir(cstring(path).as_ptr()) }),
+        ["truncate", path] => check(unsafe { libc::truncate(cstring(path).as_ptr(), 0) }),
+        ["chmod", path] => check(unsafe { libc::chmod(cstring(path).as_ptr(), 0o600) }),
+        ["rename", from, to] => {
+            check(unsafe { libc::rename(cstring(from).as_ptr(), cstring(to).as_ptr()) })
+        }
+        ["link", from, to] => {
+            check(unsafe { libc::link(cstring(from).as_ptr(), cstring(to).as_ptr()) })
+        }
+        ["symlink", from, to] => {
+            check(unsafe { libc::symlink(cstring(from).as_ptr(), cstring(to).as_ptr()) })
+        }
+        ["exec", program, rest @ ..] => {
+            let argv: Vec<&str> = std::iter::once(*program)
+                .chain(rest.iter().copied())
+                .collect();
+            exec_from(None, program, &argv)
+        }
+        ["exec-fd", program, rest @ ..] => open_fd(program, libc::O_RDONLY).and_then(|fd| {
+            // Without O_CLOEXEC so /proc/self/fd/N still names it at exec.
+            let fd = unsafe { libc::dup(fd) };
+            let path = format!("/proc/self/fd/{fd}");
+            let argv: Vec<&str> = std::iter::once(*program)
+                .chain(rest.iter().copied())
+                .collect();
+            exec_from(None, &path, &argv)
+        }),
+        ["fexecve", program, rest @ ..] => open_fd(program, libc::O_RDONLY).and_then(|fd| {
+            let fd = unsafe { libc::dup(fd) };
+            let argv: Vec<&str> = std::iter::once(*program)
+                .chain(rest.iter().copied())
+                .collect();
+            exec_from(Some(fd), program, &argv)
+        }),
+        ["memfd-exec", program, rest @ ..] => std::fs::read(program).and_then(|content| {
+            let fd = unsafe { libc::memfd_create(cstring("payload").as_ptr(), 0) };
+            check(fd)?;
+            // SAFETY: writing our own buffer to our own descriptor.
+            let written = unsafe { libc::write(fd, content.as_ptr().cast(), content.len()) };
+            if written != content.len() as isize {
+                return Err(std::io::Error::other("short write to memfd"));
+            }
+            let argv: Vec<&str> = std::iter::once(*program)
+                .chain(rest.iter().copied())
+                .collect();
+            exec_from(Some(fd), program, &argv)
+        }),
+        _ => return None,
+    };
+    Some(result)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -165,6 +280,9 @@ fn main() -> ExitCode {
                 }
             }
         }
-        _ => usage(),
+        other => match file_ops(other) {
+            Some(result) => report(result),
+            None => usage(),
+        },
     }
 }
