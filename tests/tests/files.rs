@@ -451,3 +451,52 @@ fn vm_exec_allowlist_holds_against_copies_loaders_fds_and_memfd() {
     let memfd = daemon.wait_for_record(|r| r["object"]["anonymous"] == true);
     assert_eq!(memfd["verdict"], "denied");
 }
+
+/// Where BPF LSM cannot load (the development hosts), `baton exec` agents
+/// get the file rules as a Landlock ruleset: a real denial (`EACCES`, the
+/// errno Landlock uses). Where BPF LSM loads (the VMs), the same test sees
+/// the LSM's `EPERM`.
+#[test]
+fn baton_exec_agents_are_held_to_file_rules_with_or_without_bpf_lsm() {
+    let probe = baton_tests::baton(&["probe", "--json"]);
+    let probe: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
+    let lsm = probe["bpf_lsm_loadable"].as_bool().unwrap();
+    let tree = Tree::new("fallback");
+    let daemon = Daemon::start("fallback", &[("p.yaml", tree.policy())]);
+    let key = tree.path("secret/key.txt");
+    let expected = if lsm { EPERM } else { "errno=13" };
+    let output = daemon.exec("tree", &[HELPER, "open", &key, "read"]);
+    assert_eq!(helper_outcome(&output), expected, "the denied file");
+    if !lsm {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("Landlock cannot express"),
+            "unexpressible rules are reported: {stderr}"
+        );
+    }
+    assert_eq!(
+        agent_outcome(
+            &daemon,
+            "tree",
+            &["open", &tree.path("public/ok.txt"), "read"]
+        ),
+        "ok"
+    );
+    assert_eq!(
+        agent_outcome(&daemon, "tree", &["create", &tree.path("public/made.txt")]),
+        "ok"
+    );
+    assert_eq!(
+        agent_outcome(&daemon, "tree", &["create", &tree.path("secret/made.txt")]),
+        expected,
+        "creating under the denied directory"
+    );
+    // Children inherit the restriction.
+    let output = daemon.exec("tree", &["sh", "-c", &format!("{HELPER} open {key} read")]);
+    assert_eq!(helper_outcome(&output), expected);
+    assert_eq!(
+        outside_outcome(&["open", &key, "read"]),
+        "ok",
+        "outside the agent"
+    );
+}

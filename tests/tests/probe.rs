@@ -33,8 +33,10 @@ fn check_probe_matches_independent_load() -> bool {
         independent.is_ok(),
         "baton probe says loadable={loadable}, raw bpf(2) says {independent:?}"
     );
-    let files = control_level(&report, "file access");
-    assert_eq!(files, if loadable { "enforced" } else { "unavailable" });
+    let files = control_level(&report, "file and exec rules");
+    // Without BPF LSM, Landlock (ABI 7 on the development hosts) covers
+    // agents started by baton exec only: degraded, never "enforced".
+    assert_eq!(files, if loadable { "enforced" } else { "degraded" });
     assert_eq!(control_level(&report, "egress (address, port)"), "enforced");
     loadable
 }

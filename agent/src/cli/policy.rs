@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use super::PolicyCommand;
-use crate::policy::{compile, load_dir, load_files};
+use crate::policy::{compile_with, expand_on_disk, load_dir, load_files};
 
 /// Runs a policy subcommand.
 pub fn run(command: &PolicyCommand) -> anyhow::Result<()> {
@@ -25,7 +25,7 @@ fn check(paths: &[PathBuf]) -> anyhow::Result<()> {
         }
     }
     policies.extend(load_files(&files)?);
-    let set = compile(&policies, 1).context("policies do not compile")?;
+    let set = compile_with(&policies, 1, &expand_on_disk).context("policies do not compile")?;
     for (agent, compiled) in &set.agents {
         let mut selectors = vec![format!("baton exec --agent {agent}")];
         selectors.extend(compiled.cgroups.iter().map(|c| format!("cgroup {c}")));

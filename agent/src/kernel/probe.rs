@@ -284,17 +284,27 @@ pub fn probe() -> ProbeReport {
     });
     let files_level = if bpf_lsm_loadable && offsets.is_some() {
         ControlLevel::Enforced
+    } else if landlock.is_some() {
+        ControlLevel::Degraded
     } else {
         ControlLevel::Unavailable
     };
+    let why_no_lsm = if lsm_listed {
+        "BPF LSM is listed but refuses programs"
+    } else {
+        "BPF LSM is not active (boot with lsm=...,bpf)"
+    };
     controls.push(Control {
-        name: "file access",
-        detail: if files_level == ControlLevel::Enforced {
-            "BPF LSM file_open with bpf_d_path".into()
-        } else if lsm_listed {
-            "BPF LSM is listed but refuses programs; file rules are not enforced on this kernel".into()
-        } else {
-            "BPF LSM is not active (boot with lsm=...,bpf); file rules are not enforced on this kernel".into()
+        name: "file and exec rules",
+        detail: match files_level {
+            ControlLevel::Enforced => {
+                "BPF LSM: file_open, bprm_check_security, mmap_file and the path_* hooks, for every agent".into()
+            }
+            ControlLevel::Degraded => format!(
+                "{why_no_lsm}. Agents started by baton exec: enforced by Landlock (ABI {}), except what Landlock cannot express (chmod, a deny inside an allowed tree), which baton exec lists; agents selected by cgroup, systemd unit or executable: NOT enforced",
+                landlock.unwrap_or(0)
+            ),
+            ControlLevel::Unavailable => format!("{why_no_lsm} and Landlock is off: file rules are not enforced"),
         },
         level: files_level,
     });

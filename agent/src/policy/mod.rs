@@ -5,6 +5,7 @@
 //! set behind.
 
 pub mod compile;
+pub mod lint;
 pub mod load;
 pub mod spec;
 

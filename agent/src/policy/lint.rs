@@ -1,0 +1,138 @@
+//! Warnings about policies that are valid but probably not what was meant.
+
+use std::path::Path;
+
+use agent_common::{files::right, verdict::decision};
+
+use super::{CompiledPolicySet, compile::CompiledAgent};
+
+/// One warning about an agent's policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    /// The agent.
+    pub agent: String,
+    /// What is wrong and what to do about it.
+    pub message: String,
+}
+
+/// Files every dynamically linked program needs: the loader, its cache and
+/// the C library. Resolved on this host, since the kernel matches resolved
+/// paths.
+const RUNTIME_FILES: [&str; 3] = [
+    "/lib64/ld-linux-x86-64.so.2",
+    "/etc/ld.so.cache",
+    "/lib/x86_64-linux-gnu/libc.so.6",
+];
+
+/// The decision for `r` on `path` under the agent's rules: the most specific
+/// rule wins, deny wins a tie, the default decides when nothing matches.
+fn decide(agent: &CompiledAgent, path: &str, r: usize) -> u8 {
+    let bit = right::bit(r);
+    let covers =
+        |prefix: &str| prefix == "/" || path == prefix || path.starts_with(&format!("{prefix}/"));
+    agent
+        .file_rules
+        .iter()
+        .filter(|rule| rule.rights & bit != 0 && covers(&rule.path))
+        .max_by_key(|rule| (rule.path.len(), rule.decision == decision::DENY))
+        .map(|rule| rule.decision)
+        .unwrap_or(if r == right::EXEC {
+            agent.exec_default
+        } else {
+            agent.file_default
+        })
+}
+
+fn resolve(path: &str) -> String {
+    std::fs::canonicalize(path)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| path.to_string())
+}
+
+/// Warnings for a compiled set.
+pub fn lint(set: &CompiledPolicySet) -> Vec<Warning> {
+    let mut warnings = Vec::new();
+    for (name, agent) in &set.agents {
+        let mut warn = |message: String| {
+            warnings.push(Warning {
+                agent: name.0.clone(),
+                message,
+            })
+        };
+        for file in RUNTIME_FILES.iter().filter(|f| Path::new(f).exists()) {
+            let resolved = resolve(file);
+            if decide(agent, &resolved, right::READ) == decision::DENY {
+                warn(format!(
+                    "reading {resolved} is denied: every dynamically linked program the agent runs needs it"
+                ));
+            }
+            if file.contains(".so") && decide(agent, &resolved, right::EXEC) == decision::DENY {
+                warn(format!(
+                    "mapping {resolved} executable is denied (exec right): the agent cannot start dynamically linked programs; allow its directory in exec.allow"
+                ));
+            }
+        }
+        for executable in &agent.executables {
+            let resolved = resolve(executable);
+            if decide(agent, &resolved, right::EXEC) == decision::DENY {
+                warn(format!(
+                    "the agent is selected by executable {executable}, which its own exec rules deny: it can never start"
+                ));
+            }
+        }
+        if agent.exec_default == decision::ALLOW
+            && agent
+                .file_rules
+                .iter()
+                .any(|r| r.rights == right::bit(right::EXEC) && r.decision == decision::DENY)
+        {
+            warn(
+                "exec denies some programs but allows the rest: a copy (cp /usr/bin/nc /tmp/x) escapes a denylist; prefer exec.default: deny with an allowlist".into(),
+            );
+        }
+    }
+    warnings
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::policy::{compile, load::parse_str};
+
+    #[test]
+    fn warns_about_a_locked_out_loader_and_denylists() {
+        let text = "apiVersion: baton.dev/v1alpha1
+kind: AgentPolicy
+metadata:
+  name: p
+spec:
+  selector:
+    agent: a
+  exec:
+    default: deny
+    allow: [/opt/agent]
+";
+        let set = compile(&parse_str(Path::new("p.yaml"), text).unwrap(), 1).unwrap();
+        let warnings = lint(&set);
+        if Path::new("/lib64/ld-linux-x86-64.so.2").exists() {
+            assert!(
+                warnings
+                    .iter()
+                    .any(|w| w.message.contains("executable is denied")),
+                "{warnings:?}"
+            );
+        }
+        let text = text.replace(
+            "default: deny\n    allow: [/opt/agent]",
+            "deny: [/usr/bin/nc]",
+        );
+        let set = compile(&parse_str(Path::new("p.yaml"), &text).unwrap(), 1).unwrap();
+        assert!(
+            lint(&set)
+                .iter()
+                .any(|w| w.message.contains("escapes a denylist"))
+        );
+    }
+}
