@@ -254,8 +254,10 @@ spec:
     }
 
     #[test]
-    fn unsupported_sections_are_errors() {
-        let error = error_of(&format!("{GOOD}  breakers: []\n"));
-        assert!(error.contains("not enforced by this version"), "{error}");
+    fn bad_breaker_actions_are_errors() {
+        let error = error_of(&format!(
+            "{GOOD}  breakers:\n    - name: b\n      when: {{canary: true}}\n      action: explode\n"
+        ));
+        assert!(error.contains("unknown variant `explode`"), "{error}");
     }
 }

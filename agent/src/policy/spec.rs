@@ -95,9 +95,13 @@ pub struct PolicySpec {
     /// Which programs the agent may run (and map executable).
     #[serde(default)]
     pub exec: Option<ExecSpec>,
-    /// Circuit breakers (not yet enforced; rejected if set).
+    /// Rate and size limits, enforced in the kernel.
     #[serde(default)]
-    pub breakers: Option<Unsupported>,
+    pub limits: Option<Limits>,
+    /// Circuit breakers: conditions over the agent's kernel counters that
+    /// quarantine, freeze or kill it.
+    #[serde(default)]
+    pub breakers: Vec<BreakerSpec>,
 }
 
 /// `spec.selector`: which processes are the agent. Any combination of the
@@ -363,6 +367,98 @@ pub struct FilesSpec {
     /// Path prefixes the agent may not use, with the rights given.
     #[serde(default)]
     pub deny: Vec<FileRule>,
+    /// Honey tokens: paths no legitimate work touches (a fake
+    /// `~/.aws/credentials`). Any access is denied and trips the agent's
+    /// `canary` breakers at once.
+    #[serde(default)]
+    pub canaries: Vec<RulePath>,
+}
+
+/// `spec.limits`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Limits {
+    /// Connects (and unconnected sends) per second; excess calls are denied
+    /// (`EPERM`) and counted, not queued.
+    #[serde(default)]
+    pub connects_per_second: Option<u32>,
+    /// Live processes of the agent (cgroup `pids.max`, for agents with a
+    /// cgroup of their own).
+    #[serde(default)]
+    pub processes: Option<u32>,
+}
+
+/// One circuit breaker.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BreakerSpec {
+    /// Name, cited by audit records and `baton breaker list`.
+    pub name: Name,
+    /// What trips it: any condition that is set.
+    pub when: Condition,
+    /// What happens when it trips.
+    pub action: BreakerAction,
+    /// Seconds the breaker stays open before it lets a probe through.
+    #[serde(default = "default_cooldown")]
+    pub cooldown_seconds: u64,
+    /// Seconds the half-open breaker watches before it closes again.
+    #[serde(default = "default_probe_window")]
+    pub probe_seconds: u64,
+}
+
+fn default_cooldown() -> u64 {
+    300
+}
+
+fn default_probe_window() -> u64 {
+    30
+}
+
+/// Trip conditions over the agent's kernel counters, in a sliding window.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Condition {
+    /// Denied connects and sends.
+    #[serde(default)]
+    pub denied_connects: Option<Threshold>,
+    /// Distinct destinations (address and port) denied.
+    #[serde(default)]
+    pub distinct_denied_destinations: Option<Threshold>,
+    /// Denied file and exec calls.
+    #[serde(default)]
+    pub denied_files: Option<Threshold>,
+    /// Connects, allowed or not.
+    #[serde(default)]
+    pub connects: Option<Threshold>,
+    /// Execs.
+    #[serde(default)]
+    pub execs: Option<Threshold>,
+    /// Any access to a canary path.
+    #[serde(default)]
+    pub canary: bool,
+}
+
+/// "More than N within S seconds".
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Threshold {
+    /// Count that must be exceeded.
+    pub more_than: u64,
+    /// Window length in seconds.
+    pub within_seconds: u64,
+}
+
+/// What a tripped breaker does.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BreakerAction {
+    /// Deny every connect (and, with BPF LSM, every write and exec); reads
+    /// stay allowed so the agent can fail gracefully.
+    Quarantine,
+    /// Freeze the agent's processes; resumable.
+    Freeze,
+    /// Kill every process of the agent.
+    Kill,
 }
 
 /// A file right.
@@ -520,19 +616,6 @@ impl<'de> Deserialize<'de> for RulePath {
             "an absolute path such as /home/*/.ssh",
             Self::parse,
         )
-    }
-}
-
-/// A section that a later version of Baton enforces; present now so that
-/// files written against the full schema fail loudly instead of half-working.
-#[derive(Clone, Debug, Serialize)]
-pub struct Unsupported;
-
-impl<'de> Deserialize<'de> for Unsupported {
-    fn deserialize<D: Deserializer<'de>>(_deserializer: D) -> Result<Self, D::Error> {
-        Err(de::Error::custom(
-            "this section is not enforced by this version of Baton; remove it rather than believe it is in force",
-        ))
     }
 }
 
