@@ -152,6 +152,8 @@ pub mod file_flags {
     pub const PATH_UNRESOLVED: u32 = 1 << 1;
     /// The file has no name on disk (memfd, deleted file).
     pub const ANONYMOUS: u32 = 1 << 2;
+    /// The path is a canary.
+    pub const CANARY: u32 = 1 << 3;
 }
 
 /// A file access decision.

@@ -64,8 +64,8 @@ pub struct AgentPolicy {
     pub file_default_rule: u32,
     /// Rule id reported when the exec default decides.
     pub exec_default_rule: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// Connects (and unconnected sends) allowed per second; 0 is unlimited.
+    pub connects_per_second: u32,
 }
 const _: () = assert!(size_of::<AgentPolicy>() == 24);
 
@@ -101,3 +101,62 @@ const _: () = assert!(size_of::<ExecutableKey>() == 16);
 /// Deepest cgroup level the kernel checks when looking for a selected
 /// ancestor cgroup.
 pub const MAX_CGROUP_LEVELS: u32 = 8;
+
+/// Run-time state of an agent, outside the generation-keyed maps so that a
+/// policy reload keeps it: breaker quarantine and the connect rate limiter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentRuntime {
+    /// Non-zero while a breaker holds the agent in quarantine.
+    pub quarantined: u32,
+    /// Connect tokens left in the current bucket.
+    pub connect_tokens: u32,
+    /// `CLOCK_BOOTTIME` of the last refill, nanoseconds.
+    pub last_refill_ns: u64,
+}
+const _: () = assert!(size_of::<AgentRuntime>() == 16);
+
+/// Per-agent counters the breakers read. Kept per CPU in the kernel and
+/// summed by the daemon; every decision counts, whatever the event rate.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentCounters {
+    /// Connects and sends decided.
+    pub connects: u64,
+    /// Connects and sends denied (or would-be denied).
+    pub denied_connects: u64,
+    /// Distinct destinations (address, port) denied.
+    pub distinct_denied_destinations: u64,
+    /// Connects refused by the rate limit.
+    pub rate_limited: u64,
+    /// File and exec calls denied (or would-be denied).
+    pub denied_files: u64,
+    /// Opens for writing and other changes decided.
+    pub file_writes: u64,
+    /// Execs.
+    pub execs: u64,
+    /// Canary accesses.
+    pub canary_hits: u64,
+    /// Sockets denied (raw, packet, ICMP).
+    pub denied_sockets: u64,
+    /// Events the ring buffer had no room for.
+    pub events_dropped: u64,
+    /// Reserved for counters added later, so the layout stays.
+    pub _reserved: [u64; 6],
+}
+const _: () = assert!(size_of::<AgentCounters>() == 128);
+
+/// Key of the distinct-denied-destinations set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DeniedDestination {
+    /// Agent id.
+    pub agent_id: u32,
+    /// Port, host order.
+    pub port: u16,
+    /// Explicit padding.
+    pub _pad: u16,
+    /// Address, IPv6 or IPv4-mapped.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<DeniedDestination>() == 24);

@@ -41,6 +41,12 @@ pub mod map_names {
     pub const DNS_PROXY_PORTS: &str = "DNS_PROXY_PORTS";
     /// Socket cookie → the DNS server it was redirected from.
     pub const DNS_ORIGINAL: &str = "DNS_ORIGINAL";
+    /// Agent id → run-time state (quarantine, rate limiter).
+    pub const AGENT_STATE: &str = "AGENT_STATE";
+    /// Agent id → per-CPU counters.
+    pub const AGENT_COUNTERS: &str = "AGENT_COUNTERS";
+    /// Distinct denied destinations, per agent (LRU).
+    pub const DENIED_DESTINATIONS: &str = "DENIED_DESTINATIONS";
     /// Ring buffer of events.
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU counters of events that could not be queued.
@@ -65,6 +71,9 @@ impl_pod!(
     identity::AgentPolicyKey,
     identity::AgentPolicy,
     identity::ExecutableKey,
+    identity::AgentRuntime,
+    identity::AgentCounters,
+    identity::DeniedDestination,
     egress::EgressKey,
     egress::EgressValue,
     egress::PortRule,

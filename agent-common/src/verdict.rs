@@ -8,6 +8,8 @@ pub mod decision {
     pub const ALLOW: u8 = 1;
     /// A rule denies the access.
     pub const DENY: u8 = 2;
+    /// A canary: denied, and any access trips the agent's canary breakers.
+    pub const CANARY: u8 = 3;
 }
 
 /// Per-agent mode. Stored as `u8`.
@@ -75,7 +77,7 @@ pub const EPERM: i32 = 1;
 
 /// Turns a rule decision into a verdict under an agent mode.
 pub const fn verdict_for(decision: u8, agent_mode: u8) -> Verdict {
-    if decision == decision::DENY {
+    if decision == decision::DENY || decision == decision::CANARY {
         if agent_mode == mode::AUDIT {
             Verdict::WouldDeny
         } else {

@@ -18,7 +18,7 @@ use agent_common::{
         LearnedKey, OriginalDestination, PORT_TABLE_ROWS, PortRule, ipv4_mapped, protocol,
     },
     event::{ConnectEvent, NetnsEvent, hook, kind},
-    identity::{AgentRecord, policy_flags},
+    identity::{AgentRecord, AgentRuntime, DeniedDestination, policy_flags},
     verdict::{Verdict, decision, mode, verdict_for},
 };
 use aya_ebpf::{
@@ -35,8 +35,9 @@ use aya_ebpf::{
 use crate::{
     events::{Decision, count_drop, fill_header},
     maps::{
-        DNS_ORIGINAL, DNS_PROXY_PORTS, EGRESS_PORT_TABLES, EGRESS_RULES, EVENTS, LEARNED_ADDRS,
-        active_generation, agent_policy, current_agent,
+        AGENT_STATE, DENIED_DESTINATIONS, DNS_ORIGINAL, DNS_PROXY_PORTS, EGRESS_PORT_TABLES,
+        EGRESS_RULES, EVENTS, LEARNED_ADDRS, active_generation, agent_policy, count, current_agent,
+        quarantined,
     },
 };
 
@@ -318,25 +319,100 @@ fn try_decide(ctx: &SockAddrContext, hook: u16, agent: &AgentRecord) -> Verdict 
             }
         }
     };
-    let verdict = if agent_mode == mode::QUARANTINE {
+    let quarantine = agent_mode == mode::QUARANTINE || quarantined(agent.agent_id);
+    let mut verdict = if quarantine {
+        // A breaker's quarantine overrides audit mode.
         Verdict::Denied
     } else {
         verdict_for(rule_decision, agent_mode)
     };
-    if verdict != Verdict::Allowed {
+    let mut rate_limited = false;
+    if verdict == Verdict::Allowed
+        && let Some(policy) = policy
+        && policy.connects_per_second > 0
+        && !take_connect_token(agent.agent_id, policy.connects_per_second)
+    {
+        rate_limited = true;
+        verdict = verdict_for(decision::DENY, agent_mode);
+    }
+    let denied = verdict != Verdict::Allowed;
+    let new_destination = denied && first_denial(agent.agent_id, &destination);
+    count(agent.agent_id, |c| {
+        c.connects += 1;
+        if denied {
+            c.denied_connects += 1;
+        }
+        if new_destination {
+            c.distinct_denied_destinations += 1;
+        }
+        if rate_limited {
+            c.rate_limited += 1;
+        }
+    });
+    if denied {
         emit(
             agent,
             &destination,
             &Decision {
                 hook,
                 verdict,
-                mode: agent_mode,
+                mode: if quarantine {
+                    mode::QUARANTINE
+                } else {
+                    agent_mode
+                },
                 rule_id,
                 generation,
             },
         );
     }
     verdict
+}
+
+/// Whether this is the first time the agent was denied this destination.
+#[inline(always)]
+fn first_denial(agent_id: u32, destination: &Destination) -> bool {
+    let key = DeniedDestination {
+        agent_id,
+        port: destination.port,
+        _pad: 0,
+        addr: destination.addr,
+    };
+    // BPF_NOEXIST: only the first insert of a key succeeds.
+    DENIED_DESTINATIONS.insert(key, 1, 1).is_ok()
+}
+
+/// Takes one token from the agent's connect bucket (capacity: one second's
+/// worth). Updates race between CPUs; the limit is approximate by a few
+/// calls under contention, never unbounded.
+#[inline(always)]
+fn take_connect_token(agent_id: u32, per_second: u32) -> bool {
+    // SAFETY: helper without memory arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let Some(state) = AGENT_STATE.get_ptr_mut(agent_id) else {
+        let fresh = AgentRuntime {
+            quarantined: 0,
+            connect_tokens: per_second.saturating_sub(1),
+            last_refill_ns: now,
+        };
+        return AGENT_STATE.insert(agent_id, fresh, 0).is_ok();
+    };
+    // SAFETY: the pointer comes from a successful lookup.
+    let state = unsafe { &mut *state };
+    // Capped at two seconds so the product fits in 64 bits (BPF has no
+    // 128-bit multiply); a full bucket needs only one.
+    let elapsed = now.saturating_sub(state.last_refill_ns).min(2_000_000_000);
+    let refill = elapsed * per_second as u64 / 1_000_000_000;
+    if refill > 0 {
+        let tokens = (state.connect_tokens as u64 + refill).min(per_second as u64);
+        state.connect_tokens = tokens as u32;
+        state.last_refill_ns = now;
+    }
+    if state.connect_tokens == 0 {
+        return false;
+    }
+    state.connect_tokens -= 1;
+    true
 }
 
 /// Finds the most specific rule for the destination: the trie picks the

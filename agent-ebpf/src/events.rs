@@ -11,7 +11,7 @@ use aya_ebpf::helpers::{
     bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
 };
 
-use crate::maps::EVENT_DROPS;
+use crate::maps::{EVENT_DROPS, count};
 
 /// What the hook decided, for the header.
 pub struct Decision {
@@ -57,6 +57,7 @@ pub fn fill_header(
 /// Counts one event for `agent_id` that the ring buffer had no room for.
 #[inline(always)]
 pub fn count_drop(agent_id: u32) {
+    count(agent_id, |c| c.events_dropped += 1);
     match EVENT_DROPS.get_ptr_mut(agent_id) {
         Some(count) => {
             // SAFETY: per-CPU value from a successful lookup; no other writer

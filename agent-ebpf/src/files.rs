@@ -36,7 +36,7 @@ use crate::{
     events::{Decision, count_drop, fill_header},
     maps::{
         EVENTS, FILE_RULES, PATH_BUF_BYTES, PATH_SCRATCH, PathScratch, active_generation,
-        agent_policy, current_agent, kernel_offsets,
+        agent_policy, count, current_agent, kernel_offsets, quarantined,
     },
 };
 
@@ -93,7 +93,7 @@ fn caller() -> Option<Caller> {
         egress_default_rule: 0,
         file_default_rule: 0,
         exec_default_rule: 0,
-        _pad: 0,
+        connects_per_second: 0,
     });
     Some(Caller {
         agent,
@@ -582,16 +582,35 @@ fn check(
     } else {
         match_rules(scratch, caller, resolved, rights)
     };
-    let quarantined = agent_mode == mode::QUARANTINE && rights & !right::bit(right::READ) != 0;
-    let verdict = if quarantined {
+    let changes = rights & !right::bit(right::READ) != 0;
+    let held = changes && (agent_mode == mode::QUARANTINE || quarantined(caller.agent.agent_id));
+    let verdict = if held {
+        // A breaker's quarantine overrides audit mode.
         Verdict::Denied
     } else {
         verdict_for(rule_decision, agent_mode)
     };
+    let canary = rule_decision == decision::CANARY;
+    count(caller.agent.agent_id, |c| {
+        if verdict != Verdict::Allowed {
+            c.denied_files += 1;
+        }
+        if changes {
+            c.file_writes += 1;
+        }
+        if canary {
+            c.canary_hits += 1;
+        }
+    });
     if verdict != Verdict::Allowed {
-        let denied = if quarantined { rights } else { denied };
+        let denied = if held { rights } else { denied };
+        let flagged = ResolvedPath {
+            start: resolved.start,
+            len: resolved.len,
+            flags: resolved.flags | if canary { file_flags::CANARY } else { 0 },
+        };
         emit(
-            scratch, caller, resolved, rights, denied, rule_id, verdict, hook,
+            scratch, caller, &flagged, rights, denied, rule_id, verdict, hook,
         );
     }
     verdict
@@ -629,6 +648,7 @@ fn match_rules(
     let mut denied = 0u32;
     let mut deny_rule = 0u32;
     let mut allow_rule = 0u32;
+    let mut canary = false;
     const _: () = assert!(right::COUNT == 6, "the unrolled scan lists every right");
     unroll!(r in [0, 1, 2, 3, 4, 5] {
         if rights & right::bit(r) != 0 {
@@ -645,17 +665,22 @@ fn match_rules(
                     rule_id = policy.file_default_rule;
                 }
             }
-            if found == decision::DENY {
+            if found == decision::DENY || found == decision::CANARY {
                 denied |= right::bit(r);
-                if deny_rule == 0 {
+                if deny_rule == 0 || found == decision::CANARY {
                     deny_rule = rule_id;
+                }
+                if found == decision::CANARY {
+                    canary = true;
                 }
             } else if allow_rule == 0 {
                 allow_rule = rule_id;
             }
         }
     });
-    if denied != 0 {
+    if canary {
+        (decision::CANARY, deny_rule, denied)
+    } else if denied != 0 {
         (decision::DENY, deny_rule, denied)
     } else {
         (decision::ALLOW, allow_rule, 0)

@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 
 use crate::maps::{
-    AGENT_OF_TGID, SELECTED_CGROUPS, SELECTED_EXECUTABLES, current_agent, kernel_offsets,
+    AGENT_OF_TGID, SELECTED_CGROUPS, SELECTED_EXECUTABLES, count, current_agent, kernel_offsets,
 };
 
 /// The agent whose selected cgroup contains the current task, if any: the
@@ -111,8 +111,11 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
 
 fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<i32, i64> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if current_agent(tgid).is_some() {
-        // A process never changes agent, whatever it execs.
+    if let Some(agent) = current_agent(tgid) {
+        // A process never changes agent, whatever it execs; the exec is
+        // counted for the breakers (BPF LSM counts its own, where it loads,
+        // so this only counts where it does not).
+        count(agent.agent_id, |c| c.execs += 1);
         return Ok(0);
     }
     let offsets = kernel_offsets();

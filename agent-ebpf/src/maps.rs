@@ -7,7 +7,10 @@ use agent_common::{
         OriginalDestination, PORT_TABLES_PER_GENERATION, PortTable,
     },
     files::{FileKey, FileValue},
-    identity::{AgentPolicy, AgentPolicyKey, AgentRecord, ExecutableKey},
+    identity::{
+        AgentCounters, AgentPolicy, AgentPolicyKey, AgentRecord, AgentRuntime, DeniedDestination,
+        ExecutableKey,
+    },
     offsets::KernelOffsets,
 };
 use aya_ebpf::{
@@ -55,6 +58,20 @@ pub static DNS_PROXY_PORTS: HashMap<DnsProxyKey, DnsProxyPorts> =
 /// sockets close without telling us.
 #[map(name = "DNS_ORIGINAL")]
 pub static DNS_ORIGINAL: LruHashMap<u64, OriginalDestination> =
+    LruHashMap::with_max_entries(65_536, 0);
+
+/// Run-time agent state: quarantine and the connect rate limiter.
+#[map(name = "AGENT_STATE")]
+pub static AGENT_STATE: HashMap<u32, AgentRuntime> = HashMap::with_max_entries(4096, 0);
+
+/// Per-agent, per-CPU counters for the breakers.
+#[map(name = "AGENT_COUNTERS")]
+pub static AGENT_COUNTERS: PerCpuHashMap<u32, AgentCounters> =
+    PerCpuHashMap::with_max_entries(4096, 0);
+
+/// Destinations each agent was denied, to count distinct ones.
+#[map(name = "DENIED_DESTINATIONS")]
+pub static DENIED_DESTINATIONS: LruHashMap<DeniedDestination, u8> =
     LruHashMap::with_max_entries(65_536, 0);
 
 /// cgroup v2 id → agent id, for cgroup and systemd unit selectors.
@@ -150,5 +167,32 @@ pub fn agent_policy(generation: u32, agent_id: u32) -> Option<AgentPolicy> {
     AGENT_POLICIES.get_ptr(key).map(|policy| {
         // SAFETY: the pointer comes from a successful lookup.
         unsafe { *policy }
+    })
+}
+
+/// Applies `update` to the calling CPU's counters of `agent_id`. Per CPU, so
+/// no atomics are needed and nothing is lost.
+#[inline(always)]
+pub fn count(agent_id: u32, update: impl FnOnce(&mut AgentCounters)) {
+    match AGENT_COUNTERS.get_ptr_mut(agent_id) {
+        Some(counters) => {
+            // SAFETY: per-CPU value from a successful lookup; no other writer
+            // runs on this CPU while the program does.
+            update(unsafe { &mut *counters });
+        }
+        None => {
+            let mut counters = AgentCounters::default();
+            update(&mut counters);
+            let _ = AGENT_COUNTERS.insert(agent_id, counters, 0);
+        }
+    }
+}
+
+/// Whether a breaker holds the agent in quarantine.
+#[inline(always)]
+pub fn quarantined(agent_id: u32) -> bool {
+    AGENT_STATE.get_ptr(agent_id).is_some_and(|state| {
+        // SAFETY: the pointer comes from a successful lookup.
+        unsafe { (*state).quarantined != 0 }
     })
 }

@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod audit;
+pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -18,4 +19,5 @@ pub mod egress;
 pub mod fallback;
 pub mod identity;
 pub mod kernel;
+pub mod metrics;
 pub mod policy;

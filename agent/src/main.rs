@@ -1,6 +1,7 @@
 //! The `baton` command.
 
-use baton::cli::{Cli, Command, daemon, exec, policy, probe};
+use baton::cli::{Cli, Command, breaker, daemon, exec, policy, probe};
+use baton::cli::{audit, events};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -17,6 +18,9 @@ fn main() -> std::process::ExitCode {
         Command::Exec(args) => exec::run(args),
         Command::Probe(args) => probe::run(args),
         Command::Policy(command) => policy::run(command),
+        Command::Breaker(command) => breaker::run(command),
+        Command::Audit(command) => audit::run(command),
+        Command::Events(args) => events::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -4,8 +4,15 @@
 //! The machines this runs on are shared and noisy, so no absolute time is
 //! ever a verdict: every case is measured in several rounds, interleaved with
 //! the baseline, and compared with it.
+//!
+//! - `egress`: what Baton adds to `connect()`, against nftables.
+//! - `dns`: what the DNS proxy adds to a query, against asking the DNS
+//!   server directly.
+//! - `files`: what Baton adds to `open()`, against Landlock; inside a test
+//!   VM, the only place BPF LSM loads.
 
 use std::{
+    collections::BTreeSet,
     fmt::Write as _,
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
@@ -15,31 +22,55 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
+use serde_json::{Value, json};
 
-use crate::{setup, util, workspace_root};
+use crate::{setup, util, vm, workspace_root};
 
 /// Arguments of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark: `egress` (the cost Baton adds to `connect()`).
+    /// Which benchmark: `egress` (the cost Baton adds to `connect()`), `dns`
+    /// (the latency the DNS proxy adds to a query) or `files` (the cost
+    /// Baton adds to `open()`, measured in a test VM).
     pub which: String,
     /// Rounds; every case is measured once per round, and the reported
-    /// figure is the median over the rounds.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
-    pub rounds: u32,
-    /// Connects per case and round, after a warm-up.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
-    pub iterations: u32,
+    /// figure is the median over the rounds [default: egress 20, dns 20,
+    /// files 5].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: Option<u32>,
+    /// Iterations per case and round, after a warm-up [default: egress
+    /// 10,000 connects, dns 2,000 queries, files 20,000 opens].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub iterations: Option<u32>,
+    /// Measure an optimized build of `baton` (`cargo build --release`); the
+    /// daemon's own work, such as the DNS proxy, is much slower in the
+    /// default debug build.
+    #[arg(long)]
+    pub release: bool,
+    /// Test kernel the `files` benchmark boots.
+    #[arg(long, value_parser = ["6.1", "6.12"], default_value = "6.12")]
+    pub kernel: String,
+    /// Run the `files` cases in this machine and write the results to DIR;
+    /// `cargo xtask bench files` passes it to itself inside the VM.
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub in_vm: Option<PathBuf>,
 }
 
 /// Runs a benchmark.
 pub fn run(args: &BenchArgs) -> Result<()> {
+    let params = |rounds: u32, iterations: u32| Params {
+        rounds: args.rounds.unwrap_or(rounds) as usize,
+        iterations: args.iterations.unwrap_or(iterations) as usize,
+        release: args.release,
+    };
     match args.which.as_str() {
-        "egress" => egress(&Params {
-            rounds: args.rounds as usize,
-            iterations: args.iterations as usize,
-        }),
-        other => bail!("unknown benchmark {other:?}; known: egress"),
+        "egress" => egress(&params(20, 10_000)),
+        "dns" => dns(&params(20, 2_000)),
+        "files" => match &args.in_vm {
+            Some(results) => files_in_vm(results, &params(FILES_ROUNDS, FILES_ITERATIONS)),
+            None => files(&params(FILES_ROUNDS, FILES_ITERATIONS), &args.kernel),
+        },
+        other => bail!("unknown benchmark {other:?}; known: egress, dns, files"),
     }
 }
 
@@ -52,6 +83,34 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 struct Params {
     rounds: usize,
     iterations: usize,
+    /// Measure a release build of `baton` instead of the debug one.
+    release: bool,
+}
+
+impl Params {
+    /// The `baton` binary the benchmark runs.
+    fn baton(&self) -> PathBuf {
+        let profile = if self.release { "release" } else { "debug" };
+        workspace_root().join("target").join(profile).join("baton")
+    }
+}
+
+/// Builds what the benchmarks run: everything [`crate::build`] builds, and
+/// with `--release` an optimized `baton` too.
+fn build(params: &Params) -> Result<()> {
+    crate::build()?;
+    if params.release {
+        println!("build: cargo build --release --package agent --bin baton");
+        util::run(crate::cargo().args([
+            "build",
+            "--release",
+            "--package",
+            "agent",
+            "--bin",
+            "baton",
+        ]))?;
+    }
+    Ok(())
 }
 
 /// Allow rules for other destinations; with the listener's rule the agent
@@ -66,11 +125,7 @@ const CGROUP_NAME: &str = "baton-bench";
 /// Target for (b)/(a): a daemon that holds no agent must be nearly free.
 const DAEMON_RATIO_TARGET: f64 = 1.03;
 
-/// One measured configuration.
-///
-/// DNS proxy latency is not measured; it would be one more variant that
-/// needs the daemon, like [`Case::Agent`], with a `measure` arm that
-/// resolves a name instead of connecting.
+/// One measured configuration of the egress benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Case {
     /// (a) no Baton running.
@@ -143,10 +198,10 @@ fn egress(params: &Params) -> Result<()> {
     );
     let started = Instant::now();
     setup::setup(&setup::SetupOptions { vm: false })?;
-    crate::build()?;
+    build(params)?;
     let root = workspace_root();
     let client = root.join("target/debug/bench-connect");
-    let baton = root.join("target/debug/baton");
+    let baton = params.baton();
 
     let work = WorkDir::create()?;
     // Both live until the end of the function, every case included.
@@ -218,7 +273,7 @@ fn egress(params: &Params) -> Result<()> {
                 cases.reverse();
             }
             let daemon = if with_daemon {
-                Some(Daemon::start(&bench.baton, bench.work.path())?)
+                Some(Daemon::start(&bench.baton, bench.work.path(), "")?)
             } else {
                 None
             };
@@ -529,7 +584,7 @@ fn report(rounds: &[Vec<(Case, Sample)>], params: &Params, warnings: &[String]) 
     }
     let _ = writeln!(
         out,
-        "     DNS proxy latency: not measured by this benchmark\n"
+        "     DNS proxy latency: measured by `cargo xtask bench dns`\n"
     );
     if let (Some(b), Some(c), Some(d)) =
         (find(Case::Daemon), find(Case::Agent), find(Case::Nftables))
@@ -805,12 +860,15 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(baton: &Path, work: &Path) -> Result<Self> {
+    /// Starts `baton run` with the policies in `work/policies` and
+    /// `config_yaml` as its configuration file.
+    fn start(baton: &Path, work: &Path, config_yaml: &str) -> Result<Self> {
         let socket = work.join("baton.sock");
         let stderr = work.join("daemon.stderr");
-        // An empty configuration keeps the host's /etc/baton out of it.
+        // An explicit file, even an empty one, keeps the host's /etc/baton
+        // out of it.
         let config = work.join("config.yaml");
-        std::fs::write(&config, "")?;
+        std::fs::write(&config, config_yaml)?;
         let child = Command::new(baton)
             .arg("run")
             .arg("--policy-dir")
@@ -924,6 +982,1056 @@ impl Drop for WorkDir {
     }
 }
 
+// ------------------------------------------------------------ dns and files
+
+/// Latencies one run of bench-dns or bench-open reports, in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Timing {
+    median: u64,
+    p99: u64,
+}
+
+/// Parses the JSON line `tool` printed.
+fn parse_timing(tool: &str, output: &str) -> Result<(Timing, Value)> {
+    let value: Value = serde_json::from_str(output.trim())
+        .with_context(|| format!("{tool} printed {output:?}, not JSON"))?;
+    let timing = timing_of(&value).with_context(|| format!("{tool}'s report: {output}"))?;
+    Ok((timing, value))
+}
+
+fn timing_of(value: &Value) -> Result<Timing> {
+    let field = |name: &str| {
+        value[name]
+            .as_u64()
+            .with_context(|| format!("no {name} in {value}"))
+    };
+    Ok(Timing {
+        median: field("median_ns")?,
+        p99: field("p99_ns")?,
+    })
+}
+
+/// One case of the dns or files benchmark against its baseline, over
+/// every round; see [`summarize`] for why each round is paired with its
+/// own baseline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Paired {
+    /// Medians over the rounds of each round's figure, ns.
+    median: f64,
+    p99: f64,
+    /// Median over the rounds of (median / that round's baseline median).
+    ratio: f64,
+    /// Median over the rounds of (median - that round's baseline median), ns.
+    cost: f64,
+    /// Median over the rounds of (p99 - that round's baseline p99), ns.
+    p99_cost: f64,
+}
+
+/// Summarizes `case` against `baseline` over the rounds that measured both.
+fn pair<C: Copy + PartialEq>(rounds: &[Vec<(C, Timing)>], case: C, baseline: C) -> Option<Paired> {
+    let of = |round: &[(C, Timing)], c: C| round.iter().find(|(x, _)| *x == c).map(|(_, t)| *t);
+    let pairs: Vec<(Timing, Timing)> = rounds
+        .iter()
+        .filter_map(|round| Some((of(round, case)?, of(round, baseline)?)))
+        .collect();
+    if pairs.is_empty() {
+        return None;
+    }
+    let each = |f: &dyn Fn(&(Timing, Timing)) -> f64| median(pairs.iter().map(f));
+    Some(Paired {
+        median: each(&|(s, _)| s.median as f64),
+        p99: each(&|(s, _)| s.p99 as f64),
+        ratio: each(&|(s, a)| s.median as f64 / a.median as f64),
+        cost: each(&|(s, a)| s.median as f64 - a.median as f64),
+        p99_cost: each(&|(s, a)| s.p99 as f64 - a.p99 as f64),
+    })
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "PASS" } else { "FAIL" }
+}
+
+// -------------------------------------------------------------------- dns
+
+/// The name every measured query asks for, and what dnsmasq answers.
+const DNS_NAME: &str = "allowed.test";
+const DNS_ANSWER: &str = "127.0.0.2";
+/// A name dnsmasq answers but the agent's policy does not allow: the proxy
+/// must refuse it, which proves the queries go through the proxy.
+const DNS_REFUSED_NAME: &str = "blocked.test";
+/// Where the agent sends its queries: the kernel sends an agent's port-53
+/// traffic to its proxy whatever the address.
+const DNS_AGENT_SERVER: &str = "127.0.0.1:53";
+/// `REFUSED`.
+const RCODE_REFUSED: u8 = 5;
+
+/// One measured configuration of the dns benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DnsCase {
+    /// (a) straight to dnsmasq, from a process in no agent.
+    Direct,
+    /// (b) from inside an agent, through the kernel redirect and the proxy.
+    Proxied,
+}
+
+impl DnsCase {
+    const ALL: [DnsCase; 2] = [DnsCase::Direct, DnsCase::Proxied];
+
+    fn tag(self) -> &'static str {
+        match self {
+            DnsCase::Direct => "(a)",
+            DnsCase::Proxied => "(b)",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            DnsCase::Direct => "direct to dnsmasq, in no agent",
+            DnsCase::Proxied => "in an agent, through Baton's DNS proxy",
+        }
+    }
+}
+
+fn dns(params: &Params) -> Result<()> {
+    ensure!(
+        crate::nix_is_root(),
+        "the dns benchmark loads eBPF programs: run it as root"
+    );
+    let started = Instant::now();
+    setup::setup(&setup::SetupOptions { vm: false })?;
+    build(params)?;
+    let root = workspace_root();
+    let client = root.join("target/debug/bench-dns");
+    let baton = params.baton();
+
+    let work = WorkDir::create()?;
+    let dnsmasq = Dnsmasq::start(&[(DNS_NAME, DNS_ANSWER), (DNS_REFUSED_NAME, "127.0.0.3")])?;
+    let direct = format!("127.0.0.1:{}", dnsmasq.port);
+    let policy = work.path().join("policies/bench.yaml");
+    util::create_dir_all(policy.parent().context("policy directory")?)?;
+    std::fs::write(&policy, dns_policy_yaml())
+        .with_context(|| format!("cannot write {}", policy.display()))?;
+    util::output(Command::new(&baton).arg("policy").arg("check").arg(&policy))
+        .context("the generated benchmark policy does not compile")?;
+    // The proxy answers from this dnsmasq only, never the host's resolver.
+    let daemon = Daemon::start(&baton, work.path(), &dns_config_yaml(dnsmasq.port))?;
+
+    let expected = format!("rcode=0 a={DNS_ANSWER}");
+    let outside = probe(Command::new(&client).args(["--probe", &direct, DNS_NAME]))?;
+    ensure!(
+        outside == expected,
+        "dnsmasq on {direct} answered {DNS_NAME} with {outside:?}, not {expected:?}"
+    );
+    let through = daemon.exec(
+        &baton,
+        &client,
+        &["--probe".into(), DNS_AGENT_SERVER.into(), DNS_NAME.into()],
+    )?;
+    ensure!(
+        through == expected,
+        "inside the agent, {DNS_NAME} via {DNS_AGENT_SERVER} gave {through:?}, not {expected:?}"
+    );
+    let refused = daemon.exec(
+        &baton,
+        &client,
+        &[
+            "--probe".into(),
+            DNS_AGENT_SERVER.into(),
+            DNS_REFUSED_NAME.into(),
+        ],
+    )?;
+    ensure!(
+        refused == format!("rcode={RCODE_REFUSED}"),
+        "inside the agent, {DNS_REFUSED_NAME} gave {refused:?}, not REFUSED: the queries do not \
+         go through the proxy"
+    );
+    println!(
+        "bench: sanity: inside the agent, {DNS_AGENT_SERVER} answers {DNS_NAME} with {DNS_ANSWER} \
+         and refuses {DNS_REFUSED_NAME}, which dnsmasq itself would answer: the proxy is in the path"
+    );
+    println!(
+        "bench: dns: {} rounds x {} cases x {} sequential UDP A queries for {DNS_NAME}",
+        params.rounds,
+        DnsCase::ALL.len(),
+        params.iterations
+    );
+
+    let iterations = params.iterations.to_string();
+    // Every query waits at most 2 s; a healthy one takes well under 1 ms.
+    let timeout = Duration::from_secs(30) + Duration::from_millis(2) * params.iterations as u32;
+    let mut rounds: Vec<Vec<(DnsCase, Timing)>> = Vec::new();
+    for round in 0..params.rounds {
+        let mut cases = DnsCase::ALL.to_vec();
+        if round % 2 == 1 {
+            cases.reverse();
+        }
+        let mut measured = Vec::new();
+        for case in cases {
+            let mut cmd = match case {
+                DnsCase::Direct => {
+                    let mut cmd = Command::new(&client);
+                    cmd.args([direct.as_str(), &iterations, DNS_NAME]);
+                    cmd
+                }
+                DnsCase::Proxied => daemon.exec_command(
+                    &baton,
+                    &client,
+                    &[DNS_AGENT_SERVER.into(), iterations.clone(), DNS_NAME.into()],
+                ),
+            };
+            let (timing, _) = parse_timing("bench-dns", &run_client(&mut cmd, timeout)?)?;
+            println!(
+                "bench: round {:>width$}/{} {} {:<40} p50 {:>7.1} us  p99 {:>7.1} us",
+                round + 1,
+                params.rounds,
+                case.tag(),
+                case.label(),
+                timing.median as f64 / 1e3,
+                timing.p99 as f64 / 1e3,
+                width = params.rounds.to_string().len(),
+            );
+            measured.push((case, timing));
+        }
+        rounds.push(measured);
+    }
+    daemon.stop()?;
+    drop(dnsmasq);
+
+    print!("{}", dns_report(&rounds, params));
+    println!(
+        "bench: done in {:.0} s (build included)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn dns_report(rounds: &[Vec<(DnsCase, Timing)>], params: &Params) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\ndns: one UDP A query for {DNS_NAME} at a time, send to reply; {} rounds of {} queries \
+         per case\n\
+         p50, p99: median over the rounds of each round's figure, us\n\
+         vs (a): median over the rounds of (case p50 / that round's (a) p50)\n",
+        rounds.len(),
+        params.iterations
+    );
+    let _ = writeln!(
+        out,
+        "{:<4} {:<40} {:>9} {:>9} {:>8}",
+        "case", "", "p50 us", "p99 us", "vs (a)"
+    );
+    let summaries: Vec<(DnsCase, Paired)> = DnsCase::ALL
+        .iter()
+        .filter_map(|&c| Some((c, pair(rounds, c, DnsCase::Direct)?)))
+        .collect();
+    for (case, s) in &summaries {
+        let _ = writeln!(
+            out,
+            "{:<4} {:<40} {:>9.1} {:>9.1} {:>8.2}",
+            case.tag(),
+            case.label(),
+            s.median / 1e3,
+            s.p99 / 1e3,
+            s.ratio
+        );
+    }
+    if let Some((_, b)) = summaries.iter().find(|(c, _)| *c == DnsCase::Proxied) {
+        let _ = writeln!(
+            out,
+            "\nadded by the proxy per query, (b) - (a), median over the rounds: \
+             p50 {:+.1} us, p99 {:+.1} us",
+            b.cost / 1e3,
+            b.p99_cost / 1e3
+        );
+    }
+    out
+}
+
+fn dns_policy_yaml() -> String {
+    format!(
+        "apiVersion: baton.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: {AGENT}\n\
+         spec:\n  selector:\n    agent: {AGENT}\n  egress:\n    default: deny\n    allow:\n\
+         \x20     - domain: {DNS_NAME}\n        ports: [443]\n        protocol: tcp\n"
+    )
+}
+
+fn dns_config_yaml(upstream_port: u16) -> String {
+    format!(
+        "dns:\n  upstreams: [\"127.0.0.1:{upstream_port}\"]\n  minTtlSeconds: 1\n  \
+         maxTtlSeconds: 60\n  timeoutMs: 2000\n"
+    )
+}
+
+/// dnsmasq on 127.0.0.1, answering only from its `--address` entries and
+/// never forwarding anywhere; killed on drop.
+struct Dnsmasq {
+    child: Child,
+    port: u16,
+}
+
+impl Dnsmasq {
+    fn start(addresses: &[(&str, &str)]) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("cannot find a free port on 127.0.0.1")?
+            .port();
+        let mut cmd = Command::new("dnsmasq");
+        cmd.args([
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-poll",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            "--user=root",
+            "--pid-file",
+            "--local-ttl=60",
+        ])
+        .arg(format!("--port={port}"));
+        for (name, addr) in addresses {
+            cmd.arg(format!("--address=/{name}/{addr}"));
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start dnsmasq (Debian dnsmasq-base; cargo xtask setup installs it)")?;
+        let mut dnsmasq = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = dnsmasq.child.try_wait()? {
+                bail!("dnsmasq exited ({status}) before it listened on port {port}");
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "dnsmasq did not listen on 127.0.0.1:{port} within 10 s"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(dnsmasq)
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ------------------------------------------------------------------ files
+
+/// Defaults of the files benchmark: QEMU without KVM runs everything
+/// some ten times slower, and the whole run should stay near five minutes.
+const FILES_ROUNDS: u32 = 5;
+const FILES_ITERATIONS: u32 = 20_000;
+/// The tree the file rules name and the measured file lives in, inside the
+/// VM: the guest's own /tmp, so nothing touches the host.
+const FILES_ROOT: &str = "/tmp/baton-bench-files";
+/// Deny rules for paths elsewhere; with the allow rule for the measured
+/// file's folder the agent policy has 1,000.
+const FILE_DENY_RULES: usize = 999;
+/// Target for (b)/(a).
+const FILES_DAEMON_RATIO_TARGET: f64 = 1.05;
+/// Target for (c)-(a) against (d)-(a).
+const FILES_LANDLOCK_FACTOR: f64 = 1.5;
+/// Where the kernel's BPF run-time statistics are switched on and off.
+const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+/// Baton's program on the `file_open` LSM hook, as bpftool names it.
+const FILE_OPEN_PROGRAM: &str = "file_open";
+/// What a BPF LSM denial and a Landlock denial give `open()`.
+const EPERM: &str = "errno=1";
+const EACCES: &str = "errno=13";
+
+/// One measured configuration of the files benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileCase {
+    /// (a) no Baton running.
+    Baseline,
+    /// (b) Baton running; the process belongs to no agent.
+    Daemon,
+    /// (c) the process belongs to an agent with 1,000 path rules.
+    Agent,
+    /// (d) no Baton; the process restricted itself with the equivalent
+    /// Landlock ruleset.
+    Landlock,
+}
+
+impl FileCase {
+    const ALL: [FileCase; 4] = [
+        FileCase::Baseline,
+        FileCase::Daemon,
+        FileCase::Agent,
+        FileCase::Landlock,
+    ];
+
+    fn tag(self) -> &'static str {
+        match self {
+            FileCase::Baseline => "(a)",
+            FileCase::Daemon => "(b)",
+            FileCase::Agent => "(c)",
+            FileCase::Landlock => "(d)",
+        }
+    }
+
+    /// The key of the case in the VM's results file.
+    fn key(self) -> &'static str {
+        match self {
+            FileCase::Baseline => "a",
+            FileCase::Daemon => "b",
+            FileCase::Agent => "c",
+            FileCase::Landlock => "d",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            FileCase::Baseline => "no Baton",
+            FileCase::Daemon => "Baton running, not in an agent",
+            FileCase::Agent => "in an agent, 1,000 path rules (BPF LSM)",
+            FileCase::Landlock => "no Baton, Landlock, equivalent ruleset",
+        }
+    }
+
+    fn needs_daemon(self) -> bool {
+        matches!(self, FileCase::Daemon | FileCase::Agent)
+    }
+}
+
+/// The files benchmark's folders inside the VM:
+/// `ROOT/aNNN/{secret,pub}` for every deny rule (`secret` denied), and
+/// `ROOT/open/target`, the measured file, under the one allow rule.
+struct FileTree {
+    root: PathBuf,
+}
+
+impl FileTree {
+    fn new() -> Self {
+        Self {
+            root: PathBuf::from(FILES_ROOT),
+        }
+    }
+
+    fn denied(&self) -> Vec<PathBuf> {
+        (0..FILE_DENY_RULES)
+            .map(|i| self.root.join(format!("a{i:03}/secret")))
+            .collect()
+    }
+
+    fn allowed(&self) -> PathBuf {
+        self.root.join("open")
+    }
+
+    /// The measured file.
+    fn target(&self) -> PathBuf {
+        self.allowed().join("target")
+    }
+
+    /// A file under the first deny rule, for checking that it holds.
+    fn secret(&self) -> PathBuf {
+        self.root.join("a000/secret/file")
+    }
+
+    fn create(&self) -> Result<()> {
+        let _ = std::fs::remove_dir_all(&self.root);
+        for denied in self.denied() {
+            util::create_dir_all(&denied)?;
+            util::create_dir_all(&denied.with_file_name("pub"))?;
+        }
+        util::create_dir_all(&self.allowed())?;
+        for file in [self.target(), self.secret()] {
+            std::fs::write(&file, "bench\n")
+                .with_context(|| format!("cannot write {}", file.display()))?;
+        }
+        Ok(())
+    }
+
+    fn policy_yaml(&self) -> String {
+        let mut yaml = format!(
+            "apiVersion: baton.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: {AGENT}\n\
+             spec:\n  selector:\n    agent: {AGENT}\n  files:\n    default: allow\n    allow:\n\
+             \x20     - {}\n    deny:\n",
+            self.allowed().display()
+        );
+        for denied in self.denied() {
+            let _ = writeln!(yaml, "      - {}", denied.display());
+        }
+        yaml
+    }
+}
+
+/// The Landlock ruleset equivalent to "allow everything except `denied`,
+/// but allow `allowed` even beneath a deny". Landlock can only grant, so,
+/// as Baton's own Landlock translation does, it grants every entry next
+/// to each folder on the way down to a denied path (`list` gives a
+/// folder's entries), and every allowed path beneath a deny.
+fn landlock_grants(
+    denied: &[PathBuf],
+    allowed: &[PathBuf],
+    list: impl Fn(&Path) -> Result<Vec<PathBuf>>,
+) -> Result<Vec<PathBuf>> {
+    let mut blocked: BTreeSet<&Path> = BTreeSet::new();
+    for path in denied {
+        blocked.extend(path.ancestors());
+    }
+    let mut grants = BTreeSet::new();
+    for folder in blocked.iter().filter(|p| !denied.iter().any(|d| d == *p)) {
+        for entry in list(folder)? {
+            if !blocked.contains(entry.as_path()) {
+                grants.insert(entry);
+            }
+        }
+    }
+    for path in allowed {
+        if denied.iter().any(|d| path.starts_with(d)) {
+            grants.insert(path.clone());
+        }
+    }
+    Ok(grants.into_iter().collect())
+}
+
+/// The entries of `folder`.
+fn list_dir(folder: &Path) -> Result<Vec<PathBuf>> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(folder)
+        .with_context(|| format!("cannot list {}", folder.display()))?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("cannot list {}", folder.display()))?;
+    entries.sort();
+    Ok(entries)
+}
+
+/// `cargo xtask bench files`: boots the VM and runs [`files_in_vm`] in it.
+fn files(params: &Params, kernel: &str) -> Result<()> {
+    ensure!(
+        crate::nix_is_root(),
+        "the files benchmark boots a VM and loads eBPF programs in it: run it as root"
+    );
+    let started = Instant::now();
+    let kit = setup::setup(&setup::SetupOptions { vm: true })?;
+    let image = kit
+        .kernels
+        .iter()
+        .find(|k| k.name == kernel)
+        .with_context(|| format!("no {kernel} kernel in the kit"))?;
+    build(params)?;
+    let root = workspace_root();
+
+    // Checked here too, where a mistake costs no VM boot.
+    let check = WorkDir::create()?;
+    let policy = check.path().join("bench.yaml");
+    std::fs::write(&policy, FileTree::new().policy_yaml())
+        .with_context(|| format!("cannot write {}", policy.display()))?;
+    util::output(
+        Command::new(params.baton())
+            .arg("policy")
+            .arg("check")
+            .arg(&policy),
+    )
+    .context("the generated benchmark policy does not compile")?;
+    drop(check);
+
+    let results = root.join("target/bench-files").join(kernel);
+    let _ = std::fs::remove_dir_all(&results);
+    util::create_dir_all(&results)?;
+    let xtask = std::env::current_exe().context("cannot find the running xtask binary")?;
+    let command = format!(
+        "mountpoint -q /sys/kernel/security || mount -t securityfs securityfs /sys/kernel/security\n\
+         exec {} bench files --in-vm {} --rounds {} --iterations {}{}\n",
+        util::shell_quote(&xtask),
+        util::shell_quote(&results),
+        params.rounds,
+        params.iterations,
+        if params.release { " --release" } else { "" }
+    );
+    println!(
+        "bench: files: {} rounds x {} cases x {} open()+close() inside the {kernel} VM",
+        params.rounds,
+        FileCase::ALL.len(),
+        params.iterations
+    );
+    let outcome = vm::run_in_vm(&kit, image, &command, std::slice::from_ref(&results))?;
+    ensure!(
+        outcome.exit_code == 0,
+        "the files benchmark failed inside the {kernel} VM (exit {}); console log: {}",
+        outcome.exit_code,
+        outcome.log.display()
+    );
+    let path = results.join("results.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("the VM wrote no {}", path.display()))?;
+    let value: Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    print!("{}", files_report(&value, kernel)?);
+    println!(
+        "bench: results in {}; done in {:.0} s (build and VM boot included)",
+        results.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// What Baton's `file_open` program cost, from the kernel's own
+/// statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ProgramStats {
+    id: u64,
+    run_time_ns: u64,
+    run_cnt: u64,
+}
+
+/// Every loaded LSM program named [`FILE_OPEN_PROGRAM`], with its
+/// statistics so far.
+fn file_open_programs() -> Result<Vec<ProgramStats>> {
+    let listing = util::output(Command::new("bpftool").args(["prog", "show", "--json"]))?;
+    let programs: Value =
+        serde_json::from_str(&listing).context("bpftool prog show printed no JSON")?;
+    Ok(programs
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| p["type"] == "lsm" && p["name"] == FILE_OPEN_PROGRAM)
+        .map(|p| ProgramStats {
+            id: p["id"].as_u64().unwrap_or_default(),
+            // Absent until the statistics have counted something.
+            run_time_ns: p["run_time_ns"].as_u64().unwrap_or_default(),
+            run_cnt: p["run_cnt"].as_u64().unwrap_or_default(),
+        })
+        .collect())
+}
+
+fn set_bpf_stats(on: bool) -> Result<()> {
+    std::fs::write(BPF_STATS_SYSCTL, if on { "1" } else { "0" })
+        .with_context(|| format!("cannot write {BPF_STATS_SYSCTL}"))
+}
+
+/// Switches the BPF statistics off on drop, whatever happened meanwhile.
+struct BpfStats;
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        set_bpf_stats(true)?;
+        Ok(Self)
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Err(error) = set_bpf_stats(false) {
+            eprintln!("bench: {error:#}");
+        }
+    }
+}
+
+/// Everything the files cases share, inside the VM.
+struct FilesBench {
+    client: PathBuf,
+    baton: PathBuf,
+    tree: FileTree,
+    /// The Landlock grants of case (d), one path per line.
+    grants: PathBuf,
+    work: WorkDir,
+    params: Params,
+}
+
+impl FilesBench {
+    fn timeout(&self) -> Duration {
+        // Far above the tens of microseconds an iteration takes under
+        // QEMU without KVM, far below forever.
+        Duration::from_secs(60) + Duration::from_millis(1) * self.params.iterations as u32
+    }
+
+    /// `bench-open ARGS`, in no agent.
+    fn client(&self, args: &[String]) -> Command {
+        let mut cmd = Command::new(&self.client);
+        cmd.args(args);
+        cmd
+    }
+
+    fn measure_args(&self) -> Vec<String> {
+        vec![
+            self.tree.target().display().to_string(),
+            self.params.iterations.to_string(),
+        ]
+    }
+
+    fn landlock_args(&self, rest: &[String]) -> Vec<String> {
+        let mut args = vec!["--landlock".to_string(), self.grants.display().to_string()];
+        args.extend_from_slice(rest);
+        args
+    }
+
+    fn probe_args(&self, path: &Path) -> Vec<String> {
+        vec!["--probe".to_string(), path.display().to_string()]
+    }
+
+    /// Measures `case` once; the daemon is running exactly when the case
+    /// needs it. Returns the timing and bench-open's whole report.
+    fn measure(
+        &self,
+        case: FileCase,
+        round: usize,
+        daemon: Option<&Daemon>,
+    ) -> Result<(Timing, Value)> {
+        let secret = self.tree.secret();
+        let mut cmd = match case {
+            FileCase::Baseline => self.client(&self.measure_args()),
+            FileCase::Daemon => {
+                if round == 0 {
+                    let outcome = probe(&mut self.client(&self.probe_args(&secret)))?;
+                    ensure!(
+                        outcome == "ok",
+                        "(b) a process in no agent opening {} got {outcome:?}, not ok",
+                        secret.display()
+                    );
+                    println!(
+                        "bench: sanity: (b) a process in no agent still opens {}",
+                        secret.display()
+                    );
+                }
+                self.client(&self.measure_args())
+            }
+            FileCase::Agent => {
+                let daemon = daemon.context("case (c) needs the daemon")?;
+                // Checked every round: each round starts a new daemon.
+                let outcome = daemon.exec(&self.baton, &self.client, &self.probe_args(&secret))?;
+                ensure!(
+                    outcome == EPERM,
+                    "(c) does not enforce: opening {} from inside the agent gave {outcome:?}, \
+                     not EPERM",
+                    secret.display()
+                );
+                if round == 0 {
+                    println!(
+                        "bench: sanity: (c) the agent gets EPERM opening {}",
+                        secret.display()
+                    );
+                }
+                daemon.exec_command(&self.baton, &self.client, &self.measure_args())
+            }
+            FileCase::Landlock => {
+                if round == 0 {
+                    let outcome =
+                        probe(&mut self.client(&self.landlock_args(&self.probe_args(&secret))))?;
+                    ensure!(
+                        outcome == EACCES,
+                        "(d) does not enforce: opening {} under the Landlock ruleset gave \
+                         {outcome:?}, not EACCES",
+                        secret.display()
+                    );
+                    println!(
+                        "bench: sanity: (d) the Landlock ruleset gives EACCES opening {}",
+                        secret.display()
+                    );
+                }
+                self.client(&self.landlock_args(&self.measure_args()))
+            }
+        };
+        parse_timing("bench-open", &run_client(&mut cmd, self.timeout())?)
+    }
+
+    /// Runs (c) once more with the kernel's BPF statistics on, and returns
+    /// what Baton's `file_open` program cost meanwhile, and that run's
+    /// timing (the statistics themselves slow every program run).
+    fn measure_program(&self, daemon: &Daemon) -> Result<(ProgramStats, Timing)> {
+        let before = file_open_programs()?;
+        let stats = BpfStats::enable()?;
+        let mut cmd = daemon.exec_command(&self.baton, &self.client, &self.measure_args());
+        let output = run_client(&mut cmd, self.timeout());
+        drop(stats);
+        let (timing, _) = parse_timing("bench-open", &output?)?;
+        let after = file_open_programs()?;
+        let [program] = after.as_slice() else {
+            bail!(
+                "expected one LSM program named {FILE_OPEN_PROGRAM}, found {}",
+                after.len()
+            );
+        };
+        let earlier = before
+            .iter()
+            .find(|p| p.id == program.id)
+            .copied()
+            .unwrap_or_default();
+        Ok((
+            ProgramStats {
+                id: program.id,
+                run_time_ns: program.run_time_ns - earlier.run_time_ns,
+                run_cnt: program.run_cnt - earlier.run_cnt,
+            },
+            timing,
+        ))
+    }
+}
+
+/// The files cases, run inside the VM by `cargo xtask bench files`; the
+/// results go to `results/results.json`.
+fn files_in_vm(results: &Path, params: &Params) -> Result<()> {
+    let root = workspace_root();
+    let release = util::output(Command::new("uname").arg("-r"))?
+        .trim()
+        .to_string();
+    let tree = FileTree::new();
+    tree.create()?;
+    let work = WorkDir::create()?;
+    let policy = work.path().join("policies/bench.yaml");
+    util::create_dir_all(policy.parent().context("policy directory")?)?;
+    std::fs::write(&policy, tree.policy_yaml())
+        .with_context(|| format!("cannot write {}", policy.display()))?;
+    let grants = landlock_grants(&tree.denied(), &[tree.allowed()], list_dir)?;
+    let grants_file = work.path().join("landlock-grants.txt");
+    let lines: Vec<String> = grants.iter().map(|p| p.display().to_string()).collect();
+    std::fs::write(&grants_file, lines.join("\n") + "\n")
+        .with_context(|| format!("cannot write {}", grants_file.display()))?;
+    let bench = FilesBench {
+        client: root.join("target/debug/bench-open"),
+        baton: params.baton(),
+        tree,
+        grants: grants_file,
+        work,
+        params: *params,
+    };
+    ensure!(
+        file_open_programs()?.is_empty(),
+        "an LSM program named {FILE_OPEN_PROGRAM} is loaded before the benchmark started"
+    );
+    println!(
+        "bench: files in {release}: {} rounds x {} cases x {} open()+close() of {}; \
+         {} deny rules + 1 allow rule; Landlock: {} grants",
+        params.rounds,
+        FileCase::ALL.len(),
+        params.iterations,
+        bench.tree.target().display(),
+        FILE_DENY_RULES,
+        grants.len()
+    );
+
+    let mut rounds: Vec<Value> = Vec::new();
+    let mut program = ProgramStats::default();
+    let mut stats_timings: Vec<Value> = Vec::new();
+    let mut daemon_start_ms: Vec<u64> = Vec::new();
+    let mut landlock = Value::Null;
+    for round in 0..params.rounds {
+        let mut measured = serde_json::Map::new();
+        // As in the egress benchmark: alternate which half goes first, and
+        // the order within each half.
+        let mut phases = [false, true];
+        if round % 2 == 1 {
+            phases.reverse();
+        }
+        for with_daemon in phases {
+            let mut cases: Vec<FileCase> = FileCase::ALL
+                .iter()
+                .copied()
+                .filter(|c| c.needs_daemon() == with_daemon)
+                .collect();
+            if round % 2 == 1 {
+                cases.reverse();
+            }
+            let daemon = if with_daemon {
+                let started = Instant::now();
+                let daemon = Daemon::start(&bench.baton, bench.work.path(), "")?;
+                daemon_start_ms.push(started.elapsed().as_millis() as u64);
+                Some(daemon)
+            } else {
+                None
+            };
+            let loaded = file_open_programs()?.len();
+            ensure!(
+                loaded == usize::from(with_daemon),
+                "round {}: {loaded} LSM programs named {FILE_OPEN_PROGRAM} loaded where {} \
+                 expected",
+                round + 1,
+                usize::from(with_daemon)
+            );
+            for case in cases {
+                let (timing, report) = bench.measure(case, round, daemon.as_ref())?;
+                println!(
+                    "bench: round {:>width$}/{} {} {:<44} median {:>7} ns  p99 {:>8} ns",
+                    round + 1,
+                    params.rounds,
+                    case.tag(),
+                    case.label(),
+                    timing.median,
+                    timing.p99,
+                    width = params.rounds.to_string().len(),
+                );
+                if case == FileCase::Landlock {
+                    landlock = json!({
+                        "rules": report["landlock_rules"],
+                        "status": report["landlock_status"],
+                    });
+                }
+                measured.insert(case.key().to_string(), report);
+                if case == FileCase::Agent {
+                    let daemon = daemon.as_ref().context("case (c) needs the daemon")?;
+                    let (stats, timing) = bench.measure_program(daemon)?;
+                    println!(
+                        "bench: round {:>width$}/{} (c) again, kernel.bpf_stats_enabled=1: \
+                         {FILE_OPEN_PROGRAM} ran {} times, {:.0} ns per run; median {} ns",
+                        round + 1,
+                        params.rounds,
+                        stats.run_cnt,
+                        stats.run_time_ns as f64 / stats.run_cnt.max(1) as f64,
+                        timing.median,
+                        width = params.rounds.to_string().len(),
+                    );
+                    program.id = stats.id;
+                    program.run_time_ns += stats.run_time_ns;
+                    program.run_cnt += stats.run_cnt;
+                    stats_timings.push(json!({
+                        "median_ns": timing.median,
+                        "p99_ns": timing.p99,
+                    }));
+                }
+            }
+            if let Some(daemon) = daemon {
+                daemon.stop()?;
+            }
+        }
+        rounds.push(Value::Object(measured));
+    }
+
+    let out = json!({
+        "release": release,
+        "iterations": params.iterations,
+        "file": bench.tree.target().display().to_string(),
+        "rules": {"deny": FILE_DENY_RULES, "allow": 1},
+        "landlock": landlock,
+        "rounds": rounds,
+        "bpf_stats": {
+            "program": FILE_OPEN_PROGRAM,
+            "run_time_ns": program.run_time_ns,
+            "run_cnt": program.run_cnt,
+            "runs": stats_timings,
+        },
+        "daemon_start_ms": daemon_start_ms,
+    });
+    let path = results.join("results.json");
+    util::write_atomic(&path, serde_json::to_string_pretty(&out)? + "\n")?;
+    println!("bench: wrote {}", path.display());
+    Ok(())
+}
+
+/// The rounds of the VM's results, as (case, timing) pairs.
+fn file_rounds(value: &Value) -> Result<Vec<Vec<(FileCase, Timing)>>> {
+    value["rounds"]
+        .as_array()
+        .context("no rounds in the results")?
+        .iter()
+        .map(|round| {
+            FileCase::ALL
+                .iter()
+                .map(|&case| Ok((case, timing_of(&round[case.key()])?)))
+                .collect()
+        })
+        .collect()
+}
+
+fn files_report(value: &Value, kernel: &str) -> Result<String> {
+    let rounds = file_rounds(value)?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nfiles: open()+close() of {} in the {kernel} VM ({}, QEMU without KVM); {} rounds of {} \
+         iterations per case\n\
+         median, p99: median over the rounds of each round's figure, ns\n\
+         vs (a): median over the rounds of (case / that round's (a)); +ns: the same for \
+         (case - (a))\n",
+        value["file"].as_str().unwrap_or("?"),
+        value["release"].as_str().unwrap_or("?"),
+        rounds.len(),
+        value["iterations"]
+    );
+    let _ = writeln!(
+        out,
+        "{:<4} {:<52} {:>10} {:>10} {:>8} {:>8}",
+        "case", "", "median ns", "p99 ns", "vs (a)", "+ns"
+    );
+    let summaries: Vec<(FileCase, Paired)> = FileCase::ALL
+        .iter()
+        .filter_map(|&c| Some((c, pair(&rounds, c, FileCase::Baseline)?)))
+        .collect();
+    let landlock_rules = value["landlock"]["rules"].as_u64().unwrap_or_default();
+    for (case, s) in &summaries {
+        let label = match case {
+            FileCase::Landlock => format!("{} ({landlock_rules} rules)", case.label()),
+            _ => case.label().to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<4} {:<52} {:>10.0} {:>10.0} {:>8.3} {:>+8.0}",
+            case.tag(),
+            label,
+            s.median,
+            s.p99,
+            s.ratio,
+            s.cost
+        );
+    }
+    let stats = &value["bpf_stats"];
+    let run_time = stats["run_time_ns"].as_u64().unwrap_or_default();
+    let runs = stats["run_cnt"].as_u64().unwrap_or_default();
+    let stats_medians: Vec<f64> = stats["runs"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| r["median_ns"].as_u64())
+        .map(|m| m as f64)
+        .collect();
+    let _ = writeln!(
+        out,
+        "\nBPF LSM program {FILE_OPEN_PROGRAM} (kernel.bpf_stats_enabled=1 during one extra (c) \
+         run per round): {:.0} ns per run over {runs} runs{}",
+        run_time as f64 / runs.max(1) as f64,
+        if stats_medians.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; those runs' median {:.0} ns",
+                median(stats_medians.iter().copied())
+            )
+        }
+    );
+    if let Some(starts) = value["daemon_start_ms"]
+        .as_array()
+        .filter(|s| !s.is_empty())
+    {
+        let _ = writeln!(
+            out,
+            "baton run ready in the VM after a median of {:.1} s",
+            median(starts.iter().filter_map(Value::as_u64).map(|m| m as f64)) / 1e3
+        );
+    }
+    let find = |case| summaries.iter().find(|(c, _)| *c == case).map(|(_, s)| s);
+    if let (Some(b), Some(c), Some(d)) = (
+        find(FileCase::Daemon),
+        find(FileCase::Agent),
+        find(FileCase::Landlock),
+    ) {
+        let _ = writeln!(
+            out,
+            "\ntarget (b)/(a) <= {FILES_DAEMON_RATIO_TARGET:.2}:            {:.3}  {}",
+            b.ratio,
+            verdict(b.ratio <= FILES_DAEMON_RATIO_TARGET)
+        );
+        let allowed = FILES_LANDLOCK_FACTOR * d.cost;
+        let _ = writeln!(
+            out,
+            "target (c)-(a) <= {FILES_LANDLOCK_FACTOR} x ((d)-(a)): {:.0} ns vs {FILES_LANDLOCK_FACTOR} x \
+             {:.0} = {:.0} ns  {}",
+            c.cost,
+            d.cost,
+            allowed,
+            verdict(c.cost <= allowed)
+        );
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -976,5 +2084,117 @@ mod tests {
         assert_eq!(daemon.cost, 125.0);
         assert_eq!(daemon.median, 1375.0);
         assert_eq!(summaries[0].ratio, 1.0);
+    }
+    #[test]
+    fn pairs_each_case_with_its_own_rounds_baseline() {
+        let t = |median, p99| Timing { median, p99 };
+        let rounds = vec![
+            vec![
+                (DnsCase::Direct, t(100, 200)),
+                (DnsCase::Proxied, t(150, 400)),
+            ],
+            vec![
+                (DnsCase::Proxied, t(300, 800)),
+                (DnsCase::Direct, t(200, 400)),
+            ],
+            vec![(DnsCase::Direct, t(100, 200))],
+        ];
+        let proxied = pair(&rounds, DnsCase::Proxied, DnsCase::Direct).unwrap();
+        assert_eq!(proxied.ratio, 1.5);
+        assert_eq!(proxied.cost, 75.0);
+        assert_eq!(proxied.p99_cost, 300.0);
+        assert_eq!(proxied.median, 225.0);
+        let direct = pair(&rounds, DnsCase::Direct, DnsCase::Direct).unwrap();
+        assert_eq!(direct.ratio, 1.0);
+        assert_eq!(direct.median, 100.0);
+    }
+
+    #[test]
+    fn dns_policy_and_config_compile_to_what_the_daemon_reads() {
+        let policy = dns_policy_yaml();
+        assert!(
+            policy.contains("    allow:\n      - domain: allowed.test\n        ports: [443]\n")
+        );
+        assert_eq!(
+            dns_config_yaml(5353),
+            "dns:\n  upstreams: [\"127.0.0.1:5353\"]\n  minTtlSeconds: 1\n  maxTtlSeconds: 60\n  timeoutMs: 2000\n"
+        );
+    }
+
+    #[test]
+    fn file_policy_has_one_thousand_rules_and_allows_the_target() {
+        let tree = FileTree::new();
+        let yaml = tree.policy_yaml();
+        assert_eq!(
+            yaml.lines().filter(|l| l.starts_with("      - ")).count(),
+            1_000
+        );
+        assert!(yaml.contains("    allow:\n      - /tmp/baton-bench-files/open\n    deny:\n"));
+        assert!(yaml.contains("      - /tmp/baton-bench-files/a998/secret\n"));
+        assert!(tree.target().starts_with(tree.allowed()));
+        assert!(tree.denied().iter().all(|d| !tree.target().starts_with(d)));
+        assert!(tree.secret().starts_with(&tree.denied()[0]));
+    }
+
+    #[test]
+    fn landlock_grants_everything_but_the_denied_paths() {
+        let p = PathBuf::from;
+        let list = |folder: &Path| -> Result<Vec<PathBuf>> {
+            Ok(match folder.to_str().unwrap() {
+                "/" => vec![p("/etc"), p("/tmp"), p("/usr")],
+                "/tmp" => vec![p("/tmp/b"), p("/tmp/x")],
+                "/tmp/b" => vec![p("/tmp/b/a0"), p("/tmp/b/a1"), p("/tmp/b/open")],
+                "/tmp/b/a0" => vec![p("/tmp/b/a0/pub"), p("/tmp/b/a0/secret")],
+                "/tmp/b/a1" => vec![p("/tmp/b/a1/pub"), p("/tmp/b/a1/secret")],
+                other => panic!("{other} is not on the way to a denied path"),
+            })
+        };
+        let denied = [p("/tmp/b/a0/secret"), p("/tmp/b/a1/secret")];
+        let allowed = [p("/tmp/b/open"), p("/tmp/b/a1/secret/keep")];
+        let grants = landlock_grants(&denied, &allowed, list).unwrap();
+        assert_eq!(
+            grants,
+            [
+                "/etc",
+                "/tmp/b/a0/pub",
+                "/tmp/b/a1/pub",
+                "/tmp/b/a1/secret/keep",
+                "/tmp/b/open",
+                "/tmp/x",
+                "/usr"
+            ]
+            .map(PathBuf::from)
+        );
+    }
+
+    #[test]
+    fn file_rounds_read_the_vm_results() {
+        let case = |m: u64| json!({"median_ns": m, "p99_ns": 2 * m, "iterations": 10});
+        let value = json!({
+            "release": "6.12.0", "iterations": 10, "file": "/f",
+            "landlock": {"rules": 7, "status": "FullyEnforced"},
+            "rounds": [{"a": case(1000), "b": case(1010), "c": case(1300), "d": case(1200)}],
+            "bpf_stats": {"run_time_ns": 5000, "run_cnt": 10, "runs": [{"median_ns": 1400}]},
+            "daemon_start_ms": [2500],
+        });
+        let rounds = file_rounds(&value).unwrap();
+        assert_eq!(
+            rounds[0][2],
+            (
+                FileCase::Agent,
+                Timing {
+                    median: 1300,
+                    p99: 2600
+                }
+            )
+        );
+        let report = files_report(&value, "6.12").unwrap();
+        assert!(report.contains("500 ns per run over 10 runs"), "{report}");
+        assert!(report.contains("1.010  PASS"), "{report}");
+        // 300 <= 1.5 x 200
+        assert!(
+            report.contains("300 ns vs 1.5 x 200 = 300 ns  PASS"),
+            "{report}"
+        );
     }
 }

@@ -3,7 +3,6 @@
 //! add fields, never rename or repurpose them without bumping [`SCHEMA`].
 
 use std::{
-    collections::HashMap,
     net::{IpAddr, Ipv6Addr},
     time::{Duration, SystemTime},
 };
@@ -15,6 +14,8 @@ use agent_common::{
 };
 use serde::Serialize;
 use thiserror::Error;
+
+pub use super::enrich::ProcessCache;
 
 /// Schema identifier written in every record.
 pub const SCHEMA: &str = "baton.audit/v1";
@@ -87,6 +88,16 @@ pub enum AuditObject {
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         anonymous: bool,
     },
+    /// Events the kernel or the daemon counted but did not record one by
+    /// one (rate limit, full ring buffer).
+    Suppressed {
+        /// `N events suppressed: reason`.
+        message: String,
+        /// How many events were not recorded.
+        suppressed: u64,
+        /// Why, such as `rate limit` or `ring buffer full`.
+        reason: String,
+    },
     /// A lifecycle change.
     Message {
         /// What happened.
@@ -124,10 +135,49 @@ pub struct AuditProcess {
     /// Command line, when the process was still there to ask.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<Vec<String>>,
+    /// Whether arguments were left off `cmdline` to bound the record's size.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cmdline_truncated: bool,
     /// cgroup v2 id.
     pub cgroup_id: u64,
+    /// cgroup v2 path, when the process was still there to ask.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
     /// pid of the agent's root process.
     pub agent_root_pid: u32,
+    /// The process's ancestors from its parent up to the agent's root
+    /// process, as far as procfs (or the cache) still knew them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<AuditAncestor>,
+}
+
+/// One ancestor of the acting process.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AuditAncestor {
+    /// Process id.
+    pub pid: u32,
+    /// Executable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// Command line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<Vec<String>>,
+    /// Whether arguments were left off `cmdline`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cmdline_truncated: bool,
+}
+
+/// What a checkpoint signs: the chain head just before it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AuditCheckpoint {
+    /// Sequence number of the record signed (the one before the checkpoint).
+    pub seq: u64,
+    /// SHA-256 of that record's line, hex.
+    pub hash: String,
+    /// ed25519 public key that signed, hex.
+    pub key: String,
+    /// ed25519 signature of [`super::keys::checkpoint_message`], hex.
+    pub signature: String,
 }
 
 /// One audit record.
@@ -135,8 +185,11 @@ pub struct AuditProcess {
 pub struct AuditRecord {
     /// [`SCHEMA`].
     pub schema: &'static str,
-    /// Position in the log, from 1.
+    /// Position in the log, from 1; assigned by the trail.
     pub seq: u64,
+    /// SHA-256 of the previous record's line (without its newline), hex; 64
+    /// zeros for the first record of a log. Assigned by the trail.
+    pub prev_hash: String,
     /// RFC 3339 time of the decision.
     pub time: String,
     /// Host name.
@@ -162,6 +215,9 @@ pub struct AuditRecord {
     /// Who accessed it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub process: Option<AuditProcess>,
+    /// The signed chain head, on checkpoint records only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<AuditCheckpoint>,
 }
 
 /// Converts `CLOCK_BOOTTIME` nanoseconds into wall-clock time.
@@ -196,61 +252,6 @@ impl Default for Clock {
 /// RFC 3339 with nanoseconds, UTC.
 pub fn format_time(time: SystemTime) -> String {
     humantime::format_rfc3339_nanos(time).to_string()
-}
-
-/// What procfs said about a process, cached so a burst of events from one
-/// process costs one set of reads.
-#[derive(Clone, Debug, Default)]
-struct ProcessInfo {
-    exe: Option<String>,
-    cmdline: Option<Vec<String>>,
-}
-
-/// Per-process enrichment cache.
-#[derive(Debug, Default)]
-pub struct ProcessCache {
-    entries: HashMap<u32, ProcessInfo>,
-}
-
-/// Entries kept before the cache is cleared; processes come and go, and a
-/// stale entry is worse than a second read.
-const PROCESS_CACHE_LIMIT: usize = 4096;
-
-impl ProcessCache {
-    fn lookup(&mut self, tgid: u32) -> ProcessInfo {
-        if let Some(info) = self.entries.get(&tgid) {
-            return info.clone();
-        }
-        let exe = std::fs::read_link(format!("/proc/{tgid}/exe"))
-            .ok()
-            .map(|p| p.to_string_lossy().into_owned());
-        let cmdline = std::fs::read(format!("/proc/{tgid}/cmdline"))
-            .ok()
-            .and_then(|raw| {
-                if raw.is_empty() {
-                    return None;
-                }
-                Some(
-                    raw.split(|&b| b == 0)
-                        .filter(|s| !s.is_empty())
-                        .map(|s| String::from_utf8_lossy(s).into_owned())
-                        .collect(),
-                )
-            });
-        let info = ProcessInfo { exe, cmdline };
-        if info.exe.is_some() {
-            if self.entries.len() >= PROCESS_CACHE_LIMIT {
-                self.entries.clear();
-            }
-            self.entries.insert(tgid, info.clone());
-        }
-        info
-    }
-
-    /// Drops what is cached for `tgid` (its process is gone or exec'd).
-    pub fn forget(&mut self, tgid: u32) {
-        self.entries.remove(&tgid);
-    }
 }
 
 fn read_header(bytes: &[u8]) -> Result<EventHeader, DecodeError> {
@@ -368,6 +369,7 @@ impl AuditRecord {
         Self {
             schema: SCHEMA,
             seq: 0,
+            prev_hash: String::new(),
             time: format_time(SystemTime::now()),
             host: host.to_string(),
             agent: None,
@@ -378,6 +380,7 @@ impl AuditRecord {
             object: AuditObject::Message { message },
             rule: None,
             process: None,
+            checkpoint: None,
         }
     }
 
@@ -393,6 +396,7 @@ impl AuditRecord {
         Self {
             schema: SCHEMA,
             seq: 0,
+            prev_hash: String::new(),
             time: format_time(SystemTime::now()),
             host: host.to_string(),
             agent: Some(agent.to_string()),
@@ -406,6 +410,55 @@ impl AuditRecord {
             },
             rule: None,
             process: None,
+            checkpoint: None,
+        }
+    }
+
+    /// A record of events that were counted but not recorded one by one:
+    /// `count` events of `agent` (`None` for events no agent is named for)
+    /// suppressed because of `reason` (`rate limit`, `ring buffer full`).
+    pub fn suppressed(host: &str, agent: Option<&str>, count: u64, reason: &str) -> Self {
+        Self {
+            schema: SCHEMA,
+            seq: 0,
+            prev_hash: String::new(),
+            time: format_time(SystemTime::now()),
+            host: host.to_string(),
+            agent: agent.map(str::to_string),
+            mode: None,
+            verdict: "info",
+            control: "audit",
+            hook: None,
+            object: AuditObject::Suppressed {
+                message: format!("{count} events suppressed: {reason}"),
+                suppressed: count,
+                reason: reason.to_string(),
+            },
+            rule: None,
+            process: None,
+            checkpoint: None,
+        }
+    }
+
+    /// A signed checkpoint of the chain head; written by the trail.
+    pub fn signed_checkpoint(host: &str, checkpoint: AuditCheckpoint) -> Self {
+        Self {
+            schema: SCHEMA,
+            seq: 0,
+            prev_hash: String::new(),
+            time: format_time(SystemTime::now()),
+            host: host.to_string(),
+            agent: None,
+            mode: None,
+            verdict: "info",
+            control: "audit",
+            hook: None,
+            object: AuditObject::Message {
+                message: format!("checkpoint: records up to seq {} signed", checkpoint.seq),
+            },
+            rule: None,
+            process: None,
+            checkpoint: Some(checkpoint),
         }
     }
 
@@ -484,6 +537,7 @@ impl AuditRecord {
             other => return Err(DecodeError::Kind(other)),
         };
         let info = processes.lookup(header.tgid);
+        let ancestors = processes.ancestors(header.tgid, header.root_tgid);
         let rule = (header.rule_id != 0).then(|| {
             let (policy, id) = (context.rule)(header.rule_id)
                 .unwrap_or_else(|| ("<unknown>".to_string(), "<unknown>".to_string()));
@@ -496,6 +550,7 @@ impl AuditRecord {
         Ok(Self {
             schema: SCHEMA,
             seq: 0,
+            prev_hash: String::new(),
             time: format_time(context.clock.wall(header.time_boot_ns)),
             host: context.host.to_string(),
             agent: Some(
@@ -516,9 +571,13 @@ impl AuditRecord {
                 comm: comm_string(&header.comm),
                 exe: info.exe,
                 cmdline: info.cmdline,
+                cmdline_truncated: info.cmdline_truncated,
                 cgroup_id: header.cgroup_id,
+                cgroup: info.cgroup,
                 agent_root_pid: header.root_tgid,
+                ancestors,
             }),
+            checkpoint: None,
         })
     }
 }

@@ -24,6 +24,7 @@ use crate::{
         AuditRecord, FileSink, ProcessCache,
         record::{Clock, Context},
     },
+    breaker::{Action, Engine, State as BreakerState, Transition, limits::limit_processes},
     config::{Config, DEFAULT_AUDIT_LOG, DEFAULT_CONTROL_SOCKET, DEFAULT_POLICY_DIR, DnsConfig},
     control::{
         Reply, Request,
@@ -37,7 +38,7 @@ use crate::{
     kernel::{
         Enforcer,
         loader::ControlState,
-        maps::{DnsMaps, PolicyMaps},
+        maps::{DnsMaps, PolicyMaps, RuntimeMaps},
     },
     policy::{CompiledPolicySet, compile_with, expand_on_disk, load_dir},
 };
@@ -78,6 +79,9 @@ impl Settings {
 struct State {
     maps: PolicyMaps,
     dns: DnsMaps,
+    runtime: RuntimeMaps,
+    breakers: Engine,
+    cgroup_root: PathBuf,
     registry: AgentRegistry,
     policies: CompiledPolicySet,
     sink: FileSink,
@@ -161,7 +165,132 @@ impl Learner for ProxyLearner {
     }
 }
 
+/// Breaker rules per agent id.
+fn breaker_rules(
+    set: &CompiledPolicySet,
+    registry: &AgentRegistry,
+) -> BTreeMap<u32, (String, Vec<crate::breaker::BreakerRule>)> {
+    set.agents
+        .iter()
+        .filter(|(_, agent)| !agent.breakers.is_empty())
+        .filter_map(|(name, agent)| {
+            let id = registry.id_of(&name.0)?;
+            Some((id, (name.0.clone(), agent.breakers.clone())))
+        })
+        .collect()
+}
+
+/// One line about a breaker transition, for records and replies.
+fn describe(transition: &Transition) -> String {
+    let name = |state: &BreakerState| match state {
+        BreakerState::Closed => "closed".to_string(),
+        BreakerState::Open { action, .. } => format!("open ({action:?})").to_lowercase(),
+        BreakerState::HalfOpen { .. } => "half-open".to_string(),
+    };
+    let why = match &transition.to {
+        BreakerState::Open {
+            breaker, reason, ..
+        } => format!(": breaker {breaker}: {reason}"),
+        BreakerState::HalfOpen { breaker } => format!(": breaker {breaker} cooled down"),
+        BreakerState::Closed => String::new(),
+    };
+    format!(
+        "agent {}: {} -> {}{why}; counters {}",
+        transition.agent,
+        name(&transition.from),
+        name(&transition.to),
+        serde_json::to_string(&transition.counters).unwrap_or_default()
+    )
+}
+
+/// Sends `signal` to every process of an agent, repeating until no new
+/// process appears (children forked while the signal went out are caught
+/// by the next round; the kernel's identity record finds double-forked
+/// and re-parented processes too).
+fn signal_agent(maps: &PolicyMaps, agent_id: u32, signal: nix::sys::signal::Signal) -> usize {
+    use nix::{sys::signal::kill, unistd::Pid};
+    let mut signalled = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let members = maps.members(agent_id);
+        let fresh: Vec<u32> = members
+            .into_iter()
+            .filter(|pid| !signalled.contains(pid) || signal == nix::sys::signal::Signal::SIGKILL)
+            .collect();
+        if fresh.is_empty() {
+            break;
+        }
+        for pid in &fresh {
+            let _ = kill(Pid::from_raw(*pid as i32), signal);
+            signalled.insert(*pid);
+        }
+        if signal != nix::sys::signal::Signal::SIGKILL {
+            // A stopped process forks no more; one more round catches what
+            // was forked in between.
+            if maps.members(agent_id).iter().all(|p| signalled.contains(p)) {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    signalled.len()
+}
+
 impl State {
+    /// Carries out a breaker transition and records it.
+    fn carry_out(&mut self, transition: &Transition) {
+        use nix::sys::signal::Signal;
+        let agent_id = transition.agent_id;
+        // Lift what the previous state imposed.
+        if let BreakerState::Open { action, .. } = &transition.from
+            && !matches!(transition.to, BreakerState::Open { .. })
+        {
+            match action {
+                Action::Quarantine => {
+                    if let Err(error) = self.runtime.set_quarantine(agent_id, false) {
+                        tracing::error!(%error, "cannot lift quarantine");
+                    }
+                }
+                Action::Freeze => {
+                    signal_agent(&self.maps, agent_id, Signal::SIGCONT);
+                }
+                Action::Kill => {}
+            }
+        }
+        if let BreakerState::Open { action, .. } = &transition.to {
+            match action {
+                Action::Quarantine => {
+                    if let Err(error) = self.runtime.set_quarantine(agent_id, true) {
+                        tracing::error!(%error, "cannot quarantine");
+                    }
+                }
+                Action::Freeze => {
+                    signal_agent(&self.maps, agent_id, Signal::SIGSTOP);
+                }
+                Action::Kill => {
+                    let killed = signal_agent(&self.maps, agent_id, Signal::SIGKILL);
+                    tracing::info!(agent = transition.agent, killed, "agent killed");
+                }
+            }
+        }
+        let message = describe(transition);
+        tracing::warn!("{message}");
+        let mut record = AuditRecord::lifecycle(&self.host, "breaker", message);
+        record.agent = Some(transition.agent.clone());
+        self.record(record);
+    }
+
+    /// Feeds every watched agent's counters to the breakers and acts on
+    /// what trips.
+    fn evaluate_breakers(&mut self) {
+        let now = std::time::Instant::now();
+        for agent_id in self.breakers.agent_ids() {
+            let counters = self.runtime.counters(agent_id).into();
+            for transition in self.breakers.observe(now, agent_id, counters) {
+                self.carry_out(&transition);
+            }
+        }
+    }
+
     /// Admits every process already inside a selected cgroup (or below it).
     /// The kernel admits processes that enter later, at their next fork or
     /// exec; this catches the ones that were there before the selector.
@@ -212,13 +341,55 @@ struct Daemon {
 
 impl Handler for Daemon {
     fn handle(&self, caller: Caller, request: Request) -> Reply {
+        if !matches!(request, Request::Admit { .. }) && caller.uid != 0 {
+            return Reply::Error {
+                message: "breaker commands need root".into(),
+            };
+        }
         match request {
             Request::Admit { agent } => self.admit(caller, &agent),
+            Request::BreakerList => {
+                let state = self.state.lock().expect("state lock poisoned");
+                let agents = state
+                    .breakers
+                    .list(std::time::Instant::now())
+                    .into_iter()
+                    .filter_map(|status| serde_json::to_value(status).ok())
+                    .collect();
+                Reply::Breakers { agents }
+            }
+            Request::BreakerReset { agent } => self.breaker_command(&agent, None),
+            Request::BreakerTrip { agent, action } => self.breaker_command(&agent, Some(action)),
         }
     }
 }
 
 impl Daemon {
+    /// `baton breaker reset` (no action) or `baton breaker trip`.
+    fn breaker_command(&self, agent: &str, trip: Option<Action>) -> Reply {
+        let mut state = self.state.lock().expect("state lock poisoned");
+        let Some(agent_id) = state.registry.id_of(agent) else {
+            return Reply::Error {
+                message: format!("no loaded policy selects agent {agent:?}"),
+            };
+        };
+        let counters = state.runtime.counters(agent_id).into();
+        let transition = match trip {
+            Some(action) => Some(state.breakers.trip(agent_id, agent, action, counters)),
+            None => state.breakers.reset(agent_id, counters),
+        };
+        match transition {
+            Some(transition) => {
+                let message = describe(&transition);
+                state.carry_out(&transition);
+                Reply::Done { message }
+            }
+            None => Reply::Done {
+                message: format!("agent {agent} has no breaker state to reset"),
+            },
+        }
+    }
+
     fn admit(&self, caller: Caller, agent: &str) -> Reply {
         let mut state = self.state.lock().expect("state lock poisoned");
         let Some(agent_id) = state.registry.id_of(agent) else {
@@ -271,6 +442,19 @@ impl Daemon {
                 })
                 .filter(|plan| plan.handled != 0)
         };
+        let max_processes = state
+            .policies
+            .agents
+            .iter()
+            .find(|(name, _)| name.0 == agent)
+            .and_then(|(_, compiled)| compiled.max_processes);
+        if let Some(max) = max_processes
+            && let Err(error) = limit_processes(&state.cgroup_root, agent, caller.pid, max)
+        {
+            return Reply::Error {
+                message: format!("cannot apply the process limit: {error}"),
+            };
+        }
         match state.maps.admit(caller.pid, record) {
             Ok(()) => {
                 tracing::info!(
@@ -321,15 +505,21 @@ async fn serve(
     let generation = maps.apply(&compiled, registry.ids())?;
     let unresolved = maps.apply_selectors(&compiled, registry.ids(), &enforcer.cgroup_root)?;
     let dns = DnsMaps::new(&mut enforcer.ebpf)?;
+    let runtime = RuntimeMaps::new(&mut enforcer.ebpf)?;
     let events = enforcer
         .ebpf
         .take_map(map_names::EVENTS)
         .context("map EVENTS is missing from the eBPF object")?;
     let events = RingBuf::try_from(events)?;
 
+    let mut breakers = Engine::default();
+    breakers.set_rules(breaker_rules(&compiled, &registry));
     let mut state = State {
         maps,
         dns,
+        runtime,
+        breakers,
+        cgroup_root: enforcer.cgroup_root.clone(),
         registry,
         policies: compiled,
         sink,
@@ -402,6 +592,7 @@ async fn serve(
     });
     start_dns_proxies(&daemon, &settings.dns).await?;
     let sweeper = tokio::spawn(sweep_learned_addresses(Arc::downgrade(&daemon)));
+    let breaker_task = tokio::spawn(watch_breakers(Arc::downgrade(&daemon)));
     // The socket appears last: once it exists, the daemon is enforcing.
     let listener = server::bind(&settings.control_socket)?;
     let control = tokio::spawn(server::serve(listener, daemon.clone()));
@@ -416,6 +607,7 @@ async fn serve(
     };
     control.abort();
     sweeper.abort();
+    breaker_task.abort();
     let _ = std::fs::remove_file(&settings.control_socket);
     {
         let mut state = daemon.state.lock().expect("state lock poisoned");
@@ -553,6 +745,23 @@ fn open_netns_proxy(daemon: &Arc<Daemon>, agent_id: u32, netns_cookie: u64, pid:
     }
 }
 
+/// Reads the breakers' counters often: a trip takes effect within one
+/// period even when no event arrives (events are rate-limited, counters
+/// are not). Deny events also trigger an evaluation at once.
+async fn watch_breakers(daemon: Weak<Daemon>) {
+    let mut interval = tokio::time::interval(Duration::from_millis(10));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        interval.tick().await;
+        let Some(daemon) = daemon.upgrade() else {
+            return;
+        };
+        if let Ok(mut state) = daemon.state.lock() {
+            state.evaluate_breakers();
+        }
+    }
+}
+
 /// Frees the space of expired learned addresses now and then; the kernel
 /// already ignores them.
 async fn sweep_learned_addresses(daemon: Weak<Daemon>) {
@@ -658,6 +867,7 @@ async fn drain_events(events: RingBuf<MapData>, daemon: Arc<Daemon>) -> anyhow::
                 Err(error) => tracing::warn!(%error, "undecodable kernel event"),
             }
         }
+        state.evaluate_breakers();
         drop(state);
         guard.clear_ready();
     }

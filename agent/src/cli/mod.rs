@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+pub mod audit;
+pub mod breaker;
 pub mod daemon;
+pub mod events;
 pub mod exec;
 pub mod policy;
 pub mod probe;
@@ -36,6 +39,16 @@ pub enum Command {
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Inspect and operate the circuit breakers of a running daemon.
+    #[command(subcommand)]
+    Breaker(BreakerCommand),
+    /// Work with the audit trail: verify it, print the signing key or the
+    /// live chain head.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Show audit records from the running daemon, one line each; with
+    /// --follow, keep showing them as they are written.
+    Events(EventsArgs),
 }
 
 /// `baton run`.
@@ -91,5 +104,115 @@ pub enum PolicyCommand {
         /// Policy files or directories.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+    },
+}
+
+/// `baton audit …`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print the public half of the checkpoint signing key, to give to
+    /// `baton audit verify --pubkey`.
+    Pubkey {
+        /// The signing key file.
+        #[arg(long, default_value = crate::audit::config::DEFAULT_KEY_FILE)]
+        key: PathBuf,
+        /// How to spell the key.
+        #[arg(long, value_enum, default_value = "hex")]
+        format: crate::audit::keys::KeyFormat,
+    },
+    /// Check the hash chain and the checkpoint signatures of audit log
+    /// files (in any order; they may span rotations). Names the first
+    /// record that was edited, deleted, reordered or forged. Exit status:
+    /// 0 intact, 1 tampered or records missing, 3 intact but a final record
+    /// was left incomplete by a writer that stopped mid-write.
+    Verify(VerifyArgs),
+    /// Print the daemon's live chain head as SEQ:HASH, to keep somewhere
+    /// safe and give to `baton audit verify --head` later.
+    Head {
+        /// Control socket of the daemon.
+        #[arg(long, env = "BATON_SOCKET", default_value = crate::config::DEFAULT_CONTROL_SOCKET)]
+        control_socket: PathBuf,
+    },
+}
+
+/// `baton audit verify`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The public key checkpoints must be signed with: hex, base64, or a
+    /// file holding either or a PEM public key (`baton audit pubkey`).
+    #[arg(long)]
+    pub pubkey: String,
+    /// A head known to be genuine, as SEQ:HASH (from `baton audit head` or
+    /// a forwarded checkpoint): records missing after it are reported.
+    #[arg(long, conflicts_with = "live")]
+    pub head: Option<String>,
+    /// Ask the running daemon for its live head and check the files
+    /// against it.
+    #[arg(long)]
+    pub live: bool,
+    /// Control socket of the daemon, for --live.
+    #[arg(long, env = "BATON_SOCKET", default_value = crate::config::DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+    /// Audit log files (the active file and rotated ones).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+/// `baton events`.
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// Keep showing records as they are written, until interrupted.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only this agent's records.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Only records with this verdict (denied, would-deny, allowed,
+    /// detected, info).
+    #[arg(long)]
+    pub verdict: Option<String>,
+    /// Only records of this control (egress, dns, file, exec, policy,
+    /// daemon, audit).
+    #[arg(long)]
+    pub control: Option<String>,
+    /// Print each record as its JSON line, exactly as written.
+    #[arg(long)]
+    pub json: bool,
+    /// Recent records to show first (from those written since the daemon
+    /// started, at most 1024).
+    #[arg(long, short = 'n', default_value_t = 10)]
+    pub lines: usize,
+    /// Control socket of the daemon.
+    #[arg(long, env = "BATON_SOCKET", default_value = crate::config::DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+}
+
+/// `baton breaker …`.
+#[derive(Debug, Subcommand)]
+pub enum BreakerCommand {
+    /// Every agent's breaker state and counters.
+    List {
+        /// Control socket of the daemon.
+        #[arg(long, env = "BATON_SOCKET", default_value = crate::config::DEFAULT_CONTROL_SOCKET)]
+        control_socket: PathBuf,
+    },
+    /// Close an agent's breaker now and lift its quarantine or freeze.
+    Reset {
+        /// Agent name.
+        agent: String,
+        /// Control socket of the daemon.
+        #[arg(long, env = "BATON_SOCKET", default_value = crate::config::DEFAULT_CONTROL_SOCKET)]
+        control_socket: PathBuf,
+    },
+    /// Open an agent's breaker by hand; it stays open until reset.
+    Trip {
+        /// Agent name.
+        agent: String,
+        /// What to do to the agent.
+        #[arg(long, value_enum)]
+        action: crate::breaker::Action,
+        /// Control socket of the daemon.
+        #[arg(long, env = "BATON_SOCKET", default_value = crate::config::DEFAULT_CONTROL_SOCKET)]
+        control_socket: PathBuf,
     },
 }

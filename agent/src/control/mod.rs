@@ -18,6 +18,20 @@ pub enum Request {
         /// Agent name.
         agent: String,
     },
+    /// Every agent's breaker state (root only).
+    BreakerList,
+    /// Close an agent's breaker now and lift its action (root only).
+    BreakerReset {
+        /// Agent name.
+        agent: String,
+    },
+    /// Open an agent's breaker by hand (root only).
+    BreakerTrip {
+        /// Agent name.
+        agent: String,
+        /// `quarantine`, `freeze` or `kill`.
+        action: crate::breaker::Action,
+    },
 }
 
 /// A reply.
@@ -32,6 +46,83 @@ pub enum Reply {
         /// apply to itself before it execs the agent's command.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         landlock: Option<crate::fallback::landlock::LandlockPlan>,
+    },
+    /// Breaker states, one JSON object per agent.
+    Breakers {
+        /// The states.
+        agents: Vec<serde_json::Value>,
+    },
+    /// Done; what happened.
+    Done {
+        /// Description.
+        message: String,
+    },
+    /// Refused or failed.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// A request about the audit trail, served on the same socket as
+/// [`Request`]. Kept apart from it so that handlers of [`Request`] need not
+/// know about the audit side.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuditRequest {
+    /// The live chain head: sequence number and hash of the last record.
+    AuditHead,
+    /// Stream records: the last `recent`, then every new one while
+    /// `follow`. Served to root and the configured group only.
+    Events {
+        /// Only this agent's records.
+        #[serde(default)]
+        agent: Option<String>,
+        /// Only records with this verdict.
+        #[serde(default)]
+        verdict: Option<String>,
+        /// Only records of this control.
+        #[serde(default)]
+        control: Option<String>,
+        /// Recent records to send first.
+        #[serde(default)]
+        recent: usize,
+        /// Keep sending new records until the client hangs up.
+        #[serde(default)]
+        follow: bool,
+    },
+}
+
+/// A reply to an [`AuditRequest`]. While streaming, records are sent as
+/// they were written (objects without a `status` key) between these.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum AuditReply {
+    /// The chain head; `seq` 0 when nothing was written yet.
+    Head {
+        /// Sequence number of the last record.
+        seq: u64,
+        /// Its line hash, hex.
+        hash: String,
+    },
+    /// Records follow, one per line.
+    Streaming,
+    /// The client read too slowly and this many records were not sent.
+    Lagged {
+        /// Records skipped.
+        skipped: u64,
+    },
+    /// The stream is over (recent records sent, not following).
+    End,
+    /// Breaker states, one JSON object per agent.
+    Breakers {
+        /// The states.
+        agents: Vec<serde_json::Value>,
+    },
+    /// Done; what happened.
+    Done {
+        /// Description.
+        message: String,
     },
     /// Refused or failed.
     Error {

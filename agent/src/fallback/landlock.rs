@@ -120,7 +120,10 @@ pub fn plan(rules: &[SourceRule], file_default: u8, exec_default: u8) -> Landloc
             .collect();
         let denies: Vec<&str> = rules
             .iter()
-            .filter(|x| x.rights & bit != 0 && x.decision == decision::DENY)
+            .filter(|x| {
+                x.rights & bit != 0
+                    && (x.decision == decision::DENY || x.decision == decision::CANARY)
+            })
             .map(|x| x.path.as_str())
             .collect();
         if default != decision::DENY && denies.is_empty() {

@@ -20,12 +20,15 @@ use agent_common::{
         LearnedKey, LearnedValue, PORT_TABLES_PER_GENERATION, PortRule, PortTable, ipv4_mapped,
     },
     files::{FILE_KEY_HEADER_BITS, FileKey, FileValue, PATH_KEY_BYTES},
-    identity::{AgentPolicy, AgentPolicyKey, AgentRecord, ExecutableKey, policy_flags},
+    identity::{
+        AgentCounters, AgentPolicy, AgentPolicyKey, AgentRecord, AgentRuntime, ExecutableKey,
+        policy_flags,
+    },
     map_names,
 };
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuHashMap, lpm_trie::Key},
 };
 
 use super::loader::KernelError;
@@ -185,7 +188,7 @@ impl PolicyMaps {
                 egress_default_rule: agent.egress_default_rule,
                 file_default_rule: agent.file_default_rule,
                 exec_default_rule: agent.exec_default_rule,
-                _pad: 0,
+                connects_per_second: agent.connects_per_second,
             };
             self.agent_policies
                 .insert(key, value, 0)
@@ -339,6 +342,23 @@ impl PolicyMaps {
     pub fn agent_of(&self, tgid: u32) -> Option<AgentRecord> {
         self.identity.get(&tgid, 0).ok()
     }
+
+    /// Every process of an agent, from the kernel's identity record: forked,
+    /// double-forked and re-parented ones included.
+    pub fn members(&self, agent_id: u32) -> Vec<u32> {
+        self.identity
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, record)| record.agent_id == agent_id)
+            .map(|(tgid, _)| tgid)
+            .collect()
+    }
+
+    /// Forgets a process that no longer exists (its exit was not seen, for
+    /// instance because it died while the daemon was starting).
+    pub fn forget(&mut self, tgid: u32) {
+        let _ = self.identity.remove(&tgid);
+    }
 }
 
 /// The maps the DNS proxy writes: where each agent's DNS goes, and the
@@ -449,5 +469,50 @@ impl DnsMaps {
             let _ = self.learned.remove(key);
         }
         expired.len()
+    }
+}
+
+/// Run-time agent state and counters: quarantine, and what the breakers read.
+pub struct RuntimeMaps {
+    state: HashMap<MapData, u32, AgentRuntime>,
+    counters: PerCpuHashMap<MapData, u32, AgentCounters>,
+}
+
+impl RuntimeMaps {
+    /// Takes the maps out of the loaded object.
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self, KernelError> {
+        Ok(Self {
+            state: take(ebpf, map_names::AGENT_STATE)?,
+            counters: take(ebpf, map_names::AGENT_COUNTERS)?,
+        })
+    }
+
+    /// Puts an agent in quarantine, or lets it out.
+    pub fn set_quarantine(&mut self, agent_id: u32, on: bool) -> Result<(), KernelError> {
+        let mut state = self.state.get(&agent_id, 0).unwrap_or_default();
+        state.quarantined = u32::from(on);
+        self.state
+            .insert(agent_id, state, 0)
+            .map_err(map_error(map_names::AGENT_STATE))
+    }
+
+    /// The agent's counters, summed over CPUs.
+    pub fn counters(&self, agent_id: u32) -> AgentCounters {
+        let Ok(per_cpu) = self.counters.get(&agent_id, 0) else {
+            return AgentCounters::default();
+        };
+        per_cpu.iter().fold(AgentCounters::default(), |mut sum, c| {
+            sum.connects += c.connects;
+            sum.denied_connects += c.denied_connects;
+            sum.distinct_denied_destinations += c.distinct_denied_destinations;
+            sum.rate_limited += c.rate_limited;
+            sum.denied_files += c.denied_files;
+            sum.file_writes += c.file_writes;
+            sum.execs += c.execs;
+            sum.canary_hits += c.canary_hits;
+            sum.denied_sockets += c.denied_sockets;
+            sum.events_dropped += c.events_dropped;
+            sum
+        })
     }
 }

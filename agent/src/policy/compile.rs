@@ -78,7 +78,7 @@ pub struct RuleRef {
 }
 
 /// The settings of one agent after merging every policy that selects it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct CompiledAgent {
     /// Policies selecting the agent.
     pub policies: Vec<String>,
@@ -105,6 +105,12 @@ pub struct CompiledAgent {
     pub exec_default_rule: u32,
     /// Whether files with no name on disk may be executed.
     pub allow_anonymous_exec: bool,
+    /// Connects per second; 0 is unlimited.
+    pub connects_per_second: u32,
+    /// Live processes allowed, for agents Baton starts.
+    pub max_processes: Option<u32>,
+    /// Circuit breakers.
+    pub breakers: Vec<crate::breaker::BreakerRule>,
     /// Egress prefixes with their port tables.
     pub egress: Vec<EgressEntry>,
     /// Names the agent may resolve, with the ports their addresses open.
@@ -324,6 +330,9 @@ pub fn compile_with(
         let mut egress_default: Option<(u8, u32)> = None;
         let mut file_default: Option<(u8, u32)> = None;
         let mut exec_default: Option<(u8, u32)> = None;
+        let mut connects_per_second: Option<u32> = None;
+        let mut max_processes: Option<u32> = None;
+        let mut breakers = Vec::new();
         let mut allow_anonymous_exec = true;
         for policy in &selecting {
             let spec = &policy.document.spec;
@@ -428,6 +437,32 @@ pub fn compile_with(
                     }
                 }
             }
+            if let Some(limits) = &spec.limits {
+                // The tightest limit of the merged policies applies.
+                if let Some(rate) = limits.connects_per_second {
+                    connects_per_second = Some(connects_per_second.map_or(rate, |c| c.min(rate)));
+                }
+                if let Some(processes) = limits.processes {
+                    max_processes = Some(max_processes.map_or(processes, |p| p.min(processes)));
+                }
+            }
+            breakers.extend(spec.breakers.iter().map(|b| crate::breaker::BreakerRule {
+                policy: policy.document.metadata.name.0.clone(),
+                spec: b.clone(),
+            }));
+            if let Some(files) = &spec.files {
+                for (i, canary) in files.canaries.iter().enumerate() {
+                    let rule_id = add_rule(policy, format!("files.canaries[{i}]"));
+                    for path in expand(canary) {
+                        file_sources.push(FileSource {
+                            path,
+                            rights: (0..right::COUNT).fold(0, |acc, r| acc | right::bit(r)),
+                            decision: decision::CANARY,
+                            rule_id,
+                        });
+                    }
+                }
+            }
             if let Some(exec) = &spec.exec {
                 let d = action_decision(exec.default);
                 if exec_default.is_none_or(|(current, _)| d == decision::DENY && current != d) {
@@ -477,6 +512,9 @@ pub fn compile_with(
             exec_default,
             exec_default_rule,
             allow_anonymous_exec,
+            connects_per_second: connects_per_second.unwrap_or(0),
+            max_processes,
+            breakers,
             egress: flatten_egress(&agent, &egress_sources)?,
             domains,
             files: flatten_files(&file_sources),
@@ -620,7 +658,15 @@ fn flatten_files(sources: &[FileSource]) -> Vec<FileEntry> {
             let best = sources
                 .iter()
                 .filter(|s| s.rights & right::bit(r) != 0 && s.path.covers(path))
-                .max_by_key(|s| (s.path.0.len(), s.decision == decision::DENY));
+                // Most specific first; at equal specificity a canary beats a
+                // deny, which beats an allow.
+                .max_by_key(|s| {
+                    (
+                        s.path.0.len(),
+                        s.decision != decision::ALLOW,
+                        s.decision == decision::CANARY,
+                    )
+                });
             if let Some(best) = best {
                 *slot_decision = best.decision;
                 *slot_rule = best.rule_id;

@@ -4,9 +4,12 @@
 //! compiled completely first, so a bad file can never leave a half-applied
 //! set behind.
 
+pub mod bundle;
 pub mod compile;
 pub mod lint;
 pub mod load;
+pub mod schema;
+pub mod source;
 pub mod spec;
 
 pub use compile::{CompiledPolicySet, RuleRef, compile, compile_with, expand_on_disk};

@@ -24,9 +24,10 @@
 //! line and column, never a silently ignored rule. Values are checked while
 //! they are read (CIDRs, ports, paths), so their errors carry a position too.
 
-use std::{fmt, net::IpAddr};
+use std::{borrow::Cow, fmt, net::IpAddr};
 
 use ipnet::IpNet;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
 use crate::egress::domain::DomainPattern;
 use serde::{
@@ -38,7 +39,7 @@ use serde::{
 pub const API_VERSION: &str = "baton.dev/v1alpha1";
 
 /// `apiVersion`.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 pub enum ApiVersion {
     /// `baton.dev/v1alpha1`.
     #[serde(rename = "baton.dev/v1alpha1")]
@@ -46,14 +47,14 @@ pub enum ApiVersion {
 }
 
 /// `kind`.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 pub enum Kind {
     /// The only kind.
     AgentPolicy,
 }
 
 /// One policy document.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AgentPolicyDocument {
     /// Schema version.
@@ -67,7 +68,7 @@ pub struct AgentPolicyDocument {
 }
 
 /// `metadata`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
     /// Unique policy name; audit records cite it.
@@ -78,7 +79,7 @@ pub struct Metadata {
 }
 
 /// `spec`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySpec {
     /// Which processes are the agent.
@@ -112,8 +113,10 @@ pub struct PolicySpec {
 /// command runs; otherwise, at exec, a selected executable wins over a
 /// selected cgroup; a process already in a selected cgroup when the daemon
 /// starts is admitted then.
-#[derive(Clone, Debug, Deserialize, Serialize, Default)]
+#[derive(Clone, Debug, Deserialize, Serialize, Default, JsonSchema)]
 #[serde(try_from = "RawSelector", rename_all = "camelCase")]
+// The schema describes the fields as written, which `RawSelector` reads.
+#[schemars(!try_from, default, deny_unknown_fields, extend("minProperties" = 1))]
 pub struct Selector {
     /// Agent name, as given to `baton exec --agent NAME`; when absent the
     /// agent is named after the policy.
@@ -237,7 +240,7 @@ impl<'de> Deserialize<'de> for UnitName {
 }
 
 /// `spec.mode`.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Deny what the policy denies.
@@ -248,7 +251,7 @@ pub enum Mode {
 }
 
 /// Allow or deny.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// Allow.
@@ -258,7 +261,7 @@ pub enum Action {
 }
 
 /// `spec.egress`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EgressSpec {
     /// Decision when no rule matches; `deny` unless set.
@@ -342,7 +345,7 @@ impl TryFrom<RawEgressRule> for EgressRule {
 }
 
 /// `protocol` of an egress rule.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// TCP and UDP.
@@ -355,7 +358,7 @@ pub enum Protocol {
 }
 
 /// `spec.files`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FilesSpec {
     /// Decision when no rule matches; `allow` unless set.
@@ -375,7 +378,7 @@ pub struct FilesSpec {
 }
 
 /// `spec.limits`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Limits {
     /// Connects (and unconnected sends) per second; excess calls are denied
@@ -389,7 +392,7 @@ pub struct Limits {
 }
 
 /// One circuit breaker.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BreakerSpec {
     /// Name, cited by audit records and `baton breaker list`.
@@ -415,7 +418,7 @@ fn default_probe_window() -> u64 {
 }
 
 /// Trip conditions over the agent's kernel counters, in a sliding window.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Condition {
     /// Denied connects and sends.
@@ -439,7 +442,7 @@ pub struct Condition {
 }
 
 /// "More than N within S seconds".
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Threshold {
     /// Count that must be exceeded.
@@ -449,7 +452,7 @@ pub struct Threshold {
 }
 
 /// What a tripped breaker does.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BreakerAction {
     /// Deny every connect (and, with BPF LSM, every write and exec); reads
@@ -462,7 +465,9 @@ pub enum BreakerAction {
 }
 
 /// A file right.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum FileRight {
     /// Open for reading.
@@ -550,7 +555,7 @@ impl<'de> Deserialize<'de> for FileRule {
 }
 
 /// `spec.exec`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ExecSpec {
     /// Decision when no rule matches; `allow` unless set. An allowlist
@@ -860,6 +865,196 @@ impl AbsolutePath {
 impl<'de> Deserialize<'de> for AbsolutePath {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserialize_parsed(deserializer, "an absolute path", Self::parse)
+    }
+}
+
+// JSON Schema of the types that deserialize by hand. The patterns accept what
+// the parsers accept as far as a regular expression can say it; the parsers
+// stay the authority and check the rest (normalisation, lengths, `..`).
+
+/// A string schema with a pattern and a description.
+fn string_schema(pattern: &str, description: &str) -> Schema {
+    json_schema!({
+        "type": "string",
+        "pattern": pattern,
+        "description": description,
+    })
+}
+
+impl JsonSchema for CgroupPath {
+    fn schema_name() -> Cow<'static, str> {
+        "CgroupPath".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        string_schema(
+            "^/.*[^/]",
+            "A cgroup v2 path relative to the cgroup v2 mount, written with a leading `/` \
+             (`/agents/coder`); every process in the cgroup or below it is the agent. \
+             Not `/` itself, no `.` or `..` components.",
+        )
+    }
+}
+
+impl JsonSchema for UnitName {
+    fn schema_name() -> Cow<'static, str> {
+        "UnitName".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        string_schema(
+            r"^([A-Za-z0-9_.@:\\-]+/)*[A-Za-z0-9_.@:\\-]+\.(service|scope|slice)$",
+            "A systemd unit (`coder.service`), or a unit inside a slice \
+             (`agents.slice/coder.service`) for a unit outside `system.slice`.",
+        )
+    }
+}
+
+impl JsonSchema for RulePath {
+    fn schema_name() -> Cow<'static, str> {
+        "RulePath".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        string_schema(
+            "^/",
+            "An absolute path prefix, matched on component boundaries (`/x/.ssh` covers \
+             `/x/.ssh/id_rsa`, not `/x/.ssh_old`). A component may be a single `*`, one \
+             directory level with any name (`/home/*/.ssh`). No `~`, `.` or `..`; at most \
+             247 bytes once normalised.",
+        )
+    }
+}
+
+impl JsonSchema for Name {
+    fn schema_name() -> Cow<'static, str> {
+        "Name".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        string_schema(
+            "^[a-z0-9][a-z0-9._-]{0,62}$",
+            "A name: 1-63 characters of a-z, 0-9, `-`, `_`, `.`, starting with a letter or digit.",
+        )
+    }
+}
+
+impl JsonSchema for Cidr {
+    fn schema_name() -> Cow<'static, str> {
+        "Cidr".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": "^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$",
+            "description": "An IPv4 or IPv6 network with its host bits clear (`10.0.0.0/8`, \
+                            `2001:db8::/32`), or a bare address for a single host. \
+                            IPv4-mapped IPv6 addresses are IPv4 addresses.",
+            "examples": ["10.0.0.0/8", "2001:db8::/32", "127.0.0.1"],
+        })
+    }
+}
+
+impl JsonSchema for PortRange {
+    fn schema_name() -> Cow<'static, str> {
+        "PortRange".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A port (`443`) or an inclusive range of ports (`\"8000-8100\"`).",
+            "anyOf": [
+                {"type": "integer", "minimum": 0, "maximum": 65535},
+                {"type": "string", "pattern": r"^\s*[0-9]+\s*(-\s*[0-9]+\s*)?$"},
+            ],
+        })
+    }
+}
+
+impl JsonSchema for AbsolutePath {
+    fn schema_name() -> Cow<'static, str> {
+        "AbsolutePath".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        string_schema(
+            "^/",
+            "An absolute path. No `~`, `.`, `..` or `*`; at most 247 bytes once normalised.",
+        )
+    }
+}
+
+impl JsonSchema for EgressRule {
+    fn schema_name() -> Cow<'static, str> {
+        "EgressRule".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let cidr = generator.subschema_for::<Cidr>();
+        let domain = generator.subschema_for::<DomainPattern>();
+        let port = generator.subschema_for::<PortRange>();
+        let protocol = generator.subschema_for::<Protocol>();
+        // `oneOf` over `required` alone, with every field declared once
+        // beside it, says "exactly one of cidr and domain" in a form that
+        // both JSON Schema validators and Kubernetes' structural schemas read.
+        json_schema!({
+            "description": "One egress rule: a network (`cidr`) or a name (`domain`), \
+                            with ports and a protocol.",
+            "type": "object",
+            "properties": {
+                "cidr": cidr,
+                "domain": domain,
+                "ports": {
+                    "description": "Ports and port ranges; every port when empty or absent.",
+                    "type": "array",
+                    "items": port,
+                    "default": [],
+                },
+                "protocol": {
+                    "description": "`tcp`, `udp` or `any` (the default).",
+                    "allOf": [protocol],
+                    "default": "any",
+                },
+            },
+            "oneOf": [
+                {"required": ["cidr"]},
+                {"required": ["domain"]},
+            ],
+            "additionalProperties": false,
+        })
+    }
+}
+
+impl JsonSchema for FileRule {
+    fn schema_name() -> Cow<'static, str> {
+        "FileRule".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let path = generator.subschema_for::<RulePath>();
+        let right = generator.subschema_for::<FileRight>();
+        json_schema!({
+            "description": "A file rule: a path prefix (every right), or a path with the \
+                            rights the rule is about.",
+            "anyOf": [
+                path.clone(),
+                {
+                    "type": "object",
+                    "properties": {
+                        "path": path,
+                        "rights": {
+                            "description": "Rights the rule is about; every right when absent.",
+                            "type": "array",
+                            "items": right,
+                            "minItems": 1,
+                        },
+                    },
+                    "required": ["path"],
+                    "additionalProperties": false,
+                },
+            ],
+        })
     }
 }
 
