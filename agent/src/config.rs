@@ -40,7 +40,7 @@ pub enum ConfigError {
 }
 
 /// The configuration file's contents; every key is optional.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Config {
     /// Directory of policy files.
@@ -52,6 +52,21 @@ pub struct Config {
     /// The DNS proxy that enforces domain rules.
     #[serde(default)]
     pub dns: DnsConfig,
+    /// The audit trail: rotation, checkpoints, signing key, redaction, live
+    /// stream, forwarders.
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
+    /// The metrics and health endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `metrics:` in the configuration file.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetricsConfig {
+    /// Address of /metrics, /healthz and /readyz [default: 127.0.0.1:9464].
+    pub address: Option<std::net::SocketAddr>,
 }
 
 /// `dns:` in the configuration file.

@@ -410,7 +410,7 @@ fn an_agent_in_its_own_network_namespace_resolves_through_the_proxy() {
     // fails fast while the daemon opens a proxy socket inside the
     // namespace; the resolver's next try gets the answer.
     let script = format!(
-        "ip link set lo up; mount --bind {} /etc/resolv.conf; for i in 1 2 3 4 5 6 7 8 9 10; do getent hosts allowed.test && exit 0; sleep 0.3; done; exit 1",
+        "ip link set lo up; mount --bind {} /etc/resolv.conf; for i in $(seq 30); do getent hosts allowed.test && exit 0; sleep 0.3; done; exit 1",
         world.resolv_conf.display()
     );
     let output = daemon.exec(

@@ -630,6 +630,20 @@ impl<'a> Converter<'a> {
             types.insert("object".into());
             return Ok(Junctor::Done);
         }
+        // A shorthand (a string) or its long form (an object), as file rules
+        // are written: no structural type says both, so the CRD accepts any
+        // value here and Baton's own parser checks it when it loads.
+        if branch_types == BTreeSet::from(["object".to_owned(), "string".to_owned()]) {
+            out.insert("x-kubernetes-preserve-unknown-fields".into(), true.into());
+            if !node.contains_key("description") {
+                node.insert(
+                    "description".into(),
+                    "A path, or an object with path and rights; checked by Baton when it loads the policy."
+                        .into(),
+                );
+            }
+            return Ok(Junctor::Done);
+        }
         bail!(
             "{path}/{junctor}: these alternatives have no structural form \
              (only null, integer-or-string, string enums and objects are translated)"

@@ -4,6 +4,7 @@
 //! does), so a newcomer needs nothing but this repository and rustup.
 
 mod bench;
+mod deploy;
 mod setup;
 mod test;
 mod util;
@@ -65,6 +66,10 @@ enum Task {
     /// Benchmarks, reported as ratios against a baseline measured in the
     /// same run.
     Bench(bench::BenchArgs),
+    /// Regenerate the AgentPolicy CustomResourceDefinition
+    /// (deploy/kubernetes/agentpolicy-crd.yaml) from the policy's JSON
+    /// Schema (policies/agentpolicy.schema.json).
+    Crd,
 }
 
 /// The workspace root.
@@ -206,5 +211,12 @@ fn run_task(task: Task) -> Result<()> {
         Task::Vm { kernel, command } => run_vm(&kernel, &command),
         Task::Lint => lint(),
         Task::Bench(args) => bench::run(&args),
+        Task::Crd => {
+            let root = workspace_root();
+            deploy::generate_crd(
+                &root.join(deploy::SCHEMA_PATH),
+                &root.join(deploy::CRD_PATH),
+            )
+        }
     }
 }

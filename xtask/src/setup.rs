@@ -46,6 +46,9 @@ const HOST_PACKAGES: &[&str] = &[
     "nftables",
     "procps",
     "bpftool",
+    "rsyslog",
+    "systemd",
+    "python3-venv",
 ];
 
 /// Debian packages that only the VM kit needs.
@@ -135,6 +138,7 @@ pub fn setup(opts: &SetupOptions) -> Result<Kit> {
     }
     ensure_packages(&packages)?;
 
+    ensure_kubernetes_validate(&dir)?;
     let vng = dir.join("venv/bin/vng");
     if !opts.vm {
         return Ok(Kit {
@@ -387,6 +391,45 @@ fn ensure_virtme_ng(kit: &Path, vng: &Path) -> Result<()> {
             vng.display()
         );
     }
+    Ok(())
+}
+
+/// Version of the Kubernetes manifest validator the deployment tests use.
+pub const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+
+/// Installs `kubernetes-validate` (which carries the Kubernetes schemas, so
+/// validation needs no network) into `<kit>/validate-venv`.
+fn ensure_kubernetes_validate(kit: &Path) -> Result<()> {
+    let venv = kit.join("validate-venv");
+    let tool = venv.join("bin/kubernetes-validate");
+    let version = probe(Command::new(&tool).arg("--version")).map(|v| v.trim().to_owned());
+    if version
+        .as_deref()
+        .is_some_and(|v| v.contains(KUBERNETES_VALIDATE_VERSION))
+    {
+        println!(
+            "setup: kubernetes-validate {KUBERNETES_VALIDATE_VERSION} is already installed ({})",
+            tool.display()
+        );
+        return Ok(());
+    }
+    println!(
+        "setup: installing kubernetes-validate {KUBERNETES_VALIDATE_VERSION} into {}",
+        venv.display()
+    );
+    if !is_executable(&venv.join("bin/python3")) {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    run(Command::new(venv.join("bin/pip"))
+        .args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-input",
+        ])
+        .arg(format!(
+            "kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"
+        )))?;
     Ok(())
 }
 

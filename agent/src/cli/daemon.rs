@@ -21,8 +21,10 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 use super::RunArgs;
 use crate::{
     audit::{
-        AuditRecord, FileSink, ProcessCache,
+        AuditConfig, AuditRecord, AuditTrail, ProcessCache,
+        forward::Forwarders,
         record::{Clock, Context},
+        stream::AuditService,
     },
     breaker::{Action, Engine, State as BreakerState, Transition, limits::limit_processes},
     config::{Config, DEFAULT_AUDIT_LOG, DEFAULT_CONTROL_SOCKET, DEFAULT_POLICY_DIR, DnsConfig},
@@ -49,6 +51,8 @@ struct Settings {
     audit_log: PathBuf,
     control_socket: PathBuf,
     dns: DnsConfig,
+    audit: AuditConfig,
+    metrics_address: std::net::SocketAddr,
 }
 
 impl Settings {
@@ -71,6 +75,11 @@ impl Settings {
                 .or(config.control_socket)
                 .unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into()),
             dns: config.dns,
+            audit: config.audit,
+            metrics_address: config
+                .metrics
+                .address
+                .unwrap_or(crate::metrics::DEFAULT_ADDRESS),
         })
     }
 }
@@ -81,10 +90,14 @@ struct State {
     dns: DnsMaps,
     runtime: RuntimeMaps,
     breakers: Engine,
+    /// Kernel event drops already recorded, per agent.
+    drops_recorded: HashMap<u32, u64>,
+    /// Prometheus metrics.
+    metrics: Arc<crate::metrics::Metrics>,
     cgroup_root: PathBuf,
     registry: AgentRegistry,
     policies: CompiledPolicySet,
-    sink: FileSink,
+    sink: AuditTrail,
     host: String,
     /// Whether BPF LSM enforces file rules; if not, `baton exec` agents get
     /// a Landlock ruleset instead.
@@ -272,11 +285,46 @@ impl State {
                 }
             }
         }
+        self.metrics.set_breaker_state(
+            &transition.agent,
+            match transition.to {
+                BreakerState::Closed => crate::metrics::BreakerState::Closed,
+                BreakerState::Open { .. } => crate::metrics::BreakerState::Open,
+                BreakerState::HalfOpen { .. } => crate::metrics::BreakerState::HalfOpen,
+            },
+        );
         let message = describe(transition);
         tracing::warn!("{message}");
         let mut record = AuditRecord::lifecycle(&self.host, "breaker", message);
         record.agent = Some(transition.agent.clone());
         self.record(record);
+    }
+
+    /// Writes a record for events the kernel could not queue since the last
+    /// look: loss is counted and recorded, never silent.
+    fn record_drops(&mut self) {
+        let agents: Vec<(u32, String)> = self
+            .registry
+            .ids()
+            .iter()
+            .map(|(name, id)| (*id, name.0.clone()))
+            .collect();
+        for (agent_id, agent) in agents {
+            let dropped = self.runtime.counters(agent_id).events_dropped;
+            self.metrics.observe_events_dropped_total(&agent, dropped);
+            let seen = self.drops_recorded.entry(agent_id).or_insert(0);
+            if dropped > *seen {
+                let count = dropped - *seen;
+                *seen = dropped;
+                let host = self.host.clone();
+                self.record(AuditRecord::suppressed(
+                    &host,
+                    Some(&agent),
+                    count,
+                    "the kernel's event ring buffer was full",
+                ));
+            }
+        }
     }
 
     /// Feeds every watched agent's counters to the breakers and acts on
@@ -329,6 +377,13 @@ impl State {
     }
 
     fn record(&mut self, mut record: AuditRecord) {
+        if record.verdict != "info" {
+            self.metrics.record_decision(
+                record.agent.as_deref().unwrap_or(""),
+                record.control,
+                record.verdict,
+            );
+        }
         if let Err(error) = self.sink.write(&mut record) {
             tracing::error!(%error, "audit record lost");
         }
@@ -337,9 +392,14 @@ impl State {
 
 struct Daemon {
     state: Mutex<State>,
+    audit: AuditService,
 }
 
 impl Handler for Daemon {
+    fn audit(&self) -> Option<&AuditService> {
+        Some(&self.audit)
+    }
+
     fn handle(&self, caller: Caller, request: Request) -> Reply {
         if !matches!(request, Request::Admit { .. }) && caller.uid != 0 {
             return Reply::Error {
@@ -480,7 +540,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     // a bad file stops the daemon before it enforces a partial set.
     let policies = load_dir(&settings.policy_dir)?;
     let compiled = compile_with(&policies, 1, &expand_on_disk)?;
-    let sink = FileSink::open(&settings.audit_log)?;
+    let sink = AuditTrail::open(&settings.audit_log, &settings.audit)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -493,11 +553,25 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
 async fn serve(
     settings: Settings,
     compiled: CompiledPolicySet,
-    sink: FileSink,
+    sink: AuditTrail,
 ) -> anyhow::Result<()> {
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Bound first, so /healthz answers and /readyz says "not yet" while the
+    // programs load. A taken port costs the endpoint, not enforcement.
+    let metrics_task = match crate::metrics::MetricsServer::bind(settings.metrics_address).await {
+        Ok(server) => {
+            tracing::info!(address = %server.local_addr(), "metrics endpoint");
+            Some(tokio::spawn(server.run(metrics.clone(), ready.clone())))
+        }
+        Err(error) => {
+            tracing::warn!(%error, "no metrics endpoint");
+            None
+        }
+    };
     let mut enforcer = Enforcer::load()?;
     let mut maps = PolicyMaps::new(&mut enforcer.ebpf)?;
     let mut registry = AgentRegistry::new();
@@ -519,6 +593,8 @@ async fn serve(
         dns,
         runtime,
         breakers,
+        drops_recorded: HashMap::new(),
+        metrics: metrics.clone(),
         cgroup_root: enforcer.cgroup_root.clone(),
         registry,
         policies: compiled,
@@ -587,15 +663,30 @@ async fn serve(
         tracing::info!(control = "file", state = "enforced");
     }
 
+    let hub = state.sink.hub();
+    let audit = AuditService::new(hub.clone(), &settings.audit.stream)?;
+    let forwarders = Forwarders::start(&settings.audit_log, &settings.audit, Some(hub))?;
     let daemon = Arc::new(Daemon {
         state: Mutex::new(state),
+        audit,
     });
+    let audit_ticker = tokio::spawn(tick_audit(Arc::downgrade(&daemon)));
     start_dns_proxies(&daemon, &settings.dns).await?;
     let sweeper = tokio::spawn(sweep_learned_addresses(Arc::downgrade(&daemon)));
     let breaker_task = tokio::spawn(watch_breakers(Arc::downgrade(&daemon)));
     // The socket appears last: once it exists, the daemon is enforcing.
     let listener = server::bind(&settings.control_socket)?;
     let control = tokio::spawn(server::serve(listener, daemon.clone()));
+    {
+        let state = daemon.state.lock().expect("state lock poisoned");
+        state
+            .metrics
+            .set_policy_generation(u64::from(state.maps.active_generation()));
+        state
+            .metrics
+            .record_policy_reload(crate::metrics::ReloadResult::Success);
+    }
+    ready.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(socket = %settings.control_socket.display(), audit_log = %settings.audit_log.display(), "ready");
 
     let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
@@ -617,7 +708,16 @@ async fn serve(
             "daemon",
             "baton stopped".into(),
         ));
+        // A closing checkpoint, so verification can trust the whole log.
+        if let Err(error) = state.sink.checkpoint() {
+            tracing::error!(%error, "closing checkpoint failed");
+        }
     }
+    audit_ticker.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
+    forwarders.stop();
     drop(enforcer);
     result
 }
@@ -741,6 +841,27 @@ fn open_netns_proxy(daemon: &Arc<Daemon>, agent_id: u32, netns_cookie: u64, pid:
         ),
         Err(error) => {
             tracing::warn!(agent_id, pid, %error, "cannot open a DNS proxy in the agent's network namespace")
+        }
+    }
+}
+
+/// Writes checkpoints and rotates the log on time even when no record
+/// arrives.
+async fn tick_audit(daemon: Weak<Daemon>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        interval.tick().await;
+        let Some(daemon) = daemon.upgrade() else {
+            return;
+        };
+        if let Ok(mut state) = daemon.state.lock() {
+            state.record_drops();
+            for (map, entries, capacity) in state.maps.usage() {
+                state.metrics.set_map_usage(map, entries, capacity);
+            }
+            if let Err(error) = state.sink.tick() {
+                tracing::error!(%error, "audit checkpoint failed");
+            }
         }
     }
 }

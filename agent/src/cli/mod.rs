@@ -105,6 +105,65 @@ pub enum PolicyCommand {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Print the JSON Schema of a policy document, the one kept in
+    /// policies/agentpolicy.schema.json for editors.
+    Schema,
+    /// Show what NEW allows or denies that OLD did not, per agent: egress
+    /// destinations, file and exec rules, defaults and modes.
+    Diff {
+        /// The policies in force: a file, a bundle or a directory.
+        old: PathBuf,
+        /// The policies proposed.
+        new: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Learn mode: propose the smallest policy that would have allowed
+    /// everything an agent did, from the audit log of a run in audit mode.
+    /// Prints a commented policy to review.
+    Suggest {
+        /// Audit log files (JSON lines); `-` reads standard input.
+        #[arg(long = "from", required = true)]
+        from: Vec<PathBuf>,
+        /// The agent whose records to learn from.
+        #[arg(long)]
+        agent: String,
+        /// Name of the proposed policy [default: the agent's name].
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Make an ed25519 key pair for signing policy bundles: the private key
+    /// at PATH (mode 0600) and the public key at PATH.pub. Prints the
+    /// public key in hex, for `trustedKeys`.
+    Keygen {
+        /// Where to write the private key; never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a bundle (a policy file): writes a `# baton-signature:` first
+    /// line over the content, replacing an old one. Refuses a bundle that
+    /// does not compile.
+    Sign {
+        /// The private key (`baton policy keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Write the signed bundle here instead of over BUNDLE.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The bundle.
+        bundle: PathBuf,
+    },
+    /// Check a bundle's signature: exit 0 if one of the keys signed it and
+    /// nothing changed since, 1 otherwise.
+    Verify {
+        /// A trusted public key: hex, base64, or a file holding either or a
+        /// PEM public key. May be repeated.
+        #[arg(long, required = true)]
+        pubkey: Vec<String>,
+        /// The bundle.
+        bundle: PathBuf,
+    },
 }
 
 /// `baton audit …`.

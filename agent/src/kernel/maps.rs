@@ -354,6 +354,33 @@ impl PolicyMaps {
             .collect()
     }
 
+    /// Entries and capacity of the policy and identity maps, for metrics.
+    /// Capacities are the ones the programs declare.
+    pub fn usage(&self) -> Vec<(&'static str, u64, u64)> {
+        vec![
+            (
+                map_names::AGENT_OF_TGID,
+                self.identity.keys().count() as u64,
+                65_536,
+            ),
+            (
+                map_names::EGRESS_RULES,
+                self.egress_rules.keys().count() as u64,
+                65_536,
+            ),
+            (
+                map_names::FILE_RULES,
+                self.file_rules.keys().count() as u64,
+                65_536,
+            ),
+            (
+                map_names::AGENT_POLICIES,
+                self.agent_policies.keys().count() as u64,
+                4096,
+            ),
+        ]
+    }
+
     /// Forgets a process that no longer exists (its exit was not seen, for
     /// instance because it died while the daemon was starting).
     pub fn forget(&mut self, tgid: u32) {

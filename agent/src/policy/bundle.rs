@@ -26,9 +26,11 @@ use std::{
 };
 
 use ed25519_dalek::{
-    Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey,
+    Signature, Signer as _, Verifier as _,
     pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _, spki::der::pem::LineEnding},
 };
+/// The key types of this module's API.
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand::TryRng as _;
 use thiserror::Error;
 

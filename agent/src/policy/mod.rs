@@ -6,11 +6,14 @@
 
 pub mod bundle;
 pub mod compile;
+pub mod diff;
+pub mod eval;
 pub mod lint;
 pub mod load;
 pub mod schema;
 pub mod source;
 pub mod spec;
+pub mod suggest;
 
 pub use compile::{CompiledPolicySet, RuleRef, compile, compile_with, expand_on_disk};
 pub use load::{LoadedPolicy, PolicyError, load_dir, load_files, parse_str};

@@ -15,17 +15,30 @@ use crate::egress::domain::DomainPattern;
 /// Where the generated schema is kept, relative to the workspace root.
 pub const SCHEMA_PATH: &str = "policies/agentpolicy.schema.json";
 
-/// `$id` of the schema.
-pub const SCHEMA_ID: &str = "https://baton.dev/schemas/agentpolicy.schema.json";
-
 /// The schema of one policy document (`kind: AgentPolicy`), draft-07, with
 /// shared types under `definitions`.
 pub fn schema() -> serde_json::Value {
     let generator = SchemaGenerator::new(SchemaSettings::draft07());
     let mut schema = generator.into_root_schema_for::<AgentPolicyDocument>();
-    schema.insert("$id".into(), SCHEMA_ID.into());
     schema.insert("title".into(), "Baton AgentPolicy".into());
-    schema.to_value()
+    sorted(schema.to_value())
+}
+
+/// `value` with the keys of every object in order, whatever the order
+/// serde_json keeps (another crate in the build may turn on
+/// `preserve_order`): the committed file must not depend on it.
+fn sorted(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<(String, serde_json::Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(sorted).collect())
+        }
+        other => other,
+    }
 }
 
 /// [`schema`] as the exact text of the committed file: pretty-printed JSON
