@@ -61,6 +61,18 @@ pub mod hook {
     pub const PATH_TRUNCATE: u16 = 27;
     /// LSM `path_chmod`.
     pub const PATH_CHMOD: u16 = 28;
+    /// LSM `bpf`: an agent's `bpf()` call (self-protection).
+    pub const BPF: u16 = 32;
+    /// LSM `ptrace_access_check`: an agent reaching into another process.
+    pub const PTRACE_ACCESS_CHECK: u16 = 33;
+    /// LSM `task_kill`: an agent signalling the daemon.
+    pub const TASK_KILL: u16 = 34;
+    /// LSM `task_setrlimit`: an agent changing the daemon's limits.
+    pub const TASK_SETRLIMIT: u16 = 35;
+    /// LSM `kernel_read_file`: an agent loading a module or kexec image from a file.
+    pub const KERNEL_READ_FILE: u16 = 36;
+    /// LSM `kernel_load_data`: an agent loading a module or kexec image from memory.
+    pub const KERNEL_LOAD_DATA: u16 = 37;
 }
 
 /// Bytes of the process name carried in every event.

@@ -51,6 +51,8 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU counters of events that could not be queued.
     pub const EVENT_DROPS: &str = "EVENT_DROPS";
+    /// One-element array: the daemon's tgid, which agents may not signal or trace.
+    pub const DAEMON_TGID: &str = "DAEMON_TGID";
 }
 
 /// Implements `aya::Pod` for shared types when the `user` feature is on.

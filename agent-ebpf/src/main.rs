@@ -15,6 +15,7 @@ mod files;
 mod identity;
 mod maps;
 mod probe;
+mod protect;
 mod sockets;
 
 #[cfg(not(test))]

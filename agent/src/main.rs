@@ -1,6 +1,6 @@
 //! The `baton` command.
 
-use baton::cli::{Cli, Command, breaker, daemon, exec, policy, probe};
+use baton::cli::{Cli, Command, breaker, daemon, exec, policy, probe, status};
 use baton::cli::{audit, events};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -19,6 +19,7 @@ fn main() -> std::process::ExitCode {
         Command::Probe(args) => probe::run(args),
         Command::Policy(command) => policy::run(command),
         Command::Breaker(command) => breaker::run(command),
+        Command::Status(args) => status::run(args),
         Command::Audit(command) => audit::run(command),
         Command::Events(args) => events::run(args),
     };

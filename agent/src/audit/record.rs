@@ -303,6 +303,12 @@ fn hook_name(hook: u16) -> &'static str {
         hook::PATH_TRUNCATE => "path_truncate",
         hook::PATH_CHMOD => "path_chmod",
         hook::SOCKET_CREATE => "socket_create",
+        hook::BPF => "bpf",
+        hook::PTRACE_ACCESS_CHECK => "ptrace_access_check",
+        hook::TASK_KILL => "task_kill",
+        hook::TASK_SETRLIMIT => "task_setrlimit",
+        hook::KERNEL_READ_FILE => "kernel_read_file",
+        hook::KERNEL_LOAD_DATA => "kernel_load_data",
         _ => "unknown",
     }
 }

@@ -94,6 +94,12 @@ struct State {
     drops_recorded: HashMap<u32, u64>,
     /// Prometheus metrics.
     metrics: Arc<crate::metrics::Metrics>,
+    /// Where the policies in force came from.
+    policy_source: String,
+    /// When they were loaded (RFC 3339).
+    policy_loaded_at: String,
+    /// The last policy load that was refused, if any.
+    policy_error: Option<String>,
     cgroup_root: PathBuf,
     registry: AgentRegistry,
     policies: CompiledPolicySet,
@@ -300,6 +306,60 @@ impl State {
         self.record(record);
     }
 
+    /// What `baton status` shows.
+    fn status(&self) -> serde_json::Value {
+        use serde_json::json;
+        let now = std::time::Instant::now();
+        let breakers: BTreeMap<String, serde_json::Value> = self
+            .breakers
+            .list(now)
+            .into_iter()
+            .map(|b| (b.agent.clone(), json!(b.state)))
+            .collect();
+        let agents: Vec<serde_json::Value> = self
+            .policies
+            .agents
+            .iter()
+            .filter_map(|(name, agent)| {
+                let id = self.registry.id_of(&name.0)?;
+                let files = if self.files_enforced {
+                    "enforced by BPF LSM"
+                } else {
+                    "enforced by Landlock for processes started by baton exec; not enforced for processes selected by cgroup, unit or executable"
+                };
+                Some(json!({
+                    "agent": name.0,
+                    "id": id,
+                    "policies": agent.policies,
+                    "mode": match agent.mode { agent_common::verdict::mode::AUDIT => "audit", _ => "enforce" },
+                    "processes": self.maps.members(id).len(),
+                    "controls": {
+                        "egress": "enforced (cgroup socket hooks)",
+                        "dns": if agent.domains.is_empty() { "no domain rules" } else { "enforced (DNS proxy)" },
+                        "files": files,
+                        "exec": files,
+                        "breakers": if agent.breakers.is_empty() { "none" } else { "enforced" },
+                    },
+                    "breaker": breakers.get(&name.0).cloned().unwrap_or(json!({"state": "closed"})),
+                    "counters": crate::breaker::CounterSnapshot::from(self.runtime.counters(id)),
+                }))
+            })
+            .collect();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "policy": {
+                "generation": self.maps.active_generation(),
+                "source": self.policy_source,
+                "loaded_at": self.policy_loaded_at,
+                "last_error": self.policy_error,
+            },
+            "file_enforcement": if self.files_enforced { "BPF LSM" } else { "Landlock fallback (baton exec agents only)" },
+            "audit": { "head_seq": self.sink.head().map(|head| head.seq) },
+            "agents": agents,
+        })
+    }
+
     /// Writes a record for events the kernel could not queue since the last
     /// look: loss is counted and recorded, never silent.
     fn record_drops(&mut self) {
@@ -401,13 +461,19 @@ impl Handler for Daemon {
     }
 
     fn handle(&self, caller: Caller, request: Request) -> Reply {
-        if !matches!(request, Request::Admit { .. }) && caller.uid != 0 {
+        if !matches!(request, Request::Admit { .. } | Request::Status) && caller.uid != 0 {
             return Reply::Error {
                 message: "breaker commands need root".into(),
             };
         }
         match request {
             Request::Admit { agent } => self.admit(caller, &agent),
+            Request::Status => {
+                let state = self.state.lock().expect("state lock poisoned");
+                Reply::Status {
+                    report: state.status(),
+                }
+            }
             Request::BreakerList => {
                 let state = self.state.lock().expect("state lock poisoned");
                 let agents = state
@@ -595,6 +661,9 @@ async fn serve(
         breakers,
         drops_recorded: HashMap::new(),
         metrics: metrics.clone(),
+        policy_source: settings.policy_dir.display().to_string(),
+        policy_loaded_at: crate::audit::record::format_time(std::time::SystemTime::now()),
+        policy_error: None,
         cgroup_root: enforcer.cgroup_root.clone(),
         registry,
         policies: compiled,

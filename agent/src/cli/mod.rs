@@ -11,6 +11,7 @@ pub mod events;
 pub mod exec;
 pub mod policy;
 pub mod probe;
+pub mod status;
 
 /// Baton: kernel-enforced egress, file and exec policy for AI agents.
 ///
@@ -39,6 +40,8 @@ pub enum Command {
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// What the running daemon enforces, per agent and control.
+    Status(StatusArgs),
     /// Inspect and operate the circuit breakers of a running daemon.
     #[command(subcommand)]
     Breaker(BreakerCommand),
@@ -274,4 +277,15 @@ pub enum BreakerCommand {
         #[arg(long, env = "BATON_SOCKET", default_value = crate::config::DEFAULT_CONTROL_SOCKET)]
         control_socket: PathBuf,
     },
+}
+
+/// `baton status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Control socket of the daemon.
+    #[arg(long, env = "BATON_SOCKET", default_value = crate::config::DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
 }

@@ -18,6 +18,9 @@ pub enum Request {
         /// Agent name.
         agent: String,
     },
+    /// What the daemon enforces, per agent and control, and its policy
+    /// generation.
+    Status,
     /// Every agent's breaker state (root only).
     BreakerList,
     /// Close an agent's breaker now and lift its action (root only).
@@ -46,6 +49,11 @@ pub enum Reply {
         /// apply to itself before it execs the agent's command.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         landlock: Option<crate::fallback::landlock::LandlockPlan>,
+    },
+    /// The daemon's status.
+    Status {
+        /// The status document.
+        report: serde_json::Value,
     },
     /// Breaker states, one JSON object per agent.
     Breakers {
@@ -114,6 +122,11 @@ pub enum AuditReply {
     },
     /// The stream is over (recent records sent, not following).
     End,
+    /// The daemon's status.
+    Status {
+        /// The status document.
+        report: serde_json::Value,
+    },
     /// Breaker states, one JSON object per agent.
     Breakers {
         /// The states.

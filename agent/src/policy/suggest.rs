@@ -659,7 +659,8 @@ fn render_egress(y: &mut String, observed: &Observed) {
             }
             let _ = writeln!(
                 y,
-                "      - cidr: {cidr}\n        ports: {}{}",
+                "      - cidr: {}\n        ports: {}{}",
+                scalar(&cidr),
                 ports_yaml(&ranges),
                 protocol_line(protocol)
             );
