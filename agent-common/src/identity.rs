@@ -98,6 +98,12 @@ pub struct ExecutableKey {
 }
 const _: () = assert!(size_of::<ExecutableKey>() == 16);
 
+/// Name of the global holding the per-agent event rate (events per second).
+pub const EVENTS_PER_SECOND_GLOBAL: &str = "EVENTS_PER_SECOND";
+
+/// Events per second per agent unless configured otherwise.
+pub const DEFAULT_EVENTS_PER_SECOND: u32 = 1000;
+
 /// Deepest cgroup level the kernel checks when looking for a selected
 /// ancestor cgroup.
 pub const MAX_CGROUP_LEVELS: u32 = 8;
@@ -113,8 +119,14 @@ pub struct AgentRuntime {
     pub connect_tokens: u32,
     /// `CLOCK_BOOTTIME` of the last refill, nanoseconds.
     pub last_refill_ns: u64,
+    /// Event tokens left in the current bucket.
+    pub event_tokens: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// `CLOCK_BOOTTIME` of the last event-token refill, nanoseconds.
+    pub event_refill_ns: u64,
 }
-const _: () = assert!(size_of::<AgentRuntime>() == 16);
+const _: () = assert!(size_of::<AgentRuntime>() == 32);
 
 /// Per-agent counters the breakers read. Kept per CPU in the kernel and
 /// summed by the daemon; every decision counts, whatever the event rate.
@@ -141,8 +153,10 @@ pub struct AgentCounters {
     pub denied_sockets: u64,
     /// Events the ring buffer had no room for.
     pub events_dropped: u64,
+    /// Events left out by the per-agent event rate limit.
+    pub events_suppressed: u64,
     /// Reserved for counters added later, so the layout stays.
-    pub _reserved: [u64; 6],
+    pub _reserved: [u64; 5],
 }
 const _: () = assert!(size_of::<AgentCounters>() == 128);
 

@@ -37,7 +37,7 @@ use crate::{
     maps::{
         AGENT_STATE, DENIED_DESTINATIONS, DNS_ORIGINAL, DNS_PROXY_PORTS, EGRESS_PORT_TABLES,
         EGRESS_RULES, EVENTS, LEARNED_ADDRS, active_generation, agent_policy, count, current_agent,
-        quarantined,
+        quarantined, take_event_token,
     },
 };
 
@@ -391,9 +391,11 @@ fn take_connect_token(agent_id: u32, per_second: u32) -> bool {
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let Some(state) = AGENT_STATE.get_ptr_mut(agent_id) else {
         let fresh = AgentRuntime {
-            quarantined: 0,
             connect_tokens: per_second.saturating_sub(1),
             last_refill_ns: now,
+            event_tokens: crate::maps::events_per_second(),
+            event_refill_ns: now,
+            ..AgentRuntime::default()
         };
         return AGENT_STATE.insert(agent_id, fresh, 0).is_ok();
     };
@@ -487,6 +489,9 @@ fn protocol_bit(ip_protocol: u8) -> u8 {
 
 #[inline(always)]
 fn emit(agent: &AgentRecord, destination: &Destination, decision: &Decision) {
+    if !take_event_token(agent.agent_id) {
+        return;
+    }
     let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
         count_drop(agent.agent_id);
         return;

@@ -36,7 +36,7 @@ use crate::{
     events::{Decision, count_drop, fill_header},
     maps::{
         EVENTS, FILE_RULES, PATH_BUF_BYTES, PATH_SCRATCH, PathScratch, active_generation,
-        agent_policy, count, current_agent, kernel_offsets, quarantined,
+        agent_policy, count, current_agent, kernel_offsets, quarantined, take_event_token,
     },
 };
 
@@ -699,6 +699,9 @@ fn emit(
     verdict: Verdict,
     hook: u16,
 ) {
+    if !take_event_token(caller.agent.agent_id) {
+        return;
+    }
     let Some(mut entry) = EVENTS.reserve::<FileEvent>(0) else {
         count_drop(caller.agent.agent_id);
         return;

@@ -196,3 +196,49 @@ pub fn quarantined(agent_id: u32) -> bool {
         unsafe { (*state).quarantined != 0 }
     })
 }
+
+/// Per-agent event rate, set by the daemon from its configuration.
+#[unsafe(no_mangle)]
+static EVENTS_PER_SECOND: u32 = agent_common::identity::DEFAULT_EVENTS_PER_SECOND;
+
+/// The configured per-agent event rate.
+#[inline(always)]
+pub fn events_per_second() -> u32 {
+    // SAFETY: reading a plain static through a volatile load so the
+    // daemon's value is used.
+    unsafe { core::ptr::read_volatile(&EVENTS_PER_SECOND) }
+}
+
+/// Takes one event token for `agent_id`; false means the event is left
+/// out (and counted). Decisions are never affected, only their records.
+#[inline(always)]
+pub fn take_event_token(agent_id: u32) -> bool {
+    let per_second = events_per_second();
+    if per_second == 0 {
+        return true;
+    }
+    // SAFETY: helper without memory arguments.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() };
+    let Some(state) = AGENT_STATE.get_ptr_mut(agent_id) else {
+        let fresh = AgentRuntime {
+            event_tokens: per_second.saturating_sub(1),
+            event_refill_ns: now,
+            ..AgentRuntime::default()
+        };
+        return AGENT_STATE.insert(agent_id, fresh, 0).is_ok();
+    };
+    // SAFETY: the pointer comes from a successful lookup.
+    let state = unsafe { &mut *state };
+    let elapsed = now.saturating_sub(state.event_refill_ns).min(2_000_000_000);
+    let refill = elapsed * per_second as u64 / 1_000_000_000;
+    if refill > 0 {
+        state.event_tokens = (state.event_tokens as u64 + refill).min(per_second as u64) as u32;
+        state.event_refill_ns = now;
+    }
+    if state.event_tokens == 0 {
+        count(agent_id, |c| c.events_suppressed += 1);
+        return false;
+    }
+    state.event_tokens -= 1;
+    true
+}

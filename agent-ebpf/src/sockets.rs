@@ -15,7 +15,7 @@ use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::cgroup_sock, programs:
 
 use crate::{
     events::{Decision, count_drop, fill_header},
-    maps::{EVENTS, active_generation, agent_policy, count, current_agent},
+    maps::{EVENTS, active_generation, agent_policy, count, current_agent, take_event_token},
 };
 
 const AF_INET: u32 = 2;
@@ -66,6 +66,9 @@ fn deny_socket(
     let agent_mode = agent_policy(generation, agent.agent_id).map_or(mode::ENFORCE, |p| p.mode);
     let verdict = verdict_for(decision::DENY, agent_mode);
     count(agent.agent_id, |c| c.denied_sockets += 1);
+    if !take_event_token(agent.agent_id) {
+        return verdict;
+    }
     let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
         count_drop(agent.agent_id);
         return verdict;

@@ -59,6 +59,10 @@ pub struct Config {
     /// The metrics and health endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Where policies come from besides `policyDir`: an HTTP(S) bundle
+    /// server, and whether bundles must be signed.
+    #[serde(default)]
+    pub policy_sources: crate::policy::source::PolicySourcesConfig,
 }
 
 /// `metrics:` in the configuration file.

@@ -83,6 +83,12 @@ impl Daemon {
         Self::start_with_config(label, policies, "")
     }
 
+    /// Starts a daemon on an existing policy directory (laid out by the
+    /// test, a ConfigMap volume for instance).
+    pub fn start_in(policy_dir: &Path, label: &str) -> Self {
+        Self::launch(TempDir::new(label), policy_dir.to_path_buf(), "")
+    }
+
     /// Like [`Daemon::start`], with a configuration file.
     pub fn start_with_config(label: &str, policies: &[(&str, String)], config_yaml: &str) -> Self {
         let dir = TempDir::new(label);
@@ -91,6 +97,10 @@ impl Daemon {
         for (name, text) in policies {
             std::fs::write(policy_dir.join(name), text).unwrap();
         }
+        Self::launch(dir, policy_dir, config_yaml)
+    }
+
+    fn launch(dir: TempDir, policy_dir: PathBuf, config_yaml: &str) -> Self {
         let socket = dir.path().join("baton.sock");
         let audit_log = dir.path().join("log/audit.jsonl");
         let stderr_path = dir.path().join("daemon.stderr");
@@ -185,6 +195,11 @@ impl Daemon {
     /// The daemon's stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("daemon.stderr")).unwrap_or_default()
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 

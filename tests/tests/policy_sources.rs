@@ -298,12 +298,14 @@ enum Reply {
     Status(u16),
 }
 
+/// (If-None-Match sent, status answered) per request.
+type RequestLog = Mutex<Vec<(Option<String>, u16)>>;
+
 /// A one-connection-at-a-time HTTP/1.1 server on 127.0.0.1.
 struct Server {
     port: u16,
     reply: Arc<Mutex<Reply>>,
-    /// (If-None-Match sent, status answered) per request.
-    log: Arc<Mutex<Vec<(Option<String>, u16)>>>,
+    log: Arc<RequestLog>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -361,7 +363,7 @@ impl Drop for Server {
     }
 }
 
-fn serve(stream: TcpStream, reply: &Mutex<Reply>, log: &Mutex<Vec<(Option<String>, u16)>>) {
+fn serve(stream: TcpStream, reply: &Mutex<Reply>, log: &RequestLog) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut if_none_match = None;

@@ -354,7 +354,14 @@ fn suggest_allows_what_the_agent_did_and_nothing_more() {
         yaml.contains("# api.example.com: 2 connection(s) (443/tcp ×2) to 93.184.216.34, 93.184.216.35; resolved 1 time(s)."),
         "{yaml}"
     );
-    assert!(yaml.contains("# 3 paths under /srv/app"), "{yaml}");
+    assert!(
+        yaml.contains("# 2 paths under /srv/app/src (read ×2)"),
+        "{yaml}"
+    );
+    assert!(
+        yaml.contains("- path: /srv/app/out.log\n        rights: [create, write]"),
+        "{yaml}"
+    );
 }
 
 #[test]

@@ -42,11 +42,13 @@ pub struct BenchArgs {
     /// 10,000 connects, dns 2,000 queries, files 20,000 opens].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub iterations: Option<u32>,
-    /// Measure an optimized build of `baton` (`cargo build --release`); the
-    /// daemon's own work, such as the DNS proxy, is much slower in the
-    /// default debug build.
-    #[arg(long)]
-    pub release: bool,
+    /// Build of `baton` to measure: `release` (`cargo build --release`) or
+    /// `debug`. The kernel programs are optimized either way; the daemon's
+    /// own work (the DNS proxy, its start-up and background work) is much
+    /// slower in a debug build [default: egress debug, dns and files
+    /// release].
+    #[arg(long, value_parser = ["debug", "release"])]
+    pub profile: Option<String>,
     /// Test kernel the `files` benchmark boots.
     #[arg(long, value_parser = ["6.1", "6.12"], default_value = "6.12")]
     pub kernel: String,
@@ -58,18 +60,21 @@ pub struct BenchArgs {
 
 /// Runs a benchmark.
 pub fn run(args: &BenchArgs) -> Result<()> {
-    let params = |rounds: u32, iterations: u32| Params {
+    let params = |rounds: u32, iterations: u32, release: bool| Params {
         rounds: args.rounds.unwrap_or(rounds) as usize,
         iterations: args.iterations.unwrap_or(iterations) as usize,
-        release: args.release,
+        release: args.profile.as_deref().map_or(release, |p| p == "release"),
     };
     match args.which.as_str() {
-        "egress" => egress(&params(20, 10_000)),
-        "dns" => dns(&params(20, 2_000)),
-        "files" => match &args.in_vm {
-            Some(results) => files_in_vm(results, &params(FILES_ROUNDS, FILES_ITERATIONS)),
-            None => files(&params(FILES_ROUNDS, FILES_ITERATIONS), &args.kernel),
-        },
+        "egress" => egress(&params(20, 10_000, false)),
+        "dns" => dns(&params(20, 2_000, true)),
+        "files" => {
+            let params = params(FILES_ROUNDS, FILES_ITERATIONS, true);
+            match &args.in_vm {
+                Some(results) => files_in_vm(results, &params),
+                None => files(&params, &args.kernel),
+            }
+        }
         other => bail!("unknown benchmark {other:?}; known: egress, dns, files"),
     }
 }
@@ -96,7 +101,7 @@ impl Params {
 }
 
 /// Builds what the benchmarks run: everything [`crate::build`] builds, and
-/// with `--release` an optimized `baton` too.
+/// for a release profile an optimized `baton` too.
 fn build(params: &Params) -> Result<()> {
     crate::build()?;
     if params.release {
@@ -906,6 +911,40 @@ impl Daemon {
         Ok(daemon)
     }
 
+    /// User plus system CPU time the daemon has used, in clock ticks.
+    fn cpu_ticks(&self) -> Result<u64> {
+        let path = format!("/proc/{}/stat", self.child.id());
+        let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        // The command name may hold spaces: the fields after it start at
+        // the last `)`; utime and stime are the 14th and 15th fields.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+        match (field(11), field(12)) {
+            (Some(utime), Some(stime)) => Ok(utime + stime),
+            _ => bail!("unexpected {path}: {stat}"),
+        }
+    }
+
+    /// Waits until the daemon's start-up work is over: until it uses at
+    /// most [`SETTLED_TICKS`] clock ticks of CPU in one second, or `limit`
+    /// has passed. Under QEMU without KVM it goes on working for seconds
+    /// after it opens its socket, which is not the cost of a running
+    /// daemon. Returns how long that took and the last second's ticks.
+    fn settle(&self, limit: Duration) -> Result<(Duration, u64)> {
+        let started = Instant::now();
+        loop {
+            let before = self.cpu_ticks()?;
+            thread::sleep(Duration::from_secs(1));
+            let ticks = self.cpu_ticks()? - before;
+            if ticks <= SETTLED_TICKS || started.elapsed() >= limit {
+                return Ok((started.elapsed(), ticks));
+            }
+        }
+    }
+
     /// `baton exec` into the benchmark agent, running `program args`.
     fn exec_command(&self, baton: &Path, program: &Path, args: &[String]) -> Command {
         let mut cmd = Command::new(baton);
@@ -1326,7 +1365,7 @@ impl Drop for Dnsmasq {
 
 /// Defaults of the files benchmark: QEMU without KVM runs everything
 /// some ten times slower, and the whole run should stay near five minutes.
-const FILES_ROUNDS: u32 = 5;
+const FILES_ROUNDS: u32 = 4;
 const FILES_ITERATIONS: u32 = 20_000;
 /// The tree the file rules name and the measured file lives in, inside the
 /// VM: the guest's own /tmp, so nothing touches the host.
@@ -1338,6 +1377,16 @@ const FILE_DENY_RULES: usize = 999;
 const FILES_DAEMON_RATIO_TARGET: f64 = 1.05;
 /// Target for (c)-(a) against (d)-(a).
 const FILES_LANDLOCK_FACTOR: f64 = 1.5;
+/// A daemon that uses at most this many clock ticks of CPU in a second
+/// (15% of a CPU at the usual 100 per second) has finished starting: in
+/// the VM, once started, it polls its breakers every 10 ms, which costs
+/// about 10% of a CPU under QEMU without KVM.
+const SETTLED_TICKS: u64 = 15;
+/// How long bench-open waits before it measures, in every case: under
+/// QEMU without KVM the daemon goes on handling the new process (its exec,
+/// its admission to the agent) for a while after it starts, on the same
+/// two virtual CPUs.
+const FILES_DELAY_MS: u64 = 500;
 /// Where the kernel's BPF run-time statistics are switched on and off.
 const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 /// Baton's program on the `file_open` LSM hook, as bpftool names it.
@@ -1547,7 +1596,11 @@ fn files(params: &Params, kernel: &str) -> Result<()> {
         util::shell_quote(&results),
         params.rounds,
         params.iterations,
-        if params.release { " --release" } else { "" }
+        if params.release {
+            " --profile release"
+        } else {
+            " --profile debug"
+        }
     );
     println!(
         "bench: files: {} rounds x {} cases x {} open()+close() inside the {kernel} VM",
@@ -1656,6 +1709,8 @@ impl FilesBench {
 
     fn measure_args(&self) -> Vec<String> {
         vec![
+            "--delay-ms".to_string(),
+            FILES_DELAY_MS.to_string(),
             self.tree.target().display().to_string(),
             self.params.iterations.to_string(),
         ]
@@ -1816,92 +1871,129 @@ fn files_in_vm(results: &Path, params: &Params) -> Result<()> {
         grants.len()
     );
 
-    let mut rounds: Vec<Value> = Vec::new();
+    let mut rounds = vec![serde_json::Map::new(); params.rounds];
     let mut programs = serde_json::Map::new();
     let mut daemon_start_ms: Vec<u64> = Vec::new();
+    let mut daemon_idle_ticks: Vec<u64> = Vec::new();
     let mut landlock = Value::Null;
-    for round in 0..params.rounds {
-        let mut measured = serde_json::Map::new();
-        // As in the egress benchmark: alternate which half goes first, and
-        // the order within each half.
-        let mut phases = [false, true];
-        if round % 2 == 1 {
-            phases.reverse();
-        }
-        for with_daemon in phases {
-            let mut cases: Vec<FileCase> = FileCase::ALL
-                .iter()
-                .copied()
-                .filter(|c| c.needs_daemon() == with_daemon)
-                .collect();
+    // Every round has a half without the daemon and a half with it; as in
+    // the egress benchmark, which half goes first alternates, so a round's
+    // daemon half follows the previous round's and one daemon start (tens
+    // of seconds here) serves both.
+    let phases: Vec<(usize, bool)> = (0..params.rounds)
+        .flat_map(|round| {
+            let mut halves = [false, true];
             if round % 2 == 1 {
-                cases.reverse();
+                halves.reverse();
             }
-            let daemon = if with_daemon {
-                let started = Instant::now();
-                let daemon = Daemon::start(&bench.baton, bench.work.path(), "")?;
-                daemon_start_ms.push(started.elapsed().as_millis() as u64);
-                Some(daemon)
-            } else {
-                None
-            };
-            let loaded = file_open_programs()?.len();
-            ensure!(
-                loaded == usize::from(with_daemon),
-                "round {}: {loaded} LSM programs named {FILE_OPEN_PROGRAM} loaded where {} \
-                 expected",
+            halves.map(|with_daemon| (round, with_daemon))
+        })
+        .collect();
+    let mut daemon: Option<Daemon> = None;
+    for (at, &(round, with_daemon)) in phases.iter().enumerate() {
+        let measured = &mut rounds[round];
+        let mut cases: Vec<FileCase> = FileCase::ALL
+            .iter()
+            .copied()
+            .filter(|c| c.needs_daemon() == with_daemon)
+            .collect();
+        if round % 2 == 1 {
+            cases.reverse();
+        }
+        if with_daemon && daemon.is_none() {
+            let started = Instant::now();
+            let started_daemon = Daemon::start(&bench.baton, bench.work.path(), "")?;
+            let ready = started.elapsed();
+            let (settled, ticks) = started_daemon.settle(Duration::from_secs(30))?;
+            daemon_start_ms.push(ready.as_millis() as u64);
+            daemon_idle_ticks.push(ticks);
+            println!(
+                "bench: round {}: baton run ready after {:.1} s; {:.1} s later it used \
+                 {ticks} clock ticks of CPU in one second",
                 round + 1,
-                usize::from(with_daemon)
+                ready.as_secs_f64(),
+                settled.as_secs_f64()
             );
-            for case in cases {
-                let (timing, report) = bench.measure(case, round, daemon.as_ref())?;
+            daemon = Some(started_daemon);
+        }
+        let loaded = file_open_programs()?.len();
+        ensure!(
+            loaded == usize::from(with_daemon),
+            "round {}: {loaded} LSM programs named {FILE_OPEN_PROGRAM} loaded where {} expected",
+            round + 1,
+            usize::from(with_daemon)
+        );
+        let daemon_here = daemon.as_ref().filter(|_| with_daemon);
+        // Each case twice, the second time in reverse order (ABBA), so
+        // that one daemon start serves more measurements.
+        let order: Vec<FileCase> = cases.iter().chain(cases.iter().rev()).copied().collect();
+        for (i, &case) in order.iter().enumerate() {
+            let ticks = daemon_here.map(Daemon::cpu_ticks).transpose()?;
+            let (timing, mut report) = bench.measure(case, round, daemon_here)?;
+            let busy = match (daemon_here, ticks) {
+                (Some(daemon), Some(before)) => {
+                    let ticks = daemon.cpu_ticks()? - before;
+                    report["daemon_cpu_ticks"] = ticks.into();
+                    format!("  (baton run used {ticks} clock ticks of CPU meanwhile)")
+                }
+                _ => String::new(),
+            };
+            println!(
+                "bench: round {:>width$}/{} {} {:<44} median {:>7} ns  p99 {:>8} ns{busy}",
+                round + 1,
+                params.rounds,
+                case.tag(),
+                case.label(),
+                timing.median,
+                timing.p99,
+                width = params.rounds.to_string().len(),
+            );
+            if case == FileCase::Landlock {
+                landlock = json!({
+                    "rules": report["landlock_rules"],
+                    "status": report["landlock_status"],
+                });
+            }
+            if let Value::Array(reports) = measured
+                .entry(case.key())
+                .or_insert_with(|| Value::Array(Vec::new()))
+            {
+                reports.push(report);
+            }
+            if let Some(daemon) = daemon_here.filter(|_| i < cases.len()) {
+                let (stats, timing) = bench.measure_program(case, daemon)?;
                 println!(
-                    "bench: round {:>width$}/{} {} {:<44} median {:>7} ns  p99 {:>8} ns",
+                    "bench: round {:>width$}/{} {} again, kernel.bpf_stats_enabled=1: \
+                     {FILE_OPEN_PROGRAM} ran {} times, {:.0} ns per run; median {} ns",
                     round + 1,
                     params.rounds,
                     case.tag(),
-                    case.label(),
+                    stats.run_cnt,
+                    stats.run_time_ns as f64 / stats.run_cnt.max(1) as f64,
                     timing.median,
-                    timing.p99,
                     width = params.rounds.to_string().len(),
                 );
-                if case == FileCase::Landlock {
-                    landlock = json!({
-                        "rules": report["landlock_rules"],
-                        "status": report["landlock_status"],
-                    });
+                let entry = programs
+                    .entry(case.key())
+                    .or_insert_with(|| json!({"run_time_ns": 0, "run_cnt": 0, "runs": []}));
+                let add = |v: &Value, n: u64| v.as_u64().unwrap_or_default() + n;
+                entry["run_time_ns"] = add(&entry["run_time_ns"], stats.run_time_ns).into();
+                entry["run_cnt"] = add(&entry["run_cnt"], stats.run_cnt).into();
+                if let Some(runs) = entry["runs"].as_array_mut() {
+                    runs.push(json!({"median_ns": timing.median, "p99_ns": timing.p99}));
                 }
-                measured.insert(case.key().to_string(), report);
-                if let Some(daemon) = &daemon {
-                    let (stats, timing) = bench.measure_program(case, daemon)?;
-                    println!(
-                        "bench: round {:>width$}/{} {} again, kernel.bpf_stats_enabled=1: \
-                         {FILE_OPEN_PROGRAM} ran {} times, {:.0} ns per run; median {} ns",
-                        round + 1,
-                        params.rounds,
-                        case.tag(),
-                        stats.run_cnt,
-                        stats.run_time_ns as f64 / stats.run_cnt.max(1) as f64,
-                        timing.median,
-                        width = params.rounds.to_string().len(),
-                    );
-                    let entry = programs
-                        .entry(case.key())
-                        .or_insert_with(|| json!({"run_time_ns": 0, "run_cnt": 0, "runs": []}));
-                    let add = |v: &Value, n: u64| v.as_u64().unwrap_or_default() + n;
-                    entry["run_time_ns"] = add(&entry["run_time_ns"], stats.run_time_ns).into();
-                    entry["run_cnt"] = add(&entry["run_cnt"], stats.run_cnt).into();
-                    if let Some(runs) = entry["runs"].as_array_mut() {
-                        runs.push(json!({"median_ns": timing.median, "p99_ns": timing.p99}));
-                    }
-                }
-            }
-            if let Some(daemon) = daemon {
-                daemon.stop()?;
             }
         }
-        rounds.push(Value::Object(measured));
+        // Stopped unless the next half needs it too.
+        let next_needs_daemon = phases.get(at + 1).is_some_and(|&(_, next)| next);
+        if with_daemon
+            && !next_needs_daemon
+            && let Some(daemon) = daemon.take()
+        {
+            daemon.stop()?;
+        }
     }
+    let rounds: Vec<Value> = rounds.into_iter().map(Value::Object).collect();
 
     let out = json!({
         "release": release,
@@ -1913,11 +2005,38 @@ fn files_in_vm(results: &Path, params: &Params) -> Result<()> {
         "baton": bench.baton.display().to_string(),
         "bpf_stats": programs,
         "daemon_start_ms": daemon_start_ms,
+        "daemon_idle_ticks_per_s": daemon_idle_ticks,
+        "clock_ticks_per_s": clock_ticks_per_second(),
     });
     let path = results.join("results.json");
     util::write_atomic(&path, serde_json::to_string_pretty(&out)? + "\n")?;
     println!("bench: wrote {}", path.display());
     Ok(())
+}
+
+/// `getconf CLK_TCK`: the unit of the CPU times in `/proc/PID/stat`.
+fn clock_ticks_per_second() -> u64 {
+    util::probe(Command::new("getconf").arg("CLK_TCK"))
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+/// The mean of the timings of a case's runs in one round.
+fn repeated_timing(runs: &Value) -> Result<Timing> {
+    let timings: Vec<Timing> = runs
+        .as_array()
+        .context("a case's runs are not a list")?
+        .iter()
+        .map(timing_of)
+        .collect::<Result<_>>()?;
+    ensure!(!timings.is_empty(), "a case has no runs");
+    let mean = |f: fn(&Timing) -> u64| {
+        (timings.iter().map(f).sum::<u64>() as f64 / timings.len() as f64).round() as u64
+    };
+    Ok(Timing {
+        median: mean(|t| t.median),
+        p99: mean(|t| t.p99),
+    })
 }
 
 /// The rounds of the VM's results, as (case, timing) pairs.
@@ -1929,7 +2048,7 @@ fn file_rounds(value: &Value) -> Result<Vec<Vec<(FileCase, Timing)>>> {
         .map(|round| {
             FileCase::ALL
                 .iter()
-                .map(|&case| Ok((case, timing_of(&round[case.key()])?)))
+                .map(|&case| Ok((case, repeated_timing(&round[case.key()])?)))
                 .collect()
         })
         .collect()
@@ -2017,6 +2136,17 @@ fn files_report(value: &Value, kernel: &str) -> Result<String> {
             out,
             "baton run ready in the VM after a median of {:.1} s",
             median(starts.iter().filter_map(Value::as_u64).map(|m| m as f64)) / 1e3
+        );
+    }
+    if let Some(idle) = value["daemon_idle_ticks_per_s"]
+        .as_array()
+        .filter(|s| !s.is_empty())
+    {
+        let hz = value["clock_ticks_per_s"].as_u64().unwrap_or(100).max(1) as f64;
+        let _ = writeln!(
+            out,
+            "baton run's CPU use once started, before (b) and (c): a median of {:.0}% of one CPU",
+            100.0 * median(idle.iter().filter_map(Value::as_u64).map(|t| t as f64)) / hz
         );
     }
     let find = |case| summaries.iter().find(|(c, _)| *c == case).map(|(_, s)| s);
@@ -2186,7 +2316,12 @@ mod tests {
         let value = json!({
             "release": "6.12.0", "iterations": 10, "file": "/f",
             "landlock": {"rules": 7, "status": "FullyEnforced"},
-            "rounds": [{"a": case(1000), "b": case(1010), "c": case(1300), "d": case(1200)}],
+            "rounds": [{
+                "a": [case(1000), case(1000)],
+                "b": [case(1010)],
+                "c": [case(1300)],
+                "d": [case(1199), case(1201)],
+            }],
             "bpf_stats": {"c": {"run_time_ns": 5000, "run_cnt": 10, "runs": [{"median_ns": 1400}]}},
             "daemon_start_ms": [2500],
         });
@@ -2198,6 +2333,16 @@ mod tests {
                 Timing {
                     median: 1300,
                     p99: 2600
+                }
+            )
+        );
+        assert_eq!(
+            rounds[0][3],
+            (
+                FileCase::Landlock,
+                Timing {
+                    median: 1200,
+                    p99: 2400
                 }
             )
         );

@@ -53,6 +53,7 @@ struct Settings {
     dns: DnsConfig,
     audit: AuditConfig,
     metrics_address: std::net::SocketAddr,
+    sources: crate::policy::source::PolicySourcesConfig,
 }
 
 impl Settings {
@@ -76,6 +77,7 @@ impl Settings {
                 .unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into()),
             dns: config.dns,
             audit: config.audit,
+            sources: config.policy_sources,
             metrics_address: config
                 .metrics
                 .address
@@ -92,6 +94,8 @@ struct State {
     breakers: Engine,
     /// Kernel event drops already recorded, per agent.
     drops_recorded: HashMap<u32, u64>,
+    /// Rate-limit suppressions already recorded, per agent.
+    suppressions_recorded: HashMap<u32, u64>,
     /// Prometheus metrics.
     metrics: Arc<crate::metrics::Metrics>,
     /// Where the policies in force came from.
@@ -100,6 +104,10 @@ struct State {
     policy_loaded_at: String,
     /// The last policy load that was refused, if any.
     policy_error: Option<String>,
+    /// Per policy source: the set in force and the last error.
+    source_status: Vec<crate::policy::source::SourceStatus>,
+    /// What the set in force looks like, to skip reloads that change nothing.
+    applied_fingerprint: String,
     cgroup_root: PathBuf,
     registry: AgentRegistry,
     policies: CompiledPolicySet,
@@ -182,6 +190,16 @@ impl Learner for ProxyLearner {
             &host, &agent, audit, name, query_type,
         ));
     }
+}
+
+/// The policy documents, serialized: equal strings mean equal sets.
+fn policy_fingerprint(policies: &[crate::policy::LoadedPolicy]) -> String {
+    let mut documents: Vec<String> = policies
+        .iter()
+        .map(|p| serde_json::to_string(&p.document).unwrap_or_default())
+        .collect();
+    documents.sort();
+    documents.join("\n")
 }
 
 /// Breaker rules per agent id.
@@ -306,6 +324,164 @@ impl State {
         self.record(record);
     }
 
+    /// Compiles and swaps in a new policy set with no enforcement gap: the
+    /// kernel sees the old generation until one write makes the new one
+    /// live. Run-time state (learned addresses, breakers, counters) stays.
+    fn reload(
+        &mut self,
+        policies: &[crate::policy::LoadedPolicy],
+        origin: &str,
+    ) -> Result<(), String> {
+        // A source re-reading what is already in force (its first read at
+        // start, a touch of a file) is not a reload.
+        let fingerprint = policy_fingerprint(policies);
+        if fingerprint == self.applied_fingerprint {
+            self.policy_source = origin.to_string();
+            return Ok(());
+        }
+        let first_rule_id = self.policies.first_rule_id + self.policies.rules.len() as u32;
+        let compiled =
+            compile_with(policies, first_rule_id, &expand_on_disk).map_err(|e| e.to_string())?;
+        self.registry.sync(&compiled);
+        let generation = self
+            .maps
+            .apply(&compiled, self.registry.ids())
+            .map_err(|e| e.to_string())?;
+        let unresolved = self
+            .maps
+            .apply_selectors(&compiled, self.registry.ids(), &self.cgroup_root)
+            .map_err(|e| e.to_string())?;
+        // Events decided under the old generation may still be in the ring
+        // buffer: rule ids only grow, and the old names stay resolvable.
+        let old = std::mem::replace(&mut self.policies, compiled);
+        let mut rules = old.rules;
+        rules.append(&mut self.policies.rules);
+        self.policies.rules = rules;
+        self.policies.first_rule_id = old.first_rule_id;
+        let cgroup_root = self.cgroup_root.clone();
+        self.admit_cgroup_members(&cgroup_root);
+        self.breakers
+            .set_rules(breaker_rules(&self.policies, &self.registry));
+        self.refresh_dns();
+        let host = self.host.clone();
+        for selector in unresolved {
+            self.record(AuditRecord::lifecycle(
+                &host,
+                "policy",
+                format!(
+                    "agent {}: {} {} is not selected yet: {}",
+                    selector.agent, selector.what, selector.path, selector.reason
+                ),
+            ));
+        }
+        let agents: Vec<String> = self.policies.agents.keys().map(|n| n.0.clone()).collect();
+        self.record(AuditRecord::lifecycle(
+            &host,
+            "policy",
+            format!(
+                "generation {generation} loaded from {origin}: agents {}",
+                agents.join(", ")
+            ),
+        ));
+        tracing::info!(generation, origin, "policies reloaded");
+        self.metrics.set_policy_generation(u64::from(generation));
+        self.metrics
+            .record_policy_reload(crate::metrics::ReloadResult::Success);
+        self.policy_source = origin.to_string();
+        self.policy_loaded_at = crate::audit::record::format_time(std::time::SystemTime::now());
+        self.policy_error = None;
+        self.applied_fingerprint = fingerprint;
+        Ok(())
+    }
+
+    /// Records a policy set that was refused; the last good set stays.
+    fn policy_rejected(&mut self, source: &str, error: &str) {
+        let message =
+            format!("policy set from {source} rejected, the last good set stays in force: {error}");
+        tracing::error!("{message}");
+        let host = self.host.clone();
+        self.record(AuditRecord::lifecycle(&host, "policy", message));
+        self.metrics
+            .record_policy_reload(crate::metrics::ReloadResult::Failure);
+        self.policy_error = Some(format!("{source}: {error}"));
+    }
+
+    /// Brings the DNS proxies in line with the agents' domain rules.
+    fn refresh_dns(&mut self) {
+        let Some((config, learner)) = self.proxy_setup.clone() else {
+            if self.policies.agents.values().any(|a| !a.domains.is_empty()) {
+                tracing::warn!(
+                    "domain rules added by a reload need a daemon restart to get a DNS proxy"
+                );
+            }
+            return;
+        };
+        let plans: Vec<ProxyPlan> = self
+            .policies
+            .agents
+            .iter()
+            .filter(|(_, a)| !a.domains.is_empty())
+            .filter_map(|(name, a)| {
+                let id = self.registry.id_of(&name.0)?;
+                Some(ProxyPlan {
+                    agent_id: id,
+                    agent: name.0.clone(),
+                    names: AgentNames {
+                        agent_id: id,
+                        agent: name.0.clone(),
+                        rules: a
+                            .domains
+                            .iter()
+                            .map(|d| DomainRule {
+                                pattern: d.pattern.clone(),
+                                rule_id: d.rule_id,
+                            })
+                            .collect(),
+                        audit: a.mode == mode::AUDIT,
+                    },
+                    rows: a
+                        .domains
+                        .iter()
+                        .map(|d| (d.rule_id, d.rows.clone()))
+                        .collect(),
+                })
+            })
+            .collect();
+        for ProxyPlan {
+            agent_id,
+            agent,
+            names,
+            rows,
+        } in plans
+        {
+            self.domain_rows.extend(rows);
+            match self.agent_names.get(&agent_id) {
+                Some(shared) => {
+                    if let Ok(mut current) = shared.write() {
+                        *current = names;
+                    }
+                }
+                None => {
+                    let shared = Arc::new(RwLock::new(names));
+                    match start_agent_proxy(shared.clone(), config.clone(), learner.clone()) {
+                        Ok(proxy) => {
+                            if let Err(error) =
+                                self.dns
+                                    .set_proxy(agent_id, proxy.netns_cookie, proxy.ports)
+                            {
+                                tracing::error!(%error, agent, "cannot register a DNS proxy");
+                                continue;
+                            }
+                            self.agent_names.insert(agent_id, shared);
+                            self.proxies.insert((agent_id, proxy.netns_cookie), proxy);
+                        }
+                        Err(error) => tracing::error!(%error, agent, "cannot start a DNS proxy"),
+                    }
+                }
+            }
+        }
+    }
+
     /// What `baton status` shows.
     fn status(&self) -> serde_json::Value {
         use serde_json::json;
@@ -353,6 +529,7 @@ impl State {
                 "source": self.policy_source,
                 "loaded_at": self.policy_loaded_at,
                 "last_error": self.policy_error,
+                "sources": self.source_status,
             },
             "file_enforcement": if self.files_enforced { "BPF LSM" } else { "Landlock fallback (baton exec agents only)" },
             "audit": { "head_seq": self.sink.head().map(|head| head.seq) },
@@ -370,7 +547,22 @@ impl State {
             .map(|(name, id)| (*id, name.0.clone()))
             .collect();
         for (agent_id, agent) in agents {
-            let dropped = self.runtime.counters(agent_id).events_dropped;
+            let counters = self.runtime.counters(agent_id);
+            self.metrics
+                .observe_events_suppressed_total(&agent, counters.events_suppressed);
+            let suppressed_seen = self.suppressions_recorded.entry(agent_id).or_insert(0);
+            if counters.events_suppressed > *suppressed_seen {
+                let count = counters.events_suppressed - *suppressed_seen;
+                *suppressed_seen = counters.events_suppressed;
+                let host = self.host.clone();
+                self.record(AuditRecord::suppressed(
+                    &host,
+                    Some(&agent),
+                    count,
+                    "over the per-agent event rate; every decision was still enforced and counted",
+                ));
+            }
+            let dropped = counters.events_dropped;
             self.metrics.observe_events_dropped_total(&agent, dropped);
             let seen = self.drops_recorded.entry(agent_id).or_insert(0);
             if dropped > *seen {
@@ -604,7 +796,19 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(args)?;
     // Policies are read and compiled before anything touches the kernel, so
     // a bad file stops the daemon before it enforces a partial set.
-    let policies = load_dir(&settings.policy_dir)?;
+    // An HTTP-only host may start with no local policy: the source (or its
+    // cached bundle) fills the set in shortly.
+    let policies = if settings.sources.http.is_some() && !settings.policy_dir.exists() {
+        Vec::new()
+    } else if settings.sources.require_signatures {
+        // Signed policies only, from the first read on.
+        let trust = settings.sources.trust()?;
+        crate::policy::source::directory::DirectorySource::new(&settings.policy_dir, trust)
+            .read()
+            .policies?
+    } else {
+        load_dir(&settings.policy_dir)?
+    };
     let compiled = compile_with(&policies, 1, &expand_on_disk)?;
     let sink = AuditTrail::open(&settings.audit_log, &settings.audit)?;
 
@@ -613,11 +817,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(settings, compiled, sink))
+    runtime.block_on(serve(settings, &policies, compiled, sink))
 }
 
 async fn serve(
     settings: Settings,
+    policies: &[crate::policy::LoadedPolicy],
     compiled: CompiledPolicySet,
     sink: AuditTrail,
 ) -> anyhow::Result<()> {
@@ -660,10 +865,13 @@ async fn serve(
         runtime,
         breakers,
         drops_recorded: HashMap::new(),
+        suppressions_recorded: HashMap::new(),
         metrics: metrics.clone(),
         policy_source: settings.policy_dir.display().to_string(),
         policy_loaded_at: crate::audit::record::format_time(std::time::SystemTime::now()),
         policy_error: None,
+        source_status: Vec::new(),
+        applied_fingerprint: policy_fingerprint(policies),
         cgroup_root: enforcer.cgroup_root.clone(),
         registry,
         policies: compiled,
@@ -756,6 +964,8 @@ async fn serve(
             .record_policy_reload(crate::metrics::ReloadResult::Success);
     }
     ready.store(true, std::sync::atomic::Ordering::Release);
+    let sources = crate::policy::source::start(&settings.sources, Some(&settings.policy_dir))?;
+    let reloader = tokio::spawn(follow_sources(Arc::downgrade(&daemon), sources));
     tracing::info!(socket = %settings.control_socket.display(), audit_log = %settings.audit_log.display(), "ready");
 
     let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
@@ -768,6 +978,7 @@ async fn serve(
     control.abort();
     sweeper.abort();
     breaker_task.abort();
+    reloader.abort();
     let _ = std::fs::remove_file(&settings.control_socket);
     {
         let mut state = daemon.state.lock().expect("state lock poisoned");
@@ -911,6 +1122,35 @@ fn open_netns_proxy(daemon: &Arc<Daemon>, agent_id: u32, netns_cookie: u64, pid:
         Err(error) => {
             tracing::warn!(agent_id, pid, %error, "cannot open a DNS proxy in the agent's network namespace")
         }
+    }
+}
+
+/// Applies every new desired set the policy sources produce. A set that
+/// does not parse, verify, compile or fit leaves the last good one in force.
+async fn follow_sources(daemon: Weak<Daemon>, mut sources: crate::policy::source::Sources) {
+    let mut desired = crate::policy::source::DesiredSet::new(sources.names.clone());
+    while let Some(update) = sources.updates.recv().await {
+        let Some(daemon) = daemon.upgrade() else {
+            return;
+        };
+        let source = update.source.clone();
+        let origin = update.origin.clone();
+        let Ok(mut state) = daemon.state.lock() else {
+            return;
+        };
+        // Nothing is applied until every source has reported once, so one
+        // source's set never stands in for all of them.
+        match desired.apply(update) {
+            crate::policy::source::Step::Apply(policies) => {
+                if let Err(error) = state.reload(&policies, &origin) {
+                    desired.reject(&source, &error);
+                    state.policy_rejected(&source, &error);
+                }
+            }
+            crate::policy::source::Step::Rejected(error) => state.policy_rejected(&source, &error),
+            crate::policy::source::Step::Wait => {}
+        }
+        state.source_status = desired.status();
     }
 }
 

@@ -49,6 +49,11 @@ pub fn run(args: &ExecArgs) -> anyhow::Result<()> {
         }
         crate::fallback::landlock::apply(plan)?;
     }
+    // Self-protection: seccomp denies bpf(), ptrace and kernel loads, and
+    // Landlock keeps the agent's signals inside it. Applied on every host
+    // until the daemon's reply says whether its BPF LSM hooks already hold
+    // the agent.
+    crate::fallback::seccomp::apply()?;
     let error = command.exec();
     bail!("cannot run {program}: {error}")
 }

@@ -9,3 +9,5 @@
 //! denied path. Whatever that cannot say is reported, never dropped.
 
 pub mod landlock;
+pub mod protected;
+pub mod seccomp;

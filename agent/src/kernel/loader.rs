@@ -106,7 +106,7 @@ pub struct Enforcer {
 /// File and exec LSM hooks beyond `file_open`, with the number of context
 /// arguments their programs read (the hook's parameters plus the previous
 /// verdict). A kernel whose hook signature differs does not get the program.
-const FILE_HOOKS: [(&str, usize); 11] = [
+const FILE_HOOKS: [(&str, usize); 18] = [
     ("bprm_check_security", 2),
     ("mmap_file", 5),
     ("path_mknod", 5),
@@ -118,6 +118,13 @@ const FILE_HOOKS: [(&str, usize); 11] = [
     ("path_rename", 6),
     ("path_truncate", 2),
     ("path_chmod", 3),
+    ("bpf", 4),
+    ("ptrace_access_check", 3),
+    ("task_kill", 5),
+    ("file_send_sigiotask", 4),
+    ("task_setrlimit", 4),
+    ("kernel_read_file", 4),
+    ("kernel_load_data", 3),
 ];
 
 fn program_error(

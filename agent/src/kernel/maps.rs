@@ -539,6 +539,7 @@ impl RuntimeMaps {
             sum.canary_hits += c.canary_hits;
             sum.denied_sockets += c.denied_sockets;
             sum.events_dropped += c.events_dropped;
+            sum.events_suppressed += c.events_suppressed;
             sum
         })
     }

@@ -328,7 +328,7 @@ pub fn diff(old: &[LoadedPolicy], new: &[LoadedPolicy]) -> Result<PolicyDiff, Di
         } else {
             compare(&before, &after)
         };
-        changes.sort_by(|a, b| a.effect.cmp(&b.effect));
+        changes.sort_by_key(|c| c.effect);
         if changes.is_empty() {
             result.unchanged.push(agent.to_string());
         } else {

@@ -367,11 +367,12 @@ fn group_paths<'a>(paths: impl IntoIterator<Item = &'a String>, programs: bool) 
         }
     }
     let groupable = |dir: &str| {
-        depth(dir) >= 2
-            && !(dir.starts_with("/home/") && depth(dir) == 2)
-            && !(programs && BIN_DIRS.contains(&dir))
+        let too_wide = depth(dir) < 2
+            || (dir.starts_with("/home/") && depth(dir) == 2)
+            || (programs && BIN_DIRS.contains(&dir))
             // `/proc/*`: every process's entries.
-            && !dir.ends_with("/*")
+            || dir.ends_with("/*");
+        !too_wide
     };
     // Shortest first, so a directory chosen covers those below it.
     let mut chosen: Vec<String> = Vec::new();

@@ -2,10 +2,16 @@
 //! `cargo xtask bench files`.
 //!
 //! Usage:
-//!   bench-open [--landlock GRANTS] FILE ITERATIONS   open (read only) and close FILE
-//!                                                    ITERATIONS times after a warm-up;
-//!                                                    print one JSON line of latencies
-//!   bench-open [--landlock GRANTS] --probe FILE      one open; print `ok` or `errno=N`
+//!   bench-open [OPTIONS] FILE ITERATIONS   open (read only) and close FILE ITERATIONS
+//!                                          times after a warm-up; print one JSON line
+//!                                          of latencies
+//!   bench-open [OPTIONS] --probe FILE      one open; print `ok` or `errno=N`
+//!
+//! Options:
+//!   --landlock GRANTS   restrict this process with Landlock first (below)
+//!   --delay-ms N        sleep N ms before the warm-up, so that what others do
+//!                       in reaction to this program's start (a daemon handling
+//!                       the exec) is over before it measures
 //!
 //! With `--landlock GRANTS` the process first restricts itself with a
 //! Landlock ruleset and then measures (or probes) under it. GRANTS holds one
@@ -25,7 +31,7 @@ use std::{
     os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
     process::ExitCode,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use landlock::{
@@ -45,7 +51,8 @@ fn warm_up(iterations: usize) -> usize {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: bench-open [--landlock GRANTS] FILE ITERATIONS | [--landlock GRANTS] --probe FILE"
+        "usage: bench-open [--landlock GRANTS] [--delay-ms N] FILE ITERATIONS \
+         | [--landlock GRANTS] --probe FILE"
     );
     ExitCode::from(2)
 }
@@ -107,7 +114,13 @@ fn open_close(path: &CString) -> Result<(), i32> {
     Ok(())
 }
 
-fn measure(path: &CString, iterations: usize, restricted: Option<&Restricted>) -> ExitCode {
+fn measure(
+    path: &CString,
+    iterations: usize,
+    delay: Duration,
+    restricted: Option<&Restricted>,
+) -> ExitCode {
+    std::thread::sleep(delay);
     if let Err(errno) = open_close(path) {
         eprintln!(
             "bench-open: cannot open {}: errno {errno}",
@@ -156,11 +169,18 @@ fn probe(path: &CString) -> ExitCode {
 fn main() -> ExitCode {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let mut grants = None;
-    if args.first().is_some_and(|a| a == "--landlock") {
-        if args.len() < 2 {
-            return usage();
+    let mut delay = Duration::ZERO;
+    while args.len() >= 2 {
+        if args[0] == "--landlock" {
+            grants = Some(PathBuf::from(args.remove(1)));
+        } else if args[0] == "--delay-ms" {
+            match args.remove(1).to_str().and_then(|n| n.parse().ok()) {
+                Some(ms) => delay = Duration::from_millis(ms),
+                None => return usage(),
+            }
+        } else {
+            break;
         }
-        grants = Some(PathBuf::from(args.remove(1)));
         args.remove(0);
     }
     let c_path = |arg: &std::ffi::OsString| CString::new(arg.as_bytes()).ok();
@@ -191,6 +211,6 @@ fn main() -> ExitCode {
     };
     match mode {
         Mode::Probe(path) => probe(&path),
-        Mode::Measure(path, iterations) => measure(&path, iterations, restricted.as_ref()),
+        Mode::Measure(path, iterations) => measure(&path, iterations, delay, restricted.as_ref()),
     }
 }

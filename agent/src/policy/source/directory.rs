@@ -147,8 +147,11 @@ impl DirectorySource {
                 if !unchanged && tx.send(update).await.is_err() {
                     return;
                 }
-                if !next_change(&source, &mut raw_rx).await {
-                    return;
+                tokio::select! {
+                    changed = next_change(&source, &mut raw_rx) => if !changed {
+                        return;
+                    },
+                    () = tx.closed() => return,
                 }
             }
         });
@@ -218,9 +221,8 @@ fn is_policy_file_name(name: &str) -> bool {
 struct Snapshot {
     /// The directory, and the `..data` target read through.
     origin: String,
-    /// Files as the user sees them (`dir/name`), with their bytes, in name
-    /// order.
-    files: Vec<(PathBuf, Vec<u8>)>,
+    /// Files as the user sees them, with their bytes, in name order.
+    files: Vec<NamedBytes>,
 }
 
 impl Snapshot {
@@ -278,11 +280,14 @@ fn snapshot(dir: &Path) -> Result<Snapshot, SourceError> {
     }
 }
 
+/// A file as the user sees it (`dir/name`) and its bytes.
+type NamedBytes = (PathBuf, Vec<u8>);
+
+/// An I/O error and the path it happened on.
+type PathError = (PathBuf, std::io::Error);
+
 /// Reads the policy files in `base`, naming them as files of `shown`.
-fn read_files(
-    base: &Path,
-    shown: &Path,
-) -> Result<Vec<(PathBuf, Vec<u8>)>, (PathBuf, std::io::Error)> {
+fn read_files(base: &Path, shown: &Path) -> Result<Vec<NamedBytes>, PathError> {
     let entries = std::fs::read_dir(base).map_err(|e| (base.to_path_buf(), e))?;
     let mut names = Vec::new();
     for entry in entries {

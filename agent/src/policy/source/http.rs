@@ -298,7 +298,11 @@ impl HttpSource {
         policies: Result<Vec<LoadedPolicy>, SourceError>,
     ) -> bool {
         if let Err(error) = &policies {
-            tracing::warn!(source = %self.name(), %error, "policy source failed; the last good set stays");
+            tracing::warn!(
+                source = %self.name(),
+                %error,
+                "policy source failed; the last good set stays"
+            );
         }
         tx.send(SourceUpdate {
             source: self.name(),
@@ -361,7 +365,12 @@ impl HttpSource {
         match serde_json::from_str::<CacheEntry>(&text) {
             Ok(entry) if entry.url == self.options.url => Some(entry),
             Ok(entry) => {
-                tracing::info!(cache = %path.display(), cached = entry.url, url = self.options.url, "the policy bundle cache is of another URL; not used");
+                tracing::info!(
+                    cache = %path.display(),
+                    cached = entry.url,
+                    url = self.options.url,
+                    "the policy bundle cache is of another URL; not used"
+                );
                 None
             }
             Err(error) => {

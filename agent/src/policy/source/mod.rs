@@ -282,6 +282,23 @@ pub struct SourceStatus {
     pub last_error_at: Option<String>,
 }
 
+/// What the daemon should do after [`DesiredSet::apply`].
+#[derive(Debug)]
+pub enum Step {
+    /// Compile and swap in this set: the last good set of every source,
+    /// merged. If it cannot be applied (it does not compile, or does not fit
+    /// the kernel's maps), call [`DesiredSet::reject`] with the source of
+    /// the update.
+    Apply(Vec<LoadedPolicy>),
+    /// The update was rejected (the source's error, or its set clashes with
+    /// another source's); the set in force stays. Already in the status;
+    /// record it (audit record, metric).
+    Rejected(String),
+    /// Nothing to apply yet: other sources have not sent their first
+    /// update.
+    Wait,
+}
+
 /// The set the daemon should enforce: the last good set of every source,
 /// merged.
 #[derive(Clone, Debug, Default)]
@@ -300,10 +317,65 @@ impl DesiredSet {
         }
     }
 
+    /// Records an update and says what to do; see [`Step`].
+    ///
+    /// Nothing is applied before every source has sent its first update:
+    /// applying the first source's set alone would drop the policies of the
+    /// others until they report. When that moment comes, the merged set of
+    /// the sources that have a good set is applied, unless none has.
+    pub fn apply(&mut self, update: SourceUpdate) -> Step {
+        let was_ready = self.ready();
+        let source = update.source.clone();
+        let failed = update.policies.as_ref().err().map(ToString::to_string);
+        self.record(update);
+        if !self.ready() {
+            return match failed {
+                Some(error) => Step::Rejected(error),
+                None => Step::Wait,
+            };
+        }
+        let any_set = self.sources.values().any(|s| s.current.is_some());
+        // When the last source to report fails, the others' first sets
+        // still wait to be applied; its error is in the status.
+        if let Some(error) = failed
+            && (was_ready || !any_set)
+        {
+            return Step::Rejected(error);
+        }
+        match self.merged() {
+            Ok(policies) => Step::Apply(policies),
+            Err(clash) => {
+                self.reject(&source, &clash);
+                Step::Rejected(clash.to_string())
+            }
+        }
+    }
+
+    fn record(&mut self, update: SourceUpdate) {
+        let state = self.sources.entry(update.source).or_default();
+        state.reported = true;
+        match update.policies {
+            Ok(policies) => {
+                state.previous = state.current.take();
+                state.current = Some(Accepted {
+                    policies,
+                    origin: update.origin,
+                    digest: update.digest,
+                    loaded_at: update.loaded_at,
+                });
+                state.last_error = None;
+            }
+            Err(error) => {
+                state.last_error = Some((error.to_string(), update.loaded_at));
+            }
+        }
+    }
+
     /// Records an update. Returns the merged set to compile and apply when
     /// the update brought a new set (an error if the sources now clash), or
     /// `None` when there is nothing to apply: the update was an error, and
-    /// the last good set stays.
+    /// the last good set stays. Unlike [`DesiredSet::apply`], this does not
+    /// wait for every source's first update; prefer `apply`.
     pub fn update(
         &mut self,
         update: SourceUpdate,
@@ -427,6 +499,48 @@ mod tests {
         let status = desired.status();
         assert_eq!(status[1].last_error.as_deref(), Some("policy name clash"));
         assert_eq!(status[1].policies, 1);
+    }
+
+    #[test]
+    fn applies_nothing_until_every_source_has_reported() {
+        let mut desired = DesiredSet::new(["d".to_string(), "h".to_string()]);
+        assert!(matches!(
+            desired.apply(update("h", Ok(policies("two")))),
+            Step::Wait
+        ));
+        let Step::Apply(set) = desired.apply(update("d", Ok(policies("one")))) else {
+            panic!("both sources reported: apply");
+        };
+        assert_eq!(set.len(), 2);
+        let error = SourceError::Config("down".into());
+        assert!(matches!(
+            desired.apply(update("h", Err(error))),
+            Step::Rejected(_)
+        ));
+        assert!(matches!(
+            desired.apply(update("h", Ok(policies("one")))),
+            Step::Rejected(e) if e.contains("already used")
+        ));
+        // The clash put the source back on its previous set.
+        assert_eq!(desired.merged().unwrap().len(), 2);
+
+        // The last source to report fails: the others' sets are applied.
+        let mut desired = DesiredSet::new(["d".to_string(), "h".to_string()]);
+        assert!(matches!(
+            desired.apply(update("d", Ok(policies("one")))),
+            Step::Wait
+        ));
+        let error = SourceError::Config("down".into());
+        assert!(
+            matches!(desired.apply(update("h", Err(error))), Step::Apply(set) if set.len() == 1)
+        );
+        // No source has a set: nothing to apply.
+        let mut desired = DesiredSet::new(["h".to_string()]);
+        let error = SourceError::Config("down".into());
+        assert!(matches!(
+            desired.apply(update("h", Err(error))),
+            Step::Rejected(_)
+        ));
     }
 
     #[test]

@@ -1,0 +1,383 @@
+//! Self-protection for `baton exec` agents without BPF LSM: a seccomp
+//! filter and Landlock signal scoping, applied by `baton exec` to itself
+//! right before it execs the agent's command, inherited by every
+//! descendant and impossible to lift.
+//!
+//! - seccomp makes the calls that reach into the kernel or into other
+//!   processes fail with `EPERM`: `bpf` (detach Baton's programs, edit its
+//!   maps), `ptrace`, `process_vm_readv`/`writev` and `pidfd_getfd` (read or
+//!   change the daemon's memory and descriptors), `perf_event_open`, and
+//!   module and kexec loads (replace the kernel that enforces). This holds
+//!   for root agents too. Every system call of a foreign ABI (32-bit x86
+//!   through `int 0x80`) kills the process: the filter is written for the
+//!   native numbers, and the x32 numbers of the same calls are refused too.
+//! - Landlock `LANDLOCK_SCOPE_SIGNAL` (ABI 6, Linux 6.12) stops the agent
+//!   from signalling any process outside its own Landlock domain, the
+//!   daemon included, whatever its user. Older kernels lack it; then only
+//!   ordinary permissions stop an agent running as the daemon's user.
+//!
+//! Where BPF LSM loads, the kernel programs decide the same things with a
+//! finer grain (ptrace inside the agent's own processes stays allowed) and
+//! record each denial; seccomp denials are not recorded.
+
+use std::{collections::BTreeMap, io};
+
+use landlock::{
+    CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
+};
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use thiserror::Error;
+
+/// Landlock ABI that added signal scoping.
+pub const SIGNAL_SCOPE_ABI: i64 = 6;
+
+/// Errors applying the fallback.
+#[derive(Debug, Error)]
+pub enum SeccompError {
+    /// The filter could not be built for this architecture.
+    #[error("cannot build the seccomp filter: {0}")]
+    Build(#[from] seccompiler::BackendError),
+    /// This architecture is not one the filter knows.
+    #[error("no seccomp filter for this architecture: {0}")]
+    Arch(String),
+    /// The kernel refused the filter.
+    #[error("cannot install the seccomp filter: {0}")]
+    Install(io::Error),
+    /// The kernel refused the Landlock signal scope.
+    #[error("cannot apply Landlock signal scoping: {0}")]
+    Landlock(#[from] landlock::RulesetError),
+}
+
+/// The system calls denied, by name, with their numbers on this
+/// architecture.
+pub fn denied_syscalls() -> Vec<(&'static str, i64)> {
+    vec![
+        ("bpf", libc::SYS_bpf),
+        ("ptrace", libc::SYS_ptrace),
+        ("process_vm_readv", libc::SYS_process_vm_readv),
+        ("process_vm_writev", libc::SYS_process_vm_writev),
+        ("pidfd_getfd", libc::SYS_pidfd_getfd),
+        ("perf_event_open", libc::SYS_perf_event_open),
+        ("init_module", libc::SYS_init_module),
+        ("finit_module", libc::SYS_finit_module),
+        ("kexec_load", libc::SYS_kexec_load),
+        ("kexec_file_load", libc::SYS_kexec_file_load),
+    ]
+}
+
+/// The x32 ABI shares the x86-64 entry point: its numbers carry this bit.
+#[cfg(target_arch = "x86_64")]
+const X32_SYSCALL_BIT: i64 = 0x4000_0000;
+
+/// x32 numbers of the denied calls that x32 implements under numbers of its
+/// own (the others are the x86-64 number with [`X32_SYSCALL_BIT`]).
+#[cfg(target_arch = "x86_64")]
+const X32_OWN_NUMBERS: [i64; 4] = [
+    521, // ptrace
+    528, // kexec_load
+    539, // process_vm_readv
+    540, // process_vm_writev
+];
+
+/// The classic BPF program of the filter.
+pub fn filter() -> Result<BpfProgram, SeccompError> {
+    let arch = TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|_| SeccompError::Arch(std::env::consts::ARCH.to_string()))?;
+    let mut rules = BTreeMap::new();
+    for (_, number) in denied_syscalls() {
+        // An empty rule list matches every call of that number.
+        rules.insert(number, Vec::new());
+        #[cfg(target_arch = "x86_64")]
+        rules.insert(number | X32_SYSCALL_BIT, Vec::new());
+    }
+    #[cfg(target_arch = "x86_64")]
+    for number in X32_OWN_NUMBERS {
+        rules.insert(number | X32_SYSCALL_BIT, Vec::new());
+    }
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )?;
+    Ok(filter.try_into()?)
+}
+
+/// Whether the calling thread holds `CAP_SYS_ADMIN`: then seccomp and
+/// Landlock need no `no_new_privs`, and a `setuid` program the agent runs
+/// still gains its privileges (inside the same filter and domain).
+fn has_cap_sys_admin() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+}
+
+/// Installs `program` on the calling thread (and so on whatever it execs).
+pub fn install(program: &BpfProgram) -> Result<(), SeccompError> {
+    if !has_cap_sys_admin() {
+        // The kernel demands it of unprivileged callers.
+        // SAFETY: plain prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(SeccompError::Install(io::Error::last_os_error()));
+        }
+    }
+    let prog = libc::sock_fprog {
+        len: u16::try_from(program.len()).map_err(|_| {
+            SeccompError::Install(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "filter too long",
+            ))
+        })?,
+        // `seccompiler::sock_filter` is `#[repr(C)]` with the kernel's layout.
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `prog` points into `program`, which outlives the call; the
+    // kernel copies the filter.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if rc != 0 {
+        return Err(SeccompError::Install(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Stops the calling thread, and whatever it execs, from signalling
+/// processes outside its Landlock domain. Returns whether it was applied:
+/// `false` on kernels before Landlock ABI 6.
+pub fn scope_signals(landlock_abi: Option<i64>) -> Result<bool, SeccompError> {
+    if landlock_abi.is_none_or(|abi| abi < SIGNAL_SCOPE_ABI) {
+        return Ok(false);
+    }
+    let status = Ruleset::default()
+        .set_compatibility(CompatLevel::HardRequirement)
+        .scope(Scope::Signal)?
+        .create()?
+        .no_new_privs(!has_cap_sys_admin())
+        .restrict_self()?;
+    Ok(status.ruleset == RulesetStatus::FullyEnforced)
+}
+
+/// What [`apply`] put in place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// Landlock's ABI on this kernel, if it has Landlock.
+    pub landlock_abi: Option<i64>,
+    /// Whether signals are scoped.
+    pub signals_scoped: bool,
+}
+
+impl Applied {
+    /// One line for logs and audit records.
+    pub fn describe(&self) -> String {
+        describe(self.landlock_abi, self.signals_scoped)
+    }
+}
+
+/// Applies the seccomp filter and, where Landlock has it, signal scoping to
+/// the calling thread. Call right before exec: irrevocable.
+pub fn apply() -> Result<Applied, SeccompError> {
+    let program = filter()?;
+    let landlock_abi = crate::kernel::probe::landlock_abi();
+    // Landlock first: the filter does not deny its calls, but nothing needs
+    // to run under the filter that does not have to.
+    let signals_scoped = scope_signals(landlock_abi)?;
+    install(&program)?;
+    Ok(Applied {
+        landlock_abi,
+        signals_scoped,
+    })
+}
+
+/// What a `baton exec` agent gets from the fallback on a kernel with this
+/// Landlock ABI, for the daemon to log without asking the agent.
+pub fn describe_for_kernel(landlock_abi: Option<i64>) -> String {
+    describe(
+        landlock_abi,
+        landlock_abi.is_some_and(|abi| abi >= SIGNAL_SCOPE_ABI),
+    )
+}
+
+fn describe(landlock_abi: Option<i64>, signals_scoped: bool) -> String {
+    let names: Vec<&str> = denied_syscalls().iter().map(|(name, _)| *name).collect();
+    let signals = if signals_scoped {
+        format!(
+            "Landlock (ABI {}) stops signals to processes outside the agent, the daemon included",
+            landlock_abi.unwrap_or(0)
+        )
+    } else {
+        match landlock_abi {
+            Some(abi) => format!(
+                "signals are NOT scoped: Landlock ABI {abi} is older than {SIGNAL_SCOPE_ABI}, so an agent running as the daemon's user can signal it"
+            ),
+            None => "signals are NOT scoped: this kernel has no Landlock, so an agent running as the daemon's user can signal it".to_string(),
+        }
+    };
+    format!(
+        "seccomp denies {} (EPERM, even for root); {signals}",
+        names.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `body` in a forked child that first installs the filter; returns
+    /// how the child ended (`Ok(exit code)` or `Err(signal)`).
+    fn in_filtered_child(body: fn() -> i32) -> Result<i32, i32> {
+        let program = filter().unwrap();
+        // SAFETY: the child only makes raw system calls and exits.
+        match unsafe { libc::fork() } {
+            0 => {
+                let code = match install(&program) {
+                    Ok(()) => body(),
+                    Err(_) => 100,
+                };
+                // SAFETY: leaves the child without running the parent's
+                // destructors or test harness.
+                unsafe { libc::_exit(code) }
+            }
+            pid => {
+                assert!(pid > 0, "fork failed");
+                let mut status = 0;
+                // SAFETY: waiting for our own child.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                if libc::WIFEXITED(status) {
+                    Ok(libc::WEXITSTATUS(status))
+                } else {
+                    Err(libc::WTERMSIG(status))
+                }
+            }
+        }
+    }
+
+    fn errno_of(rc: libc::c_long) -> i32 {
+        if rc >= 0 {
+            0
+        } else {
+            io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+        }
+    }
+
+    #[test]
+    fn the_filter_lists_every_call_and_compiles() {
+        let names: Vec<&str> = denied_syscalls().iter().map(|(n, _)| *n).collect();
+        for name in [
+            "bpf",
+            "ptrace",
+            "process_vm_writev",
+            "kexec_load",
+            "init_module",
+            "finit_module",
+            "perf_event_open",
+        ] {
+            assert!(names.contains(&name), "{name} is denied");
+        }
+        assert!(!filter().unwrap().is_empty());
+    }
+
+    #[test]
+    fn denied_calls_fail_with_eperm_and_others_work() {
+        let outcome = in_filtered_child(|| {
+            let mut attr = [0u8; 128];
+            attr[0] = 2; // BPF_MAP_TYPE_ARRAY
+            attr[4] = 4;
+            attr[8] = 4;
+            attr[12] = 1;
+            // SAFETY: raw system calls with valid or null pointers.
+            let checks = unsafe {
+                [
+                    libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), attr.len()),
+                    libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0),
+                    libc::syscall(libc::SYS_process_vm_writev, 1, 0, 0, 0, 0, 0),
+                    libc::syscall(libc::SYS_process_vm_readv, 1, 0, 0, 0, 0, 0),
+                    libc::syscall(libc::SYS_perf_event_open, 0, 0, -1, -1, 0),
+                    libc::syscall(libc::SYS_finit_module, -1, 0, 0),
+                    libc::syscall(libc::SYS_init_module, 0, 0, 0),
+                    libc::syscall(libc::SYS_kexec_load, 0, 0, 0, 0),
+                ]
+            };
+            for (i, rc) in checks.into_iter().enumerate() {
+                if errno_of(rc) != libc::EPERM {
+                    return 10 + i as i32;
+                }
+            }
+            // Everything else goes through.
+            // SAFETY: plain system calls.
+            if unsafe { libc::getpid() } <= 0 || unsafe { libc::kill(libc::getpid(), 0) } != 0 {
+                return 2;
+            }
+            0
+        });
+        assert_eq!(
+            outcome,
+            Ok(0),
+            "exit 10+i: the i-th denied call was not EPERM"
+        );
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn x32_numbers_are_denied_too() {
+        let outcome = in_filtered_child(|| {
+            for number in [libc::SYS_bpf | X32_SYSCALL_BIT, 521 | X32_SYSCALL_BIT] {
+                let rc: i64;
+                // SAFETY: a system call with zero arguments; the filter
+                // answers before the kernel looks at them.
+                unsafe {
+                    std::arch::asm!(
+                        "syscall",
+                        inlateout("rax") number => rc,
+                        in("rdi") 0, in("rsi") 0, in("rdx") 0,
+                        lateout("rcx") _, lateout("r11") _,
+                    );
+                }
+                if rc != -i64::from(libc::EPERM) {
+                    return 20;
+                }
+            }
+            0
+        });
+        assert_eq!(outcome, Ok(0));
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_32_bit_entry_point_is_closed() {
+        let outcome = in_filtered_child(|| {
+            // getpid (20) through the i386 entry point.
+            let rc: i32;
+            // SAFETY: `int 0x80` with a call that takes no arguments.
+            unsafe {
+                std::arch::asm!("int 0x80", inlateout("eax") 20 => rc);
+            }
+            rc
+        });
+        // SIGSEGV where the kernel has no 32-bit emulation at all.
+        assert!(
+            matches!(outcome, Err(libc::SIGSYS | libc::SIGSEGV)),
+            "a foreign ABI kills the process: {outcome:?}"
+        );
+    }
+
+    #[test]
+    fn descriptions_say_what_holds() {
+        assert!(describe_for_kernel(Some(7)).contains("Landlock (ABI 7)"));
+        assert!(describe_for_kernel(Some(5)).contains("NOT scoped"));
+        assert!(describe_for_kernel(None).contains("no Landlock"));
+        assert!(describe_for_kernel(Some(7)).starts_with("seccomp denies bpf, ptrace"));
+    }
+}

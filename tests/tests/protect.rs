@@ -1,0 +1,356 @@
+//! Self-protection: an agent, even one running as root, cannot switch Baton
+//! off. With BPF LSM (the test VMs) the kernel programs deny it `bpf()`,
+//! module loads, ptrace, signals and `prlimit` towards the daemon, and the
+//! file rules every agent gets deny changes under bpffs, to cgroup files
+//! and to Baton's own files. Without BPF LSM (the development hosts),
+//! `baton exec` agents get a seccomp filter and Landlock signal scoping.
+//!
+//! Agents in the VM tests are selected by cgroup, not started by `baton
+//! exec`, so only the BPF LSM programs stand in their way.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use baton_tests::{Daemon, EPERM, TempDir, TestCgroup, helper_outcome, policy, run_outcome};
+
+const PROTECT: &str = env!("CARGO_BIN_EXE_baton-protect-helper");
+const HELPER: &str = env!("CARGO_BIN_EXE_baton-test-helper");
+const EACCES: &str = "errno=13";
+
+/// The self-protection LSM hooks.
+const PROTECT_HOOKS: [&str; 7] = [
+    "bpf",
+    "ptrace_access_check",
+    "task_kill",
+    "file_send_sigiotask",
+    "task_setrlimit",
+    "kernel_read_file",
+    "kernel_load_data",
+];
+
+/// A policy for `agent` that allows all egress and files: whatever is
+/// denied below is denied by self-protection, not by the policy.
+fn permissive(agent: &str, selector_extra: &str) -> String {
+    policy(agent, agent, "  egress:\n    default: allow\n").replace(
+        &format!("    agent: {agent}\n"),
+        &format!("    agent: {agent}\n{selector_extra}"),
+    )
+}
+
+/// A cgroup whose processes are the agent `guard`, and a daemon enforcing it.
+fn cgroup_agent(label: &str) -> (TestCgroup, Daemon) {
+    let cgroup = TestCgroup::new(&format!(
+        "/baton-test-protect-{label}-{}",
+        std::process::id()
+    ));
+    let selector = format!("    cgroups: [{}]\n", cgroup.relative);
+    let daemon = Daemon::start(label, &[("p.yaml", permissive("guard", &selector))]);
+    let stderr = daemon.stderr();
+    assert!(
+        !stderr.contains("file rules are NOT enforced"),
+        "BPF LSM must load in the VM:\n{stderr}"
+    );
+    for hook in PROTECT_HOOKS {
+        assert!(
+            !stderr.contains(&format!("LSM hook {hook} is not attached")),
+            "every self-protection hook loads:\n{stderr}"
+        );
+    }
+    (cgroup, daemon)
+}
+
+/// Runs `args` as a member of `cgroup` (so, as the agent) and returns what
+/// the helper printed.
+fn in_agent(cgroup: &TestCgroup, args: &[&str]) -> String {
+    run_outcome(&cgroup.enter_and_exec(&args.join(" ")))
+}
+
+/// Runs `args` outside every agent.
+fn outside(args: &[&str]) -> String {
+    helper_outcome(&Command::new(args[0]).args(&args[1..]).output().unwrap())
+}
+
+/// Whether process `pid` exists and has not exited.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
+/// `bpftool -j ARGS`, parsed.
+fn bpftool_json(args: &[&str]) -> serde_json::Value {
+    let output = Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .output()
+        .expect("bpftool is installed by cargo xtask setup");
+    assert!(output.status.success(), "bpftool {args:?}: {output:?}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+#[ignore = "needs a kernel booted with BPF LSM: runs inside the test VMs (cargo xtask test)"]
+fn vm_an_agent_cannot_use_bpf_even_as_root() {
+    let (cgroup, daemon) = cgroup_agent("bpf");
+    assert_eq!(
+        in_agent(&cgroup, &[PROTECT, "bpf-map-create"]),
+        EPERM,
+        "bpf() from an agent"
+    );
+    assert_eq!(outside(&[PROTECT, "bpf-map-create"]), "ok", "outside");
+
+    // The daemon's connect4 program and the link that attaches it.
+    let programs = bpftool_json(&["prog", "list"]);
+    let connect4 = programs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "connect4")
+        .filter_map(|p| p["id"].as_u64())
+        .max()
+        .expect("the daemon's connect4 program");
+    let links = bpftool_json(&["link", "list"]);
+    let link = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["prog_id"].as_u64() == Some(connect4))
+        .and_then(|l| l["id"].as_u64())
+        .expect("the link of connect4")
+        .to_string();
+    // The tool an attacker would reach for gets nothing either.
+    let detach = Command::new("sh")
+        .args(&cgroup.enter_and_exec(&format!("bpftool link detach id {link}"))[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!detach.success(), "bpftool link detach inside the agent");
+    bpftool_json(&["link", "show", "id", &link]);
+
+    let record = daemon.wait_for_record(|r| r["hook"] == "bpf");
+    assert_eq!(record["agent"], "guard");
+    assert_eq!(record["verdict"], "denied");
+    assert_eq!(record["object"]["path"], "bpf() command 0", "{record}");
+    assert_eq!(record["process"]["uid"], 0, "root is held too");
+}
+
+#[test]
+#[ignore = "needs a kernel booted with BPF LSM: runs inside the test VMs (cargo xtask test)"]
+fn vm_an_agent_cannot_trace_signal_or_limit_the_daemon() {
+    let (cgroup, daemon) = cgroup_agent("daemon");
+    let pid = daemon.pid().to_string();
+    for signal in ["15", "9"] {
+        assert_eq!(
+            in_agent(&cgroup, &[PROTECT, "kill", &pid, signal]),
+            EPERM,
+            "signal {signal} to the daemon"
+        );
+    }
+    assert_eq!(
+        in_agent(&cgroup, &[PROTECT, "kill", &pid, "0"]),
+        "ok",
+        "signal 0 delivers nothing"
+    );
+    assert_eq!(in_agent(&cgroup, &[PROTECT, "ptrace", &pid]), EPERM);
+    assert_eq!(in_agent(&cgroup, &[PROTECT, "vm-read", &pid]), EPERM);
+    assert_eq!(in_agent(&cgroup, &[PROTECT, "prlimit", &pid]), EPERM);
+    assert!(alive(daemon.pid()), "the daemon survived");
+
+    // Any process outside the agent is out of ptrace's reach; the agent's
+    // own processes are not.
+    let mut bystander = Command::new("sleep").arg("60").spawn().unwrap();
+    let bystander_pid = bystander.id().to_string();
+    assert_eq!(
+        in_agent(&cgroup, &[PROTECT, "ptrace", &bystander_pid]),
+        EPERM
+    );
+    assert_eq!(
+        in_agent(&cgroup, &[PROTECT, "kill", &bystander_pid, "0"]),
+        "ok"
+    );
+    assert_eq!(in_agent(&cgroup, &[PROTECT, "ptrace-child"]), "ok");
+
+    // A signal the kernel sends on the agent's behalf (F_SETOWN): it kills
+    // a bystander, so the way works, but not the daemon.
+    assert_eq!(
+        in_agent(&cgroup, &[PROTECT, "sigio", &bystander_pid, "9"]),
+        "ok"
+    );
+    let status = bystander.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "F_SETOWN signals reach other processes"
+    );
+    assert_eq!(in_agent(&cgroup, &[PROTECT, "sigio", &pid, "9"]), "ok");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(alive(daemon.pid()), "no F_SETOWN signal reaches the daemon");
+
+    // Outside the agent nothing changes.
+    assert_eq!(outside(&[PROTECT, "prlimit", &pid]), "ok");
+    assert_eq!(outside(&[PROTECT, "kill", &pid, "0"]), "ok");
+
+    let killed = format!("signal 15 to pid {pid} (the Baton daemon)");
+    let record = daemon.wait_for_record(|r| r["object"]["path"] == killed.as_str());
+    assert_eq!(record["hook"], "task_kill");
+    assert_eq!(record["verdict"], "denied");
+    assert_eq!(record["agent"], "guard");
+    let traced = format!("ptrace attach to pid {pid} (the Baton daemon)");
+    let record = daemon.wait_for_record(|r| r["object"]["path"] == traced.as_str());
+    assert_eq!(record["hook"], "ptrace_access_check");
+    daemon.wait_for_record(|r| r["hook"] == "task_setrlimit");
+    assert!(alive(daemon.pid()), "the daemon is still running");
+}
+
+#[test]
+#[ignore = "needs a kernel booted with BPF LSM: runs inside the test VMs (cargo xtask test)"]
+fn vm_an_agent_cannot_load_kernel_modules() {
+    let (cgroup, daemon) = cgroup_agent("module");
+    let dir = TempDir::new("protect-module");
+    // Not a module: the kernel refuses an empty file before the LSM is
+    // asked, and this one after it has read it.
+    let bogus = dir.path().join("bogus.ko");
+    std::fs::write(&bogus, [0x5au8; 256]).unwrap();
+    let bogus = bogus.to_str().unwrap();
+    assert_eq!(in_agent(&cgroup, &[PROTECT, "finit-module", bogus]), EPERM);
+    assert_ne!(
+        outside(&[PROTECT, "finit-module", bogus]),
+        EPERM,
+        "outside, the kernel reads the file (and finds no module in it)"
+    );
+    let record = daemon.wait_for_record(|r| r["hook"] == "kernel_read_file");
+    assert_eq!(record["object"]["path"], "kernel module load");
+    // The same from memory.
+    assert_eq!(in_agent(&cgroup, &[PROTECT, "init-module"]), EPERM);
+    assert_ne!(outside(&[PROTECT, "init-module"]), EPERM);
+    daemon.wait_for_record(|r| r["hook"] == "kernel_load_data");
+}
+
+#[test]
+#[ignore = "needs a kernel booted with BPF LSM: runs inside the test VMs (cargo xtask test)"]
+fn vm_an_agent_cannot_touch_bpffs_cgroups_or_baton_files() {
+    let (cgroup, daemon) = cgroup_agent("files");
+    let pinned = format!("/sys/fs/bpf/baton-test-protect-{}", std::process::id());
+    let _ = std::fs::remove_file(&pinned);
+    let created = Command::new("bpftool")
+        .args(["map", "create", &pinned, "type", "array", "key", "4"])
+        .args(["value", "4", "entries", "1", "name", "bprotect"])
+        .status()
+        .unwrap();
+    assert!(created.success(), "pin a map to delete");
+
+    assert_eq!(in_agent(&cgroup, &[HELPER, "unlink", &pinned]), EPERM);
+    assert!(Path::new(&pinned).exists(), "the pinned map is still there");
+    let new_pin = format!("{pinned}-dir");
+    assert_eq!(in_agent(&cgroup, &[HELPER, "mkdir", &new_pin]), EPERM);
+
+    let procs = cgroup.dir.join("cgroup.procs").display().to_string();
+    assert_eq!(in_agent(&cgroup, &[PROTECT, "write", &procs]), EPERM);
+    let freeze = cgroup.dir.join("cgroup.freeze").display().to_string();
+    assert_eq!(in_agent(&cgroup, &[PROTECT, "write", &freeze]), EPERM);
+    let child = cgroup.dir.join("escape").display().to_string();
+    assert_eq!(in_agent(&cgroup, &[HELPER, "mkdir", &child]), EPERM);
+
+    let policy_file = daemon.dir.path().join("policies/p.yaml");
+    let policy_file = policy_file.to_str().unwrap();
+    assert_eq!(in_agent(&cgroup, &[PROTECT, "write", policy_file]), EPERM);
+    assert_eq!(in_agent(&cgroup, &[HELPER, "unlink", policy_file]), EPERM);
+    let new_policy = daemon.dir.path().join("policies/q.yaml");
+    assert_eq!(
+        in_agent(&cgroup, &[HELPER, "create", new_policy.to_str().unwrap()]),
+        EPERM
+    );
+    let audit_log = daemon.audit_log.to_str().unwrap();
+    assert_eq!(in_agent(&cgroup, &[PROTECT, "write", audit_log]), EPERM);
+    let oom = format!("/proc/{}/oom_score_adj", daemon.pid());
+    assert_eq!(in_agent(&cgroup, &[PROTECT, "write", &oom]), EPERM);
+
+    // Reading is not a change; outside the agent everything stays possible.
+    assert_eq!(
+        in_agent(&cgroup, &[HELPER, "open", policy_file, "read"]),
+        "ok"
+    );
+    assert_eq!(outside(&[PROTECT, "write", policy_file]), "ok");
+    assert_eq!(outside(&[HELPER, "unlink", &pinned]), "ok");
+
+    let record = daemon
+        .wait_for_record(|r| r["hook"] == "path_unlink" && r["object"]["path"] == pinned.as_str());
+    assert_eq!(record["verdict"], "denied");
+    assert_eq!(record["object"]["denied_rights"][0], "delete");
+}
+
+/// Landlock's ABI on this kernel, 0 without Landlock.
+fn landlock_abi() -> i64 {
+    // SAFETY: the version query takes no ruleset and writes no memory.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            1u32,
+        )
+    };
+    abi.max(0)
+}
+
+/// `baton exec` agents are held with or without BPF LSM: by the kernel
+/// programs where it loads, by seccomp and Landlock where it does not (the
+/// development hosts, whose Landlock has signal scoping).
+#[test]
+fn baton_exec_agents_cannot_reach_the_daemon_with_or_without_bpf_lsm() {
+    let probe = baton_tests::baton(&["probe", "--json"]);
+    let probe: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
+    let lsm = probe["bpf_lsm_loadable"].as_bool().unwrap();
+    let daemon = Daemon::start("protect-exec", &[("p.yaml", permissive("guard", ""))]);
+    let pid = daemon.pid().to_string();
+    let agent = |args: &[&str]| helper_outcome(&daemon.exec("guard", args));
+
+    assert_eq!(agent(&[PROTECT, "bpf-map-create"]), EPERM, "bpf()");
+    assert_eq!(agent(&[PROTECT, "ptrace", &pid]), EPERM, "ptrace");
+    assert_eq!(
+        agent(&[PROTECT, "vm-read", &pid]),
+        EPERM,
+        "process_vm_readv"
+    );
+    assert_eq!(
+        agent(&[PROTECT, "perf-event-open"]),
+        EPERM,
+        "perf_event_open"
+    );
+    // Children inherit it.
+    let output = daemon.exec("guard", &["sh", "-c", &format!("{PROTECT} bpf-map-create")]);
+    assert_eq!(helper_outcome(&output), EPERM, "a child of the agent");
+
+    if lsm || landlock_abi() >= 6 {
+        assert_eq!(agent(&[PROTECT, "kill", &pid, "15"]), EPERM, "SIGTERM");
+        assert_eq!(agent(&[PROTECT, "kill", &pid, "9"]), EPERM, "SIGKILL");
+    } else {
+        eprintln!(
+            "Landlock ABI {} has no signal scoping: not tested",
+            landlock_abi()
+        );
+    }
+    assert!(alive(daemon.pid()), "the daemon survived");
+
+    // Baton's files: the BPF LSM file rules (EPERM) or Landlock (EACCES).
+    let expected = if lsm { EPERM } else { EACCES };
+    let policy_file = daemon.dir.path().join("policies/p.yaml");
+    let policy_file = policy_file.to_str().unwrap();
+    assert_eq!(
+        agent(&[PROTECT, "write", policy_file]),
+        expected,
+        "a policy"
+    );
+    assert_eq!(agent(&[HELPER, "unlink", policy_file]), expected);
+    assert_eq!(agent(&[HELPER, "open", policy_file, "read"]), "ok");
+
+    // Outside the agent, none of it is denied.
+    assert_eq!(outside(&[PROTECT, "bpf-map-create"]), "ok");
+    assert_eq!(outside(&[PROTECT, "write", policy_file]), "ok");
+    // The daemon still serves.
+    assert_eq!(agent(&[HELPER, "open", policy_file, "read"]), "ok");
+}
