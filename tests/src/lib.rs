@@ -89,6 +89,11 @@ impl Daemon {
         Self::launch(TempDir::new(label), policy_dir.to_path_buf(), "")
     }
 
+    /// [`Daemon::start_in`] with a configuration file.
+    pub fn start_in_with_config(policy_dir: &Path, label: &str, config_yaml: &str) -> Self {
+        Self::launch(TempDir::new(label), policy_dir.to_path_buf(), config_yaml)
+    }
+
     /// Like [`Daemon::start`], with a configuration file.
     pub fn start_with_config(label: &str, policies: &[(&str, String)], config_yaml: &str) -> Self {
         let dir = TempDir::new(label);

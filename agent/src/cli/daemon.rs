@@ -964,7 +964,10 @@ async fn serve(
             .record_policy_reload(crate::metrics::ReloadResult::Success);
     }
     ready.store(true, std::sync::atomic::Ordering::Release);
-    let sources = crate::policy::source::start(&settings.sources, Some(&settings.policy_dir))?;
+    // An HTTP-only host watches no directory that does not exist.
+    let local = (settings.policy_dir.exists() || settings.sources.http.is_none())
+        .then_some(settings.policy_dir.as_path());
+    let sources = crate::policy::source::start(&settings.sources, local)?;
     let reloader = tokio::spawn(follow_sources(Arc::downgrade(&daemon), sources));
     tracing::info!(socket = %settings.control_socket.display(), audit_log = %settings.audit_log.display(), "ready");
 
