@@ -310,3 +310,61 @@ fn connect_rate_limit_denies_the_excess() {
     );
     assert!(ok >= 5, "the first five pass: {ok}");
 }
+
+#[test]
+#[ignore = "needs a kernel booted with BPF LSM: runs inside the test VMs (cargo xtask test)"]
+fn vm_a_canary_trips_at_the_first_touch_and_quarantine_stops_writes_and_exec() {
+    let (_allowed, allowed) = listener();
+    let dir = baton_tests::TempDir::new("canary");
+    let canary = dir.path().join("credentials");
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&canary, "aws_secret_access_key = honey").unwrap();
+    std::fs::write(&notes, "notes\n").unwrap();
+    let daemon = Daemon::start(
+        "canary",
+        &[(
+            "p.yaml",
+            policy(
+                "honey",
+                "honey",
+                &format!(
+                    "  egress:\n    default: deny\n    allow:\n      - cidr: 127.0.0.1\n        ports: [{allowed}]\n  files:\n    canaries:\n      - {}\n  breakers:\n    - name: honeypot\n      when: {{canary: true}}\n      action: quarantine\n      cooldownSeconds: 300\n",
+                    canary.display()
+                ),
+            ),
+        )],
+    );
+    // One bash process does it all: after the trip no new program may run
+    // (exec is quarantined too), so the checks after it use only builtins.
+    let script = format!(
+        "(exec 3<>/dev/tcp/127.0.0.1/{allowed}) 2>/dev/null && echo connect-ok || echo connect-denied
+{HELPER} open {canary} read
+SECONDS=0; while [ $SECONDS -lt 2 ]; do :; done
+(exec 3<>/dev/tcp/127.0.0.1/{allowed}) 2>/dev/null && echo connect-ok || echo connect-denied
+(echo more >> {notes}) 2>/dev/null && echo write-ok || echo write-denied
+/usr/bin/echo exec-ok 2>/dev/null || echo exec-denied
+read line < {notes} && echo read-ok || echo read-failed
+",
+        canary = canary.display(),
+        notes = notes.display()
+    );
+    let output = daemon.exec("honey", &["bash", "-c", &script]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        vec![
+            "connect-ok",
+            EPERM,
+            "connect-denied",
+            "write-denied",
+            "exec-denied",
+            "read-ok"
+        ],
+        "before the canary, the canary itself, then quarantine (reads stay allowed)"
+    );
+    assert!(breaker_cli(&daemon, &["list"]).contains("open (quarantine)"));
+    let record = daemon.wait_for_record(|r| {
+        r["object"]["canary"] == true || r["rule"]["id"] == "files.canaries[0]"
+    });
+    assert_eq!(record["verdict"], "denied");
+}
