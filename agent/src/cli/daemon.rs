@@ -472,6 +472,7 @@ impl State {
                                 tracing::error!(%error, agent, "cannot register a DNS proxy");
                                 continue;
                             }
+                            tracing::info!(agent, ports = ?proxy.ports, upstreams = ?config.upstreams, "DNS proxy started");
                             self.agent_names.insert(agent_id, shared);
                             self.proxies.insert((agent_id, proxy.netns_cookie), proxy);
                         }
@@ -1017,71 +1018,29 @@ struct ProxyPlan {
 /// Starts a DNS proxy for every agent with domain rules and points the
 /// kernel's redirect at it.
 async fn start_dns_proxies(daemon: &Arc<Daemon>, dns: &DnsConfig) -> anyhow::Result<()> {
-    let wanted: Vec<ProxyPlan> = {
+    let needed = {
         let state = daemon.state.lock().expect("state lock poisoned");
-        state
-            .policies
-            .agents
-            .iter()
-            .filter(|(_, agent)| !agent.domains.is_empty())
-            .filter_map(|(name, agent)| {
-                let agent_id = state.registry.id_of(&name.0)?;
-                let names = AgentNames {
-                    agent_id,
-                    agent: name.0.clone(),
-                    rules: agent
-                        .domains
-                        .iter()
-                        .map(|d| DomainRule {
-                            pattern: d.pattern.clone(),
-                            rule_id: d.rule_id,
-                        })
-                        .collect(),
-                    audit: agent.mode == mode::AUDIT,
-                };
-                let rows = agent
-                    .domains
-                    .iter()
-                    .map(|d| (d.rule_id, d.rows.clone()))
-                    .collect();
-                Some(ProxyPlan {
-                    agent_id,
-                    agent: name.0.clone(),
-                    names,
-                    rows,
-                })
-            })
-            .collect()
+        state.policies.agents.values().any(|a| !a.domains.is_empty())
     };
-    if wanted.is_empty() {
-        return Ok(());
-    }
-    let config = Arc::new(
-        proxy_config(dns)
-            .context("agents have domain rules, so Baton needs an upstream resolver")?,
-    );
+    // Without domain rules an unusable resolver configuration is no reason
+    // to stop; a reload that adds domain rules reports it then.
+    let config = match proxy_config(dns) {
+        Ok(config) => Arc::new(config),
+        Err(error) if needed => {
+            return Err(error)
+                .context("agents have domain rules, so Baton needs an upstream resolver");
+        }
+        Err(error) => {
+            tracing::debug!(%error, "no DNS proxy: no upstream resolver");
+            return Ok(());
+        }
+    };
     let learner: Arc<dyn Learner> = Arc::new(ProxyLearner {
         daemon: Arc::downgrade(daemon),
     });
     let mut state = daemon.state.lock().expect("state lock poisoned");
-    state.proxy_setup = Some((config.clone(), learner.clone()));
-    for ProxyPlan {
-        agent_id,
-        agent,
-        names,
-        rows,
-    } in wanted
-    {
-        let names = Arc::new(RwLock::new(names));
-        let proxy = start_agent_proxy(names.clone(), config.clone(), learner.clone())?;
-        state.domain_rows.extend(rows);
-        state
-            .dns
-            .set_proxy(agent_id, proxy.netns_cookie, proxy.ports)?;
-        tracing::info!(agent, ports = ?proxy.ports, upstreams = ?config.upstreams, "DNS proxy started");
-        state.agent_names.insert(agent_id, names);
-        state.proxies.insert((agent_id, proxy.netns_cookie), proxy);
-    }
+    state.proxy_setup = Some((config, learner));
+    state.refresh_dns();
     Ok(())
 }
 
