@@ -1141,16 +1141,21 @@ async fn tick_audit(daemon: Weak<Daemon>) {
 /// period even when no event arrives (events are rate-limited, counters
 /// are not). Deny events also trigger an evaluation at once.
 async fn watch_breakers(daemon: Weak<Daemon>) {
-    let mut interval = tokio::time::interval(Duration::from_millis(10));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        interval.tick().await;
-        let Some(daemon) = daemon.upgrade() else {
-            return;
-        };
-        if let Ok(mut state) = daemon.state.lock() {
+        let watched = {
+            let Some(daemon) = daemon.upgrade() else {
+                return;
+            };
+            let Ok(mut state) = daemon.state.lock() else {
+                return;
+            };
             state.evaluate_breakers();
-        }
+            !state.breakers.agent_ids().is_empty()
+        };
+        // Often while an agent has breakers; rarely otherwise, so an idle
+        // daemon costs nothing measurable.
+        let period = if watched { 10 } else { 500 };
+        tokio::time::sleep(Duration::from_millis(period)).await;
     }
 }
 

@@ -18,8 +18,8 @@
 //! absolute path per line: the ruleset handles every file-system right
 //! except execute (Landlock ABI 3: read, write, truncate, create, remove,
 //! refer) and grants all of them beneath each listed path; everything else
-//! is denied. A path that cannot be opened is an error, so a ruleset never
-//! silently shrinks.
+//! is denied. A listed path that no longer exists is skipped and counted;
+//! any other path that cannot be opened is an error.
 //!
 //! The JSON line holds the median, p90 and p99 of the whole iteration
 //! (`open()`, then `close()`) in nanoseconds, and with `--landlock` the
@@ -66,6 +66,8 @@ fn percentile(sorted: &[u64], pct: usize) -> u64 {
 /// What restricting the process with Landlock gave.
 struct Restricted {
     rules: usize,
+    /// Listed paths that no longer existed.
+    skipped: usize,
     status: RulesetStatus,
 }
 
@@ -81,13 +83,27 @@ fn restrict(grants: &Path) -> Result<Restricted, String> {
         .and_then(|r| r.create())
         .map_err(|e| format!("cannot create a Landlock ruleset: {e}"))?;
     let mut rules = 0;
+    let mut skipped = 0;
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let path = PathBuf::from(line);
-        let fd = PathFd::new(&path).map_err(|e| format!("cannot open {line}: {e}"))?;
+        let fd = match PathFd::new(&path) {
+            Ok(fd) => fd,
+            // Listed, then removed by someone else: nothing left to grant.
+            Err(_) if !path.exists() => {
+                skipped += 1;
+                continue;
+            }
+            Err(e) => return Err(format!("cannot open {line}: {e}")),
+        };
         let access = if path.is_dir() { handled } else { on_files };
-        ruleset = ruleset
-            .add_rule(PathBeneath::new(fd, access))
-            .map_err(|e| format!("cannot add the Landlock rule for {line}: {e}"))?;
+        match (&mut ruleset).add_rule(PathBeneath::new(fd, access)) {
+            Ok(_) => {}
+            Err(_) if !path.exists() => {
+                skipped += 1;
+                continue;
+            }
+            Err(e) => return Err(format!("cannot add the Landlock rule for {line}: {e}")),
+        }
         rules += 1;
     }
     let status = ruleset
@@ -98,6 +114,7 @@ fn restrict(grants: &Path) -> Result<Restricted, String> {
     }
     Ok(Restricted {
         rules,
+        skipped,
         status: status.ruleset,
     })
 }
@@ -152,6 +169,7 @@ fn measure(
     });
     if let Some(restricted) = restricted {
         report["landlock_rules"] = restricted.rules.into();
+        report["landlock_skipped"] = restricted.skipped.into();
         report["landlock_status"] = format!("{:?}", restricted.status).into();
     }
     println!("{report}");
