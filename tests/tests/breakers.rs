@@ -190,11 +190,7 @@ fn freeze_stops_a_busy_agent_and_reset_resumes_it() {
 fn alive(pid: i32) -> bool {
     // A zombie is dead for our purposes: it runs no code.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.split_whitespace()
-                .nth(2)
-                .is_some_and(|state| state == "Z")
-        })
+        .map(|s| s.split_whitespace().nth(2).is_none_or(|state| state != "Z"))
         .unwrap_or(false)
 }
 

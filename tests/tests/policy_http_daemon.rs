@@ -54,7 +54,9 @@ fn bundle(allowed: u16) -> String {
     policy(
         "pulled",
         "pulled",
-        &format!("  egress:\n    default: deny\n    allow:\n      - cidr: 127.0.0.1\n        ports: [{allowed}]\n"),
+        &format!(
+            "  egress:\n    default: deny\n    allow:\n      - cidr: 127.0.0.1\n        ports: [{allowed}]\n"
+        ),
     )
 }
 
@@ -88,12 +90,16 @@ fn the_daemon_enforces_pulled_bundles_and_their_cache() {
     );
     let missing_dir = state.path().join("no-local-policies");
     let daemon = Daemon::start_in_with_config(&missing_dir, "http-pull", &config);
-    eventually("the pulled policy is enforced", || outcome(&daemon, first) == "ok");
+    eventually("the pulled policy is enforced", || {
+        outcome(&daemon, first) == "ok"
+    });
     assert_eq!(outcome(&daemon, second), EPERM);
 
     // A change on the server is enforced within the poll interval.
     *answer.lock().unwrap() = (200, bundle(second));
-    eventually("the change is enforced", || outcome(&daemon, second) == "ok");
+    eventually("the change is enforced", || {
+        outcome(&daemon, second) == "ok"
+    });
     assert_eq!(outcome(&daemon, first), EPERM);
 
     // Errors and garbage keep the last good set.
@@ -114,6 +120,8 @@ fn the_daemon_enforces_pulled_bundles_and_their_cache() {
     // Restarted while the server is down: the cached bundle is enforced.
     *answer.lock().unwrap() = (503, String::new());
     let daemon = Daemon::start_in_with_config(&missing_dir, "http-cached", &config);
-    eventually("the cached bundle is enforced", || outcome(&daemon, second) == "ok");
+    eventually("the cached bundle is enforced", || {
+        outcome(&daemon, second) == "ok"
+    });
     assert_eq!(outcome(&daemon, first), EPERM);
 }

@@ -42,7 +42,7 @@ use crate::{
         loader::ControlState,
         maps::{DnsMaps, PolicyMaps, RuntimeMaps},
     },
-    policy::{CompiledPolicySet, compile_with, expand_on_disk, load_dir},
+    policy::{CompiledPolicySet, compile::compile_protected, expand_on_disk, load_dir},
 };
 
 /// Settings after merging the configuration file and flags.
@@ -54,12 +54,38 @@ struct Settings {
     audit: AuditConfig,
     metrics_address: std::net::SocketAddr,
     sources: crate::policy::source::PolicySourcesConfig,
+    /// Paths no agent may change: Baton's kernel state and its own files.
+    protected: Vec<(String, u32)>,
 }
 
 impl Settings {
     fn resolve(args: &RunArgs) -> anyhow::Result<Self> {
         let config = Config::load(args.config.as_deref())?;
+        let policy_dir = args
+            .policy_dir
+            .clone()
+            .or(config.policy_dir.clone())
+            .unwrap_or_else(|| DEFAULT_POLICY_DIR.into());
+        let audit_log = args
+            .audit_log
+            .clone()
+            .or(config.audit_log.clone())
+            .unwrap_or_else(|| DEFAULT_AUDIT_LOG.into());
+        let mut own = vec![
+            policy_dir.clone(),
+            audit_log.parent().unwrap_or(&audit_log).to_path_buf(),
+        ];
+        own.push(
+            args.config
+                .clone()
+                .unwrap_or_else(|| crate::config::DEFAULT_CONFIG.into()),
+        );
+        if let Ok(exe) = std::env::current_exe() {
+            own.push(exe);
+        }
+        let protected = crate::fallback::protected::protected_paths(&own);
         Ok(Self {
+            protected,
             policy_dir: args
                 .policy_dir
                 .clone()
@@ -108,6 +134,8 @@ struct State {
     source_status: Vec<crate::policy::source::SourceStatus>,
     /// What the set in force looks like, to skip reloads that change nothing.
     applied_fingerprint: String,
+    /// Paths no agent may change.
+    protected: Vec<(String, u32)>,
     cgroup_root: PathBuf,
     registry: AgentRegistry,
     policies: CompiledPolicySet,
@@ -340,8 +368,8 @@ impl State {
             return Ok(());
         }
         let first_rule_id = self.policies.first_rule_id + self.policies.rules.len() as u32;
-        let compiled =
-            compile_with(policies, first_rule_id, &expand_on_disk).map_err(|e| e.to_string())?;
+        let compiled = compile_protected(policies, first_rule_id, &expand_on_disk, &self.protected)
+            .map_err(|e| e.to_string())?;
         self.registry.sync(&compiled);
         let generation = self
             .maps
@@ -810,7 +838,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     } else {
         load_dir(&settings.policy_dir)?
     };
-    let compiled = compile_with(&policies, 1, &expand_on_disk)?;
+    let compiled = compile_protected(&policies, 1, &expand_on_disk, &settings.protected)?;
     let sink = AuditTrail::open(&settings.audit_log, &settings.audit)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -873,6 +901,7 @@ async fn serve(
         policy_error: None,
         source_status: Vec::new(),
         applied_fingerprint: policy_fingerprint(policies),
+        protected: settings.protected.clone(),
         cgroup_root: enforcer.cgroup_root.clone(),
         registry,
         policies: compiled,
@@ -1020,7 +1049,11 @@ struct ProxyPlan {
 async fn start_dns_proxies(daemon: &Arc<Daemon>, dns: &DnsConfig) -> anyhow::Result<()> {
     let needed = {
         let state = daemon.state.lock().expect("state lock poisoned");
-        state.policies.agents.values().any(|a| !a.domains.is_empty())
+        state
+            .policies
+            .agents
+            .values()
+            .any(|a| !a.domains.is_empty())
     };
     // Without domain rules an unusable resolver configuration is no reason
     // to stop; a reload that adds domain rules reports it then.

@@ -506,8 +506,13 @@ pub struct RuntimeMaps {
 }
 
 impl RuntimeMaps {
-    /// Takes the maps out of the loaded object.
+    /// Takes the maps out of the loaded object, and tells the programs the
+    /// daemon's own process id (self-protection needs it).
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, KernelError> {
+        let mut daemon: Array<MapData, u32> = take(ebpf, map_names::DAEMON_TGID)?;
+        daemon
+            .set(0, std::process::id(), 0)
+            .map_err(map_error(map_names::DAEMON_TGID))?;
         Ok(Self {
             state: take(ebpf, map_names::AGENT_STATE)?,
             counters: take(ebpf, map_names::AGENT_COUNTERS)?,

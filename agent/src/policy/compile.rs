@@ -301,7 +301,35 @@ pub fn compile_with(
     first_rule_id: u32,
     expand: &Expander,
 ) -> Result<CompiledPolicySet, CompileError> {
+    compile_protected(policies, first_rule_id, expand, &[])
+}
+
+/// Compiles a policy set and adds, to every agent, deny rules for
+/// `protected` paths (path, rights): Baton's own state, which no policy may
+/// open up. They win over any allow of the same specificity and are cited
+/// as `baton/protected[i]` in records.
+pub fn compile_protected(
+    policies: &[LoadedPolicy],
+    first_rule_id: u32,
+    expand: &Expander,
+    protected: &[(String, u32)],
+) -> Result<CompiledPolicySet, CompileError> {
     let mut rules: Vec<RuleRef> = Vec::new();
+    let protected_rules: Vec<(AbsolutePath, u32, u32)> = protected
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (path, rights))| {
+            rules.push(RuleRef {
+                policy: "baton".into(),
+                rule: format!("protected[{i}]"),
+                source: PathBuf::new(),
+            });
+            let rule_id = first_rule_id + rules.len() as u32 - 1;
+            AbsolutePath::parse(path)
+                .ok()
+                .map(|p| (p, *rights, rule_id))
+        })
+        .collect();
     let mut add_rule = |policy: &LoadedPolicy, rule: String| -> u32 {
         rules.push(RuleRef {
             policy: policy.document.metadata.name.0.clone(),
@@ -321,7 +349,15 @@ pub fn compile_with(
     for (agent, selecting) in by_agent {
         let mut egress_sources = Vec::new();
         let mut domains = Vec::new();
-        let mut file_sources = Vec::new();
+        let mut file_sources: Vec<FileSource> = protected_rules
+            .iter()
+            .map(|(path, rights, rule_id)| FileSource {
+                path: path.clone(),
+                rights: *rights,
+                decision: decision::DENY,
+                rule_id: *rule_id,
+            })
+            .collect();
         let mut any_enforce = false;
         let mut allow_icmp = true;
         let mut any_egress = false;
