@@ -145,6 +145,10 @@ fn vm_script(root: &Path, results: &Path, binaries: &[TestBinary]) -> String {
     script.push_str(
         "mountpoint -q /sys/kernel/security || mount -t securityfs securityfs /sys/kernel/security\n",
     );
+    // The guest's /tmp is an overlay of the host's: file identities there
+    // (st_ino) are not the kernel's inode numbers, and other runs' files
+    // come and go. Tests get a tmpfs of their own.
+    script.push_str("mkdir -p /run/baton-tests && export BATON_TEST_TMP=/run/baton-tests\n");
     for binary in binaries {
         // Unit tests that read the running kernel run here too; the
         // integration binaries run everything, the VM-only tests included,

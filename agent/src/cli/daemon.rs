@@ -781,8 +781,19 @@ impl Daemon {
                 .iter()
                 .find(|(name, _)| name.0 == agent)
                 .map(|(_, compiled)| {
+                    // Baton's own paths stay out of the Landlock plan: a
+                    // Landlock domain may not mount, and agents need mount
+                    // namespaces (containers, private resolv.conf). Where
+                    // BPF LSM is missing, a root agent can therefore still
+                    // change Baton's files; `baton status` says so.
+                    let rules: Vec<_> = compiled
+                        .file_rules
+                        .iter()
+                        .filter(|rule| !state.protected.iter().any(|(path, _)| *path == rule.path))
+                        .cloned()
+                        .collect();
                     crate::fallback::landlock::plan(
-                        &compiled.file_rules,
+                        &rules,
                         compiled.file_default,
                         compiled.exec_default,
                     )
