@@ -83,7 +83,12 @@ impl Settings {
         if let Ok(exe) = std::env::current_exe() {
             own.push(exe);
         }
-        let protected = crate::fallback::protected::protected_paths(&own);
+        let mut protected = crate::fallback::protected::protected_paths(&own);
+        // The daemon's own /proc entries (oom_score_adj and the like), for
+        // the kernel's file rules.
+        protected.push(crate::fallback::protected::daemon_proc_path(
+            std::process::id(),
+        ));
         Ok(Self {
             protected,
             policy_dir: args
