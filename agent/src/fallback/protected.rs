@@ -15,7 +15,7 @@ use std::{
 
 use agent_common::{files::right, identity::admission};
 
-use crate::kernel::loader::ControlState;
+use crate::kernel::{cgroup::mount_points, loader::ControlState};
 
 /// Rights taken away beneath a protected path: every change. Reading stays
 /// allowed (an agent may look at its own policy).
@@ -91,41 +91,6 @@ fn kernel_view(path: &Path) -> Option<String> {
         out
     });
     resolved.to_str().map(str::to_string)
-}
-
-/// Mount points of the given file system types, unescaped.
-fn mount_points(mountinfo: &str, types: &[&str]) -> Vec<String> {
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            // Fields after " - " are: fstype, source, super options.
-            let (left, right) = line.split_once(" - ")?;
-            let fs_type = right.split_whitespace().next()?;
-            if !types.contains(&fs_type) {
-                return None;
-            }
-            left.split_whitespace().nth(4).map(unescape)
-        })
-        .collect()
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space).
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && let Some(Ok(value)) = field.get(i + 1..i + 4).map(|d| u8::from_str_radix(d, 8))
-        {
-            out.push(value);
-            i += 4;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn covers(outer: &str, inner: &str) -> bool {

@@ -20,21 +20,32 @@ pub enum CgroupError {
 pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
     let mountinfo =
         std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
+    mount_points(&mountinfo, &["cgroup2"])
+        .into_iter()
+        .next()
+        .map(PathBuf::from)
+        .ok_or(CgroupError::NotMounted)
+}
+
+/// Mount points of the given file system types, in mountinfo order and
+/// unescaped.
+pub fn mount_points(mountinfo: &str, types: &[&str]) -> Vec<String> {
     mountinfo
         .lines()
-        .find_map(|line| {
+        .filter_map(|line| {
             // Fields after " - " are: fstype, source, super options.
             let (left, right) = line.split_once(" - ")?;
-            if right.split_whitespace().next()? != "cgroup2" {
+            let fs_type = right.split_whitespace().next()?;
+            if !types.contains(&fs_type) {
                 return None;
             }
             left.split_whitespace().nth(4).map(unescape_mount_path)
         })
-        .ok_or(CgroupError::NotMounted)
+        .collect()
 }
 
 /// Undoes the octal escapes mountinfo uses for spaces and the like.
-fn unescape_mount_path(field: &str) -> PathBuf {
+fn unescape_mount_path(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -49,7 +60,7 @@ fn unescape_mount_path(field: &str) -> PathBuf {
         out.push(bytes[i]);
         i += 1;
     }
-    PathBuf::from(String::from_utf8_lossy(&out).into_owned())
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Controllers enabled in the v2 hierarchy (`cgroup.controllers` at its root).
@@ -65,11 +76,8 @@ mod tests {
 
     #[test]
     fn unescapes_spaces() {
-        assert_eq!(unescape_mount_path("/a\\040b"), PathBuf::from("/a b"));
-        assert_eq!(
-            unescape_mount_path("/sys/fs/cgroup"),
-            PathBuf::from("/sys/fs/cgroup")
-        );
+        assert_eq!(unescape_mount_path("/a\\040b"), "/a b");
+        assert_eq!(unescape_mount_path("/sys/fs/cgroup"), "/sys/fs/cgroup");
     }
 
     #[test]

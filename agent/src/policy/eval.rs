@@ -217,19 +217,19 @@ mod tests {
             "  files:
     default: deny
     allow:
-      - path: /home/*/work
+      - path: /home/*/projects
         rights: [read, write]
     deny:
-      - /home/*/work/.git
+      - /home/*/projects/.git
   exec:
     default: deny
     allow: [/usr/bin/git]
 ",
         );
-        assert!(file(&a, "/home/bob/work/x", FileRight::Write).allowed);
-        assert!(!file(&a, "/home/bob/work/x", FileRight::Delete).allowed);
-        assert!(!file(&a, "/home/bob/work/.git/config", FileRight::Read).allowed);
-        assert!(!file(&a, "/home/bob/workshop", FileRight::Read).allowed);
+        assert!(file(&a, "/home/bob/projects/x", FileRight::Write).allowed);
+        assert!(!file(&a, "/home/bob/projects/x", FileRight::Delete).allowed);
+        assert!(!file(&a, "/home/bob/projects/.git/config", FileRight::Read).allowed);
+        assert!(!file(&a, "/home/bob/projects-old", FileRight::Read).allowed);
         assert!(exec(&a, "/usr/bin/git").allowed);
         assert!(!exec(&a, "/usr/bin/gitk").allowed);
     }
