@@ -49,6 +49,10 @@ pub struct Config {
     pub audit_log: Option<PathBuf>,
     /// Control socket path.
     pub control_socket: Option<PathBuf>,
+    /// Pin directory in bpffs [default: /sys/fs/bpf/baton].
+    pub pin_dir: Option<PathBuf>,
+    /// State directory [default: /run/baton].
+    pub state_dir: Option<PathBuf>,
     /// The DNS proxy that enforces domain rules.
     #[serde(default)]
     pub dns: DnsConfig,

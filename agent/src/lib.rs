@@ -17,6 +17,7 @@ pub mod config;
 pub mod control;
 pub mod egress;
 pub mod fallback;
+pub mod handover;
 pub mod identity;
 pub mod kernel;
 pub mod metrics;

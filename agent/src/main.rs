@@ -1,7 +1,7 @@
 //! The `baton` command.
 
 use baton::cli::{Cli, Command, breaker, daemon, exec, policy, probe, status};
-use baton::cli::{audit, events};
+use baton::cli::{audit, events, uninstall};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -22,6 +22,7 @@ fn main() -> std::process::ExitCode {
         Command::Status(args) => status::run(args),
         Command::Audit(command) => audit::run(command),
         Command::Events(args) => events::run(args),
+        Command::Uninstall(args) => uninstall::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

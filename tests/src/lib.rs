@@ -66,14 +66,27 @@ impl Drop for TempDir {
 }
 
 /// A running `baton run`, stopped on drop.
+///
+/// Each daemon pins its programs and maps in a bpffs directory of its own
+/// (tests run in parallel, and two daemons never share pins) and keeps its
+/// state in the test's directory. Dropping it removes both, even when the
+/// test killed it.
 pub struct Daemon {
-    child: Child,
+    /// The running `baton run`; none between a kill and a restart.
+    child: Option<Child>,
     /// The test's directory: policies, audit log, socket.
     pub dir: TempDir,
     /// Control socket.
     pub socket: PathBuf,
     /// Audit log.
     pub audit_log: PathBuf,
+    /// Pin directory in bpffs.
+    pub pin_dir: PathBuf,
+    /// State directory.
+    pub state_dir: PathBuf,
+    policy_dir: PathBuf,
+    config: PathBuf,
+    cleanup_on_exit: bool,
 }
 
 impl Daemon {
@@ -86,55 +99,105 @@ impl Daemon {
     /// Starts a daemon on an existing policy directory (laid out by the
     /// test, a ConfigMap volume for instance).
     pub fn start_in(policy_dir: &Path, label: &str) -> Self {
-        Self::launch(TempDir::new(label), policy_dir.to_path_buf(), "")
+        Self::launch(TempDir::new(label), policy_dir.to_path_buf(), "", true)
     }
 
     /// [`Daemon::start_in`] with a configuration file.
     pub fn start_in_with_config(policy_dir: &Path, label: &str, config_yaml: &str) -> Self {
-        Self::launch(TempDir::new(label), policy_dir.to_path_buf(), config_yaml)
+        Self::launch(
+            TempDir::new(label),
+            policy_dir.to_path_buf(),
+            config_yaml,
+            true,
+        )
+    }
+
+    /// Like [`Daemon::start`], without `--cleanup-on-exit`: the pins stay
+    /// when the daemon stops or dies, as in production, until
+    /// [`Daemon::uninstall`] (or the drop) removes them.
+    pub fn start_persistent(label: &str, policies: &[(&str, String)]) -> Self {
+        let (dir, policy_dir) = Self::lay_out(label, policies);
+        Self::launch(dir, policy_dir, "", false)
     }
 
     /// Like [`Daemon::start`], with a configuration file.
     pub fn start_with_config(label: &str, policies: &[(&str, String)], config_yaml: &str) -> Self {
+        let (dir, policy_dir) = Self::lay_out(label, policies);
+        Self::launch(dir, policy_dir, config_yaml, true)
+    }
+
+    fn lay_out(label: &str, policies: &[(&str, String)]) -> (TempDir, PathBuf) {
         let dir = TempDir::new(label);
         let policy_dir = dir.path().join("policies");
         std::fs::create_dir_all(&policy_dir).unwrap();
         for (name, text) in policies {
             std::fs::write(policy_dir.join(name), text).unwrap();
         }
-        Self::launch(dir, policy_dir, config_yaml)
+        (dir, policy_dir)
     }
 
-    fn launch(dir: TempDir, policy_dir: PathBuf, config_yaml: &str) -> Self {
-        let socket = dir.path().join("baton.sock");
-        let audit_log = dir.path().join("log/audit.jsonl");
-        let stderr_path = dir.path().join("daemon.stderr");
+    fn launch(dir: TempDir, policy_dir: PathBuf, config_yaml: &str, cleanup_on_exit: bool) -> Self {
         // An empty configuration keeps the host's /etc/baton out of the test.
         let config = dir.path().join("config.yaml");
         std::fs::write(&config, config_yaml).unwrap();
-        let child = Command::new(baton_bin())
+        // bpffs refuses names with a dot.
+        let pin_name = dir
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace('.', "-");
+        let mut daemon = Self {
+            child: None,
+            socket: dir.path().join("baton.sock"),
+            audit_log: dir.path().join("log/audit.jsonl"),
+            pin_dir: Path::new("/sys/fs/bpf").join(pin_name),
+            state_dir: dir.path().join("state"),
+            dir,
+            policy_dir,
+            config,
+            cleanup_on_exit,
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    /// Starts `baton run` and waits until it is enforcing.
+    fn spawn(&mut self) {
+        let stderr_path = self.dir.path().join("daemon.stderr");
+        let mut command = Command::new(baton_bin());
+        command
             .arg("run")
             .arg("--policy-dir")
-            .arg(&policy_dir)
+            .arg(&self.policy_dir)
             .arg("--audit-log")
-            .arg(&audit_log)
+            .arg(&self.audit_log)
             .arg("--control-socket")
-            .arg(&socket)
+            .arg(&self.socket)
             .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr_path).unwrap())
-            .spawn()
-            .expect("spawn baton run");
-        let mut daemon = Self {
-            child,
-            dir,
-            socket,
-            audit_log,
-        };
+            .arg(&self.config)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--state-dir")
+            .arg(&self.state_dir);
+        if self.cleanup_on_exit {
+            command.arg("--cleanup-on-exit");
+        }
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_path)
+            .unwrap();
+        let child = self.child.insert(
+            command
+                .stdout(Stdio::null())
+                .stderr(stderr)
+                .spawn()
+                .expect("spawn baton run"),
+        );
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !daemon.socket.exists() {
-            if let Ok(Some(status)) = daemon.child.try_wait() {
+        while !self.socket.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
                 panic!(
                     "baton run exited with {status} before it was ready:\n{}",
                     std::fs::read_to_string(&stderr_path).unwrap_or_default()
@@ -146,7 +209,37 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        daemon
+    }
+
+    /// Kills the daemon with SIGKILL: no cleanup, no closing record.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // The socket file outlives a killed daemon; the next start replaces
+        // it, and `spawn` waits for it to appear again.
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    /// Starts the daemon again with the same directories and flags, after
+    /// [`Daemon::kill9`].
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    /// Runs `baton uninstall` on this daemon's pins and state.
+    pub fn uninstall(&self) -> Output {
+        Command::new(baton_bin())
+            .arg("uninstall")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .output()
+            .expect("spawn baton uninstall")
     }
 
     /// Runs `command` inside `agent` through `baton exec`.
@@ -204,23 +297,34 @@ impl Daemon {
 
     /// The daemon's process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.as_ref().expect("the daemon is running").id()
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut stopped = false;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    stopped = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            if !stopped {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // A killed or persistent daemon leaves its programs attached; no
+        // test may leave enforcement behind.
+        if self.pin_dir.exists() {
+            let _ = self.uninstall();
+        }
     }
 }
 

@@ -105,15 +105,18 @@ fn run_daemon(args: &[String]) -> Result<()> {
         );
     }
     println!(
-        "run: {} run --policy-dir {} {}",
+        "run: {} run --policy-dir {} --cleanup-on-exit {}",
         baton.display(),
         root.join("policies").display(),
         args.join(" ")
     );
+    // A development run detaches everything when it stops; an installed
+    // daemon keeps enforcing (see README, "Fail-closed").
     let status = Command::new(&baton)
         .arg("run")
         .arg("--policy-dir")
         .arg(root.join("policies"))
+        .arg("--cleanup-on-exit")
         .args(args)
         .status()
         .with_context(|| format!("cannot start {}", baton.display()))?;

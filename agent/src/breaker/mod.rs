@@ -87,7 +87,7 @@ pub struct Transition {
 }
 
 /// Counters as they appear in records and `baton breaker list`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct CounterSnapshot {
     /// Connects and sends decided.
     pub connects: u64,
@@ -419,6 +419,73 @@ impl Engine {
             to,
             counters,
         }
+    }
+
+    /// Re-opens a breaker a previous daemon had open, without acting again:
+    /// the action is still in force in the kernel (quarantine lives in a
+    /// pinned map, a frozen agent stays stopped). A breaker of the agent's
+    /// current rules gets its cooldown again, counted from now; any other
+    /// (a manual trip, a rule since removed) stays open until reset.
+    pub fn restore(
+        &mut self,
+        agent_id: u32,
+        agent: &str,
+        breaker: &str,
+        action: Action,
+        reason: &str,
+        counters: CounterSnapshot,
+    ) {
+        let now = Instant::now();
+        let entry = self
+            .agents
+            .entry(agent_id)
+            .or_insert_with(|| AgentBreakers {
+                agent: agent.to_string(),
+                rules: Vec::new(),
+                state: State::Closed,
+                since: now,
+                half_open_base: CounterSnapshot::default(),
+                history: VecDeque::from([(now, counters)]),
+                tripped: None,
+            });
+        let rule = entry
+            .rules
+            .iter()
+            .find(|r| format!("{}/{}", r.policy, r.spec.name) == breaker)
+            .map(|r| r.spec.clone());
+        entry.tripped = Some(rule.unwrap_or_else(|| BreakerSpec {
+            name: crate::policy::spec::Name(breaker.to_string()),
+            when: Default::default(),
+            action: match action {
+                Action::Quarantine => BreakerAction::Quarantine,
+                Action::Freeze => BreakerAction::Freeze,
+                Action::Kill => BreakerAction::Kill,
+            },
+            cooldown_seconds: u64::MAX / 4,
+            probe_seconds: 30,
+        }));
+        entry.state = State::Open {
+            breaker: breaker.to_string(),
+            action,
+            reason: reason.to_string(),
+        };
+        entry.since = now;
+        entry.history = VecDeque::from([(now, counters)]);
+    }
+
+    /// Breakers that are open: (agent id, agent, breaker, action, reason).
+    pub fn open_breakers(&self) -> Vec<(u32, String, String, Action, String)> {
+        self.agents
+            .iter()
+            .filter_map(|(id, a)| match &a.state {
+                State::Open {
+                    breaker,
+                    action,
+                    reason,
+                } => Some((*id, a.agent.clone(), breaker.clone(), *action, reason.clone())),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Every agent's state.

@@ -36,11 +36,13 @@ use crate::{
         dns::{AgentNames, DomainRule, LearnedAddress, Learner, ProxyConfig},
         service::{AgentProxy, proxy_config, start_agent_proxy, start_netns_proxy},
     },
+    handover::{OpenBreaker, Progress, Registry, StateDir},
     identity::AgentRegistry,
     kernel::{
         Enforcer,
         loader::ControlState,
         maps::{DnsMaps, PolicyMaps, RuntimeMaps},
+        pins::PinDir,
     },
     policy::{CompiledPolicySet, compile::compile_protected, expand_on_disk, load_dir},
 };
@@ -56,6 +58,9 @@ struct Settings {
     sources: crate::policy::source::PolicySourcesConfig,
     /// Paths no agent may change: Baton's kernel state and its own files.
     protected: Vec<(String, u32)>,
+    pin_dir: PathBuf,
+    state_dir: PathBuf,
+    cleanup_on_exit: bool,
 }
 
 impl Settings {
@@ -71,9 +76,15 @@ impl Settings {
             .clone()
             .or(config.audit_log.clone())
             .unwrap_or_else(|| DEFAULT_AUDIT_LOG.into());
+        let state_dir = args
+            .state_dir
+            .clone()
+            .or(config.state_dir.clone())
+            .unwrap_or_else(|| crate::handover::DEFAULT_STATE_DIR.into());
         let mut own = vec![
             policy_dir.clone(),
             audit_log.parent().unwrap_or(&audit_log).to_path_buf(),
+            state_dir.clone(),
         ];
         own.push(
             args.config
@@ -91,6 +102,13 @@ impl Settings {
         ));
         Ok(Self {
             protected,
+            pin_dir: args
+                .pin_dir
+                .clone()
+                .or(config.pin_dir)
+                .unwrap_or_else(|| crate::kernel::pins::DEFAULT_PIN_DIR.into()),
+            state_dir,
+            cleanup_on_exit: args.cleanup_on_exit,
             policy_dir: args
                 .policy_dir
                 .clone()
@@ -144,6 +162,16 @@ struct State {
     cgroup_root: PathBuf,
     registry: AgentRegistry,
     policies: CompiledPolicySet,
+    /// Id of the first rule of the generation in force; the rules before it
+    /// belong to the previous generation, kept for events still queued.
+    live_first_rule_id: u32,
+    /// What a restarted daemon takes over.
+    handover: StateDir,
+    /// The progress last saved there.
+    saved_progress: Progress,
+    /// What was adopted from a previous daemon at start.
+    adopted: Vec<String>,
+    pin_dir: PathBuf,
     sink: AuditTrail,
     host: String,
     /// Whether BPF LSM enforces file rules; if not, `baton exec` agents get
@@ -385,12 +413,17 @@ impl State {
             .apply_selectors(&compiled, self.registry.ids(), &self.cgroup_root)
             .map_err(|e| e.to_string())?;
         // Events decided under the old generation may still be in the ring
-        // buffer: rule ids only grow, and the old names stay resolvable.
+        // buffer: rule ids only grow, and the old generation's names stay
+        // resolvable. Older ones are dropped, so the table stays bounded.
+        let live_first = compiled.first_rule_id;
         let old = std::mem::replace(&mut self.policies, compiled);
-        let mut rules = old.rules;
+        let keep_from = self.live_first_rule_id.saturating_sub(old.first_rule_id) as usize;
+        let mut rules: Vec<_> = old.rules.into_iter().skip(keep_from).collect();
         rules.append(&mut self.policies.rules);
         self.policies.rules = rules;
-        self.policies.first_rule_id = old.first_rule_id;
+        self.policies.first_rule_id = old.first_rule_id + keep_from as u32;
+        self.live_first_rule_id = live_first;
+        self.save_registry();
         let cgroup_root = self.cgroup_root.clone();
         self.admit_cgroup_members(&cgroup_root);
         self.breakers
@@ -425,6 +458,161 @@ impl State {
         self.policy_error = None;
         self.applied_fingerprint = fingerprint;
         Ok(())
+    }
+
+    /// Saves agent ids and rule names for a daemon that takes over from
+    /// this one.
+    fn save_registry(&self) {
+        let registry = Registry {
+            agents: self
+                .registry
+                .ids()
+                .iter()
+                .map(|(name, id)| (name.0.clone(), *id))
+                .collect(),
+            first_rule_id: self.policies.first_rule_id,
+            rules: self.policies.rules.clone(),
+        };
+        if let Err(error) = self.handover.save_registry(&registry) {
+            tracing::error!(%error, "cannot save the agent registry; a restart may misname queued events");
+        }
+    }
+
+    /// Saves the counters reported so far and the open breakers, when they
+    /// changed.
+    fn save_progress(&mut self) {
+        let mut progress = Progress {
+            pid: std::process::id(),
+            suppressions_recorded: self
+                .suppressions_recorded
+                .iter()
+                .map(|(k, v)| (*k, *v))
+                .collect(),
+            drops_recorded: self.drops_recorded.iter().map(|(k, v)| (*k, *v)).collect(),
+            counters: self
+                .registry
+                .ids()
+                .values()
+                .map(|id| (*id, self.runtime.counters(*id).into()))
+                .collect(),
+            open_breakers: self
+                .breakers
+                .open_breakers()
+                .into_iter()
+                .map(|(agent_id, agent, breaker, action, reason)| OpenBreaker {
+                    agent_id,
+                    agent,
+                    breaker,
+                    action,
+                    reason,
+                })
+                .collect(),
+            ..Progress::default()
+        };
+        if progress == self.saved_progress {
+            return;
+        }
+        let unchanged = progress.clone();
+        progress.saved_at = crate::audit::record::format_time(std::time::SystemTime::now());
+        match self.handover.save_progress(&progress) {
+            Ok(()) => self.saved_progress = unchanged,
+            Err(error) => tracing::error!(%error, "cannot save progress for a restart"),
+        }
+    }
+
+    /// Takes over from a previous daemon whose pins were adopted: reports
+    /// what happened while no daemon ran, continues loss accounting where
+    /// it stopped, and re-opens its breakers.
+    fn take_over(&mut self, previous: Option<Progress>) {
+        let host = self.host.clone();
+        let links = self.adopted.iter().filter(|p| p.starts_with("links/")).count();
+        let maps = self.adopted.iter().filter(|p| p.starts_with("maps/")).count();
+        let previous_desc = previous.as_ref().map_or_else(
+            || "no saved state".to_string(),
+            |p| format!("pid {}, state saved at {}", p.pid, p.saved_at),
+        );
+        self.record(AuditRecord::lifecycle(
+            &host,
+            "daemon",
+            format!(
+                "adopted {links} links and {maps} maps pinned under {} by a previous daemon ({previous_desc}); enforcement continued while no daemon ran",
+                self.pin_dir.display()
+            ),
+        ));
+        let Some(previous) = previous else {
+            // Without saved state, a quarantine still in the kernel is the
+            // only breaker left to find.
+            for (name, id) in self.registry.ids().clone() {
+                if self.runtime.quarantined(id) {
+                    let counters = self.runtime.counters(id).into();
+                    self.breakers.restore(
+                        id,
+                        &name.0,
+                        "restored",
+                        Action::Quarantine,
+                        "quarantined in the kernel when the daemon started",
+                        counters,
+                    );
+                }
+            }
+            return;
+        };
+        for (name, id) in self.registry.ids().clone() {
+            let now: crate::breaker::CounterSnapshot = self.runtime.counters(id).into();
+            let Some(before) = previous.counters.get(&id) else {
+                continue;
+            };
+            if now == *before {
+                continue;
+            }
+            let mut record = AuditRecord::lifecycle(
+                &host,
+                "daemon",
+                format!(
+                    "while no daemon ran, agent {}: {} connects ({} denied, {} rate-limited), {} file and exec denials, {} denied sockets, {} execs, {} events lost to a full ring buffer",
+                    name.0,
+                    now.connects.saturating_sub(before.connects),
+                    now.denied_connects.saturating_sub(before.denied_connects),
+                    now.rate_limited.saturating_sub(before.rate_limited),
+                    now.denied_files.saturating_sub(before.denied_files),
+                    now.denied_sockets.saturating_sub(before.denied_sockets),
+                    now.execs.saturating_sub(before.execs),
+                    now.events_dropped.saturating_sub(before.events_dropped),
+                ),
+            );
+            record.agent = Some(name.0.clone());
+            self.record(record);
+        }
+        self.suppressions_recorded = previous.suppressions_recorded.into_iter().collect();
+        self.drops_recorded = previous.drops_recorded.into_iter().collect();
+        for open in previous.open_breakers {
+            if self.registry.name_of(open.agent_id).is_none() {
+                continue;
+            }
+            let counters = self.runtime.counters(open.agent_id).into();
+            self.breakers.restore(
+                open.agent_id,
+                &open.agent,
+                &open.breaker,
+                open.action,
+                &open.reason,
+                counters,
+            );
+            let mut record = AuditRecord::lifecycle(
+                &host,
+                "breaker",
+                format!(
+                    "breaker {} of agent {} is still open ({}) after the restart",
+                    open.breaker,
+                    open.agent,
+                    serde_json::to_string(&open.action).unwrap_or_default()
+                ),
+            );
+            record.agent = Some(open.agent.clone());
+            self.record(record);
+        }
+        // The rest of the loss is reported by the usual accounting.
+        self.record_drops();
     }
 
     /// Records a policy set that was refused; the last good set stays.
@@ -567,6 +755,10 @@ impl State {
             },
             "file_enforcement": if self.files_enforced { "BPF LSM" } else { "Landlock fallback (baton exec agents only)" },
             "audit": { "head_seq": self.sink.head().map(|head| head.seq) },
+            "pins": {
+                "dir": self.pin_dir,
+                "adopted_at_start": self.adopted,
+            },
             "agents": agents,
         })
     }
@@ -854,15 +1046,49 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     } else {
         load_dir(&settings.policy_dir)?
     };
-    let compiled = compile_protected(&policies, 1, &expand_on_disk, &settings.protected)?;
+    let mut compiled = compile_protected(&policies, 1, &expand_on_disk, &settings.protected)?;
     let sink = AuditTrail::open(&settings.audit_log, &settings.audit)?;
+    // The pins are locked before the kernel is touched, so a second daemon
+    // on the same directory stops here instead of fighting over the links.
+    let pins = PinDir::open(&settings.pin_dir)?;
+    let handover = StateDir::open(&settings.state_dir)?;
+    let registry = if pins.adopting() {
+        handover.registry().unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot read the previous daemon's registry; agent ids are reassigned in name order");
+            None
+        })
+    } else {
+        None
+    };
+    // Rule ids continue where the previous daemon's stopped: events it left
+    // queued name their rules by the old ids.
+    if let Some(first_rule_id) = registry.as_ref().map(Registry::next_rule_id) {
+        compiled = compile_protected(
+            &policies,
+            first_rule_id,
+            &expand_on_disk,
+            &settings.protected,
+        )?;
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(settings, &policies, compiled, sink))
+    let takeover = Takeover {
+        pins,
+        handover,
+        registry,
+    };
+    runtime.block_on(serve(settings, &policies, compiled, sink, takeover))
+}
+
+/// The pins and the state a previous daemon left.
+struct Takeover {
+    pins: PinDir,
+    handover: StateDir,
+    registry: Option<Registry>,
 }
 
 async fn serve(
@@ -870,7 +1096,14 @@ async fn serve(
     policies: &[crate::policy::LoadedPolicy],
     compiled: CompiledPolicySet,
     sink: AuditTrail,
+    takeover: Takeover,
 ) -> anyhow::Result<()> {
+    let Takeover {
+        pins,
+        handover,
+        registry: previous_registry,
+    } = takeover;
+    let adopting = pins.adopting();
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -888,13 +1121,25 @@ async fn serve(
             None
         }
     };
-    let mut enforcer = Enforcer::load()?;
+    let mut enforcer = Enforcer::load(&pins)?;
     let mut maps = PolicyMaps::new(&mut enforcer.ebpf)?;
-    let mut registry = AgentRegistry::new();
+    let mut registry = match &previous_registry {
+        Some(previous) => AgentRegistry::restore(
+            previous
+                .agents
+                .iter()
+                .map(|(name, id)| (crate::policy::spec::Name(name.clone()), *id))
+                .collect(),
+        ),
+        None => AgentRegistry::new(),
+    };
     registry.sync(&compiled);
     let generation = maps.apply(&compiled, registry.ids())?;
     let unresolved = maps.apply_selectors(&compiled, registry.ids(), &enforcer.cgroup_root)?;
-    let dns = DnsMaps::new(&mut enforcer.ebpf)?;
+    let mut dns = DnsMaps::new(&mut enforcer.ebpf)?;
+    // A previous daemon's proxies died with it; queries find no proxy (and
+    // fail) until this daemon's are up, never an unfiltered resolver.
+    dns.clear_proxies();
     let runtime = RuntimeMaps::new(&mut enforcer.ebpf)?;
     let events = enforcer
         .ebpf
@@ -904,7 +1149,28 @@ async fn serve(
 
     let mut breakers = Engine::default();
     breakers.set_rules(breaker_rules(&compiled, &registry));
+    let live_first_rule_id = compiled.first_rule_id;
+    let mut compiled = compiled;
+    if let Some(previous) = previous_registry {
+        let mut rules = previous.rules;
+        rules.append(&mut compiled.rules);
+        compiled.rules = rules;
+        compiled.first_rule_id = previous.first_rule_id;
+    }
+    let previous_progress = if adopting {
+        handover.progress().unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot read the previous daemon's progress");
+            None
+        })
+    } else {
+        None
+    };
     let mut state = State {
+        live_first_rule_id,
+        handover,
+        saved_progress: Progress::default(),
+        adopted: pins.adopted().to_vec(),
+        pin_dir: pins.path().to_path_buf(),
         maps,
         dns,
         runtime,
@@ -936,6 +1202,11 @@ async fn serve(
         "daemon",
         format!("baton {} started", env!("CARGO_PKG_VERSION")),
     ));
+    if adopting {
+        state.take_over(previous_progress);
+    }
+    state.save_registry();
+    state.save_progress();
     let agents: Vec<String> = state.policies.agents.keys().map(|n| n.0.clone()).collect();
     state.record(AuditRecord::lifecycle(
         &host,
@@ -1048,6 +1319,28 @@ async fn serve(
     }
     forwarders.stop();
     drop(enforcer);
+    if settings.cleanup_on_exit {
+        let handover = daemon
+            .state
+            .lock()
+            .expect("state lock poisoned")
+            .handover
+            .clone();
+        handover.remove();
+        match pins.remove() {
+            Ok(removed) => {
+                tracing::info!(pins = removed.len(), "programs detached, pins removed")
+            }
+            Err(error) => tracing::error!(%error, "cannot remove every pin"),
+        }
+    } else {
+        daemon
+            .state
+            .lock()
+            .expect("state lock poisoned")
+            .save_progress();
+        tracing::info!(pin_dir = %pins.path().display(), "programs stay attached with the last policies; `baton uninstall` removes them");
+    }
     result
 }
 
@@ -1176,6 +1469,7 @@ async fn tick_audit(daemon: Weak<Daemon>) {
         };
         if let Ok(mut state) = daemon.state.lock() {
             state.record_drops();
+            state.save_progress();
             for (map, entries, capacity) in state.maps.usage() {
                 state.metrics.set_map_usage(map, entries, capacity);
             }

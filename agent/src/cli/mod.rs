@@ -12,6 +12,7 @@ pub mod exec;
 pub mod policy;
 pub mod probe;
 pub mod status;
+pub mod uninstall;
 
 /// Baton: kernel-enforced egress, file and exec policy for AI agents.
 ///
@@ -52,6 +53,9 @@ pub enum Command {
     /// Show audit records from the running daemon, one line each; with
     /// --follow, keep showing them as they are written.
     Events(EventsArgs),
+    /// Detach every Baton program and remove its pinned maps and state:
+    /// enforcement stops. Refuses while a daemon is running; stop it first.
+    Uninstall(UninstallArgs),
 }
 
 /// `baton run`.
@@ -69,6 +73,34 @@ pub struct RunArgs {
     /// Control socket that `baton exec` talks to [default: /run/baton/baton.sock].
     #[arg(long, env = "BATON_SOCKET")]
     pub control_socket: Option<PathBuf>,
+    /// Where programs' links and maps are pinned in bpffs
+    /// [default: /sys/fs/bpf/baton]. Pins keep enforcement running when the
+    /// daemon dies; the next start adopts them with no gap.
+    #[arg(long, env = "BATON_PIN_DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// Where the daemon keeps what a restart takes over: agent ids, rule
+    /// names, counters already reported [default: /run/baton].
+    #[arg(long, env = "BATON_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// On a clean stop (SIGTERM, SIGINT), detach every program and remove
+    /// the pins and state, as `baton uninstall` does. Without it, a stopped
+    /// daemon leaves its last policies enforced (fail-closed).
+    #[arg(long)]
+    pub cleanup_on_exit: bool,
+}
+
+/// `baton uninstall`.
+#[derive(Debug, clap::Args)]
+pub struct UninstallArgs {
+    /// Configuration file, for `pinDir` and `stateDir` [default: /etc/baton/config.yaml, when present].
+    #[arg(long, env = "BATON_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Pin directory to remove [default: /sys/fs/bpf/baton].
+    #[arg(long, env = "BATON_PIN_DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// State directory to clear [default: /run/baton].
+    #[arg(long, env = "BATON_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// `baton exec`.

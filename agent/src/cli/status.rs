@@ -32,6 +32,18 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
         "file and exec rules: {}",
         status["file_enforcement"].as_str().unwrap_or("?")
     );
+    let adopted = status["pins"]["adopted_at_start"]
+        .as_array()
+        .map_or(0, Vec::len);
+    println!(
+        "pins: {} ({})",
+        status["pins"]["dir"].as_str().unwrap_or("?"),
+        if adopted == 0 {
+            "made at start".to_string()
+        } else {
+            format!("{adopted} adopted from a previous daemon at start")
+        }
+    );
     for agent in status["agents"].as_array().into_iter().flatten() {
         println!(
             "\nagent {} ({} mode, {} processes, breaker {})",

@@ -25,6 +25,18 @@ impl AgentRegistry {
         }
     }
 
+    /// A registry taken over from a previous daemon, whose processes the
+    /// kernel still knows by these ids.
+    pub fn restore(ids: BTreeMap<Name, u32>) -> Self {
+        let next_id = ids.values().max().map_or(1, |max| max + 1);
+        let names = ids.iter().map(|(name, id)| (*id, name.clone())).collect();
+        Self {
+            ids,
+            names,
+            next_id,
+        }
+    }
+
     /// Allocates ids for agents first seen in `set`.
     pub fn sync(&mut self, set: &CompiledPolicySet) {
         for name in set.agents.keys() {

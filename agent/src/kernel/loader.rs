@@ -5,7 +5,10 @@ use std::{fs::File, path::PathBuf};
 use agent_common::offsets::{KERNEL_OFFSETS_GLOBAL, KernelOffsets};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, ProgramError},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, ProgramError,
+        links::{FdLink, LinkError},
+    },
 };
 use thiserror::Error;
 
@@ -13,6 +16,7 @@ use super::{
     EBPF_OBJECT,
     btf::{Btf, BtfError},
     cgroup::{CgroupError, cgroup2_mount},
+    pins::{PinDir, PinError},
 };
 
 /// Errors while loading or attaching.
@@ -62,6 +66,17 @@ pub enum KernelError {
     /// A map is missing from the object (a build problem).
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
+    /// Pinning or adopting failed.
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    /// A link could not be turned into a pinnable one.
+    #[error("cannot pin the link of program {program}: {source}")]
+    Link {
+        /// Program name.
+        program: &'static str,
+        /// Underlying error.
+        source: LinkError,
+    },
 }
 
 /// The egress programs; each attaches to the hook of the same name.
@@ -142,14 +157,23 @@ impl Enforcer {
     /// Loads the object with this kernel's offsets and attaches identity
     /// tracking and egress programs. File programs are attached when the
     /// kernel accepts BPF LSM; otherwise `files` says why not.
-    pub fn load() -> Result<Self, KernelError> {
+    ///
+    /// Maps are shared with (or, on a first start, pinned in) `pins`, and
+    /// every link is pinned there, replacing a previous daemon's link for
+    /// the same program only once the new one is attached.
+    pub fn load(pins: &PinDir) -> Result<Self, KernelError> {
         let btf = Btf::from_kernel()?;
         let offsets = btf.kernel_offsets()?;
         let aya_btf = aya::Btf::from_sys_fs()?;
-        let mut ebpf = EbpfLoader::new()
+        let pinned = pins.pinned_maps(EBPF_OBJECT)?;
+        let mut loader = EbpfLoader::new();
+        loader
             .btf(Some(&aya_btf))
-            .override_global(KERNEL_OFFSETS_GLOBAL, &offsets, true)
-            .load(EBPF_OBJECT)?;
+            .override_global(KERNEL_OFFSETS_GLOBAL, &offsets, true);
+        for name in &pinned {
+            loader.map_pin_path(name.as_str(), pins.map_path(name));
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
 
         for tracepoint in [
             "sched_process_fork",
@@ -164,9 +188,13 @@ impl Enforcer {
             program
                 .load(tracepoint, &aya_btf)
                 .map_err(program_error(tracepoint, "load"))?;
-            program
+            let link = program
                 .attach()
                 .map_err(program_error(tracepoint, "attach"))?;
+            let link = program
+                .take_link(link)
+                .map_err(program_error(tracepoint, "attach"))?;
+            pins.pin_link(tracepoint, FdLink::from(link))?;
         }
 
         let cgroup_root = cgroup2_mount()?;
@@ -184,9 +212,17 @@ impl Enforcer {
             // On 5.7+ aya attaches through a BPF link, which the kernel always
             // attaches in multi mode (and rejects any explicit flag), so other
             // tools' programs on the root keep running next to ours.
-            program
+            let link = program
                 .attach(&root, CgroupAttachMode::Single)
                 .map_err(program_error(name, "attach"))?;
+            let link = program
+                .take_link(link)
+                .map_err(program_error(name, "attach"))?;
+            let link = FdLink::try_from(link).map_err(|source| KernelError::Link {
+                program: name,
+                source,
+            })?;
+            pins.pin_link(name, link)?;
         }
 
         let program: &mut CgroupSock = ebpf
@@ -197,12 +233,20 @@ impl Enforcer {
         program
             .load()
             .map_err(program_error("sock_create", "load"))?;
-        program
+        let link = program
             .attach(&root, CgroupAttachMode::Single)
             .map_err(program_error("sock_create", "attach"))?;
+        let link = program
+            .take_link(link)
+            .map_err(program_error("sock_create", "attach"))?;
+        let link = FdLink::try_from(link).map_err(|source| KernelError::Link {
+            program: "sock_create",
+            source,
+        })?;
+        pins.pin_link("sock_create", link)?;
 
         let mut lsm_hooks = Vec::new();
-        let files = match load_lsm(&mut ebpf, "file_open", "file_open", &aya_btf) {
+        let files = match load_lsm(&mut ebpf, "file_open", "file_open", &aya_btf, Some(pins)) {
             Ok(()) => {
                 // The file_open program loading proves BPF LSM works here;
                 // each further hook still reports on its own.
@@ -213,7 +257,7 @@ impl Enforcer {
                             parameters - 1
                         )),
                         Err(error) => ControlState::Unavailable(error.to_string()),
-                        Ok(_) => match load_lsm(&mut ebpf, hook, hook, &aya_btf) {
+                        Ok(_) => match load_lsm(&mut ebpf, hook, hook, &aya_btf, Some(pins)) {
                             Ok(()) => ControlState::Enforced,
                             Err(error) => ControlState::Unavailable(error.to_string()),
                         },
@@ -227,7 +271,7 @@ impl Enforcer {
         // Packet sockets never reach cgroup/sock_create; only the LSM hook
         // sees them.
         let packet_sockets = if files == ControlState::Enforced {
-            match load_lsm(&mut ebpf, "socket_create", "socket_create", &aya_btf) {
+            match load_lsm(&mut ebpf, "socket_create", "socket_create", &aya_btf, Some(pins)) {
                 Ok(()) => ControlState::Enforced,
                 Err(error) => ControlState::Unavailable(format!("BPF LSM socket_create: {error}")),
             }
@@ -236,6 +280,10 @@ impl Enforcer {
                 "BPF LSM refused; AF_PACKET sockets still need CAP_NET_RAW, which unprivileged agents lack".into(),
             )
         };
+        let stale = pins.remove_stale_links()?;
+        if !stale.is_empty() {
+            tracing::warn!(?stale, "detached programs a previous daemon attached and this one does not");
+        }
         Ok(Self {
             ebpf,
             offsets,
@@ -248,12 +296,14 @@ impl Enforcer {
     }
 }
 
-/// Loads and attaches one LSM program.
+/// Loads and attaches one LSM program, pinning its link in `pins` when
+/// given (a probe's test load is not pinned, and detaches when dropped).
 pub fn load_lsm(
     ebpf: &mut Ebpf,
     program_name: &'static str,
     hook: &str,
     btf: &aya::Btf,
+    pins: Option<&PinDir>,
 ) -> Result<(), KernelError> {
     let program: &mut Lsm = ebpf
         .program_mut(program_name)
@@ -263,8 +313,14 @@ pub fn load_lsm(
     program
         .load(hook, btf)
         .map_err(program_error(program_name, "load"))?;
-    program
+    let link = program
         .attach()
         .map_err(program_error(program_name, "attach"))?;
+    if let Some(pins) = pins {
+        let link = program
+            .take_link(link)
+            .map_err(program_error(program_name, "attach"))?;
+        pins.pin_link(program_name, FdLink::from(link))?;
+    }
     Ok(())
 }

@@ -104,8 +104,13 @@ where
 
 impl PolicyMaps {
     /// Takes the policy and identity maps out of the loaded object.
+    ///
+    /// Maps adopted from a previous daemon already hold a live generation:
+    /// it stays in force, and is what the next [`PolicyMaps::apply`]
+    /// replaces. Entries of any other generation (a swap the previous daemon
+    /// did not finish) are deleted; no program reads them.
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, KernelError> {
-        Ok(Self {
+        let mut maps = Self {
             agent_policies: take(ebpf, map_names::AGENT_POLICIES)?,
             active_generation: take(ebpf, map_names::ACTIVE_GENERATION)?,
             egress_rules: take(ebpf, map_names::EGRESS_RULES)?,
@@ -117,10 +122,54 @@ impl PolicyMaps {
             live: None,
             live_cgroups: BTreeSet::new(),
             live_executables: BTreeSet::new(),
-        })
+        };
+        maps.adopt();
+        Ok(maps)
     }
 
-    /// The generation in force, 0 before the first policy set.
+    fn adopt(&mut self) {
+        let generation = self.active_generation.get(&0, 0).unwrap_or(0);
+        let mut live = WrittenKeys {
+            generation,
+            ..WrittenKeys::default()
+        };
+        let mut stale = WrittenKeys::default();
+        for key in self.agent_policies.keys().filter_map(Result::ok) {
+            if key.generation == generation {
+                live.agents.push(key);
+            } else {
+                stale.agents.push(key);
+            }
+        }
+        for key in self.egress_rules.keys().filter_map(Result::ok) {
+            if u32::from_be_bytes(key.data().generation) == generation {
+                live.egress.push(key);
+            } else {
+                stale.egress.push(key);
+            }
+        }
+        for key in self.file_rules.keys().filter_map(Result::ok) {
+            if u32::from_be_bytes(key.data().generation) == generation {
+                live.files.push(key);
+            } else {
+                stale.files.push(key);
+            }
+        }
+        self.delete(&stale);
+        if generation != 0 {
+            self.live = Some(live);
+        }
+        self.live_cgroups = self.selected_cgroups.keys().filter_map(Result::ok).collect();
+        self.live_executables = self
+            .selected_executables
+            .keys()
+            .filter_map(Result::ok)
+            .map(|key| (key.ino, key.dev))
+            .collect();
+    }
+
+    /// The generation in force, 0 before the first policy set (an adopted
+    /// one counts).
     pub fn active_generation(&self) -> u32 {
         self.live.as_ref().map_or(0, |l| l.generation)
     }
@@ -430,6 +479,14 @@ impl DnsMaps {
             .map_err(map_error(map_names::DNS_PROXY_PORTS))
     }
 
+    /// Forgets every proxy (a previous daemon's, whose sockets are gone).
+    pub fn clear_proxies(&mut self) {
+        let keys: Vec<DnsProxyKey> = self.proxy_ports.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let _ = self.proxy_ports.remove(&key);
+        }
+    }
+
     /// Stops redirecting `agent_id`'s DNS traffic in that namespace.
     pub fn remove_proxy(&mut self, agent_id: u32, netns_cookie: u64) {
         let _ = self.proxy_ports.remove(&DnsProxyKey {
@@ -526,6 +583,13 @@ impl RuntimeMaps {
         self.state
             .insert(agent_id, state, 0)
             .map_err(map_error(map_names::AGENT_STATE))
+    }
+
+    /// Whether the agent is quarantined in the kernel.
+    pub fn quarantined(&self, agent_id: u32) -> bool {
+        self.state
+            .get(&agent_id, 0)
+            .is_ok_and(|state| state.quarantined != 0)
     }
 
     /// The agent's counters, summed over CPUs.

@@ -6,6 +6,7 @@ pub mod btf;
 pub mod cgroup;
 pub mod loader;
 pub mod maps;
+pub mod pins;
 pub mod probe;
 
 pub use loader::{Enforcer, KernelError};

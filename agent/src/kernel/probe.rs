@@ -122,7 +122,7 @@ pub fn try_bpf_lsm() -> Result<(), String> {
         .btf(Some(&btf))
         .load(EBPF_OBJECT)
         .map_err(|e| e.to_string())?;
-    load_lsm(&mut ebpf, "probe_lsm", "file_open", &btf).map_err(|e| {
+    load_lsm(&mut ebpf, "probe_lsm", "file_open", &btf, None).map_err(|e| {
         // The innermost cause is the kernel's answer; the layers above it
         // repeat it.
         let mut innermost: &dyn std::error::Error = &e;

@@ -67,7 +67,7 @@ pub enum CompileError {
 }
 
 /// Where a kernel rule id came from, for audit records.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RuleRef {
     /// Policy name.
     pub policy: String,
