@@ -1,0 +1,395 @@
+//! Enforcement that survives the daemon: programs and maps pinned in bpffs
+//! keep enforcing after `kill -9`, a restart adopts them with no window in
+//! which a denied call gets through, and `baton uninstall` removes them.
+
+use std::{
+    net::TcpListener,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use baton_tests::{Daemon, TempDir, policy};
+use serde_json::Value;
+
+/// A listener that accepts and drops connections.
+fn listener() -> (TcpListener, u16) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = listener.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for connection in acceptor.incoming() {
+            drop(connection);
+        }
+    });
+    (listener, port)
+}
+
+/// Tries the denied and the allowed action in a tight loop until `stop`
+/// exists, then prints how often the denied one got through and the
+/// allowed one failed. `kind` is `connect` (ports) or `open` (paths).
+const PROBER: &str = r#"
+import os, socket, sys
+kind, denied, allowed, stop = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+def attempt(target):
+    if kind == 'connect':
+        s = socket.socket()
+        try:
+            s.connect(('127.0.0.1', int(target)))
+        finally:
+            s.close()
+    else:
+        with open(target) as f:
+            f.read(1)
+leaks = misses = rounds = 0
+while not os.path.exists(stop):
+    try:
+        attempt(denied)
+        leaks += 1
+    except OSError:
+        pass
+    try:
+        attempt(allowed)
+    except OSError:
+        misses += 1
+    rounds += 1
+print(f"rounds {rounds} leaks {leaks} misses {misses}", flush=True)
+"#;
+
+struct Prober {
+    child: Child,
+    stop: std::path::PathBuf,
+}
+
+impl Prober {
+    fn start(daemon: &Daemon, agent: &str, kind: &str, denied: &str, allowed: &str) -> Self {
+        let stop = daemon.dir.path().join("stop-prober");
+        let child = Command::new(baton_tests::baton_bin())
+            .args(["exec", "--agent", agent, "--control-socket"])
+            .arg(&daemon.socket)
+            .args(["--", "python3", "-c", PROBER, kind, denied, allowed])
+            .arg(&stop)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Self { child, stop }
+    }
+
+    /// Rounds so far cannot be read without stopping, so the caller waits
+    /// a fixed time per phase; the loop runs thousands of rounds a second.
+    fn finish(self) -> (u64, u64, u64) {
+        std::fs::write(&self.stop, "").unwrap();
+        let output = self.child.wait_with_output().unwrap();
+        let report = String::from_utf8_lossy(&output.stdout).to_string();
+        let words: Vec<&str> = report.split_whitespace().collect();
+        assert_eq!(words.len(), 6, "prober output: {report:?}");
+        (
+            words[1].parse().unwrap(),
+            words[3].parse().unwrap(),
+            words[5].parse().unwrap(),
+        )
+    }
+}
+
+/// Ids of the programs behind the links pinned in `pin_dir`, from bpftool
+/// (independently of Baton's own view).
+fn pinned_program_ids(pin_dir: &Path) -> Vec<(String, u64)> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(pin_dir.join("links")).unwrap() {
+        let path = entry.unwrap().path();
+        let output = Command::new("bpftool")
+            .args(["-j", "link", "show", "pinned"])
+            .arg(&path)
+            .output()
+            .expect("bpftool is installed by cargo xtask setup");
+        let info: Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|_| panic!("bpftool link show pinned {}", path.display()));
+        ids.push((
+            path.file_name().unwrap().to_string_lossy().into_owned(),
+            info["prog_id"].as_u64().unwrap(),
+        ));
+    }
+    ids.sort();
+    ids
+}
+
+/// Whether the kernel still has a program with this id.
+fn program_exists(id: u64) -> bool {
+    Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+fn message_records(daemon: &Daemon, prefix: &str) -> Vec<Value> {
+    daemon
+        .records()
+        .into_iter()
+        .filter(|r| {
+            r["object"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(prefix))
+        })
+        .collect()
+}
+
+/// The whole life cycle a test of `kind` goes through: enforce, kill -9,
+/// enforce with no daemon, restart and adopt, enforce, uninstall.
+fn survive_kill_and_restart(daemon: &mut Daemon, agent: &str, kind: &str, denied: &str, allowed: &str) {
+    let prober = Prober::start(daemon, agent, kind, denied, allowed);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = pinned_program_ids(&daemon.pin_dir);
+    assert!(
+        before.iter().any(|(name, _)| name == "connect4"),
+        "links are pinned: {before:?}"
+    );
+    daemon.kill9();
+    // No daemon at all for a while: the pinned programs decide alone.
+    std::thread::sleep(Duration::from_secs(2));
+    daemon.restart();
+    std::thread::sleep(Duration::from_millis(500));
+    let (rounds, leaks, misses) = prober.finish();
+    assert!(rounds > 100, "the loop ran through the kill and restart: {rounds}");
+    assert_eq!(leaks, 0, "the denied {kind} got through ({rounds} rounds)");
+    assert_eq!(misses, 0, "the allowed {kind} failed ({rounds} rounds)");
+
+    // Adopted, not doubled: every old program is gone, each hook has one
+    // new link.
+    let after = pinned_program_ids(&daemon.pin_dir);
+    assert_eq!(
+        before.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        after.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        "the same links are pinned"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while before.iter().any(|(_, id)| program_exists(*id)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (name, id) in &before {
+        assert!(
+            !program_exists(*id),
+            "the old {name} program (id {id}) is still loaded: attached twice"
+        );
+    }
+    let adopted = message_records(daemon, "adopted ");
+    assert_eq!(adopted.len(), 1, "one adoption record");
+    let message = adopted[0]["object"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("{} links", before.len())),
+        "{message}"
+    );
+    let down = message_records(daemon, &format!("while no daemon ran, agent {agent}:"));
+    assert_eq!(down.len(), 1, "what happened while no daemon ran is reported");
+}
+
+#[test]
+fn a_killed_daemon_keeps_enforcing_and_a_restart_adopts_with_no_gap() {
+    let (_denied, denied) = listener();
+    let (_allowed, allowed) = listener();
+    let mut daemon = Daemon::start_persistent(
+        "persist",
+        &[(
+            "p.yaml",
+            policy(
+                "persist",
+                "persist",
+                &format!(
+                    "  egress:\n    default: deny\n    allow:\n      - cidr: 127.0.0.1\n        ports: [{allowed}]\n"
+                ),
+            ),
+        )],
+    );
+    survive_kill_and_restart(
+        &mut daemon,
+        "persist",
+        "connect",
+        &denied.to_string(),
+        &allowed.to_string(),
+    );
+    // The restarted daemon still knows the agent's processes and rules:
+    // a new denial names the agent and the rule.
+    let output = daemon.exec(
+        "persist",
+        &[
+            "python3",
+            "-c",
+            &format!(
+                "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {denied}))\nexcept OSError as e:\n    print(e.errno)"
+            ),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "1");
+    let record = daemon.wait_for_record(|r| {
+        r["object"]["port"] == denied && r["verdict"] == "denied" && r["agent"] == "persist"
+    });
+    assert_eq!(record["rule"]["policy"], "persist", "{record}");
+
+    // A second daemon on the same pins is refused while this one runs.
+    let config = daemon.dir.path().join("config.yaml");
+    let second = Command::new(baton_tests::baton_bin())
+        .args(["run", "--policy-dir"])
+        .arg(daemon.dir.path().join("policies"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--audit-log")
+        .arg(daemon.dir.path().join("second.jsonl"))
+        .arg("--control-socket")
+        .arg(daemon.dir.path().join("second.sock"))
+        .arg("--pin-dir")
+        .arg(&daemon.pin_dir)
+        .arg("--state-dir")
+        .arg(daemon.dir.path().join("second-state"))
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("in use by another running baton daemon"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    // So is uninstall.
+    assert!(!daemon.uninstall().status.success());
+
+    // A clean stop without --cleanup-on-exit leaves enforcement in place
+    // (fail-closed) ...
+    daemon.kill9();
+    let outside_policy = Command::new("python3")
+        .args(["-c", "print(1)"])
+        .output()
+        .unwrap();
+    assert!(outside_policy.status.success());
+    assert!(daemon.pin_dir.join("links/connect4").exists());
+    // ... and uninstall removes everything under the pin directory.
+    let output = daemon.uninstall();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !daemon.pin_dir.exists(),
+        "nothing is left under {}",
+        daemon.pin_dir.display()
+    );
+    assert!(!daemon.state_dir.join("registry.json").exists());
+}
+
+#[test]
+fn a_stopped_daemon_without_cleanup_keeps_enforcing_until_uninstall() {
+    let (_denied, denied) = listener();
+    let mut daemon = Daemon::start_persistent(
+        "persist-stop",
+        &[(
+            "p.yaml",
+            policy("stop", "stop", "  egress:\n    default: deny\n"),
+        )],
+    );
+    // An agent process that outlives the daemon: it connects when told to
+    // (a file appears), reports, and says it is done (another file).
+    let dir = TempDir::new("persist-stop-agent");
+    let script = format!(
+        r#"
+import os, socket, sys, time
+for step in ('1', '2'):
+    while not os.path.exists(os.path.join(sys.argv[1], 'go' + step)):
+        time.sleep(0.02)
+    s = socket.socket()
+    try:
+        s.connect(('127.0.0.1', {denied}))
+        print('ok', flush=True)
+    except OSError as e:
+        print(e.errno, flush=True)
+    s.close()
+    open(os.path.join(sys.argv[1], 'done' + step), 'w').close()
+"#
+    );
+    let child = Command::new(baton_tests::baton_bin())
+        .args(["exec", "--agent", "stop", "--control-socket"])
+        .arg(&daemon.socket)
+        .args(["--", "python3", "-c", &script])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // SIGTERM: a clean stop, without --cleanup-on-exit.
+    // SAFETY: plain kill(2) on the daemon, our child.
+    unsafe { libc::kill(daemon.pid() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.socket.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let step = |n: &str| {
+        std::fs::write(dir.path().join(format!("go{n}")), "").unwrap();
+        let done = dir.path().join(format!("done{n}"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done.exists() {
+            assert!(Instant::now() < deadline, "the agent did not try step {n}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // First attempt: the daemon is stopped, the pins still deny.
+    step("1");
+    // Second attempt after uninstall: nothing enforces any more, which is
+    // what uninstall promises (and proves the first denial was the pins').
+    let output = daemon.uninstall();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    step("2");
+    let output = child.wait_with_output().unwrap();
+    let lines: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines, ["1", "ok"], "EPERM while stopped, allowed after uninstall");
+    daemon.kill9();
+}
+
+#[test]
+#[ignore = "needs a kernel booted with BPF LSM: runs inside the test VMs (cargo xtask test)"]
+fn vm_a_killed_daemon_keeps_denying_opens_and_a_restart_adopts_with_no_gap() {
+    let files = TempDir::new("persist-files");
+    let secret_dir = files.path().join("secret");
+    std::fs::create_dir_all(&secret_dir).unwrap();
+    let secret = secret_dir.join("key.txt");
+    let public = files.path().join("public.txt");
+    std::fs::write(&secret, "s").unwrap();
+    std::fs::write(&public, "p").unwrap();
+    let mut daemon = Daemon::start_persistent(
+        "persist-vm",
+        &[(
+            "p.yaml",
+            policy(
+                "persist-files",
+                "persist-files",
+                &format!(
+                    "  egress:\n    default: allow\n  files:\n    deny:\n      - {}\n",
+                    secret_dir.display()
+                ),
+            ),
+        )],
+    );
+    assert!(
+        !daemon.stderr().contains("file rules are NOT enforced"),
+        "BPF LSM must load in the VM:\n{}",
+        daemon.stderr()
+    );
+    assert!(daemon.pin_dir.join("links/file_open").exists());
+    survive_kill_and_restart(
+        &mut daemon,
+        "persist-files",
+        "open",
+        secret.to_str().unwrap(),
+        public.to_str().unwrap(),
+    );
+    daemon.kill9();
+    assert!(daemon.uninstall().status.success());
+    assert!(!daemon.pin_dir.exists());
+}
