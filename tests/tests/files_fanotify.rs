@@ -52,13 +52,21 @@ impl Setup {
         selected.extend(extra.iter().map(|p| p.display().to_string()));
         policy("fanpolicy", "fan", body).replace(
             "    agent: fan\n",
-            &format!("    agent: fan\n    executables: [{}]\n", selected.join(", ")),
+            &format!(
+                "    agent: fan\n    executables: [{}]\n",
+                selected.join(", ")
+            ),
         )
     }
 
     /// Runs the selected helper copy (so the process is the agent).
     fn as_agent(&self, args: &[&str]) -> String {
-        helper_outcome(&Command::new(&self.agent_helper).args(args).output().unwrap())
+        helper_outcome(
+            &Command::new(&self.agent_helper)
+                .args(args)
+                .output()
+                .unwrap(),
+        )
     }
 }
 
@@ -152,10 +160,13 @@ fn fanotify_denies_deny_listed_reads_writes_and_execs_of_an_executable_selected_
     assert_eq!(read["rule"]["id"], "files.deny[0]");
     let write =
         file_record(&records, &config, "fanotify_open_perm").expect("a record of the write");
-    assert_eq!(write["object"]["denied_rights"], serde_json::json!(["write"]));
+    assert_eq!(
+        write["object"]["denied_rights"],
+        serde_json::json!(["write"])
+    );
     assert_eq!(write["rule"]["id"], "files.deny[1]");
-    let exec = file_record(&records, &denied, "fanotify_open_exec_perm")
-        .expect("a record of the exec");
+    let exec =
+        file_record(&records, &denied, "fanotify_open_exec_perm").expect("a record of the exec");
     assert_eq!(exec["verdict"], "denied");
     assert_eq!(exec["object"]["rights"], serde_json::json!(["exec"]));
     assert_eq!(exec["rule"]["id"], "exec.deny[0]");
@@ -164,7 +175,9 @@ fn fanotify_denies_deny_listed_reads_writes_and_execs_of_an_executable_selected_
         "the process is named: {exec}"
     );
     assert!(
-        !records.iter().any(|r| r["object"]["path"] == public.as_str()),
+        !records
+            .iter()
+            .any(|r| r["object"]["path"] == public.as_str()),
         "allowed opens are not recorded"
     );
 
@@ -177,10 +190,19 @@ fn fanotify_denies_deny_listed_reads_writes_and_execs_of_an_executable_selected_
     ]);
     let status: Value = serde_json::from_slice(&output.stdout).unwrap();
     let rights = &status["agents"][0]["rights"];
-    assert!(rights["read"].as_str().unwrap().contains("fanotify"), "{rights}");
-    assert!(rights["exec"].as_str().unwrap().contains("fanotify"), "{rights}");
     assert!(
-        rights["delete"].as_str().unwrap().ends_with("none (fanotify cannot see it)"),
+        rights["read"].as_str().unwrap().contains("fanotify"),
+        "{rights}"
+    );
+    assert!(
+        rights["exec"].as_str().unwrap().contains("fanotify"),
+        "{rights}"
+    );
+    assert!(
+        rights["delete"]
+            .as_str()
+            .unwrap()
+            .ends_with("none (fanotify cannot see it)"),
         "{rights}"
     );
     let degraded: Vec<Value> = daemon
@@ -289,7 +311,10 @@ fn fanotify_denies_a_whole_subtree_and_records_would_deny_in_audit_mode() {
 
     // Audit mode: nothing denied, every would-be denial recorded.
     let audit_body = format!("  mode: audit\n{body}");
-    let daemon = Daemon::start("fantree-audit", &[("p.yaml", setup.policy(&[], &audit_body))]);
+    let daemon = Daemon::start(
+        "fantree-audit",
+        &[("p.yaml", setup.policy(&[], &audit_body))],
+    );
     assert_eq!(setup.as_agent(&["open", &deep, "read"]), "ok");
     let record = daemon.wait_for_record(|r| r["object"]["path"] == deep.as_str());
     assert_eq!(record["verdict"], "would-deny");
@@ -328,12 +353,50 @@ fn probe_says_which_file_fallback_applies() {
         assert_eq!(files["level"], "enforced");
     } else if available {
         assert_eq!(files["level"], "degraded");
-        assert!(detail.contains("fanotify fallback: deny-listed paths only"), "{detail}");
         assert!(
-            detail.contains("create, delete, rename, chmod and executable mappings are NOT enforced"),
+            detail.contains("fanotify fallback: deny-listed paths only"),
+            "{detail}"
+        );
+        assert!(
+            detail
+                .contains("create, delete, rename, chmod and executable mappings are NOT enforced"),
             "{detail}"
         );
     } else {
         assert!(detail.contains("NOT enforced (no fanotify"), "{detail}");
     }
+}
+
+fn breaker(daemon: &Daemon, args: &[&str]) {
+    let mut all = vec!["breaker"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--control-socket", daemon.socket.to_str().unwrap()]);
+    let output = baton(&all);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn quarantine_denies_writes_on_watched_paths() {
+    if bpf_lsm_loads() {
+        eprintln!("BPF LSM loads here, so the fanotify fallback is not used");
+        return;
+    }
+    let setup = Setup::new("fanquar");
+    let (secret, public) = (setup.path("secret.txt"), setup.path("public.txt"));
+    let body = format!("  files:\n    deny: [{secret}]\n");
+    let daemon = Daemon::start("fanquar", &[("p.yaml", setup.policy(&[], &body))]);
+    assert_eq!(setup.as_agent(&["open", &public, "write"]), "ok");
+    breaker(&daemon, &["trip", "fan", "--action", "quarantine"]);
+    // public.txt sits beside a denied file, so fanotify sees its opens.
+    assert_eq!(setup.as_agent(&["open", &public, "write"]), EPERM);
+    assert_eq!(setup.as_agent(&["open", &public, "read"]), "ok");
+    let record = daemon.wait_for_record(|r| r["object"]["path"] == public.as_str());
+    assert_eq!(record["mode"], "quarantine");
+    assert_eq!(record["verdict"], "denied");
+    breaker(&daemon, &["reset", "fan"]);
+    assert_eq!(setup.as_agent(&["open", &public, "write"]), "ok");
 }

@@ -330,18 +330,16 @@ impl Watcher {
                 | EventFFlags::O_NOATIME,
         )
         .map_err(FanotifyError::Init)?;
-        let identity = BpfHashMap::try_from(Map::HashMap(identity)).map_err(|source| {
-            FanotifyError::Map {
+        let identity =
+            BpfHashMap::try_from(Map::HashMap(identity)).map_err(|source| FanotifyError::Map {
                 map: map_names::AGENT_OF_TGID,
                 source,
-            }
-        })?;
-        let runtime = BpfHashMap::try_from(Map::HashMap(runtime)).map_err(|source| {
-            FanotifyError::Map {
+            })?;
+        let runtime =
+            BpfHashMap::try_from(Map::HashMap(runtime)).map_err(|source| FanotifyError::Map {
                 map: map_names::AGENT_STATE,
                 source,
-            }
-        })?;
+            })?;
         let (sender, receiver) = tokio::sync::mpsc::channel(EVENT_QUEUE);
         let shared = Arc::new(Shared {
             rules: RwLock::new(Rules::default()),
@@ -398,8 +396,7 @@ impl Watcher {
         }
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mounts = crate::kernel::cgroup::all_mount_points(&mountinfo);
-        let (wanted, mut unwatched) =
-            plan_marks(&denied.into_iter().collect::<Vec<_>>(), &mounts);
+        let (wanted, mut unwatched) = plan_marks(&denied.into_iter().collect::<Vec<_>>(), &mounts);
         let mut applied = Marks::new();
         for ((kind, path), mask) in &wanted {
             let old = self.marks.get(&(*kind, path.clone())).copied().unwrap_or(0);
@@ -751,9 +748,7 @@ pub fn coverage(
                         _ => "opens of deny-listed paths",
                     };
                     if default_deny {
-                        format!(
-                            "fanotify, {what}; the default deny applies only on watched paths"
-                        )
+                        format!("fanotify, {what}; the default deny applies only on watched paths")
                     } else {
                         format!("fanotify, {what}")
                     }
@@ -804,7 +799,10 @@ mod tests {
         assert_eq!(rules.decide("/srv/secret/key", read).0, decision::DENY);
         assert_eq!(rules.decide("/srv/secret", read).0, decision::DENY);
         assert_eq!(rules.decide("/srv/secret-old", read).0, decision::ALLOW);
-        assert_eq!(rules.decide("/srv/secret/public/x", read).0, decision::ALLOW);
+        assert_eq!(
+            rules.decide("/srv/secret/public/x", read).0,
+            decision::ALLOW
+        );
         assert_eq!(rules.decide("/etc/passwd", read).0, decision::ALLOW);
         let (found, _, denied) = rules.decide("/etc/passwd", read | write);
         assert_eq!((found, denied), (decision::DENY, write));

@@ -100,12 +100,12 @@ fn reopen<K: aya::Pod, V: aya::Pod>(
     name: &'static str,
 ) -> Result<MapData, KernelError> {
     use std::os::fd::AsFd as _;
-    let fd = map
-        .map()
-        .fd()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| map_error(name)(MapError::from(aya::sys::SyscallError { call: "dup", io_error: e })))?;
+    let fd = map.map().fd().as_fd().try_clone_to_owned().map_err(|e| {
+        map_error(name)(MapError::from(aya::sys::SyscallError {
+            call: "dup",
+            io_error: e,
+        }))
+    })?;
     MapData::from_fd(fd).map_err(map_error(name))
 }
 
