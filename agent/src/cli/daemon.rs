@@ -177,6 +177,9 @@ struct State {
     /// Whether BPF LSM enforces file rules; if not, `baton exec` agents get
     /// a Landlock ruleset instead.
     files_enforced: bool,
+    /// Where BPF LSM is missing: the fanotify listener for agents that
+    /// `baton exec` did not start.
+    fanotify: Option<crate::fallback::fanotify::Watcher>,
     /// Running DNS proxies, per agent id and network namespace cookie.
     proxies: BTreeMap<(u32, u64), AgentProxy>,
     /// Each agent's allowed names, shared by its proxies in every namespace.
@@ -426,6 +429,7 @@ impl State {
         self.save_registry();
         let cgroup_root = self.cgroup_root.clone();
         self.admit_cgroup_members(&cgroup_root);
+        self.refresh_fanotify();
         self.breakers
             .set_rules(breaker_rules(&self.policies, &self.registry));
         self.refresh_dns();
@@ -720,10 +724,16 @@ impl State {
             .iter()
             .filter_map(|(name, agent)| {
                 let id = self.registry.id_of(&name.0)?;
+                let rights = self.file_coverage(agent);
                 let files = if self.files_enforced {
-                    "enforced by BPF LSM"
+                    "enforced by BPF LSM".to_string()
                 } else {
-                    "enforced by Landlock for processes started by baton exec; not enforced for processes selected by cgroup, unit or executable"
+                    format!("read: {}; write: {}; create, delete, rename: {}", rights["read"], rights["write"], rights["create"])
+                };
+                let exec = if self.files_enforced {
+                    "enforced by BPF LSM".to_string()
+                } else {
+                    rights["exec"].clone()
                 };
                 Some(json!({
                     "agent": name.0,
@@ -735,9 +745,10 @@ impl State {
                         "egress": "enforced (cgroup socket hooks)",
                         "dns": if agent.domains.is_empty() { "no domain rules" } else { "enforced (DNS proxy)" },
                         "files": files,
-                        "exec": files,
+                        "exec": exec,
                         "breakers": if agent.breakers.is_empty() { "none" } else { "enforced" },
                     },
+                    "rights": rights,
                     "breaker": breakers.get(&name.0).cloned().unwrap_or(json!({"state": "closed"})),
                     "counters": crate::breaker::CounterSnapshot::from(self.runtime.counters(id)),
                 }))
@@ -753,7 +764,11 @@ impl State {
                 "last_error": self.policy_error,
                 "sources": self.source_status,
             },
-            "file_enforcement": if self.files_enforced { "BPF LSM" } else { "Landlock fallback (baton exec agents only)" },
+            "file_enforcement": match (self.files_enforced, &self.fanotify) {
+                (true, _) => "BPF LSM".to_string(),
+                (false, Some(watcher)) => format!("Landlock for baton exec agents; fanotify on deny-listed paths for the others (watching {})", watcher.watched().join(", ")),
+                (false, None) => "Landlock for baton exec agents; NOT enforced for the others (no fanotify)".to_string(),
+            },
             "audit": { "head_seq": self.sink.head().map(|head| head.seq) },
             "pins": {
                 "dir": self.pin_dir,
@@ -1141,6 +1156,7 @@ async fn serve(
     // fail) until this daemon's are up, never an unfiltered resolver.
     dns.clear_proxies();
     let runtime = RuntimeMaps::new(&mut enforcer.ebpf)?;
+    let (fanotify, fanotify_events) = start_fanotify(&enforcer, &maps, &runtime);
     let events = enforcer
         .ebpf
         .take_map(map_names::EVENTS)
@@ -1190,6 +1206,7 @@ async fn serve(
         sink,
         host: host.clone(),
         files_enforced: enforcer.files == ControlState::Enforced,
+        fanotify,
         proxies: BTreeMap::new(),
         agent_names: BTreeMap::new(),
         proxy_setup: None,
@@ -1247,12 +1264,14 @@ async fn serve(
         }
     }
     if let ControlState::Unavailable(reason) = &enforcer.files {
-        tracing::warn!(control = "file", %reason, "file rules are NOT enforced");
+        tracing::warn!(control = "file", %reason, "file rules are NOT enforced by BPF LSM");
         state.record(AuditRecord::lifecycle(
             &host,
             "file",
-            format!("control degraded: file rules are not enforced: {reason}"),
+            format!("control degraded: BPF LSM does not enforce file rules: {reason}"),
         ));
+        state.refresh_fanotify();
+        state.record_file_coverage();
     } else {
         tracing::info!(control = "file", state = "enforced");
     }
@@ -1265,6 +1284,9 @@ async fn serve(
         audit,
     });
     let audit_ticker = tokio::spawn(tick_audit(Arc::downgrade(&daemon)));
+    if let Some(events) = fanotify_events {
+        tokio::spawn(record_fanotify_events(Arc::downgrade(&daemon), events));
+    }
     start_dns_proxies(&daemon, &settings.dns).await?;
     let sweeper = tokio::spawn(sweep_learned_addresses(Arc::downgrade(&daemon)));
     let breaker_task = tokio::spawn(watch_breakers(Arc::downgrade(&daemon)));
@@ -1610,5 +1632,164 @@ async fn drain_events(events: RingBuf<MapData>, daemon: Arc<Daemon>) -> anyhow::
         state.evaluate_breakers();
         drop(state);
         guard.clear_ready();
+    }
+}
+
+/// The fanotify listener, where BPF LSM does not enforce file rules.
+fn start_fanotify(
+    enforcer: &Enforcer,
+    maps: &PolicyMaps,
+    runtime: &RuntimeMaps,
+) -> (
+    Option<crate::fallback::fanotify::Watcher>,
+    Option<tokio::sync::mpsc::Receiver<Box<agent_common::event::FileEvent>>>,
+) {
+    if enforcer.files == ControlState::Enforced {
+        return (None, None);
+    }
+    let started = maps
+        .identity_handle()
+        .and_then(|identity| Ok((identity, runtime.state_handle()?)))
+        .map_err(|e| e.to_string())
+        .and_then(|(identity, state)| {
+            crate::fallback::fanotify::Watcher::start(identity, state).map_err(|e| e.to_string())
+        });
+    match started {
+        Ok((watcher, events)) => (Some(watcher), Some(events)),
+        Err(error) => {
+            tracing::warn!(%error, "no fanotify fallback");
+            (None, None)
+        }
+    }
+}
+
+impl State {
+    /// Brings the fanotify marks and rules in line with the policies in
+    /// force, and records what cannot be watched.
+    fn refresh_fanotify(&mut self) {
+        let Some(watcher) = self.fanotify.as_mut() else {
+            return;
+        };
+        let unwatched = watcher.update(
+            &self.policies,
+            self.registry.ids(),
+            self.maps.active_generation(),
+            &self.protected,
+        );
+        let host = self.host.clone();
+        for what in unwatched {
+            let message = format!("control degraded: fanotify does not enforce {what}");
+            tracing::warn!("{message}");
+            self.record(AuditRecord::lifecycle(&host, "file", message));
+        }
+    }
+
+    /// Per right, which mechanism holds `agent` to its file and exec rules.
+    fn file_coverage(
+        &self,
+        agent: &crate::policy::compile::CompiledAgent,
+    ) -> BTreeMap<&'static str, String> {
+        crate::fallback::fanotify::coverage(
+            agent,
+            self.files_enforced,
+            crate::kernel::probe::landlock_abi().is_some(),
+            self.fanotify.is_some(),
+        )
+    }
+
+    /// One "control degraded" record per agent, saying per right which
+    /// mechanism applies.
+    fn record_file_coverage(&mut self) {
+        let lines: Vec<(String, String)> = self
+            .policies
+            .agents
+            .iter()
+            .map(|(name, agent)| {
+                let rights = self.file_coverage(agent);
+                let text = rights
+                    .iter()
+                    .map(|(right, how)| format!("{right}: {how}"))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                (name.0.clone(), text)
+            })
+            .collect();
+        let host = self.host.clone();
+        for (agent, text) in lines {
+            let message = format!("control degraded: file and exec rules of agent {agent}: {text}");
+            tracing::warn!("{message}");
+            let mut record = AuditRecord::lifecycle(&host, "file", message);
+            record.agent = Some(agent);
+            self.record(record);
+        }
+        if self.fanotify.is_none() {
+            let message = "control degraded: fanotify is unavailable, so file and exec rules are NOT enforced for agents selected by cgroup, unit or executable".to_string();
+            tracing::warn!("{message}");
+            self.record(AuditRecord::lifecycle(&host, "file", message));
+        }
+    }
+}
+
+/// Writes the fanotify listener's decisions to the audit trail, as kernel
+/// file events are.
+async fn record_fanotify_events(
+    daemon: Weak<Daemon>,
+    mut events: tokio::sync::mpsc::Receiver<Box<agent_common::event::FileEvent>>,
+) {
+    let clock = Clock::new();
+    let mut processes = ProcessCache::default();
+    let mut lost_recorded = 0;
+    while let Some(event) = events.recv().await {
+        let Some(daemon) = daemon.upgrade() else {
+            return;
+        };
+        let Ok(mut state) = daemon.state.lock() else {
+            return;
+        };
+        // SAFETY: `FileEvent` is plain old data; the bytes are read as the
+        // ring buffer's are.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&*event as *const agent_common::event::FileEvent).cast::<u8>(),
+                size_of::<agent_common::event::FileEvent>(),
+            )
+        };
+        let record = {
+            let State {
+                registry,
+                policies,
+                host,
+                ..
+            } = &*state;
+            let agent_name = |id: u32| registry.name_of(id).map(|n| n.0.clone());
+            let rule = |id: u32| {
+                policies
+                    .rule(id)
+                    .map(|r| (r.policy.clone(), r.rule.clone()))
+            };
+            let context = Context {
+                host,
+                clock: &clock,
+                agent_name: &agent_name,
+                rule: &rule,
+                domain_of: &|_, _| None,
+            };
+            AuditRecord::from_event(bytes, &context, &mut processes)
+        };
+        match record {
+            Ok(record) => state.record(record),
+            Err(error) => tracing::warn!(%error, "undecodable fanotify decision"),
+        }
+        let lost = state.fanotify.as_ref().map_or(0, |w| w.lost());
+        if lost > lost_recorded {
+            let host = state.host.clone();
+            state.record(AuditRecord::suppressed(
+                &host,
+                None,
+                lost - lost_recorded,
+                "the fanotify listener's queue was full; every decision was still made",
+            ));
+            lost_recorded = lost;
+        }
     }
 }

@@ -57,6 +57,11 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
                 println!("  {control:9} {}", state.as_str().unwrap_or("?"));
             }
         }
+        if let Some(rights) = agent["rights"].as_object() {
+            for (right, how) in rights {
+                println!("  {right:9} {}", how.as_str().unwrap_or("?"));
+            }
+        }
         println!("  counters  {}", agent["counters"]);
     }
     Ok(())

@@ -7,7 +7,13 @@
 //! grants, so a policy is translated into "everything except": the rights a
 //! deny rule takes away are granted on every sibling along the way to the
 //! denied path. Whatever that cannot say is reported, never dropped.
+//!
+//! Agents selected by cgroup, systemd unit or executable start without
+//! Baton in the loop, so no ruleset can be applied to them: for those, the
+//! daemon answers fanotify permission events on the paths their rules deny
+//! (see [`fanotify`]).
 
+pub mod fanotify;
 pub mod landlock;
 pub mod protected;
 pub mod seccomp;

@@ -44,6 +44,14 @@ pub fn mount_points(mountinfo: &str, types: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// Every mount point, in mountinfo order and unescaped.
+pub fn all_mount_points(mountinfo: &str) -> Vec<String> {
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(4).map(unescape_mount_path))
+        .collect()
+}
+
 /// Undoes the octal escapes mountinfo uses for spaces and the like.
 fn unescape_mount_path(field: &str) -> String {
     let bytes = field.as_bytes();

@@ -94,6 +94,21 @@ pub fn cgroup_id(dir: &Path) -> std::io::Result<u64> {
     Ok(std::fs::metadata(dir)?.ino())
 }
 
+/// Another descriptor on the same kernel map.
+fn reopen<K: aya::Pod, V: aya::Pod>(
+    map: &impl aya::maps::IterableMap<K, V>,
+    name: &'static str,
+) -> Result<MapData, KernelError> {
+    use std::os::fd::AsFd as _;
+    let fd = map.map().fd().as_fd().try_clone_to_owned().map_err(|e| {
+        map_error(name)(MapError::from(aya::sys::SyscallError {
+            call: "dup",
+            io_error: e,
+        }))
+    })?;
+    MapData::from_fd(fd).map_err(map_error(name))
+}
+
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
@@ -392,6 +407,11 @@ impl PolicyMaps {
         self.identity.get(&tgid, 0).ok()
     }
 
+    /// A second handle on the identity map, for a reader on another thread.
+    pub fn identity_handle(&self) -> Result<MapData, KernelError> {
+        reopen(&self.identity, map_names::AGENT_OF_TGID)
+    }
+
     /// Every process of an agent, from the kernel's identity record: forked,
     /// double-forked and re-parented ones included.
     pub fn members(&self, agent_id: u32) -> Vec<u32> {
@@ -574,6 +594,12 @@ impl RuntimeMaps {
             state: take(ebpf, map_names::AGENT_STATE)?,
             counters: take(ebpf, map_names::AGENT_COUNTERS)?,
         })
+    }
+
+    /// A second handle on the agent state map (quarantine), for a reader
+    /// on another thread.
+    pub fn state_handle(&self) -> Result<MapData, KernelError> {
+        reopen(&self.state, map_names::AGENT_STATE)
     }
 
     /// Puts an agent in quarantine, or lets it out.

@@ -235,6 +235,16 @@ pub fn probe() -> ProbeReport {
         None => check("Landlock", false, "not enabled in this kernel"),
     });
 
+    let fanotify = crate::fallback::fanotify::available();
+    checks.push(match &fanotify {
+        Ok(()) => check(
+            "fanotify",
+            true,
+            "permission events (FAN_OPEN_PERM, FAN_OPEN_EXEC_PERM)",
+        ),
+        Err(e) => check("fanotify", false, e.clone()),
+    });
+
     let mut controls = Vec::new();
     let egress_ok = cgroup.is_ok() && offsets.is_some();
     controls.push(Control {
@@ -284,7 +294,7 @@ pub fn probe() -> ProbeReport {
     });
     let files_level = if bpf_lsm_loadable && offsets.is_some() {
         ControlLevel::Enforced
-    } else if landlock.is_some() {
+    } else if landlock.is_some() || fanotify.is_ok() {
         ControlLevel::Degraded
     } else {
         ControlLevel::Unavailable
@@ -301,10 +311,18 @@ pub fn probe() -> ProbeReport {
                 "BPF LSM: file_open, bprm_check_security, mmap_file and the path_* hooks, for every agent".into()
             }
             ControlLevel::Degraded => format!(
-                "{why_no_lsm}. Agents started by baton exec: enforced by Landlock (ABI {}), except what Landlock cannot express (chmod, a deny inside an allowed tree), which baton exec lists; agents selected by cgroup, systemd unit or executable: NOT enforced",
-                landlock.unwrap_or(0)
+                "{why_no_lsm}. Agents started by baton exec: {}; agents selected by cgroup, systemd unit or executable: {}",
+                match landlock {
+                    Some(abi) => format!("enforced by Landlock (ABI {abi}), except what Landlock cannot express (chmod, a deny inside an allowed tree), which baton exec lists"),
+                    None => "NOT enforced (Landlock is off)".to_string(),
+                },
+                if fanotify.is_ok() {
+                    "fanotify fallback: deny-listed paths only, opens for read or write and exec are denied; create, delete, rename, chmod and executable mappings are NOT enforced, and a default deny applies only on watched paths"
+                } else {
+                    "NOT enforced (no fanotify permission events)"
+                }
             ),
-            ControlLevel::Unavailable => format!("{why_no_lsm} and Landlock is off: file rules are not enforced"),
+            ControlLevel::Unavailable => format!("{why_no_lsm}, Landlock is off and fanotify has no permission events: file rules are not enforced"),
         },
         level: files_level,
     });

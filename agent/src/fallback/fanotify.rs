@@ -1,0 +1,862 @@
+//! Fanotify permission events: file and exec deny rules for agents that no
+//! Landlock ruleset covers (selected by cgroup, systemd unit or executable)
+//! on kernels where BPF LSM cannot load.
+//!
+//! The daemon marks the paths that some such agent's rules deny with
+//! `FAN_OPEN_PERM` and `FAN_OPEN_EXEC_PERM`. The kernel then holds every
+//! open (and every open for exec) of a marked object until a dedicated
+//! thread answers; opens of anything unmarked never reach the daemon.
+//!
+//! What is marked, and why:
+//! - a rule naming a file (or anything but a directory): its parent
+//!   directory, with `FAN_EVENT_ON_CHILD`, so a file replaced by a rename
+//!   is still covered; the listener matches the path itself.
+//! - a rule naming a directory (a subtree), or a path that does not exist
+//!   yet: the mount holding it and every mount below it. An inode mark only
+//!   reaches direct children, and subdirectories created later could not
+//!   be marked before they are used; a mount mark sees the whole subtree,
+//!   at the cost that every open on that mount, by any process, waits for
+//!   the daemon's answer.
+//!
+//! The listener never opens a marked object itself: it only reads `/proc`
+//! (which cannot carry permission marks) and the kernel's maps, so it cannot
+//! wait on its own events. Audit records are built on another thread.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    os::fd::{AsRawFd, BorrowedFd},
+    path::Path,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use agent_common::{
+    event::{EVENT_PATH_BYTES, EVENT_VERSION, FileEvent, file_flags, hook, kind},
+    files::{FileValue, PATH_KEY_BYTES, right},
+    identity::{AgentRecord, AgentRuntime},
+    map_names,
+    verdict::{Verdict, decision, mode, verdict_for},
+};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapError};
+use nix::{
+    errno::Errno,
+    sys::fanotify::{
+        EventFFlags, Fanotify, FanotifyResponse, InitFlags, MarkFlags, MaskFlags, Response,
+    },
+};
+use thiserror::Error;
+
+use crate::policy::{CompiledPolicySet, compile::CompiledAgent, spec::Name};
+
+/// Audit events waiting for the daemon before new ones are counted as lost.
+const EVENT_QUEUE: usize = 4096;
+
+/// Errors starting the fanotify fallback.
+#[derive(Debug, Error)]
+pub enum FanotifyError {
+    /// No fanotify group with permission events: the kernel lacks
+    /// `CONFIG_FANOTIFY_ACCESS_PERMISSIONS`, or the daemon lacks
+    /// `CAP_SYS_ADMIN`.
+    #[error(
+        "cannot open a fanotify group for permission events (needs CONFIG_FANOTIFY_ACCESS_PERMISSIONS and CAP_SYS_ADMIN): {0}"
+    )]
+    Init(#[source] Errno),
+    /// A kernel map the listener reads could not be opened.
+    #[error("cannot open the kernel map {map} for the fanotify listener: {source}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// Why.
+        #[source]
+        source: MapError,
+    },
+    /// The listener thread could not be started.
+    #[error("cannot start the fanotify listener thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Whether this kernel gives Baton fanotify permission events; the error
+/// says why not.
+pub fn available() -> Result<(), String> {
+    Fanotify::init(
+        InitFlags::FAN_CLASS_CONTENT | InitFlags::FAN_CLOEXEC,
+        EventFFlags::O_RDONLY,
+    )
+    .map(drop)
+    .map_err(|e| FanotifyError::Init(e).to_string())
+}
+
+// ---------------------------------------------------------------- rules
+
+/// One agent's rules as the listener evaluates them: the same flattened
+/// prefixes and defaults the kernel programs get.
+#[derive(Clone, Debug)]
+struct AgentRules {
+    mode: u8,
+    file_default: u8,
+    file_default_rule: u32,
+    exec_default: u8,
+    exec_default_rule: u32,
+    allow_anonymous_exec: bool,
+    /// Key bytes (path with a trailing `/`) and decisions.
+    entries: Vec<(Vec<u8>, FileValue)>,
+}
+
+impl AgentRules {
+    fn of(agent: &CompiledAgent) -> Self {
+        Self {
+            mode: agent.mode,
+            file_default: agent.file_default,
+            file_default_rule: agent.file_default_rule,
+            exec_default: agent.exec_default,
+            exec_default_rule: agent.exec_default_rule,
+            allow_anonymous_exec: agent.allow_anonymous_exec,
+            entries: agent
+                .files
+                .iter()
+                .map(|entry| (entry.key.clone(), entry.value))
+                .collect(),
+        }
+    }
+
+    /// What the kernel programs do for an agent whose policy is gone: hold
+    /// it closed rather than let it loose.
+    fn deny_all() -> Self {
+        Self {
+            mode: mode::ENFORCE,
+            file_default: decision::DENY,
+            file_default_rule: 0,
+            exec_default: decision::DENY,
+            exec_default_rule: 0,
+            allow_anonymous_exec: false,
+            entries: Vec::new(),
+        }
+    }
+
+    /// `(decision, rule id, denied rights)` for `rights` on `path`, as the
+    /// kernel's longest-prefix lookup and per-right scan decide them.
+    fn decide(&self, path: &str, rights: u32) -> (u8, u32, u32) {
+        let mut key = path.as_bytes().to_vec();
+        if key.len() < PATH_KEY_BYTES {
+            if key.last() != Some(&b'/') {
+                key.push(b'/');
+            }
+        } else {
+            key.truncate(PATH_KEY_BYTES);
+        }
+        let value = self
+            .entries
+            .iter()
+            .filter(|(prefix, _)| key.starts_with(prefix))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map(|(_, value)| value);
+        let (mut denied, mut deny_rule, mut allow_rule, mut canary) = (0, 0, 0, false);
+        for r in (0..right::COUNT).filter(|r| rights & right::bit(*r) != 0) {
+            let (mut found, mut rule_id) =
+                value.map_or((decision::NONE, 0), |v| (v.decisions[r], v.rule_ids[r]));
+            if found == decision::NONE {
+                (found, rule_id) = if r == right::EXEC {
+                    (self.exec_default, self.exec_default_rule)
+                } else {
+                    (self.file_default, self.file_default_rule)
+                };
+            }
+            if found == decision::DENY || found == decision::CANARY {
+                denied |= right::bit(r);
+                if deny_rule == 0 || found == decision::CANARY {
+                    deny_rule = rule_id;
+                }
+                canary |= found == decision::CANARY;
+            } else if allow_rule == 0 {
+                allow_rule = rule_id;
+            }
+        }
+        if canary {
+            (decision::CANARY, deny_rule, denied)
+        } else if denied != 0 {
+            (decision::DENY, deny_rule, denied)
+        } else {
+            (decision::ALLOW, allow_rule, 0)
+        }
+    }
+}
+
+/// The rules in force, swapped whole on every policy reload.
+#[derive(Default)]
+struct Rules {
+    generation: u32,
+    agents: HashMap<u32, AgentRules>,
+}
+
+/// Whether an agent has processes that `baton exec` did not start, so
+/// that only fanotify can hold them to their file rules.
+pub fn selected_outside_exec(agent: &CompiledAgent) -> bool {
+    !agent.cgroups.is_empty() || !agent.executables.is_empty()
+}
+
+// ---------------------------------------------------------------- marks
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum MarkKind {
+    /// `FAN_MARK_MOUNT` on a mount point.
+    Mount,
+    /// An inode mark on a directory, with `FAN_EVENT_ON_CHILD`.
+    Directory,
+}
+
+/// Marks by kind and path, with their mask bits.
+type Marks = BTreeMap<(MarkKind, String), u64>;
+
+fn covers(outer: &str, inner: &str) -> bool {
+    outer == "/" || inner == outer || inner.starts_with(&format!("{outer}/"))
+}
+
+fn parent(path: &str) -> Option<&str> {
+    match path.rfind('/') {
+        Some(0) if path.len() > 1 => Some("/"),
+        Some(at) if at > 0 => Some(&path[..at]),
+        _ => None,
+    }
+}
+
+/// The mount point holding `path`: the longest one that covers it.
+fn mount_of<'a>(mounts: &'a [String], path: &str) -> &'a str {
+    mounts
+        .iter()
+        .filter(|mount| covers(mount, path))
+        .max_by_key(|mount| mount.len())
+        .map_or("/", String::as_str)
+}
+
+/// The marks that make the kernel ask about every open of `rules`' paths,
+/// and what cannot be watched. `rules` are `(path, rights denied)`.
+fn plan_marks(rules: &[(String, u32)], mounts: &[String]) -> (Marks, Vec<String>) {
+    let mut marks = Marks::new();
+    let mut unwatched = Vec::new();
+    let open_rights = right::bit(right::READ) | right::bit(right::WRITE);
+    for (path, rights) in rules {
+        let mut mask = 0;
+        if rights & open_rights != 0 {
+            mask |= MaskFlags::FAN_OPEN_PERM.bits();
+        }
+        if rights & right::bit(right::EXEC) != 0 {
+            mask |= MaskFlags::FAN_OPEN_EXEC_PERM.bits();
+        }
+        if mask == 0 {
+            unwatched.push(format!(
+                "{path}: only create, delete or rename are denied, which fanotify cannot see"
+            ));
+            continue;
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(metadata) if !metadata.is_dir() => {
+                let dir = parent(path).unwrap_or("/").to_string();
+                *marks.entry((MarkKind::Directory, dir)).or_default() |=
+                    mask | MaskFlags::FAN_EVENT_ON_CHILD.bits();
+            }
+            found => {
+                // A directory, or a path that may appear later: everything
+                // under it, on whichever mount it lands.
+                let mut at = path.as_str();
+                if found.is_err() {
+                    while !Path::new(at).exists() {
+                        at = parent(at).unwrap_or("/");
+                    }
+                }
+                *marks
+                    .entry((MarkKind::Mount, mount_of(mounts, at).to_string()))
+                    .or_default() |= mask;
+                for below in mounts.iter().filter(|m| *m != path && covers(path, m)) {
+                    *marks.entry((MarkKind::Mount, below.clone())).or_default() |= mask;
+                }
+            }
+        }
+    }
+    (marks, unwatched)
+}
+
+fn mark_flags(kind: MarkKind) -> MarkFlags {
+    match kind {
+        MarkKind::Mount => MarkFlags::FAN_MARK_MOUNT,
+        MarkKind::Directory => MarkFlags::FAN_MARK_ONLYDIR,
+    }
+}
+
+// ---------------------------------------------------------------- listener
+
+/// What the listener thread shares with the daemon.
+struct Shared {
+    rules: RwLock<Rules>,
+    identity: BpfHashMap<MapData, u32, AgentRecord>,
+    runtime: BpfHashMap<MapData, u32, AgentRuntime>,
+    events: tokio::sync::mpsc::Sender<Box<FileEvent>>,
+    lost: AtomicU64,
+    own_tgid: u32,
+}
+
+/// The daemon's fanotify group, its marks and its listener thread.
+pub struct Watcher {
+    group: Arc<Fanotify>,
+    shared: Arc<Shared>,
+    marks: Marks,
+}
+
+/// What [`Watcher::start`] hands the daemon: the watcher and the stream of
+/// decisions to record.
+pub type Started = (Watcher, tokio::sync::mpsc::Receiver<Box<FileEvent>>);
+
+impl Watcher {
+    /// Opens the group and starts the listener. `identity` and `runtime`
+    /// are handles on the kernel's `tgid → agent` and agent state maps
+    /// (the listener reads them without the daemon's locks). Nothing is
+    /// marked until [`Watcher::update`].
+    pub fn start(identity: MapData, runtime: MapData) -> Result<Started, FanotifyError> {
+        // FAN_REPORT_TID: the opening thread, whose pending syscall says
+        // whether it opens for reading or writing.
+        let group = Fanotify::init(
+            InitFlags::FAN_CLASS_CONTENT
+                | InitFlags::FAN_CLOEXEC
+                | InitFlags::FAN_REPORT_TID
+                | InitFlags::FAN_UNLIMITED_QUEUE
+                | InitFlags::FAN_UNLIMITED_MARKS,
+            // O_NONBLOCK: the kernel opens each event's file for the
+            // listener, and a FIFO must not make it wait for a writer.
+            EventFFlags::O_RDONLY
+                | EventFFlags::O_LARGEFILE
+                | EventFFlags::O_CLOEXEC
+                | EventFFlags::O_NONBLOCK
+                | EventFFlags::O_NOATIME,
+        )
+        .map_err(FanotifyError::Init)?;
+        let identity =
+            BpfHashMap::try_from(Map::HashMap(identity)).map_err(|source| FanotifyError::Map {
+                map: map_names::AGENT_OF_TGID,
+                source,
+            })?;
+        let runtime =
+            BpfHashMap::try_from(Map::HashMap(runtime)).map_err(|source| FanotifyError::Map {
+                map: map_names::AGENT_STATE,
+                source,
+            })?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+        let shared = Arc::new(Shared {
+            rules: RwLock::new(Rules::default()),
+            identity,
+            runtime,
+            events: sender,
+            lost: AtomicU64::new(0),
+            own_tgid: std::process::id(),
+        });
+        let group = Arc::new(group);
+        let (listener_group, listener_shared) = (group.clone(), shared.clone());
+        std::thread::Builder::new()
+            .name("baton-fanotify".into())
+            .spawn(move || listen(&listener_group, &listener_shared))
+            .map_err(FanotifyError::Thread)?;
+        Ok((
+            Self {
+                group,
+                shared,
+                marks: Marks::new(),
+            },
+            receiver,
+        ))
+    }
+
+    /// Follows a new policy set: the listener decides by the new rules
+    /// from now on, and the marks are recomputed (new marks are added
+    /// before stale ones go, so nothing is unwatched in between).
+    /// `exclude` are rule paths to leave unmarked (Baton's own paths).
+    /// Returns what cannot be watched, for the daemon to report.
+    pub fn update(
+        &mut self,
+        set: &CompiledPolicySet,
+        ids: &BTreeMap<Name, u32>,
+        generation: u32,
+        exclude: &[(String, u32)],
+    ) -> Vec<String> {
+        let agents = set
+            .agents
+            .iter()
+            .filter_map(|(name, agent)| Some((*ids.get(name)?, AgentRules::of(agent))))
+            .collect();
+        if let Ok(mut rules) = self.shared.rules.write() {
+            *rules = Rules { generation, agents };
+        }
+        let mut denied: BTreeMap<String, u32> = BTreeMap::new();
+        for agent in set.agents.values().filter(|a| selected_outside_exec(a)) {
+            for rule in agent.file_rules.iter().filter(|rule| {
+                matches!(rule.decision, decision::DENY | decision::CANARY)
+                    && !exclude.iter().any(|(path, _)| *path == rule.path)
+            }) {
+                *denied.entry(rule.path.clone()).or_default() |= rule.rights;
+            }
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mounts = crate::kernel::cgroup::all_mount_points(&mountinfo);
+        let (wanted, mut unwatched) = plan_marks(&denied.into_iter().collect::<Vec<_>>(), &mounts);
+        let mut applied = Marks::new();
+        for ((kind, path), mask) in &wanted {
+            let old = self.marks.get(&(*kind, path.clone())).copied().unwrap_or(0);
+            let result = if mask & !old == 0 {
+                Ok(())
+            } else {
+                self.group.mark(
+                    MarkFlags::FAN_MARK_ADD | mark_flags(*kind),
+                    MaskFlags::from_bits_retain(*mask),
+                    nix::fcntl::AT_FDCWD,
+                    Some(path.as_str()),
+                )
+            };
+            match result {
+                Ok(()) => {
+                    applied.insert((*kind, path.clone()), *mask);
+                }
+                Err(error) => unwatched.push(format!("{path}: cannot be watched: {error}")),
+            }
+        }
+        for ((kind, path), old) in &self.marks {
+            let keep = applied.get(&(*kind, path.clone())).copied().unwrap_or(0);
+            let removed = old & !keep;
+            if removed == 0 {
+                continue;
+            }
+            if let Err(error) = self.group.mark(
+                MarkFlags::FAN_MARK_REMOVE | mark_flags(*kind),
+                MaskFlags::from_bits_retain(removed),
+                nix::fcntl::AT_FDCWD,
+                Some(path.as_str()),
+            ) {
+                // Gone with its directory or mount: nothing left to unmark.
+                tracing::debug!(path, %error, "fanotify mark not removed");
+            }
+        }
+        self.marks = applied;
+        tracing::debug!(marks = ?self.marks, "fanotify marks");
+        unwatched
+    }
+
+    /// Decisions that could not be queued for the audit trail so far; the
+    /// decisions themselves were all made.
+    pub fn lost(&self) -> u64 {
+        self.shared.lost.load(Ordering::Relaxed)
+    }
+
+    /// The watched paths, for `baton status`: `mount PATH` or `dir PATH`.
+    pub fn watched(&self) -> Vec<String> {
+        self.marks
+            .keys()
+            .map(|(kind, path)| match kind {
+                MarkKind::Mount => format!("mount {path}"),
+                MarkKind::Directory => format!("dir {path}"),
+            })
+            .collect()
+    }
+}
+
+/// Answers every permission event, forever. Every event gets an answer,
+/// whatever goes wrong deciding it: an unanswered event would hang the
+/// process that opened the file.
+fn listen(group: &Fanotify, shared: &Shared) {
+    loop {
+        let events = match group.read_events() {
+            Ok(events) => events,
+            Err(Errno::EINTR | Errno::EAGAIN) => continue,
+            Err(error) => {
+                tracing::error!(%error, "cannot read fanotify events");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            }
+        };
+        for event in events {
+            let Some(fd) = event.fd() else {
+                continue;
+            };
+            let mask = event.mask();
+            if !mask.intersects(MaskFlags::FAN_OPEN_PERM | MaskFlags::FAN_OPEN_EXEC_PERM) {
+                continue;
+            }
+            let exec = mask.contains(MaskFlags::FAN_OPEN_EXEC_PERM);
+            let tid = event.pid() as u32;
+            // A bug in deciding must not leave the opener hanging; not
+            // knowing who it is, let it through.
+            let (allow, record) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                shared.decide(tid, fd, exec)
+            }))
+            .unwrap_or((true, None));
+            let response = if allow {
+                Response::FAN_ALLOW
+            } else {
+                Response::FAN_DENY
+            };
+            if let Err(error) = group.write_response(FanotifyResponse::new(fd, response)) {
+                tracing::error!(%error, "cannot answer a fanotify event");
+            }
+            if let Some(record) = record
+                && shared.events.try_send(record).is_err()
+            {
+                shared.lost.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// From `/proc/TID/status`: `(tgid, uid, gid)`.
+fn proc_status(tid: u32) -> Option<(u32, u32, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|value| value.parse::<u32>().ok())
+    };
+    Some((field("Tgid:")?, field("Uid:")?, field("Gid:")?))
+}
+
+/// The rights an open in progress asks for, from the opening thread's
+/// pending syscall (`/proc/TID/syscall`), as `f_mode` will have them.
+/// `None` when it cannot be told (io_uring, another architecture).
+fn pending_open_rights(tid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{tid}/syscall")).ok()?;
+    let mut fields = text.split_whitespace();
+    let nr: i64 = fields.next()?.parse().ok()?;
+    let args: Vec<u64> = fields
+        .take(6)
+        .filter_map(|f| u64::from_str_radix(f.trim_start_matches("0x"), 16).ok())
+        .collect();
+    let from_flags = |flags: u64| match flags & libc::O_ACCMODE as u64 {
+        0 => right::bit(right::READ),
+        1 => right::bit(right::WRITE),
+        2 => right::bit(right::READ) | right::bit(right::WRITE),
+        // O_ACCMODE itself: ioctl only, neither read nor write.
+        _ => 0,
+    };
+    match nr {
+        libc::SYS_open => Some(from_flags(*args.get(1)?)),
+        libc::SYS_openat | libc::SYS_open_by_handle_at => Some(from_flags(*args.get(2)?)),
+        libc::SYS_creat => Some(right::bit(right::WRITE)),
+        libc::SYS_openat2 => {
+            // The flags are the first field of `struct open_how` in the
+            // caller's memory.
+            let mut flags = [0u8; 8];
+            let local = [std::io::IoSliceMut::new(&mut flags)];
+            let remote = [nix::sys::uio::RemoteIoVec {
+                base: *args.get(2)? as usize,
+                len: 8,
+            }];
+            let mut local = local;
+            let read = nix::sys::uio::process_vm_readv(
+                nix::unistd::Pid::from_raw(tid as i32),
+                &mut local,
+                &remote,
+            )
+            .ok()?;
+            (read == 8).then(|| from_flags(u64::from_ne_bytes(flags)))
+        }
+        // The open of the binary and its interpreter: read, as `f_mode`
+        // says; the exec itself is its own event.
+        libc::SYS_execve | libc::SYS_execveat | libc::SYS_uselib => Some(right::bit(right::READ)),
+        _ => None,
+    }
+}
+
+fn boot_time_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+impl Shared {
+    /// `(allow, record)` for one event of thread `tid` on `fd`.
+    fn decide(&self, tid: u32, fd: BorrowedFd<'_>, exec: bool) -> (bool, Option<Box<FileEvent>>) {
+        // The identity record is per process (tgid). A thread id that is a
+        // key is its process's main thread; any other needs /proc.
+        let (tgid, member) = match self.identity.get(&tid, 0) {
+            Ok(member) => (tid, member),
+            Err(_) => {
+                let Some((tgid, _, _)) = proc_status(tid) else {
+                    return (true, None);
+                };
+                if tgid == tid || tgid == self.own_tgid {
+                    return (true, None);
+                }
+                match self.identity.get(&tgid, 0) {
+                    Ok(member) => (tgid, member),
+                    Err(_) => return (true, None),
+                }
+            }
+        };
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        let mut flags = 0;
+        let path = match link {
+            Ok(link) => {
+                let text = link.to_string_lossy().into_owned();
+                match text.strip_suffix(" (deleted)") {
+                    Some(deleted) => {
+                        flags |= file_flags::ANONYMOUS;
+                        deleted.to_string()
+                    }
+                    None => text,
+                }
+            }
+            Err(_) => {
+                flags |= file_flags::PATH_UNRESOLVED;
+                String::new()
+            }
+        };
+        let Ok(rules) = self.rules.read() else {
+            return (false, None);
+        };
+        let generation = rules.generation;
+        let agent = rules
+            .agents
+            .get(&member.agent_id)
+            .cloned()
+            .unwrap_or_else(AgentRules::deny_all);
+        drop(rules);
+        let quarantined = self
+            .runtime
+            .get(&member.agent_id, 0)
+            .is_ok_and(|state| state.quarantined != 0);
+        let both = right::bit(right::READ) | right::bit(right::WRITE);
+        let rights = if exec {
+            right::bit(right::EXEC)
+        } else if flags & file_flags::PATH_UNRESOLVED == 0
+            && !quarantined
+            && agent.decide(&path, both).0 == decision::ALLOW
+        {
+            // Allowed whatever the open asks for: no need to ask.
+            return (true, None);
+        } else {
+            // Not knowing what is asked, assume both: the denial stands.
+            pending_open_rights(tid).unwrap_or(both)
+        };
+        if rights == 0 {
+            return (true, None);
+        }
+        let (found, rule_id, denied) = if flags & file_flags::PATH_UNRESOLVED != 0 {
+            // A path we cannot name is a path we cannot allow.
+            (decision::DENY, 0, rights)
+        } else if exec && flags & file_flags::ANONYMOUS != 0 && !agent.allow_anonymous_exec {
+            (decision::DENY, agent.exec_default_rule, rights)
+        } else {
+            agent.decide(&path, rights)
+        };
+        let changes = rights & !right::bit(right::READ) != 0;
+        let held = changes && quarantined;
+        let verdict = if held {
+            // A breaker's quarantine overrides audit mode.
+            Verdict::Denied
+        } else {
+            verdict_for(found, agent.mode)
+        };
+        if verdict == Verdict::Allowed {
+            return (true, None);
+        }
+        if found == decision::CANARY {
+            flags |= file_flags::CANARY;
+        }
+        let (_, uid, gid) = proc_status(tid).unwrap_or((tgid, 0, 0));
+        let mut event = Box::new(FileEvent::default());
+        let header = &mut event.header;
+        header.version = EVENT_VERSION;
+        header.kind = kind::FILE;
+        header.size = size_of::<FileEvent>() as u32;
+        header.time_boot_ns = boot_time_ns();
+        header.agent_id = member.agent_id;
+        header.pid = tid;
+        header.tgid = tgid;
+        header.uid = uid;
+        header.gid = gid;
+        header.root_tgid = member.root_tgid;
+        header.hook = if exec {
+            hook::FANOTIFY_OPEN_EXEC
+        } else {
+            hook::FANOTIFY_OPEN
+        };
+        header.verdict = verdict as u8;
+        header.mode = if held { mode::QUARANTINE } else { agent.mode };
+        header.rule_id = rule_id;
+        header.generation = generation;
+        if let Ok(comm) = std::fs::read(format!("/proc/{tid}/comm")) {
+            let comm = comm.strip_suffix(b"\n").unwrap_or(&comm);
+            let len = comm.len().min(header.comm.len());
+            header.comm[..len].copy_from_slice(&comm[..len]);
+        }
+        event.rights = rights;
+        event.denied_rights = if held { rights } else { denied };
+        let bytes = path.as_bytes();
+        let len = bytes.len().min(EVENT_PATH_BYTES);
+        event.path[..len].copy_from_slice(&bytes[..len]);
+        event.path_len = len as u32;
+        if bytes.len() > EVENT_PATH_BYTES {
+            event.flags |= file_flags::PATH_TRUNCATED;
+        }
+        event.flags |= flags;
+        (verdict != Verdict::Denied, Some(event))
+    }
+}
+
+// ---------------------------------------------------------------- reporting
+
+/// Which mechanism holds one agent to each right, in words, keyed by right
+/// name (`read`, `write`, `create`, `delete`, `rename`, `exec`).
+///
+/// `lsm`: BPF LSM enforces file rules; `landlock`: the kernel has
+/// Landlock (for `baton exec`); `fanotify`: the listener is running.
+pub fn coverage(
+    agent: &CompiledAgent,
+    lsm: bool,
+    landlock: bool,
+    fanotify: bool,
+) -> BTreeMap<&'static str, String> {
+    const RIGHTS: [(usize, &str); right::COUNT] = [
+        (right::READ, "read"),
+        (right::WRITE, "write"),
+        (right::CREATE, "create"),
+        (right::DELETE, "delete"),
+        (right::RENAME, "rename"),
+        (right::EXEC, "exec"),
+    ];
+    RIGHTS
+        .iter()
+        .map(|(r, name)| {
+            if lsm {
+                return (*name, "BPF LSM".to_string());
+            }
+            let exec_started = if landlock {
+                "baton exec: Landlock"
+            } else {
+                "baton exec: none (no Landlock)"
+            };
+            if !selected_outside_exec(agent) {
+                return (*name, exec_started.to_string());
+            }
+            let default_deny = if *r == right::EXEC {
+                agent.exec_default == decision::DENY
+            } else {
+                agent.file_default == decision::DENY
+            };
+            let others = match *r {
+                _ if !fanotify => "none".to_string(),
+                right::READ | right::WRITE | right::EXEC => {
+                    let what = match *r {
+                        right::EXEC => "exec of deny-listed paths (not executable mappings)",
+                        _ => "opens of deny-listed paths",
+                    };
+                    if default_deny {
+                        format!("fanotify, {what}; the default deny applies only on watched paths")
+                    } else {
+                        format!("fanotify, {what}")
+                    }
+                }
+                _ => "none (fanotify cannot see it)".to_string(),
+            };
+            (
+                *name,
+                format!("{exec_started}; cgroup, unit or executable: {others}"),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::policy::{compile, parse_str};
+
+    fn agent(body: &str) -> CompiledAgent {
+        let text = format!(
+            "apiVersion: baton.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: p\nspec:\n  selector:\n    agent: a\n    executables: [/opt/a]\n{body}"
+        );
+        let set = compile(&parse_str(Path::new("p.yaml"), &text).unwrap(), 1).unwrap();
+        set.agents[&Name("a".into())].clone()
+    }
+
+    #[test]
+    fn decides_as_the_kernel_does() {
+        let rules = AgentRules::of(&agent(
+            "  files:
+    deny:
+      - /srv/secret
+      - path: /etc
+        rights: [write]
+    allow:
+      - path: /srv/secret/public
+        rights: [read]
+  exec:
+    deny: [/usr/bin/nc]
+",
+        ));
+        let read = right::bit(right::READ);
+        let write = right::bit(right::WRITE);
+        let exec = right::bit(right::EXEC);
+        assert_eq!(rules.decide("/srv/secret/key", read).0, decision::DENY);
+        assert_eq!(rules.decide("/srv/secret", read).0, decision::DENY);
+        assert_eq!(rules.decide("/srv/secret-old", read).0, decision::ALLOW);
+        assert_eq!(
+            rules.decide("/srv/secret/public/x", read).0,
+            decision::ALLOW
+        );
+        assert_eq!(rules.decide("/etc/passwd", read).0, decision::ALLOW);
+        let (found, _, denied) = rules.decide("/etc/passwd", read | write);
+        assert_eq!((found, denied), (decision::DENY, write));
+        assert_eq!(rules.decide("/usr/bin/nc", exec).0, decision::DENY);
+        assert_eq!(rules.decide("/usr/bin/nc", read).0, decision::ALLOW);
+        assert_ne!(rules.decide("/usr/bin/nc", exec).1, 0, "the rule is named");
+    }
+
+    #[test]
+    fn files_mark_their_directory_and_subtrees_their_mounts() {
+        let dir = std::env::temp_dir().join(format!("baton-fan-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("tree/inner")).unwrap();
+        std::fs::write(dir.join("file"), "x").unwrap();
+        let d = dir.display().to_string();
+        let mounts = vec!["/".to_string(), format!("{d}/tree/inner"), "/proc".into()];
+        let read = right::bit(right::READ);
+        let (marks, unwatched) = plan_marks(
+            &[
+                (format!("{d}/file"), read),
+                (format!("{d}/tree"), right::bit(right::EXEC)),
+                (format!("{d}/missing/x"), read),
+                (format!("{d}/file2"), right::bit(right::DELETE)),
+            ],
+            &mounts,
+        );
+        let open = MaskFlags::FAN_OPEN_PERM.bits();
+        let exec = MaskFlags::FAN_OPEN_EXEC_PERM.bits();
+        assert_eq!(
+            marks.get(&(MarkKind::Directory, d.clone())),
+            Some(&(open | MaskFlags::FAN_EVENT_ON_CHILD.bits()))
+        );
+        assert_eq!(
+            marks.get(&(MarkKind::Mount, "/".into())),
+            Some(&(open | exec))
+        );
+        assert_eq!(
+            marks.get(&(MarkKind::Mount, format!("{d}/tree/inner"))),
+            Some(&exec),
+            "a mount below a denied tree is marked too"
+        );
+        assert!(!marks.contains_key(&(MarkKind::Mount, "/proc".into())));
+        assert_eq!(unwatched.len(), 1, "{unwatched:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn coverage_never_claims_what_fanotify_cannot_do() {
+        let a = agent("  exec:\n    default: deny\n    allow: [/usr]\n");
+        let by_right = coverage(&a, false, true, true);
+        assert!(by_right["read"].contains("fanotify"));
+        assert!(by_right["create"].ends_with("none (fanotify cannot see it)"));
+        assert!(by_right["exec"].contains("only on watched paths"));
+        let none = coverage(&a, false, true, false);
+        assert!(none["read"].ends_with("executable: none"));
+        assert_eq!(coverage(&a, true, true, true)["delete"], "BPF LSM");
+    }
+}
