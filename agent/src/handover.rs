@@ -222,10 +222,7 @@ mod tests {
         state.save_progress(&progress).unwrap();
         assert_eq!(state.progress().unwrap().unwrap(), progress);
         std::fs::write(dir.join(PROGRESS_FILE), "{").unwrap();
-        assert!(matches!(
-            state.progress(),
-            Err(HandoverError::Parse { .. })
-        ));
+        assert!(matches!(state.progress(), Err(HandoverError::Parse { .. })));
         assert_eq!(state.remove().len(), 2);
         assert!(!dir.exists());
     }

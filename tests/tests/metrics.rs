@@ -680,7 +680,10 @@ fn daemon_is_ready_only_once_it_enforces() {
         .arg("--control-socket")
         .arg(&socket)
         .arg("--pin-dir")
-        .arg(format!("/sys/fs/bpf/baton-test-readyz-{}", std::process::id()))
+        .arg(format!(
+            "/sys/fs/bpf/baton-test-readyz-{}",
+            std::process::id()
+        ))
         .arg("--state-dir")
         .arg(dir.path().join("state"))
         .arg("--cleanup-on-exit")

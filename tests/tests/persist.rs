@@ -138,7 +138,13 @@ fn message_records(daemon: &Daemon, prefix: &str) -> Vec<Value> {
 
 /// The whole life cycle a test of `kind` goes through: enforce, kill -9,
 /// enforce with no daemon, restart and adopt, enforce, uninstall.
-fn survive_kill_and_restart(daemon: &mut Daemon, agent: &str, kind: &str, denied: &str, allowed: &str) {
+fn survive_kill_and_restart(
+    daemon: &mut Daemon,
+    agent: &str,
+    kind: &str,
+    denied: &str,
+    allowed: &str,
+) {
     let prober = Prober::start(daemon, agent, kind, denied, allowed);
     std::thread::sleep(Duration::from_millis(500));
     let before = pinned_program_ids(&daemon.pin_dir);
@@ -152,7 +158,10 @@ fn survive_kill_and_restart(daemon: &mut Daemon, agent: &str, kind: &str, denied
     daemon.restart();
     std::thread::sleep(Duration::from_millis(500));
     let (rounds, leaks, misses) = prober.finish();
-    assert!(rounds > 100, "the loop ran through the kill and restart: {rounds}");
+    assert!(
+        rounds > 100,
+        "the loop ran through the kill and restart: {rounds}"
+    );
     assert_eq!(leaks, 0, "the denied {kind} got through ({rounds} rounds)");
     assert_eq!(misses, 0, "the allowed {kind} failed ({rounds} rounds)");
 
@@ -182,7 +191,11 @@ fn survive_kill_and_restart(daemon: &mut Daemon, agent: &str, kind: &str, denied
         "{message}"
     );
     let down = message_records(daemon, &format!("while no daemon ran, agent {agent}:"));
-    assert_eq!(down.len(), 1, "what happened while no daemon ran is reported");
+    assert_eq!(
+        down.len(),
+        1,
+        "what happened while no daemon ran is reported"
+    );
 }
 
 #[test]
@@ -348,7 +361,11 @@ for step in ('1', '2'):
         .lines()
         .map(str::to_string)
         .collect();
-    assert_eq!(lines, ["1", "ok"], "EPERM while stopped, allowed after uninstall");
+    assert_eq!(
+        lines,
+        ["1", "ok"],
+        "EPERM while stopped, allowed after uninstall"
+    );
     daemon.kill9();
 }
 

@@ -482,7 +482,13 @@ impl Engine {
                     breaker,
                     action,
                     reason,
-                } => Some((*id, a.agent.clone(), breaker.clone(), *action, reason.clone())),
+                } => Some((
+                    *id,
+                    a.agent.clone(),
+                    breaker.clone(),
+                    *action,
+                    reason.clone(),
+                )),
                 _ => None,
             })
             .collect()

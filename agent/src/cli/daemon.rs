@@ -529,8 +529,16 @@ impl State {
     /// it stopped, and re-opens its breakers.
     fn take_over(&mut self, previous: Option<Progress>) {
         let host = self.host.clone();
-        let links = self.adopted.iter().filter(|p| p.starts_with("links/")).count();
-        let maps = self.adopted.iter().filter(|p| p.starts_with("maps/")).count();
+        let links = self
+            .adopted
+            .iter()
+            .filter(|p| p.starts_with("links/"))
+            .count();
+        let maps = self
+            .adopted
+            .iter()
+            .filter(|p| p.starts_with("maps/"))
+            .count();
         let previous_desc = previous.as_ref().map_or_else(
             || "no saved state".to_string(),
             |p| format!("pid {}, state saved at {}", p.pid, p.saved_at),

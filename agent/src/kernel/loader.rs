@@ -271,7 +271,13 @@ impl Enforcer {
         // Packet sockets never reach cgroup/sock_create; only the LSM hook
         // sees them.
         let packet_sockets = if files == ControlState::Enforced {
-            match load_lsm(&mut ebpf, "socket_create", "socket_create", &aya_btf, Some(pins)) {
+            match load_lsm(
+                &mut ebpf,
+                "socket_create",
+                "socket_create",
+                &aya_btf,
+                Some(pins),
+            ) {
                 Ok(()) => ControlState::Enforced,
                 Err(error) => ControlState::Unavailable(format!("BPF LSM socket_create: {error}")),
             }
@@ -282,7 +288,10 @@ impl Enforcer {
         };
         let stale = pins.remove_stale_links()?;
         if !stale.is_empty() {
-            tracing::warn!(?stale, "detached programs a previous daemon attached and this one does not");
+            tracing::warn!(
+                ?stale,
+                "detached programs a previous daemon attached and this one does not"
+            );
         }
         Ok(Self {
             ebpf,

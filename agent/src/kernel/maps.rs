@@ -174,7 +174,11 @@ impl PolicyMaps {
         if generation != 0 {
             self.live = Some(live);
         }
-        self.live_cgroups = self.selected_cgroups.keys().filter_map(Result::ok).collect();
+        self.live_cgroups = self
+            .selected_cgroups
+            .keys()
+            .filter_map(Result::ok)
+            .collect();
         self.live_executables = self
             .selected_executables
             .keys()

@@ -154,10 +154,25 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("baton-http-fwd-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let log = dir.join("log/audit.jsonl");
-        // Reserve a port, then leave it closed: the receiver is down.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
+        // A socket bound but not listening: connects are refused (the
+        // receiver is down) and no other test can take the port meanwhile.
+        use nix::sys::socket::{
+            AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, getsockname, listen,
+            socket,
+        };
+        let reserved = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&reserved),
+            &SockaddrIn::new(127, 0, 0, 1, 0),
+        )
+        .unwrap();
+        let port = getsockname::<SockaddrIn>(std::os::fd::AsRawFd::as_raw_fd(&reserved))
             .unwrap()
             .port();
         let mut config = AuditConfig {
@@ -182,7 +197,8 @@ mod tests {
         std::thread::sleep(Duration::from_millis(400));
 
         // Up, but failing: 500 for the first few requests.
-        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        listen(&reserved, Backlog::new(128).unwrap()).unwrap();
+        let listener = TcpListener::from(reserved);
         let received = Arc::new(Mutex::new(Vec::<u64>::new()));
         let tokens = Arc::new(Mutex::new(Vec::<String>::new()));
         let stop = Arc::new(AtomicBool::new(false));
