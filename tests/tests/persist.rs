@@ -113,6 +113,18 @@ fn pinned_program_ids(pin_dir: &Path) -> Vec<(String, u64)> {
     ids
 }
 
+/// Entries of a pinned map, from bpftool.
+fn map_entries(pin_dir: &Path, map: &str) -> usize {
+    let output = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(pin_dir.join("maps").join(map))
+        .output()
+        .expect("bpftool is installed by cargo xtask setup");
+    let entries: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("bpftool map dump of {map}"));
+    entries.as_array().map_or(0, Vec::len)
+}
+
 /// Whether the kernel still has a program with this id.
 fn program_exists(id: u64) -> bool {
     Command::new("bpftool")
@@ -148,6 +160,11 @@ fn survive_kill_and_restart(
     let prober = Prober::start(daemon, agent, kind, denied, allowed);
     std::thread::sleep(Duration::from_millis(500));
     let before = pinned_program_ids(&daemon.pin_dir);
+    let rules_before = (
+        map_entries(&daemon.pin_dir, "EGRESS_RULES"),
+        map_entries(&daemon.pin_dir, "FILE_RULES"),
+        map_entries(&daemon.pin_dir, "AGENT_POLICIES"),
+    );
     assert!(
         before.iter().any(|(name, _)| name == "connect4"),
         "links are pinned: {before:?}"
@@ -183,6 +200,15 @@ fn survive_kill_and_restart(
             "the old {name} program (id {id}) is still loaded: attached twice"
         );
     }
+    // The restart swapped in its own generation and deleted the adopted
+    // one: one generation's worth of rules, not two.
+    let rules_after = (
+        map_entries(&daemon.pin_dir, "EGRESS_RULES"),
+        map_entries(&daemon.pin_dir, "FILE_RULES"),
+        map_entries(&daemon.pin_dir, "AGENT_POLICIES"),
+    );
+    assert_eq!(rules_before, rules_after, "(egress, file, agent) entries");
+    assert!(rules_after.2 > 0);
     let adopted = message_records(daemon, "adopted ");
     assert_eq!(adopted.len(), 1, "one adoption record");
     let message = adopted[0]["object"]["message"].as_str().unwrap();
