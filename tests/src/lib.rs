@@ -74,6 +74,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     /// Audit log.
     pub audit_log: PathBuf,
+    /// Policy directory, kept for [`Daemon::restart`].
+    policy_dir: PathBuf,
 }
 
 impl Daemon {
@@ -108,36 +110,53 @@ impl Daemon {
     fn launch(dir: TempDir, policy_dir: PathBuf, config_yaml: &str) -> Self {
         let socket = dir.path().join("baton.sock");
         let audit_log = dir.path().join("log/audit.jsonl");
-        let stderr_path = dir.path().join("daemon.stderr");
         // An empty configuration keeps the host's /etc/baton out of the test.
         let config = dir.path().join("config.yaml");
         std::fs::write(&config, config_yaml).unwrap();
-        let child = Command::new(baton_bin())
-            .arg("run")
-            .arg("--policy-dir")
-            .arg(&policy_dir)
-            .arg("--audit-log")
-            .arg(&audit_log)
-            .arg("--control-socket")
-            .arg(&socket)
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr_path).unwrap())
-            .spawn()
-            .expect("spawn baton run");
+        let child = Self::spawn(dir.path(), &policy_dir);
         let mut daemon = Self {
             child,
             dir,
             socket,
             audit_log,
+            policy_dir,
         };
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Starts `baton run` on the layout [`Daemon::launch`] wrote in `dir`;
+    /// its stderr is appended to `daemon.stderr`, across restarts.
+    fn spawn(dir: &Path, policy_dir: &Path) -> Child {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("daemon.stderr"))
+            .unwrap();
+        Command::new(baton_bin())
+            .arg("run")
+            .arg("--policy-dir")
+            .arg(policy_dir)
+            .arg("--audit-log")
+            .arg(dir.join("log/audit.jsonl"))
+            .arg("--control-socket")
+            .arg(dir.join("baton.sock"))
+            .arg("--config")
+            .arg(dir.join("config.yaml"))
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn baton run")
+    }
+
+    /// Returns once the daemon is enforcing (its control socket exists).
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !daemon.socket.exists() {
-            if let Ok(Some(status)) = daemon.child.try_wait() {
+        while !self.socket.exists() {
+            if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
                     "baton run exited with {status} before it was ready:\n{}",
-                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                    self.stderr()
                 );
             }
             assert!(
@@ -146,7 +165,61 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        daemon
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash or the OOM killer would:
+    /// no shutdown code runs. Returns once it is gone.
+    pub fn kill(&mut self) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+
+    /// Stops the daemon with SIGTERM (a clean shutdown, which signs the
+    /// log's head) and waits for it; panics if it does not exit in 10 s.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "baton run did not stop within 10 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the daemon again on the same policies, configuration, audit
+    /// log and socket, after [`Daemon::kill`] or [`Daemon::stop`].
+    pub fn restart(&mut self) {
+        assert!(
+            matches!(self.child.try_wait(), Ok(Some(_))),
+            "restart needs the daemon stopped first"
+        );
+        // A killed daemon leaves its socket file behind; readiness is told
+        // by the new daemon creating it.
+        let _ = std::fs::remove_file(&self.socket);
+        self.child = Self::spawn(self.dir.path(), &self.policy_dir);
+        self.wait_ready();
+    }
+
+    /// `baton status --json` from the running daemon.
+    pub fn status(&self) -> Value {
+        let output = Command::new(baton_bin())
+            .args(["status", "--json", "--control-socket"])
+            .arg(&self.socket)
+            .output()
+            .expect("spawn baton status");
+        assert!(
+            output.status.success(),
+            "baton status failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("baton status --json prints JSON")
     }
 
     /// Runs `command` inside `agent` through `baton exec`.

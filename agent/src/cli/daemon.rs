@@ -888,7 +888,7 @@ async fn serve(
             None
         }
     };
-    let mut enforcer = Enforcer::load()?;
+    let mut enforcer = Enforcer::load(settings.audit.events_per_second)?;
     let mut maps = PolicyMaps::new(&mut enforcer.ebpf)?;
     let mut registry = AgentRegistry::new();
     registry.sync(&compiled);
