@@ -784,6 +784,7 @@ fn a_daemon_killed_while_writing_leaves_a_log_that_verifies_or_ends_incomplete()
 
         let output = verify_all(&pubkey, &daemon);
         let all = text(&output);
+        eprintln!("round {round}: verify exited with {}", output.status);
         assert!(!all.contains("TAMPERED"), "round {round}: {all}");
         match output.status.code() {
             Some(0) => assert!(all.contains("OK: the chain"), "round {round}: {all}"),
@@ -957,6 +958,7 @@ fn a_flood_of_denials_is_rate_limited_counted_exactly_and_the_daemon_answers() {
         flood.join().unwrap()
     });
     let elapsed = started.elapsed();
+    eprintln!("flood: {asked} status calls, slowest {slowest:?}, {elapsed:?}");
     assert!(output.status.success(), "{}", text(&output));
     assert!(
         asked >= 10,
@@ -1031,6 +1033,7 @@ fn a_flood_of_denials_is_rate_limited_counted_exactly_and_the_daemon_answers() {
     }
     assert!(daemon.stop().success(), "{}", daemon.stderr());
     let (written, suppressed) = account(&daemon);
+    eprintln!("flood: {denied} denied, {written} recorded, {suppressed} suppressed");
     assert_eq!(written + suppressed, denied);
     assert!(suppressed > 0);
     // The bucket holds one second's worth and refills at the rate.
@@ -1060,4 +1063,65 @@ fn a_flood_of_denials_is_rate_limited_counted_exactly_and_the_daemon_answers() {
         "{}",
         text(&output)
     );
+}
+
+#[test]
+#[ignore = "needs a kernel booted with BPF LSM: runs inside the test VMs (cargo xtask test)"]
+fn vm_a_denied_open_from_sh_python_curl_is_recorded_with_every_field_and_the_chain() {
+    let files = TempDir::new("audit-open");
+    // Readable by anyone: only Baton stands between the agent and it.
+    std::fs::set_permissions(files.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let secret_dir = files.path().join("secret");
+    std::fs::create_dir_all(&secret_dir).unwrap();
+    let secret = secret_dir.join("key.txt");
+    std::fs::write(&secret, "key").unwrap();
+    let daemon = Daemon::start(
+        "audit-open",
+        &[(
+            "p.yaml",
+            policy(
+                "no-secrets",
+                "demo",
+                &format!(
+                    "  egress:\n    default: deny\n  files:\n    deny:\n      - {}\n",
+                    secret_dir.display()
+                ),
+            ),
+        )],
+    );
+    assert!(
+        !daemon.stderr().contains("file rules are NOT enforced"),
+        "BPF LSM must load in the VM:\n{}",
+        daemon.stderr()
+    );
+    let url = format!("file://{}", secret.display());
+    let command = sh_python_runs(&curl_with_retries(&url));
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    let output = daemon.exec("demo", &command);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("Couldn't open file"),
+        "curl was refused: {}",
+        text(&output)
+    );
+    let pids = printed_pids(&output);
+
+    let path = secret.display().to_string();
+    let record =
+        daemon.wait_for_record(|r| r["control"] == "file" && r["object"]["path"] == path.as_str());
+    assert_decision_header(
+        &record,
+        "demo",
+        "file",
+        "file_open",
+        ("no-secrets", "files.deny[0]"),
+        (65534, 65534),
+    );
+    assert_eq!(strings(&record["object"]["rights"]), ["read"], "{record}");
+    assert_eq!(
+        strings(&record["object"]["denied_rights"]),
+        ["read"],
+        "{record}"
+    );
+    assert_curl_python_sh_chain(&record, &url, pids);
 }
