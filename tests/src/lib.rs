@@ -151,7 +151,10 @@ impl Daemon {
 
     /// Returns once the daemon is enforcing (its control socket exists).
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Loading and verifying the programs takes about a second on a
+        // host kernel and close to a minute under the VM suite's emulated
+        // CPUs on a busy machine.
+        let deadline = Instant::now() + Duration::from_secs(180);
         while !self.socket.exists() {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
@@ -161,7 +164,7 @@ impl Daemon {
             }
             assert!(
                 Instant::now() < deadline,
-                "baton run was not ready within 60 s"
+                "baton run was not ready within 180 s"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
