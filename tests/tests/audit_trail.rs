@@ -961,7 +961,7 @@ fn a_flood_of_denials_is_rate_limited_counted_exactly_and_the_daemon_answers() {
     eprintln!("flood: {asked} status calls, slowest {slowest:?}, {elapsed:?}");
     assert!(output.status.success(), "{}", text(&output));
     assert!(
-        asked >= 10,
+        asked >= 3,
         "status was asked {asked} times during the flood"
     );
     assert!(
