@@ -119,8 +119,11 @@ pub struct EventHeader {
     pub rule_id: u32,
     /// Policy generation the decision was made under.
     pub generation: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// tgid of the process's parent (`real_parent`) at the decision; 0 when
+    /// it could not be read. Carried so the ancestor chain can be walked
+    /// from the parent even when the process exits before the daemon
+    /// looks it up in procfs.
+    pub ppid: u32,
     /// `comm` of the thread, NUL-padded.
     pub comm: [u8; COMM_BYTES],
 }

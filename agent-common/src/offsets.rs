@@ -55,11 +55,13 @@ pub struct KernelOffsets {
     pub mount_mnt_mountpoint: u32,
     /// `struct vfsmount.mnt_root`.
     pub vfsmount_mnt_root: u32,
+    /// `struct task_struct.real_parent`.
+    pub task_real_parent: u32,
     /// Non-zero once the daemon has filled the offsets in; programs refuse to
     /// read kernel memory before that.
     pub resolved: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 92);
+const _: () = assert!(size_of::<KernelOffsets>() == 96);
 
 /// Name of the global holding [`KernelOffsets`] in the eBPF object.
 pub const KERNEL_OFFSETS_GLOBAL: &str = "KERNEL_OFFSETS";

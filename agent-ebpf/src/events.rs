@@ -8,10 +8,34 @@ use agent_common::{
 };
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-    bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+    bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
 };
 
-use crate::maps::{EVENT_DROPS, count};
+use crate::maps::{EVENT_DROPS, count, kernel_offsets};
+
+/// tgid of the current process's parent, or 0 when it cannot be read.
+///
+/// The daemon walks the ancestor chain in procfs; a process that exits
+/// right after its denied call is gone from procfs by then, and this is
+/// the only way back to its parent. Only runs when an event is written.
+#[inline(always)]
+fn parent_tgid() -> u32 {
+    let offsets = kernel_offsets();
+    if offsets.resolved == 0 {
+        return 0;
+    }
+    // SAFETY: the current task is valid for the whole program run; offsets
+    // come from this kernel's BTF; the helper faults safely.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let Ok(parent) =
+            bpf_probe_read_kernel(task.add(offsets.task_real_parent as usize) as *const *const u8)
+        else {
+            return 0;
+        };
+        bpf_probe_read_kernel(parent.add(offsets.task_tgid as usize) as *const u32).unwrap_or(0)
+    }
+}
 
 /// What the hook decided, for the header.
 pub struct Decision {
@@ -50,7 +74,7 @@ pub fn fill_header(
     header.mode = decision.mode;
     header.rule_id = decision.rule_id;
     header.generation = decision.generation;
-    header._pad = 0;
+    header.ppid = parent_tgid();
     header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
 }
 

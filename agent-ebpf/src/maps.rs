@@ -128,6 +128,7 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     mount_mnt_parent: 0,
     mount_mnt_mountpoint: 0,
     vfsmount_mnt_root: 0,
+    task_real_parent: 0,
     resolved: 0,
 };
 

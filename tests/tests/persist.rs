@@ -169,7 +169,7 @@ fn survive_kill_and_restart(
         before.iter().any(|(name, _)| name == "connect4"),
         "links are pinned: {before:?}"
     );
-    daemon.kill9();
+    daemon.kill();
     // No daemon at all for a while: the pinned programs decide alone.
     std::thread::sleep(Duration::from_secs(2));
     daemon.restart();
@@ -294,7 +294,7 @@ fn a_killed_daemon_keeps_enforcing_and_a_restart_adopts_with_no_gap() {
 
     // A clean stop without --cleanup-on-exit leaves enforcement in place
     // (fail-closed) ...
-    daemon.kill9();
+    daemon.kill();
     let outside_policy = Command::new("python3")
         .args(["-c", "print(1)"])
         .output()
@@ -392,7 +392,7 @@ for step in ('1', '2'):
         ["1", "ok"],
         "EPERM while stopped, allowed after uninstall"
     );
-    daemon.kill9();
+    daemon.kill();
 }
 
 #[test]
@@ -432,7 +432,7 @@ fn vm_a_killed_daemon_keeps_denying_opens_and_a_restart_adopts_with_no_gap() {
         secret.to_str().unwrap(),
         public.to_str().unwrap(),
     );
-    daemon.kill9();
+    daemon.kill();
     assert!(daemon.uninstall().status.success());
     assert!(!daemon.pin_dir.exists());
 }

@@ -51,6 +51,11 @@ enum Task {
         /// only place BPF LSM file enforcement is tested.
         #[arg(long)]
         no_vm: bool,
+        /// Run only the tests whose names contain this, on the host and in
+        /// each VM (libtest's name filter), e.g. `--filter audit` while
+        /// working on one area. The full run is what counts.
+        #[arg(long)]
+        filter: Option<String>,
     },
     /// Run a command inside a test kernel with BPF LSM enabled.
     Vm {
@@ -210,7 +215,7 @@ fn run_task(task: Task) -> Result<()> {
             build()
         }
         Task::Run { args } => run_daemon(&args),
-        Task::Test { no_vm } => test::run(!no_vm),
+        Task::Test { no_vm, filter } => test::run(!no_vm, filter.as_deref()),
         Task::Vm { kernel, command } => run_vm(&kernel, &command),
         Task::Lint => lint(),
         Task::Bench(args) => bench::run(&args),

@@ -111,10 +111,14 @@ fn test_binaries() -> Result<Vec<TestBinary>> {
     Ok(binaries)
 }
 
-fn host_suite() -> Result<Counts> {
+fn host_suite(filter: Option<&str>) -> Result<Counts> {
     println!("\ntest: unit and host-kernel integration tests (cargo test)");
-    let mut child = cargo()
-        .args(["test", "--no-fail-fast"])
+    let mut command = cargo();
+    command.args(["test", "--no-fail-fast"]);
+    if let Some(filter) = filter {
+        command.args(["--", filter]);
+    }
+    let mut child = command
         .stdout(Stdio::piped())
         .spawn()
         .context("cannot start cargo test")?;
@@ -134,7 +138,7 @@ fn host_suite() -> Result<Counts> {
     Ok(counts)
 }
 
-fn vm_script(root: &Path, results: &Path, binaries: &[TestBinary]) -> String {
+fn vm_script(root: &Path, results: &Path, binaries: &[TestBinary], filter: Option<&str>) -> String {
     let mut script = String::from("set -u\n");
     let _ = writeln!(script, "cd {}", util::shell_quote(root));
     let _ = writeln!(
@@ -154,10 +158,12 @@ fn vm_script(root: &Path, results: &Path, binaries: &[TestBinary]) -> String {
         // integration binaries, the tests that need BPF LSM (marked ignored
         // on the host). Everything else already ran on the host kernel, and
         // under emulation it would only add time and timing noise.
-        let args = if binary.package == "agent" {
-            "kernel:: --test-threads=1"
-        } else {
-            "--ignored --test-threads=1"
+        // A filter given narrows both to the tests it names.
+        let filter = filter.map_or_else(String::new, |f| format!(" {}", util::shell_quote(f)));
+        let args = match (binary.package == "agent", filter.is_empty()) {
+            (true, true) => "kernel:: --test-threads=1".to_string(),
+            (true, false) => format!("--test-threads=1{filter}"),
+            (false, _) => format!("--ignored --test-threads=1{filter}"),
         };
         let label = binary.label();
         let log = util::shell_quote(results.join(format!("{label}.log")));
@@ -171,7 +177,12 @@ fn vm_script(root: &Path, results: &Path, binaries: &[TestBinary]) -> String {
     script
 }
 
-fn vm_suite(kit: &setup::Kit, kernel: &setup::KernelImage, binaries: &[TestBinary]) -> Counts {
+fn vm_suite(
+    kit: &setup::Kit,
+    kernel: &setup::KernelImage,
+    binaries: &[TestBinary],
+    filter: Option<&str>,
+) -> Counts {
     println!("\ntest: VM suite on {} ({})", kernel.name, kernel.release);
     let root = workspace_root();
     let results = root.join("target/vm-results").join(&kernel.name);
@@ -193,7 +204,8 @@ fn vm_suite(kit: &setup::Kit, kernel: &setup::KernelImage, binaries: &[TestBinar
         .cloned()
         .collect();
     let script_path = results.join("suite.sh");
-    if let Err(error) = std::fs::write(&script_path, vm_script(&root, &results, &selected)) {
+    if let Err(error) = std::fs::write(&script_path, vm_script(&root, &results, &selected, filter))
+    {
         return Counts {
             error: Some(format!("cannot write {}: {error}", script_path.display())),
             ..Counts::default()
@@ -258,19 +270,20 @@ fn vm_suite(kit: &setup::Kit, kernel: &setup::KernelImage, binaries: &[TestBinar
     counts
 }
 
-/// Runs everything; `vm` is false only when a person passed `--no-vm`.
-pub fn run(vm: bool) -> Result<()> {
+/// Runs everything; `vm` is false only when a person passed `--no-vm`;
+/// `filter` narrows every suite to the tests whose names contain it.
+pub fn run(vm: bool, filter: Option<&str>) -> Result<()> {
     let kit = setup::setup(&setup::SetupOptions { vm })?;
     crate::build()?;
     let mut suites: Vec<(String, Counts)> = Vec::new();
-    suites.push(("unit + host kernel".into(), host_suite()?));
+    suites.push(("unit + host kernel".into(), host_suite(filter)?));
     if vm {
         let binaries = test_binaries()?;
         if kit.kernels.is_empty() {
             bail!("the VM kit has no kernels; setup should have fetched them");
         }
         for kernel in &kit.kernels {
-            let counts = vm_suite(&kit, kernel, &binaries);
+            let counts = vm_suite(&kit, kernel, &binaries, filter);
             suites.push((format!("VM {} ({})", kernel.name, kernel.release), counts));
         }
     }
@@ -294,6 +307,9 @@ pub fn run(vm: bool) -> Result<()> {
             "{:32} SKIPPED: --no-vm was given; BPF LSM enforcement was NOT tested",
             "VM suite"
         );
+    }
+    if let Some(filter) = filter {
+        println!("only tests whose names contain {filter:?} ran (--filter)");
     }
     let errors = suites.iter().filter(|(_, c)| c.error.is_some()).count() as u64;
     println!(
@@ -321,5 +337,38 @@ mod tests {
         let c = parse_result_line("test result: FAILED. 0 passed; 4 failed; 0 ignored").unwrap();
         assert_eq!(c.failed, 4);
         assert!(parse_result_line("running 3 tests").is_none());
+    }
+
+    #[test]
+    fn a_filter_narrows_what_the_vm_runs() {
+        let binary = |package: &str, kind: &str, path: &str| TestBinary {
+            package: package.into(),
+            kind: kind.into(),
+            name: "x".into(),
+            path: path.into(),
+        };
+        let binaries = [
+            binary("agent", "lib", "/t/baton-1"),
+            binary("baton-tests", "test", "/t/audit_trail-2"),
+        ];
+        let (root, results) = (Path::new("/w"), Path::new("/r"));
+        let script = vm_script(root, results, &binaries, None);
+        assert!(
+            script.contains("/t/baton-1 kernel:: --test-threads=1 >"),
+            "{script}"
+        );
+        assert!(
+            script.contains("/t/audit_trail-2 --ignored --test-threads=1 >"),
+            "{script}"
+        );
+        let script = vm_script(root, results, &binaries, Some("vm_a denied"));
+        assert!(
+            script.contains("/t/baton-1 --test-threads=1 'vm_a denied' >"),
+            "{script}"
+        );
+        assert!(
+            script.contains("/t/audit_trail-2 --ignored --test-threads=1 'vm_a denied' >"),
+            "{script}"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! ```yaml
 //! audit:
+//!   eventsPerSecond: 1000
 //!   rotation: { maxBytes: 104857600, maxAgeSeconds: 86400, keepFiles: 0 }
 //!   checkpoints: { everyRecords: 1000, everySeconds: 60 }
 //!   keyFile: /var/lib/baton/audit.key
@@ -32,6 +33,12 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/baton";
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct AuditConfig {
+    /// Kernel events each agent may send per second (a token bucket that
+    /// holds one second's worth); decisions beyond it are still enforced
+    /// and counted, and the daemon records how many were left out. 0 is
+    /// unlimited [default: 1000].
+    #[serde(alias = "events_per_second")]
+    pub events_per_second: u32,
     /// When the active file is rotated.
     pub rotation: RotationConfig,
     /// When signed checkpoints are written.
@@ -51,6 +58,7 @@ pub struct AuditConfig {
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
+            events_per_second: agent_common::identity::DEFAULT_EVENTS_PER_SECOND,
             rotation: RotationConfig::default(),
             checkpoints: CheckpointConfig::default(),
             key_file: DEFAULT_KEY_FILE.into(),
@@ -299,6 +307,9 @@ mod tests {
         );
         config.validate().unwrap();
         assert!(serde_norway::from_str::<AuditConfig>("rotaton: {}").is_err());
+        assert_eq!(config.events_per_second, 1000);
+        let config: AuditConfig = serde_norway::from_str("eventsPerSecond: 20").unwrap();
+        assert_eq!(config.events_per_second, 20);
     }
 
     #[test]

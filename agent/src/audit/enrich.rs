@@ -39,10 +39,23 @@ pub(crate) struct ProcessInfo {
     pub(crate) ppid: Option<u32>,
 }
 
+/// cgroup directories visited at most when resolving one cgroup id.
+const CGROUP_WALK_LIMIT: usize = 16_384;
+
+/// How long a cgroup id that matched no directory is not looked for again:
+/// a flood of events from exited processes must not walk the tree each.
+const CGROUP_MISS_TTL: Duration = Duration::from_secs(2);
+
 /// Per-process enrichment cache.
 #[derive(Debug, Default)]
 pub struct ProcessCache {
     entries: HashMap<u32, (Instant, ProcessInfo)>,
+    /// cgroup v2 id → path, as procfs or the cgroup tree named it.
+    cgroups: HashMap<u64, String>,
+    /// cgroup ids lately looked for in vain.
+    cgroup_misses: HashMap<u64, Instant>,
+    /// The cgroup v2 mount point, once found.
+    cgroup_root: Option<std::path::PathBuf>,
 }
 
 impl ProcessCache {
@@ -67,16 +80,20 @@ impl ProcessCache {
         info
     }
 
-    /// The ancestors of `tgid` from its parent up to `root` (the agent's
-    /// root process) inclusive. Stops early where a process has exited
-    /// and is not cached, and at pid 1, which is never part of an agent.
+    /// [`Self::ancestors_from`] with the parent read from procfs only.
+    #[cfg(test)]
     pub(crate) fn ancestors(&mut self, tgid: u32, root: u32) -> Vec<AuditAncestor> {
         self.ancestors_from(tgid, None, root)
     }
 
-    /// Like [`Self::ancestors`], with the parent's pid as the kernel saw it
-    /// at the event: the chain can then be walked even when `tgid` itself
-    /// has already exited.
+    /// The ancestors of `tgid` from its parent up to `root` (the agent's
+    /// root process) inclusive. Stops early where a process has exited
+    /// and is not cached, and at pid 1, which is never part of an agent.
+    ///
+    /// `parent` is the parent's pid as the kernel saw it at the event. It
+    /// wins over procfs: the chain can then be walked even when `tgid` has
+    /// already exited, and a process whose parent exited since (and which
+    /// was reparented) still names the parent it had when it acted.
     pub fn ancestors_from(
         &mut self,
         tgid: u32,
@@ -87,7 +104,7 @@ impl ProcessCache {
         if tgid == root || tgid == 0 {
             return chain;
         }
-        let mut current = self.lookup(tgid).ppid.or(parent);
+        let mut current = parent.or_else(|| self.lookup(tgid).ppid);
         while let Some(pid) = current {
             if pid <= 1 || chain.len() >= ANCESTOR_LIMIT {
                 break;
@@ -105,6 +122,59 @@ impl ProcessCache {
             current = info.ppid;
         }
         chain
+    }
+
+    /// The cgroup v2 path of the cgroup with id `id`, for a process procfs
+    /// no longer has. `seen` is what procfs said for this id, if anything,
+    /// and is remembered for later.
+    ///
+    /// A cgroup v2 id is the inode number of the cgroup's directory, so an
+    /// id not seen before is looked up in the cgroup tree itself.
+    pub(crate) fn cgroup_path(&mut self, id: u64, seen: Option<&str>) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        if self.cgroup_root.is_none() {
+            self.cgroup_root = crate::kernel::cgroup::cgroup2_mount().ok();
+        }
+        let root = self.cgroup_root.clone();
+        if let Some(path) = seen {
+            // Remembered only if it is the event's cgroup: the process may
+            // have moved since.
+            let same = root.as_ref().is_some_and(|root| {
+                std::fs::metadata(root.join(path.trim_start_matches('/')))
+                    .is_ok_and(|m| m.ino() == id)
+            });
+            if same {
+                if self.cgroups.len() >= PROCESS_CACHE_LIMIT {
+                    self.cgroups.clear();
+                }
+                self.cgroups.insert(id, path.to_string());
+            }
+            return Some(path.to_string());
+        }
+        if let Some(path) = self.cgroups.get(&id) {
+            return Some(path.clone());
+        }
+        if self
+            .cgroup_misses
+            .get(&id)
+            .is_some_and(|at| at.elapsed() < CGROUP_MISS_TTL)
+        {
+            return None;
+        }
+        match find_cgroup(&root?, id) {
+            Some(path) => {
+                self.cgroup_misses.remove(&id);
+                self.cgroups.insert(id, path.clone());
+                Some(path)
+            }
+            None => {
+                if self.cgroup_misses.len() >= PROCESS_CACHE_LIMIT {
+                    self.cgroup_misses.clear();
+                }
+                self.cgroup_misses.insert(id, Instant::now());
+                None
+            }
+        }
     }
 
     /// Drops what is cached for `tgid` (its process is gone or exec'd).
@@ -139,6 +209,34 @@ fn read_process(tgid: u32) -> ProcessInfo {
         cgroup,
         ppid,
     }
+}
+
+/// The path (from the cgroup v2 root, `/` for the root itself) of the
+/// directory under `root` whose inode number is `id`, walking at most
+/// [`CGROUP_WALK_LIMIT`] directories.
+fn find_cgroup(root: &std::path::Path, id: u64) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut pending = vec![root.to_path_buf()];
+    let mut visited = 0;
+    while let Some(dir) = pending.pop() {
+        visited += 1;
+        if visited > CGROUP_WALK_LIMIT {
+            return None;
+        }
+        if std::fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
+            let relative = dir.strip_prefix(root).ok()?;
+            return Some(format!("/{}", relative.display()));
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            pending.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    None
 }
 
 /// Splits a NUL-separated command line, keeping whole arguments up to
@@ -189,6 +287,38 @@ mod tests {
         // Empty arguments are arguments too.
         let (args, _) = split_cmdline(b"printf\0\0x\0");
         assert_eq!(args, ["printf", "", "x"]);
+    }
+
+    #[test]
+    fn cgroup_ids_resolve_to_their_paths() {
+        use std::os::unix::fs::MetadataExt;
+        let root = crate::kernel::cgroup::cgroup2_mount().expect("cgroup v2 is mounted");
+        let mine = std::fs::read_to_string("/proc/self/cgroup")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+            .expect("a cgroup v2 line");
+        let dir = root.join(mine.trim_start_matches('/'));
+        let id = std::fs::metadata(&dir).unwrap().ino();
+        let mut cache = ProcessCache::default();
+        assert_eq!(cache.cgroup_path(id, None).as_deref(), Some(mine.as_str()));
+        assert_eq!(cache.cgroup_path(1, None).as_deref(), Some("/"));
+        // No directory has inode 0; the miss is remembered, not re-walked.
+        assert_eq!(cache.cgroup_path(0, None), None);
+        assert!(cache.cgroup_misses.contains_key(&0));
+        // What procfs said is remembered for the process's exited
+        // siblings, when it is the event's cgroup.
+        let mut cache = ProcessCache::default();
+        assert_eq!(
+            cache.cgroup_path(id, Some(&mine)).as_deref(),
+            Some(mine.as_str())
+        );
+        assert_eq!(cache.cgroups.get(&id), Some(&mine));
+        assert_eq!(
+            cache.cgroup_path(u64::MAX, Some("/x")).as_deref(),
+            Some("/x")
+        );
+        assert!(!cache.cgroups.contains_key(&u64::MAX));
     }
 
     #[test]

@@ -545,7 +545,10 @@ impl AuditRecord {
             other => return Err(DecodeError::Kind(other)),
         };
         let info = processes.lookup(header.tgid);
-        let ancestors = processes.ancestors(header.tgid, header.root_tgid);
+        // The kernel's parent pid keeps the chain when the process itself
+        // has already exited (procfs then no longer names its parent).
+        let parent = (header.ppid != 0).then_some(header.ppid);
+        let ancestors = processes.ancestors_from(header.tgid, parent, header.root_tgid);
         let rule = (header.rule_id != 0).then(|| {
             let (policy, id) = (context.rule)(header.rule_id)
                 .unwrap_or_else(|| ("<unknown>".to_string(), "<unknown>".to_string()));
@@ -581,7 +584,8 @@ impl AuditRecord {
                 cmdline: info.cmdline,
                 cmdline_truncated: info.cmdline_truncated,
                 cgroup_id: header.cgroup_id,
-                cgroup: info.cgroup,
+                // A process that has exited still names its cgroup by id.
+                cgroup: processes.cgroup_path(header.cgroup_id, info.cgroup.as_deref()),
                 agent_root_pid: header.root_tgid,
                 ancestors,
             }),
@@ -641,6 +645,30 @@ mod tests {
             assert_eq!(json["rule"]["id"], "egress.deny[0]");
             assert_eq!(json["process"]["comm"], "curl");
             assert!(json["process"].get("exe").is_none());
+            assert!(json["process"].get("ancestors").is_none());
+        });
+        // The process is gone, but the kernel named its parent (this test
+        // process): the chain is walked from there up to the root.
+        let me = std::process::id();
+        let parent = ProcessCache::default()
+            .lookup(me)
+            .ppid
+            .expect("this process has a parent");
+        e.header.ppid = me;
+        e.header.root_tgid = parent;
+        context_test(|context| {
+            let record =
+                AuditRecord::from_event(as_bytes(&e), context, &mut ProcessCache::default())
+                    .unwrap();
+            let json = serde_json::to_value(&record).unwrap();
+            let pids: Vec<u64> = json["process"]["ancestors"]
+                .as_array()
+                .expect("ancestors")
+                .iter()
+                .map(|a| a["pid"].as_u64().unwrap())
+                .collect();
+            assert_eq!(pids, [u64::from(me), u64::from(parent)]);
+            assert!(json["process"]["ancestors"][0]["exe"].is_string());
         });
     }
 

@@ -1144,7 +1144,7 @@ async fn serve(
             None
         }
     };
-    let mut enforcer = Enforcer::load(&pins)?;
+    let mut enforcer = Enforcer::load(&pins, settings.audit.events_per_second)?;
     let mut maps = PolicyMaps::new(&mut enforcer.ebpf)?;
     let mut registry = match &previous_registry {
         Some(previous) => AgentRegistry::restore(

@@ -359,6 +359,7 @@ impl Btf {
             mount_mnt_parent: self.member_offset("mount", "mnt_parent")?,
             mount_mnt_mountpoint: self.member_offset("mount", "mnt_mountpoint")?,
             vfsmount_mnt_root: self.member_offset("vfsmount", "mnt_root")?,
+            task_real_parent: self.member_offset("task_struct", "real_parent")?,
             resolved: 1,
         })
     }

@@ -2,7 +2,10 @@
 
 use std::{fs::File, path::PathBuf};
 
-use agent_common::offsets::{KERNEL_OFFSETS_GLOBAL, KernelOffsets};
+use agent_common::{
+    identity::EVENTS_PER_SECOND_GLOBAL,
+    offsets::{KERNEL_OFFSETS_GLOBAL, KernelOffsets},
+};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     programs::{
@@ -161,7 +164,8 @@ impl Enforcer {
     /// Maps are shared with (or, on a first start, pinned in) `pins`, and
     /// every link is pinned there, replacing a previous daemon's link for
     /// the same program only once the new one is attached.
-    pub fn load(pins: &PinDir) -> Result<Self, KernelError> {
+    /// `events_per_second` is each agent's event rate (0: unlimited).
+    pub fn load(pins: &PinDir, events_per_second: u32) -> Result<Self, KernelError> {
         let btf = Btf::from_kernel()?;
         let offsets = btf.kernel_offsets()?;
         let aya_btf = aya::Btf::from_sys_fs()?;
@@ -169,7 +173,8 @@ impl Enforcer {
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&aya_btf))
-            .override_global(KERNEL_OFFSETS_GLOBAL, &offsets, true);
+            .override_global(KERNEL_OFFSETS_GLOBAL, &offsets, true)
+            .override_global(EVENTS_PER_SECOND_GLOBAL, &events_per_second, true);
         for name in &pinned {
             loader.map_pin_path(name.as_str(), pins.map_path(name));
         }
