@@ -585,6 +585,12 @@ fn wait_for_tcp(addr: &str, what: &str) {
 /// `--address` entries, never forwarding anywhere.
 pub fn dnsmasq(addresses: &[(&str, &str)]) -> (Service, u16) {
     let port = free_port("127.0.0.1");
+    (dnsmasq_on("127.0.0.1", port, addresses), port)
+}
+
+/// [`dnsmasq`] on `ip:port`, for a resolver named in a resolv.conf (which
+/// has no port: 53 it is).
+pub fn dnsmasq_on(ip: &str, port: u16, addresses: &[(&str, &str)]) -> Service {
     let mut command = Command::new("dnsmasq");
     command.args([
         "--keep-in-foreground",
@@ -592,7 +598,7 @@ pub fn dnsmasq(addresses: &[(&str, &str)]) -> (Service, u16) {
         "--no-hosts",
         "--no-poll",
         "--bind-interfaces",
-        "--listen-address=127.0.0.1",
+        &format!("--listen-address={ip}"),
         "--user=root",
         "--pid-file",
         "--local-ttl=60",
@@ -607,8 +613,8 @@ pub fn dnsmasq(addresses: &[(&str, &str)]) -> (Service, u16) {
         .spawn()
         .expect("dnsmasq is installed by cargo xtask setup");
     let service = Service(child);
-    wait_for_tcp(&format!("127.0.0.1:{port}"), "dnsmasq");
-    (service, port)
+    wait_for_tcp(&format!("{ip}:{port}"), "dnsmasq");
+    service
 }
 
 /// A static HTTP server (Python's) serving `dir` on `ip:port`.

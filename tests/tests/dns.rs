@@ -456,3 +456,54 @@ fn an_agent_in_its_own_network_namespace_resolves_through_the_proxy() {
         "blocked.test stays refused in the namespace"
     );
 }
+
+/// A daemon that started with no usable resolver (none was needed: no
+/// domain rules) sets the DNS proxy up when a reload brings the first
+/// domain rules, reading the resolver configuration again.
+#[test]
+fn the_first_domain_rules_can_arrive_by_reload() {
+    let world = world("dns-late");
+    let port = world.http_port;
+    let upstream_conf = world.dir.path().join("upstream-resolv.conf");
+    let daemon = Daemon::start_with_config(
+        "dns-late",
+        &[(
+            "p.yaml",
+            policy("web", "web", "  egress:\n    default: deny\n"),
+        )],
+        &format!(
+            "dns:\n  resolvConf: {}\n  minTtlSeconds: 1\n",
+            upstream_conf.display()
+        ),
+    );
+    // Now there is an upstream (resolv.conf has no ports: 53 on an address
+    // of its own), and a policy that needs it.
+    let _upstream = baton_tests::dnsmasq_on("127.0.0.77", 53, &[("allowed.test", "127.0.0.2")]);
+    std::fs::write(&upstream_conf, "nameserver 127.0.0.77\n").unwrap();
+    let file = daemon.dir.path().join("policies/p.yaml");
+    let tmp = file.with_extension("tmp-write");
+    std::fs::write(&tmp, web_policy("web", "allowed.test", port, "")).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !daemon.records().iter().any(|r| {
+        r["object"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("generation 2 loaded"))
+    }) {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let curl = run_in_agent(
+        &daemon,
+        "web",
+        &world,
+        &format!("curl -sS --noproxy '*' http://allowed.test:{port}/index.html"),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&curl.stdout),
+        "hello from the test server\n",
+        "curl to a name allowed by the reload: {}\n{}",
+        String::from_utf8_lossy(&curl.stderr),
+        daemon.stderr()
+    );
+}

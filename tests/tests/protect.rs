@@ -252,12 +252,19 @@ fn vm_an_agent_cannot_touch_bpffs_cgroups_or_baton_files() {
         let path = daemon.pin_dir.join(pin);
         let path = path.to_str().unwrap();
         assert!(Path::new(path).exists(), "{path} is pinned");
-        assert_eq!(in_agent(&cgroup, &[HELPER, "unlink", path]), EPERM, "{path}");
+        assert_eq!(
+            in_agent(&cgroup, &[HELPER, "unlink", path]),
+            EPERM,
+            "{path}"
+        );
         assert!(Path::new(path).exists(), "{path} is still pinned");
     }
     let links = daemon.pin_dir.join("links").display().to_string();
     let moved = format!("{}-moved", daemon.pin_dir.display());
-    assert_eq!(in_agent(&cgroup, &[HELPER, "rename", &links, &moved]), EPERM);
+    assert_eq!(
+        in_agent(&cgroup, &[HELPER, "rename", &links, &moved]),
+        EPERM
+    );
 
     let procs = cgroup.dir.join("cgroup.procs").display().to_string();
     assert_eq!(in_agent(&cgroup, &[PROTECT, "write", &procs]), EPERM);

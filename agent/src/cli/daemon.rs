@@ -186,6 +186,9 @@ struct State {
     agent_names: BTreeMap<u32, Arc<RwLock<AgentNames>>>,
     /// What new proxies need, once the first one is up.
     proxy_setup: Option<(Arc<ProxyConfig>, Arc<dyn Learner>)>,
+    /// The DNS settings and the learner, kept so that a reload bringing the
+    /// first domain rules can still set the proxies up.
+    dns_pending: Option<(DnsConfig, Arc<dyn Learner>)>,
     /// Namespaces a proxy is being opened in, so a burst of queries opens one.
     pending_netns: std::collections::HashSet<(u32, u64)>,
     /// Port rows a domain rule opens, by rule id.
@@ -641,12 +644,29 @@ impl State {
 
     /// Brings the DNS proxies in line with the agents' domain rules.
     fn refresh_dns(&mut self) {
-        let Some((config, learner)) = self.proxy_setup.clone() else {
-            if self.policies.agents.values().any(|a| !a.domains.is_empty()) {
-                tracing::warn!(
-                    "domain rules added by a reload need a daemon restart to get a DNS proxy"
-                );
+        let needed = self.policies.agents.values().any(|a| !a.domains.is_empty());
+        if self.proxy_setup.is_none()
+            && needed
+            && let Some((dns, learner)) = self.dns_pending.clone()
+        {
+            // The resolver configuration is read again: it may have been
+            // fixed since the start, when no agent needed it.
+            match proxy_config(&dns) {
+                Ok(config) => {
+                    self.proxy_setup = Some((Arc::new(config), learner));
+                    self.dns_pending = None;
+                }
+                Err(error) => {
+                    let message = format!(
+                        "control degraded: domain rules cannot be enforced, no upstream resolver: {error:#}; the agents' DNS queries fail"
+                    );
+                    tracing::error!("{message}");
+                    let host = self.host.clone();
+                    self.record(AuditRecord::lifecycle(&host, "dns", message));
+                }
             }
+        }
+        let Some((config, learner)) = self.proxy_setup.clone() else {
             return;
         };
         let plans: Vec<ProxyPlan> = self
@@ -1218,6 +1238,7 @@ async fn serve(
         proxies: BTreeMap::new(),
         agent_names: BTreeMap::new(),
         proxy_setup: None,
+        dns_pending: None,
         pending_netns: std::collections::HashSet::new(),
         domain_rows: HashMap::new(),
         learned_names: HashMap::new(),
@@ -1403,7 +1424,12 @@ async fn start_dns_proxies(daemon: &Arc<Daemon>, dns: &DnsConfig) -> anyhow::Res
                 .context("agents have domain rules, so Baton needs an upstream resolver");
         }
         Err(error) => {
-            tracing::debug!(%error, "no DNS proxy: no upstream resolver");
+            tracing::debug!(%error, "no DNS proxy yet: no upstream resolver");
+            let learner: Arc<dyn Learner> = Arc::new(ProxyLearner {
+                daemon: Arc::downgrade(daemon),
+            });
+            let mut state = daemon.state.lock().expect("state lock poisoned");
+            state.dns_pending = Some((dns.clone(), learner));
             return Ok(());
         }
     };
