@@ -2,6 +2,7 @@
 //!
 //! ```yaml
 //! audit:
+//!   eventsPerSecond: 1000
 //!   rotation: { maxBytes: 104857600, maxAgeSeconds: 86400, keepFiles: 0 }
 //!   checkpoints: { everyRecords: 1000, everySeconds: 60 }
 //!   keyFile: /var/lib/baton/audit.key
@@ -32,6 +33,11 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/baton";
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct AuditConfig {
+    /// Kernel events each agent may queue per second (a token bucket in
+    /// the kernel, refilled continuously, one second deep); events over
+    /// it are counted and recorded as suppressed, and every decision is
+    /// still enforced. 0 lifts the limit [default: 1000].
+    pub events_per_second: u32,
     /// When the active file is rotated.
     pub rotation: RotationConfig,
     /// When signed checkpoints are written.
@@ -51,6 +57,7 @@ pub struct AuditConfig {
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
+            events_per_second: agent_common::identity::DEFAULT_EVENTS_PER_SECOND,
             rotation: RotationConfig::default(),
             checkpoints: CheckpointConfig::default(),
             key_file: DEFAULT_KEY_FILE.into(),
@@ -299,6 +306,19 @@ mod tests {
         );
         config.validate().unwrap();
         assert!(serde_norway::from_str::<AuditConfig>("rotaton: {}").is_err());
+    }
+
+    #[test]
+    fn event_rate_defaults_to_the_kernel_default_and_zero_lifts_it() {
+        let config: AuditConfig = serde_norway::from_str("rotation: {}").unwrap();
+        assert_eq!(config.events_per_second, 1000);
+        let config: AuditConfig = serde_norway::from_str("eventsPerSecond: 250000").unwrap();
+        assert_eq!(config.events_per_second, 250_000);
+        let config: AuditConfig = serde_norway::from_str("eventsPerSecond: 0").unwrap();
+        assert_eq!(config.events_per_second, 0);
+        config.validate().unwrap();
+        assert!(serde_norway::from_str::<AuditConfig>("eventsPerSecond: -1").is_err());
+        assert!(serde_norway::from_str::<AuditConfig>("events_per_second: 5").is_err());
     }
 
     #[test]

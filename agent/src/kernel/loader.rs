@@ -2,7 +2,10 @@
 
 use std::{fs::File, path::PathBuf};
 
-use agent_common::offsets::{KERNEL_OFFSETS_GLOBAL, KernelOffsets};
+use agent_common::{
+    identity::EVENTS_PER_SECOND_GLOBAL,
+    offsets::{KERNEL_OFFSETS_GLOBAL, KernelOffsets},
+};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, ProgramError},
@@ -142,13 +145,15 @@ impl Enforcer {
     /// Loads the object with this kernel's offsets and attaches identity
     /// tracking and egress programs. File programs are attached when the
     /// kernel accepts BPF LSM; otherwise `files` says why not.
-    pub fn load() -> Result<Self, KernelError> {
+    /// `events_per_second` is each agent's event budget (0: unlimited).
+    pub fn load(events_per_second: u32) -> Result<Self, KernelError> {
         let btf = Btf::from_kernel()?;
         let offsets = btf.kernel_offsets()?;
         let aya_btf = aya::Btf::from_sys_fs()?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&aya_btf))
             .override_global(KERNEL_OFFSETS_GLOBAL, &offsets, true)
+            .override_global(EVENTS_PER_SECOND_GLOBAL, &events_per_second, true)
             .load(EBPF_OBJECT)?;
 
         for tracepoint in [
