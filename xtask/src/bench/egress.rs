@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 
-use super::{AGENT, Daemon, Listener, Params, WorkDir, build, median, probe, run_client};
+use super::{AGENT, Daemon, Listener, Params, WorkDir, build, median, port_of, probe, run_client};
 use crate::{setup, util, workspace_root};
 
 /// Allow rules for other destinations; with the listener's rule the agent
@@ -561,12 +561,6 @@ fn nft_ruleset(rules: &[Rule], cgroup: &Cgroup) -> Result<String> {
 
 fn nft_table_exists() -> bool {
     util::probe(Command::new("nft").args(["list", "table", "inet", NFT_TABLE])).is_some()
-}
-
-fn port_of(addr: &str) -> Result<u16> {
-    addr.rsplit_once(':')
-        .and_then(|(_, port)| port.parse().ok())
-        .with_context(|| format!("no port in {addr:?}"))
 }
 
 /// The cgroup v2 mount point.
