@@ -111,7 +111,11 @@ fn main() -> ExitCode {
             ) else {
                 return usage();
             };
-            if processes == 0 || !(seconds > 0.0) || *addr.ip() == Ipv4Addr::UNSPECIFIED {
+            if processes == 0
+                || seconds.is_nan()
+                || seconds <= 0.0
+                || *addr.ip() == Ipv4Addr::UNSPECIFIED
+            {
                 return usage();
             }
             let Ok(exe) = std::env::current_exe() else {

@@ -37,8 +37,10 @@ const RATES: [u64; 8] = [
 /// the daemon.
 const PROCESSES: usize = 4;
 /// The daemon must have written the last record this soon after the load
-/// stopped for a step to count as sustained.
-const MAX_LAG: Duration = Duration::from_secs(1);
+/// stopped for a step to count as sustained: a daemon 10% slower than the
+/// load builds a backlog of 0.3 s in a 3 s step, which the ring buffer
+/// hides for a while but not for ever.
+const MAX_LAG: Duration = Duration::from_millis(200);
 /// The log has stopped growing when it has not grown for this long.
 const QUIET: Duration = Duration::from_millis(1500);
 
@@ -70,12 +72,18 @@ struct Step {
 }
 
 impl Step {
+    /// Denials the kernel counted that have no record; `dropped` and
+    /// `suppressed` say why, if the kernel knows.
     fn lost(&self) -> u64 {
-        self.kernel_denied.saturating_sub(self.records) + self.dropped + self.suppressed
+        self.kernel_denied.saturating_sub(self.records)
     }
 
     fn sustained(&self) -> bool {
-        self.lost() == 0 && self.made == self.kernel_denied && self.lag <= MAX_LAG
+        self.lost() == 0
+            && self.dropped == 0
+            && self.suppressed == 0
+            && self.made == self.kernel_denied
+            && self.lag <= MAX_LAG
     }
 }
 
@@ -343,7 +351,8 @@ fn report(steps: &[Step], seconds: u32, baton: &Path) -> String {
         "\naudit: denied connects -> kernel events -> hash-chained, signed log ({PROCESSES} \
          processes, {seconds} s per step, per-agent event limit lifted)\n\
          made: denials per second the processes achieved; written: denial records / (last record \
-         - start of the load); lost: kernel denials without a record + dropped + suppressed\n"
+         - start of the load); lost: kernel denials without a record (the kernel's drop and suppression counters \
+         say why)\n"
     );
     let _ = writeln!(
         out,
@@ -437,8 +446,8 @@ mod tests {
     fn sustained_means_nothing_lost_and_no_backlog() {
         assert!(step(1000, 1000, 100).sustained());
         assert!(!step(1000, 999, 100).sustained());
-        assert!(!step(1000, 1000, 5000).sustained());
-        let mut dropped = step(1000, 1000, 100);
+        assert!(!step(1000, 1000, 500).sustained());
+        let mut dropped = step(1000, 999, 100);
         dropped.dropped = 1;
         assert_eq!(dropped.lost(), 1);
         assert!(!dropped.sustained());
