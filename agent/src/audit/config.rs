@@ -313,6 +313,18 @@ mod tests {
     }
 
     #[test]
+    fn event_rate_defaults_to_the_kernel_default_and_zero_lifts_it() {
+        let config: AuditConfig = serde_norway::from_str("rotation: {}").unwrap();
+        assert_eq!(config.events_per_second, 1000);
+        let config: AuditConfig = serde_norway::from_str("eventsPerSecond: 250000").unwrap();
+        assert_eq!(config.events_per_second, 250_000);
+        let config: AuditConfig = serde_norway::from_str("eventsPerSecond: 0").unwrap();
+        assert_eq!(config.events_per_second, 0);
+        config.validate().unwrap();
+        assert!(serde_norway::from_str::<AuditConfig>("eventsPerSecond: -1").is_err());
+    }
+
+    #[test]
     fn validation_names_the_field() {
         let mut config = AuditConfig::default();
         config.redaction.patterns = vec!["(".into()];

@@ -109,6 +109,8 @@ pub struct CounterSnapshot {
     pub denied_sockets: u64,
     /// Events the ring buffer had no room for.
     pub events_dropped: u64,
+    /// Events left out because the agent was over its event rate.
+    pub events_suppressed: u64,
 }
 
 impl From<AgentCounters> for CounterSnapshot {
@@ -124,6 +126,7 @@ impl From<AgentCounters> for CounterSnapshot {
             canary_hits: c.canary_hits,
             denied_sockets: c.denied_sockets,
             events_dropped: c.events_dropped,
+            events_suppressed: c.events_suppressed,
         }
     }
 }

@@ -153,6 +153,8 @@ struct State {
     policy_loaded_at: String,
     /// The last policy load that was refused, if any.
     policy_error: Option<String>,
+    /// How long the phases of the last successful reload took.
+    last_reload: Option<ReloadTiming>,
     /// Per policy source: the set in force and the last error.
     source_status: Vec<crate::policy::source::SourceStatus>,
     /// What the set in force looks like, to skip reloads that change nothing.
@@ -195,6 +197,47 @@ struct State {
     domain_rows: HashMap<u32, Vec<PortRule>>,
     /// The name each learned address came from, for audit records.
     learned_names: HashMap<(u32, IpAddr), String>,
+}
+
+/// How long each phase of a reload took.
+#[derive(Clone, Copy, Debug)]
+struct ReloadTiming {
+    /// Reading and parsing, when the source measured it.
+    parse: Option<Duration>,
+    compile: Duration,
+    swap: Duration,
+    /// Rules in the new set (egress, file and domain rules, flattened).
+    rules: usize,
+}
+
+impl ReloadTiming {
+    fn ms(duration: Duration) -> f64 {
+        // Microsecond resolution is plenty and keeps the JSON short.
+        (duration.as_micros() as f64) / 1e3
+    }
+
+    fn to_json(self) -> serde_json::Value {
+        serde_json::json!({
+            "parse_ms": self.parse.map(Self::ms),
+            "compile_ms": Self::ms(self.compile),
+            "swap_ms": Self::ms(self.swap),
+            "rules": self.rules,
+        })
+    }
+
+    /// `parse 3.1 ms, compile 40.2 ms, swap 55.0 ms, 10000 rules`.
+    fn describe(self) -> String {
+        let parse = self.parse.map_or_else(
+            || "not measured".to_string(),
+            |d| format!("{:.1} ms", Self::ms(d)),
+        );
+        format!(
+            "parse {parse}, compile {:.1} ms, swap {:.1} ms, {} rules",
+            Self::ms(self.compile),
+            Self::ms(self.swap),
+            self.rules
+        )
+    }
 }
 
 /// Entries kept in `learned_names` before it is cleared.
@@ -394,10 +437,13 @@ impl State {
     /// Compiles and swaps in a new policy set with no enforcement gap: the
     /// kernel sees the old generation until one write makes the new one
     /// live. Run-time state (learned addresses, breakers, counters) stays.
+    /// `read_time` is how long the source took to read and parse the set,
+    /// when it measured that.
     fn reload(
         &mut self,
         policies: &[crate::policy::LoadedPolicy],
         origin: &str,
+        read_time: Option<Duration>,
     ) -> Result<(), String> {
         // A source re-reading what is already in force (its first read at
         // start, a touch of a file) is not a reload.
@@ -407,8 +453,12 @@ impl State {
             return Ok(());
         }
         let first_rule_id = self.policies.first_rule_id + self.policies.rules.len() as u32;
+        let compile_started = std::time::Instant::now();
         let compiled = compile_protected(policies, first_rule_id, &expand_on_disk, &self.protected)
             .map_err(|e| e.to_string())?;
+        let compile_time = compile_started.elapsed();
+        let rule_count = compiled.rules.len();
+        let swap_started = std::time::Instant::now();
         self.registry.sync(&compiled);
         let generation = self
             .maps
@@ -436,6 +486,12 @@ impl State {
         self.breakers
             .set_rules(breaker_rules(&self.policies, &self.registry));
         self.refresh_dns();
+        let timing = ReloadTiming {
+            parse: read_time,
+            compile: compile_time,
+            swap: swap_started.elapsed(),
+            rules: rule_count,
+        };
         let host = self.host.clone();
         for selector in unresolved {
             self.record(AuditRecord::lifecycle(
@@ -452,11 +508,21 @@ impl State {
             &host,
             "policy",
             format!(
-                "generation {generation} loaded from {origin}: agents {}",
-                agents.join(", ")
+                "generation {generation} loaded from {origin}: agents {}; {}",
+                agents.join(", "),
+                timing.describe()
             ),
         ));
-        tracing::info!(generation, origin, "policies reloaded");
+        tracing::info!(generation, origin, timing = %timing.describe(), "policies reloaded");
+        if let Some(parse) = timing.parse {
+            self.metrics
+                .observe_reload_phase(crate::metrics::ReloadPhase::Parse, parse);
+        }
+        self.metrics
+            .observe_reload_phase(crate::metrics::ReloadPhase::Compile, timing.compile);
+        self.metrics
+            .observe_reload_phase(crate::metrics::ReloadPhase::Swap, timing.swap);
+        self.last_reload = Some(timing);
         self.metrics.set_policy_generation(u64::from(generation));
         self.metrics
             .record_policy_reload(crate::metrics::ReloadResult::Success);
@@ -790,6 +856,7 @@ impl State {
                 "source": self.policy_source,
                 "loaded_at": self.policy_loaded_at,
                 "last_error": self.policy_error,
+                "last_reload": self.last_reload.map(ReloadTiming::to_json),
                 "sources": self.source_status,
             },
             "file_enforcement": match (self.files_enforced, &self.fanotify) {
@@ -1225,6 +1292,7 @@ async fn serve(
         policy_source: settings.policy_dir.display().to_string(),
         policy_loaded_at: crate::audit::record::format_time(std::time::SystemTime::now()),
         policy_error: None,
+        last_reload: None,
         source_status: Vec::new(),
         applied_fingerprint: policy_fingerprint(policies),
         protected: settings.protected.clone(),
@@ -1495,6 +1563,7 @@ async fn follow_sources(daemon: Weak<Daemon>, mut sources: crate::policy::source
         };
         let source = update.source.clone();
         let origin = update.origin.clone();
+        let read_time = update.read_time;
         let Ok(mut state) = daemon.state.lock() else {
             return;
         };
@@ -1502,7 +1571,7 @@ async fn follow_sources(daemon: Weak<Daemon>, mut sources: crate::policy::source
         // source's set never stands in for all of them.
         match desired.apply(update) {
             crate::policy::source::Step::Apply(policies) => {
-                if let Err(error) = state.reload(&policies, &origin) {
+                if let Err(error) = state.reload(&policies, &origin, read_time) {
                     desired.reject(&source, &error);
                     state.policy_rejected(&source, &error);
                 }

@@ -73,6 +73,31 @@ impl ReloadResult {
     }
 }
 
+/// A step of a policy reload, the `phase` label of
+/// `baton_policy_reload_duration_seconds`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadPhase {
+    /// Reading and parsing the policy files.
+    Parse,
+    /// Checking and compiling the set into map entries.
+    Compile,
+    /// Writing the new generation into the kernel maps, flipping the
+    /// active generation, deleting the old one and updating the daemon's
+    /// own state (agents, breakers, DNS proxies).
+    Swap,
+}
+
+impl ReloadPhase {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Parse => "parse",
+            Self::Compile => "compile",
+            Self::Swap => "swap",
+        }
+    }
+}
+
 /// Outcome of one query to an agent's DNS proxy, the `result` label of
 /// `baton_dns_queries_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +143,18 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: &'static str,
+}
+
+/// The reload histograms' buckets: 1 ms, doubling, to about 16 s. A small
+/// set reloads in a few milliseconds; tens of thousands of rules take
+/// hundreds.
+fn reload_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MapLabels {
     map: String,
 }
@@ -151,6 +188,7 @@ pub struct Metrics {
     policy_reloads: Family<ResultLabels, Counter>,
     policy_last_reload_success: Gauge,
     policy_last_reload_time: Gauge<f64, AtomicU64>,
+    policy_reload_duration: Family<PhaseLabels, Histogram, fn() -> Histogram>,
     map_entries: Family<MapLabels, Gauge>,
     map_capacity: Family<MapLabels, Gauge>,
     dns_queries: Family<DnsLabels, Counter>,
@@ -224,6 +262,15 @@ impl Metrics {
             "Time of the last policy load or reload, in seconds since the Unix epoch",
             policy_last_reload_time.clone(),
         );
+        let policy_reload_duration =
+            Family::<PhaseLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                reload_histogram,
+            );
+        registry.register(
+            "policy_reload_duration_seconds",
+            "Time each phase of a successful policy reload took: parse, compile, swap",
+            policy_reload_duration.clone(),
+        );
         let map_entries = Family::<MapLabels, Gauge>::default();
         registry.register(
             "map_entries",
@@ -271,6 +318,7 @@ impl Metrics {
             policy_reloads,
             policy_last_reload_success,
             policy_last_reload_time,
+            policy_reload_duration,
             map_entries,
             map_capacity,
             dns_queries,
@@ -355,6 +403,15 @@ impl Metrics {
         self.policy_last_reload_time.set(now);
     }
 
+    /// Records how long one phase of a successful reload took.
+    pub fn observe_reload_phase(&self, phase: ReloadPhase, duration: Duration) {
+        self.policy_reload_duration
+            .get_or_create(&PhaseLabels {
+                phase: phase.as_str(),
+            })
+            .observe(duration.as_secs_f64());
+    }
+
     /// Sets how full the kernel map `map` is.
     pub fn set_map_usage(&self, map: &str, entries: u64, capacity: u64) {
         let labels = MapLabels {
@@ -431,6 +488,7 @@ mod tests {
         metrics.set_breaker_state("demo", BreakerState::Closed);
         metrics.set_policy_generation(1);
         metrics.record_policy_reload(ReloadResult::Success);
+        metrics.observe_reload_phase(ReloadPhase::Compile, Duration::from_millis(3));
         metrics.set_map_usage("EGRESS_V4", 1, 2);
         metrics.record_dns_query("demo", DnsResult::Allowed, Duration::from_millis(1));
         let text = metrics.encode().unwrap();
@@ -443,6 +501,7 @@ mod tests {
             ("baton_policy_reload", "counter"),
             ("baton_policy_last_reload_success", "gauge"),
             ("baton_policy_last_reload_timestamp_seconds", "gauge"),
+            ("baton_policy_reload_duration_seconds", "histogram"),
             ("baton_map_entries", "gauge"),
             ("baton_map_capacity", "gauge"),
             ("baton_dns_queries", "counter"),

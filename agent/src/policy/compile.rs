@@ -8,7 +8,7 @@
 //! above it.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
     path::PathBuf,
 };
@@ -681,8 +681,29 @@ fn flatten_egress(
 
 fn flatten_files(sources: &[FileSource]) -> Vec<FileEntry> {
     let paths: BTreeSet<&AbsolutePath> = sources.iter().map(|s| &s.path).collect();
+    // The rules that cover a path are the rules on the path itself and on
+    // each of its ancestors: looking those few up, rather than testing
+    // every rule against every path, keeps a set of tens of thousands of
+    // rules from taking seconds. Within a path the rules keep their order.
+    let mut by_path: HashMap<&str, Vec<(usize, &FileSource)>> = HashMap::new();
+    for (at, source) in sources.iter().enumerate() {
+        by_path
+            .entry(source.path.0.as_str())
+            .or_default()
+            .push((at, source));
+    }
     let mut entries = Vec::new();
     for path in paths {
+        let mut covering: Vec<(usize, &FileSource)> = path
+            .ancestors()
+            .filter_map(|ancestor| by_path.get(ancestor))
+            .flatten()
+            .copied()
+            .collect();
+        // In the order of `sources`, so that ties between equally specific
+        // rules go where they always went (to the last one).
+        covering.sort_unstable_by_key(|&(at, _)| at);
+        let covering: Vec<&FileSource> = covering.into_iter().map(|(_, s)| s).collect();
         let mut value = FileValue::default();
         for (r, (slot_decision, slot_rule)) in value
             .decisions
@@ -691,9 +712,9 @@ fn flatten_files(sources: &[FileSource]) -> Vec<FileEntry> {
             .enumerate()
             .take(RIGHT_SLOTS)
         {
-            let best = sources
+            let best = covering
                 .iter()
-                .filter(|s| s.rights & right::bit(r) != 0 && s.path.covers(path))
+                .filter(|s| s.rights & right::bit(r) != 0)
                 // Most specific first; at equal specificity a canary beats a
                 // deny, which beats an allow.
                 .max_by_key(|s| {

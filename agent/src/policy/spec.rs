@@ -858,7 +858,24 @@ impl AbsolutePath {
 
     /// Whether `self` covers `other` on component boundaries.
     pub fn covers(&self, other: &AbsolutePath) -> bool {
-        other.key_bytes().starts_with(&self.key_bytes())
+        // The same as comparing key bytes, without building them: compiling
+        // a large set asks this millions of times.
+        self.0 == "/"
+            || other
+                .0
+                .strip_prefix(self.0.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+
+    /// The path and each of its ancestors, up to `/`: every path that can
+    /// cover it.
+    pub fn ancestors(&self) -> impl Iterator<Item = &str> {
+        std::iter::successors(Some(self.0.as_str()), |path| match path.rfind('/') {
+            _ if *path == "/" => None,
+            Some(0) => Some("/"),
+            Some(at) => Some(&path[..at]),
+            None => None,
+        })
     }
 }
 
@@ -1101,6 +1118,13 @@ mod tests {
         assert!(ssh.covers(&AbsolutePath::parse("/x/.ssh/id").unwrap()));
         assert!(ssh.covers(&ssh));
         assert!(!ssh.covers(&AbsolutePath::parse("/x/.ssh_old").unwrap()));
+        assert!(!ssh.covers(&AbsolutePath::parse("/x").unwrap()));
+        let root = AbsolutePath::parse("/").unwrap();
+        assert!(root.covers(&ssh));
+        assert!(root.covers(&root));
+        assert!(!ssh.covers(&root));
+        assert_eq!(ssh.ancestors().collect::<Vec<_>>(), ["/x/.ssh", "/x", "/"]);
+        assert_eq!(root.ancestors().collect::<Vec<_>>(), ["/"]);
         assert!(AbsolutePath::parse("/").unwrap().covers(&ssh));
     }
 

@@ -18,7 +18,7 @@ use std::{
     io::ErrorKind,
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use notify::{EventKind, RecursiveMode, Watcher as _};
@@ -78,6 +78,7 @@ impl DirectorySource {
     /// Reads the directory now.
     pub fn read(&self) -> SourceUpdate {
         let loaded_at = SystemTime::now();
+        let started = Instant::now();
         let (origin, digest, policies) = match snapshot(&self.dir) {
             Ok(snapshot) => {
                 let digest = snapshot.digest();
@@ -91,6 +92,7 @@ impl DirectorySource {
             digest,
             policies,
             loaded_at,
+            read_time: Some(started.elapsed()),
         }
     }
 

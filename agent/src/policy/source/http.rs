@@ -310,6 +310,7 @@ impl HttpSource {
             digest,
             policies,
             loaded_at: SystemTime::now(),
+            read_time: None,
         })
         .await
         .is_ok()

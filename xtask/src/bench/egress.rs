@@ -1,0 +1,704 @@
+//! `cargo xtask bench egress`: what Baton adds to `connect()`, against
+//! nftables.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, ensure};
+
+use super::{AGENT, Daemon, Listener, Params, WorkDir, build, median, port_of, probe, run_client};
+use crate::{setup, util, workspace_root};
+
+/// Allow rules for other destinations; with the listener's rule the agent
+/// policy has 1,000.
+const OTHER_RULES: usize = 999;
+/// The nftables table of case (d).
+const NFT_TABLE: &str = "baton_bench";
+/// The cgroup of case (d), directly below the cgroup v2 root.
+const CGROUP_NAME: &str = "baton-bench";
+/// Target for (b)/(a): a daemon that holds no agent must be nearly free.
+const DAEMON_RATIO_TARGET: f64 = 1.03;
+
+/// One measured configuration of the egress benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Case {
+    /// (a) no Baton running.
+    Baseline,
+    /// (b) Baton running; the process belongs to no agent.
+    Daemon,
+    /// (c) the process belongs to an agent with 1,000 egress rules.
+    Agent,
+    /// (d) no Baton; the same rules as an nftables set matched on the
+    /// process's cgroup.
+    Nftables,
+}
+
+impl Case {
+    const ALL: [Case; 4] = [Case::Baseline, Case::Daemon, Case::Agent, Case::Nftables];
+
+    fn tag(self) -> &'static str {
+        match self {
+            Case::Baseline => "(a)",
+            Case::Daemon => "(b)",
+            Case::Agent => "(c)",
+            Case::Nftables => "(d)",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Case::Baseline => "no Baton",
+            Case::Daemon => "Baton running, not in an agent",
+            Case::Agent => "in an agent, 1,000 rules (eBPF)",
+            Case::Nftables => "no Baton, nftables cgroup set, 1,000 rules",
+        }
+    }
+
+    fn needs_daemon(self) -> bool {
+        matches!(self, Case::Daemon | Case::Agent)
+    }
+}
+
+/// What bench-connect reports for one run, in nanoseconds.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    median: u64,
+    p99: u64,
+    connect_median: u64,
+}
+
+/// Everything the cases share.
+struct Bench {
+    /// bench-connect.
+    client: PathBuf,
+    baton: PathBuf,
+    /// The listener every measured connect goes to.
+    target: String,
+    /// A second listener that no rule allows: enforcement must stop it.
+    unlisted: String,
+    work: WorkDir,
+    cgroup: Cgroup,
+    /// The cgroup v2 mount, where the daemon attaches.
+    cgroup_root: PathBuf,
+    nft_script: PathBuf,
+    params: Params,
+    warnings: Vec<String>,
+}
+
+pub(super) fn run(params: &Params) -> Result<()> {
+    ensure!(
+        crate::nix_is_root(),
+        "the egress benchmark loads eBPF programs and nftables rules: run it as root"
+    );
+    let started = Instant::now();
+    setup::setup(&setup::SetupOptions { vm: false })?;
+    build(params)?;
+    let root = workspace_root();
+    let client = root.join("target/debug/bench-connect");
+    let baton = params.baton();
+
+    let work = WorkDir::create()?;
+    // Both live until the end of the function, every case included.
+    let target_listener = Listener::start(&client)?;
+    let unlisted_listener = Listener::start(&client)?;
+    let target = target_listener.addr.clone();
+    let unlisted = unlisted_listener.addr.clone();
+    let port: u16 = port_of(&target)?;
+
+    let rules = bench_rules(port);
+    let policy = work.path().join("policies/bench.yaml");
+    util::create_dir_all(policy.parent().context("policy directory")?)?;
+    std::fs::write(&policy, policy_yaml(&rules))
+        .with_context(|| format!("cannot write {}", policy.display()))?;
+    util::output(Command::new(&baton).arg("policy").arg("check").arg(&policy))
+        .context("the generated benchmark policy does not compile")?;
+
+    let cgroup_root = cgroup2_root()?;
+    let cgroup = Cgroup::create(&cgroup_root)?;
+    let nft_script = work.path().join("bench.nft");
+    std::fs::write(&nft_script, nft_ruleset(&rules, &cgroup)?)
+        .with_context(|| format!("cannot write {}", nft_script.display()))?;
+    // A table left by an interrupted run would filter the baseline.
+    if nft_table_exists() {
+        println!("bench: removing the table inet {NFT_TABLE} left by an earlier run");
+        util::output(Command::new("nft").args(["delete", "table", "inet", NFT_TABLE]))?;
+    }
+
+    let mut bench = Bench {
+        client,
+        baton,
+        target,
+        unlisted,
+        work,
+        cgroup,
+        cgroup_root,
+        nft_script,
+        params: *params,
+        warnings: Vec::new(),
+    };
+    println!(
+        "bench: egress: {} rounds x {} cases x {} connect()+close() to {} \
+         ({} egress rules, nftables set of {} elements)",
+        params.rounds,
+        Case::ALL.len(),
+        params.iterations,
+        bench.target,
+        rules.len(),
+        rules.iter().map(|r| r.ports.len()).sum::<usize>()
+    );
+
+    let mut clean_rounds: Vec<Vec<(Case, Sample)>> = Vec::new();
+    for round in 0..params.rounds {
+        let mut measured = Vec::new();
+        let mut clean = true;
+        // Alternating which half goes first cancels slow drift between
+        // the daemon-off and daemon-on cases.
+        let mut phases = [false, true];
+        if round % 2 == 1 {
+            phases.reverse();
+        }
+        for with_daemon in phases {
+            let mut cases: Vec<Case> = Case::ALL
+                .iter()
+                .copied()
+                .filter(|c| c.needs_daemon() == with_daemon)
+                .collect();
+            if round % 2 == 1 {
+                cases.reverse();
+            }
+            let daemon = if with_daemon {
+                Some(Daemon::start(&bench.baton, bench.work.path(), "")?)
+            } else {
+                None
+            };
+            clean &= bench.programs_as_expected(with_daemon, round)?;
+            for case in cases {
+                let sample = bench.measure(case, round, daemon.as_ref())?;
+                println!(
+                    "bench: round {:>width$}/{} {} {:<44} median {:>7} ns  p99 {:>8} ns",
+                    round + 1,
+                    params.rounds,
+                    case.tag(),
+                    case.label(),
+                    sample.median,
+                    sample.p99,
+                    width = params.rounds.to_string().len(),
+                );
+                measured.push((case, sample));
+            }
+            // Checked again: another daemon may have come or gone meanwhile.
+            clean &= bench.programs_as_expected(with_daemon, round)?;
+            if let Some(daemon) = daemon {
+                daemon.stop()?;
+            }
+        }
+        if !clean {
+            println!("bench: round {} left out of the summary", round + 1);
+            continue;
+        }
+        clean_rounds.push(measured);
+    }
+    ensure!(
+        !clean_rounds.is_empty(),
+        "no round ran without foreign programs on the cgroup v2 root: {}",
+        bench.warnings.join("; ")
+    );
+
+    print!("{}", report(&clean_rounds, params, &bench.warnings));
+    println!(
+        "bench: done in {:.0} s (build included)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+impl Bench {
+    /// Measures `case` once; the daemon is running exactly when the case
+    /// needs it.
+    fn measure(&self, case: Case, round: usize, daemon: Option<&Daemon>) -> Result<Sample> {
+        let args = [self.target.clone(), self.params.iterations.to_string()];
+        let table = if case == Case::Nftables {
+            Some(NftTable::load(&self.nft_script)?)
+        } else {
+            None
+        };
+        let mut cmd = match case {
+            Case::Baseline | Case::Daemon => {
+                let mut cmd = Command::new(&self.client);
+                cmd.args(&args);
+                cmd
+            }
+            Case::Agent => {
+                let daemon = daemon.context("case (c) needs the daemon")?;
+                // Checked every round: each round starts a new daemon.
+                let outcome = daemon.exec(
+                    &self.baton,
+                    &self.client,
+                    &["--probe".to_string(), self.unlisted.clone()],
+                )?;
+                ensure!(
+                    outcome == "errno=1",
+                    "(c) does not enforce: a connect to the unlisted {} from inside the agent \
+                     gave {outcome:?}, not EPERM",
+                    self.unlisted
+                );
+                if round == 0 {
+                    println!(
+                        "bench: sanity: (c) the agent gets EPERM connecting to the unlisted {}",
+                        self.unlisted
+                    );
+                }
+                daemon.exec_command(&self.baton, &self.client, &args)
+            }
+            Case::Nftables => {
+                if round == 0 {
+                    self.check_nftables()?;
+                }
+                self.cgroup.command(&self.client, &args)
+            }
+        };
+        // Far above the ~30 µs an iteration takes, far below forever.
+        let timeout =
+            Duration::from_secs(30) + Duration::from_millis(1) * self.params.iterations as u32;
+        let sample = parse_sample(&run_client(&mut cmd, timeout)?);
+        drop(table);
+        sample
+    }
+
+    /// The nftables rule must drop what the set leaves out, and only for
+    /// the cgroup; a rule that never matches would make (d) look free.
+    fn check_nftables(&self) -> Result<()> {
+        let outside = probe(Command::new(&self.client).args(["--probe", &self.unlisted]))?;
+        ensure!(
+            outside == "ok",
+            "outside the benchmark cgroup a connect to {} gave {outside:?}, not ok",
+            self.unlisted
+        );
+        let inside = probe(&mut self.cgroup.command(
+            &self.client,
+            &["--probe".to_string(), self.unlisted.clone()],
+        ))?;
+        ensure!(
+            inside == "timeout" || inside == "errno=1",
+            "(d) does not filter: inside the cgroup a connect to the unlisted {} gave \
+             {inside:?}; does `socket cgroupv2 level {} \"{}\"` name {}?",
+            self.unlisted,
+            self.cgroup.level,
+            self.cgroup.nft_path()?,
+            self.cgroup.dir.display()
+        );
+        println!(
+            "bench: sanity: (d) the nftables rule drops {} from inside the cgroup only",
+            self.unlisted
+        );
+        Ok(())
+    }
+
+    /// Whether the cgroup v2 root holds exactly the connect programs this
+    /// run expects: the daemon's, or none. Others (a second Baton, another
+    /// eBPF tool) would be measured in every case; a warning says so.
+    fn programs_as_expected(&mut self, with_daemon: bool, round: usize) -> Result<bool> {
+        let listing = util::output(
+            Command::new("bpftool")
+                .args(["cgroup", "show"])
+                .arg(&self.cgroup_root),
+        )?;
+        let attached = listing
+            .lines()
+            .filter(|l| l.contains("inet4_connect"))
+            .count();
+        let expected = usize::from(with_daemon);
+        if attached != expected {
+            let warning = format!(
+                "round {}: {attached} connect4 program(s) attached at {} where {expected} \
+                 expected (another Baton or eBPF tool is running)",
+                round + 1,
+                self.cgroup_root.display()
+            );
+            println!("bench: warning: {warning}");
+            self.warnings.push(warning);
+        }
+        Ok(attached == expected)
+    }
+}
+
+fn parse_sample(output: &str) -> Result<Sample> {
+    let value: serde_json::Value = serde_json::from_str(output.trim())
+        .with_context(|| format!("bench-connect printed {output:?}, not JSON"))?;
+    let field = |name: &str| {
+        value[name]
+            .as_u64()
+            .with_context(|| format!("bench-connect's report lacks {name}: {output}"))
+    };
+    Ok(Sample {
+        median: field("median_ns")?,
+        p99: field("p99_ns")?,
+        connect_median: field("connect_median_ns")?,
+    })
+}
+
+/// Summary of one case over every clean round.
+struct Summary {
+    case: Case,
+    /// Medians over the rounds of each round's figure, ns.
+    median: f64,
+    p99: f64,
+    connect_median: f64,
+    /// Median over the rounds of (this case / that round's baseline).
+    ratio: f64,
+    /// Median over the rounds of (this case - that round's baseline), ns.
+    cost: f64,
+}
+
+/// Summarizes every case measured in `rounds`.
+///
+/// Ratios and costs pair each case with the baseline of its own round
+/// before taking the median: load from other work on the machine comes
+/// and goes over seconds, so it shifts a round's cases together, and
+/// pairing cancels it. On these machines that halves the spread of
+/// (b)/(a) compared with dividing the two cases' overall medians.
+fn summarize(rounds: &[Vec<(Case, Sample)>]) -> Vec<Summary> {
+    let of = |round: &[(Case, Sample)], case: Case| {
+        round.iter().find(|(c, _)| *c == case).map(|(_, s)| *s)
+    };
+    Case::ALL
+        .iter()
+        .filter_map(|&case| {
+            let paired: Vec<(Sample, Option<Sample>)> = rounds
+                .iter()
+                .filter_map(|round| Some((of(round, case)?, of(round, Case::Baseline))))
+                .collect();
+            if paired.is_empty() {
+                return None;
+            }
+            let pick = |f: fn(&Sample) -> u64| median(paired.iter().map(|(s, _)| f(s) as f64));
+            let baseline: Vec<(f64, f64)> = paired
+                .iter()
+                .filter_map(|&(s, a)| Some((s.median as f64, a?.median as f64)))
+                .collect();
+            Some(Summary {
+                case,
+                median: pick(|s| s.median),
+                p99: pick(|s| s.p99),
+                connect_median: pick(|s| s.connect_median),
+                ratio: median(baseline.iter().map(|(s, a)| s / a)),
+                cost: median(baseline.iter().map(|(s, a)| s - a)),
+            })
+        })
+        .collect()
+}
+
+fn report(rounds: &[Vec<(Case, Sample)>], params: &Params, warnings: &[String]) -> String {
+    let summaries = summarize(rounds);
+    let find = |case| summaries.iter().find(|s| s.case == case);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\negress: connect()+close() to a loopback listener; {} rounds of {} iterations per case\n\
+         median, p99, connect(): median over the rounds of each round's figure, ns\n\
+         vs (a): median over the rounds of (case / that round's (a))\n",
+        rounds.len(),
+        params.iterations
+    );
+    if rounds.len() < params.rounds {
+        let _ = writeln!(
+            out,
+            "{} of {} rounds left out: foreign programs on the cgroup v2 root (warnings below)\n",
+            params.rounds - rounds.len(),
+            params.rounds
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<4} {:<44} {:>10} {:>10} {:>12} {:>8}",
+        "case", "", "median ns", "p99 ns", "connect() ns", "vs (a)"
+    );
+    for s in &summaries {
+        let _ = writeln!(
+            out,
+            "{:<4} {:<44} {:>10.0} {:>10.0} {:>12.0} {:>8.3}",
+            s.case.tag(),
+            s.case.label(),
+            s.median,
+            s.p99,
+            s.connect_median,
+            s.ratio
+        );
+    }
+    let _ = writeln!(
+        out,
+        "     DNS proxy latency: measured by `cargo xtask bench dns`\n"
+    );
+    if let (Some(b), Some(c), Some(d)) =
+        (find(Case::Daemon), find(Case::Agent), find(Case::Nftables))
+    {
+        let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
+        let _ = writeln!(
+            out,
+            "target (b)/(a) <= {DAEMON_RATIO_TARGET:.2}:       {:.3}  {}",
+            b.ratio,
+            verdict(b.ratio <= DAEMON_RATIO_TARGET)
+        );
+        let _ = writeln!(
+            out,
+            "target (c)-(a) <= (d)-(a): {:.0} ns vs {:.0} ns  {}",
+            c.cost,
+            d.cost,
+            verdict(c.cost <= d.cost)
+        );
+    }
+    for warning in warnings {
+        let _ = writeln!(out, "warning: {warning}");
+    }
+    out
+}
+
+/// One egress allow rule, as both Baton and nftables express it.
+struct Rule {
+    /// `a.b.c.d/len`.
+    cidr: String,
+    /// Inclusive port ranges; `(0, 65535)` alone stands for every port.
+    ports: Vec<(u16, u16)>,
+    /// `tcp` or `any`: nftables matches TCP only, so both are TCP there.
+    protocol: &'static str,
+}
+
+/// 999 disjoint allow rules spread over 10.0.0.0/8 with prefixes from /18
+/// to /32 and a mix of port lists, then the rule that allows the listener.
+///
+/// Disjoint prefixes keep each one's flattened port table far below the
+/// 16 rows Baton allows per prefix.
+fn bench_rules(listener_port: u16) -> Vec<Rule> {
+    const PREFIXES: [u32; 5] = [18, 20, 24, 28, 32];
+    let mut rules: Vec<Rule> = (0..OTHER_RULES)
+        .map(|i| {
+            // Each rule owns one /18 block: 10.(i/4).(i%4*64).0.
+            let base = format!("10.{}.{}.0", i / 4, (i % 4) * 64);
+            let ports = match i % 4 {
+                0 => vec![(0, 65535)],
+                1 => vec![(443, 443)],
+                2 => vec![(80, 80), (443, 443)],
+                _ => vec![(8000, 8099)],
+            };
+            Rule {
+                cidr: format!("{base}/{}", PREFIXES[i % PREFIXES.len()]),
+                ports,
+                protocol: if i % 3 == 0 { "any" } else { "tcp" },
+            }
+        })
+        .collect();
+    rules.push(Rule {
+        cidr: "127.0.0.1/32".to_string(),
+        ports: vec![(listener_port, listener_port)],
+        protocol: "tcp",
+    });
+    rules
+}
+
+fn policy_yaml(rules: &[Rule]) -> String {
+    let mut yaml = format!(
+        "apiVersion: baton.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: {AGENT}\n\
+         spec:\n  selector:\n    agent: {AGENT}\n  egress:\n    default: deny\n    allow:\n"
+    );
+    for rule in rules {
+        let _ = writeln!(yaml, "      - cidr: {}", rule.cidr);
+        if rule.ports != [(0, 65535)] {
+            let ports: Vec<String> = rule
+                .ports
+                .iter()
+                .map(|&(lo, hi)| {
+                    if lo == hi {
+                        lo.to_string()
+                    } else {
+                        format!("\"{lo}-{hi}\"")
+                    }
+                })
+                .collect();
+            let _ = writeln!(yaml, "        ports: [{}]", ports.join(", "));
+        }
+        let _ = writeln!(yaml, "        protocol: {}", rule.protocol);
+    }
+    yaml
+}
+
+/// The nftables equivalent of the agent policy: one interval set of
+/// address-and-port elements, and a rule dropping TCP from the cgroup to
+/// anything outside it.
+fn nft_ruleset(rules: &[Rule], cgroup: &Cgroup) -> Result<String> {
+    let elements: Vec<String> = rules
+        .iter()
+        .flat_map(|rule| {
+            rule.ports.iter().map(move |&(lo, hi)| {
+                if lo == hi {
+                    format!("{} . {lo}", rule.cidr)
+                } else {
+                    format!("{} . {lo}-{hi}", rule.cidr)
+                }
+            })
+        })
+        .collect();
+    let path = cgroup.nft_path()?;
+    Ok(format!(
+        "table inet {NFT_TABLE} {{\n\
+         \tset allowed {{\n\
+         \t\ttype ipv4_addr . inet_service\n\
+         \t\tflags interval\n\
+         \t\telements = {{\n\t\t\t{}\n\t\t}}\n\
+         \t}}\n\
+         \tchain output {{\n\
+         \t\ttype filter hook output priority 0; policy accept;\n\
+         \t\tsocket cgroupv2 level {} \"{path}\" ip daddr . tcp dport != @allowed drop\n\
+         \t}}\n\
+         }}\n",
+        elements.join(",\n\t\t\t"),
+        cgroup.level,
+    ))
+}
+
+fn nft_table_exists() -> bool {
+    util::probe(Command::new("nft").args(["list", "table", "inet", NFT_TABLE])).is_some()
+}
+
+/// The cgroup v2 mount point.
+fn cgroup2_root() -> Result<PathBuf> {
+    util::mount_points("cgroup2")?
+        .into_iter()
+        .next()
+        .context("no cgroup v2 hierarchy is mounted")
+}
+
+/// The loaded nftables table of case (d), deleted on drop.
+///
+/// It is loaded only around (d): its output chain sees every packet of
+/// every process, so leaving it in place would tax the other cases too.
+struct NftTable;
+
+impl NftTable {
+    fn load(script: &Path) -> Result<Self> {
+        util::output(Command::new("nft").arg("-f").arg(script))?;
+        Ok(Self)
+    }
+}
+
+impl Drop for NftTable {
+    fn drop(&mut self) {
+        if let Err(error) =
+            util::output(Command::new("nft").args(["delete", "table", "inet", NFT_TABLE]))
+        {
+            eprintln!("bench: cannot delete the table inet {NFT_TABLE}: {error:#}");
+        }
+    }
+}
+
+/// The cgroup v2 directory of case (d), removed on drop.
+struct Cgroup {
+    dir: PathBuf,
+    /// Depth below the cgroup v2 root, which is what `socket cgroupv2
+    /// level` compares: 1 here. It is not the number of components of the
+    /// path nftables is given, which on a hybrid host include the mount's
+    /// own `unified/` (level 2 there silently matches nothing).
+    level: usize,
+}
+
+impl Cgroup {
+    fn create(root: &Path) -> Result<Self> {
+        let dir = root.join(CGROUP_NAME);
+        // Left by an interrupted run; empty, since its processes are gone.
+        if dir.exists() {
+            std::fs::remove_dir(&dir)
+                .with_context(|| format!("cannot remove the stale cgroup {}", dir.display()))?;
+        }
+        std::fs::create_dir(&dir)
+            .with_context(|| format!("cannot create the cgroup {}", dir.display()))?;
+        Ok(Self { dir, level: 1 })
+    }
+
+    /// The cgroup as nftables names it: relative to `/sys/fs/cgroup`, so
+    /// on a hybrid host it starts with the v2 mount's own folder.
+    fn nft_path(&self) -> Result<String> {
+        let relative = self.dir.strip_prefix("/sys/fs/cgroup").with_context(|| {
+            format!(
+                "{} is not below /sys/fs/cgroup, where nftables resolves cgroup paths",
+                self.dir.display()
+            )
+        })?;
+        Ok(relative.to_string_lossy().into_owned())
+    }
+
+    /// `program args` run from inside the cgroup: the shell moves itself
+    /// in, then execs, so every socket the program opens is the cgroup's.
+    fn command(&self, program: &Path, args: &[String]) -> Command {
+        let mut script = format!(
+            "echo $$ > {} && exec {}",
+            util::shell_quote(self.dir.join("cgroup.procs")),
+            util::shell_quote(program)
+        );
+        for arg in args {
+            script.push(' ');
+            script.push_str(&util::shell_quote(arg));
+        }
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(script);
+        cmd
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir(&self.dir) {
+            eprintln!("bench: cannot remove {}: {error}", self.dir.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_are_disjoint_and_number_one_thousand() {
+        let rules = bench_rules(4242);
+        assert_eq!(rules.len(), 1_000);
+        let mut cidrs: Vec<&str> = rules.iter().map(|r| r.cidr.as_str()).collect();
+        cidrs.sort_unstable();
+        cidrs.dedup();
+        assert_eq!(cidrs.len(), 1_000);
+        assert_eq!(rules[999].cidr, "127.0.0.1/32");
+    }
+
+    #[test]
+    fn policy_lists_ports_and_ranges() {
+        let yaml = policy_yaml(&bench_rules(4242));
+        assert!(yaml.contains("      - cidr: 10.0.0.0/18\n        protocol: any\n"));
+        assert!(yaml.contains("        ports: [80, 443]\n"));
+        assert!(yaml.contains("        ports: [\"8000-8099\"]\n"));
+        assert!(yaml.contains("      - cidr: 127.0.0.1/32\n        ports: [4242]\n"));
+    }
+
+    #[test]
+    fn ratios_pair_each_case_with_its_round() {
+        let sample = |median| Sample {
+            median,
+            p99: 2 * median,
+            connect_median: median / 2,
+        };
+        // The machine slows down by half in the second round; the ratio
+        // within each round stays 1.1.
+        let rounds = vec![
+            vec![(Case::Baseline, sample(1000)), (Case::Daemon, sample(1100))],
+            vec![(Case::Daemon, sample(1650)), (Case::Baseline, sample(1500))],
+        ];
+        let summaries = summarize(&rounds);
+        assert_eq!(summaries.len(), 2);
+        let daemon = &summaries[1];
+        assert_eq!(daemon.case, Case::Daemon);
+        assert!((daemon.ratio - 1.1).abs() < 1e-9);
+        assert_eq!(daemon.cost, 125.0);
+        assert_eq!(daemon.median, 1375.0);
+        assert_eq!(summaries[0].ratio, 1.0);
+    }
+}
