@@ -52,10 +52,12 @@ use aya_ebpf::{
 use crate::{
     events::count_drop,
     files::{
-        Caller, ResolvedPath, START_MASK, WALK_END, caller, fill_event, match_rules, read,
-        scratch, walk,
+        Caller, ResolvedPath, START_MASK, WALK_END, caller, fill_event, match_rules, read, scratch,
+        walk,
     },
-    maps::{EVENTS, PATH_BUF_BYTES, PATH_SCRATCH, PathScratch, count, quarantined, take_event_token},
+    maps::{
+        EVENTS, PATH_BUF_BYTES, PATH_SCRATCH, PathScratch, count, quarantined, take_event_token,
+    },
 };
 
 const FMODE_READ: u32 = 0x1;
@@ -276,7 +278,7 @@ fn user_name(
     } else {
         let base = if dirfd == AT_FDCWD {
             // SAFETY: helper without memory arguments.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
+            let task = unsafe { bpf_get_current_task() } as *const u8;
             match read::<*const u8>(task, offsets.task_fs) {
                 // SAFETY: `pwd` is inside the `fs_struct`; reads fault safely.
                 Some(fs) => path_name(scratch, caller, unsafe { fs.add(offsets.fs_pwd as usize) }),
@@ -360,8 +362,8 @@ fn judge(
         resolved.flags |= file_flags::CANARY;
     }
     let changes = rights & !right::bit(right::READ) != 0;
-    let held = changes
-        && (caller.policy.mode == mode::QUARANTINE || quarantined(caller.agent.agent_id));
+    let held =
+        changes && (caller.policy.mode == mode::QUARANTINE || quarantined(caller.agent.agent_id));
     if held {
         return Some((Verdict::Detected, rule_id, rights));
     }
@@ -507,17 +509,41 @@ pub fn detect_sys_enter(ctx: BtfTracePointContext) -> i32 {
             (Target::Fd(fd), exec, Target::None, 0, hook::DETECT_MMAP)
         }
         _ if flags & policy_flags::DETECT_CHANGES == 0 => return 0,
-        syscall::UNLINK => (Target::Name(cwd, arg(a0)), delete, Target::None, 0, hook::DETECT_UNLINK),
-        syscall::RMDIR => (Target::Name(cwd, arg(a0)), delete, Target::None, 0, hook::DETECT_RMDIR),
+        syscall::UNLINK => (
+            Target::Name(cwd, arg(a0)),
+            delete,
+            Target::None,
+            0,
+            hook::DETECT_UNLINK,
+        ),
+        syscall::RMDIR => (
+            Target::Name(cwd, arg(a0)),
+            delete,
+            Target::None,
+            0,
+            hook::DETECT_RMDIR,
+        ),
         syscall::UNLINKAT => {
             let hook = if arg(a2) & AT_REMOVEDIR != 0 {
                 hook::DETECT_RMDIR
             } else {
                 hook::DETECT_UNLINK
             };
-            (Target::Name(arg(a0) as i32 as i64, arg(a1)), delete, Target::None, 0, hook)
+            (
+                Target::Name(arg(a0) as i32 as i64, arg(a1)),
+                delete,
+                Target::None,
+                0,
+                hook,
+            )
         }
-        syscall::MKDIR => (Target::Name(cwd, arg(a0)), create, Target::None, 0, hook::DETECT_MKDIR),
+        syscall::MKDIR => (
+            Target::Name(cwd, arg(a0)),
+            create,
+            Target::None,
+            0,
+            hook::DETECT_MKDIR,
+        ),
         syscall::MKDIRAT => (
             Target::Name(arg(a0) as i32 as i64, arg(a1)),
             create,
@@ -525,7 +551,13 @@ pub fn detect_sys_enter(ctx: BtfTracePointContext) -> i32 {
             0,
             hook::DETECT_MKDIR,
         ),
-        syscall::MKNOD => (Target::Name(cwd, arg(a0)), create, Target::None, 0, hook::DETECT_MKNOD),
+        syscall::MKNOD => (
+            Target::Name(cwd, arg(a0)),
+            create,
+            Target::None,
+            0,
+            hook::DETECT_MKNOD,
+        ),
         syscall::MKNODAT => (
             Target::Name(arg(a0) as i32 as i64, arg(a1)),
             create,
@@ -563,7 +595,13 @@ pub fn detect_sys_enter(ctx: BtfTracePointContext) -> i32 {
             linked,
             hook::DETECT_LINK,
         ),
-        syscall::SYMLINK => (Target::Name(cwd, arg(a1)), create, Target::None, 0, hook::DETECT_SYMLINK),
+        syscall::SYMLINK => (
+            Target::Name(cwd, arg(a1)),
+            create,
+            Target::None,
+            0,
+            hook::DETECT_SYMLINK,
+        ),
         syscall::SYMLINKAT => (
             Target::Name(arg(a1) as i32 as i64, arg(a2)),
             create,
@@ -571,8 +609,20 @@ pub fn detect_sys_enter(ctx: BtfTracePointContext) -> i32 {
             0,
             hook::DETECT_SYMLINK,
         ),
-        syscall::CHMOD => (Target::Name(cwd, arg(a0)), write, Target::None, 0, hook::DETECT_CHMOD),
-        syscall::FCHMOD => (Target::Fd(arg(a0) as i32 as i64), write, Target::None, 0, hook::DETECT_CHMOD),
+        syscall::CHMOD => (
+            Target::Name(cwd, arg(a0)),
+            write,
+            Target::None,
+            0,
+            hook::DETECT_CHMOD,
+        ),
+        syscall::FCHMOD => (
+            Target::Fd(arg(a0) as i32 as i64),
+            write,
+            Target::None,
+            0,
+            hook::DETECT_CHMOD,
+        ),
         syscall::FCHMODAT | syscall::FCHMODAT2 => (
             Target::Name(arg(a0) as i32 as i64, arg(a1)),
             write,
@@ -580,7 +630,13 @@ pub fn detect_sys_enter(ctx: BtfTracePointContext) -> i32 {
             0,
             hook::DETECT_CHMOD,
         ),
-        syscall::TRUNCATE => (Target::Name(cwd, arg(a0)), write, Target::None, 0, hook::DETECT_TRUNCATE),
+        syscall::TRUNCATE => (
+            Target::Name(cwd, arg(a0)),
+            write,
+            Target::None,
+            0,
+            hook::DETECT_TRUNCATE,
+        ),
         syscall::FTRUNCATE => (
             Target::Fd(arg(a0) as i32 as i64),
             write,
@@ -696,9 +752,7 @@ pub fn detect_exec(ctx: BtfTracePointContext) -> i32 {
         .and_then(|inode| read::<u32>(inode, caller.offsets.inode_i_nlink))
         .is_none_or(|nlink| nlink == 0);
     let exec = right::bit(right::EXEC);
-    let pending = if anonymous
-        && caller.policy.flags & policy_flags::ALLOW_ANONYMOUS_EXEC == 0
-    {
+    let pending = if anonymous && caller.policy.flags & policy_flags::ALLOW_ANONYMOUS_EXEC == 0 {
         // A file with no name on disk: denied unless the policy allows
         // it, whatever the rules say about the name it had.
         resolved.flags |= file_flags::ANONYMOUS;

@@ -138,7 +138,10 @@ fn detection_records_deletes_and_renames_that_fanotify_cannot_deny() {
     assert_eq!(record["verdict"], "detected", "{record}");
     assert_eq!(record["object"]["denied_rights"][0], "rename");
     assert_eq!(record["rule"]["id"], "files.deny[0]");
-    assert!(file_records(&daemon, &moved).is_empty(), "the allowed end is not recorded");
+    assert!(
+        file_records(&daemon, &moved).is_empty(),
+        "the allowed end is not recorded"
+    );
 
     // Outside the agent: nothing is recorded.
     let outside = Command::new(HELPER).args(["unlink", &c]).output().unwrap();
@@ -251,8 +254,7 @@ fn with_fanotify_off_denied_opens_are_detected_and_killed() {
     }
     let setup = Setup::new("detectopen");
     let config = "files:\n  fanotify: false\n";
-    let daemon =
-        Daemon::start_with_config("detectopen", &[("p.yaml", setup.policy(""))], config);
+    let daemon = Daemon::start_with_config("detectopen", &[("p.yaml", setup.policy(""))], config);
     let a = setup.path("denied/a.txt");
     // Not denied (nothing can deny it here), but recorded.
     assert_eq!(helper_outcome(&setup.as_agent(&["open", &a, "read"])), "ok");

@@ -1283,7 +1283,9 @@ async fn serve(
     }
     for (program, program_state) in &enforcer.detection {
         if let ControlState::Unavailable(reason) = program_state {
-            let message = format!("control degraded: detection program {program} is not attached, so nothing is detected: {reason}");
+            let message = format!(
+                "control degraded: detection program {program} is not attached, so nothing is detected: {reason}"
+            );
             tracing::warn!("{message}");
             state.record(AuditRecord::lifecycle(&host, "file", message));
         }

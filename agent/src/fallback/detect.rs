@@ -83,7 +83,11 @@ mod tests {
             alone.flags(&killing),
             policy_flags::DETECT_ANY | policy_flags::KILL_ON_DETECT
         );
-        assert_eq!(alone.flags(&exec_only), 0, "Landlock holds baton exec agents");
+        assert_eq!(
+            alone.flags(&exec_only),
+            0,
+            "Landlock holds baton exec agents"
+        );
         assert_eq!(DetectScope::default().flags(&killing), 0, "BPF LSM denies");
     }
 }

@@ -886,14 +886,22 @@ mod tests {
         let with_fanotify = coverage(&a, false, true, true, true);
         assert!(with_fanotify["read"].contains("fanotify"));
         assert!(!with_fanotify["read"].contains("detected"));
-        assert!(with_fanotify["write"].ends_with("chmod and truncate: detected only, not prevented (onDetect: record)"));
-        assert!(with_fanotify["delete"].ends_with("executable: detected only, not prevented (onDetect: record)"));
+        assert!(
+            with_fanotify["write"]
+                .ends_with("chmod and truncate: detected only, not prevented (onDetect: record)")
+        );
+        assert!(
+            with_fanotify["delete"]
+                .ends_with("executable: detected only, not prevented (onDetect: record)")
+        );
         assert!(with_fanotify["exec"].contains("executable mappings: detected only"));
         let killing = agent("  files:\n    onDetect: kill\n    deny: [/srv]\n");
         let alone = coverage(&killing, false, true, false, true);
         for right in ["read", "write", "create", "delete", "rename", "exec"] {
             assert!(
-                alone[right].ends_with("executable: detected only, the process is killed at the call (onDetect: kill)"),
+                alone[right].ends_with(
+                    "executable: detected only, the process is killed at the call (onDetect: kill)"
+                ),
                 "{right}: {}",
                 alone[right]
             );

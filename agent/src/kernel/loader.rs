@@ -175,11 +175,7 @@ impl Enforcer {
         loader
             .btf(Some(&aya_btf))
             .override_global(KERNEL_OFFSETS_GLOBAL, &offsets, true)
-            .override_global(
-                super::detect::GLOBAL,
-                &detect_globals,
-                true,
-            );
+            .override_global(super::detect::GLOBAL, &detect_globals, true);
         for name in &pinned {
             loader.map_pin_path(name.as_str(), pins.map_path(name));
         }

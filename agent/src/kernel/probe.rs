@@ -143,11 +143,7 @@ pub fn try_detection() -> Result<Vec<String>, String> {
     let aya_btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string())?;
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&aya_btf))
-        .override_global(
-            agent_common::offsets::KERNEL_OFFSETS_GLOBAL,
-            &offsets,
-            true,
-        )
+        .override_global(agent_common::offsets::KERNEL_OFFSETS_GLOBAL, &offsets, true)
         .override_global(super::detect::GLOBAL, &detect_offsets, true)
         .load(EBPF_OBJECT)
         .map_err(|e| e.to_string())?;
