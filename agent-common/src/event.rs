@@ -78,6 +78,30 @@ pub mod hook {
     pub const FANOTIFY_OPEN: u16 = 48;
     /// The daemon's fanotify listener answering a `FAN_OPEN_EXEC_PERM` event.
     pub const FANOTIFY_OPEN_EXEC: u16 = 49;
+    /// Detection: an open, seen at `tp_btf/sys_exit` once it succeeded.
+    pub const DETECT_OPEN: u16 = 64;
+    /// Detection: an exec, at `tp_btf/sched_process_exec`.
+    pub const DETECT_EXEC: u16 = 65;
+    /// Detection: `mmap` with `PROT_EXEC` of a file, at `tp_btf/sys_enter`.
+    pub const DETECT_MMAP: u16 = 66;
+    /// Detection: `unlink`, `unlinkat` (without `AT_REMOVEDIR`).
+    pub const DETECT_UNLINK: u16 = 67;
+    /// Detection: `rmdir`, `unlinkat(AT_REMOVEDIR)`.
+    pub const DETECT_RMDIR: u16 = 68;
+    /// Detection: `rename`, `renameat`, `renameat2`.
+    pub const DETECT_RENAME: u16 = 69;
+    /// Detection: `mkdir`, `mkdirat`.
+    pub const DETECT_MKDIR: u16 = 70;
+    /// Detection: `mknod`, `mknodat`.
+    pub const DETECT_MKNOD: u16 = 71;
+    /// Detection: `link`, `linkat`.
+    pub const DETECT_LINK: u16 = 72;
+    /// Detection: `symlink`, `symlinkat`.
+    pub const DETECT_SYMLINK: u16 = 73;
+    /// Detection: `chmod`, `fchmod`, `fchmodat`, `fchmodat2`.
+    pub const DETECT_CHMOD: u16 = 74;
+    /// Detection: `truncate`, `ftruncate`.
+    pub const DETECT_TRUNCATE: u16 = 75;
 }
 
 /// Bytes of the process name carried in every event.
@@ -174,6 +198,9 @@ pub mod file_flags {
     pub const ANONYMOUS: u32 = 1 << 2;
     /// The path is a canary.
     pub const CANARY: u32 = 1 << 3;
+    /// The process was killed (`SIGKILL`) at this call (detection with
+    /// `onDetect: kill`).
+    pub const KILLED: u32 = 1 << 4;
 }
 
 /// A file access decision.

@@ -81,6 +81,20 @@ pub mod policy_flags {
     pub const DNS_PROXY: u32 = 1 << 3;
     /// The agent may execute files with no name on disk (memfd, deleted).
     pub const ALLOW_ANONYMOUS_EXEC: u32 = 1 << 4;
+    /// Detect (not deny) opens for reading or writing that a rule denies:
+    /// nothing enforces them for this agent (no BPF LSM, no fanotify).
+    pub const DETECT_OPEN: u32 = 1 << 8;
+    /// Detect execs that a rule denies (no BPF LSM, no fanotify).
+    pub const DETECT_EXEC: u32 = 1 << 9;
+    /// Detect executable mappings that a rule denies (no BPF LSM).
+    pub const DETECT_MMAP_EXEC: u32 = 1 << 10;
+    /// Detect create, delete, rename, link, chmod and truncate that a rule
+    /// denies (no BPF LSM).
+    pub const DETECT_CHANGES: u32 = 1 << 11;
+    /// Kill (`SIGKILL`) a process at the syscall a detection catches.
+    pub const KILL_ON_DETECT: u32 = 1 << 12;
+    /// Every detection bit.
+    pub const DETECT_ANY: u32 = DETECT_OPEN | DETECT_EXEC | DETECT_MMAP_EXEC | DETECT_CHANGES;
 }
 
 /// Key of the selected-executables map: the file's identity, not its name,

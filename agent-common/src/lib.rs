@@ -10,6 +10,7 @@
 #![no_std]
 #![deny(missing_docs)]
 
+pub mod detect;
 pub mod egress;
 pub mod event;
 pub mod files;
@@ -53,6 +54,8 @@ pub mod map_names {
     pub const EVENT_DROPS: &str = "EVENT_DROPS";
     /// One-element array: the daemon's tgid, which agents may not signal or trace.
     pub const DAEMON_TGID: &str = "DAEMON_TGID";
+    /// Thread id → a detection waiting for its syscall's result (LRU).
+    pub const DETECT_PENDING: &str = "DETECT_PENDING";
 }
 
 /// Implements `aya::Pod` for shared types when the `user` feature is on.
@@ -89,6 +92,7 @@ impl_pod!(
     files::FileKey,
     files::FileValue,
     offsets::KernelOffsets,
+    detect::DetectOffsets,
     event::EventHeader,
     event::ConnectEvent,
     event::FileEvent,

@@ -47,21 +47,21 @@ const PROT_EXEC: u64 = 0x4;
 /// Where walked paths end in the scratch buffer; they are built backwards
 /// from here, so every start offset is below it and `start + PATH_KEY_BYTES`
 /// and `start + EVENT_PATH_BYTES` stay inside the buffer.
-const WALK_END: usize = PATH_BUF_BYTES / 2;
+pub(crate) const WALK_END: usize = PATH_BUF_BYTES / 2;
 /// Mask that keeps a start offset below [`WALK_END`] for the verifier.
-const START_MASK: usize = WALK_END - 1;
+pub(crate) const START_MASK: usize = WALK_END - 1;
 
 /// A resolved path in the per-CPU scratch buffer: `buf[start..start + len]`,
 /// followed by a `/` at `buf[start + len]`.
-struct ResolvedPath {
-    start: usize,
+pub(crate) struct ResolvedPath {
+    pub(crate) start: usize,
     /// Length; 0 when the path could not be resolved.
-    len: usize,
-    flags: u32,
+    pub(crate) len: usize,
+    pub(crate) flags: u32,
 }
 
 impl ResolvedPath {
-    const UNRESOLVED: Self = Self {
+    pub(crate) const UNRESOLVED: Self = Self {
         start: 0,
         len: 0,
         flags: file_flags::PATH_UNRESOLVED,
@@ -69,18 +69,18 @@ impl ResolvedPath {
 }
 
 /// Everything a decision needs about the calling agent.
-struct Caller {
-    agent: AgentRecord,
-    policy: AgentPolicy,
-    generation: u32,
-    offsets: KernelOffsets,
+pub(crate) struct Caller {
+    pub(crate) agent: AgentRecord,
+    pub(crate) policy: AgentPolicy,
+    pub(crate) generation: u32,
+    pub(crate) offsets: KernelOffsets,
 }
 
 /// The calling process's agent and policy, or `None` for processes in no
 /// agent. An agent whose policy is gone gets an enforce-mode, deny-all
 /// policy: it is held closed rather than let loose.
 #[inline(always)]
-fn caller() -> Option<Caller> {
+pub(crate) fn caller() -> Option<Caller> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let agent = current_agent(tgid)?;
     let generation = active_generation();
@@ -104,7 +104,7 @@ fn caller() -> Option<Caller> {
 }
 
 #[inline(always)]
-fn scratch() -> Option<&'static mut PathScratch> {
+pub(crate) fn scratch() -> Option<&'static mut PathScratch> {
     let scratch = PATH_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch from a successful lookup; nothing else uses it
     // while this program runs on this CPU.
@@ -113,7 +113,7 @@ fn scratch() -> Option<&'static mut PathScratch> {
 
 /// Reads a kernel value at `base + offset`; `None` if the read faults.
 #[inline(always)]
-fn read<T>(base: *const u8, offset: u32) -> Option<T> {
+pub(crate) fn read<T>(base: *const u8, offset: u32) -> Option<T> {
     // SAFETY: the helper faults safely on a bad address.
     unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(base.add(offset as usize) as *const T).ok() }
 }
@@ -478,7 +478,7 @@ const MAX_WALK_STEPS: usize = 32;
 /// followed by `/leaf` when `leaf` is not null, ending at [`WALK_END`].
 #[inline(always)]
 #[allow(unused_assignments)]
-fn walk(
+pub(crate) fn walk(
     scratch: &mut PathScratch,
     offsets: &KernelOffsets,
     mnt: *const u8,
@@ -619,7 +619,7 @@ fn check(
 /// Looks the path up on component boundaries and combines the decisions of
 /// every requested right: any denied right denies the call.
 #[inline(always)]
-fn match_rules(
+pub(crate) fn match_rules(
     scratch: &mut PathScratch,
     caller: &Caller,
     resolved: &ResolvedPath,
@@ -706,9 +706,39 @@ fn emit(
         count_drop(caller.agent.agent_id);
         return;
     };
-    // SAFETY: the reservation is exactly one `FileEvent`; every field is
-    // written below before submit.
+    // SAFETY: the reservation is exactly one `FileEvent`; `fill_event`
+    // writes every field before submit.
     let event = unsafe { &mut *entry.as_mut_ptr() };
+    fill_event(
+        event,
+        scratch,
+        caller,
+        resolved,
+        rights,
+        denied_rights,
+        rule_id,
+        verdict,
+        hook,
+    );
+    entry.submit(0);
+}
+
+/// Writes every field of a file event: the header, the rights and the
+/// resolved path. Shared by the LSM programs (into the ring buffer) and the
+/// detection programs (into a map, until the syscall's result is known).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fill_event(
+    event: &mut FileEvent,
+    scratch: &PathScratch,
+    caller: &Caller,
+    resolved: &ResolvedPath,
+    rights: u32,
+    denied_rights: u32,
+    rule_id: u32,
+    verdict: Verdict,
+    hook: u16,
+) {
     fill_header(
         &mut event.header,
         kind::FILE,
@@ -741,5 +771,4 @@ fn emit(
             scratch.buf.as_ptr().add(resolved.start & START_MASK).cast(),
         );
     }
-    entry.submit(0);
 }

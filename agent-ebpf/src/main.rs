@@ -9,6 +9,7 @@
 #[macro_use]
 mod unroll;
 
+mod detect;
 mod egress;
 mod events;
 mod files;

@@ -67,6 +67,21 @@ pub struct Config {
     /// server, and whether bundles must be signed.
     #[serde(default)]
     pub policy_sources: crate::policy::source::PolicySourcesConfig,
+    /// File and exec enforcement where BPF LSM is unavailable.
+    #[serde(default)]
+    pub files: FilesConfig,
+}
+
+/// `files:` in the configuration file.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FilesConfig {
+    /// Whether to use the fanotify fallback where BPF LSM is unavailable
+    /// [default: true]. With `false`, agents selected by cgroup, unit or
+    /// executable have their opens and execs only detected (and killed,
+    /// with `onDetect: kill`), not denied; for hosts where every open of a
+    /// watched mount waiting for the daemon costs too much.
+    pub fanotify: Option<bool>,
 }
 
 /// `metrics:` in the configuration file.

@@ -61,3 +61,37 @@ fn vm_probe_reports_bpf_lsm_available() {
         "the VM kernels are booted with lsm=...,bpf: BPF LSM must load"
     );
 }
+
+/// Where BPF LSM is refused, the detection programs (BTF tracepoints) are
+/// the last fallback for file rules: on the host kernel they load and
+/// attach, and the probe says so.
+#[test]
+fn probe_loads_the_detection_programs_on_this_kernel() {
+    let report = probe_json();
+    let detection = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "detection programs")
+        .expect("a detection check");
+    assert_eq!(detection["status"], "yes", "{detection}");
+    let detail = detection["detail"].as_str().unwrap();
+    for program in [
+        "detect_sys_enter on tp_btf/sys_enter",
+        "detect_sys_exit on tp_btf/sys_exit",
+        "detect_exec on tp_btf/sched_process_exec",
+    ] {
+        assert!(detail.contains(program), "{detail}");
+    }
+    if !report["bpf_lsm_loadable"].as_bool().unwrap() {
+        let files = report["controls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "file and exec rules")
+            .unwrap();
+        let detail = files["detail"].as_str().unwrap();
+        assert!(detail.contains("only detected"), "{detail}");
+        assert_eq!(files["level"], "degraded");
+    }
+}

@@ -87,6 +87,10 @@ pub enum AuditObject {
         /// Whether the file has no name on disk (memfd, deleted file).
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         anonymous: bool,
+        /// Whether the process was killed (`SIGKILL`) at this call: a
+        /// `detected` access under `onDetect: kill`.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        killed: bool,
     },
     /// Events the kernel or the daemon counted but did not record one by
     /// one (rate limit, full ring buffer).
@@ -311,6 +315,18 @@ fn hook_name(hook: u16) -> &'static str {
         hook::KERNEL_LOAD_DATA => "kernel_load_data",
         hook::FANOTIFY_OPEN => "fanotify_open_perm",
         hook::FANOTIFY_OPEN_EXEC => "fanotify_open_exec_perm",
+        hook::DETECT_OPEN => "detect_open",
+        hook::DETECT_EXEC => "detect_exec",
+        hook::DETECT_MMAP => "detect_mmap",
+        hook::DETECT_UNLINK => "detect_unlink",
+        hook::DETECT_RMDIR => "detect_rmdir",
+        hook::DETECT_RENAME => "detect_rename",
+        hook::DETECT_MKDIR => "detect_mkdir",
+        hook::DETECT_MKNOD => "detect_mknod",
+        hook::DETECT_LINK => "detect_link",
+        hook::DETECT_SYMLINK => "detect_symlink",
+        hook::DETECT_CHMOD => "detect_chmod",
+        hook::DETECT_TRUNCATE => "detect_truncate",
         _ => "unknown",
     }
 }
@@ -539,6 +555,7 @@ impl AuditRecord {
                         denied_rights: rights_names(e.denied_rights),
                         truncated: e.flags & file_flags::PATH_TRUNCATED != 0,
                         anonymous: e.flags & file_flags::ANONYMOUS != 0,
+                        killed: e.flags & file_flags::KILLED != 0,
                     },
                 )
             }

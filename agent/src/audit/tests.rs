@@ -441,6 +441,7 @@ fn secrets_never_reach_the_file() {
         denied_rights: vec!["read"],
         truncated: false,
         anonymous: false,
+        killed: false,
     };
     record.process = Some(AuditProcess {
         pid: 1,

@@ -61,6 +61,8 @@ struct Settings {
     pin_dir: PathBuf,
     state_dir: PathBuf,
     cleanup_on_exit: bool,
+    /// Whether the fanotify fallback may run (`files.fanotify`).
+    fanotify: bool,
 }
 
 impl Settings {
@@ -101,6 +103,7 @@ impl Settings {
             std::process::id(),
         ));
         Ok(Self {
+            fanotify: config.files.fanotify.unwrap_or(true),
             protected,
             pin_dir: args
                 .pin_dir
@@ -182,6 +185,8 @@ struct State {
     /// Where BPF LSM is missing: the fanotify listener for agents that
     /// `baton exec` did not start.
     fanotify: Option<crate::fallback::fanotify::Watcher>,
+    /// Where BPF LSM is missing: whether the detection programs are attached.
+    detection: bool,
     /// Running DNS proxies, per agent id and network namespace cookie.
     proxies: BTreeMap<(u32, u64), AgentProxy>,
     /// Each agent's allowed names, shared by its proxies in every namespace.
@@ -861,7 +866,8 @@ impl State {
             },
             "file_enforcement": match (self.files_enforced, &self.fanotify) {
                 (true, _) => "BPF LSM".to_string(),
-                (false, Some(watcher)) => format!("Landlock for baton exec agents; fanotify on deny-listed paths for the others (watching {})", watcher.watched().join(", ")),
+                (false, Some(watcher)) => format!("Landlock for baton exec agents; fanotify on deny-listed paths for the others (watching {}){}", watcher.watched().join(", "), if self.detection { "; the rest detected only" } else { "" }),
+                (false, None) if self.detection => "Landlock for baton exec agents; detected only for the others (no fanotify)".to_string(),
                 (false, None) => "Landlock for baton exec agents; NOT enforced for the others (no fanotify)".to_string(),
             },
             "audit": { "head_seq": self.sink.head().map(|head| head.seq) },
@@ -1233,6 +1239,19 @@ async fn serve(
     };
     let mut enforcer = Enforcer::load(&pins, settings.audit.events_per_second)?;
     let mut maps = PolicyMaps::new(&mut enforcer.ebpf)?;
+    let runtime = RuntimeMaps::new(&mut enforcer.ebpf)?;
+    // Before the first policy is written: which rights detection covers
+    // depends on whether fanotify runs.
+    let (fanotify, fanotify_events) = start_fanotify(&enforcer, &maps, &runtime, settings.fanotify);
+    let detection = !enforcer.detection.is_empty()
+        && enforcer
+            .detection
+            .iter()
+            .all(|(_, state)| *state == ControlState::Enforced);
+    maps.detect_scope = crate::fallback::detect::DetectScope {
+        attached: detection,
+        fanotify: fanotify.is_some(),
+    };
     let mut registry = match &previous_registry {
         Some(previous) => AgentRegistry::restore(
             previous
@@ -1250,8 +1269,6 @@ async fn serve(
     // A previous daemon's proxies died with it; queries find no proxy (and
     // fail) until this daemon's are up, never an unfiltered resolver.
     dns.clear_proxies();
-    let runtime = RuntimeMaps::new(&mut enforcer.ebpf)?;
-    let (fanotify, fanotify_events) = start_fanotify(&enforcer, &maps, &runtime);
     let events = enforcer
         .ebpf
         .take_map(map_names::EVENTS)
@@ -1303,6 +1320,7 @@ async fn serve(
         host: host.clone(),
         files_enforced: enforcer.files == ControlState::Enforced,
         fanotify,
+        detection,
         proxies: BTreeMap::new(),
         agent_names: BTreeMap::new(),
         proxy_setup: None,
@@ -1356,6 +1374,15 @@ async fn serve(
     for (hook, hook_state) in &enforcer.lsm_hooks {
         if let ControlState::Unavailable(reason) = hook_state {
             let message = format!("control degraded: LSM hook {hook} is not attached: {reason}");
+            tracing::warn!("{message}");
+            state.record(AuditRecord::lifecycle(&host, "file", message));
+        }
+    }
+    for (program, program_state) in &enforcer.detection {
+        if let ControlState::Unavailable(reason) = program_state {
+            let message = format!(
+                "control degraded: detection program {program} is not attached, so nothing is detected: {reason}"
+            );
             tracing::warn!("{message}");
             state.record(AuditRecord::lifecycle(&host, "file", message));
         }
@@ -1743,11 +1770,16 @@ fn start_fanotify(
     enforcer: &Enforcer,
     maps: &PolicyMaps,
     runtime: &RuntimeMaps,
+    allowed: bool,
 ) -> (
     Option<crate::fallback::fanotify::Watcher>,
     Option<tokio::sync::mpsc::Receiver<Box<agent_common::event::FileEvent>>>,
 ) {
     if enforcer.files == ControlState::Enforced {
+        return (None, None);
+    }
+    if !allowed {
+        tracing::warn!("the fanotify fallback is switched off (files.fanotify: false)");
         return (None, None);
     }
     let started = maps
@@ -1797,6 +1829,7 @@ impl State {
             self.files_enforced,
             crate::kernel::probe::landlock_abi().is_some(),
             self.fanotify.is_some(),
+            self.detection,
         )
     }
 
@@ -1826,7 +1859,12 @@ impl State {
             self.record(record);
         }
         if self.fanotify.is_none() {
-            let message = "control degraded: fanotify is unavailable, so file and exec rules are NOT enforced for agents selected by cgroup, unit or executable".to_string();
+            let message = if self.detection {
+                "control degraded: fanotify is unavailable or switched off, so file and exec rules of agents selected by cgroup, unit or executable are only detected, not enforced"
+            } else {
+                "control degraded: fanotify is unavailable, so file and exec rules are NOT enforced for agents selected by cgroup, unit or executable"
+            }
+            .to_string();
             tracing::warn!("{message}");
             self.record(AuditRecord::lifecycle(&host, "file", message));
         }

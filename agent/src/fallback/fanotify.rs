@@ -703,15 +703,18 @@ impl Shared {
 // ---------------------------------------------------------------- reporting
 
 /// Which mechanism holds one agent to each right, in words, keyed by right
-/// name (`read`, `write`, `create`, `delete`, `rename`, `exec`).
+/// name (`read`, `write`, `create`, `delete`, `rename`, `exec`). Each says
+/// `enforced: HOW`, `detected only` (with or without a kill) or `none`.
 ///
 /// `lsm`: BPF LSM enforces file rules; `landlock`: the kernel has
-/// Landlock (for `baton exec`); `fanotify`: the listener is running.
+/// Landlock (for `baton exec`); `fanotify`: the listener is running;
+/// `detection`: the kernel's detection programs are attached.
 pub fn coverage(
     agent: &CompiledAgent,
     lsm: bool,
     landlock: bool,
     fanotify: bool,
+    detection: bool,
 ) -> BTreeMap<&'static str, String> {
     const RIGHTS: [(usize, &str); right::COUNT] = [
         (right::READ, "read"),
@@ -721,6 +724,11 @@ pub fn coverage(
         (right::RENAME, "rename"),
         (right::EXEC, "exec"),
     ];
+    let detected = if agent.kill_on_detect {
+        "detected only, the process is killed at the call (onDetect: kill)"
+    } else {
+        "detected only, not prevented (onDetect: record)"
+    };
     RIGHTS
         .iter()
         .map(|(r, name)| {
@@ -741,18 +749,29 @@ pub fn coverage(
                 agent.file_default == decision::DENY
             };
             let others = match *r {
-                _ if !fanotify => "none".to_string(),
-                right::READ | right::WRITE | right::EXEC => {
+                right::READ | right::WRITE | right::EXEC if fanotify => {
                     let what = match *r {
-                        right::EXEC => "exec of deny-listed paths (not executable mappings)",
+                        right::EXEC => "exec of deny-listed paths",
                         _ => "opens of deny-listed paths",
                     };
+                    let mut text = format!("fanotify, {what}");
                     if default_deny {
-                        format!("fanotify, {what}; the default deny applies only on watched paths")
-                    } else {
-                        format!("fanotify, {what}")
+                        text.push_str("; the default deny applies only on watched paths");
                     }
+                    let rest = match *r {
+                        right::EXEC => "executable mappings",
+                        right::WRITE => "chmod and truncate",
+                        _ => "",
+                    };
+                    match (rest.is_empty(), detection) {
+                        (true, _) => {}
+                        (false, true) => text.push_str(&format!("; {rest}: {detected}")),
+                        (false, false) => text.push_str(&format!("; {rest}: none")),
+                    }
+                    text
                 }
+                _ if detection => detected.to_string(),
+                _ if !fanotify => "none".to_string(),
                 _ => "none (fanotify cannot see it)".to_string(),
             };
             (
@@ -851,12 +870,41 @@ mod tests {
     #[test]
     fn coverage_never_claims_what_fanotify_cannot_do() {
         let a = agent("  exec:\n    default: deny\n    allow: [/usr]\n");
-        let by_right = coverage(&a, false, true, true);
+        let by_right = coverage(&a, false, true, true, false);
         assert!(by_right["read"].contains("fanotify"));
         assert!(by_right["create"].ends_with("none (fanotify cannot see it)"));
         assert!(by_right["exec"].contains("only on watched paths"));
-        let none = coverage(&a, false, true, false);
+        assert!(by_right["exec"].ends_with("executable mappings: none"));
+        let none = coverage(&a, false, true, false, false);
         assert!(none["read"].ends_with("executable: none"));
-        assert_eq!(coverage(&a, true, true, true)["delete"], "BPF LSM");
+        assert_eq!(coverage(&a, true, true, true, true)["delete"], "BPF LSM");
+    }
+
+    #[test]
+    fn coverage_says_detected_where_only_detection_sees() {
+        let a = agent("  exec:\n    default: deny\n    allow: [/usr]\n");
+        let with_fanotify = coverage(&a, false, true, true, true);
+        assert!(with_fanotify["read"].contains("fanotify"));
+        assert!(!with_fanotify["read"].contains("detected"));
+        assert!(
+            with_fanotify["write"]
+                .ends_with("chmod and truncate: detected only, not prevented (onDetect: record)")
+        );
+        assert!(
+            with_fanotify["delete"]
+                .ends_with("executable: detected only, not prevented (onDetect: record)")
+        );
+        assert!(with_fanotify["exec"].contains("executable mappings: detected only"));
+        let killing = agent("  files:\n    onDetect: kill\n    deny: [/srv]\n");
+        let alone = coverage(&killing, false, true, false, true);
+        for right in ["read", "write", "create", "delete", "rename", "exec"] {
+            assert!(
+                alone[right].ends_with(
+                    "executable: detected only, the process is killed at the call (onDetect: kill)"
+                ),
+                "{right}: {}",
+                alone[right]
+            );
+        }
     }
 }

@@ -11,8 +11,10 @@
 //! Agents selected by cgroup, systemd unit or executable start without
 //! Baton in the loop, so no ruleset can be applied to them: for those, the
 //! daemon answers fanotify permission events on the paths their rules deny
-//! (see [`fanotify`]).
+//! (see [`fanotify`]). What neither can enforce, the kernel detects and
+//! records, and may kill the process for (see [`detect`]).
 
+pub mod detect;
 pub mod fanotify;
 pub mod landlock;
 pub mod protected;

@@ -119,6 +119,9 @@ pub struct Enforcer {
     pub packet_sockets: ControlState,
     /// Each file and exec hook beyond `file_open`, where BPF LSM loads.
     pub lsm_hooks: Vec<(&'static str, ControlState)>,
+    /// Where BPF LSM is refused: each detection program (`Enforced` means
+    /// attached: it detects, it cannot deny). Empty where BPF LSM loads.
+    pub detection: Vec<(&'static str, ControlState)>,
 }
 
 /// File and exec LSM hooks beyond `file_open`, with the number of context
@@ -168,13 +171,16 @@ impl Enforcer {
     pub fn load(pins: &PinDir, events_per_second: u32) -> Result<Self, KernelError> {
         let btf = Btf::from_kernel()?;
         let offsets = btf.kernel_offsets()?;
+        let detect_offsets = super::detect::offsets(&btf);
+        let detect_globals = detect_offsets.clone().unwrap_or_default();
         let aya_btf = aya::Btf::from_sys_fs()?;
         let pinned = pins.pinned_maps(EBPF_OBJECT)?;
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&aya_btf))
             .override_global(KERNEL_OFFSETS_GLOBAL, &offsets, true)
-            .override_global(EVENTS_PER_SECOND_GLOBAL, &events_per_second, true);
+            .override_global(EVENTS_PER_SECOND_GLOBAL, &events_per_second, true)
+            .override_global(super::detect::GLOBAL, &detect_globals, true);
         for name in &pinned {
             loader.map_pin_path(name.as_str(), pins.map_path(name));
         }
@@ -273,6 +279,16 @@ impl Enforcer {
             }
             Err(error) => ControlState::Unavailable(format!("BPF LSM refused: {error}")),
         };
+        // Without BPF LSM, detection is the last resort for what nothing
+        // else enforces.
+        let detection = match (&files, &detect_offsets) {
+            (ControlState::Enforced, _) => Vec::new(),
+            (_, Ok(_)) => super::detect::attach(&mut ebpf, &aya_btf, Some(pins)),
+            (_, Err(reason)) => super::detect::PROGRAMS
+                .iter()
+                .map(|(program, _)| (*program, ControlState::Unavailable(reason.clone())))
+                .collect(),
+        };
         // Packet sockets never reach cgroup/sock_create; only the LSM hook
         // sees them.
         let packet_sockets = if files == ControlState::Enforced {
@@ -306,6 +322,7 @@ impl Enforcer {
             files,
             packet_sockets,
             lsm_hooks,
+            detection,
         })
     }
 }

@@ -60,6 +60,9 @@ pub struct PolicyMaps {
     live: Option<WrittenKeys>,
     live_cgroups: BTreeSet<u64>,
     live_executables: BTreeSet<(u64, u32)>,
+    /// Which agents and rights the detection programs watch; set before the
+    /// first policy is applied, from what the kernel and fanotify provide.
+    pub detect_scope: crate::fallback::detect::DetectScope,
 }
 
 /// A selector the daemon could not turn into a kernel entry.
@@ -137,6 +140,7 @@ impl PolicyMaps {
             live: None,
             live_cgroups: BTreeSet::new(),
             live_executables: BTreeSet::new(),
+            detect_scope: Default::default(),
         };
         maps.adopt();
         Ok(maps)
@@ -252,7 +256,7 @@ impl PolicyMaps {
                     policy_flags::ALLOW_ANONYMOUS_EXEC
                 } else {
                     0
-                },
+                } | self.detect_scope.flags(agent),
                 egress_default_rule: agent.egress_default_rule,
                 file_default_rule: agent.file_default_rule,
                 exec_default_rule: agent.exec_default_rule,

@@ -4,6 +4,7 @@
 
 pub mod btf;
 pub mod cgroup;
+pub mod detect;
 pub mod loader;
 pub mod maps;
 pub mod pins;

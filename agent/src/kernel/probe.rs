@@ -133,6 +133,38 @@ pub fn try_bpf_lsm() -> Result<(), String> {
     })
 }
 
+/// Loads and attaches the detection programs with this kernel's offsets
+/// (so the verifier checks all of their code), then drops them. Returns
+/// one line per program.
+pub fn try_detection() -> Result<Vec<String>, String> {
+    let btf = Btf::from_kernel().map_err(|e| e.to_string())?;
+    let offsets = btf.kernel_offsets().map_err(|e| e.to_string())?;
+    let detect_offsets = super::detect::offsets(&btf)?;
+    let aya_btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string())?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&aya_btf))
+        .override_global(agent_common::offsets::KERNEL_OFFSETS_GLOBAL, &offsets, true)
+        .override_global(super::detect::GLOBAL, &detect_offsets, true)
+        .load(EBPF_OBJECT)
+        .map_err(|e| e.to_string())?;
+    let states = super::detect::attach(&mut ebpf, &aya_btf, None);
+    let failed: Vec<String> = states
+        .iter()
+        .filter_map(|(program, state)| match state {
+            super::loader::ControlState::Enforced => None,
+            super::loader::ControlState::Unavailable(why) => Some(format!("{program}: {why}")),
+        })
+        .collect();
+    if failed.is_empty() {
+        Ok(super::detect::PROGRAMS
+            .iter()
+            .map(|(program, tracepoint)| format!("{program} on tp_btf/{tracepoint}"))
+            .collect())
+    } else {
+        Err(failed.join("; "))
+    }
+}
+
 /// Runs every check.
 pub fn probe() -> ProbeReport {
     let kernel = nix::sys::utsname::uname()
@@ -245,6 +277,19 @@ pub fn probe() -> ProbeReport {
         Err(e) => check("fanotify", false, e.clone()),
     });
 
+    // Detection only stands in where BPF LSM is refused; where it loads,
+    // the probe still tries it, so the report says what a fallback would get.
+    let detection = try_detection();
+    checks.push(match &detection {
+        Ok(programs) => check(
+            "detection programs",
+            true,
+            format!("loaded and attached: {}", programs.join(", ")),
+        ),
+        Err(e) => check("detection programs", false, e.clone()),
+    });
+    let detects = detection.is_ok();
+
     let mut controls = Vec::new();
     let egress_ok = cgroup.is_ok() && offsets.is_some();
     controls.push(Control {
@@ -294,7 +339,7 @@ pub fn probe() -> ProbeReport {
     });
     let files_level = if bpf_lsm_loadable && offsets.is_some() {
         ControlLevel::Enforced
-    } else if landlock.is_some() || fanotify.is_ok() {
+    } else if landlock.is_some() || fanotify.is_ok() || detects {
         ControlLevel::Degraded
     } else {
         ControlLevel::Unavailable
@@ -316,13 +361,14 @@ pub fn probe() -> ProbeReport {
                     Some(abi) => format!("enforced by Landlock (ABI {abi}), except what Landlock cannot express (chmod, a deny inside an allowed tree), which baton exec lists"),
                     None => "NOT enforced (Landlock is off)".to_string(),
                 },
-                if fanotify.is_ok() {
-                    "fanotify fallback: deny-listed paths only, opens for read or write and exec are denied; create, delete, rename, chmod and executable mappings are NOT enforced, and a default deny applies only on watched paths"
-                } else {
-                    "NOT enforced (no fanotify permission events)"
+                match (fanotify.is_ok(), detects) {
+                    (true, true) => "fanotify fallback: deny-listed paths only, opens for read or write and exec are denied (a default deny applies only on watched paths); create, delete, rename, chmod and executable mappings are NOT enforced, only detected (tp_btf sys_enter/sys_exit), with a kill where the policy says onDetect: kill",
+                    (true, false) => "fanotify fallback: deny-listed paths only, opens for read or write and exec are denied; create, delete, rename, chmod and executable mappings are NOT enforced, and a default deny applies only on watched paths",
+                    (false, true) => "NOT enforced (no fanotify permission events): opens, execs, create, delete, rename, chmod and executable mappings are only detected (tp_btf sys_enter/sys_exit, sched_process_exec), with a kill where the policy says onDetect: kill",
+                    (false, false) => "NOT enforced (no fanotify permission events, no detection programs)",
                 }
             ),
-            ControlLevel::Unavailable => format!("{why_no_lsm}, Landlock is off and fanotify has no permission events: file rules are not enforced"),
+            ControlLevel::Unavailable => format!("{why_no_lsm}, Landlock is off, fanotify has no permission events and the detection programs do not load: file rules are neither enforced nor detected"),
         },
         level: files_level,
     });

@@ -105,6 +105,8 @@ pub struct CompiledAgent {
     pub exec_default_rule: u32,
     /// Whether files with no name on disk may be executed.
     pub allow_anonymous_exec: bool,
+    /// Whether a detected (not prevented) violation kills the process.
+    pub kill_on_detect: bool,
     /// Connects per second; 0 is unlimited.
     pub connects_per_second: u32,
     /// Live processes allowed, for agents Baton starts.
@@ -370,6 +372,7 @@ pub fn compile_protected(
         let mut max_processes: Option<u32> = None;
         let mut breakers = Vec::new();
         let mut allow_anonymous_exec = true;
+        let mut kill_on_detect = false;
         for policy in &selecting {
             let spec = &policy.document.spec;
             any_enforce |= spec.mode == Mode::Enforce;
@@ -448,6 +451,7 @@ pub fn compile_protected(
                 }
             }
             if let Some(files) = &spec.files {
+                kill_on_detect |= files.on_detect == crate::policy::spec::OnDetect::Kill;
                 let d = action_decision(files.default);
                 if file_default.is_none_or(|(current, _)| d == decision::DENY && current != d) {
                     file_default = Some((d, add_rule(policy, "files.default".into())));
@@ -548,6 +552,7 @@ pub fn compile_protected(
             exec_default,
             exec_default_rule,
             allow_anonymous_exec,
+            kill_on_detect,
             connects_per_second: connects_per_second.unwrap_or(0),
             max_processes,
             breakers,

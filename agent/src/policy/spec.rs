@@ -375,6 +375,26 @@ pub struct FilesSpec {
     /// `canary` breakers at once.
     #[serde(default)]
     pub canaries: Vec<RulePath>,
+    /// What happens, besides a `detected` record, when Baton can only see
+    /// (not prevent) an access that this policy's file or exec rules deny:
+    /// `record` (the default) or `kill`, which kills the process with
+    /// `SIGKILL` inside that very call. Detection is the last fallback,
+    /// used only where BPF LSM is unavailable and only for what no other
+    /// fallback enforces; where BPF LSM loads, accesses are denied and this
+    /// setting has no effect. One policy asking for `kill` is enough.
+    #[serde(default, rename = "onDetect")]
+    pub on_detect: OnDetect,
+}
+
+/// `spec.files.onDetect`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDetect {
+    /// Write a `detected` audit record.
+    #[default]
+    Record,
+    /// Write the record and kill the process (`SIGKILL`) at the call.
+    Kill,
 }
 
 /// `spec.limits`.

@@ -1,0 +1,120 @@
+//! The detection programs (`agent-ebpf/src/detect.rs`): their offsets, and
+//! loading and attaching them where BPF LSM is refused.
+//!
+//! They are BTF tracepoints, which load on kernels that refuse BPF LSM and
+//! trampolines alike. Each one is attached and reported on its own.
+
+use agent_common::detect::{DETECT_OFFSETS_GLOBAL, DetectOffsets};
+use aya::{
+    Ebpf,
+    programs::{BtfTracePoint, links::FdLink},
+};
+
+use super::{
+    btf::{Btf, BtfError},
+    loader::{ControlState, KernelError},
+    pins::PinDir,
+};
+
+/// Each detection program and the tracepoint it attaches to.
+pub const PROGRAMS: [(&str, &str); 3] = [
+    ("detect_sys_enter", "sys_enter"),
+    ("detect_sys_exit", "sys_exit"),
+    ("detect_exec", "sched_process_exec"),
+];
+
+/// The offsets the detection programs need, from this kernel's BTF.
+///
+/// Syscall arguments are read from `struct pt_regs` as x86_64 lays it out
+/// (and the programs know x86_64's syscall numbers), so elsewhere this says
+/// why detection is unavailable.
+pub fn offsets(btf: &Btf) -> Result<DetectOffsets, String> {
+    if !cfg!(target_arch = "x86_64") {
+        return Err(format!(
+            "detection knows the syscall numbers of x86_64 only, not {}",
+            std::env::consts::ARCH
+        ));
+    }
+    let member = |strukt: &str, name: &str| -> Result<u32, String> {
+        btf.member_offset(strukt, name)
+            .map_err(|e: BtfError| e.to_string())
+    };
+    Ok(DetectOffsets {
+        regs_arg0: member("pt_regs", "di")?,
+        regs_arg1: member("pt_regs", "si")?,
+        regs_arg2: member("pt_regs", "dx")?,
+        regs_arg3: member("pt_regs", "r10")?,
+        regs_arg4: member("pt_regs", "r8")?,
+        regs_nr: member("pt_regs", "orig_ax")?,
+        task_fs: member("task_struct", "fs")?,
+        fs_pwd: member("fs_struct", "pwd")?,
+        task_files: member("task_struct", "files")?,
+        files_fdt: member("files_struct", "fdt")?,
+        fdtable_fd: member("fdtable", "fd")?,
+        fdtable_max_fds: member("fdtable", "max_fds")?,
+        resolved: 1,
+    })
+}
+
+/// The global's name, for `EbpfLoader::override_global`.
+pub const GLOBAL: &str = DETECT_OFFSETS_GLOBAL;
+
+/// Loads and attaches every detection program, pinning the links in `pins`
+/// when given (a probe's test load is not pinned). Returns the state of
+/// each: a program that does not load leaves the rights it covers
+/// undetected, and says so.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    pins: Option<&PinDir>,
+) -> Vec<(&'static str, ControlState)> {
+    PROGRAMS
+        .iter()
+        .map(|&(program, tracepoint)| {
+            let state = match attach_one(ebpf, program, tracepoint, btf, pins) {
+                Ok(()) => ControlState::Enforced,
+                Err(error) => ControlState::Unavailable(innermost(&error)),
+            };
+            (program, state)
+        })
+        .collect()
+}
+
+fn attach_one(
+    ebpf: &mut Ebpf,
+    program_name: &'static str,
+    tracepoint: &str,
+    btf: &aya::Btf,
+    pins: Option<&PinDir>,
+) -> Result<(), KernelError> {
+    let error = |action: &'static str| {
+        move |source| KernelError::Program {
+            program: program_name,
+            action,
+            source,
+        }
+    };
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(program_name)
+        .ok_or(KernelError::MissingProgram(program_name))?
+        .try_into()
+        .map_err(error("load"))?;
+    program.load(tracepoint, btf).map_err(error("load"))?;
+    let link = program.attach().map_err(error("attach"))?;
+    if let Some(pins) = pins {
+        let link = program.take_link(link).map_err(error("attach"))?;
+        pins.pin_link(program_name, FdLink::from(link))?;
+    }
+    Ok(())
+}
+
+/// The error with its causes, for a one-line report.
+fn innermost(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text = format!("{text}: {inner}");
+        cause = inner.source();
+    }
+    text
+}
