@@ -137,6 +137,10 @@ impl ProcessCache {
         }
         let root = self.cgroup_root.clone();
         if let Some(path) = seen {
+            // Checked once per (id, path): this runs for every record.
+            if self.cgroups.get(&id).is_some_and(|known| known == path) {
+                return Some(path.to_string());
+            }
             // Remembered only if it is the event's cgroup: the process may
             // have moved since.
             let same = root.as_ref().is_some_and(|root| {

@@ -252,24 +252,53 @@ impl LogFollower {
 
     /// The file that holds sequence number `seq`, or would: the newest
     /// file starting at or before it; the oldest when every file starts
-    /// after it (the records before were removed).
-    fn locate(&self, seq: u64) -> io::Result<Option<PathBuf>> {
-        let mut candidates: Vec<(Option<u64>, PathBuf)> = rotated_files(&self.log)?
+    /// after it (the records before were removed). With it, the identity
+    /// the file had when it was chosen: a rotation may replace the active
+    /// file before it is opened.
+    fn locate(&self, seq: u64) -> io::Result<Option<(PathBuf, (u64, u64))>> {
+        // The listing and the active file's first record are read again
+        // until no rotation happened in between: a rotation in the middle
+        // would hide the file that was just rotated.
+        let (rotated, active) = loop {
+            let before = rotated_files(&self.log)?;
+            let active = match std::fs::metadata(&self.log) {
+                Ok(meta) => Some((first_seq(&self.log)?, identity(&meta))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(e),
+            };
+            let after = rotated_files(&self.log)?;
+            let still = std::fs::metadata(&self.log).ok().map(|m| identity(&m));
+            if before == after && still == active.map(|(_, id)| id) {
+                break (after, active);
+            }
+        };
+        // (first record, path, identity when known)
+        type Candidate = (Option<u64>, PathBuf, Option<(u64, u64)>);
+        let mut candidates: Vec<Candidate> = rotated
             .into_iter()
-            .map(|(n, p)| (Some(n), p))
+            .map(|(n, p)| (Some(n), p, None))
             .collect();
-        if self.log.exists() {
-            candidates.push((first_seq(&self.log)?, self.log.clone()));
+        if let Some((start, id)) = active {
+            candidates.push((start, self.log.clone(), Some(id)));
         }
-        let mut chosen = candidates.first().map(|(_, p)| p.clone());
-        for (start, path) in &candidates {
-            // An active file with no complete record yet starts after every
-            // rotated file.
-            if start.is_none_or(|s| s <= seq) {
-                chosen = Some(path.clone());
+        // An active file with no complete record yet (just created by a
+        // rotation) starts after every rotated file, at a number not known
+        // yet: it is chosen only when it is the only file. Otherwise the
+        // reader waits in the newest rotated file for its first record.
+        let mut chosen = candidates.first().cloned();
+        for candidate in &candidates {
+            if candidate.0.is_some_and(|s| s <= seq) {
+                chosen = Some(candidate.clone());
             }
         }
-        Ok(chosen)
+        let Some((_, path, id)) = chosen else {
+            return Ok(None);
+        };
+        let id = match id {
+            Some(id) => id,
+            None => identity(&std::fs::metadata(&path)?),
+        };
+        Ok(Some((path, id)))
     }
 
     /// The next record after the last one returned, or `None` when there
@@ -277,7 +306,7 @@ impl LogFollower {
     pub fn next_record(&mut self) -> io::Result<Option<FollowedRecord>> {
         loop {
             if self.open.is_none() {
-                let Some(path) = self.locate(self.last_seq + 1)? else {
+                let Some((path, expected)) = self.locate(self.last_seq + 1)? else {
                     return Ok(None);
                 };
                 let file = match File::open(&path) {
@@ -286,8 +315,14 @@ impl LogFollower {
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e),
                 };
+                let opened = identity(&file.metadata()?);
+                if opened != expected {
+                    // The active file was rotated and replaced after it was
+                    // chosen; the chosen records are in the rotated file now.
+                    continue;
+                }
                 self.open = Some(OpenFile {
-                    identity: identity(&file.metadata()?),
+                    identity: opened,
                     reader: BufReader::with_capacity(256 * 1024, file),
                     pending: Vec::new(),
                 });
@@ -324,11 +359,7 @@ impl LogFollower {
             // completed.
             let current = open.identity;
             match self.locate(self.last_seq + 1)? {
-                Some(path)
-                    if std::fs::metadata(&path)
-                        .map(|m| identity(&m) != current)
-                        .unwrap_or(false) =>
-                {
+                Some((_, id)) if id != current => {
                     self.open = None;
                 }
                 _ => return Ok(None),

@@ -18,7 +18,7 @@ use serde_json::Value;
 use thiserror::Error;
 use tokio::sync::broadcast;
 
-use super::{AuditError, chain::Head, config::StreamConfig, record::AuditRecord};
+use super::{AuditError, chain::Head, config::StreamConfig};
 use crate::control::{AuditReply, AuditRequest};
 
 /// Records kept for clients that ask for recent ones (`baton events -n`).
@@ -77,14 +77,24 @@ impl Hub {
 
     /// Publishes a record just written as `line` with hash `hash`. Never
     /// blocks on subscribers.
-    pub(crate) fn publish(&self, record: &AuditRecord, line: &str, hash: &str) {
-        let published = Arc::new(Published {
-            seq: record.seq,
-            agent: record.agent.clone(),
-            verdict: record.verdict,
-            control: record.control,
-            line: line.to_string(),
-        });
+    #[cfg(test)]
+    pub(crate) fn publish(&self, record: &super::record::AuditRecord, line: &str, hash: &str) {
+        self.publish_written(
+            Published {
+                seq: record.seq,
+                agent: record.agent.clone(),
+                verdict: record.verdict,
+                control: record.control,
+                line: line.to_string(),
+            },
+            hash,
+        );
+    }
+
+    /// Publishes a record once its line is in the file.
+    pub(crate) fn publish_written(&self, published: Published, hash: &str) {
+        let seq = published.seq;
+        let published = Arc::new(published);
         {
             // Holding the backlog lock while sending means a subscriber
             // that copies the backlog and subscribes under the same lock
@@ -97,7 +107,7 @@ impl Hub {
             let _ = self.inner.sender.send(published);
         }
         self.set_head(Head {
-            seq: record.seq,
+            seq,
             hash: hash.to_string(),
         });
     }
@@ -468,6 +478,7 @@ pub fn human_line(record: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::record::AuditRecord;
 
     #[test]
     fn filters_and_backlog() {

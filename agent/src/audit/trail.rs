@@ -1,16 +1,25 @@
 //! The audit trail: a hash-chained, rotated, signed JSON-lines log.
 //!
 //! Every record is redacted, numbered, linked to the previous line by its
-//! SHA-256, appended with one `write(2)` and published to the live
-//! [`Hub`]. Every so many records or seconds a checkpoint record signs the
-//! chain head with the host's ed25519 key. The chain continues across
-//! rotated files and across restarts.
+//! SHA-256, appended to the file and published to the live [`Hub`]. Every
+//! so many records or seconds a checkpoint record signs the chain head with
+//! the host's ed25519 key. The chain continues across rotated files and
+//! across restarts.
+//!
+//! Records are appended one `write(2)` each, except inside a batch (the
+//! daemon drains the kernel's queue in batches), where whole lines are
+//! gathered and written together at the end of the batch or every
+//! [`BATCH_BYTES`]: a daemon killed mid-batch loses at most that batch's
+//! unwritten lines, never part of the chain already written. Checkpoints
+//! reach the disk through `fdatasync` on a thread of their own, so the
+//! writer never waits for the disk.
 
 use std::{
     fs::{File, OpenOptions},
     io::{BufRead, BufReader, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
+    sync::{Arc, Condvar, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -24,13 +33,96 @@ use super::{
     keys,
     record::{AuditCheckpoint, AuditRecord},
     redact::Redactor,
-    stream::Hub,
+    stream::{Hub, Published},
 };
+
+/// Bytes gathered in a batch before they are written.
+pub const BATCH_BYTES: usize = 256 * 1024;
+
+/// A line gathered in a batch, published once it is in the file.
+struct Gathered {
+    published: Published,
+    /// Where its line (newline included) ends in the batch buffer.
+    end: usize,
+    hash: String,
+}
+
+/// What the chain looked like after the last line that reached the file.
+#[derive(Clone)]
+struct Written {
+    next_seq: u64,
+    head: String,
+    size: u64,
+}
+
+/// Syncs the log to disk off the writer's path: requests made while a sync
+/// runs are served by the next one.
+struct Syncer {
+    shared: Arc<(Mutex<SyncRequest>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct SyncRequest {
+    file: Option<Arc<File>>,
+    stop: bool,
+}
+
+impl Syncer {
+    fn start(log: PathBuf) -> Self {
+        let shared = Arc::new((Mutex::new(SyncRequest::default()), Condvar::new()));
+        let worker = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("audit-sync".into())
+            .spawn(move || {
+                let (lock, ready) = &*worker;
+                loop {
+                    let file = {
+                        let mut request = lock.lock().unwrap_or_else(|e| e.into_inner());
+                        while request.file.is_none() && !request.stop {
+                            request = ready.wait(request).unwrap_or_else(|e| e.into_inner());
+                        }
+                        match request.file.take() {
+                            Some(file) => file,
+                            None => return,
+                        }
+                    };
+                    if let Err(error) = file.sync_data() {
+                        tracing::error!(log = %log.display(), %error, "cannot sync the audit log");
+                    }
+                }
+            })
+            .ok();
+        Self { shared, thread }
+    }
+
+    /// Asks for `file` to be synced; false if no thread could be started.
+    fn request(&self, file: &Arc<File>) -> bool {
+        if self.thread.is_none() {
+            return false;
+        }
+        let (lock, ready) = &*self.shared;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).file = Some(file.clone());
+        ready.notify_one();
+        true
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        let (lock, ready) = &*self.shared;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+        ready.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
 
 /// Appends records to a hash-chained log.
 pub struct AuditTrail {
     log: PathBuf,
-    file: File,
+    file: Arc<File>,
     /// Bytes in the active file.
     size: u64,
     /// Sequence number the active file started at; names it on rotation.
@@ -55,6 +147,14 @@ pub struct AuditTrail {
     hub: Hub,
     host: String,
     line: Vec<u8>,
+    /// Whether lines are gathered instead of written one by one.
+    batching: bool,
+    /// Lines gathered and not yet written.
+    batch: Vec<u8>,
+    gathered: Vec<Gathered>,
+    /// The chain as it is in the file (behind `head` by the batch).
+    written: Written,
+    syncer: Syncer,
 }
 
 impl AuditTrail {
@@ -126,7 +226,16 @@ impl AuditTrail {
         }
         let mut trail = Self {
             log: log.to_path_buf(),
-            file,
+            file: Arc::new(file),
+            written: Written {
+                next_seq,
+                head: head.clone(),
+                size: tail.size,
+            },
+            syncer: Syncer::start(log.to_path_buf()),
+            batching: false,
+            batch: Vec::new(),
+            gathered: Vec::new(),
             size: tail.size,
             file_first_seq: tail.first_seq.unwrap_or(next_seq),
             file_started: if tail.size > 0 {
@@ -183,10 +292,25 @@ impl AuditTrail {
         Ok(())
     }
 
+    /// Gathers the records written from now on, until [`end_batch`]
+    /// writes them (or [`BATCH_BYTES`] of them are waiting).
+    ///
+    /// [`end_batch`]: AuditTrail::end_batch
+    pub fn begin_batch(&mut self) {
+        self.batching = true;
+    }
+
+    /// Writes what the batch gathered and goes back to one write a record.
+    pub fn end_batch(&mut self) -> Result<(), AuditError> {
+        self.batching = false;
+        self.flush()
+    }
+
     /// Writes a checkpoint when records have waited `everySeconds` for one.
     /// Call it about once a second: without it, a quiet log's last records
     /// wait for the next write to be signed.
     pub fn tick(&mut self) -> Result<(), AuditError> {
+        self.flush()?;
         let due = self.checkpoints.every_seconds > 0
             && self.unsigned_since.is_some_and(|since| {
                 since.elapsed() >= Duration::from_secs(self.checkpoints.every_seconds)
@@ -215,8 +339,12 @@ impl AuditTrail {
             },
         );
         self.append(&mut record)?;
+        self.flush()?;
         self.unsigned = 0;
         self.unsigned_since = None;
+        if self.syncer.request(&self.file) {
+            return Ok(());
+        }
         self.file.sync_data().map_err(|source| AuditError::Write {
             path: self.log.clone(),
             source,
@@ -254,32 +382,83 @@ impl AuditTrail {
         let hash = line_hash(&self.line);
         self.line.push(b'\n');
         if self.rotation_due(self.line.len() as u64) {
+            self.flush()?;
             self.rotate()?;
-        }
-        if let Err(source) = self.file.write_all(&self.line) {
-            // Part of the line may be in the file: keep it as the final
-            // line of this file and continue in a new one.
-            let actual = self.file.metadata().map_or(u64::MAX, |m| m.len());
-            if actual != self.size {
-                self.damaged = true;
-                self.size = actual;
-            }
-            return Err(AuditError::Write {
-                path: self.log.clone(),
-                source,
-            });
         }
         if self.size == 0 {
             self.file_first_seq = self.next_seq;
             self.file_started = Some(SystemTime::now());
         }
+        self.batch.extend_from_slice(&self.line);
+        let line = std::str::from_utf8(&self.line[..self.line.len() - 1])
+            .expect("serde_json writes UTF-8");
+        self.gathered.push(Gathered {
+            published: Published {
+                seq: record.seq,
+                agent: record.agent.clone(),
+                verdict: record.verdict,
+                control: record.control,
+                line: line.to_string(),
+            },
+            end: self.batch.len(),
+            hash: hash.clone(),
+        });
         self.size += self.line.len() as u64;
         self.head = hash;
         self.next_seq += 1;
-        let line = std::str::from_utf8(&self.line[..self.line.len() - 1])
-            .expect("serde_json writes UTF-8");
-        self.hub.publish(record, line, &self.head);
+        if !self.batching || self.batch.len() >= BATCH_BYTES {
+            self.flush()?;
+        }
         Ok(())
+    }
+
+    /// Writes the gathered lines with one `write(2)` and publishes them.
+    /// On an error, the lines that did reach the file stay in the chain and
+    /// the others are lost (and the error says so); a line cut short stays
+    /// the final line of this file, and the next write starts a new one.
+    fn flush(&mut self) -> Result<(), AuditError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let result = (&*self.file).write_all(&self.batch);
+        let reached = match &result {
+            Ok(()) => self.batch.len(),
+            Err(_) => {
+                let actual = self.file.metadata().map_or(u64::MAX, |m| m.len());
+                usize::try_from(actual.saturating_sub(self.written.size))
+                    .unwrap_or(usize::MAX)
+                    .min(self.batch.len())
+            }
+        };
+        let mut start = 0;
+        for gathered in self.gathered.drain(..) {
+            if gathered.end > reached {
+                break;
+            }
+            self.written.next_seq = gathered.published.seq + 1;
+            self.written.head.clone_from(&gathered.hash);
+            self.written.size += (gathered.end - start) as u64;
+            start = gathered.end;
+            self.hub.publish_written(gathered.published, &gathered.hash);
+        }
+        self.batch.clear();
+        match result {
+            Ok(()) => Ok(()),
+            Err(source) => {
+                // The chain continues from the last line in the file.
+                if reached > start {
+                    self.damaged = true;
+                }
+                self.next_seq = self.written.next_seq;
+                self.head.clone_from(&self.written.head);
+                self.size = self.written.size + (reached - start) as u64;
+                self.written.size = self.size;
+                Err(AuditError::Write {
+                    path: self.log.clone(),
+                    source,
+                })
+            }
+        }
     }
 
     fn rotation_due(&self, adding: u64) -> bool {
@@ -307,16 +486,17 @@ impl AuditTrail {
             target: target.clone(),
             source,
         })?;
-        self.file = open_append(&self.log).map_err(|source| AuditError::Open {
+        self.file = Arc::new(open_append(&self.log).map_err(|source| AuditError::Open {
             path: self.log.clone(),
             source,
-        })?;
+        })?);
         // The rename and the new file are directory entries: sync them so a
         // power cut cannot lose a rotated file.
         if let Some(dir) = self.log.parent().filter(|d| !d.as_os_str().is_empty()) {
             let _ = File::open(dir).and_then(|d| d.sync_all());
         }
         self.size = 0;
+        self.written.size = 0;
         self.damaged = false;
         self.file_started = None;
         self.file_first_seq = self.next_seq;
@@ -340,6 +520,9 @@ impl Drop for AuditTrail {
         // offline verifier to take on trust.
         if let Err(error) = self.checkpoint() {
             tracing::error!(%error, "cannot write the closing audit checkpoint");
+        }
+        if let Err(error) = self.file.sync_data() {
+            tracing::error!(%error, "cannot sync the audit log");
         }
     }
 }

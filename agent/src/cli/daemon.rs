@@ -1720,6 +1720,8 @@ async fn drain_events(events: RingBuf<MapData>, daemon: Arc<Daemon>) -> anyhow::
         let mut guard = events.readable_mut().await?;
         let ring = guard.get_inner_mut();
         let mut state = daemon.state.lock().expect("state lock poisoned");
+        // One write for what this wake-up drains, not one per record.
+        state.sink.begin_batch();
         while let Some(item) = ring.next() {
             if let Some(request) = netns_request(&item) {
                 let daemon = daemon.clone();
@@ -1758,6 +1760,9 @@ async fn drain_events(events: RingBuf<MapData>, daemon: Arc<Daemon>) -> anyhow::
                 Ok(record) => state.record(record),
                 Err(error) => tracing::warn!(%error, "undecodable kernel event"),
             }
+        }
+        if let Err(error) = state.sink.end_batch() {
+            tracing::error!(%error, "audit records lost");
         }
         state.evaluate_breakers();
         drop(state);
