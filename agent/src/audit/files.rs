@@ -387,4 +387,31 @@ mod tests {
         assert_eq!(rotation_number(log, Path::new("/x/audit.jsonl.bak")), None);
         assert_eq!(rotation_number(log, Path::new("/x/other.jsonl.3")), None);
     }
+
+    /// A rotation leaves the new active file empty for an instant: a reader
+    /// starting then must still begin in the rotated file, not skip it.
+    #[test]
+    fn a_just_rotated_empty_active_file_does_not_hide_the_rotated_one() {
+        let dir = std::env::temp_dir().join(format!("baton-follow-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("audit.jsonl");
+        let line = |seq: u64| format!("{{\"seq\":{seq},\"prev_hash\":\"00\"}}\n");
+        std::fs::write(dir.join("audit.jsonl.1"), line(1) + &line(2)).unwrap();
+        std::fs::write(&log, "").unwrap();
+        let mut follower = LogFollower::new(&log, 0);
+        let seqs = |follower: &mut LogFollower| {
+            let mut seqs = Vec::new();
+            while let Some(record) = follower.next_record().unwrap() {
+                seqs.push(record.seq);
+            }
+            seqs
+        };
+        assert_eq!(seqs(&mut follower), [1, 2]);
+        // It waits in the rotated file until the active one has a record,
+        // then moves on.
+        std::fs::write(&log, line(3)).unwrap();
+        assert_eq!(seqs(&mut follower), [3]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
