@@ -488,6 +488,24 @@ impl State {
         let cgroup_root = self.cgroup_root.clone();
         self.admit_cgroup_members(&cgroup_root);
         self.refresh_fanotify();
+        if !self.files_enforced && !self.detection {
+            let undetected: Vec<String> = self
+                .policies
+                .agents
+                .iter()
+                .filter(|(_, a)| !a.cgroups.is_empty() || !a.executables.is_empty())
+                .map(|(name, _)| name.0.clone())
+                .collect();
+            if !undetected.is_empty() {
+                let message = format!(
+                    "control degraded: the detection programs are attached at start, and only when an agent is selected by cgroup, unit or executable; agents {} get no detection until the daemon restarts",
+                    undetected.join(", ")
+                );
+                tracing::warn!("{message}");
+                let host = self.host.clone();
+                self.record(AuditRecord::lifecycle(&host, "file", message));
+            }
+        }
         self.breakers
             .set_rules(breaker_rules(&self.policies, &self.registry));
         self.refresh_dns();
@@ -1237,7 +1255,14 @@ async fn serve(
             None
         }
     };
-    let mut enforcer = Enforcer::load(&pins, settings.audit.events_per_second)?;
+    // Detection (where BPF LSM is refused) is for agents selected by
+    // cgroup, unit or executable: with none, its system-call hooks would
+    // cost every process on the host for nothing.
+    let wants_detection = compiled
+        .agents
+        .values()
+        .any(|a| !a.cgroups.is_empty() || !a.executables.is_empty());
+    let mut enforcer = Enforcer::load(&pins, settings.audit.events_per_second, wants_detection)?;
     let mut maps = PolicyMaps::new(&mut enforcer.ebpf)?;
     let runtime = RuntimeMaps::new(&mut enforcer.ebpf)?;
     // Before the first policy is written: which rights detection covers

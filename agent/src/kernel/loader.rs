@@ -168,7 +168,15 @@ impl Enforcer {
     /// every link is pinned there, replacing a previous daemon's link for
     /// the same program only once the new one is attached.
     /// `events_per_second` is each agent's event rate (0: unlimited).
-    pub fn load(pins: &PinDir, events_per_second: u32) -> Result<Self, KernelError> {
+    ///
+    /// `detection` says whether any agent could need the detection programs
+    /// (agents selected by cgroup, unit or executable); without BPF LSM they
+    /// hook every system call on the host, so they are attached only then.
+    pub fn load(
+        pins: &PinDir,
+        events_per_second: u32,
+        detection: bool,
+    ) -> Result<Self, KernelError> {
         let btf = Btf::from_kernel()?;
         let offsets = btf.kernel_offsets()?;
         let detect_offsets = super::detect::offsets(&btf);
@@ -283,6 +291,7 @@ impl Enforcer {
         // else enforces.
         let detection = match (&files, &detect_offsets) {
             (ControlState::Enforced, _) => Vec::new(),
+            _ if !detection => Vec::new(),
             (_, Ok(_)) => super::detect::attach(&mut ebpf, &aya_btf, Some(pins)),
             (_, Err(reason)) => super::detect::PROGRAMS
                 .iter()
