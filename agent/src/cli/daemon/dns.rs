@@ -1,0 +1,288 @@
+//! The DNS proxies: starting them per agent and network namespace, and
+//! what they learn, written into the kernel and the audit trail.
+
+use super::*;
+
+/// Entries kept in `learned_names` before it is cleared.
+const LEARNED_NAMES_LIMIT: usize = 65_536;
+
+/// The DNS proxies' link to the kernel and the audit trail.
+struct ProxyLearner {
+    daemon: Weak<Daemon>,
+}
+
+impl Learner for ProxyLearner {
+    fn learn(
+        &self,
+        agent_id: u32,
+        rule_id: u32,
+        name: &str,
+        addrs: &[LearnedAddress],
+    ) -> Result<(), String> {
+        let daemon = self.daemon.upgrade().ok_or("the daemon is stopping")?;
+        let mut state = daemon.state.lock().map_err(|_| "state lock poisoned")?;
+        // Audit mode resolves names no rule allows (rule 0); nothing is
+        // denied then, so there are no ports to open, only a name to note.
+        let rows = state.domain_rows.get(&rule_id).cloned().unwrap_or_default();
+        for learned in addrs {
+            if !rows.is_empty() {
+                state
+                    .dns
+                    .learn(agent_id, learned.addr, learned.ttl, &rows)
+                    .map_err(|e| e.to_string())?;
+            }
+            if state.learned_names.len() >= LEARNED_NAMES_LIMIT {
+                state.learned_names.clear();
+            }
+            state
+                .learned_names
+                .insert((agent_id, learned.addr), name.to_string());
+        }
+        Ok(())
+    }
+
+    fn refused(&self, agent_id: u32, name: &str, query_type: &str) {
+        let Some(daemon) = self.daemon.upgrade() else {
+            return;
+        };
+        let Ok(mut state) = daemon.state.lock() else {
+            return;
+        };
+        let agent = state
+            .registry
+            .name_of(agent_id)
+            .map_or_else(|| format!("#{agent_id}"), |n| n.0.clone());
+        let audit = state
+            .policies
+            .agents
+            .values()
+            .zip(state.policies.agents.keys())
+            .any(|(a, n)| n.0 == agent && a.mode == mode::AUDIT);
+        let host = state.host.clone();
+        state.record(AuditRecord::dns_refusal(
+            &host, &agent, audit, name, query_type,
+        ));
+    }
+}
+
+/// What one agent's DNS proxy needs.
+struct ProxyPlan {
+    agent_id: u32,
+    agent: String,
+    names: AgentNames,
+    /// Port rows per domain rule id.
+    rows: Vec<(u32, Vec<PortRule>)>,
+}
+
+/// Starts a DNS proxy for every agent with domain rules and points the
+/// kernel's redirect at it.
+pub(super) async fn start_dns_proxies(daemon: &Arc<Daemon>, dns: &DnsConfig) -> anyhow::Result<()> {
+    let needed = {
+        let state = daemon.state.lock().expect("state lock poisoned");
+        state
+            .policies
+            .agents
+            .values()
+            .any(|a| !a.domains.is_empty())
+    };
+    // Without domain rules an unusable resolver configuration is no reason
+    // to stop; a reload that adds domain rules reports it then.
+    let config = match proxy_config(dns) {
+        Ok(config) => Arc::new(config),
+        Err(error) if needed => {
+            return Err(error)
+                .context("agents have domain rules, so Baton needs an upstream resolver");
+        }
+        Err(error) => {
+            tracing::debug!(%error, "no DNS proxy yet: no upstream resolver");
+            let learner: Arc<dyn Learner> = Arc::new(ProxyLearner {
+                daemon: Arc::downgrade(daemon),
+            });
+            let mut state = daemon.state.lock().expect("state lock poisoned");
+            state.dns_pending = Some((dns.clone(), learner));
+            return Ok(());
+        }
+    };
+    let learner: Arc<dyn Learner> = Arc::new(ProxyLearner {
+        daemon: Arc::downgrade(daemon),
+    });
+    let mut state = daemon.state.lock().expect("state lock poisoned");
+    state.proxy_setup = Some((config, learner));
+    state.refresh_dns();
+    Ok(())
+}
+
+/// Opens a proxy for `agent_id` in the network namespace of process `pid`,
+/// after the kernel saw that agent send DNS from a namespace without one.
+pub(super) fn open_netns_proxy(daemon: &Arc<Daemon>, agent_id: u32, netns_cookie: u64, pid: u32) {
+    let (names, setup) = {
+        let mut state = daemon.state.lock().expect("state lock poisoned");
+        if state.proxies.contains_key(&(agent_id, netns_cookie))
+            || !state.pending_netns.insert((agent_id, netns_cookie))
+        {
+            return;
+        }
+        (
+            state.agent_names.get(&agent_id).cloned(),
+            state.proxy_setup.clone(),
+        )
+    };
+    let (Some(names), Some((config, learner))) = (names, setup) else {
+        return;
+    };
+    let result = start_netns_proxy(pid, names, config, learner);
+    let mut state = daemon.state.lock().expect("state lock poisoned");
+    state.pending_netns.remove(&(agent_id, netns_cookie));
+    match result {
+        Ok(proxy) if proxy.netns_cookie == netns_cookie => {
+            if let Err(error) = state.dns.set_proxy(agent_id, netns_cookie, proxy.ports) {
+                tracing::error!(agent_id, %error, "cannot register the namespace's DNS proxy");
+                return;
+            }
+            tracing::info!(agent_id, pid, netns_cookie, ports = ?proxy.ports, "DNS proxy opened in the agent's network namespace");
+            state.proxies.insert((agent_id, netns_cookie), proxy);
+        }
+        Ok(proxy) => tracing::warn!(
+            agent_id,
+            pid,
+            wanted = netns_cookie,
+            got = proxy.netns_cookie,
+            "process changed network namespace before its proxy was ready"
+        ),
+        Err(error) => {
+            tracing::warn!(agent_id, pid, %error, "cannot open a DNS proxy in the agent's network namespace")
+        }
+    }
+}
+
+/// Frees the space of expired learned addresses now and then; the kernel
+/// already ignores them.
+pub(super) async fn sweep_learned_addresses(daemon: Weak<Daemon>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        interval.tick().await;
+        let Some(daemon) = daemon.upgrade() else {
+            return;
+        };
+        let removed = daemon
+            .state
+            .lock()
+            .map(|mut state| state.dns.sweep_expired())
+            .unwrap_or(0);
+        if removed > 0 {
+            tracing::debug!(removed, "expired learned addresses removed");
+        }
+    }
+}
+
+/// `(agent id, netns cookie, pid)` of a "needs a proxy here" event.
+pub(super) fn netns_request(bytes: &[u8]) -> Option<(u32, u64, u32)> {
+    use agent_common::event::{EventHeader, NetnsEvent, kind};
+    if bytes.len() < size_of::<NetnsEvent>() {
+        return None;
+    }
+    // SAFETY: length checked; both types are plain old data.
+    let header: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    if header.kind != kind::NETNS_PROXY_NEEDED {
+        return None;
+    }
+    // SAFETY: as above.
+    let event: NetnsEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    Some((header.agent_id, event.netns_cookie, header.tgid))
+}
+
+impl State {
+    /// Brings the DNS proxies in line with the agents' domain rules.
+    pub(super) fn refresh_dns(&mut self) {
+        let needed = self.policies.agents.values().any(|a| !a.domains.is_empty());
+        if self.proxy_setup.is_none()
+            && needed
+            && let Some((dns, learner)) = self.dns_pending.clone()
+        {
+            // The resolver configuration is read again: it may have been
+            // fixed since the start, when no agent needed it.
+            match proxy_config(&dns) {
+                Ok(config) => {
+                    self.proxy_setup = Some((Arc::new(config), learner));
+                    self.dns_pending = None;
+                }
+                Err(error) => {
+                    let message = format!(
+                        "control degraded: domain rules cannot be enforced, no upstream resolver: {error:#}; the agents' DNS queries fail"
+                    );
+                    tracing::error!("{message}");
+                    let host = self.host.clone();
+                    self.record(AuditRecord::lifecycle(&host, "dns", message));
+                }
+            }
+        }
+        let Some((config, learner)) = self.proxy_setup.clone() else {
+            return;
+        };
+        let plans: Vec<ProxyPlan> = self
+            .policies
+            .agents
+            .iter()
+            .filter(|(_, a)| !a.domains.is_empty())
+            .filter_map(|(name, a)| {
+                let id = self.registry.id_of(&name.0)?;
+                Some(ProxyPlan {
+                    agent_id: id,
+                    agent: name.0.clone(),
+                    names: AgentNames {
+                        agent_id: id,
+                        agent: name.0.clone(),
+                        rules: a
+                            .domains
+                            .iter()
+                            .map(|d| DomainRule {
+                                pattern: d.pattern.clone(),
+                                rule_id: d.rule_id,
+                            })
+                            .collect(),
+                        audit: a.mode == mode::AUDIT,
+                    },
+                    rows: a
+                        .domains
+                        .iter()
+                        .map(|d| (d.rule_id, d.rows.clone()))
+                        .collect(),
+                })
+            })
+            .collect();
+        for ProxyPlan {
+            agent_id,
+            agent,
+            names,
+            rows,
+        } in plans
+        {
+            self.domain_rows.extend(rows);
+            match self.agent_names.get(&agent_id) {
+                Some(shared) => {
+                    if let Ok(mut current) = shared.write() {
+                        *current = names;
+                    }
+                }
+                None => {
+                    let shared = Arc::new(RwLock::new(names));
+                    match start_agent_proxy(shared.clone(), config.clone(), learner.clone()) {
+                        Ok(proxy) => {
+                            if let Err(error) =
+                                self.dns
+                                    .set_proxy(agent_id, proxy.netns_cookie, proxy.ports)
+                            {
+                                tracing::error!(%error, agent, "cannot register a DNS proxy");
+                                continue;
+                            }
+                            tracing::info!(agent, ports = ?proxy.ports, upstreams = ?config.upstreams, "DNS proxy started");
+                            self.agent_names.insert(agent_id, shared);
+                            self.proxies.insert((agent_id, proxy.netns_cookie), proxy);
+                        }
+                        Err(error) => tracing::error!(%error, agent, "cannot start a DNS proxy"),
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! From the kernel's ring buffer to the audit trail, and the loss
+//! accounting around it.
+
+use super::*;
+
+/// Writes checkpoints and rotates the log on time even when no record
+/// arrives.
+pub(super) async fn tick_audit(daemon: Weak<Daemon>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        interval.tick().await;
+        let Some(daemon) = daemon.upgrade() else {
+            return;
+        };
+        if let Ok(mut state) = daemon.state.lock() {
+            state.record_drops();
+            state.save_progress();
+            for (map, entries, capacity) in state.maps.usage() {
+                state.metrics.set_map_usage(map, entries, capacity);
+            }
+            if let Err(error) = state.sink.tick() {
+                tracing::error!(%error, "audit checkpoint failed");
+            }
+        }
+    }
+}
+
+pub(super) async fn drain_events(
+    events: RingBuf<MapData>,
+    daemon: Arc<Daemon>,
+) -> anyhow::Result<()> {
+    // SAFETY: the ring buffer owns its descriptor and `AsyncFd` owns the
+    // ring buffer, so the descriptor outlives the registration.
+    let mut events = unsafe { AsyncFd::register(events) }.map_err(|e| e.into_parts().1)?;
+    let clock = Clock::new();
+    let mut processes = ProcessCache::default();
+    loop {
+        let mut guard = events.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        let mut state = daemon.state.lock().expect("state lock poisoned");
+        // One write for what this wake-up drains, not one per record.
+        state.sink.begin_batch();
+        while let Some(item) = ring.next() {
+            if let Some(request) = netns_request(&item) {
+                let daemon = daemon.clone();
+                // Entering a namespace blocks; keep it off the event loop.
+                tokio::task::spawn_blocking(move || {
+                    open_netns_proxy(&daemon, request.0, request.1, request.2)
+                });
+                continue;
+            }
+            let record = {
+                let State {
+                    registry,
+                    policies,
+                    host,
+                    learned_names,
+                    ..
+                } = &*state;
+                let agent_name = |id: u32| registry.name_of(id).map(|n| n.0.clone());
+                let rule = |id: u32| {
+                    policies
+                        .rule(id)
+                        .map(|r| (r.policy.clone(), r.rule.clone()))
+                };
+                let domain_of =
+                    |agent_id: u32, addr: IpAddr| learned_names.get(&(agent_id, addr)).cloned();
+                let context = Context {
+                    host,
+                    clock: &clock,
+                    agent_name: &agent_name,
+                    rule: &rule,
+                    domain_of: &domain_of,
+                };
+                AuditRecord::from_event(&item, &context, &mut processes)
+            };
+            match record {
+                Ok(record) => state.record(record),
+                Err(error) => tracing::warn!(%error, "undecodable kernel event"),
+            }
+        }
+        if let Err(error) = state.sink.end_batch() {
+            tracing::error!(%error, "audit records lost");
+        }
+        state.evaluate_breakers();
+        drop(state);
+        guard.clear_ready();
+    }
+}
+
+impl State {
+    /// Writes a record for events the kernel could not queue since the last
+    /// look: loss is counted and recorded, never silent.
+    pub(super) fn record_drops(&mut self) {
+        let agents: Vec<(u32, String)> = self
+            .registry
+            .ids()
+            .iter()
+            .map(|(name, id)| (*id, name.0.clone()))
+            .collect();
+        for (agent_id, agent) in agents {
+            let counters = self.runtime.counters(agent_id);
+            self.metrics
+                .observe_events_suppressed_total(&agent, counters.events_suppressed);
+            let suppressed_seen = self.suppressions_recorded.entry(agent_id).or_insert(0);
+            if counters.events_suppressed > *suppressed_seen {
+                let count = counters.events_suppressed - *suppressed_seen;
+                *suppressed_seen = counters.events_suppressed;
+                let host = self.host.clone();
+                self.record(AuditRecord::suppressed(
+                    &host,
+                    Some(&agent),
+                    count,
+                    "over the per-agent event rate; every decision was still enforced and counted",
+                ));
+            }
+            let dropped = counters.events_dropped;
+            self.metrics.observe_events_dropped_total(&agent, dropped);
+            let seen = self.drops_recorded.entry(agent_id).or_insert(0);
+            if dropped > *seen {
+                let count = dropped - *seen;
+                *seen = dropped;
+                let host = self.host.clone();
+                self.record(AuditRecord::suppressed(
+                    &host,
+                    Some(&agent),
+                    count,
+                    "the kernel's event ring buffer was full",
+                ));
+            }
+        }
+    }
+
+    pub(super) fn record(&mut self, mut record: AuditRecord) {
+        if record.verdict != "info" {
+            self.metrics.record_decision(
+                record.agent.as_deref().unwrap_or(""),
+                record.control,
+                record.verdict,
+            );
+        }
+        if let Err(error) = self.sink.write(&mut record) {
+            tracing::error!(%error, "audit record lost");
+        }
+    }
+}
