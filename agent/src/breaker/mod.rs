@@ -148,6 +148,23 @@ struct AgentBreakers {
     tripped: Option<BreakerSpec>,
 }
 
+/// A breaker with no rule behind it (a manual trip, or one a previous
+/// daemon left open whose rule is gone): it stays open until reset, with no
+/// automatic cooldown.
+fn held_open(name: &str, action: Action) -> BreakerSpec {
+    BreakerSpec {
+        name: crate::policy::spec::Name(name.to_string()),
+        when: Default::default(),
+        action: match action {
+            Action::Quarantine => BreakerAction::Quarantine,
+            Action::Freeze => BreakerAction::Freeze,
+            Action::Kill => BreakerAction::Kill,
+        },
+        cooldown_seconds: u64::MAX / 4,
+        probe_seconds: 30,
+    }
+}
+
 /// Longest window kept in the history, whatever the rules say.
 const MAX_WINDOW: Duration = Duration::from_secs(3600);
 
@@ -375,17 +392,16 @@ impl Engine {
         })
     }
 
-    /// Opens the agent's breaker by hand (`baton breaker trip`).
-    pub fn trip(
+    /// The agent's breakers, first seen now with `counters` as the baseline
+    /// when it has none yet (a manual trip of an agent without rules).
+    fn entry(
         &mut self,
         agent_id: u32,
         agent: &str,
-        action: Action,
         counters: CounterSnapshot,
-    ) -> Transition {
-        let now = Instant::now();
-        let entry = self
-            .agents
+        now: Instant,
+    ) -> &mut AgentBreakers {
+        self.agents
             .entry(agent_id)
             .or_insert_with(|| AgentBreakers {
                 agent: agent.to_string(),
@@ -395,24 +411,26 @@ impl Engine {
                 half_open_base: CounterSnapshot::default(),
                 history: VecDeque::from([(now, counters)]),
                 tripped: None,
-            });
+            })
+    }
+
+    /// Opens the agent's breaker by hand (`baton breaker trip`).
+    pub fn trip(
+        &mut self,
+        agent_id: u32,
+        agent: &str,
+        action: Action,
+        counters: CounterSnapshot,
+    ) -> Transition {
+        let now = Instant::now();
+        let entry = self.entry(agent_id, agent, counters, now);
         let to = State::Open {
             breaker: "manual".into(),
             action,
             reason: "tripped by an operator".into(),
         };
         // A manual trip stays open until reset: no automatic cooldown.
-        entry.tripped = Some(BreakerSpec {
-            name: crate::policy::spec::Name("manual".into()),
-            when: Default::default(),
-            action: match action {
-                Action::Quarantine => BreakerAction::Quarantine,
-                Action::Freeze => BreakerAction::Freeze,
-                Action::Kill => BreakerAction::Kill,
-            },
-            cooldown_seconds: u64::MAX / 4,
-            probe_seconds: 30,
-        });
+        entry.tripped = Some(held_open("manual", action));
         let from = std::mem::replace(&mut entry.state, to.clone());
         entry.since = now;
         Transition {
@@ -439,34 +457,13 @@ impl Engine {
         counters: CounterSnapshot,
     ) {
         let now = Instant::now();
-        let entry = self
-            .agents
-            .entry(agent_id)
-            .or_insert_with(|| AgentBreakers {
-                agent: agent.to_string(),
-                rules: Vec::new(),
-                state: State::Closed,
-                since: now,
-                half_open_base: CounterSnapshot::default(),
-                history: VecDeque::from([(now, counters)]),
-                tripped: None,
-            });
+        let entry = self.entry(agent_id, agent, counters, now);
         let rule = entry
             .rules
             .iter()
             .find(|r| format!("{}/{}", r.policy, r.spec.name) == breaker)
             .map(|r| r.spec.clone());
-        entry.tripped = Some(rule.unwrap_or_else(|| BreakerSpec {
-            name: crate::policy::spec::Name(breaker.to_string()),
-            when: Default::default(),
-            action: match action {
-                Action::Quarantine => BreakerAction::Quarantine,
-                Action::Freeze => BreakerAction::Freeze,
-                Action::Kill => BreakerAction::Kill,
-            },
-            cooldown_seconds: u64::MAX / 4,
-            probe_seconds: 30,
-        }));
+        entry.tripped = Some(rule.unwrap_or_else(|| held_open(breaker, action)));
         entry.state = State::Open {
             breaker: breaker.to_string(),
             action,

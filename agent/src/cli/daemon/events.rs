@@ -49,31 +49,7 @@ pub(super) async fn drain_events(
                 });
                 continue;
             }
-            let record = {
-                let State {
-                    registry,
-                    policies,
-                    host,
-                    learned_names,
-                    ..
-                } = &*state;
-                let agent_name = |id: u32| registry.name_of(id).map(|n| n.0.clone());
-                let rule = |id: u32| {
-                    policies
-                        .rule(id)
-                        .map(|r| (r.policy.clone(), r.rule.clone()))
-                };
-                let domain_of =
-                    |agent_id: u32, addr: IpAddr| learned_names.get(&(agent_id, addr)).cloned();
-                let context = Context {
-                    host,
-                    clock: &clock,
-                    agent_name: &agent_name,
-                    rule: &rule,
-                    domain_of: &domain_of,
-                };
-                AuditRecord::from_event(&item, &context, &mut processes)
-            };
+            let record = state.decode_event(&item, &clock, &mut processes);
             match record {
                 Ok(record) => state.record(record),
                 Err(error) => tracing::warn!(%error, "undecodable kernel event"),
@@ -142,5 +118,33 @@ impl State {
         if let Err(error) = self.sink.write(&mut record) {
             tracing::error!(%error, "audit record lost");
         }
+    }
+}
+
+impl State {
+    /// Turns a kernel (or fanotify listener) event into a record, naming
+    /// its agent, rule and learned domain from what the daemon knows.
+    pub(super) fn decode_event(
+        &self,
+        bytes: &[u8],
+        clock: &Clock,
+        processes: &mut ProcessCache,
+    ) -> Result<AuditRecord, crate::audit::record::DecodeError> {
+        let agent_name = |id: u32| self.registry.name_of(id).map(|n| n.0.clone());
+        let rule = |id: u32| {
+            self.policies
+                .rule(id)
+                .map(|r| (r.policy.clone(), r.rule.clone()))
+        };
+        let domain_of =
+            |agent_id: u32, addr: IpAddr| self.learned_names.get(&(agent_id, addr)).cloned();
+        let context = Context {
+            host: &self.host,
+            clock,
+            agent_name: &agent_name,
+            rule: &rule,
+            domain_of: &domain_of,
+        };
+        AuditRecord::from_event(bytes, &context, processes)
     }
 }

@@ -60,28 +60,7 @@ pub(super) async fn record_fanotify_events(
                 size_of::<agent_common::event::FileEvent>(),
             )
         };
-        let record = {
-            let State {
-                registry,
-                policies,
-                host,
-                ..
-            } = &*state;
-            let agent_name = |id: u32| registry.name_of(id).map(|n| n.0.clone());
-            let rule = |id: u32| {
-                policies
-                    .rule(id)
-                    .map(|r| (r.policy.clone(), r.rule.clone()))
-            };
-            let context = Context {
-                host,
-                clock: &clock,
-                agent_name: &agent_name,
-                rule: &rule,
-                domain_of: &|_, _| None,
-            };
-            AuditRecord::from_event(bytes, &context, &mut processes)
-        };
+        let record = state.decode_event(bytes, &clock, &mut processes);
         match record {
             Ok(record) => state.record(record),
             Err(error) => tracing::warn!(%error, "undecodable fanotify decision"),
