@@ -73,6 +73,8 @@ pub mod hook {
     pub const KERNEL_READ_FILE: u16 = 36;
     /// LSM `kernel_load_data`: an agent loading a module or kexec image from memory.
     pub const KERNEL_LOAD_DATA: u16 = 37;
+    /// LSM `perf_event_open`: an agent opening a perf event.
+    pub const PERF_EVENT_OPEN: u16 = 38;
     /// Not a kernel program: the daemon's fanotify listener answering a
     /// `FAN_OPEN_PERM` event (where BPF LSM is unavailable).
     pub const FANOTIFY_OPEN: u16 = 48;

@@ -20,7 +20,7 @@
 
 use agent_common::{
     event::{EVENT_PATH_BYTES, FileEvent, file_flags, hook, kind},
-    files::{FILE_KEY_HEADER_BITS, PATH_KEY_BYTES, right},
+    files::{FILE_KEY_HEADER_BITS, FileValue, PATH_KEY_BYTES, right},
     identity::{AgentPolicy, AgentRecord, policy_flags},
     offsets::KernelOffsets,
     verdict::{Verdict, decision, mode, verdict_for},
@@ -77,14 +77,26 @@ pub(crate) struct Caller {
 }
 
 /// The calling process's agent and policy, or `None` for processes in no
-/// agent. An agent whose policy is gone gets an enforce-mode, deny-all
-/// policy: it is held closed rather than let loose.
+/// agent.
 #[inline(always)]
 pub(crate) fn caller() -> Option<Caller> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let agent = current_agent(tgid)?;
     let generation = active_generation();
-    let policy = agent_policy(generation, agent.agent_id).unwrap_or(AgentPolicy {
+    Some(Caller {
+        agent,
+        policy: policy_or_closed(generation, agent.agent_id),
+        generation,
+        offsets: kernel_offsets(),
+    })
+}
+
+/// The agent's settings under `generation`. An agent whose policy is gone
+/// gets an enforce-mode, deny-all policy: it is held closed rather than let
+/// loose.
+#[inline(always)]
+fn policy_or_closed(generation: u32, agent_id: u32) -> AgentPolicy {
+    agent_policy(generation, agent_id).unwrap_or(AgentPolicy {
         mode: mode::ENFORCE,
         egress_default: decision::DENY,
         file_default: decision::DENY,
@@ -94,12 +106,6 @@ pub(crate) fn caller() -> Option<Caller> {
         file_default_rule: 0,
         exec_default_rule: 0,
         connects_per_second: 0,
-    });
-    Some(Caller {
-        agent,
-        policy,
-        generation,
-        offsets: kernel_offsets(),
     })
 }
 
@@ -120,37 +126,75 @@ pub(crate) fn read<T>(base: *const u8, offset: u32) -> Option<T> {
 
 // ---------------------------------------------------------------- hooks
 
+/// Runs on every open in the system, so a process in no agent costs the
+/// identity lookup and nothing else. For an agent, the path `bpf_d_path`
+/// writes is the LPM key where it lies (no copy), and a read the rules
+/// allow outright, the common case, looks up no other map: an allow is the
+/// same verdict in every mode, a quarantine holds only changes, and an
+/// allowed read counts nothing.
 #[lsm(hook = "file_open")]
 pub fn file_open(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(1);
     if previous != 0 {
         return previous;
     }
-    let Some(caller) = caller() else {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(agent) = current_agent(tgid) else {
         return 0;
     };
-    let file: *const u8 = ctx.arg(0);
-    let rights = match read::<u32>(file, caller.offsets.file_f_mode) {
-        Some(f_mode) => {
-            let mut rights = 0;
-            if f_mode & FMODE_READ != 0 {
-                rights |= right::bit(right::READ);
-            }
-            if f_mode & FMODE_WRITE != 0 {
-                rights |= right::bit(right::WRITE);
-            }
-            rights
+    try_file_open(agent, ctx.arg(0)).to_lsm(previous)
+}
+
+#[inline(always)]
+fn try_file_open(agent: AgentRecord, file: *const u8) -> Verdict {
+    let offsets_resolved = crate::offset!(resolved);
+    let rights = if offsets_resolved == 0 {
+        // Without offsets the path cannot be named either: denied below.
+        right::bit(right::READ) | right::bit(right::WRITE)
+    } else {
+        // A direct load, not a probe read (a helper call): `file` is the
+        // hook's BTF-typed argument, so the verifier checks the access
+        // against `struct file` and makes it a fault-safe load.
+        // SAFETY: the offset of `f_mode` in this kernel's `struct file`,
+        // from BTF.
+        let at = crate::offset!(file_f_mode) as usize;
+        let f_mode: u32 = unsafe { core::ptr::read_volatile(file.add(at) as *const u32) };
+        let mut rights = 0;
+        if f_mode & FMODE_READ != 0 {
+            rights |= right::bit(right::READ);
         }
-        None => right::bit(right::READ) | right::bit(right::WRITE),
+        if f_mode & FMODE_WRITE != 0 {
+            rights |= right::bit(right::WRITE);
+        }
+        rights
     };
     if rights == 0 {
-        return 0;
+        return Verdict::Allowed;
     }
     let Some(scratch) = scratch() else {
-        return Verdict::Denied.to_lsm(previous);
+        return Verdict::Denied;
     };
-    let resolved = file_path(scratch, &caller.offsets, file);
-    check(scratch, &caller, &resolved, rights, hook::FILE_OPEN).to_lsm(previous)
+    let generation = active_generation();
+    let path = file_path(scratch, offsets_resolved, crate::offset!(file_f_path), file);
+    let value = if path.len == 0 {
+        None
+    } else {
+        lookup_in_place(scratch, generation, agent.agent_id, path.len)
+    };
+    if rights == right::bit(right::READ)
+        && value.is_some_and(|v| v.decisions[right::READ] == decision::ALLOW)
+    {
+        return Verdict::Allowed;
+    }
+    // Anything else is decided as on every other hook. The rules are
+    // looked up again there, which only costs denials and writes.
+    let caller = Caller {
+        agent,
+        policy: policy_or_closed(generation, agent.agent_id),
+        generation,
+        offsets: kernel_offsets(),
+    };
+    check(scratch, &caller, &path, rights, hook::FILE_OPEN)
 }
 
 #[lsm(hook = "bprm_check_security")]
@@ -204,7 +248,12 @@ fn check_exec(caller: &Caller, file: *const u8, hook: u16) -> Verdict {
     let Some(scratch) = scratch() else {
         return Verdict::Denied;
     };
-    let mut resolved = file_path(scratch, &caller.offsets, file);
+    let mut resolved = file_path(
+        scratch,
+        caller.offsets.resolved,
+        caller.offsets.file_f_path,
+        file,
+    );
     let anonymous = read::<*const u8>(file, caller.offsets.file_f_inode)
         .and_then(|inode| read::<u32>(inode, caller.offsets.inode_i_nlink))
         .is_none_or(|nlink| nlink == 0);
@@ -390,16 +439,22 @@ fn whole_path_hook(ctx: &LsmContext, ret_arg: usize, hook: u16) -> i32 {
 
 // ---------------------------------------------------------------- paths
 
-/// The path of an open file, with `bpf_d_path`, at the start of the buffer.
+/// The path of an open file, with `bpf_d_path`, at the start of the buffer
+/// (where [`lookup_in_place`] finds it).
 #[inline(always)]
-fn file_path(scratch: &mut PathScratch, offsets: &KernelOffsets, file: *const u8) -> ResolvedPath {
-    if offsets.resolved == 0 {
+fn file_path(
+    scratch: &mut PathScratch,
+    offsets_resolved: u32,
+    file_f_path: u32,
+    file: *const u8,
+) -> ResolvedPath {
+    if offsets_resolved == 0 {
         return ResolvedPath::UNRESOLVED;
     }
     // SAFETY: `file + f_path` is the `struct path` inside a file the hook
     // hands us; the verifier checks the type from BTF.
     let written = unsafe {
-        let path_ptr = file.add(offsets.file_f_path as usize) as *mut path;
+        let path_ptr = file.add(file_f_path as usize) as *mut path;
         bpf_d_path(
             path_ptr,
             scratch.buf.as_mut_ptr().cast(),
@@ -614,6 +669,27 @@ fn check(
         );
     }
     verdict
+}
+
+/// The most specific rule entry for a path `bpf_d_path` wrote at the start
+/// of the buffer, which is where the key's path bytes are: only the key's
+/// header is written.
+#[inline(always)]
+fn lookup_in_place(
+    scratch: &mut PathScratch,
+    generation: u32,
+    agent_id: u32,
+    len: usize,
+) -> Option<&'static FileValue> {
+    let key_bytes = if len < PATH_KEY_BYTES {
+        len + 1
+    } else {
+        PATH_KEY_BYTES
+    };
+    scratch.prefix_len = FILE_KEY_HEADER_BITS + (key_bytes as u32) * 8;
+    scratch.generation = generation.to_be_bytes();
+    scratch.agent_id = agent_id.to_be_bytes();
+    FILE_RULES.get(scratch.in_place_key())
 }
 
 /// Looks the path up on component boundaries and combines the decisions of

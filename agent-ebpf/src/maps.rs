@@ -94,18 +94,53 @@ pub const PATH_BUF_BYTES: usize = 4096;
 
 /// Per-CPU scratch space for path resolution; the 512-byte stack cannot hold
 /// a path or an LPM key.
+///
+/// The first 12 bytes are the head of a `Key<FileKey>` (prefix length,
+/// generation, agent id) whose path bytes are the start of `buf`: a path
+/// that `bpf_d_path` writes to the start of `buf` is already the LPM key,
+/// with no copy (see [`PathScratch::in_place_key`]). Paths built by the
+/// dentry walk end in the middle of `buf` and are copied into `key`.
 #[repr(C)]
 pub struct PathScratch {
-    pub key: Key<FileKey>,
+    pub prefix_len: u32,
+    pub generation: [u8; 4],
+    pub agent_id: [u8; 4],
     pub buf: [u8; PATH_BUF_BYTES],
+    pub key: Key<FileKey>,
+}
+
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    let data = offset_of!(Key<FileKey>, data);
+    assert!(offset_of!(PathScratch, prefix_len) == offset_of!(Key<FileKey>, prefix_len));
+    assert!(offset_of!(PathScratch, generation) == data + offset_of!(FileKey, generation));
+    assert!(offset_of!(PathScratch, agent_id) == data + offset_of!(FileKey, agent_id));
+    assert!(offset_of!(PathScratch, buf) == data + offset_of!(FileKey, path));
+    assert!(size_of::<Key<FileKey>>() == data + size_of::<FileKey>());
+    assert!(PATH_BUF_BYTES >= agent_common::files::PATH_KEY_BYTES);
+};
+
+impl PathScratch {
+    /// The LPM key made of the header fields and the first
+    /// `PATH_KEY_BYTES` bytes of `buf`.
+    #[inline(always)]
+    pub fn in_place_key(&self) -> &Key<FileKey> {
+        // SAFETY: `#[repr(C)]` puts `prefix_len`, `generation`, `agent_id`
+        // and `buf` exactly where `Key<FileKey>` has its prefix length,
+        // generation, agent id and path (asserted above), every byte
+        // pattern is a valid key, and the alignment is the same (4).
+        unsafe { &*(self as *const Self).cast::<Key<FileKey>>() }
+    }
 }
 
 #[map(name = "PATH_SCRATCH")]
 pub static PATH_SCRATCH: PerCpuArray<PathScratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// Filled in by the daemon from the running kernel's BTF before load.
+/// Filled in by the daemon from the running kernel's BTF before load. Read
+/// it through [`kernel_offsets`] or [`offset!`](crate::offset), never
+/// directly: the compiler would fold in the zeros.
 #[unsafe(no_mangle)]
-static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
+pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     file_f_path: 0,
     file_f_mode: 0,
     task_pid: 0,
@@ -138,6 +173,19 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
 pub fn kernel_offsets() -> KernelOffsets {
     // SAFETY: reading a plain static.
     unsafe { core::ptr::read_volatile(&KERNEL_OFFSETS) }
+}
+
+/// One field of [`KERNEL_OFFSETS`], through a volatile load of that field
+/// alone: cheaper than [`kernel_offsets`], which copies all of them, on
+/// hooks that run on every open.
+#[macro_export]
+macro_rules! offset {
+    ($field:ident) => {
+        // SAFETY: reading one field of a plain static.
+        unsafe {
+            core::ptr::read_volatile(core::ptr::addr_of!($crate::maps::KERNEL_OFFSETS.$field))
+        }
+    };
 }
 
 /// The policy generation this call must use, read once per call.

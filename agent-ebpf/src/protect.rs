@@ -17,6 +17,11 @@
 //! - `kernel_read_file` and `kernel_load_data` see module and kexec loads
 //!   (`finit_module`, `init_module`, `kexec_file_load`, `kexec_load`): a
 //!   module can undo anything a BPF program does.
+//! - `perf_event_open` (5.10) runs for every `perf_event_open()` before
+//!   the event is made: perf events sample the kernel and other processes
+//!   and carry the BPF programs of kprobes and tracepoints. Agents get none,
+//!   as under the seccomp filter `baton exec` applies where BPF LSM is
+//!   missing; with this hook loaded that filter is left out.
 //!
 //! Writes under `/sys/fs/bpf`, to cgroup control files and to Baton's own
 //! files are file rules the daemon adds to every agent, decided by the file
@@ -30,8 +35,9 @@
 //!
 //! The retval argument these programs would pass through sits at a position
 //! that differs between kernels for `bpf` (a `kernel` flag was added in
-//! 6.15), so these programs do not read it: the BPF LSM trampoline never
-//! runs a program after one that returned non-zero, so it is always 0 here.
+//! 6.15) and `perf_event_open` (its `attr` was dropped), so those two
+//! programs do not read it: the BPF LSM trampoline never runs a program
+//! after one that returned non-zero, so it is always 0 there.
 
 use agent_common::{
     event::{EVENT_PATH_BYTES, FileEvent, hook, kind},
@@ -281,6 +287,20 @@ fn kernel_load(id: i32, hook: u16) -> i32 {
         LOADING_MODULE => text.push(*b"kernel module load"),
         LOADING_POLICY => text.push(*b"security policy load"),
         _ => text.push(*b"kexec image load"),
+    })
+}
+
+/// `perf_event_open(struct perf_event_attr *attr, int type)`, `(int type)`
+/// on newer kernels (6.12 has it): every perf event an agent asks for is refused, whatever
+/// the `type` of the check (the open itself, then CPU-wide, kernel and
+/// tracepoint access). It reads no argument, as their positions differ.
+#[lsm(hook = "perf_event_open")]
+pub fn perf_event_open(_ctx: LsmContext) -> i32 {
+    let Some((_, agent)) = caller() else {
+        return 0;
+    };
+    deny(&agent, hook::PERF_EVENT_OPEN, |text| {
+        text.push(*b"perf_event_open()");
     })
 }
 

@@ -19,7 +19,7 @@ const PROTECT: &str = env!("CARGO_BIN_EXE_baton-protect-helper");
 const HELPER: &str = env!("CARGO_BIN_EXE_baton-test-helper");
 
 /// The self-protection LSM hooks.
-const PROTECT_HOOKS: [&str; 7] = [
+const PROTECT_HOOKS: [&str; 8] = [
     "bpf",
     "ptrace_access_check",
     "task_kill",
@@ -27,6 +27,7 @@ const PROTECT_HOOKS: [&str; 7] = [
     "task_setrlimit",
     "kernel_read_file",
     "kernel_load_data",
+    "perf_event_open",
 ];
 
 /// A policy for `agent` that allows all egress and files: whatever is
@@ -135,6 +136,52 @@ fn vm_an_agent_cannot_use_bpf_even_as_root() {
     assert_eq!(record["verdict"], "denied");
     assert_eq!(record["object"]["path"], "bpf() command 0", "{record}");
     assert_eq!(record["process"]["uid"], 0, "root is held too");
+}
+
+/// Where every self-protection hook loads, `baton exec` applies no seccomp
+/// filter: the kernel programs deny the same calls, and record them (a
+/// seccomp denial would leave no record).
+#[test]
+#[ignore = "needs a kernel booted with BPF LSM: runs inside the test VMs (cargo xtask test)"]
+fn vm_baton_exec_agents_are_held_by_bpf_lsm_without_seccomp() {
+    let daemon = Daemon::start("protect-exec-lsm", &[("p.yaml", permissive("guard", ""))]);
+    let stderr = daemon.stderr();
+    for hook in PROTECT_HOOKS {
+        assert!(
+            !stderr.contains(&format!("LSM hook {hook} is not attached")),
+            "every self-protection hook loads:\n{stderr}"
+        );
+    }
+    let agent = |args: &[&str]| helper_outcome(&daemon.exec("guard", args));
+
+    let status = daemon.exec("guard", &["cat", "/proc/self/status"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    let seccomp = status
+        .lines()
+        .find(|line| line.starts_with("Seccomp:"))
+        .expect("a Seccomp line in /proc/self/status");
+    assert_eq!(seccomp.split_whitespace().nth(1), Some("0"), "{seccomp}");
+
+    assert_eq!(agent(&[PROTECT, "bpf-map-create"]), EPERM, "bpf()");
+    let record = daemon.wait_for_record(|r| r["hook"] == "bpf");
+    assert_eq!(record["agent"], "guard");
+    assert_eq!(record["verdict"], "denied");
+
+    assert_eq!(
+        agent(&[PROTECT, "perf-event-open"]),
+        EPERM,
+        "perf_event_open"
+    );
+    assert_ne!(outside(&[PROTECT, "perf-event-open"]), EPERM, "outside");
+    let record = daemon.wait_for_record(|r| r["hook"] == "perf_event_open");
+    assert_eq!(record["agent"], "guard");
+    assert_eq!(record["verdict"], "denied");
+    assert_eq!(record["object"]["path"], "perf_event_open()", "{record}");
+
+    let pid = daemon.pid().to_string();
+    assert_eq!(agent(&[PROTECT, "ptrace", &pid]), EPERM, "ptrace");
+    assert_eq!(agent(&[PROTECT, "kill", &pid, "15"]), EPERM, "SIGTERM");
+    assert!(alive(daemon.pid()), "the daemon survived");
 }
 
 #[test]

@@ -313,6 +313,7 @@ fn hook_name(hook: u16) -> &'static str {
         hook::TASK_SETRLIMIT => "task_setrlimit",
         hook::KERNEL_READ_FILE => "kernel_read_file",
         hook::KERNEL_LOAD_DATA => "kernel_load_data",
+        hook::PERF_EVENT_OPEN => "perf_event_open",
         hook::FANOTIFY_OPEN => "fanotify_open_perm",
         hook::FANOTIFY_OPEN_EXEC => "fanotify_open_exec_perm",
         hook::DETECT_OPEN => "detect_open",

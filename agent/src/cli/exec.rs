@@ -16,8 +16,12 @@ pub fn run(args: &ExecArgs) -> anyhow::Result<()> {
             agent: args.agent.clone(),
         },
     )?;
-    let landlock = match reply {
-        Reply::Admitted { landlock, .. } => landlock,
+    let (landlock, held_by_bpf_lsm) = match reply {
+        Reply::Admitted {
+            landlock,
+            held_by_bpf_lsm,
+            ..
+        } => (landlock, held_by_bpf_lsm),
         Reply::Error { message } => bail!("cannot join agent {}: {message}", args.agent),
         #[allow(unreachable_patterns)]
         _ => bail!("unexpected reply from the daemon"),
@@ -49,11 +53,13 @@ pub fn run(args: &ExecArgs) -> anyhow::Result<()> {
         }
         crate::fallback::landlock::apply(plan)?;
     }
-    // Self-protection: seccomp denies bpf(), ptrace and kernel loads, and
-    // Landlock keeps the agent's signals inside it. Applied on every host
-    // until the daemon's reply says whether its BPF LSM hooks already hold
-    // the agent.
-    crate::fallback::seccomp::apply()?;
+    // Self-protection where BPF LSM does not hold the agent: seccomp denies
+    // bpf(), ptrace and kernel loads, and Landlock keeps the agent's signals
+    // inside it. Where it does, the kernel programs deny all of that and
+    // record it, and a filter would only slow down every system call.
+    if !held_by_bpf_lsm {
+        crate::fallback::seccomp::apply()?;
+    }
     let error = command.exec();
     bail!("cannot run {program}: {error}")
 }

@@ -49,6 +49,11 @@ pub enum Reply {
         /// apply to itself before it execs the agent's command.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         landlock: Option<crate::fallback::landlock::LandlockPlan>,
+        /// Every self-protection LSM hook is attached, so the caller needs
+        /// no seccomp filter of its own (absent from older daemons: then
+        /// it applies one).
+        #[serde(default)]
+        held_by_bpf_lsm: bool,
     },
     /// The daemon's status.
     Status {

@@ -25,7 +25,7 @@ pub const PROTECTED_RIGHTS: u32 = right::bit(right::WRITE)
     | right::bit(right::RENAME);
 
 /// The self-protection hooks among the loader's LSM hooks.
-pub const PROTECT_HOOKS: [&str; 7] = [
+pub const PROTECT_HOOKS: [&str; 8] = [
     "bpf",
     "ptrace_access_check",
     "task_kill",
@@ -33,6 +33,7 @@ pub const PROTECT_HOOKS: [&str; 7] = [
     "task_setrlimit",
     "kernel_read_file",
     "kernel_load_data",
+    "perf_event_open",
 ];
 
 /// File systems whose mounts hold Baton's kernel state.
@@ -122,6 +123,18 @@ fn with_rights(paths: Vec<String>) -> Vec<(String, u32)> {
         .collect()
 }
 
+/// Whether every self-protection hook is attached: then BPF LSM holds every
+/// agent to everything `baton exec`'s seccomp filter would, and records it,
+/// so `baton exec` applies no filter (which would put every system call of
+/// the agent on the kernel's slow path for nothing).
+pub fn held_by_bpf_lsm(lsm_hooks: &[(&str, ControlState)]) -> bool {
+    PROTECT_HOOKS.iter().all(|hook| {
+        lsm_hooks
+            .iter()
+            .any(|(name, state)| name == hook && *state == ControlState::Enforced)
+    })
+}
+
 /// How one agent is kept from switching Baton off, in one line for the
 /// daemon's log and audit records.
 ///
@@ -144,11 +157,7 @@ pub fn self_protection(
         .collect();
     let via_exec = admitted == admission::EXEC;
     if missing.is_empty() {
-        let mut line = "BPF LSM: bpf(), module and kexec loads, ptrace outside the agent, and signals, prlimit and ptrace to the daemon are denied (even to root) and recorded; file rules deny changes to bpffs, cgroup files and Baton's files".to_string();
-        if via_exec {
-            line.push_str("; baton exec adds its seccomp filter");
-        }
-        return line;
+        return "BPF LSM: bpf(), perf_event_open(), module and kexec loads, ptrace outside the agent, and signals, prlimit and ptrace to the daemon are denied (even to root) and recorded; file rules deny changes to bpffs, cgroup files and Baton's files".to_string();
     }
     let gap = if missing.len() == PROTECT_HOOKS.len() {
         "BPF LSM is not available".to_string()
@@ -244,7 +253,8 @@ mod tests {
         let line = self_protection(&all, admission::CGROUP, Some(7));
         assert!(line.starts_with("BPF LSM: bpf()"), "{line}");
         assert!(!line.contains("seccomp"), "{line}");
-        assert!(self_protection(&all, admission::EXEC, Some(7)).contains("seccomp"));
+        assert_eq!(self_protection(&all, admission::EXEC, Some(7)), line);
+        assert!(held_by_bpf_lsm(&all));
 
         let line = self_protection(&[], admission::EXEC, Some(7));
         assert!(
@@ -257,6 +267,8 @@ mod tests {
 
         let mut partial = all.clone();
         partial[0].1 = ControlState::Unavailable("signature".into());
+        assert!(!held_by_bpf_lsm(&partial));
+        assert!(!held_by_bpf_lsm(&all[1..]));
         let line = self_protection(&partial, admission::EXEC, Some(5));
         assert!(line.starts_with("BPF LSM lacks bpf;"), "{line}");
         assert!(line.contains("NOT scoped"), "{line}");

@@ -16,9 +16,11 @@
 //!   daemon included, whatever its user. Older kernels lack it; then only
 //!   ordinary permissions stop an agent running as the daemon's user.
 //!
-//! Where BPF LSM loads, the kernel programs decide the same things with a
-//! finer grain (ptrace inside the agent's own processes stays allowed) and
-//! record each denial; seccomp denials are not recorded.
+//! Where every self-protection LSM hook loads, the kernel programs decide
+//! the same things with a finer grain (ptrace inside the agent's own
+//! processes stays allowed) and record each denial, and `baton exec`
+//! applies neither of these: the daemon's admission reply says which holds.
+//! seccomp denials are not recorded.
 
 use std::{collections::BTreeMap, io};
 

@@ -124,28 +124,33 @@ pub struct Enforcer {
     pub detection: Vec<(&'static str, ControlState)>,
 }
 
-/// File and exec LSM hooks beyond `file_open`, with the number of context
-/// arguments their programs read (the hook's parameters plus the previous
-/// verdict). A kernel whose hook signature differs does not get the program.
-const FILE_HOOKS: [(&str, usize); 18] = [
-    ("bprm_check_security", 2),
-    ("mmap_file", 5),
-    ("path_mknod", 5),
-    ("path_mkdir", 4),
-    ("path_symlink", 4),
-    ("path_link", 4),
-    ("path_unlink", 3),
-    ("path_rmdir", 3),
-    ("path_rename", 6),
-    ("path_truncate", 2),
-    ("path_chmod", 3),
-    ("bpf", 4),
-    ("ptrace_access_check", 3),
-    ("task_kill", 5),
-    ("file_send_sigiotask", 4),
-    ("task_setrlimit", 4),
-    ("kernel_read_file", 4),
-    ("kernel_load_data", 3),
+/// File and exec LSM hooks beyond `file_open`, with the numbers of context
+/// arguments their programs may find (the hook's parameters plus the
+/// previous verdict). A kernel whose hook signature is none of these does
+/// not get the program. Where a signature changed between kernels, the
+/// program reads no argument whose position moved.
+const FILE_HOOKS: [(&str, &[usize]); 19] = [
+    ("bprm_check_security", &[2]),
+    ("mmap_file", &[5]),
+    ("path_mknod", &[5]),
+    ("path_mkdir", &[4]),
+    ("path_symlink", &[4]),
+    ("path_link", &[4]),
+    ("path_unlink", &[3]),
+    ("path_rmdir", &[3]),
+    ("path_rename", &[6]),
+    ("path_truncate", &[2]),
+    ("path_chmod", &[3]),
+    // 6.15 added `bool kernel`.
+    ("bpf", &[4, 5]),
+    ("ptrace_access_check", &[3]),
+    ("task_kill", &[5]),
+    ("file_send_sigiotask", &[4]),
+    ("task_setrlimit", &[4]),
+    ("kernel_read_file", &[4]),
+    ("kernel_load_data", &[3]),
+    // Newer kernels (6.12 has it) dropped the `struct perf_event_attr *`.
+    ("perf_event_open", &[3, 2]),
 ];
 
 fn program_error(
@@ -271,10 +276,14 @@ impl Enforcer {
                 // each further hook still reports on its own.
                 for (hook, parameters) in FILE_HOOKS {
                     let state = match btf.parameter_count(&format!("bpf_lsm_{hook}")) {
-                        Ok(found) if found + 1 != parameters => ControlState::Unavailable(format!(
-                            "this kernel's {hook} hook takes {found} arguments, the program expects {}",
-                            parameters - 1
-                        )),
+                        Ok(found) if !parameters.contains(&(found + 1)) => {
+                            let expected: Vec<String> =
+                                parameters.iter().map(|p| (p - 1).to_string()).collect();
+                            ControlState::Unavailable(format!(
+                                "this kernel's {hook} hook takes {found} arguments, the program expects {}",
+                                expected.join(" or ")
+                            ))
+                        }
                         Err(error) => ControlState::Unavailable(error.to_string()),
                         Ok(_) => match load_lsm(&mut ebpf, hook, hook, &aya_btf, Some(pins)) {
                             Ok(()) => ControlState::Enforced,

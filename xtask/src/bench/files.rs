@@ -19,9 +19,17 @@ use super::{
 use crate::{setup, util, vm, workspace_root};
 
 /// Defaults of the files benchmark: QEMU without KVM runs everything
-/// some ten times slower, and the whole run should stay near five minutes.
-pub(super) const ROUNDS: u32 = 4;
+/// some ten times slower, and the whole run should stay near ten minutes.
+/// A run of one case takes about a second and a daemon start half a
+/// minute, so each half of a round runs every case [`RUNS_PER_HALF`]
+/// times: the rounds' figures then vary less for little extra time.
+pub(super) const ROUNDS: u32 = 6;
 pub(super) const ITERATIONS: u32 = 20_000;
+/// Runs of each case per half of a round, in ABBA order (a multiple of 2).
+const RUNS_PER_HALF: usize = 4;
+/// How long detached programs may take to go: the kernel frees them after
+/// an RCU grace period, which under QEMU without KVM takes a while.
+const PROGRAMS_GONE_WITHIN: Duration = Duration::from_secs(30);
 /// The tree the file rules name and the measured file lives in, inside the
 /// VM: on the guest's own tmpfs at /run, so nothing touches the host, and
 /// the folders on the way (`/`, `/run`), whose entries the Landlock
@@ -569,17 +577,32 @@ pub(super) fn run_in_vm(results: &Path, params: &Params) -> Result<()> {
             );
             daemon = Some(started_daemon);
         }
-        let loaded = file_open_programs()?.len();
+        let expected = usize::from(with_daemon);
+        let deadline = Instant::now() + PROGRAMS_GONE_WITHIN;
+        let mut loaded = file_open_programs()?.len();
+        while loaded != expected && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            loaded = file_open_programs()?.len();
+        }
         ensure!(
-            loaded == usize::from(with_daemon),
-            "round {}: {loaded} LSM programs named {FILE_OPEN_PROGRAM} loaded where {} expected",
+            loaded == expected,
+            "round {}: {loaded} LSM programs named {FILE_OPEN_PROGRAM} loaded where {expected} \
+             expected",
             round + 1,
-            usize::from(with_daemon)
         );
         let daemon_here = daemon.as_ref().filter(|_| with_daemon);
-        // Each case twice, the second time in reverse order (ABBA), so
-        // that one daemon start serves more measurements.
-        let order: Vec<FileCase> = cases.iter().chain(cases.iter().rev()).copied().collect();
+        // Each case several times, every other time in reverse order
+        // (ABBA ABBA), so that slow drifts hit every case alike and one
+        // daemon start serves more measurements.
+        let order: Vec<FileCase> = (0..RUNS_PER_HALF)
+            .flat_map(|run| {
+                let mut pass = cases.clone();
+                if run % 2 == 1 {
+                    pass.reverse();
+                }
+                pass
+            })
+            .collect();
         for (i, &case) in order.iter().enumerate() {
             let ticks = daemon_here.map(Daemon::cpu_ticks).transpose()?;
             let (timing, mut report) = bench.measure(case, round, daemon_here)?;
@@ -673,7 +696,8 @@ pub(super) fn run_in_vm(results: &Path, params: &Params) -> Result<()> {
     Ok(())
 }
 
-/// The mean of the timings of a case's runs in one round.
+/// The median of the timings of a case's runs in one round: one run in
+/// four that a burst of other work on the machine slowed does not move it.
 fn repeated_timing(runs: &Value) -> Result<Timing> {
     let timings: Vec<Timing> = runs
         .as_array()
@@ -682,12 +706,10 @@ fn repeated_timing(runs: &Value) -> Result<Timing> {
         .map(timing_of)
         .collect::<Result<_>>()?;
     ensure!(!timings.is_empty(), "a case has no runs");
-    let mean = |f: fn(&Timing) -> u64| {
-        (timings.iter().map(f).sum::<u64>() as f64 / timings.len() as f64).round() as u64
-    };
+    let middle = |f: fn(&Timing) -> u64| median(timings.iter().map(|t| f(t) as f64)).round() as u64;
     Ok(Timing {
-        median: mean(|t| t.median),
-        p99: mean(|t| t.p99),
+        median: middle(|t| t.median),
+        p99: middle(|t| t.p99),
     })
 }
 

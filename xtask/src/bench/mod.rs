@@ -50,9 +50,9 @@ pub struct BenchArgs {
     /// `reload` (swapping in 10,000 rules) or `audit` (events per second
     /// into the audit log with zero loss).
     pub which: String,
-    /// Rounds; every case is measured once per round (files: twice), and
+    /// Rounds; every case is measured once per round (files: four times), and
     /// the reported figure is the median over the rounds [default: egress
-    /// 20, dns 20, files 4; breakers: 200 trips; reload: 10 reloads of
+    /// 20, dns 20, files 6; breakers: 200 trips; reload: 10 reloads of
     /// each size; audit: 1 pass over the rates].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub rounds: Option<u32>,

@@ -194,6 +194,9 @@ struct State {
     /// Whether BPF LSM enforces file rules; if not, `baton exec` agents get
     /// a Landlock ruleset instead.
     files_enforced: bool,
+    /// Every self-protection LSM hook is attached (see
+    /// [`crate::fallback::protected::held_by_bpf_lsm`]).
+    held_by_bpf_lsm: bool,
     /// Where BPF LSM is missing: the fanotify listener for agents that
     /// `baton exec` did not start.
     fanotify: Option<crate::fallback::fanotify::Watcher>,
@@ -562,6 +565,7 @@ impl Daemon {
                 return Reply::Admitted {
                     agent_id,
                     landlock: None,
+                    held_by_bpf_lsm: state.held_by_bpf_lsm,
                 };
             }
             let current_name = state
@@ -633,7 +637,11 @@ impl Daemon {
                     landlock = landlock.is_some(),
                     "admitted"
                 );
-                Reply::Admitted { agent_id, landlock }
+                Reply::Admitted {
+                    agent_id,
+                    landlock,
+                    held_by_bpf_lsm: state.held_by_bpf_lsm,
+                }
             }
             Err(error) => Reply::Error {
                 message: format!("kernel refused the admission: {error}"),
@@ -817,6 +825,7 @@ async fn serve(
         sink,
         host: host.clone(),
         files_enforced: enforcer.files == ControlState::Enforced,
+        held_by_bpf_lsm: crate::fallback::protected::held_by_bpf_lsm(&enforcer.lsm_hooks),
         fanotify,
         detection,
         proxies: BTreeMap::new(),
