@@ -33,6 +33,30 @@ pub struct AgentRecord {
 }
 const _: () = assert!(size_of::<AgentRecord>() == 16);
 
+/// Tgids each entry of the agent marks array covers, one byte each.
+///
+/// The marks array is a filter in front of the `tgid → agent` hash map, which
+/// every process on the host would otherwise look up on every open and
+/// connect: a process whose byte is 0 is in no agent, found with an array
+/// load the verifier inlines. Every writer of the hash map sets the byte
+/// before it inserts; the exit program clears it after it removes. A byte
+/// left set for a process that is gone (a pid reused, an admission racing an
+/// exit) only costs its next owner the hash lookup.
+///
+/// Writers store single bytes and never read-modify-write a whole entry, so
+/// the daemon (through `mmap`) and the programs on every CPU write side by
+/// side without losing each other's marks.
+pub const AGENT_MARKS_PER_ENTRY: usize = 64;
+
+/// Entries of the agent marks array: one byte for every tgid below the
+/// kernel's `PID_MAX_LIMIT` on 64-bit (2^22), so 4 MiB. A tgid beyond it
+/// (none, on any kernel) finds no entry and is looked up in the hash map.
+pub const AGENT_MARKS_ENTRIES: u32 = (1 << 22) / AGENT_MARKS_PER_ENTRY as u32;
+
+/// `BPF_F_MMAPABLE`: the daemon writes the marks through a shared mapping,
+/// one byte at a time.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+
 /// Key of the per-generation agent settings map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -22,6 +22,9 @@ pub mod verdict;
 pub mod map_names {
     /// `tgid → AgentRecord`: which agent a process belongs to.
     pub const AGENT_OF_TGID: &str = "AGENT_OF_TGID";
+    /// One byte per tgid, non-zero for every tgid `AGENT_OF_TGID` may
+    /// hold: see [`crate::identity::AGENT_MARKS_PER_ENTRY`].
+    pub const AGENT_MARKS: &str = "AGENT_MARKS";
     /// `AgentPolicyKey → AgentPolicy`: per-generation, per-agent settings.
     pub const AGENT_POLICIES: &str = "AGENT_POLICIES";
     /// One-element array holding the generation every program must use.

@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 
 use crate::maps::{
-    AGENT_OF_TGID, SELECTED_CGROUPS, SELECTED_EXECUTABLES, count, current_agent, kernel_offsets,
+    SELECTED_CGROUPS, SELECTED_EXECUTABLES, admit, count, current_agent, forget, kernel_offsets,
 };
 
 /// The agent whose selected cgroup contains the current task, if any: the
@@ -71,7 +71,7 @@ fn try_sched_process_fork(ctx: &BtfTracePointContext) -> Result<i32, i64> {
                 return Ok(0);
             };
             let admitted = record(agent_id, parent_tgid, admission::CGROUP);
-            AGENT_OF_TGID.insert(parent_tgid, admitted, 0)?;
+            admit(parent_tgid, admitted)?;
             admitted
         }
     };
@@ -93,7 +93,7 @@ fn try_sched_process_fork(ctx: &BtfTracePointContext) -> Result<i32, i64> {
         return Ok(0);
     }
     let child = record(parent.agent_id, parent.root_tgid, admission::FORK);
-    AGENT_OF_TGID.insert(child_tgid as u32, child, 0)?;
+    admit(child_tgid as u32, child)?;
     Ok(0)
 }
 
@@ -140,11 +140,11 @@ fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<i32, i64> {
     if let Some(agent_id) = SELECTED_EXECUTABLES.get_ptr(key) {
         // SAFETY: the pointer comes from a successful lookup.
         let agent_id = unsafe { *agent_id };
-        AGENT_OF_TGID.insert(tgid, record(agent_id, tgid, admission::EXECUTABLE), 0)?;
+        admit(tgid, record(agent_id, tgid, admission::EXECUTABLE))?;
         return Ok(0);
     }
     if let Some(agent_id) = selected_cgroup_agent() {
-        AGENT_OF_TGID.insert(tgid, record(agent_id, tgid, admission::CGROUP), 0)?;
+        admit(tgid, record(agent_id, tgid, admission::CGROUP))?;
     }
     Ok(0)
 }
@@ -172,7 +172,7 @@ fn try_sched_process_exit() -> Result<i32, i64> {
         bpf_probe_read_kernel(signal.add(offsets.signal_live as usize) as *const i32)?
     };
     if live == 0 {
-        let _ = AGENT_OF_TGID.remove(tgid);
+        forget(tgid);
     }
     Ok(0)
 }

@@ -8,8 +8,8 @@ use agent_common::{
     },
     files::{FileKey, FileValue},
     identity::{
-        AgentCounters, AgentPolicy, AgentPolicyKey, AgentRecord, AgentRuntime, DeniedDestination,
-        ExecutableKey,
+        AGENT_MARKS_ENTRIES, AGENT_MARKS_PER_ENTRY, AgentCounters, AgentPolicy, AgentPolicyKey,
+        AgentRecord, AgentRuntime, BPF_F_MMAPABLE, DeniedDestination, ExecutableKey,
     },
     offsets::KernelOffsets,
 };
@@ -26,6 +26,12 @@ const MAX_AGENT_PROCESSES: u32 = 65_536;
 #[map(name = "AGENT_OF_TGID")]
 pub static AGENT_OF_TGID: HashMap<u32, AgentRecord> =
     HashMap::with_max_entries(MAX_AGENT_PROCESSES, 0);
+
+/// One byte per tgid: 0 means the process is in no agent. See
+/// [`agent_common::identity::AGENT_MARKS_PER_ENTRY`].
+#[map(name = "AGENT_MARKS")]
+pub static AGENT_MARKS: Array<[u8; AGENT_MARKS_PER_ENTRY]> =
+    Array::with_max_entries(AGENT_MARKS_ENTRIES, BPF_F_MMAPABLE);
 
 #[map(name = "AGENT_POLICIES")]
 pub static AGENT_POLICIES: HashMap<AgentPolicyKey, AgentPolicy> =
@@ -198,12 +204,53 @@ pub fn active_generation() -> u32 {
 }
 
 /// The calling process's agent, or `None` for processes in no agent.
+///
+/// Every open and connect on the host asks, so the answer for a process in
+/// no agent comes from its byte in [`AGENT_MARKS`], an array load the
+/// verifier inlines, instead of a hash lookup (a helper call that hashes
+/// the key and walks a bucket).
 #[inline(always)]
 pub fn current_agent(tgid: u32) -> Option<AgentRecord> {
+    if let Some(marks) = AGENT_MARKS.get(tgid / AGENT_MARKS_PER_ENTRY as u32)
+        && marks[tgid as usize % AGENT_MARKS_PER_ENTRY] == 0
+    {
+        return None;
+    }
     AGENT_OF_TGID.get_ptr(tgid).map(|record| {
         // SAFETY: the pointer comes from a successful lookup.
         unsafe { *record }
     })
+}
+
+/// Admits `tgid` to an agent: its mark first, so that no reader finds the
+/// record without the mark.
+#[inline(always)]
+pub fn admit(tgid: u32, record: AgentRecord) -> Result<(), i64> {
+    set_mark(tgid, 1);
+    AGENT_OF_TGID.insert(tgid, record, 0).map_err(i64::from)
+}
+
+/// Forgets `tgid`: the record first, then the mark.
+#[inline(always)]
+pub fn forget(tgid: u32) {
+    let _ = AGENT_OF_TGID.remove(tgid);
+    set_mark(tgid, 0);
+}
+
+/// Stores `tgid`'s byte alone (never the whole entry: other CPUs and the
+/// daemon write its neighbours).
+#[inline(always)]
+fn set_mark(tgid: u32, value: u8) {
+    if let Some(marks) = AGENT_MARKS.get_ptr_mut(tgid / AGENT_MARKS_PER_ENTRY as u32) {
+        // SAFETY: a pointer from a successful lookup; the index is below
+        // the entry's length.
+        unsafe {
+            core::ptr::write_volatile(
+                (marks as *mut u8).add(tgid as usize % AGENT_MARKS_PER_ENTRY),
+                value,
+            );
+        }
+    }
 }
 
 /// The agent's settings under `generation`.

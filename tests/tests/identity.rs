@@ -261,3 +261,65 @@ fn policy_check_reports_merged_policies_and_conflicts() {
         "{stderr}"
     );
 }
+
+/// The byte of `tgid` in the daemon's agent marks, from bpftool: the
+/// filter every program consults before the identity map.
+fn agent_mark(daemon: &Daemon, tgid: u32) -> u8 {
+    let entry = (tgid / 64).to_le_bytes().map(|b| b.to_string());
+    let output = Command::new("bpftool")
+        .args(["-j", "map", "lookup", "pinned"])
+        .arg(daemon.pin_dir.join("maps/AGENT_MARKS"))
+        .arg("key")
+        .args(&entry)
+        .output()
+        .expect("bpftool is installed by cargo xtask setup");
+    assert!(output.status.success(), "bpftool map lookup: {output:?}");
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let byte = value["value"][(tgid % 64) as usize]
+        .as_str()
+        .unwrap_or_else(|| panic!("no value bytes in {value}"));
+    u8::from_str_radix(byte.trim_start_matches("0x"), 16).unwrap()
+}
+
+/// The daemon marks what it admits (through its mapping of the marks), the
+/// fork program marks children, and the exit program clears the mark of a
+/// process that is gone; a process in no agent is unmarked.
+#[test]
+fn agent_marks_follow_admission_fork_and_exit() {
+    let daemon = Daemon::start("marks", &[("p.yaml", deny_all("marks", ""))]);
+    let mut agent = Command::new(baton_bin())
+        .args(["exec", "--agent", "marks", "--control-socket"])
+        .arg(&daemon.socket)
+        .args(["--", "sh", "-c", "sleep 60 & echo $!; read _"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(agent.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let child: u32 = line.trim().parse().expect("the child's pid");
+    assert_eq!(agent_mark(&daemon, agent.id()), 1, "admitted by the daemon");
+    assert_eq!(agent_mark(&daemon, child), 1, "forked inside the agent");
+
+    let mut outsider = Command::new("sleep").arg("60").spawn().unwrap();
+    assert_eq!(agent_mark(&daemon, outsider.id()), 0, "in no agent");
+    outsider.kill().unwrap();
+    outsider.wait().unwrap();
+
+    Command::new("kill")
+        .arg(child.to_string())
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while agent_mark(&daemon, child) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mark of exited process {child} stays set"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    writeln!(agent.stdin.as_mut().unwrap()).unwrap();
+    agent.wait().unwrap();
+}

@@ -21,8 +21,8 @@ use agent_common::{
     },
     files::{FILE_KEY_HEADER_BITS, FileKey, FileValue, PATH_KEY_BYTES},
     identity::{
-        AgentCounters, AgentPolicy, AgentPolicyKey, AgentRecord, AgentRuntime, ExecutableKey,
-        policy_flags,
+        AGENT_MARKS_ENTRIES, AGENT_MARKS_PER_ENTRY, AgentCounters, AgentPolicy, AgentPolicyKey,
+        AgentRecord, AgentRuntime, ExecutableKey, policy_flags,
     },
     map_names,
 };
@@ -55,6 +55,7 @@ pub struct PolicyMaps {
     port_tables: Array<MapData, PortTable>,
     file_rules: LpmTrie<MapData, FileKey, FileValue>,
     identity: HashMap<MapData, u32, AgentRecord>,
+    marks: AgentMarks,
     selected_cgroups: HashMap<MapData, u64, u32>,
     selected_executables: HashMap<MapData, ExecutableKey, u32>,
     live: Option<WrittenKeys>,
@@ -112,6 +113,75 @@ fn reopen<K: aya::Pod, V: aya::Pod>(
     MapData::from_fd(fd).map_err(map_error(name))
 }
 
+/// The daemon's view of the agent marks array (see
+/// [`agent_common::identity::AGENT_MARKS_PER_ENTRY`]): a shared mapping of
+/// the map's memory, so that the daemon stores one tgid's byte alone, as
+/// the programs do. Writing a whole entry through `bpf()` would put back
+/// neighbours' bytes a program changed meanwhile, and could erase a mark.
+struct AgentMarks {
+    /// Keeps the map, and so the mapping's memory, alive.
+    _map: Array<MapData, [u8; AGENT_MARKS_PER_ENTRY]>,
+    bytes: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is shared memory owned by this value; stores through
+// it are single volatile bytes.
+unsafe impl Send for AgentMarks {}
+// SAFETY: as above; no reference into the mapping is ever handed out.
+unsafe impl Sync for AgentMarks {}
+
+impl AgentMarks {
+    fn new(map: Array<MapData, [u8; AGENT_MARKS_PER_ENTRY]>) -> Result<Self, KernelError> {
+        use std::os::fd::AsFd as _;
+
+        use aya::maps::IterableMap as _;
+        let len = AGENT_MARKS_ENTRIES as usize * AGENT_MARKS_PER_ENTRY;
+        let length = std::num::NonZeroUsize::new(len).expect("the marks array is not empty");
+        // SAFETY: a new shared mapping of the map's own memory, which the
+        // kernel sized when it created the map (asserted by the pin layout
+        // check and the program's definition); nothing else maps it here.
+        let mapped = unsafe {
+            nix::sys::mman::mmap(
+                None,
+                length,
+                nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
+                nix::sys::mman::MapFlags::MAP_SHARED,
+                map.map().fd().as_fd(),
+                0,
+            )
+        }
+        .map_err(|errno| {
+            map_error(map_names::AGENT_MARKS)(MapError::from(aya::sys::SyscallError {
+                call: "mmap",
+                io_error: std::io::Error::from(errno),
+            }))
+        })?;
+        Ok(Self {
+            _map: map,
+            bytes: mapped.cast(),
+            len,
+        })
+    }
+
+    /// Marks `tgid` as (possibly) in an agent. A tgid beyond the array has
+    /// no entry there, and programs look it up in the hash map.
+    fn set(&self, tgid: u32) {
+        let at = tgid as usize;
+        if at < self.len {
+            // SAFETY: inside the mapping, which lives as long as `self`.
+            unsafe { self.bytes.as_ptr().add(at).write_volatile(1) };
+        }
+    }
+}
+
+impl Drop for AgentMarks {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        let _ = unsafe { nix::sys::mman::munmap(self.bytes.cast(), self.len) };
+    }
+}
+
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
@@ -135,6 +205,7 @@ impl PolicyMaps {
             port_tables: take(ebpf, map_names::EGRESS_PORT_TABLES)?,
             file_rules: take(ebpf, map_names::FILE_RULES)?,
             identity: take(ebpf, map_names::AGENT_OF_TGID)?,
+            marks: AgentMarks::new(take(ebpf, map_names::AGENT_MARKS)?)?,
             selected_cgroups: take(ebpf, map_names::SELECTED_CGROUPS)?,
             selected_executables: take(ebpf, map_names::SELECTED_EXECUTABLES)?,
             live: None,
@@ -405,6 +476,9 @@ impl PolicyMaps {
     /// Makes process `tgid` (and, through fork tracking, its future
     /// children) a member of `agent_id`.
     pub fn admit(&mut self, tgid: u32, record: AgentRecord) -> Result<(), KernelError> {
+        // The mark first: a program that finds no mark never looks for the
+        // record.
+        self.marks.set(tgid);
         self.identity
             .insert(tgid, record, 0)
             .map_err(map_error(map_names::AGENT_OF_TGID))
@@ -433,7 +507,14 @@ impl PolicyMaps {
 
     /// Entries and capacity of the policy and identity maps, for metrics.
     /// Capacities are the ones the programs declare.
+    ///
+    /// Only the daemon writes the policy maps, so their entries are the
+    /// keys it wrote for the live generation (the previous one is gone
+    /// after each swap); counting them in the kernel would take a system
+    /// call per entry, every second, 10,000 rules or not. The identity map,
+    /// which the programs write, is counted (one entry per agent process).
     pub fn usage(&self) -> Vec<(&'static str, u64, u64)> {
+        let live = |keys: fn(&WrittenKeys) -> usize| self.live.as_ref().map_or(0, keys) as u64;
         vec![
             (
                 map_names::AGENT_OF_TGID,
@@ -442,17 +523,13 @@ impl PolicyMaps {
             ),
             (
                 map_names::EGRESS_RULES,
-                self.egress_rules.keys().count() as u64,
+                live(|keys| keys.egress.len()),
                 65_536,
             ),
-            (
-                map_names::FILE_RULES,
-                self.file_rules.keys().count() as u64,
-                65_536,
-            ),
+            (map_names::FILE_RULES, live(|keys| keys.files.len()), 65_536),
             (
                 map_names::AGENT_POLICIES,
-                self.agent_policies.keys().count() as u64,
+                live(|keys| keys.agents.len()),
                 4096,
             ),
         ]

@@ -83,6 +83,18 @@ pub enum PinError {
         /// Its value in this build.
         expected: u32,
     },
+    /// Some maps are pinned but not one this build needs: a previous
+    /// daemon of another version pinned them. Creating the missing map
+    /// empty next to adopted ones could lose what it should hold.
+    #[error(
+        "the maps pinned in {dir} lack {name}, which this build needs; they were made by another version of baton. Run `baton uninstall --pin-dir {dir}` (enforcement stops until the next start) and start again"
+    )]
+    Missing {
+        /// The pin directory.
+        dir: PathBuf,
+        /// The map this build needs.
+        name: String,
+    },
     /// The eBPF object could not be parsed to read its map layout.
     #[error("cannot read the map layout of Baton's eBPF object: {0}")]
     Object(String),
@@ -204,11 +216,21 @@ impl PinDir {
         let object =
             aya_obj::Object::parse(object).map_err(|error| PinError::Object(error.to_string()))?;
         let mut names = Vec::new();
+        let adopting = object
+            .maps
+            .keys()
+            .any(|name| !name.starts_with('.') && self.map_path(name).exists());
         for (name, map) in &object.maps {
             if name.starts_with('.') {
                 continue;
             }
             let path = self.map_path(name);
+            if adopting && !path.exists() {
+                return Err(PinError::Missing {
+                    dir: self.path.clone(),
+                    name: name.clone(),
+                });
+            }
             if path.exists() {
                 let info = MapInfo::from_pin(&path).map_err(|source| PinError::MapInfo {
                     path: path.clone(),
