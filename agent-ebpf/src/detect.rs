@@ -52,16 +52,14 @@ use aya_ebpf::{
 use crate::{
     events::count_drop,
     files::{
-        Caller, ResolvedPath, START_MASK, WALK_END, caller, fill_event, match_rules, read, scratch,
-        walk,
+        Caller, ResolvedPath, START_MASK, WALK_END, caller, fill_event, match_rules, open_rights,
+        read, scratch, walk,
     },
     maps::{
         EVENTS, PATH_BUF_BYTES, PATH_SCRATCH, PathScratch, count, quarantined, take_event_token,
     },
 };
 
-const FMODE_READ: u32 = 0x1;
-const FMODE_WRITE: u32 = 0x2;
 const PROT_EXEC: u64 = 0x4;
 const MAP_ANONYMOUS: u64 = 0x20;
 const AT_FDCWD: i64 = -100;
@@ -705,16 +703,7 @@ pub fn detect_sys_exit(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     let rights = match read::<u32>(file, caller.offsets.file_f_mode) {
-        Some(f_mode) => {
-            let mut rights = 0;
-            if f_mode & FMODE_READ != 0 {
-                rights |= right::bit(right::READ);
-            }
-            if f_mode & FMODE_WRITE != 0 {
-                rights |= right::bit(right::WRITE);
-            }
-            rights
-        }
+        Some(f_mode) => open_rights(f_mode),
         None => right::bit(right::READ) | right::bit(right::WRITE),
     };
     if rights == 0 {

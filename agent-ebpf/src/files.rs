@@ -68,6 +68,20 @@ impl ResolvedPath {
     };
 }
 
+/// The rights an open file's `f_mode` asks for: read, write, both or (for
+/// `O_PATH` and the like) none.
+#[inline(always)]
+pub(crate) fn open_rights(f_mode: u32) -> u32 {
+    let mut rights = 0;
+    if f_mode & FMODE_READ != 0 {
+        rights |= right::bit(right::READ);
+    }
+    if f_mode & FMODE_WRITE != 0 {
+        rights |= right::bit(right::WRITE);
+    }
+    rights
+}
+
 /// Everything a decision needs about the calling agent.
 pub(crate) struct Caller {
     pub(crate) agent: AgentRecord,
@@ -82,13 +96,21 @@ pub(crate) struct Caller {
 pub(crate) fn caller() -> Option<Caller> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let agent = current_agent(tgid)?;
-    let generation = active_generation();
-    Some(Caller {
-        agent,
-        policy: policy_or_closed(generation, agent.agent_id),
-        generation,
-        offsets: kernel_offsets(),
-    })
+    Some(Caller::new(agent, active_generation()))
+}
+
+impl Caller {
+    /// `agent`'s caller under `generation`, with its policy and the
+    /// kernel's offsets.
+    #[inline(always)]
+    fn new(agent: AgentRecord, generation: u32) -> Self {
+        Self {
+            agent,
+            policy: policy_or_closed(generation, agent.agent_id),
+            generation,
+            offsets: kernel_offsets(),
+        }
+    }
 }
 
 /// The agent's settings under `generation`. An agent whose policy is gone
@@ -158,15 +180,7 @@ fn try_file_open(agent: AgentRecord, file: *const u8) -> Verdict {
         // SAFETY: the offset of `f_mode` in this kernel's `struct file`,
         // from BTF.
         let at = crate::offset!(file_f_mode) as usize;
-        let f_mode: u32 = unsafe { core::ptr::read_volatile(file.add(at) as *const u32) };
-        let mut rights = 0;
-        if f_mode & FMODE_READ != 0 {
-            rights |= right::bit(right::READ);
-        }
-        if f_mode & FMODE_WRITE != 0 {
-            rights |= right::bit(right::WRITE);
-        }
-        rights
+        open_rights(unsafe { core::ptr::read_volatile(file.add(at) as *const u32) })
     };
     if rights == 0 {
         return Verdict::Allowed;
@@ -188,13 +202,13 @@ fn try_file_open(agent: AgentRecord, file: *const u8) -> Verdict {
     }
     // Anything else is decided as on every other hook. The rules are
     // looked up again there, which only costs denials and writes.
-    let caller = Caller {
-        agent,
-        policy: policy_or_closed(generation, agent.agent_id),
-        generation,
-        offsets: kernel_offsets(),
-    };
-    check(scratch, &caller, &path, rights, hook::FILE_OPEN)
+    check(
+        scratch,
+        &Caller::new(agent, generation),
+        &path,
+        rights,
+        hook::FILE_OPEN,
+    )
 }
 
 #[lsm(hook = "bprm_check_security")]

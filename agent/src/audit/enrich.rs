@@ -220,27 +220,11 @@ fn read_process(tgid: u32) -> ProcessInfo {
 /// [`CGROUP_WALK_LIMIT`] directories.
 fn find_cgroup(root: &std::path::Path, id: u64) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let mut pending = vec![root.to_path_buf()];
-    let mut visited = 0;
-    while let Some(dir) = pending.pop() {
-        visited += 1;
-        if visited > CGROUP_WALK_LIMIT {
-            return None;
-        }
-        if std::fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
-            let relative = dir.strip_prefix(root).ok()?;
-            return Some(format!("/{}", relative.display()));
-        }
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            pending.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
-    }
-    None
+    let dir = crate::kernel::cgroup::subtree(root)
+        .take(CGROUP_WALK_LIMIT)
+        .find(|dir| std::fs::metadata(dir).is_ok_and(|m| m.ino() == id))?;
+    let relative = dir.strip_prefix(root).ok()?;
+    Some(format!("/{}", relative.display()))
 }
 
 /// Splits a NUL-separated command line, keeping whole arguments up to

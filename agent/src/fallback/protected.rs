@@ -128,11 +128,20 @@ fn with_rights(paths: Vec<String>) -> Vec<(String, u32)> {
 /// so `baton exec` applies no filter (which would put every system call of
 /// the agent on the kernel's slow path for nothing).
 pub fn held_by_bpf_lsm(lsm_hooks: &[(&str, ControlState)]) -> bool {
-    PROTECT_HOOKS.iter().all(|hook| {
-        lsm_hooks
-            .iter()
-            .any(|(name, state)| name == hook && *state == ControlState::Enforced)
-    })
+    missing_hooks(lsm_hooks).is_empty()
+}
+
+/// The self-protection hooks `lsm_hooks` does not have attached.
+fn missing_hooks(lsm_hooks: &[(&str, ControlState)]) -> Vec<&'static str> {
+    PROTECT_HOOKS
+        .iter()
+        .copied()
+        .filter(|hook| {
+            !lsm_hooks
+                .iter()
+                .any(|(name, state)| name == hook && *state == ControlState::Enforced)
+        })
+        .collect()
 }
 
 /// How one agent is kept from switching Baton off, in one line for the
@@ -146,15 +155,7 @@ pub fn self_protection(
     admitted: u8,
     landlock_abi: Option<i64>,
 ) -> String {
-    let missing: Vec<&str> = PROTECT_HOOKS
-        .iter()
-        .copied()
-        .filter(|hook| {
-            !lsm_hooks
-                .iter()
-                .any(|(name, state)| name == hook && *state == ControlState::Enforced)
-        })
-        .collect();
+    let missing = missing_hooks(lsm_hooks);
     let via_exec = admitted == admission::EXEC;
     if missing.is_empty() {
         return "BPF LSM: bpf(), perf_event_open(), module and kexec loads, ptrace outside the agent, and signals, prlimit and ptrace to the daemon are denied (even to root) and recorded; file rules deny changes to bpffs, cgroup files and Baton's files".to_string();

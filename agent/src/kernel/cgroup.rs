@@ -1,6 +1,6 @@
 //! Finding the cgroup v2 hierarchy.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
@@ -76,6 +76,24 @@ pub fn cgroup2_controllers(mount: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(mount.join("cgroup.controllers"))
         .map(|s| s.split_whitespace().map(str::to_string).collect())
         .unwrap_or_default()
+}
+
+/// `dir` and every cgroup directory beneath it, depth first, listed as the
+/// walk reaches them (so a caller that stops early reads no more).
+pub fn subtree(dir: &Path) -> impl Iterator<Item = PathBuf> {
+    let mut pending = vec![dir.to_path_buf()];
+    std::iter::from_fn(move || {
+        let dir = pending.pop()?;
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            pending.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+        Some(dir)
+    })
 }
 
 #[cfg(test)]

@@ -66,16 +66,21 @@ fn names_of(agent: &CompiledAgent) -> AgentNames {
     AgentNames {
         agent_id: 0,
         agent: String::new(),
-        rules: agent
-            .domains
-            .iter()
-            .map(|d| DomainRule {
-                pattern: d.pattern.clone(),
-                rule_id: d.rule_id,
-            })
-            .collect(),
+        rules: domain_rules(agent),
         audit: false,
     }
+}
+
+/// The agent's domain allow rules, as its DNS proxy matches them.
+pub fn domain_rules(agent: &CompiledAgent) -> Vec<DomainRule> {
+    agent
+        .domains
+        .iter()
+        .map(|d| DomainRule {
+            pattern: d.pattern.clone(),
+            rule_id: d.rule_id,
+        })
+        .collect()
 }
 
 /// A connect (or send) to `addr:port`. `learned_from` is the name the

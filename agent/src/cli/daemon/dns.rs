@@ -232,14 +232,7 @@ impl State {
                     names: AgentNames {
                         agent_id: id,
                         agent: name.0.clone(),
-                        rules: a
-                            .domains
-                            .iter()
-                            .map(|d| DomainRule {
-                                pattern: d.pattern.clone(),
-                                rule_id: d.rule_id,
-                            })
-                            .collect(),
+                        rules: crate::policy::eval::domain_rules(a),
                         audit: a.mode == mode::AUDIT,
                     },
                     rows: a

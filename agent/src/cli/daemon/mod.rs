@@ -45,7 +45,7 @@ use crate::{
         server::{self, Caller, Handler},
     },
     egress::{
-        dns::{AgentNames, DomainRule, LearnedAddress, Learner, ProxyConfig},
+        dns::{AgentNames, LearnedAddress, Learner, ProxyConfig},
         service::{AgentProxy, proxy_config, start_agent_proxy, start_netns_proxy},
     },
     handover::{OpenBreaker, Progress, Registry, StateDir},
@@ -1029,20 +1029,13 @@ async fn follow_sources(daemon: Weak<Daemon>, mut sources: crate::policy::source
 
 /// Process ids in a cgroup and all its descendants.
 fn cgroup_members(dir: &Path) -> Vec<u32> {
-    let mut members = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            members.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
-        }
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            pending.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
-    }
-    members
+    crate::kernel::cgroup::subtree(dir)
+        .filter_map(|dir| std::fs::read_to_string(dir.join("cgroup.procs")).ok())
+        .flat_map(|procs| {
+            procs
+                .lines()
+                .filter_map(|l| l.trim().parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
