@@ -6,6 +6,7 @@
 mod bench;
 mod deploy;
 mod setup;
+mod soak;
 mod test;
 mod util;
 mod vm;
@@ -71,6 +72,13 @@ enum Task {
     /// Benchmarks, reported as ratios against a baseline measured in the
     /// same run.
     Bench(bench::BenchArgs),
+    /// A mixed hostile load against a real daemon for a while (control
+    /// socket abuse, namespace bursts, denied-connect floods, reloads, a
+    /// SIGKILL and restart every minute) while a prober agent checks that
+    /// allowed connects work and denied ones never do. Reports leaks,
+    /// misses, the daemon's memory and descriptors, and audit records
+    /// against the kernel's counters.
+    Soak(soak::SoakArgs),
     /// Regenerate the AgentPolicy CustomResourceDefinition
     /// (deploy/kubernetes/agentpolicy-crd.yaml) from the policy's JSON
     /// Schema (policies/agentpolicy.schema.json).
@@ -219,6 +227,7 @@ fn run_task(task: Task) -> Result<()> {
         Task::Vm { kernel, command } => run_vm(&kernel, &command),
         Task::Lint => lint(),
         Task::Bench(args) => bench::run(&args),
+        Task::Soak(args) => soak::run(&args),
         Task::Crd => {
             let root = workspace_root();
             deploy::generate_crd(
