@@ -142,6 +142,10 @@ pub struct DnsProxyPorts {
 }
 const _: () = assert!(size_of::<DnsProxyPorts>() == 8);
 
+/// Capacity of the DNS proxy map: proxies of every agent in every network
+/// namespace together.
+pub const DNS_PROXY_ENTRIES: u32 = 4096;
+
 /// Key of the DNS proxy map: an agent's proxy sockets exist per network
 /// namespace, since a loopback address only reaches sockets in its own
 /// namespace.

@@ -3,8 +3,8 @@
 
 use agent_common::{
     egress::{
-        DnsProxyKey, DnsProxyPorts, EgressKey, EgressValue, LearnedKey, LearnedValue,
-        OriginalDestination, PORT_TABLES_PER_GENERATION, PortTable,
+        DNS_PROXY_ENTRIES, DnsProxyKey, DnsProxyPorts, EgressKey, EgressValue, LearnedKey,
+        LearnedValue, OriginalDestination, PORT_TABLES_PER_GENERATION, PortTable,
     },
     files::{FileKey, FileValue},
     identity::{
@@ -58,7 +58,7 @@ pub static LEARNED_ADDRS: HashMap<LearnedKey, LearnedValue> = HashMap::with_max_
 /// Agents whose DNS goes to the daemon's proxy, and where.
 #[map(name = "DNS_PROXY_PORTS")]
 pub static DNS_PROXY_PORTS: HashMap<DnsProxyKey, DnsProxyPorts> =
-    HashMap::with_max_entries(4096, 0);
+    HashMap::with_max_entries(DNS_PROXY_ENTRIES, 0);
 
 /// Socket cookie → the DNS server the socket was redirected from. LRU:
 /// sockets close without telling us.

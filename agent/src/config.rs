@@ -107,6 +107,10 @@ pub struct DnsConfig {
     pub max_ttl_seconds: Option<u64>,
     /// Time to wait for an upstream, in milliseconds [default: 2000].
     pub timeout_ms: Option<u64>,
+    /// Network namespaces (containers, `unshare -n`) one agent may hold a
+    /// DNS proxy in at once; its namespaces beyond that get no DNS until one
+    /// of the others has no agent process left [default: 64].
+    pub max_namespace_proxies_per_agent: Option<u32>,
 }
 
 impl Config {

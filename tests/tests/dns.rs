@@ -507,3 +507,204 @@ fn the_first_domain_rules_can_arrive_by_reload() {
         daemon.stderr()
     );
 }
+
+/// Entries of one of the daemon's pinned maps, as `bpftool` lists them.
+fn map_entries(daemon: &Daemon, map: &str) -> usize {
+    let output = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(daemon.pin_dir.join("maps").join(map))
+        .output()
+        .expect("bpftool is installed by cargo xtask setup");
+    assert!(
+        output.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let entries: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    entries.as_array().expect("a list of entries").len()
+}
+
+/// Descriptors the daemon holds open.
+fn open_descriptors(daemon: &Daemon) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", daemon.pid()))
+        .unwrap()
+        .count()
+}
+
+/// Polls (up to two minutes: the machine may be busy) until the daemon
+/// holds no more descriptors and proxy-map entries than `before`.
+fn wait_for_release(daemon: &Daemon, before: (usize, usize)) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let now = (
+            open_descriptors(daemon),
+            map_entries(daemon, "DNS_PROXY_PORTS"),
+        );
+        if now.0 <= before.0 && now.1 <= before.1 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "descriptors and proxy-map entries {now:?}, before {before:?}\n{}",
+            daemon.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// A shell loop, run as `nobody` in a network namespace of its own (with
+/// a user namespace: no privilege needed), that resolves `name` through
+/// the namespace's proxy: the first query of a new namespace fails while
+/// the daemon opens the proxy there, so it retries.
+fn resolve_in_new_netns(name: &str, tries: u32) -> String {
+    format!(
+        "unshare -Urn sh -c 'for k in $(seq {tries}); do getent hosts {name} >/dev/null && exit 0; sleep 0.2; done; exit 1'"
+    )
+}
+
+const AS_NOBODY: &str = "setpriv --reuid=nobody --regid=nogroup --clear-groups";
+
+#[test]
+fn a_burst_of_namespaces_leaves_no_proxy_behind() {
+    let world = world("dns-burst");
+    let daemon = Daemon::start_with_config(
+        "dns-burst",
+        &[(
+            "p.yaml",
+            web_policy("burst", "allowed.test", world.http_port, ""),
+        )],
+        &config(&world, 60),
+    );
+    let single = world.dir.path().join("one.sh");
+    let script = world.dir.path().join("burst.sh");
+    let one = resolve_in_new_netns("allowed.test", 100);
+    std::fs::write(&single, format!("{one}\n")).unwrap();
+    // 200 namespaces, ten at a time, each resolving once; one line per
+    // namespace that got its answer.
+    std::fs::write(
+        &script,
+        format!(
+            "for i in $(seq 20); do for j in $(seq 10); do ( {one} && echo resolved ) & done; wait; done\n"
+        ),
+    )
+    .unwrap();
+    let as_nobody = |command: &str| {
+        run_in_agent(
+            &daemon,
+            "burst",
+            &world,
+            &format!("{AS_NOBODY} -- {command}"),
+        )
+    };
+    // One namespace first, so that whatever the daemon opens once (and
+    // keeps) is part of the level the burst must return to.
+    let warm_up = as_nobody(&format!("sh {}", single.display()));
+    assert!(
+        warm_up.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&warm_up.stderr),
+        daemon.stderr()
+    );
+    wait_for_release(&daemon, (usize::MAX, 1));
+    let before = (
+        open_descriptors(&daemon),
+        map_entries(&daemon, "DNS_PROXY_PORTS"),
+    );
+
+    let burst = as_nobody(&format!("sh {}", script.display()));
+    let resolved = String::from_utf8_lossy(&burst.stdout)
+        .lines()
+        .filter(|line| *line == "resolved")
+        .count();
+    assert_eq!(
+        resolved,
+        200,
+        "every namespace resolves: {}\n{}",
+        String::from_utf8_lossy(&burst.stderr),
+        daemon.stderr()
+    );
+    assert!(
+        daemon
+            .stderr()
+            .contains("DNS proxy released: no process of the agent is left")
+    );
+    wait_for_release(&daemon, before);
+
+    // And a namespace made after the burst still gets DNS.
+    let after = as_nobody(&format!("sh {}", single.display()));
+    assert!(after.status.success(), "{}", daemon.stderr());
+}
+
+#[test]
+fn namespace_proxies_are_capped_per_agent() {
+    let world = world("dns-cap");
+    let daemon = Daemon::start_with_config(
+        "dns-cap",
+        &[(
+            "p.yaml",
+            web_policy("capped", "allowed.test", world.http_port, ""),
+        )],
+        &format!("{}  maxNamespaceProxiesPerAgent: 1\n", config(&world, 60)),
+    );
+    // The one namespace allowed: it resolves, then stays until `release`
+    // exists.
+    let release = world.dir.path().join("release");
+    let hold = format!(
+        "{AS_NOBODY} -- unshare -Urn sh -c 'for k in $(seq 100); do getent hosts allowed.test >/dev/null && break; sleep 0.2; done; echo held; while [ ! -e {} ]; do sleep 0.1; done'",
+        release.display()
+    );
+    let mut holder = std::process::Command::new(baton_tests::baton_bin())
+        .args(["exec", "--agent", "capped", "--control-socket"])
+        .arg(&daemon.socket)
+        .arg("--")
+        .args(baton_tests::with_resolv_conf(&world.resolv_conf, &hold))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "held", "{}", daemon.stderr());
+
+    // A second namespace is over the cap: no proxy, no DNS, one record.
+    let refused = run_in_agent(
+        &daemon,
+        "capped",
+        &world,
+        &format!("{AS_NOBODY} -- {}", resolve_in_new_netns("allowed.test", 5)),
+    );
+    assert!(!refused.status.success(), "{}", daemon.stderr());
+    let records = daemon.records();
+    let cap: Vec<_> = records
+        .iter()
+        .filter(|r| {
+            r["control"] == "dns"
+                && r["object"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("dns.maxNamespaceProxiesPerAgent"))
+        })
+        .collect();
+    assert_eq!(cap.len(), 1, "one record per spell at the cap: {cap:?}");
+    assert_eq!(cap[0]["agent"], "capped");
+    assert_eq!(map_entries(&daemon, "DNS_PROXY_PORTS"), 2);
+
+    // The held namespace empties: its proxy goes, and the next one gets DNS.
+    std::fs::write(&release, "").unwrap();
+    assert!(holder.wait().unwrap().success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let next = run_in_agent(
+            &daemon,
+            "capped",
+            &world,
+            &format!("{AS_NOBODY} -- {}", resolve_in_new_netns("allowed.test", 5)),
+        );
+        if next.status.success() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.stderr());
+    }
+}

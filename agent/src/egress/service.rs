@@ -52,7 +52,42 @@ pub struct AgentProxy {
     pub netns_cookie: u64,
     /// The agent's names, swapped in place on reload.
     pub names: Arc<RwLock<AgentNames>>,
+    /// The namespace's identity in `/proc/PID/ns/net` terms, for proxies
+    /// opened in another process's namespace; `None` for the daemon's own.
+    pub netns_id: Option<NetnsId>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// A network namespace as `stat(2)` of `/proc/PID/ns/net` names it: the
+/// nsfs device and inode. Unlike a PID it cannot be reused while the
+/// namespace lives, and the daemon's proxy sockets keep it alive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NetnsId {
+    /// Device of the nsfs mount.
+    pub dev: u64,
+    /// Inode of the namespace.
+    pub ino: u64,
+}
+
+impl NetnsId {
+    fn of_file(file: &std::fs::File) -> std::io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = file.metadata()?;
+        Ok(Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// The network namespace process `pid` is in now.
+    pub fn of_process(pid: u32) -> std::io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(format!("/proc/{pid}/ns/net"))?;
+        Ok(Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
 }
 
 impl Drop for AgentProxy {
@@ -215,6 +250,7 @@ fn serve(
         ports,
         netns_cookie: bound.netns_cookie,
         names,
+        netns_id: None,
         tasks,
     })
 }
@@ -240,6 +276,7 @@ pub fn start_netns_proxy(
 ) -> Result<AgentProxy, ServiceError> {
     let namespace_error = |source| ServiceError::Namespace { pid, source };
     let netns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(namespace_error)?;
+    let netns_id = NetnsId::of_file(&netns).map_err(namespace_error)?;
     // setns(2) changes only the calling thread, so a short-lived thread of
     // its own does the binding.
     let bound = std::thread::spawn(move || {
@@ -254,5 +291,7 @@ pub fn start_netns_proxy(
     })
     .join()
     .map_err(|_| namespace_error(std::io::Error::other("the namespace thread panicked")))??;
-    serve(bound, names, config, learner)
+    let mut proxy = serve(bound, names, config, learner)?;
+    proxy.netns_id = Some(netns_id);
+    Ok(proxy)
 }

@@ -77,6 +77,10 @@ struct ProxyPlan {
 /// Starts a DNS proxy for every agent with domain rules and points the
 /// kernel's redirect at it.
 pub(super) async fn start_dns_proxies(daemon: &Arc<Daemon>, dns: &DnsConfig) -> anyhow::Result<()> {
+    if let Some(max) = dns.max_namespace_proxies_per_agent {
+        let mut state = daemon.state.lock().expect("state lock poisoned");
+        state.max_netns_proxies = max as usize;
+    }
     let needed = {
         let state = daemon.state.lock().expect("state lock poisoned");
         state
@@ -112,35 +116,134 @@ pub(super) async fn start_dns_proxies(daemon: &Arc<Daemon>, dns: &DnsConfig) -> 
     Ok(())
 }
 
+/// Namespace proxies one agent may hold when the configuration says nothing.
+pub(super) const DEFAULT_NETNS_PROXIES_PER_AGENT: usize = 64;
+
+/// `pidfd_open(2)` (5.3): a descriptor that becomes readable when the
+/// process exits, and that names that process even if its PID is reused.
+fn pidfd_open(pid: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain system call; on success the kernel returns a new
+    // descriptor that nothing else owns.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above: a fresh descriptor, owned from here on.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// Registers a pidfd with the runtime.
+fn watch_pidfd(
+    fd: std::os::fd::OwnedFd,
+) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    // SAFETY: the `AsyncFd` owns the descriptor, so it stays open as long
+    // as it is registered.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}
+
 /// Opens a proxy for `agent_id` in the network namespace of process `pid`,
 /// after the kernel saw that agent send DNS from a namespace without one.
+///
+/// The proxy lives as long as some process of the agent is in that
+/// namespace: one of them is watched through a pidfd, and when it exits the
+/// next one found in the namespace is watched instead; when none is left,
+/// the sockets close and the kernel's entry goes (see
+/// [`release_when_empty`]). An agent holds at most
+/// `dns.maxNamespaceProxiesPerAgent` of them at once.
 pub(super) fn open_netns_proxy(daemon: &Arc<Daemon>, agent_id: u32, netns_cookie: u64, pid: u32) {
     let (names, setup) = {
         let mut state = daemon.state.lock().expect("state lock poisoned");
         if state.proxies.contains_key(&(agent_id, netns_cookie))
-            || !state.pending_netns.insert((agent_id, netns_cookie))
+            || state.pending_netns.contains(&(agent_id, netns_cookie))
         {
             return;
         }
+        let held = state
+            .proxies
+            .iter()
+            .filter(|((id, _), proxy)| *id == agent_id && proxy.netns_id.is_some())
+            .count()
+            + state
+                .pending_netns
+                .iter()
+                .filter(|(id, _)| *id == agent_id)
+                .count();
+        if held >= state.max_netns_proxies {
+            // Once per spell at the cap: the kernel asks again on every
+            // query from such a namespace.
+            if state.netns_cap_reported.insert(agent_id) {
+                let agent = state
+                    .registry
+                    .name_of(agent_id)
+                    .map_or_else(|| format!("#{agent_id}"), |n| n.0.clone());
+                let message = format!(
+                    "agent {agent} holds DNS proxies in {held} network namespaces, the most dns.maxNamespaceProxiesPerAgent allows: DNS from its further namespaces fails until one of them has no agent process left"
+                );
+                tracing::warn!("{message}");
+                let host = state.host.clone();
+                let mut record = AuditRecord::lifecycle(&host, "dns", message);
+                record.agent = Some(agent);
+                state.record(record);
+            }
+            return;
+        }
+        state.pending_netns.insert((agent_id, netns_cookie));
         (
             state.agent_names.get(&agent_id).cloned(),
             state.proxy_setup.clone(),
         )
     };
+    let unpend = || {
+        let mut state = daemon.state.lock().expect("state lock poisoned");
+        state.pending_netns.remove(&(agent_id, netns_cookie));
+    };
     let (Some(names), Some((config, learner))) = (names, setup) else {
+        unpend();
         return;
+    };
+    // Taken before the namespace is entered, so the watched process is
+    // the one whose namespace the sockets are bound in, not a newcomer
+    // that reused its PID (the cookie check below would catch that too).
+    let pidfd = match pidfd_open(pid) {
+        Ok(pidfd) => pidfd,
+        Err(error) => {
+            tracing::debug!(agent_id, pid, %error, "process gone before its namespace got a DNS proxy");
+            unpend();
+            return;
+        }
     };
     let result = start_netns_proxy(pid, names, config, learner);
     let mut state = daemon.state.lock().expect("state lock poisoned");
     state.pending_netns.remove(&(agent_id, netns_cookie));
     match result {
         Ok(proxy) if proxy.netns_cookie == netns_cookie => {
+            let Some(netns_id) = proxy.netns_id else {
+                return;
+            };
+            let pidfd = match watch_pidfd(pidfd) {
+                Ok(pidfd) => pidfd,
+                Err(error) => {
+                    tracing::warn!(agent_id, pid, %error, "cannot watch the process of a namespace proxy");
+                    return;
+                }
+            };
             if let Err(error) = state.dns.set_proxy(agent_id, netns_cookie, proxy.ports) {
                 tracing::error!(agent_id, %error, "cannot register the namespace's DNS proxy");
                 return;
             }
             tracing::info!(agent_id, pid, netns_cookie, ports = ?proxy.ports, "DNS proxy opened in the agent's network namespace");
             state.proxies.insert((agent_id, netns_cookie), proxy);
+            tokio::spawn(release_when_empty(
+                Arc::downgrade(daemon),
+                NetnsProxy {
+                    agent_id,
+                    netns_cookie,
+                    netns_id,
+                },
+                pid,
+                pidfd,
+            ));
         }
         Ok(proxy) => tracing::warn!(
             agent_id,
@@ -152,6 +255,75 @@ pub(super) fn open_netns_proxy(daemon: &Arc<Daemon>, agent_id: u32, netns_cookie
         Err(error) => {
             tracing::warn!(agent_id, pid, %error, "cannot open a DNS proxy in the agent's network namespace")
         }
+    }
+}
+
+/// Which namespace proxy a watcher looks after.
+#[derive(Clone, Copy, Debug)]
+struct NetnsProxy {
+    agent_id: u32,
+    netns_cookie: u64,
+    netns_id: NetnsId,
+}
+
+/// Waits for the watched process to exit, then looks for another process
+/// of the agent in the namespace to watch; when there is none, closes the
+/// proxy's sockets and removes its kernel entry.
+///
+/// Nothing is polled: the daemon wakes only when a watched process exits,
+/// and then looks through the agent's own processes (from the kernel's
+/// identity map). A process of the agent that enters the namespace later
+/// (`setns`) finds no proxy, and its first query asks for a new one, as in
+/// any new namespace.
+async fn release_when_empty(
+    daemon: Weak<Daemon>,
+    proxy: NetnsProxy,
+    mut watched: u32,
+    mut pidfd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+) {
+    loop {
+        // Readable means exited; an error (never seen) counts the same.
+        if let Ok(mut ready) = pidfd.readable().await {
+            ready.retain_ready();
+        }
+        let Some(daemon) = daemon.upgrade() else {
+            return;
+        };
+        let members = match daemon.state.lock() {
+            Ok(state) => state.maps.members(proxy.agent_id),
+            Err(_) => return,
+        };
+        let successor = members
+            .into_iter()
+            .filter(|&tgid| tgid != watched)
+            .find_map(|tgid| {
+                if NetnsId::of_process(tgid).ok()? != proxy.netns_id {
+                    return None;
+                }
+                let fd = pidfd_open(tgid).ok()?;
+                // Checked again with the pidfd held: the PID cannot be
+                // reused by another process from here on.
+                (NetnsId::of_process(tgid).ok()? == proxy.netns_id).then_some((tgid, fd))
+            });
+        if let Some((tgid, fd)) = successor
+            && let Ok(fd) = watch_pidfd(fd)
+        {
+            watched = tgid;
+            pidfd = fd;
+            continue;
+        }
+        let Ok(mut state) = daemon.state.lock() else {
+            return;
+        };
+        state.dns.remove_proxy(proxy.agent_id, proxy.netns_cookie);
+        state.proxies.remove(&(proxy.agent_id, proxy.netns_cookie));
+        state.netns_cap_reported.remove(&proxy.agent_id);
+        tracing::info!(
+            agent_id = proxy.agent_id,
+            netns_cookie = proxy.netns_cookie,
+            "DNS proxy released: no process of the agent is left in its network namespace"
+        );
+        return;
     }
 }
 

@@ -18,6 +18,13 @@ pub(super) async fn tick_audit(daemon: Weak<Daemon>) {
             for (map, entries, capacity) in state.maps.usage() {
                 state.metrics.set_map_usage(map, entries, capacity);
             }
+            // Only the daemon writes the proxy map: its proxies are its entries.
+            let proxies = state.proxies.len() as u64;
+            state.metrics.set_map_usage(
+                agent_common::map_names::DNS_PROXY_PORTS,
+                proxies,
+                u64::from(agent_common::egress::DNS_PROXY_ENTRIES),
+            );
             if let Err(error) = state.sink.tick() {
                 tracing::error!(%error, "audit checkpoint failed");
             }

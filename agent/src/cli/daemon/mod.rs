@@ -46,7 +46,7 @@ use crate::{
     },
     egress::{
         dns::{AgentNames, LearnedAddress, Learner, ProxyConfig},
-        service::{AgentProxy, proxy_config, start_agent_proxy, start_netns_proxy},
+        service::{AgentProxy, NetnsId, proxy_config, start_agent_proxy, start_netns_proxy},
     },
     handover::{OpenBreaker, Progress, Registry, StateDir},
     identity::AgentRegistry,
@@ -213,6 +213,11 @@ struct State {
     dns_pending: Option<(DnsConfig, Arc<dyn Learner>)>,
     /// Namespaces a proxy is being opened in, so a burst of queries opens one.
     pending_netns: std::collections::HashSet<(u32, u64)>,
+    /// Namespace proxies one agent may hold (`dns.maxNamespaceProxiesPerAgent`).
+    max_netns_proxies: usize,
+    /// Agents at that cap whose record is written, so that it is written
+    /// once per spell at the cap, not once per query.
+    netns_cap_reported: std::collections::HashSet<u32>,
     /// Port rows a domain rule opens, by rule id.
     domain_rows: HashMap<u32, Vec<PortRule>>,
     /// The name each learned address came from, for audit records.
@@ -833,6 +838,8 @@ async fn serve(
         proxy_setup: None,
         dns_pending: None,
         pending_netns: std::collections::HashSet::new(),
+        max_netns_proxies: dns::DEFAULT_NETNS_PROXIES_PER_AGENT,
+        netns_cap_reported: std::collections::HashSet::new(),
         domain_rows: HashMap::new(),
         learned_names: HashMap::new(),
     };
