@@ -138,6 +138,7 @@ impl Config {
                 Some(at) => message[..at].to_string(),
                 None => message,
             };
+            let (line, column) = refine_location(&text, line, column, &message);
             ConfigError::Invalid {
                 path,
                 line,
@@ -145,5 +146,67 @@ impl Config {
                 message,
             }
         })
+    }
+}
+
+/// The parser places an error in a list at the list's start; for a bad
+/// redaction pattern, whose message quotes it, the pattern's own line and
+/// column are more use. Unchanged when the text cannot be found.
+fn refine_location(text: &str, line: usize, column: usize, message: &str) -> (usize, usize) {
+    const MARKER: &str = "invalid regular expression \"";
+    let Some(start) = message.find(MARKER).map(|at| at + MARKER.len()) else {
+        return (line, column);
+    };
+    let Some(quoted) = message[start..]
+        .rfind("\": ")
+        .map(|end| &message[start..start + end])
+    else {
+        return (line, column);
+    };
+    // The message quotes Rust-style (`\\` for `\`), as a YAML double-quoted
+    // string does; plain and single-quoted YAML write a single `\`.
+    let from: usize = text
+        .split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum::<usize>()
+        + column.saturating_sub(1);
+    let Some(rest) = text.get(from..) else {
+        return (line, column);
+    };
+    let candidates = [quoted.to_string(), quoted.replace("\\\\", "\\")];
+    let Some(at) = candidates
+        .iter()
+        .filter_map(|c| rest.find(c.as_str()))
+        .min()
+    else {
+        return (line, column);
+    };
+    let before = &text[..from + at];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |n| n + 1) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_redaction_pattern_is_named_at_its_own_line_and_column() {
+        let dir = std::env::temp_dir().join(format!("baton-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.yaml");
+        std::fs::write(
+            &path,
+            "audit:\n  redaction:\n    patterns:\n      - 'corp-\\d{8}'\n      - 'ok-(\\d+'\n",
+        )
+        .unwrap();
+        let error = Config::load(Some(&path)).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let want = format!("{}:5:10: ", path.display());
+        assert!(error.starts_with(&want), "{error}");
+        assert!(error.contains("invalid regular expression"), "{error}");
+        assert!(error.contains("unclosed group"), "{error}");
     }
 }

@@ -219,6 +219,72 @@ fn a_denial_from_a_process_tree_is_recorded_whole_and_the_log_verifies() {
     assert!(!all.contains("TAMPERED"), "{all}");
 }
 
+/// An environment-style secret (`AWS_SECRET_ACCESS_KEY=...`) in the
+/// command lines of the denied process and of both its ancestors, and a
+/// secret matched only by an operator's pattern from the configuration:
+/// neither reaches the log, and the rest of each command line does.
+#[test]
+fn environment_style_secrets_and_operator_patterns_are_redacted_in_ancestors() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let daemon = Daemon::start_with_config(
+        "audit-envsecret",
+        &[(
+            "demo.yaml",
+            policy("demo", "demo", "  egress:\n    default: deny\n"),
+        )],
+        "audit:\n  redaction:\n    patterns:\n      - 'corp-[0-9]{8}'\n",
+    );
+    // Synthetic, of the shape of an AWS secret access key.
+    let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSYNTHETIC0";
+    let connector = "import socket, sys, time\n\
+                     socket.socket().connect_ex((\"127.0.0.1\", int(sys.argv[1])))\n\
+                     time.sleep(2)";
+    let script = format!(
+        "python3 -c 'import subprocess, sys; subprocess.run(sys.argv[1:])' \
+         python3 -c '{connector}' {port} AWS_SECRET_ACCESS_KEY={secret} corp-12345678; true"
+    );
+    let output = daemon.exec("demo", &["sh", "-c", &script]);
+    assert!(output.status.success(), "{}", text(&output));
+    let record = daemon
+        .wait_for_record(|r| r["control"] == "egress" && r["object"]["port"] == u64::from(port));
+    let raw = std::fs::read_to_string(&daemon.audit_log).unwrap();
+    assert!(
+        !raw.contains("wJalrXUtnFEMI"),
+        "the secret reached the log:\n{raw}"
+    );
+    assert!(
+        !raw.contains("corp-12345678"),
+        "the operator's secret reached the log:\n{raw}"
+    );
+    let process = &record["process"];
+    let cmdline = strings(&process["cmdline"]);
+    assert!(
+        cmdline.contains(&"AWS_SECRET_ACCESS_KEY=[REDACTED]") && cmdline.contains(&"[REDACTED]"),
+        "{record}"
+    );
+    assert!(cmdline.contains(&port.to_string().as_str()), "{record}");
+    let ancestors = process["ancestors"].as_array().expect("ancestors");
+    assert_eq!(ancestors.len(), 2, "python3 -> python3 -> sh: {record}");
+    let parent = strings(&ancestors[0]["cmdline"]);
+    assert!(
+        parent[0].ends_with("python3") && parent[1] == "-c",
+        "{record}"
+    );
+    assert!(
+        parent.contains(&"AWS_SECRET_ACCESS_KEY=[REDACTED]"),
+        "the parent's argument: {record}"
+    );
+    let shell = strings(&ancestors[1]["cmdline"]);
+    assert_eq!(shell[..2], ["sh", "-c"], "{record}");
+    assert!(
+        shell[2].contains("AWS_SECRET_ACCESS_KEY=[REDACTED] [REDACTED]; true"),
+        "the assignment inside the shell's script: {record}"
+    );
+}
+
 /// SHA-256 in hex, by coreutils, so the test does not share the daemon's
 /// hashing code.
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -125,7 +125,45 @@ pub struct RedactionConfig {
     pub defaults: bool,
     /// More patterns (Rust `regex` syntax). A group named `secret`, when
     /// present, is what gets replaced; otherwise the whole match.
-    pub patterns: Vec<String>,
+    pub patterns: Vec<RedactPattern>,
+}
+
+/// One operator pattern of `audit.redaction.patterns`, compiled when the
+/// configuration is read so that a bad one is reported at its line and
+/// column in the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedactPattern(pub String);
+
+impl RedactPattern {
+    /// The pattern's source text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for RedactPattern {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let source = String::deserialize(deserializer)?;
+        regex::Regex::new(&source).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid regular expression {source:?}: {}",
+                regex_reason(&e)
+            ))
+        })?;
+        Ok(Self(source))
+    }
+}
+
+/// The regex compiler's reason on one line: its own message spreads the
+/// pattern, a caret and the reason over several.
+pub(crate) fn regex_reason(error: &regex::Error) -> String {
+    let text = error.to_string();
+    text.lines()
+        .rev()
+        .find(|line| !line.trim().is_empty())
+        .map_or(text.clone(), |line| {
+            line.trim().trim_start_matches("error: ").to_string()
+        })
 }
 
 impl Default for RedactionConfig {
@@ -219,12 +257,19 @@ pub enum SyslogProtocol {
     Udp,
 }
 
+impl RedactionConfig {
+    /// The operator patterns' source texts.
+    pub fn pattern_sources(&self) -> Vec<String> {
+        self.patterns.iter().map(|p| p.0.clone()).collect()
+    }
+}
+
 impl AuditConfig {
     /// Checks what serde cannot: patterns compile, forwarders are unique
     /// and name one destination each, facilities exist, URLs are HTTP.
     pub fn validate(&self) -> Result<(), AuditError> {
         let invalid = |field: String, message: String| AuditError::Config { field, message };
-        Redactor::new(self.redaction.defaults, &self.redaction.patterns).map_err(|e| {
+        Redactor::new(self.redaction.defaults, &self.redaction.pattern_sources()).map_err(|e| {
             invalid(
                 format!("audit.redaction.patterns[{}]", e.index),
                 format!("invalid regular expression: {}", e.message),
@@ -327,7 +372,7 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         let mut config = AuditConfig::default();
-        config.redaction.patterns = vec!["(".into()];
+        config.redaction.patterns = vec![RedactPattern("(".into())];
         let error = config.validate().unwrap_err().to_string();
         assert!(
             error.starts_with("audit.redaction.patterns[0]: invalid regular expression"),
@@ -339,5 +384,23 @@ mod tests {
         .unwrap();
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("exactly one of"), "{error}");
+    }
+
+    #[test]
+    fn a_bad_redaction_pattern_is_refused_where_it_is_written() {
+        let error = serde_norway::from_str::<AuditConfig>(
+            "redaction:\n  patterns:\n    - \"corp-[0-9]{8}\"\n    - \"(unclosed\"\n",
+        )
+        .unwrap_err();
+        // The parser places it at the list; `Config::load` finds the item.
+        assert!(error.location().is_some(), "{error}");
+        let message = error.to_string();
+        assert!(
+            message.contains("invalid regular expression \"(unclosed\": unclosed group"),
+            "{message}"
+        );
+        let config: AuditConfig =
+            serde_norway::from_str("redaction:\n  patterns: [\"corp-[0-9]{8}\"]\n").unwrap();
+        assert_eq!(config.redaction.patterns[0].as_str(), "corp-[0-9]{8}");
     }
 }

@@ -209,11 +209,14 @@ impl AuditTrail {
         }
         let key = keys::load_or_generate(&config.key_file)?;
         let public_key = hex::encode(key.verifying_key().as_bytes());
-        let redactor = Redactor::new(config.redaction.defaults, &config.redaction.patterns)
-            .map_err(|e| AuditError::Config {
-                field: format!("audit.redaction.patterns[{}]", e.index),
-                message: e.message,
-            })?;
+        let redactor = Redactor::new(
+            config.redaction.defaults,
+            &config.redaction.pattern_sources(),
+        )
+        .map_err(|e| AuditError::Config {
+            field: format!("audit.redaction.patterns[{}]", e.index),
+            message: e.message,
+        })?;
         let host = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default();
