@@ -106,24 +106,55 @@ pub struct LearnedKey {
 }
 const _: () = assert!(size_of::<LearnedKey>() == 24);
 
-/// Port rows a learned address carries (from its domain rule).
+/// Port ranges one domain rule may list: the rows one (address, rule) pair
+/// takes in a learned address.
 pub const LEARNED_ROWS: usize = 4;
+
+/// Rows one learned address holds for all the rules it was learned through
+/// (several allowed names often share an address behind a CDN): 16
+/// single-range rules, or four rules of four ranges. The kernel scans them
+/// all, unrolled. When a new (address, rule) pair does not fit beside the
+/// unexpired ones, the daemon refuses the new answer and records why; it
+/// never evicts a pair still in force.
+pub const LEARNED_ADDR_ROWS: usize = 16;
+
+/// One allowed port range of a learned address, with the expiry of the
+/// (address, rule) pair it belongs to: pairs expire on their own, so a
+/// short-TTL name's ports close at its TTL even when a long-TTL name
+/// shares the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LearnedRow {
+    /// `CLOCK_BOOTTIME` nanoseconds after which the kernel ignores the row,
+    /// so a dead daemon leaves nothing open.
+    pub expires_boot_ns: u64,
+    /// First port of the range, host order.
+    pub port_lo: u16,
+    /// Last port of the range (inclusive), host order.
+    pub port_hi: u16,
+    /// Bit set of [`protocol`].
+    pub protocols: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+    /// The domain rule the address was learned through.
+    pub rule_id: u32,
+    /// Explicit padding.
+    pub _pad2: u32,
+}
+const _: () = assert!(size_of::<LearnedRow>() == 24);
 
 /// Value of the learned-address map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LearnedValue {
-    /// `CLOCK_BOOTTIME` nanoseconds after which the kernel ignores the entry,
-    /// so a dead daemon leaves nothing open.
-    pub expires_boot_ns: u64,
     /// Number of rows in use.
     pub len: u32,
     /// Explicit padding.
     pub _pad: u32,
-    /// Allowed ports and protocols; `decision` is always allow.
-    pub rows: [PortRule; LEARNED_ROWS],
+    /// Allowed ports and protocols, each with its own expiry.
+    pub rows: [LearnedRow; LEARNED_ADDR_ROWS],
 }
-const _: () = assert!(size_of::<LearnedValue>() == 16 + 12 * LEARNED_ROWS);
+const _: () = assert!(size_of::<LearnedValue>() == 8 + 24 * LEARNED_ADDR_ROWS);
 
 /// Where an agent's DNS traffic is redirected: the daemon's proxy sockets
 /// for that agent, on the loopback addresses. Ports are host order; 0 means

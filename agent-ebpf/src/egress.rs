@@ -14,8 +14,9 @@
 
 use agent_common::{
     egress::{
-        DNS_PORT, DnsProxyKey, DnsProxyPorts, EGRESS_KEY_HEADER_BITS, EgressKey, LEARNED_ROWS,
-        LearnedKey, OriginalDestination, PORT_TABLE_ROWS, PortRule, ipv4_mapped, protocol,
+        DNS_PORT, DnsProxyKey, DnsProxyPorts, EGRESS_KEY_HEADER_BITS, EgressKey, LEARNED_ADDR_ROWS,
+        LearnedKey, LearnedRow, OriginalDestination, PORT_TABLE_ROWS, PortRule, ipv4_mapped,
+        protocol,
     },
     event::{ConnectEvent, NetnsEvent, hook, kind},
     identity::{AgentRecord, AgentRuntime, DeniedDestination, policy_flags},
@@ -186,7 +187,8 @@ fn redirect_dns(
 }
 
 /// Allows a destination the agent's DNS proxy learned from an allowed name,
-/// until the entry expires.
+/// on the ports of the rule it was learned through, until that (address,
+/// rule) pair expires. Returns the rule's id.
 #[inline(always)]
 fn match_learned(agent_id: u32, destination: &Destination, protocol_bit: u8) -> (u8, u32) {
     let key = LearnedKey {
@@ -200,15 +202,14 @@ fn match_learned(agent_id: u32, destination: &Destination, protocol_bit: u8) -> 
     // SAFETY: the pointer comes from a successful lookup.
     let learned = unsafe { &*learned };
     // SAFETY: helper without memory arguments.
-    if unsafe { bpf_ktime_get_boot_ns() } >= learned.expires_boot_ns {
-        return (decision::NONE, 0);
-    }
+    let now = unsafe { bpf_ktime_get_boot_ns() };
     let len = learned.len as usize;
-    const _: () = assert!(LEARNED_ROWS == 4, "the unrolled scan lists every row");
-    unroll!(i in [0, 1, 2, 3] {
+    const _: () = assert!(LEARNED_ADDR_ROWS == 16, "the unrolled scan lists every row");
+    unroll!(i in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
         if i < len {
-            let row = &learned.rows[i];
-            if destination.port >= row.port_lo
+            let row: &LearnedRow = &learned.rows[i];
+            if now < row.expires_boot_ns
+                && destination.port >= row.port_lo
                 && destination.port <= row.port_hi
                 && row.protocols & protocol_bit != 0
             {

@@ -13,6 +13,7 @@ use agent_common::{
     },
     offsets::KernelOffsets,
 };
+use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::{
     macros::map,
     maps::{
@@ -53,7 +54,12 @@ pub static FILE_RULES: LpmTrie<FileKey, FileValue> = LpmTrie::with_max_entries(6
 /// Addresses learned from allowed DNS answers, per agent, with an expiry
 /// the programs check themselves.
 #[map(name = "LEARNED_ADDRS")]
-pub static LEARNED_ADDRS: HashMap<LearnedKey, LearnedValue> = HashMap::with_max_entries(65_536, 0);
+///
+/// Not preallocated: a value holds 16 rows (392 bytes), and most agents
+/// learn far fewer than 65,536 addresses. Only the daemon inserts, so the
+/// allocation never happens in a program.
+pub static LEARNED_ADDRS: HashMap<LearnedKey, LearnedValue> =
+    HashMap::with_max_entries(65_536, BPF_F_NO_PREALLOC);
 
 /// Agents whose DNS goes to the daemon's proxy, and where.
 #[map(name = "DNS_PROXY_PORTS")]

@@ -617,6 +617,33 @@ pub fn dnsmasq_on(ip: &str, port: u16, addresses: &[(&str, &str)]) -> Service {
     service
 }
 
+/// A dnsmasq on a free port of 127.0.0.1 with these extra arguments
+/// (`--host-record=NAME,ADDR,TTL` for per-name TTLs, say), answering only
+/// from them.
+pub fn dnsmasq_with(args: &[String]) -> (Service, u16) {
+    let port = free_port("127.0.0.1");
+    let child = Command::new("dnsmasq")
+        .args([
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-poll",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            "--user=root",
+            "--pid-file",
+            &format!("--port={port}"),
+        ])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dnsmasq is installed by cargo xtask setup");
+    let service = Service(child);
+    wait_for_tcp(&format!("127.0.0.1:{port}"), "dnsmasq");
+    (service, port)
+}
+
 /// A static HTTP server (Python's) serving `dir` on `ip:port`.
 pub fn http_server(ip: &str, port: u16, dir: &Path) -> Service {
     let child = Command::new("python3")

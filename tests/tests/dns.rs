@@ -708,3 +708,85 @@ fn namespace_proxies_are_capped_per_agent() {
         assert!(std::time::Instant::now() < deadline, "{}", daemon.stderr());
     }
 }
+
+/// Five allowed names on one address, each rule with its own port; the
+/// first name's answer lives 2 s, the others' 600 s.
+#[test]
+fn names_sharing_an_address_keep_their_own_ports_and_expiry() {
+    let dir = TempDir::new("dns-shared");
+    let mut records = vec!["--host-record=n1.shared.test,127.0.0.2,2".to_owned()];
+    for i in 2..=5 {
+        records.push(format!("--host-record=n{i}.shared.test,127.0.0.2,600"));
+    }
+    let (_dns, dns_port) = baton_tests::dnsmasq_with(&records);
+    // A listener per port, so an allowed connect completes.
+    let listeners: Vec<std::net::TcpListener> = (0..5)
+        .map(|_| std::net::TcpListener::bind("127.0.0.2:0").unwrap())
+        .collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let rules: String = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            format!(
+                "      - domain: n{}.shared.test\n        ports: [{port}]\n        protocol: tcp\n",
+                i + 1
+            )
+        })
+        .collect();
+    let daemon = Daemon::start_with_config(
+        "dns-shared",
+        &[(
+            "p.yaml",
+            policy(
+                "shared",
+                "shared",
+                &format!("  egress:\n    default: deny\n    allow:\n{rules}"),
+            ),
+        )],
+        &format!(
+            "dns:\n  upstreams: [\"127.0.0.1:{dns_port}\"]\n  minTtlSeconds: 1\n  maxTtlSeconds: 600\n"
+        ),
+    );
+    let resolv_conf = dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv_conf,
+        "nameserver 127.0.0.53\noptions attempts:1 timeout:2\n",
+    )
+    .unwrap();
+    let connect = |port: u16| {
+        let wrapped = with_resolv_conf(&resolv_conf, &format!("{HELPER} connect 127.0.0.2:{port}"));
+        let args: Vec<&str> = wrapped.iter().map(String::as_str).collect();
+        helper_outcome(&daemon.exec("shared", &args))
+    };
+    let resolve_all =
+        "sh -c 'for i in 1 2 3 4 5; do getent hosts n$i.shared.test >/dev/null || exit 1; done'";
+    let wrapped = with_resolv_conf(&resolv_conf, resolve_all);
+    let args: Vec<&str> = wrapped.iter().map(String::as_str).collect();
+    let resolved = daemon.exec("shared", &args);
+    assert!(resolved.status.success(), "{}", daemon.stderr());
+    for (i, port) in ports.iter().enumerate() {
+        assert_eq!(connect(*port), "ok", "n{}.shared.test's port", i + 1);
+    }
+    // Another port on the shared address was never allowed.
+    let other = free_port("127.0.0.2");
+    assert_eq!(connect(other), EPERM);
+
+    // The short-TTL name's port closes on its own (polled: no timing
+    // assumption beyond "within a minute")...
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while connect(ports[0]) != EPERM {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n1's port never closed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    // ...while the long-TTL names on the same address stay open.
+    for port in &ports[1..] {
+        assert_eq!(connect(*port), "ok");
+    }
+}

@@ -16,8 +16,9 @@ use std::{
 
 use agent_common::{
     egress::{
-        DnsProxyKey, DnsProxyPorts, EGRESS_KEY_HEADER_BITS, EgressKey, EgressValue, LEARNED_ROWS,
-        LearnedKey, LearnedValue, PORT_TABLES_PER_GENERATION, PortRule, PortTable, ipv4_mapped,
+        DnsProxyKey, DnsProxyPorts, EGRESS_KEY_HEADER_BITS, EgressKey, EgressValue,
+        LEARNED_ADDR_ROWS, LEARNED_ROWS, LearnedKey, LearnedRow, LearnedValue,
+        PORT_TABLES_PER_GENERATION, PortRule, PortTable, ipv4_mapped,
     },
     files::{FILE_KEY_HEADER_BITS, FileKey, FileValue, PATH_KEY_BYTES},
     identity::{
@@ -601,15 +602,19 @@ impl DnsMaps {
         });
     }
 
-    /// Allows `addr` to `agent_id` on `rows` for `ttl`. An entry already
-    /// there is extended, never shortened.
+    /// Allows `addr` to `agent_id` on `rows` (the ports of domain rule
+    /// `rule_id`) for `ttl`. The (address, rule) pair is extended, never
+    /// shortened; other rules' pairs on the same address keep their own
+    /// rows and expiry. When they leave no room, nothing changes and
+    /// [`Learned::Full`] says so.
     pub fn learn(
         &mut self,
         agent_id: u32,
         addr: IpAddr,
         ttl: Duration,
+        rule_id: u32,
         rows: &[PortRule],
-    ) -> Result<(), KernelError> {
+    ) -> Result<Learned, KernelError> {
         let key = LearnedKey {
             agent_id,
             _pad: 0,
@@ -620,38 +625,33 @@ impl DnsMaps {
                     .map_or(v6.octets(), |v4| ipv4_mapped(v4.octets())),
             },
         };
-        let expires = boot_time_ns().saturating_add(ttl.as_nanos() as u64);
-        let mut value = LearnedValue {
-            expires_boot_ns: expires,
-            ..LearnedValue::default()
+        let now = boot_time_ns();
+        let expires = now.saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX));
+        let existing = self.learned.get(&key, 0).ok();
+        let Some(value) = merge_learned(existing.as_ref(), now, expires, rule_id, rows) else {
+            return Ok(Learned::Full);
         };
-        // Rows from several names that share an address are merged, most
-        // recent first, up to the capacity of one entry.
-        let mut merged: Vec<PortRule> = rows.iter().copied().take(LEARNED_ROWS).collect();
-        if let Ok(existing) = self.learned.get(&key, 0) {
-            value.expires_boot_ns = value.expires_boot_ns.max(existing.expires_boot_ns);
-            for row in existing.rows.iter().take(existing.len as usize) {
-                if merged.len() < LEARNED_ROWS && !merged.contains(row) {
-                    merged.push(*row);
-                }
-            }
-        }
-        value.len = merged.len() as u32;
-        value.rows[..merged.len()].copy_from_slice(&merged);
         self.learned
             .insert(key, value, 0)
-            .map_err(map_error(map_names::LEARNED_ADDRS))
+            .map_err(map_error(map_names::LEARNED_ADDRS))?;
+        Ok(Learned::Allowed)
     }
 
-    /// Deletes expired entries (the kernel already ignores them; this frees
-    /// the space). Returns how many were removed.
+    /// Deletes entries whose every row expired (the kernel already ignores
+    /// them; this frees the space). Returns how many were removed.
     pub fn sweep_expired(&mut self) -> usize {
         let now = boot_time_ns();
         let expired: Vec<LearnedKey> = self
             .learned
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, value)| value.expires_boot_ns <= now)
+            .filter(|(_, value)| {
+                value
+                    .rows
+                    .iter()
+                    .take(value.len as usize)
+                    .all(|row| row.expires_boot_ns <= now)
+            })
             .map(|(key, _)| key)
             .collect();
         for key in &expired {
@@ -659,6 +659,66 @@ impl DnsMaps {
         }
         expired.len()
     }
+}
+
+/// What [`DnsMaps::learn`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Learned {
+    /// The (address, rule) pair is allowed until its expiry.
+    Allowed,
+    /// The address already holds [`LEARNED_ADDR_ROWS`] unexpired rows of
+    /// other rules; nothing was changed, so none of them closed early.
+    Full,
+}
+
+/// `existing` with rule `rule_id`'s rows set to `rows`, expiring at
+/// `expires` or at the pair's current expiry if that is later, and with the
+/// rows that expired before `now` dropped. `None` when the rows of the other
+/// rules still in force leave no room.
+pub fn merge_learned(
+    existing: Option<&LearnedValue>,
+    now: u64,
+    expires: u64,
+    rule_id: u32,
+    rows: &[PortRule],
+) -> Option<LearnedValue> {
+    let mut expires = expires;
+    let mut merged: Vec<LearnedRow> = Vec::with_capacity(LEARNED_ADDR_ROWS);
+    if let Some(existing) = existing {
+        let len = (existing.len as usize).min(LEARNED_ADDR_ROWS);
+        for row in &existing.rows[..len] {
+            if row.expires_boot_ns <= now {
+                continue;
+            }
+            if row.rule_id == rule_id {
+                // The same rule through another name: one pair, the
+                // longer expiry. Its rows are written again from `rows`
+                // (a reload may have changed them).
+                expires = expires.max(row.expires_boot_ns);
+                continue;
+            }
+            merged.push(*row);
+        }
+    }
+    let rows = &rows[..rows.len().min(LEARNED_ROWS)];
+    if merged.len() + rows.len() > LEARNED_ADDR_ROWS {
+        return None;
+    }
+    merged.extend(rows.iter().map(|row| LearnedRow {
+        expires_boot_ns: expires,
+        port_lo: row.port_lo,
+        port_hi: row.port_hi,
+        protocols: row.protocols,
+        _pad: [0; 3],
+        rule_id,
+        _pad2: 0,
+    }));
+    let mut value = LearnedValue {
+        len: merged.len() as u32,
+        ..LearnedValue::default()
+    };
+    value.rows[..merged.len()].copy_from_slice(&merged);
+    Some(value)
 }
 
 /// Run-time agent state and counters: quarantine, and what the breakers read.
@@ -722,5 +782,89 @@ impl RuntimeMaps {
             sum.events_suppressed += c.events_suppressed;
             sum
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agent_common::{egress::protocol, verdict::decision};
+
+    use super::*;
+
+    fn port(rule_id: u32, port: u16) -> PortRule {
+        PortRule {
+            port_lo: port,
+            port_hi: port,
+            protocols: protocol::TCP,
+            decision: decision::ALLOW,
+            _pad: [0; 2],
+            rule_id,
+        }
+    }
+
+    fn rules(value: &LearnedValue) -> Vec<(u32, u16, u64)> {
+        value.rows[..value.len as usize]
+            .iter()
+            .map(|row| (row.rule_id, row.port_lo, row.expires_boot_ns))
+            .collect()
+    }
+
+    #[test]
+    fn every_rule_keeps_its_rows_and_expiry() {
+        let mut value = None;
+        for rule in 1..=5u32 {
+            let expires = 1_000 * u64::from(rule);
+            value = merge_learned(
+                value.as_ref(),
+                0,
+                expires,
+                rule,
+                &[port(rule, 8000 + rule as u16)],
+            );
+        }
+        let value = value.unwrap();
+        assert_eq!(
+            rules(&value),
+            [
+                (1, 8001, 1_000),
+                (2, 8002, 2_000),
+                (3, 8003, 3_000),
+                (4, 8004, 4_000),
+                (5, 8005, 5_000)
+            ]
+        );
+        // The same rule again (another name): one pair, the later expiry.
+        let again = merge_learned(Some(&value), 0, 500, 3, &[port(3, 8003)]).unwrap();
+        assert_eq!(rules(&again).len(), 5);
+        assert!(rules(&again).contains(&(3, 8003, 3_000)));
+        // Expired pairs make room and are dropped.
+        let later = merge_learned(Some(&value), 2_500, 9_000, 6, &[port(6, 8006)]).unwrap();
+        assert_eq!(
+            rules(&later),
+            [
+                (3, 8003, 3_000),
+                (4, 8004, 4_000),
+                (5, 8005, 5_000),
+                (6, 8006, 9_000)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_full_address_refuses_the_new_pair_and_keeps_the_old() {
+        let mut value = None;
+        for rule in 1..=LEARNED_ADDR_ROWS as u32 {
+            value = merge_learned(value.as_ref(), 0, 1_000, rule, &[port(rule, rule as u16)]);
+        }
+        let value = value.unwrap();
+        assert_eq!(value.len as usize, LEARNED_ADDR_ROWS);
+        assert_eq!(
+            merge_learned(Some(&value), 0, 1_000, 99, &[port(99, 99)]),
+            None
+        );
+        // A rule already there still renews.
+        assert!(merge_learned(Some(&value), 0, 2_000, 1, &[port(1, 1)]).is_some());
+        // Once a pair expired, the new one fits.
+        assert!(merge_learned(Some(&value), 1_000, 2_000, 99, &[port(99, 99)]).is_some());
     }
 }

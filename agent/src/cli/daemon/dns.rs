@@ -1,7 +1,10 @@
 //! The DNS proxies: starting them per agent and network namespace, and
 //! what they learn, written into the kernel and the audit trail.
 
+use agent_common::egress::LEARNED_ADDR_ROWS;
+
 use super::*;
+use crate::kernel::maps::Learned;
 
 /// Entries kept in `learned_names` before it is cleared.
 const LEARNED_NAMES_LIMIT: usize = 65_536;
@@ -26,10 +29,29 @@ impl Learner for ProxyLearner {
         let rows = state.domain_rows.get(&rule_id).cloned().unwrap_or_default();
         for learned in addrs {
             if !rows.is_empty() {
-                state
+                let outcome = state
                     .dns
-                    .learn(agent_id, learned.addr, learned.ttl, &rows)
+                    .learn(agent_id, learned.addr, learned.ttl, rule_id, &rows)
                     .map_err(|e| e.to_string())?;
+                if outcome == Learned::Full {
+                    let agent = state
+                        .registry
+                        .name_of(agent_id)
+                        .map_or_else(|| format!("#{agent_id}"), |n| n.0.clone());
+                    let rule = state.policies.rule(rule_id).map_or_else(
+                        || format!("#{rule_id}"),
+                        |r| format!("{}/{}", r.policy, r.rule),
+                    );
+                    let message = format!(
+                        "{name} ({rule}) resolves to {}, which already holds {LEARNED_ADDR_ROWS} port ranges of other names still in force; the answer is withheld (SERVFAIL) rather than close them early",
+                        learned.addr
+                    );
+                    let host = state.host.clone();
+                    let mut record = AuditRecord::lifecycle(&host, "dns", message.clone());
+                    record.agent = Some(agent);
+                    state.record(record);
+                    return Err(message);
+                }
             }
             if state.learned_names.len() >= LEARNED_NAMES_LIMIT {
                 state.learned_names.clear();
