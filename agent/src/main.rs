@@ -6,7 +6,11 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
+    use std::io::IsTerminal as _;
+    // Colour codes only for a person at a terminal: a journal, a file or a
+    // pipe gets plain text.
     tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             EnvFilter::try_from_env("BATON_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )

@@ -260,6 +260,22 @@ fn policy_check_reports_merged_policies_and_conflicts() {
         stderr.contains("cgroup /same is selected by agent one"),
         "{stderr}"
     );
+    // Both places are named the way editors read them: the first
+    // policy's selector inside the message, the second's in front.
+    let column = "    cgroups: [".len() + 1;
+    let line = deny_all("two", "    cgroups: [/same]\n")
+        .lines()
+        .position(|l| l.contains("cgroups: [/same]"))
+        .unwrap()
+        + 1;
+    assert!(
+        stderr.contains(&format!("{}:{line}:{column}: ", b.display())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{}:{line}:{column})", a.display())),
+        "{stderr}"
+    );
 }
 
 /// The byte of `tgid` in the daemon's agent marks, from bpftool: the

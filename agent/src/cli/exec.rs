@@ -10,6 +10,20 @@ use crate::control::{Reply, Request, client::call};
 /// Admits this process to the agent and execs the command. Returns only on
 /// failure.
 pub fn run(args: &ExecArgs) -> anyhow::Result<()> {
+    // Checked before joining: switching user needs root, and a caller that
+    // cannot switch would otherwise learn it only from the command's own
+    // failure, after it had become an agent process for nothing.
+    let user = args.user.as_deref().map(find_user).transpose()?;
+    if let Some(user) = &user
+        && !nix::unistd::geteuid().is_root()
+    {
+        bail!(
+            "--user needs root (baton exec runs as uid {}; it cannot become {}, uid {})",
+            nix::unistd::geteuid(),
+            user.name,
+            user.uid
+        );
+    }
     let reply = call(
         &args.control_socket,
         &Request::Admit {
@@ -29,8 +43,7 @@ pub fn run(args: &ExecArgs) -> anyhow::Result<()> {
     let (program, rest) = args.command.split_first().expect("clap requires a command");
     let mut command = std::process::Command::new(program);
     command.args(rest);
-    if let Some(user) = &args.user {
-        let user = find_user(user)?;
+    if let Some(user) = user {
         let name = std::ffi::CString::new(user.name.clone())?;
         let (uid, gid) = (user.uid, user.gid);
         // SAFETY: runs in this single-threaded process right before exec;

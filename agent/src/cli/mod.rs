@@ -128,6 +128,10 @@ pub struct ProbeArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Where a daemon pins its programs: each one pinned there is checked
+    /// against the kernel, and a detached one is reported.
+    #[arg(long, default_value = crate::kernel::pins::DEFAULT_PIN_DIR)]
+    pub pin_dir: std::path::PathBuf,
 }
 
 /// `baton policy …`.

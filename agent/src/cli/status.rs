@@ -52,17 +52,47 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
             agent["processes"],
             agent["breaker"]["state"].as_str().unwrap_or("?"),
         );
+        // The controls already say, per right, what enforces it; the
+        // "rights" object is the same, for scripts.
         if let Some(controls) = agent["controls"].as_object() {
             for (control, state) in controls {
                 println!("  {control:9} {}", state.as_str().unwrap_or("?"));
             }
         }
-        if let Some(rights) = agent["rights"].as_object() {
-            for (right, how) in rights {
-                println!("  {right:9} {}", how.as_str().unwrap_or("?"));
-            }
-        }
-        println!("  counters  {}", agent["counters"]);
+        println!("  counters  {}", describe_counters(&agent["counters"]));
     }
     Ok(())
+}
+
+/// `12 connects (3 denied, 0 rate-limited), 1 file denial, ...`: the
+/// counters a person reads first, in words.
+fn describe_counters(counters: &serde_json::Value) -> String {
+    let n = |key: &str| counters[key].as_u64().unwrap_or(0);
+    let plural = |count: u64, one: &str, many: &str| {
+        format!("{count} {}", if count == 1 { one } else { many })
+    };
+    [
+        format!(
+            "{} ({} denied, {} rate-limited)",
+            plural(n("connects"), "connect", "connects"),
+            n("denied_connects"),
+            n("rate_limited")
+        ),
+        plural(n("denied_files"), "file denial", "file denials"),
+        plural(n("file_writes"), "file change", "file changes"),
+        plural(n("execs"), "exec", "execs"),
+        plural(n("denied_sockets"), "denied socket", "denied sockets"),
+        plural(n("canary_hits"), "canary hit", "canary hits"),
+        format!(
+            "{} (ring buffer full: {}, over the event rate: {})",
+            plural(
+                n("events_dropped") + n("events_suppressed"),
+                "event not recorded",
+                "events not recorded"
+            ),
+            n("events_dropped"),
+            n("events_suppressed")
+        ),
+    ]
+    .join(", ")
 }

@@ -83,7 +83,7 @@ pub enum KernelError {
 }
 
 /// The egress programs; each attaches to the hook of the same name.
-const EGRESS_PROGRAMS: [&str; 8] = [
+pub const EGRESS_PROGRAMS: [&str; 8] = [
     "connect4",
     "connect6",
     "sendmsg4",
@@ -198,6 +198,7 @@ impl Enforcer {
             loader.map_pin_path(name.as_str(), pins.map_path(name));
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
+        pins.hold_maps(&pinned)?;
 
         for tracepoint in [
             "sched_process_fork",

@@ -2,6 +2,7 @@
 //! the programs, writing the policy maps, and probing what this kernel
 //! offers.
 
+pub mod bpfsys;
 pub mod btf;
 pub mod cgroup;
 pub mod detect;

@@ -17,13 +17,26 @@
 //! every instant each hook has at least one Baton program, all reading the
 //! same maps, so there is no window in which anything is allowed that the
 //! policy denies; afterwards each hook has exactly one.
+//!
+//! While it runs, the daemon also holds a descriptor of every map and link
+//! it pinned. A link whose pin is unlinked stays attached as long as any
+//! descriptor of it remains, so removing the pins (`rm -rf` of the
+//! directory by a root agent, say) never switches a program off while the
+//! daemon runs; [`PinDir::repair`] puts the pins back, and
+//! [`PinDir::attachment`] asks the kernel whether each program really is
+//! still attached.
 
 use std::{
+    collections::BTreeMap,
     fs::File,
+    os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
+    sync::{Mutex, PoisonError},
 };
 
 use aya::{maps::MapInfo, programs::links::FdLink};
+
+use super::bpfsys;
 use nix::fcntl::{Flock, FlockArg};
 use thiserror::Error;
 
@@ -106,6 +119,14 @@ pub enum PinError {
         /// Underlying error.
         source: aya::maps::MapError,
     },
+    /// A pinned object could not be opened or inspected.
+    #[error("cannot hold pinned object {path}: {source}")]
+    Hold {
+        /// The pin.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
     /// A link could not be pinned.
     #[error("cannot pin link {path}: {source}")]
     Pin {
@@ -123,15 +144,74 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> PinError + '_ {
     }
 }
 
+/// A pinned map or link this daemon holds a descriptor of.
+struct Held {
+    /// Keeps the object alive (and a link attached) whatever happens to
+    /// its pin.
+    fd: OwnedFd,
+    /// The object's kernel-wide id, to tell it from another object pinned
+    /// at the same name.
+    id: u32,
+    /// For a link, its program's id.
+    prog_id: u32,
+}
+
+/// Why a pin had to be put back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinDamage {
+    /// Nothing was pinned at the name.
+    Missing,
+    /// Another object (this id) was pinned at the name.
+    Replaced(u32),
+    /// Something that is not a pinned object was at the name.
+    Unreadable,
+}
+
+impl PinDamage {
+    /// The `cause` label of `baton_pins_restored_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Replaced(_) => "replaced",
+            Self::Unreadable => "unreadable",
+        }
+    }
+}
+
+/// One pin found missing or replaced, and whether it was put back.
+#[derive(Debug)]
+pub struct PinRepair {
+    /// `maps/NAME` or `links/PROGRAM`.
+    pub pin: String,
+    /// What was wrong.
+    pub damage: PinDamage,
+    /// The id of the object the daemon holds (and pinned back).
+    pub held_id: u32,
+    /// `Err` says why the pin could not be put back.
+    pub result: Result<(), String>,
+}
+
+/// Whether one of the daemon's links is attached, as the kernel reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// The kernel runs the program at its hook.
+    Attached,
+    /// It does not; the text says what the kernel reported.
+    Detached(String),
+}
+
 /// The pin directory, locked for this daemon for as long as it lives.
 pub struct PinDir {
     path: PathBuf,
     /// Held open with an exclusive `flock`: a second daemon on the same
-    /// directory would fight over the links.
-    _lock: Flock<File>,
+    /// directory would fight over the links. Replaced when the directory
+    /// itself was removed and made again.
+    lock: Mutex<Flock<File>>,
     adopted: Vec<String>,
     /// Programs whose links this daemon pinned.
-    pinned_links: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    pinned_links: Mutex<std::collections::BTreeSet<String>>,
+    /// Every map and link pinned, by `maps/NAME` or `links/PROGRAM`.
+    held: Mutex<BTreeMap<String, Held>>,
 }
 
 impl PinDir {
@@ -175,9 +255,10 @@ impl PinDir {
         adopted.sort();
         Ok(Self {
             path: path.to_path_buf(),
-            _lock: lock,
+            lock: Mutex::new(lock),
             adopted,
-            pinned_links: std::sync::Mutex::default(),
+            pinned_links: Mutex::default(),
+            held: Mutex::default(),
         })
     }
 
@@ -280,13 +361,142 @@ impl PinDir {
             source,
         })?;
         std::fs::rename(&pending, &live).map_err(io_error(&live))?;
-        // The descriptor is closed; the pin keeps the link attached.
+        // The daemon's own descriptor, opened from the pin before aya's
+        // is closed, keeps the link attached whatever happens to the pin.
+        self.hold(&format!("links/{program}"))?;
         drop(FdLink::from(pinned));
         self.pinned_links
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .insert(program.to_string());
         Ok(())
+    }
+
+    /// Opens and keeps the object pinned at `pin` (`maps/NAME`,
+    /// `links/PROGRAM`).
+    fn hold(&self, pin: &str) -> Result<(), PinError> {
+        let path = self.path.join(pin);
+        let hold_error = |source| PinError::Hold {
+            path: path.clone(),
+            source,
+        };
+        let fd = bpfsys::obj_get(&path).map_err(hold_error)?;
+        let info = bpfsys::obj_info(fd.as_fd()).map_err(hold_error)?;
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                pin.to_string(),
+                Held {
+                    fd,
+                    id: info.id,
+                    prog_id: info.prog_id,
+                },
+            );
+        Ok(())
+    }
+
+    /// Holds a descriptor of each map pinned under `names` (see
+    /// [`PinDir::pinned_maps`]), so that removing their pins loses nothing.
+    pub fn hold_maps(&self, names: &[String]) -> Result<(), PinError> {
+        for name in names {
+            self.hold(&format!("maps/{name}"))?;
+        }
+        Ok(())
+    }
+
+    /// Pins held, for tests and status: `maps/NAME` and `links/PROGRAM`.
+    pub fn held(&self) -> Vec<String> {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Checks every pin this daemon made and puts back the ones that are
+    /// missing or name another object. Returns what it found; an empty
+    /// list when everything was in place.
+    pub fn repair(&self) -> Vec<PinRepair> {
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut repairs = Vec::new();
+        for (pin, object) in held.iter() {
+            let path = self.path.join(pin);
+            let damage = match bpfsys::obj_get(&path) {
+                Ok(fd) => match bpfsys::obj_info(fd.as_fd()) {
+                    Ok(info) if info.id == object.id => continue,
+                    Ok(info) => PinDamage::Replaced(info.id),
+                    Err(_) => PinDamage::Unreadable,
+                },
+                Err(error) if error.raw_os_error() == Some(libc::ENOENT) => PinDamage::Missing,
+                Err(_) => PinDamage::Unreadable,
+            };
+            let result = self.put_back(&path, object).map_err(|e| e.to_string());
+            repairs.push(PinRepair {
+                pin: pin.clone(),
+                damage,
+                held_id: object.id,
+                result,
+            });
+        }
+        repairs
+    }
+
+    /// Pins `object` at `path` again, making the directories (and taking
+    /// the lock on a directory made anew) as needed.
+    fn put_back(&self, path: &Path, object: &Held) -> Result<(), PinError> {
+        let parent = path.parent().unwrap_or(&self.path);
+        std::fs::create_dir_all(parent).map_err(io_error(parent))?;
+        self.relock()?;
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io_error(path)(error)),
+        }
+        bpfsys::obj_pin(object.fd.as_fd(), path).map_err(io_error(path))
+    }
+
+    /// Locks the directory again when the one this daemon locked was
+    /// removed and another made in its place: otherwise a second daemon
+    /// could lock the new one and fight over the links.
+    fn relock(&self) -> Result<(), PinError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let mut lock = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = std::fs::metadata(&self.path).map_err(io_error(&self.path))?;
+        let locked = lock.metadata().map_err(io_error(&self.path))?;
+        if (now.dev(), now.ino()) != (locked.dev(), locked.ino()) {
+            *lock = self::lock(&self.path)?;
+        }
+        Ok(())
+    }
+
+    /// Whether each link this daemon holds is attached, asked of the
+    /// kernel: for a cgroup program, whether the cgroup v2 root at
+    /// `cgroup_root` lists it; for a tracing or LSM program, whether its
+    /// link still exists (the kernel cannot detach those while a
+    /// descriptor is open, and the daemon holds one).
+    pub fn attachment(&self, cgroup_root: &Path) -> Vec<(String, Attachment)> {
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let root = File::open(cgroup_root);
+        held.iter()
+            .filter_map(|(pin, object)| {
+                let program = pin.strip_prefix("links/")?;
+                Some((
+                    program.to_string(),
+                    link_attachment(program, object.fd.as_fd(), object.prog_id, root.as_ref()),
+                ))
+            })
+            .collect()
+    }
+
+    /// Closes the daemon's own descriptors, so that programs whose pins
+    /// are gone detach.
+    fn release(&self) {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     /// Unpins (and so detaches) links a previous daemon pinned for programs
@@ -312,9 +522,67 @@ impl PinDir {
     }
 
     /// Removes every pin: links first (detaching the programs), then maps.
-    pub fn remove(self) -> Result<Vec<PathBuf>, PinError> {
+    pub fn remove(&self) -> Result<Vec<PathBuf>, PinError> {
+        self.release();
         remove_all(&self.path)
     }
+}
+
+/// Whether the link behind `fd` (of `program`, running program
+/// `prog_id`) is attached; `cgroup_root` is the cgroup v2 root, opened.
+pub fn link_attachment(
+    program: &str,
+    fd: std::os::fd::BorrowedFd<'_>,
+    prog_id: u32,
+    cgroup_root: Result<&File, &std::io::Error>,
+) -> Attachment {
+    let info = match bpfsys::obj_info(fd) {
+        Ok(info) => info,
+        Err(error) => return Attachment::Detached(format!("link unreadable: {error}")),
+    };
+    if info.prog_id != prog_id {
+        return Attachment::Detached(format!(
+            "link runs program {} instead of {prog_id}",
+            info.prog_id
+        ));
+    }
+    let Some(attach_type) = bpfsys::cgroup_attach_type(program) else {
+        return Attachment::Attached;
+    };
+    let root = match cgroup_root {
+        Ok(root) => root,
+        Err(error) => return Attachment::Detached(format!("cgroup v2 root unreadable: {error}")),
+    };
+    match bpfsys::cgroup_programs(root.as_fd(), attach_type) {
+        Ok(ids) if ids.contains(&prog_id) => Attachment::Attached,
+        Ok(_) => Attachment::Detached("the cgroup v2 root does not run it".into()),
+        Err(error) => Attachment::Detached(format!("cannot query the cgroup v2 root: {error}")),
+    }
+}
+
+/// Whether each link pinned under `path` (by a daemon that may have
+/// exited) is attached, for `baton probe`. Empty when nothing is pinned.
+pub fn pinned_attachment(path: &Path, cgroup_root: &Path) -> Vec<(String, Attachment)> {
+    let Ok(entries) = std::fs::read_dir(path.join("links")) else {
+        return Vec::new();
+    };
+    let root = File::open(cgroup_root);
+    let mut states: Vec<(String, Attachment)> = entries
+        .filter_map(Result::ok)
+        .map(|entry| {
+            let program = entry.file_name().to_string_lossy().into_owned();
+            let state = match bpfsys::obj_get(&entry.path()) {
+                Ok(fd) => match bpfsys::obj_info(fd.as_fd()) {
+                    Ok(info) => link_attachment(&program, fd.as_fd(), info.prog_id, root.as_ref()),
+                    Err(error) => Attachment::Detached(format!("link unreadable: {error}")),
+                },
+                Err(error) => Attachment::Detached(format!("pin unreadable: {error}")),
+            };
+            (program, state)
+        })
+        .collect();
+    states.sort_by(|a, b| a.0.cmp(&b.0));
+    states
 }
 
 /// Removes the pin directory at `path` and everything in it, links first so

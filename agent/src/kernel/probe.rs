@@ -435,6 +435,68 @@ impl ProbeReport {
     }
 }
 
+/// Adds what a daemon's pins under `pin_dir` really have attached, asked
+/// of the kernel: a pinned program that no longer runs at its hook makes
+/// the controls it serves unavailable, whatever this kernel could offer.
+/// Nothing is added when no daemon pinned anything there.
+pub fn probe_pins(report: &mut ProbeReport, pin_dir: &Path) {
+    let Ok(cgroup_root) = cgroup2_mount() else {
+        return;
+    };
+    let states = super::pins::pinned_attachment(pin_dir, &cgroup_root);
+    if states.is_empty() {
+        return;
+    }
+    let detached: Vec<String> = states
+        .iter()
+        .filter_map(|(program, state)| match state {
+            super::pins::Attachment::Detached(why) => Some(format!("{program} ({why})")),
+            super::pins::Attachment::Attached => None,
+        })
+        .collect();
+    report.checks.push(check(
+        "Baton programs attached",
+        detached.is_empty(),
+        if detached.is_empty() {
+            format!(
+                "all {} links pinned under {} are attached",
+                states.len(),
+                pin_dir.display()
+            )
+        } else {
+            format!(
+                "pinned under {} but NOT attached: {}",
+                pin_dir.display(),
+                detached.join(", ")
+            )
+        },
+    ));
+    let egress_off: Vec<&String> = detached
+        .iter()
+        .filter(|d| {
+            super::loader::EGRESS_PROGRAMS
+                .iter()
+                .any(|p| d.starts_with(&format!("{p} ")))
+        })
+        .collect();
+    if !egress_off.is_empty()
+        && let Some(control) = report
+            .controls
+            .iter_mut()
+            .find(|c| c.name == "egress (address, port)")
+    {
+        control.level = ControlLevel::Unavailable;
+        control.detail = format!(
+            "the running daemon's programs are not attached: {}",
+            egress_off
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+}
+
 /// Whether securityfs is mounted (the LSM list lives there).
 pub fn securityfs_mounted() -> bool {
     Path::new("/sys/kernel/security/lsm").exists()

@@ -155,6 +155,12 @@ fn reload_histogram() -> Histogram {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PinLabels {
+    kind: &'static str,
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MapLabels {
     map: String,
 }
@@ -193,6 +199,8 @@ pub struct Metrics {
     map_capacity: Family<MapLabels, Gauge>,
     dns_queries: Family<DnsLabels, Counter>,
     dns_duration: Histogram,
+    pins_restored: Family<PinLabels, Counter>,
+    programs_detached: Gauge,
     /// Last kernel total seen per counter and agent, so that running totals
     /// read from the kernel become counter increments.
     kernel_totals: Mutex<HashMap<(KernelTotal, String), u64>>,
@@ -297,6 +305,18 @@ impl Metrics {
             "Time from a query's arrival at a DNS proxy to its answer",
             dns_duration.clone(),
         );
+        let pins_restored = Family::<PinLabels, Counter>::default();
+        registry.register(
+            "pins_restored",
+            "Pins of Baton's maps and links found missing or replaced and put back, by kind (map, link) and cause (missing, replaced, unreadable)",
+            pins_restored.clone(),
+        );
+        let programs_detached = Gauge::default();
+        registry.register(
+            "programs_detached",
+            "Baton programs the kernel no longer runs at their hook (checked against the kernel every 250 ms); 0 when every control is in force",
+            programs_detached.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         registry.register(
             "build_info",
@@ -323,6 +343,8 @@ impl Metrics {
             map_capacity,
             dns_queries,
             dns_duration,
+            pins_restored,
+            programs_detached,
             kernel_totals: Mutex::new(HashMap::new()),
         }
     }
@@ -435,6 +457,19 @@ impl Metrics {
             })
             .inc();
         self.dns_duration.observe(duration.as_secs_f64());
+    }
+
+    /// Counts a pin put back: `kind` is `map` or `link`, `cause` one of
+    /// [`crate::kernel::pins::PinDamage::as_str`].
+    pub fn record_pin_restored(&self, kind: &'static str, cause: &'static str) {
+        self.pins_restored
+            .get_or_create(&PinLabels { kind, cause })
+            .inc();
+    }
+
+    /// Sets how many of Baton's programs the kernel does not run.
+    pub fn set_programs_detached(&self, count: usize) {
+        self.programs_detached.set(saturating_i64(count as u64));
     }
 
     /// The OpenMetrics text exposition of every family, ending in `# EOF`.

@@ -588,10 +588,19 @@ pub fn agent_name(policy: &LoadedPolicy) -> Name {
         .unwrap_or_else(|| policy.document.metadata.name.clone())
 }
 
+/// The policy key under which a selector of kind `what` is written.
+fn selector_key(what: &str) -> &'static str {
+    match what {
+        "cgroup" => "cgroups",
+        "systemd unit" => "systemdUnits",
+        _ => "executables",
+    }
+}
+
 /// Refuses a cgroup, unit or executable selected by two different agents:
 /// a process can belong to one agent only, so the policies contradict.
 fn check_selectors(by_agent: &BTreeMap<Name, Vec<&LoadedPolicy>>) -> Result<(), CompileError> {
-    let mut owners: BTreeMap<(&'static str, String), (&Name, &str)> = BTreeMap::new();
+    let mut owners: BTreeMap<(&'static str, String), (&Name, &LoadedPolicy)> = BTreeMap::new();
     for (agent, policies) in by_agent {
         for policy in policies {
             let selector = &policy.document.spec.selector;
@@ -615,13 +624,17 @@ fn check_selectors(by_agent: &BTreeMap<Name, Vec<&LoadedPolicy>>) -> Result<(), 
                 let policy_name = policy.document.metadata.name.0.as_str();
                 match owners.get(&(what, item.clone())) {
                     Some((first, first_policy)) if *first != agent => {
+                        let key = selector_key(what);
                         return Err(CompileError::AmbiguousSelector(format!(
-                            "{what} {item} is selected by agent {first} (policy {first_policy}) and agent {agent} (policy {policy_name})"
+                            "{}: {what} {item} is selected by agent {first} (policy {}, {}) and agent {agent} (policy {policy_name})",
+                            super::load::place(&policy.source, key, &item),
+                            first_policy.document.metadata.name.0,
+                            super::load::place(&first_policy.source, key, &item),
                         )));
                     }
                     Some(_) => {}
                     None => {
-                        owners.insert((what, item), (agent, policy_name));
+                        owners.insert((what, item), (agent, policy));
                     }
                 }
             }

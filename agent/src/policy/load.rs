@@ -63,6 +63,43 @@ impl PolicyError {
     }
 }
 
+/// Where `value` is written under the key `key` in the policy file
+/// `source`, for errors found after parsing (which keeps no positions).
+/// `None` when the file cannot be read (a policy from a bundle or a URL)
+/// or the text is not found as written.
+pub fn locate(source: &Path, key: &str, value: &str) -> Option<Position> {
+    let text = std::fs::read_to_string(source).ok()?;
+    let key = format!("{key}:");
+    let mut after_key = false;
+    for (index, line) in text.lines().enumerate() {
+        let code = line.split(" #").next().unwrap_or(line);
+        let mut from = 0;
+        if !after_key {
+            let Some(at) = code.find(&key) else {
+                continue;
+            };
+            after_key = true;
+            from = at + key.len();
+        }
+        if let Some(at) = code[from..].find(value) {
+            return Some(Position {
+                line: index + 1,
+                column: code[..from + at].chars().count() + 1,
+            });
+        }
+    }
+    None
+}
+
+/// `file:line:column` of `value` under `key` in `source`, or the file
+/// alone when the position cannot be found.
+pub fn place(source: &Path, key: &str, value: &str) -> String {
+    match locate(source, key, value) {
+        Some(p) => format!("{}:{}:{}", source.display(), p.line, p.column),
+        None => source.display().to_string(),
+    }
+}
+
 /// One policy document and where it came from.
 #[derive(Clone, Debug)]
 pub struct LoadedPolicy {

@@ -4,6 +4,7 @@ mod breakers;
 mod dns;
 mod events;
 mod files;
+mod guard;
 mod takeover;
 
 use breakers::{breaker_rules, watch_breakers};
@@ -189,6 +190,8 @@ struct State {
     /// What was adopted from a previous daemon at start.
     adopted: Vec<String>,
     pin_dir: PathBuf,
+    /// The pins, with the daemon's own descriptors of every map and link.
+    pins: Arc<PinDir>,
     sink: AuditTrail,
     host: String,
     /// Whether BPF LSM enforces file rules; if not, `baton exec` agents get
@@ -415,6 +418,27 @@ impl State {
             .into_iter()
             .map(|b| (b.agent.clone(), json!(b.state)))
             .collect();
+        // Asked of the kernel, not remembered: a program detached by other
+        // means shows here at once.
+        let detached = self.detached_programs();
+        let egress_off: Vec<String> = detached
+            .iter()
+            .filter(|(program, _)| {
+                crate::kernel::loader::EGRESS_PROGRAMS.contains(&program.as_str())
+            })
+            .map(|(program, why)| format!("{program}: {why}"))
+            .collect();
+        let egress = if egress_off.is_empty() {
+            "enforced (cgroup socket hooks)".to_string()
+        } else {
+            format!("NOT enforced: {}", egress_off.join("; "))
+        };
+        let files_off = detached
+            .get("file_open")
+            .map(|why| format!("NOT enforced: file_open: {why}"));
+        let exec_off = detached
+            .get("bprm_check_security")
+            .map(|why| format!("NOT enforced: bprm_check_security: {why}"));
         let agents: Vec<serde_json::Value> = self
             .policies
             .agents
@@ -432,6 +456,8 @@ impl State {
                 } else {
                     rights["exec"].clone()
                 };
+                let files = files_off.clone().unwrap_or(files);
+                let exec = exec_off.clone().unwrap_or(exec);
                 Some(json!({
                     "agent": name.0,
                     "id": id,
@@ -439,7 +465,7 @@ impl State {
                     "mode": match agent.mode { agent_common::verdict::mode::AUDIT => "audit", _ => "enforce" },
                     "processes": self.maps.members(id).len(),
                     "controls": {
-                        "egress": "enforced (cgroup socket hooks)",
+                        "egress": egress,
                         "dns": if agent.domains.is_empty() { "no domain rules" } else { "enforced (DNS proxy)" },
                         "files": files,
                         "exec": exec,
@@ -464,7 +490,15 @@ impl State {
             },
             "file_enforcement": match (self.files_enforced, &self.fanotify) {
                 (true, _) => "BPF LSM".to_string(),
-                (false, Some(watcher)) => format!("Landlock for baton exec agents; fanotify on deny-listed paths for the others (watching {}){}", watcher.watched().join(", "), if self.detection { "; the rest detected only" } else { "" }),
+                (false, Some(watcher)) => {
+                    let watched = watcher.watched();
+                    let watching = if watched.is_empty() {
+                        "no deny-listed path to watch yet".to_string()
+                    } else {
+                        format!("watching {}", watched.join(", "))
+                    };
+                    format!("Landlock for baton exec agents; fanotify on deny-listed paths for the others ({watching}){}", if self.detection { "; the rest detected only" } else { "" })
+                }
                 (false, None) if self.detection => "Landlock for baton exec agents; detected only for the others (no fanotify)".to_string(),
                 (false, None) => "Landlock for baton exec agents; NOT enforced for the others (no fanotify)".to_string(),
             },
@@ -472,6 +506,10 @@ impl State {
             "pins": {
                 "dir": self.pin_dir,
                 "adopted_at_start": self.adopted,
+            },
+            "programs": {
+                "attached": self.pins.held().iter().filter(|p| p.starts_with("links/")).count() - detached.len(),
+                "detached": detached,
             },
             "agents": agents,
         })
@@ -674,10 +712,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         load_dir(&settings.policy_dir)?
     };
     let mut compiled = compile_protected(&policies, 1, &expand_on_disk, &settings.protected)?;
-    let sink = AuditTrail::open(&settings.audit_log, &settings.audit)?;
     // The pins are locked before the kernel is touched, so a second daemon
-    // on the same directory stops here instead of fighting over the links.
+    // on the same directory stops here instead of fighting over the links,
+    // and before the audit log is opened, so it leaves no file behind.
     let pins = PinDir::open(&settings.pin_dir)?;
+    let sink = AuditTrail::open(&settings.audit_log, &settings.audit)?;
     let handover = StateDir::open(&settings.state_dir)?;
     let registry = if pins.adopting() {
         handover.registry().unwrap_or_else(|error| {
@@ -724,6 +763,7 @@ async fn serve(
         registry: previous_registry,
     } = takeover;
     let adopting = pins.adopting();
+    let pins = Arc::new(pins);
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -810,6 +850,7 @@ async fn serve(
         saved_progress: Progress::default(),
         adopted: pins.adopted().to_vec(),
         pin_dir: pins.path().to_path_buf(),
+        pins: pins.clone(),
         maps,
         dns,
         runtime,
@@ -941,6 +982,12 @@ async fn serve(
             .record_policy_reload(crate::metrics::ReloadResult::Success);
     }
     ready.store(true, std::sync::atomic::Ordering::Release);
+    let guard = tokio::spawn(guard::guard_pins(
+        Arc::downgrade(&daemon),
+        pins.clone(),
+        enforcer.cgroup_root.clone(),
+        ready.clone(),
+    ));
     // An HTTP-only host watches no directory that does not exist.
     let local = (settings.policy_dir.exists() || settings.sources.http.is_none())
         .then_some(settings.policy_dir.as_path());
@@ -955,6 +1002,8 @@ async fn serve(
         _ = terminate.recv() => Ok(()),
         _ = interrupt.recv() => Ok(()),
     };
+    // First: the guard would put back the pins a cleanup removes.
+    guard.abort();
     control.abort();
     sweeper.abort();
     breaker_task.abort();

@@ -1,0 +1,283 @@
+//! The pins cannot switch enforcement off: the daemon holds its own
+//! descriptor of every map and link, puts back pins that were removed, and
+//! reports (in `baton status`, `/readyz`, `baton probe`, the audit log and
+//! the metrics) a program the kernel really no longer runs.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::Path,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use baton_tests::{Daemon, baton, baton_bin, free_port, policy};
+use serde_json::Value;
+
+/// A listener on loopback that counts the connections it accepted and the
+/// bytes it received: proof that nothing got through.
+fn counting_listener() -> (u16, Arc<AtomicU64>, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let (a, b) = (accepted.clone(), bytes.clone());
+    std::thread::spawn(move || {
+        for mut connection in listener.incoming().flatten() {
+            a.fetch_add(1, Ordering::SeqCst);
+            let mut buffer = [0u8; 4096];
+            let _ = connection.set_read_timeout(Some(Duration::from_secs(1)));
+            while let Ok(n) = connection.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                b.fetch_add(n as u64, Ordering::SeqCst);
+            }
+        }
+    });
+    (port, accepted, bytes)
+}
+
+/// Connects to 127.0.0.1:`port` and sends a few bytes; prints `sent` or
+/// `errno=N`.
+fn connect_script(port: u16) -> String {
+    format!(
+        "import socket\ns = socket.socket()\ntry:\n    s.connect(('127.0.0.1', {port}))\n    s.sendall(b'leak')\n    print('sent')\nexcept OSError as e:\n    print(f'errno={{e.errno}}')\n"
+    )
+}
+
+fn start(label: &str, metrics_port: u16) -> Daemon {
+    Daemon::start_with_config(
+        label,
+        &[(
+            "p.yaml",
+            policy("guarded", "guarded", "  egress:\n    default: deny\n"),
+        )],
+        &format!("metrics:\n  address: 127.0.0.1:{metrics_port}\n"),
+    )
+}
+
+/// `bpftool link show pinned PATH`, as JSON.
+fn pinned_link(path: &Path) -> Value {
+    let output = Command::new("bpftool")
+        .args(["-j", "link", "show", "pinned"])
+        .arg(path)
+        .output()
+        .expect("bpftool is installed by cargo xtask setup");
+    serde_json::from_slice(&output.stdout).unwrap_or(Value::Null)
+}
+
+/// `GET path` on the metrics endpoint: status and body.
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    (
+        head.split(' ').nth(1).unwrap().parse().unwrap(),
+        body.into(),
+    )
+}
+
+/// The value of the sample `series` (name with labels, as exposed).
+fn sample(port: u16, series: &str) -> Option<f64> {
+    get(port, "/metrics")
+        .1
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Waits (up to 20 s, on a busy machine) for `done`.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "not within 20 s: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn lifecycle_messages(daemon: &Daemon) -> Vec<String> {
+    daemon
+        .records()
+        .into_iter()
+        .filter_map(|r| r["object"]["message"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn a_root_agent_removing_the_pins_switches_no_control_off() {
+    let (port, accepted, bytes) = counting_listener();
+    let metrics_port = free_port("127.0.0.1");
+    let daemon = start("pins-guard", metrics_port);
+    let connect4 = daemon.pin_dir.join("links/connect4");
+    let program_before = pinned_link(&connect4)["prog_id"].as_u64().unwrap();
+    let mut pins_before: Vec<String> = ["links", "maps"]
+        .iter()
+        .flat_map(|sub| std::fs::read_dir(daemon.pin_dir.join(sub)).unwrap())
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect();
+    pins_before.sort();
+
+    // The agent runs as root (the test does) and removes every pin, then
+    // tries the denied connect.
+    let script = format!(
+        "import subprocess\nsubprocess.run(['rm', '-rf', '{}'])\n{}",
+        daemon.pin_dir.display(),
+        connect_script(port)
+    );
+    let output = daemon.exec("guarded", &["python3", "-c", &script]);
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "errno=1",
+        "the agent that removed the pins is still denied: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // Every pin is back, naming the same objects.
+    wait_until("every pin is back", || {
+        let mut now: Vec<String> = ["links", "maps"]
+            .iter()
+            .filter_map(|sub| std::fs::read_dir(daemon.pin_dir.join(sub)).ok())
+            .flatten()
+            .map(|e| e.unwrap().path().display().to_string())
+            .collect();
+        now.sort();
+        now == pins_before
+    });
+    assert_eq!(
+        pinned_link(&connect4)["prog_id"].as_u64(),
+        Some(program_before),
+        "the same program is pinned back, not another"
+    );
+
+    // An agent admitted afterwards is denied too.
+    let later = daemon.exec("guarded", &["python3", "-c", &connect_script(port)]);
+    assert_eq!(String::from_utf8_lossy(&later.stdout).trim(), "errno=1");
+    assert_eq!(accepted.load(Ordering::SeqCst), 0, "no connection arrived");
+    assert_eq!(bytes.load(Ordering::SeqCst), 0, "no byte arrived");
+
+    // Recorded, counted, and still reported as enforced (it is).
+    let messages = lifecycle_messages(&daemon);
+    let restored = messages
+        .iter()
+        .find(|m| m.contains("links/connect4 was removed"))
+        .unwrap_or_else(|| panic!("no record of the removed pin: {messages:#?}"));
+    assert!(restored.contains("the pin is restored"), "{restored}");
+    assert!(
+        restored.contains("bpffs names no remover"),
+        "says what it cannot name: {restored}"
+    );
+    let count = sample(
+        metrics_port,
+        "baton_pins_restored_total{kind=\"link\",cause=\"missing\"}",
+    )
+    .expect("baton_pins_restored_total is exposed");
+    assert!(count >= 1.0, "{count}");
+    assert_eq!(sample(metrics_port, "baton_programs_detached"), Some(0.0));
+    assert_eq!(get(metrics_port, "/readyz").0, 200);
+    let status = daemon.status();
+    assert!(
+        status["agents"][0]["controls"]["egress"]
+            .as_str()
+            .unwrap()
+            .starts_with("enforced"),
+        "{status}"
+    );
+}
+
+#[test]
+fn status_readyz_and_probe_report_a_program_detached_by_other_means() {
+    let metrics_port = free_port("127.0.0.1");
+    let daemon = start("pins-detach", metrics_port);
+    assert_eq!(get(metrics_port, "/readyz").0, 200);
+
+    // A tracing link cannot be detached while the daemon holds it.
+    let exit_link = pinned_link(&daemon.pin_dir.join("links/sched_process_exit"));
+    let refused = Command::new("bpftool")
+        .args(["link", "detach", "id"])
+        .arg(exit_link["id"].as_u64().unwrap().to_string())
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "the kernel detached a tracing link"
+    );
+
+    // The host's root detaches the connect4 link for real.
+    let link = pinned_link(&daemon.pin_dir.join("links/connect4"));
+    let detach = Command::new("bpftool")
+        .args(["link", "detach", "id"])
+        .arg(link["id"].as_u64().unwrap().to_string())
+        .output()
+        .unwrap();
+    assert!(
+        detach.status.success(),
+        "{}",
+        String::from_utf8_lossy(&detach.stderr)
+    );
+
+    let egress = daemon.status()["agents"][0]["controls"]["egress"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        egress.starts_with("NOT enforced") && egress.contains("connect4"),
+        "{egress}"
+    );
+    wait_until("/readyz says not ready", || {
+        get(metrics_port, "/readyz").0 == 503
+    });
+    assert_eq!(sample(metrics_port, "baton_programs_detached"), Some(1.0));
+    wait_until("the record of the detached program", || {
+        lifecycle_messages(&daemon)
+            .iter()
+            .any(|m| m.starts_with("control off: program connect4 is not attached"))
+    });
+
+    let probe: Value = serde_json::from_slice(
+        &baton(&[
+            "probe",
+            "--json",
+            "--pin-dir",
+            daemon.pin_dir.to_str().unwrap(),
+        ])
+        .stdout,
+    )
+    .unwrap();
+    let check = probe["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "Baton programs attached")
+        .unwrap_or_else(|| panic!("{probe:#}"));
+    assert_eq!(check["status"], "no", "{check}");
+    assert!(check["detail"].as_str().unwrap().contains("connect4"));
+    let control = probe["controls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "egress (address, port)")
+        .unwrap();
+    assert_eq!(control["level"], "unavailable", "{control}");
+
+    // The text forms say the same.
+    let text = Command::new(baton_bin())
+        .args(["status", "--control-socket"])
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("egress    NOT enforced"), "{text}");
+}
