@@ -7,6 +7,10 @@
 //! `signal->live` is decremented, so `live == 0` means the whole process is
 //! gone and its record can go; a thread group leader exiting early does not
 //! free the remaining threads from their agent.
+//!
+//! Every tgid is born at `sched_process_fork`, so that is also where a
+//! stale record for a reused pid is cleared: a new process belongs to its
+//! parent's agent or to none, never to whatever its pid was before.
 
 use agent_common::identity::{AgentRecord, ExecutableKey, MAX_CGROUP_LEVELS, admission};
 use aya_ebpf::{
@@ -59,6 +63,24 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     try_sched_process_fork(&ctx).unwrap_or(0)
 }
 
+/// The new task's pid and tgid.
+#[inline(always)]
+fn child_ids(ctx: &BtfTracePointContext) -> Result<(i32, i32), i64> {
+    let offsets = kernel_offsets();
+    if offsets.resolved == 0 {
+        return Err(-1);
+    }
+    let child: *const u8 = ctx.arg(1);
+    // SAFETY: `child` is the task the tracepoint hands us; offsets come from
+    // this kernel's BTF; the helper faults safely.
+    unsafe {
+        Ok((
+            bpf_probe_read_kernel(child.add(offsets.task_pid as usize) as *const i32)?,
+            bpf_probe_read_kernel(child.add(offsets.task_tgid as usize) as *const i32)?,
+        ))
+    }
+}
+
 fn try_sched_process_fork(ctx: &BtfTracePointContext) -> Result<i32, i64> {
     let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let parent = match current_agent(parent_tgid) {
@@ -68,6 +90,15 @@ fn try_sched_process_fork(ctx: &BtfTracePointContext) -> Result<i32, i64> {
             // daemon scanned it) joins the agent at its next fork, with
             // the child.
             let Some(agent_id) = selected_cgroup_agent() else {
+                // Every new process starts here, so a record left behind
+                // for its tgid (a process admitted by the daemon just as it
+                // exited, whose exit found no record yet) must not make a
+                // stranger that reuses the pid an agent process. A mark
+                // lookup only, for the usual child that has none.
+                let (child_pid, child_tgid) = child_ids(ctx)?;
+                if child_pid == child_tgid && current_agent(child_tgid as u32).is_some() {
+                    forget(child_tgid as u32);
+                }
                 return Ok(0);
             };
             let admitted = record(agent_id, parent_tgid, admission::CGROUP);
@@ -75,19 +106,7 @@ fn try_sched_process_fork(ctx: &BtfTracePointContext) -> Result<i32, i64> {
             admitted
         }
     };
-    let offsets = kernel_offsets();
-    if offsets.resolved == 0 {
-        return Err(-1);
-    }
-    let child: *const u8 = ctx.arg(1);
-    // SAFETY: `child` is the task the tracepoint hands us; offsets come from
-    // this kernel's BTF; the helper faults safely.
-    let (child_pid, child_tgid) = unsafe {
-        (
-            bpf_probe_read_kernel(child.add(offsets.task_pid as usize) as *const i32)?,
-            bpf_probe_read_kernel(child.add(offsets.task_tgid as usize) as *const i32)?,
-        )
-    };
+    let (child_pid, child_tgid) = child_ids(ctx)?;
     if child_pid != child_tgid {
         // A new thread shares its process's record.
         return Ok(0);

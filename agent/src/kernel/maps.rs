@@ -485,6 +485,43 @@ impl PolicyMaps {
             .map_err(map_error(map_names::AGENT_OF_TGID))
     }
 
+    /// Admits `tgid` only if it is alive once admitted, and returns
+    /// whether it was. A pid read from a socket peer or `cgroup.procs` may
+    /// belong to a process that exits before the record is written; its
+    /// exit, finding no record yet, would leave one behind for a stranger
+    /// that reuses the pid. So the process is pinned with a pidfd first,
+    /// and after the write a process already exiting (its exit may have
+    /// run before the record existed) has its record taken back.
+    /// `in_cgroup`, when given, is a check that the pidfd's process is the
+    /// one that was selected (a pid reused between the read and the pidfd
+    /// would name another).
+    pub fn admit_live(
+        &mut self,
+        tgid: u32,
+        record: AgentRecord,
+        in_cgroup: Option<&dyn Fn(u32) -> bool>,
+    ) -> Result<bool, KernelError> {
+        let Some(pidfd) = pidfd_open(tgid) else {
+            return Ok(false);
+        };
+        if in_cgroup.is_some_and(|check| !check(tgid)) {
+            return Ok(false);
+        }
+        self.admit(tgid, record)?;
+        // The stat read first, then the pidfd: a pidfd that has not
+        // signalled exit proves the stat was this process's.
+        let exiting = process_exiting(tgid) || pidfd_exited(&pidfd);
+        if exiting {
+            if self.agent_of(tgid).is_some_and(|now| {
+                now.agent_id == record.agent_id && now.root_tgid == record.root_tgid
+            }) {
+                self.forget(tgid);
+            }
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     /// The agent record of `tgid`, if it belongs to one.
     pub fn agent_of(&self, tgid: u32) -> Option<AgentRecord> {
         self.identity.get(&tgid, 0).ok()
@@ -541,6 +578,48 @@ impl PolicyMaps {
     pub fn forget(&mut self, tgid: u32) {
         let _ = self.identity.remove(&tgid);
     }
+}
+
+/// `PF_EXITING` in `/proc/PID/stat`'s flags: set before the exit
+/// tracepoint runs.
+const PF_EXITING: u64 = 0x4;
+
+/// A pidfd for `tgid`, or `None` when no such process exists.
+fn pidfd_open(tgid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: pidfd_open(2) takes no memory arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, tgid as libc::pid_t, 0) };
+    // SAFETY: a new descriptor the kernel just returned.
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Whether the process behind `pidfd` has exited (a zombie or gone).
+fn pidfd_exited(pidfd: &std::os::fd::OwnedFd) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let mut poll = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no timeout.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    ready != 0
+}
+
+/// Whether `tgid`'s leader is exiting or gone: no stat, a zombie or dead
+/// state, or `PF_EXITING`. A process whose leader exited while other
+/// threads run counts as exiting: it is refused rather than half-tracked.
+fn process_exiting(tgid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{tgid}/stat")) else {
+        return true;
+    };
+    let Some((_, fields)) = stat.rsplit_once(") ") else {
+        return true;
+    };
+    let fields: Vec<&str> = fields.split_whitespace().collect();
+    let state = fields.first().copied().unwrap_or("X");
+    let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
+    matches!(state, "Z" | "X" | "x") || flags & PF_EXITING != 0
 }
 
 /// The maps the DNS proxy writes: where each agent's DNS goes, and the

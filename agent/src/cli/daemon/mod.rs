@@ -542,8 +542,10 @@ impl State {
                         admission: admission::CGROUP,
                         _pad: [0; 7],
                     };
-                    match self.maps.admit(tgid, record) {
-                        Ok(()) => admitted += 1,
+                    let selected = |pid: u32| in_cgroup(pid, &cgroup);
+                    match self.maps.admit_live(tgid, record, Some(&selected)) {
+                        Ok(true) => admitted += 1,
+                        Ok(false) => {}
                         Err(error) => tracing::error!(tgid, agent = name, %error, "cannot admit"),
                     }
                 }
@@ -671,8 +673,14 @@ impl Daemon {
                 message: format!("cannot apply the process limit: {error}"),
             };
         }
-        match state.maps.admit(caller.pid, record) {
-            Ok(()) => {
+        match state.maps.admit_live(caller.pid, record, None) {
+            Ok(false) => Reply::Error {
+                message: format!(
+                    "process {} exited before it was admitted (or its main thread did)",
+                    caller.pid
+                ),
+            },
+            Ok(true) => {
                 tracing::info!(
                     pid = caller.pid,
                     uid = caller.uid,
@@ -1081,6 +1089,17 @@ async fn follow_sources(daemon: Weak<Daemon>, mut sources: crate::policy::source
         }
         state.source_status = desired.status();
     }
+}
+
+/// Whether process `pid` is in `cgroup` (relative to the cgroup v2 root)
+/// or below it, from its own `/proc/PID/cgroup`.
+fn in_cgroup(pid: u32, cgroup: &str) -> bool {
+    let wanted = format!("/{}", cgroup.trim_matches('/'));
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("0::"))
+            .any(|path| path == wanted || path.starts_with(&format!("{wanted}/")))
+    })
 }
 
 /// Process ids in a cgroup and all its descendants.
