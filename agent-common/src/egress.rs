@@ -203,8 +203,9 @@ pub struct OriginalDestination {
     pub port: u16,
     /// Proxy port the socket was sent to, host order.
     pub proxy_port: u16,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// The process that sent (or connected) to the proxy last, so the
+    /// proxy can name who asked for a name it refuses.
+    pub tgid: u32,
 }
 const _: () = assert!(size_of::<OriginalDestination>() == 24);
 

@@ -158,7 +158,7 @@ fn redirect_dns(
         addr: destination.addr,
         port: destination.port,
         proxy_port,
-        _pad: 0,
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
     };
     if DNS_ORIGINAL.insert(cookie, original, 0).is_err() {
         return Verdict::Denied;

@@ -262,7 +262,7 @@ fn dns_over_tcp_is_handled_the_same_way() {
         String::from_utf8_lossy(&output.stdout).trim().to_string()
     };
     assert_eq!(query("allowed.test"), "127.0.0.2");
-    assert_eq!(query("blocked.test"), "rcode 5", "REFUSED");
+    assert_eq!(query("blocked.test"), "rcode 3", "NXDOMAIN");
 }
 
 #[test]
@@ -789,4 +789,67 @@ fn names_sharing_an_address_keep_their_own_ports_and_expiry() {
     for port in &ports[1..] {
         assert_eq!(connect(*port), "ok");
     }
+}
+
+/// What Python's resolver (glibc `getaddrinfo`) says about a name: `found`,
+/// or the `gaierror` constant.
+const GAI: &str = r#"
+import socket, sys
+try:
+    socket.getaddrinfo(sys.argv[1], 80)
+    print('found')
+except socket.gaierror as e:
+    names = {getattr(socket, n): n for n in dir(socket) if n.startswith('EAI_')}
+    print(names.get(e.errno, e.errno))
+"#;
+
+#[test]
+fn a_refused_name_is_not_found_for_good_and_cites_its_rule() {
+    let world = world("dns-refused");
+    let daemon = Daemon::start_with_config(
+        "dns-refused",
+        &[(
+            "p.yaml",
+            web_policy("strict", "allowed.test", world.http_port, ""),
+        )],
+        &config(&world, 60),
+    );
+    // glibc reports "not found" (getent's exit code 2, EAI_NONAME), not a
+    // temporary failure (EAI_AGAIN) that callers retry.
+    let getent = run_in_agent(
+        &daemon,
+        "strict",
+        &world,
+        "sh -c 'echo $$; exec getent hosts blocked.test'",
+    );
+    assert_eq!(getent.status.code(), Some(2), "{}", daemon.stderr());
+    let pid: u64 = String::from_utf8_lossy(&getent.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let script = world.dir.path().join("gai.py");
+    std::fs::write(&script, GAI).unwrap();
+    let gai = |name: &str| {
+        let output = run_in_agent(
+            &daemon,
+            "strict",
+            &world,
+            &format!("python3 {} {name}", script.display()),
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    assert_eq!(gai("blocked.test"), "EAI_NONAME");
+    assert_eq!(gai("allowed.test"), "found");
+
+    // The record names the process that asked, as the kernel's redirect
+    // saw it, and the rule that refused.
+    let record = daemon.wait_for_record(|r| r["control"] == "dns");
+    assert_eq!(record["object"]["domain"], "blocked.test");
+    assert_eq!(record["process"]["pid"], pid, "{record}");
+    assert_eq!(record["process"]["comm"], "getent");
+    assert_eq!(record["process"]["uid"], 0);
+    assert_eq!(record["agent"], "strict");
+    assert_eq!(record["verdict"], "denied");
+    assert_eq!(record["rule"]["id"], "egress.default");
+    assert_eq!(record["rule"]["policy"], "strict");
 }

@@ -5,7 +5,8 @@
 //! the socket a query arrives on says which agent asked. For each query the
 //! proxy:
 //!
-//! 1. refuses (`REFUSED`) a name that no rule of the agent allows, and reports
+//! 1. refuses a name that no rule of the agent allows — `NXDOMAIN`, with an
+//!    Extended DNS Error saying why when the client uses EDNS — and reports
 //!    it through [`Learner::refused`];
 //! 2. forwards an allowed query to the first upstream resolver that answers
 //!    (UDP, then TCP if the UDP answer is truncated; TCP clients are forwarded
@@ -32,7 +33,7 @@ use std::{
 use hickory_proto::{
     ProtoError,
     op::{Edns, Header, Message, MessageType, Metadata, OpCode, ResponseCode},
-    rr::{DNSClass, Name, RData, RecordType},
+    rr::{DNSClass, Name, RData, RecordType, rdata::opt::EdnsOption},
     serialize::binary::{BinDecodable, BinDecoder, DecodeError},
 };
 use tokio::{
@@ -44,7 +45,7 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use super::domain::DomainPattern;
+use super::{client::SockDiag, domain::DomainPattern};
 
 /// Queries one UDP socket handles at once; beyond that, queries are dropped
 /// and the client retries. Bounds the sockets and tasks one agent can cost.
@@ -209,8 +210,9 @@ pub trait Learner: Send + Sync + 'static {
 
     /// Called when a query is refused because no rule allows `name`
     /// (lower-case, without the trailing dot). `query_type` is the record type
-    /// as DNS spells it, e.g. `A`, `AAAA`, `MX`.
-    fn refused(&self, agent_id: u32, name: &str, query_type: &str);
+    /// as DNS spells it, e.g. `A`, `AAAA`, `MX`. `socket_cookie` is the
+    /// cookie of the socket that sent the query, when the kernel could say.
+    fn refused(&self, agent_id: u32, name: &str, query_type: &str, socket_cookie: Option<u64>);
 }
 
 /// How the proxy forwards queries.
@@ -311,12 +313,15 @@ pub async fn serve_udp(
     names: Arc<RwLock<AgentNames>>,
     config: Arc<ProxyConfig>,
     learner: Arc<dyn Learner>,
+    diag: Option<Arc<SockDiag>>,
 ) {
+    let local = socket.local_addr().ok();
     let socket = Arc::new(socket);
     let proxy = Arc::new(Proxy {
         names,
         config,
         learner,
+        diag,
     });
     let in_flight = Arc::new(Semaphore::new(MAX_UDP_IN_FLIGHT));
     let mut tasks = JoinSet::new();
@@ -342,7 +347,8 @@ pub async fn serve_udp(
                 let proxy = proxy.clone();
                 tasks.spawn(async move {
                     let _permit = permit;
-                    if let Some(reply) = proxy.handle(&query, Transport::Udp).await
+                    let client = local.map(|local| Client { peer, local });
+                    if let Some(reply) = proxy.handle(&query, Transport::Udp, client).await
                         && let Err(error) = socket.send_to(&reply, peer).await
                     {
                         debug!(%peer, %error, "DNS proxy: cannot send the reply");
@@ -363,11 +369,13 @@ pub async fn serve_tcp(
     names: Arc<RwLock<AgentNames>>,
     config: Arc<ProxyConfig>,
     learner: Arc<dyn Learner>,
+    diag: Option<Arc<SockDiag>>,
 ) {
     let proxy = Arc::new(Proxy {
         names,
         config,
         learner,
+        diag,
     });
     let connections = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
     let mut tasks = JoinSet::new();
@@ -415,10 +423,24 @@ struct Proxy {
     names: Arc<RwLock<AgentNames>>,
     config: Arc<ProxyConfig>,
     learner: Arc<dyn Learner>,
+    diag: Option<Arc<SockDiag>>,
+}
+
+/// Both ends of a query's path to the proxy.
+#[derive(Clone, Copy, Debug)]
+struct Client {
+    /// The client socket's address.
+    peer: SocketAddr,
+    /// The proxy socket's address.
+    local: SocketAddr,
 }
 
 impl Proxy {
     async fn serve_connection(self: Arc<Self>, stream: TcpStream) {
+        let client = match (stream.peer_addr(), stream.local_addr()) {
+            (Ok(peer), Ok(local)) => Some(Client { peer, local }),
+            _ => None,
+        };
         let (mut reader, writer) = stream.into_split();
         let writer = Arc::new(Mutex::new(writer));
         let mut queries = JoinSet::new();
@@ -441,7 +463,7 @@ impl Proxy {
             let proxy = self.clone();
             let writer = writer.clone();
             queries.spawn(async move {
-                let Some(reply) = proxy.handle(&query, Transport::Tcp).await else {
+                let Some(reply) = proxy.handle(&query, Transport::Tcp, client).await else {
                     return;
                 };
                 // `handle` keeps TCP replies within u16::MAX.
@@ -462,7 +484,12 @@ impl Proxy {
     }
 
     /// The reply to one query, or `None` when nothing should be sent.
-    async fn handle(&self, bytes: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    async fn handle(
+        &self,
+        bytes: &[u8],
+        transport: Transport,
+        client: Option<Client>,
+    ) -> Option<Vec<u8>> {
         let query = match Message::from_vec(bytes) {
             Ok(query) => query,
             Err(error) => return malformed_reply(bytes, &error),
@@ -502,11 +529,17 @@ impl Proxy {
         let rule_id = match rule_id {
             Some(rule_id) => rule_id,
             None => {
+                let cookie = match (&self.diag, client) {
+                    (Some(diag), Some(client)) => {
+                        diag.cookie(client.peer, client.local, transport == Transport::Udp)
+                    }
+                    _ => None,
+                };
                 self.learner
-                    .refused(agent_id, &name, &query_type.to_string());
+                    .refused(agent_id, &name, &query_type.to_string(), cookie);
                 if !audit {
                     debug!(%agent, %name, %query_type, "DNS proxy: refused");
-                    return encode(&error_reply(&query, ResponseCode::Refused));
+                    return encode(&refusal_reply(&query, &agent, &name));
                 }
                 0
             }
@@ -578,6 +611,31 @@ fn error_reply(query: &Message, code: ResponseCode) -> Message {
         let mut edns = Edns::new();
         edns.set_max_payload(ADVERTISED_UDP_PAYLOAD);
         reply.set_edns(edns);
+    }
+    reply
+}
+
+/// The Extended DNS Error option code (RFC 8914).
+const EDNS_EXTENDED_ERROR: u16 = 15;
+/// EDE INFO-CODE 15, "Blocked": the operator's policy blocked the name.
+const EDE_BLOCKED: u16 = 15;
+
+/// The answer to a name the agent's policy does not allow: NXDOMAIN, so
+/// that stub resolvers report it as a permanent "not found" (glibc's
+/// `getaddrinfo` gives `EAI_NONAME`, `getent` exits 2) instead of the
+/// "temporary failure" that REFUSED or SERVFAIL turn into, and callers
+/// do not retry it. A client that sent EDNS also gets an Extended DNS
+/// Error (RFC 8914, "Blocked") whose text says that Baton's policy refused
+/// the name. No SOA is attached, so nothing caches the refusal (RFC 2308
+/// section 5): a policy that allows the name later is obeyed at once.
+fn refusal_reply(query: &Message, agent: &str, name: &str) -> Message {
+    let mut reply = error_reply(query, ResponseCode::NXDomain);
+    if let Some(edns) = reply.edns.as_mut() {
+        let text = format!("baton: name {name} refused by the policy of agent {agent}");
+        let mut data = EDE_BLOCKED.to_be_bytes().to_vec();
+        data.extend_from_slice(text.as_bytes());
+        edns.options_mut()
+            .insert(EdnsOption::Unknown(EDNS_EXTENDED_ERROR, data));
     }
     reply
 }
@@ -903,6 +961,8 @@ mod tests {
     struct Recorder {
         learned: StdMutex<Vec<Learned>>,
         refused: StdMutex<Vec<(u32, String, String)>>,
+        /// The client socket cookie of each refusal.
+        cookies: StdMutex<Vec<Option<u64>>>,
         fail: AtomicBool,
         /// The client's socket: no reply may be waiting on it when `learn`
         /// runs.
@@ -935,7 +995,8 @@ mod tests {
             Ok(())
         }
 
-        fn refused(&self, agent_id: u32, name: &str, query_type: &str) {
+        fn refused(&self, agent_id: u32, name: &str, query_type: &str, cookie: Option<u64>) {
+            self.cookies.lock().unwrap().push(cookie);
             self.refused
                 .lock()
                 .unwrap()
@@ -1006,14 +1067,16 @@ mod tests {
         let config = Arc::new(config);
         let (udp_addr, tcp_addr) = (udp.local_addr().unwrap(), tcp.local_addr().unwrap());
         let learner: Arc<dyn Learner> = recorder.clone();
+        let diag = Arc::new(SockDiag::open().unwrap());
         let tasks = vec![
             tokio::spawn(serve_udp(
                 udp,
                 names.clone(),
                 config.clone(),
                 learner.clone(),
+                Some(diag.clone()),
             )),
-            tokio::spawn(serve_tcp(tcp, names.clone(), config, learner)),
+            tokio::spawn(serve_tcp(tcp, names.clone(), config, learner, Some(diag))),
         ];
         Proxy {
             udp: udp_addr,
@@ -1263,23 +1326,83 @@ mod tests {
 
         let query = with_edns(question("blocked.test.", RecordType::AAAA), 1232);
         let reply = ask_udp(proxy.udp, &query).await;
-        assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
+        assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
         assert!(reply.answers.is_empty());
+        assert!(reply.authorities.is_empty(), "no SOA: nothing may cache it");
         assert_eq!(reply.queries, query.queries);
-        assert!(reply.edns.is_some());
+        let edns = reply.edns.as_ref().expect("EDNS in, EDNS out");
+        let ede = edns
+            .options()
+            .as_ref()
+            .iter()
+            .find_map(|(code, option)| {
+                (u16::from(*code) == EDNS_EXTENDED_ERROR).then(|| match option {
+                    EdnsOption::Unknown(_, data) => data.clone(),
+                    other => panic!("{other:?}"),
+                })
+            })
+            .expect("an Extended DNS Error");
+        assert_eq!(u16::from_be_bytes([ede[0], ede[1]]), EDE_BLOCKED);
+        assert_eq!(
+            std::str::from_utf8(&ede[2..]).unwrap(),
+            "baton: name blocked.test refused by the policy of agent demo"
+        );
+        // Without EDNS in the query, no OPT in the reply (RFC 6891).
+        let plain = ask_udp(proxy.udp, &question("blocked.test.", RecordType::A)).await;
+        assert_eq!(plain.metadata.response_code, ResponseCode::NXDomain);
+        assert!(plain.edns.is_none());
         // The CNAME target is allowed as part of an allowed chain, not by
         // itself.
         let reply = ask_udp(proxy.udp, &question("target.cdn.test.", RecordType::A)).await;
-        assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
+        assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
 
         assert_eq!(
             proxy.recorder.refused(),
             [
                 (AGENT_ID, "blocked.test".to_owned(), "AAAA".to_owned()),
+                (AGENT_ID, "blocked.test".to_owned(), "A".to_owned()),
                 (AGENT_ID, "target.cdn.test".to_owned(), "A".to_owned()),
             ]
         );
         assert!(proxy.recorder.learned().is_empty());
+    }
+
+    /// `SO_COOKIE`: the socket's cookie, as the kernel programs see it.
+    fn socket_cookie(fd: &impl std::os::fd::AsRawFd) -> u64 {
+        let mut cookie = 0u64;
+        let mut len = size_of::<u64>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_COOKIE,
+                (&mut cookie as *mut u64).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        cookie
+    }
+
+    #[tokio::test]
+    async fn a_refusal_names_the_socket_that_asked() {
+        let dnsmasq = Dnsmasq::start(600, &[]).await;
+        let proxy = start_proxy(config(vec![dnsmasq.addr])).await;
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        ask_udp_on(&udp, proxy.udp, &question("blocked.test.", RecordType::A)).await;
+        let mut tcp = TcpStream::connect(proxy.tcp).await.unwrap();
+        let tcp_cookie = socket_cookie(&tcp);
+        let wire = question("blocked.test.", RecordType::A).to_vec().unwrap();
+        tcp.write_u16(wire.len() as u16).await.unwrap();
+        tcp.write_all(&wire).await.unwrap();
+        let len = tcp.read_u16().await.unwrap();
+        let mut reply = vec![0u8; usize::from(len)];
+        tcp.read_exact(&mut reply).await.unwrap();
+        assert_eq!(
+            *proxy.recorder.cookies.lock().unwrap(),
+            [Some(socket_cookie(&udp)), Some(tcp_cookie)]
+        );
     }
 
     #[tokio::test]
@@ -1294,7 +1417,7 @@ mod tests {
         proxy.names.write().unwrap().rules.clear();
         assert_eq!(
             ask_udp(proxy.udp, &query).await.metadata.response_code,
-            ResponseCode::Refused
+            ResponseCode::NXDomain
         );
     }
 
@@ -1335,7 +1458,7 @@ mod tests {
         let allowed = by_id(queries[0].metadata.id);
         assert_eq!(addresses(allowed), ["127.0.0.2".parse::<IpAddr>().unwrap()]);
         let blocked = by_id(queries[1].metadata.id);
-        assert_eq!(blocked.metadata.response_code, ResponseCode::Refused);
+        assert_eq!(blocked.metadata.response_code, ResponseCode::NXDomain);
         let chained = by_id(queries[2].metadata.id);
         assert_eq!(addresses(chained), ["127.0.0.4".parse::<IpAddr>().unwrap()]);
 

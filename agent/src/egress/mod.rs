@@ -22,6 +22,7 @@
 //! Connecting to a literal address is decided by the CIDR rules alone, and an
 //! explicit CIDR deny beats a learned name.
 
+pub mod client;
 pub mod dns;
 pub mod domain;
 pub mod service;

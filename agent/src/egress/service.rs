@@ -15,6 +15,7 @@ use tokio::{
     task::JoinHandle,
 };
 
+use super::client::SockDiag;
 use super::dns::{
     AgentNames, DnsError, Learner, ProxyConfig, serve_tcp, serve_udp, upstreams_from_resolv_conf,
 };
@@ -124,6 +125,10 @@ pub fn proxy_config(config: &DnsConfig) -> Result<ProxyConfig, ServiceError> {
 struct BoundSockets {
     sockets: Vec<(std::net::UdpSocket, std::net::TcpListener, bool)>,
     netns_cookie: u64,
+    /// Finds the socket a query came from; `None` if the namespace
+    /// refused one (queries are still served, their records name no
+    /// process).
+    diag: Option<Arc<SockDiag>>,
 }
 
 /// `SO_NETNS_COOKIE` (Linux 5.14): the cookie the kernel programs see for
@@ -203,9 +208,17 @@ fn bind_sockets() -> Result<BoundSockets, ServiceError> {
             }
         }
     }
+    let diag = match SockDiag::open() {
+        Ok(diag) => Some(Arc::new(diag)),
+        Err(error) => {
+            tracing::warn!(%error, "no socket diagnostics: refused names' records will name no process");
+            None
+        }
+    };
     Ok(BoundSockets {
         sockets,
         netns_cookie: cookie,
+        diag,
     })
 }
 
@@ -238,12 +251,14 @@ fn serve(
             names.clone(),
             config.clone(),
             learner.clone(),
+            bound.diag.clone(),
         )));
         tasks.push(tokio::spawn(serve_tcp(
             tcp,
             names.clone(),
             config.clone(),
             learner.clone(),
+            bound.diag.clone(),
         )));
     }
     Ok(AgentProxy {

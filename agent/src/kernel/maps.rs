@@ -17,7 +17,7 @@ use std::{
 use agent_common::{
     egress::{
         DnsProxyKey, DnsProxyPorts, EGRESS_KEY_HEADER_BITS, EgressKey, EgressValue,
-        LEARNED_ADDR_ROWS, LEARNED_ROWS, LearnedKey, LearnedRow, LearnedValue,
+        LEARNED_ADDR_ROWS, LEARNED_ROWS, LearnedKey, LearnedRow, LearnedValue, OriginalDestination,
         PORT_TABLES_PER_GENERATION, PortRule, PortTable, ipv4_mapped,
     },
     files::{FILE_KEY_HEADER_BITS, FileKey, FileValue, PATH_KEY_BYTES},
@@ -627,6 +627,8 @@ fn process_exiting(tgid: u32) -> bool {
 pub struct DnsMaps {
     learned: HashMap<MapData, LearnedKey, LearnedValue>,
     proxy_ports: HashMap<MapData, DnsProxyKey, DnsProxyPorts>,
+    /// An LRU hash in the kernel; aya reads it through its `HashMap`.
+    original: HashMap<MapData, u64, OriginalDestination>,
 }
 
 /// `CLOCK_BOOTTIME` now, in nanoseconds: the clock the programs compare
@@ -643,6 +645,7 @@ impl DnsMaps {
         Ok(Self {
             learned: take(ebpf, map_names::LEARNED_ADDRS)?,
             proxy_ports: take(ebpf, map_names::DNS_PROXY_PORTS)?,
+            original: take(ebpf, map_names::DNS_ORIGINAL)?,
         })
     }
 
@@ -662,6 +665,16 @@ impl DnsMaps {
         self.proxy_ports
             .insert(key, ports, 0)
             .map_err(map_error(map_names::DNS_PROXY_PORTS))
+    }
+
+    /// The process that last sent DNS through the socket with this cookie
+    /// (recorded by the redirect), if the kernel still has it.
+    pub fn sender(&self, socket_cookie: u64) -> Option<u32> {
+        self.original
+            .get(&socket_cookie, 0)
+            .ok()
+            .map(|original| original.tgid)
+            .filter(|&tgid| tgid != 0)
     }
 
     /// Forgets every proxy (a previous daemon's, whose sockets are gone).

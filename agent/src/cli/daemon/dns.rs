@@ -63,7 +63,7 @@ impl Learner for ProxyLearner {
         Ok(())
     }
 
-    fn refused(&self, agent_id: u32, name: &str, query_type: &str) {
+    fn refused(&self, agent_id: u32, name: &str, query_type: &str, socket_cookie: Option<u64>) {
         let Some(daemon) = self.daemon.upgrade() else {
             return;
         };
@@ -80,10 +80,37 @@ impl Learner for ProxyLearner {
             .values()
             .zip(state.policies.agents.keys())
             .any(|(a, n)| n.0 == agent && a.mode == mode::AUDIT);
+        // No domain rule allows the name, so the agent's egress default
+        // refused it: that is the rule the record cites.
+        let rule = state
+            .policies
+            .agents
+            .iter()
+            .find(|(n, _)| n.0 == agent)
+            .map(|(_, a)| a.egress_default_rule)
+            .filter(|&id| id != 0)
+            .map(|id| {
+                let (policy, rule) = state.policies.rule(id).map_or_else(
+                    || ("<unknown>".to_string(), "<unknown>".to_string()),
+                    |r| (r.policy.clone(), r.rule.clone()),
+                );
+                crate::audit::record::AuditRule {
+                    policy,
+                    id: rule,
+                    kernel_id: id,
+                }
+            });
         let host = state.host.clone();
-        state.record(AuditRecord::dns_refusal(
-            &host, &agent, audit, name, query_type,
-        ));
+        let mut record = AuditRecord::dns_refusal(&host, &agent, audit, name, query_type);
+        record.rule = rule;
+        // The sender, as the kernel's redirect remembered it for the
+        // query's socket. It is still waiting for this answer, so procfs
+        // still knows it.
+        if let Some(tgid) = socket_cookie.and_then(|cookie| state.dns.sender(cookie)) {
+            let root = state.maps.agent_of(tgid).map_or(0, |r| r.root_tgid);
+            record.process = Some(crate::audit::enrich::live_process(tgid, root));
+        }
+        state.record(record);
     }
 }
 
