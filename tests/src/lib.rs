@@ -126,6 +126,18 @@ impl Daemon {
         Self::launch(dir, policy_dir, config_yaml, true)
     }
 
+    /// Like [`Daemon::start_with_config`], with the audit log at
+    /// `audit_log` (on a file system the test made, say).
+    pub fn start_with_audit_log(
+        label: &str,
+        policies: &[(&str, String)],
+        config_yaml: &str,
+        audit_log: &Path,
+    ) -> Self {
+        let (dir, policy_dir) = Self::lay_out(label, policies);
+        Self::launch_with_log(dir, policy_dir, config_yaml, true, Some(audit_log))
+    }
+
     fn lay_out(label: &str, policies: &[(&str, String)]) -> (TempDir, PathBuf) {
         let dir = TempDir::new(label);
         let policy_dir = dir.path().join("policies");
@@ -137,6 +149,16 @@ impl Daemon {
     }
 
     fn launch(dir: TempDir, policy_dir: PathBuf, config_yaml: &str, cleanup_on_exit: bool) -> Self {
+        Self::launch_with_log(dir, policy_dir, config_yaml, cleanup_on_exit, None)
+    }
+
+    fn launch_with_log(
+        dir: TempDir,
+        policy_dir: PathBuf,
+        config_yaml: &str,
+        cleanup_on_exit: bool,
+        audit_log: Option<&Path>,
+    ) -> Self {
         // An empty configuration keeps the host's /etc/baton out of the test.
         let config = dir.path().join("config.yaml");
         std::fs::write(&config, config_yaml).unwrap();
@@ -150,7 +172,8 @@ impl Daemon {
         let mut daemon = Self {
             child: None,
             socket: dir.path().join("baton.sock"),
-            audit_log: dir.path().join("log/audit.jsonl"),
+            audit_log: audit_log
+                .map_or_else(|| dir.path().join("log/audit.jsonl"), Path::to_path_buf),
             pin_dir: Path::new("/sys/fs/bpf").join(pin_name),
             state_dir: dir.path().join("state"),
             dir,

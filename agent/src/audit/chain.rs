@@ -56,6 +56,35 @@ pub(crate) struct ChainFields {
     pub(crate) control: String,
     #[serde(default)]
     pub(crate) checkpoint: Option<CheckpointFields>,
+    #[serde(default)]
+    pub(crate) object: Option<GapFields>,
+}
+
+/// A gap record's object as read back; every field is absent in other
+/// records' objects.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub(crate) struct GapFields {
+    #[serde(default)]
+    pub(crate) lost: Option<u64>,
+    #[serde(default)]
+    pub(crate) first_seq: Option<u64>,
+    #[serde(default)]
+    pub(crate) last_seq: Option<u64>,
+    #[serde(default)]
+    pub(crate) reason: Option<String>,
+}
+
+impl ChainFields {
+    /// The sequence numbers a gap record says were lost, with the reason.
+    pub(crate) fn gap(&self) -> Option<(u64, u64, &str)> {
+        if self.control != "audit" {
+            return None;
+        }
+        let object = self.object.as_ref()?;
+        let (first, last, lost) = (object.first_seq?, object.last_seq?, object.lost?);
+        (first <= last && last - first + 1 == lost)
+            .then(|| (first, last, object.reason.as_deref().unwrap_or("")))
+    }
 }
 
 /// A checkpoint as read back.

@@ -8,6 +8,7 @@
 //!   keyFile: /var/lib/baton/audit.key
 //!   stateDir: /var/lib/baton
 //!   redaction: { defaults: true, patterns: ["corp-[0-9]{8}"] }
+//!   spool: { memoryBytes: 16777216, directory: /var/spool/baton, directoryBytes: 268435456 }
 //!   stream: { group: baton }
 //!   forwarders:
 //!     - name: siem
@@ -49,6 +50,8 @@ pub struct AuditConfig {
     pub state_dir: PathBuf,
     /// Secrets removed before anything is written.
     pub redaction: RedactionConfig,
+    /// Where records wait while the log cannot be written.
+    pub spool: SpoolConfig,
     /// Who may follow the live stream.
     pub stream: StreamConfig,
     /// Copies of the log sent elsewhere.
@@ -64,6 +67,7 @@ impl Default for AuditConfig {
             key_file: DEFAULT_KEY_FILE.into(),
             state_dir: DEFAULT_STATE_DIR.into(),
             redaction: RedactionConfig::default(),
+            spool: SpoolConfig::default(),
             stream: StreamConfig::default(),
             forwarders: Vec::new(),
         }
@@ -171,6 +175,31 @@ impl Default for RedactionConfig {
         Self {
             defaults: true,
             patterns: Vec::new(),
+        }
+    }
+}
+
+/// `audit.spool`: where records wait while the log cannot be written (a
+/// full disk, say), in order, until it can.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct SpoolConfig {
+    /// Bytes of records held in memory [default: 16 MiB]. One record is
+    /// always held, whatever the size.
+    pub memory_bytes: u64,
+    /// A directory, on another file system than the log, for records
+    /// beyond `memoryBytes` [default: none].
+    pub directory: Option<PathBuf>,
+    /// Bytes of records held in `directory` [default: 256 MiB].
+    pub directory_bytes: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 16 * 1024 * 1024,
+            directory: None,
+            directory_bytes: 256 * 1024 * 1024,
         }
     }
 }

@@ -102,6 +102,20 @@ pub enum AuditObject {
         /// Why, such as `rate limit` or `ring buffer full`.
         reason: String,
     },
+    /// Records that never reached the log: the spool was full while the
+    /// log could not be written. Their sequence numbers are skipped.
+    Gap {
+        /// `N records lost between seq A and B: reason`.
+        message: String,
+        /// How many records were lost.
+        lost: u64,
+        /// The first lost sequence number.
+        first_seq: u64,
+        /// The last lost sequence number.
+        last_seq: u64,
+        /// Why, such as `no space left on device`.
+        reason: String,
+    },
     /// A lifecycle change.
     Message {
         /// What happened.
@@ -457,6 +471,34 @@ impl AuditRecord {
             object: AuditObject::Suppressed {
                 message: format!("{count} events suppressed: {reason}"),
                 suppressed: count,
+                reason: reason.to_string(),
+            },
+            rule: None,
+            process: None,
+            checkpoint: None,
+        }
+    }
+
+    /// A record of records lost between `first` and `last` (inclusive);
+    /// written by the trail in their place.
+    pub fn gap(host: &str, first: u64, last: u64, reason: &str) -> Self {
+        let lost = last - first + 1;
+        Self {
+            schema: SCHEMA,
+            seq: 0,
+            prev_hash: String::new(),
+            time: format_time(SystemTime::now()),
+            host: host.to_string(),
+            agent: None,
+            mode: None,
+            verdict: "info",
+            control: "audit",
+            hook: None,
+            object: AuditObject::Gap {
+                message: format!("{lost} records lost between seq {first} and {last}: {reason}"),
+                lost,
+                first_seq: first,
+                last_seq: last,
                 reason: reason.to_string(),
             },
             rule: None,

@@ -108,6 +108,44 @@ pub struct Trusted {
     pub by_head: bool,
 }
 
+/// Records lost by the writer (the spool was full while the log could not
+/// be written), declared by a gap record in the chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gap {
+    /// The gap record.
+    pub location: Location,
+    /// Its sequence number.
+    pub seq: u64,
+    /// The first lost sequence number.
+    pub first: u64,
+    /// The last.
+    pub last: u64,
+    /// Why they were lost.
+    pub reason: String,
+}
+
+impl Gap {
+    /// How many records were lost.
+    pub fn lost(&self) -> u64 {
+        self.last - self.first + 1
+    }
+}
+
+impl fmt::Display for Gap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: seq {}: {} records lost between seq {} and {}: {}",
+            self.location,
+            self.seq,
+            self.lost(),
+            self.first,
+            self.last,
+            self.reason
+        )
+    }
+}
+
 /// The outcome of a verification.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
@@ -127,6 +165,8 @@ pub struct Report {
     pub unproven: u64,
     /// Final lines left incomplete by a writer that stopped mid-write.
     pub incomplete: Vec<(Location, u64)>,
+    /// Records the writer could not write and said so, in a gap record.
+    pub gaps: Vec<Gap>,
     /// The first tampering found; verification stops there.
     pub problem: Option<Problem>,
     /// Set when a head was given but lies before the files given.
@@ -161,6 +201,12 @@ impl Report {
             out.push(format!(
                 "note: records before seq {first} are not in the files given; whether they \
                  were deleted cannot be told"
+            ));
+        }
+        for gap in &self.gaps {
+            out.push(format!(
+                "{gap}. Not tampering: the writer could not write them and recorded the \
+                 loss in the chain"
             ));
         }
         for (location, resumed) in &self.incomplete {
@@ -206,8 +252,14 @@ impl Report {
         }
         if let Some(problem) = &self.problem {
             out.push(format!("TAMPERED: {problem}"));
-        } else if self.incomplete.is_empty() {
+        } else if self.incomplete.is_empty() && self.gaps.is_empty() {
             out.push("OK: the chain and every checkpoint verify".into());
+        } else if self.incomplete.is_empty() {
+            out.push(format!(
+                "GAPS: the chain and every checkpoint verify, but {} record(s) were lost \
+                 (see above)",
+                self.gaps.iter().map(Gap::lost).sum::<u64>()
+            ));
         }
         out
     }
@@ -384,7 +436,25 @@ pub fn verify(paths: &[PathBuf], options: &VerifyOptions) -> Result<Report, Veri
                 message: "the first record of a log must have a prev_hash of 64 zeros".into(),
             }),
             None => None,
-            Some(previous) => diagnose(previous, &entry, &fields, &mut entries)?,
+            Some(previous) => match fields.gap() {
+                // A gap record links to the last record written and skips
+                // exactly the numbers it names.
+                Some((first, last, reason))
+                    if fields.prev_hash == previous.hash
+                        && first == previous.seq + 1
+                        && last + 1 == fields.seq =>
+                {
+                    report.gaps.push(Gap {
+                        location: entry.location.clone(),
+                        seq: fields.seq,
+                        first,
+                        last,
+                        reason: reason.to_string(),
+                    });
+                    None
+                }
+                _ => diagnose(previous, &entry, &fields, &mut entries)?,
+            },
         };
         if let Some(problem) = problem {
             report.problem = Some(problem);

@@ -13,6 +13,11 @@ use crate::audit::{
 /// left incomplete: distinct from tampering (1).
 pub const EXIT_INCOMPLETE: i32 = 3;
 
+/// Exit status of `verify` when the log is intact but declares records the
+/// writer lost (gap records): distinct from tampering (1) and incomplete
+/// records (3).
+pub const EXIT_GAPS: i32 = 4;
+
 /// Runs one `baton audit` subcommand.
 pub fn run(command: &AuditCommand) -> anyhow::Result<()> {
     match command {
@@ -60,6 +65,19 @@ fn run_verify(args: &VerifyArgs) -> anyhow::Result<()> {
             report.incomplete.len()
         );
         std::process::exit(EXIT_INCOMPLETE);
+    }
+    if !report.gaps.is_empty() {
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        for gap in &report.gaps {
+            eprintln!("baton: {gap}");
+        }
+        eprintln!(
+            "baton: the audit log verifies, but the writer lost {} record(s) and recorded \
+             the loss (not tampering)",
+            report.gaps.iter().map(|g| g.lost()).sum::<u64>()
+        );
+        std::process::exit(EXIT_GAPS);
     }
     Ok(())
 }

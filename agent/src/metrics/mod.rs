@@ -201,6 +201,12 @@ pub struct Metrics {
     dns_duration: Histogram,
     pins_restored: Family<PinLabels, Counter>,
     programs_detached: Gauge,
+    audit_write_failing: Gauge,
+    audit_spooled_records: Gauge,
+    audit_spooled_bytes: Gauge,
+    audit_records_lost: Counter,
+    /// Why the audit log cannot be written, while it cannot (`/readyz`).
+    audit_failure: Mutex<Option<String>>,
     /// Last kernel total seen per counter and agent, so that running totals
     /// read from the kernel become counter increments.
     kernel_totals: Mutex<HashMap<(KernelTotal, String), u64>>,
@@ -317,6 +323,30 @@ impl Metrics {
             "Baton programs the kernel no longer runs at their hook (checked against the kernel every 250 ms); 0 when every control is in force",
             programs_detached.clone(),
         );
+        let audit_write_failing = Gauge::default();
+        registry.register(
+            "audit_write_failing",
+            "1 while the audit log cannot be written (records wait in the spool or are lost), else 0",
+            audit_write_failing.clone(),
+        );
+        let audit_spooled_records = Gauge::default();
+        registry.register(
+            "audit_spooled_records",
+            "Audit records waiting in the spool for the log to take them",
+            audit_spooled_records.clone(),
+        );
+        let audit_spooled_bytes = Gauge::default();
+        registry.register(
+            "audit_spooled_bytes",
+            "Bytes of audit records waiting in the spool",
+            audit_spooled_bytes.clone(),
+        );
+        let audit_records_lost = Counter::default();
+        registry.register(
+            "audit_records_lost",
+            "Audit records lost because the spool was full; gap records in the log name them",
+            audit_records_lost.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         registry.register(
             "build_info",
@@ -345,6 +375,11 @@ impl Metrics {
             dns_duration,
             pins_restored,
             programs_detached,
+            audit_write_failing,
+            audit_spooled_records,
+            audit_spooled_bytes,
+            audit_records_lost,
+            audit_failure: Mutex::new(None),
             kernel_totals: Mutex::new(HashMap::new()),
         }
     }
@@ -385,6 +420,30 @@ impl Metrics {
     pub fn observe_events_suppressed_total(&self, agent: &str, total: u64) {
         let delta = self.kernel_delta(KernelTotal::Suppressed, agent, total);
         self.add_events_suppressed(agent, delta);
+    }
+
+    /// Takes the audit trail's state: whether it is failing, what waits in
+    /// the spool, and its running total of lost records.
+    pub fn set_audit_health(&self, health: &crate::audit::trail::AuditHealth) {
+        self.audit_write_failing
+            .set(i64::from(health.failing.is_some()));
+        self.audit_spooled_records
+            .set(saturating_i64(health.spooled_records));
+        self.audit_spooled_bytes
+            .set(saturating_i64(health.spooled_bytes));
+        let counted = self.audit_records_lost.get();
+        if health.lost_total > counted {
+            self.audit_records_lost.inc_by(health.lost_total - counted);
+        }
+        *self.audit_failure.lock().unwrap_or_else(|e| e.into_inner()) = health.failing.clone();
+    }
+
+    /// Why the audit log cannot be written, while it cannot.
+    pub fn audit_failure(&self) -> Option<String> {
+        self.audit_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Sets `agent`'s breaker state.

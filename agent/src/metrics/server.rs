@@ -163,7 +163,21 @@ fn respond(
                 "cannot encode the metrics\n",
             ),
         },
-        "/readyz" if ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
+        "/readyz" if ready.load(Ordering::Acquire) => match metrics.audit_failure() {
+            None => text(StatusCode::OK, "ready\n"),
+            Some(reason) => {
+                let mut response = Response::new(Full::new(Bytes::from(format!(
+                    "not ready: the audit log cannot be written ({reason}); records wait in \
+                     the spool or are lost\n"
+                ))));
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                response
+            }
+        },
         "/readyz" => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: policies not loaded or programs not attached yet\n",

@@ -28,6 +28,8 @@ pub(super) async fn tick_audit(daemon: Weak<Daemon>) {
             if let Err(error) = state.sink.tick() {
                 tracing::error!(%error, "audit checkpoint failed");
             }
+            let health = state.sink.health();
+            state.metrics.set_audit_health(&health);
         }
     }
 }
@@ -65,6 +67,8 @@ pub(super) async fn drain_events(
         if let Err(error) = state.sink.end_batch() {
             tracing::error!(%error, "audit records lost");
         }
+        let health = state.sink.health();
+        state.metrics.set_audit_health(&health);
         state.evaluate_breakers();
         drop(state);
         guard.clear_ready();
