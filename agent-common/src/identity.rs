@@ -90,8 +90,21 @@ pub struct AgentPolicy {
     pub exec_default_rule: u32,
     /// Connects (and unconnected sends) allowed per second; 0 is unlimited.
     pub connects_per_second: u32,
+    /// Socket address families the agent may create: bit `n` allows family
+    /// `n` (`AF_*`). Families from 64 up are never allowed.
+    pub families: u64,
 }
-const _: () = assert!(size_of::<AgentPolicy>() == 24);
+const _: () = assert!(size_of::<AgentPolicy>() == 32);
+
+/// Socket families every agent may create: `AF_UNIX`, `AF_INET`,
+/// `AF_INET6` and `AF_NETLINK`.
+pub const DEFAULT_FAMILIES: u64 = (1 << 1) | (1 << 2) | (1 << 10) | (1 << 16);
+
+/// Whether family `family` is in the set `families`.
+#[inline(always)]
+pub const fn family_allowed(families: u64, family: u32) -> bool {
+    family < 64 && families & (1u64 << (family & 63)) != 0
+}
 
 /// Bits of [`AgentPolicy::flags`].
 pub mod policy_flags {

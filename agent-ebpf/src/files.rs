@@ -85,7 +85,7 @@ pub(crate) fn open_rights(f_mode: u32) -> u32 {
 /// Everything a decision needs about the calling agent.
 pub(crate) struct Caller {
     pub(crate) agent: AgentRecord,
-    pub(crate) policy: AgentPolicy,
+    pub(crate) policy: CallerPolicy,
     pub(crate) generation: u32,
     pub(crate) offsets: KernelOffsets,
 }
@@ -113,22 +113,50 @@ impl Caller {
     }
 }
 
+/// The settings of [`AgentPolicy`] that file and exec decisions read. Only
+/// these are copied: the detection programs run close to the 512-byte stack
+/// limit, and the egress-only fields would only take room there.
+#[derive(Clone, Copy)]
+pub(crate) struct CallerPolicy {
+    pub(crate) mode: u8,
+    pub(crate) file_default: u8,
+    pub(crate) exec_default: u8,
+    pub(crate) flags: u32,
+    pub(crate) file_default_rule: u32,
+    pub(crate) exec_default_rule: u32,
+}
+
 /// The agent's settings under `generation`. An agent whose policy is gone
 /// gets an enforce-mode, deny-all policy: it is held closed rather than let
 /// loose.
 #[inline(always)]
-fn policy_or_closed(generation: u32, agent_id: u32) -> AgentPolicy {
-    agent_policy(generation, agent_id).unwrap_or(AgentPolicy {
-        mode: mode::ENFORCE,
-        egress_default: decision::DENY,
-        file_default: decision::DENY,
-        exec_default: decision::DENY,
-        flags: 0,
-        egress_default_rule: 0,
-        file_default_rule: 0,
-        exec_default_rule: 0,
-        connects_per_second: 0,
-    })
+fn policy_or_closed(generation: u32, agent_id: u32) -> CallerPolicy {
+    match agent_policy(generation, agent_id) {
+        Some(AgentPolicy {
+            mode,
+            file_default,
+            exec_default,
+            flags,
+            file_default_rule,
+            exec_default_rule,
+            ..
+        }) => CallerPolicy {
+            mode,
+            file_default,
+            exec_default,
+            flags,
+            file_default_rule,
+            exec_default_rule,
+        },
+        None => CallerPolicy {
+            mode: mode::ENFORCE,
+            file_default: decision::DENY,
+            exec_default: decision::DENY,
+            flags: 0,
+            file_default_rule: 0,
+            exec_default_rule: 0,
+        },
+    }
 }
 
 #[inline(always)]

@@ -8,7 +8,7 @@
 
 use agent_common::{
     event::{ConnectEvent, hook, kind},
-    identity::{AgentRecord, policy_flags},
+    identity::{AgentRecord, DEFAULT_FAMILIES, family_allowed, policy_flags},
     verdict::{Verdict, decision, mode, verdict_for},
 };
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::cgroup_sock, programs::SockContext};
@@ -100,8 +100,10 @@ fn deny_socket(
 }
 
 /// The BPF LSM second line: `socket_create` (5.7) sees every socket family,
-/// including `AF_PACKET`, which `cgroup/sock_create` (inet families only)
-/// never sees.
+/// which `cgroup/sock_create` (inet families only) never does. An agent may
+/// create only the families its policy allows (`AF_PACKET` never): the
+/// others (`AF_VSOCK` to a VM's host, `AF_PACKET`, `AF_BLUETOOTH`, ...) carry
+/// traffic that no address hook sees.
 #[aya_ebpf::macros::lsm(hook = "socket_create")]
 pub fn socket_create(ctx: aya_ebpf::programs::LsmContext) -> i32 {
     // socket_create(int family, int type, int protocol, int kern, int ret)
@@ -110,22 +112,34 @@ pub fn socket_create(ctx: aya_ebpf::programs::LsmContext) -> i32 {
         return previous;
     }
     let kern: i32 = ctx.arg(3);
-    let family: i32 = ctx.arg(0);
-    if kern != 0 || family as u32 != AF_PACKET {
+    if kern != 0 {
         return 0;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let Some(agent) = current_agent(tgid) else {
         return 0;
     };
+    try_socket_create(&ctx, &agent).to_lsm(previous)
+}
+
+#[inline(always)]
+fn try_socket_create(ctx: &aya_ebpf::programs::LsmContext, agent: &AgentRecord) -> Verdict {
+    let family: i32 = ctx.arg(0);
+    let family = family as u32;
+    // An agent whose policy is gone keeps the default families rather than
+    // losing its local sockets.
+    let families =
+        agent_policy(active_generation(), agent.agent_id).map_or(DEFAULT_FAMILIES, |p| p.families);
+    if family != AF_PACKET && family_allowed(families, family) {
+        return Verdict::Allowed;
+    }
     let sock_type: i32 = ctx.arg(1);
     let protocol: i32 = ctx.arg(2);
     deny_socket(
-        &agent,
+        agent,
         hook::SOCKET_CREATE,
-        family as u32,
+        family,
         sock_type as u32 & 0xf,
         protocol as u32,
     )
-    .to_lsm(previous)
 }

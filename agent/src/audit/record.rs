@@ -539,12 +539,7 @@ impl AuditRecord {
         let (control, object) = match header.kind {
             kind::CONNECT if matches!(header.hook, hook::SOCK_CREATE | hook::SOCKET_CREATE) => {
                 let e: ConnectEvent = read_body(bytes)?;
-                let family = match e.family {
-                    2 => "inet".to_string(),
-                    10 => "inet6".to_string(),
-                    17 => "packet".to_string(),
-                    other => other.to_string(),
-                };
+                let family = crate::policy::families::name(u32::from(e.family));
                 let sock_type = match e.sock_type {
                     1 => "stream".to_string(),
                     2 => "dgram".to_string(),

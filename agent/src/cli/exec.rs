@@ -30,16 +30,26 @@ pub fn run(args: &ExecArgs) -> anyhow::Result<()> {
             agent: args.agent.clone(),
         },
     )?;
-    let (landlock, held_by_bpf_lsm) = match reply {
-        Reply::Admitted {
-            landlock,
-            held_by_bpf_lsm,
-            ..
-        } => (landlock, held_by_bpf_lsm),
-        Reply::Error { message } => bail!("cannot join agent {}: {message}", args.agent),
-        #[allow(unreachable_patterns)]
-        _ => bail!("unexpected reply from the daemon"),
-    };
+    let (landlock, held_by_bpf_lsm, families, families_by_lsm, allow_privilege_escalation) =
+        match reply {
+            Reply::Admitted {
+                landlock,
+                held_by_bpf_lsm,
+                families,
+                families_by_lsm,
+                allow_privilege_escalation,
+                ..
+            } => (
+                landlock,
+                held_by_bpf_lsm,
+                families,
+                families_by_lsm,
+                allow_privilege_escalation,
+            ),
+            Reply::Error { message } => bail!("cannot join agent {}: {message}", args.agent),
+            #[allow(unreachable_patterns)]
+            _ => bail!("unexpected reply from the daemon"),
+        };
     let (program, rest) = args.command.split_first().expect("clap requires a command");
     let mut command = std::process::Command::new(program);
     command.args(rest);
@@ -70,8 +80,25 @@ pub fn run(args: &ExecArgs) -> anyhow::Result<()> {
     // bpf(), ptrace and kernel loads, and Landlock keeps the agent's signals
     // inside it. Where it does, the kernel programs deny all of that and
     // record it, and a filter would only slow down every system call.
+    // The socket families go into the same filter where BPF LSM's
+    // socket_create is missing.
+    let families = (!families_by_lsm).then_some(families);
     if !held_by_bpf_lsm {
-        crate::fallback::seccomp::apply()?;
+        crate::fallback::seccomp::apply(families)?;
+    } else if let Some(families) = families {
+        crate::fallback::seccomp::apply_families(families)?;
+    }
+    // Set on this process, so the command and everything it starts inherit
+    // it: exec never again grants setuid, setgid or file capabilities, and
+    // an unprivileged agent cannot become root through a setuid binary.
+    if !allow_privilege_escalation {
+        // SAFETY: plain prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            bail!(
+                "cannot set no_new_privs: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
     let error = command.exec();
     bail!("cannot run {program}: {error}")

@@ -51,6 +51,7 @@ fn load_paths(paths: &[PathBuf]) -> anyhow::Result<Vec<LoadedPolicy>> {
 fn check(paths: &[PathBuf]) -> anyhow::Result<()> {
     let policies = load_paths(paths)?;
     let set = compile_with(&policies, 1, &expand_on_disk).context("policies do not compile")?;
+    let warnings = crate::policy::lint::lint(&set);
     for (agent, compiled) in &set.agents {
         let mut selectors = vec![format!("baton exec --agent {agent}")];
         selectors.extend(compiled.cgroups.iter().map(|c| format!("cgroup {c}")));
@@ -72,6 +73,9 @@ fn check(paths: &[PathBuf]) -> anyhow::Result<()> {
                 "  note: {} policies select agent {agent}; their rules are merged: enforce wins over audit, a deny default over an allow default, and the most specific rule decides (deny wins a tie)",
                 compiled.policies.len()
             );
+        }
+        for warning in warnings.iter().filter(|w| w.agent == agent.0) {
+            println!("  warning: {}", warning.message);
         }
     }
     println!(

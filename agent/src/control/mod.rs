@@ -54,6 +54,18 @@ pub enum Reply {
         /// it applies one).
         #[serde(default)]
         held_by_bpf_lsm: bool,
+        /// Socket families the agent may create, bit `n` for family `n`.
+        #[serde(default = "default_families")]
+        families: u64,
+        /// BPF LSM `socket_create` holds the families, so the caller needs
+        /// no seccomp family check (absent from older daemons: then it
+        /// applies one).
+        #[serde(default)]
+        families_by_lsm: bool,
+        /// The policy lets the agent gain privileges on exec; otherwise the
+        /// caller sets `no_new_privs` before it execs the command.
+        #[serde(default)]
+        allow_privilege_escalation: bool,
     },
     /// The daemon's status.
     Status {
@@ -75,6 +87,10 @@ pub enum Reply {
         /// Why.
         message: String,
     },
+}
+
+fn default_families() -> u64 {
+    agent_common::identity::DEFAULT_FAMILIES
 }
 
 /// A request about the audit trail, served on the same socket as

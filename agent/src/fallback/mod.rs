@@ -15,6 +15,7 @@
 //! records, and may kill the process for (see [`detect`]).
 
 pub mod detect;
+pub mod families;
 pub mod fanotify;
 pub mod landlock;
 pub mod protected;

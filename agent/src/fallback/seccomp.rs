@@ -11,6 +11,11 @@
 //!   for root agents too. Every system call of a foreign ABI (32-bit x86
 //!   through `int 0x80`) kills the process: the filter is written for the
 //!   native numbers, and the x32 numbers of the same calls are refused too.
+//! - seccomp also makes `socket` and `socketpair` fail with `EPERM` for
+//!   every address family the agent's policy does not allow (`AF_VSOCK`,
+//!   `AF_PACKET`, ...). It cannot see io_uring's `IORING_OP_SOCKET`
+//!   (Linux 5.19), which creates a socket without either call; only BPF LSM
+//!   `socket_create` covers that.
 //! - Landlock `LANDLOCK_SCOPE_SIGNAL` (ABI 6, Linux 6.12) stops the agent
 //!   from signalling any process outside its own Landlock domain, the
 //!   daemon included, whatever its user. Older kernels lack it; then only
@@ -24,10 +29,15 @@
 
 use std::{collections::BTreeMap, io};
 
+use agent_common::identity::family_allowed;
+
 use landlock::{
     CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
 };
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
 use thiserror::Error;
 
 /// Landlock ABI that added signal scoping.
@@ -81,20 +91,57 @@ const X32_OWN_NUMBERS: [i64; 4] = [
     540, // process_vm_writev
 ];
 
-/// The classic BPF program of the filter.
-pub fn filter() -> Result<BpfProgram, SeccompError> {
+/// Rules that match a `socket` or `socketpair` call whose family (the
+/// first argument) is not in `families`.
+fn family_rules(families: u64) -> Result<Vec<SeccompRule>, SeccompError> {
+    let on_family = |op, value| {
+        SeccompCondition::new(0, SeccompCmpArgLen::Dword, op, value)
+            .and_then(|condition| SeccompRule::new(vec![condition]))
+    };
+    let mut rules = Vec::new();
+    for family in (0..64).filter(|&f| !family_allowed(families, f)) {
+        rules.push(on_family(SeccompCmpOp::Eq, u64::from(family))?);
+    }
+    // Families from 64 up (and negative ones, as unsigned) are never allowed.
+    rules.push(on_family(SeccompCmpOp::Ge, 64)?);
+    Ok(rules)
+}
+
+/// Self-protection and, when `families` is given, the socket families
+/// allowed: the classic BPF program of the filter.
+pub fn filter(families: Option<u64>) -> Result<BpfProgram, SeccompError> {
+    build(true, families)
+}
+
+/// Only the socket family check, for agents whose self-protection BPF LSM
+/// already holds but whose kernel lacks the `socket_create` program.
+pub fn families_filter(families: u64) -> Result<BpfProgram, SeccompError> {
+    build(false, Some(families))
+}
+
+fn build(self_protection: bool, families: Option<u64>) -> Result<BpfProgram, SeccompError> {
     let arch = TargetArch::try_from(std::env::consts::ARCH)
         .map_err(|_| SeccompError::Arch(std::env::consts::ARCH.to_string()))?;
     let mut rules = BTreeMap::new();
-    for (_, number) in denied_syscalls() {
-        // An empty rule list matches every call of that number.
-        rules.insert(number, Vec::new());
+    if self_protection {
+        for (_, number) in denied_syscalls() {
+            // An empty rule list matches every call of that number.
+            rules.insert(number, Vec::new());
+            #[cfg(target_arch = "x86_64")]
+            rules.insert(number | X32_SYSCALL_BIT, Vec::new());
+        }
         #[cfg(target_arch = "x86_64")]
-        rules.insert(number | X32_SYSCALL_BIT, Vec::new());
+        for number in X32_OWN_NUMBERS {
+            rules.insert(number | X32_SYSCALL_BIT, Vec::new());
+        }
     }
-    #[cfg(target_arch = "x86_64")]
-    for number in X32_OWN_NUMBERS {
-        rules.insert(number | X32_SYSCALL_BIT, Vec::new());
+    if let Some(families) = families {
+        for number in [libc::SYS_socket, libc::SYS_socketpair] {
+            rules.insert(number, family_rules(families)?);
+            // x32 shares these numbers; its processes are held the same way.
+            #[cfg(target_arch = "x86_64")]
+            rules.insert(number | X32_SYSCALL_BIT, family_rules(families)?);
+        }
     }
     let filter = SeccompFilter::new(
         rules,
@@ -188,10 +235,11 @@ impl Applied {
     }
 }
 
-/// Applies the seccomp filter and, where Landlock has it, signal scoping to
+/// Applies the seccomp filter (with the agent's socket `families`, where
+/// nothing else holds them) and, where Landlock has it, signal scoping to
 /// the calling thread. Call right before exec: irrevocable.
-pub fn apply() -> Result<Applied, SeccompError> {
-    let program = filter()?;
+pub fn apply(families: Option<u64>) -> Result<Applied, SeccompError> {
+    let program = filter(families)?;
     let landlock_abi = crate::kernel::probe::landlock_abi();
     // Landlock first: the filter does not deny its calls, but nothing needs
     // to run under the filter that does not have to.
@@ -201,6 +249,11 @@ pub fn apply() -> Result<Applied, SeccompError> {
         landlock_abi,
         signals_scoped,
     })
+}
+
+/// Applies only the socket family filter. Call right before exec.
+pub fn apply_families(families: u64) -> Result<(), SeccompError> {
+    install(&families_filter(families)?)
 }
 
 /// What a `baton exec` agent gets from the fallback on a kernel with this
@@ -240,7 +293,10 @@ mod tests {
     /// Runs `body` in a forked child that first installs the filter; returns
     /// how the child ended (`Ok(exit code)` or `Err(signal)`).
     fn in_filtered_child(body: fn() -> i32) -> Result<i32, i32> {
-        let program = filter().unwrap();
+        in_child_with(filter(None).unwrap(), body)
+    }
+
+    fn in_child_with(program: BpfProgram, body: fn() -> i32) -> Result<i32, i32> {
         // SAFETY: the child only makes raw system calls and exits.
         match unsafe { libc::fork() } {
             0 => {
@@ -288,7 +344,7 @@ mod tests {
         ] {
             assert!(names.contains(&name), "{name} is denied");
         }
-        assert!(!filter().unwrap().is_empty());
+        assert!(!filter(None).unwrap().is_empty());
     }
 
     #[test]
@@ -372,6 +428,53 @@ mod tests {
         assert!(
             matches!(outcome, Err(libc::SIGSYS | libc::SIGSEGV)),
             "a foreign ABI kills the process: {outcome:?}"
+        );
+    }
+
+    #[test]
+    fn socket_families_outside_the_set_fail_with_eperm() {
+        use agent_common::identity::DEFAULT_FAMILIES;
+        fn try_socket(family: i32, kind: i32) -> i32 {
+            // SAFETY: plain socket(2); the descriptor is closed at once.
+            let fd = unsafe { libc::socket(family, kind, 0) };
+            if fd >= 0 {
+                // SAFETY: our own descriptor.
+                unsafe { libc::close(fd) };
+                return 0;
+            }
+            io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+        }
+        fn body() -> i32 {
+            let mut pair = [0; 2];
+            // SAFETY: socketpair(2) into a local array.
+            let pair_rc = unsafe {
+                libc::socketpair(libc::AF_VSOCK, libc::SOCK_STREAM, 0, pair.as_mut_ptr())
+            };
+            let pair_errno = io::Error::last_os_error().raw_os_error().unwrap_or(-1);
+            let checks = [
+                try_socket(libc::AF_VSOCK, libc::SOCK_STREAM) == libc::EPERM,
+                try_socket(libc::AF_PACKET, libc::SOCK_DGRAM) == libc::EPERM,
+                try_socket(1000, libc::SOCK_STREAM) == libc::EPERM,
+                pair_rc == -1 && pair_errno == libc::EPERM,
+                try_socket(libc::AF_UNIX, libc::SOCK_STREAM) == 0,
+                try_socket(libc::AF_INET, libc::SOCK_STREAM) == 0,
+                try_socket(libc::AF_NETLINK, libc::SOCK_RAW) == 0,
+            ];
+            checks
+                .iter()
+                .position(|ok| !ok)
+                .map_or(0, |i| 30 + i as i32)
+        }
+        assert_eq!(
+            in_child_with(families_filter(DEFAULT_FAMILIES).unwrap(), body),
+            Ok(0),
+            "exit 30+i: the i-th check failed"
+        );
+        // vsock allowed: the first check now fails, so the test can fail.
+        let with_vsock = DEFAULT_FAMILIES | 1 << libc::AF_VSOCK;
+        assert_eq!(
+            in_child_with(families_filter(with_vsock).unwrap(), body),
+            Ok(30)
         );
     }
 

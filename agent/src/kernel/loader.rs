@@ -115,8 +115,9 @@ pub struct Enforcer {
     pub egress: ControlState,
     /// File enforcement.
     pub files: ControlState,
-    /// Denial of `AF_PACKET` sockets to agents.
-    pub packet_sockets: ControlState,
+    /// BPF LSM `socket_create`: every agent may create only the socket
+    /// families its policy allows (never `AF_PACKET`).
+    pub socket_families: ControlState,
     /// Each file and exec hook beyond `file_open`, where BPF LSM loads.
     pub lsm_hooks: Vec<(&'static str, ControlState)>,
     /// Where BPF LSM is refused: each detection program (`Enforced` means
@@ -308,9 +309,9 @@ impl Enforcer {
                 .map(|(program, _)| (*program, ControlState::Unavailable(reason.clone())))
                 .collect(),
         };
-        // Packet sockets never reach cgroup/sock_create; only the LSM hook
-        // sees them.
-        let packet_sockets = if files == ControlState::Enforced {
+        // Families other than inet and inet6 (packet, vsock, ...) never
+        // reach cgroup/sock_create; only the LSM hook sees them.
+        let socket_families = if files == ControlState::Enforced {
             match load_lsm(
                 &mut ebpf,
                 "socket_create",
@@ -322,9 +323,7 @@ impl Enforcer {
                 Err(error) => ControlState::Unavailable(format!("BPF LSM socket_create: {error}")),
             }
         } else {
-            ControlState::Unavailable(
-                "BPF LSM refused; AF_PACKET sockets still need CAP_NET_RAW, which unprivileged agents lack".into(),
-            )
+            ControlState::Unavailable("BPF LSM refused".into())
         };
         let stale = pins.remove_stale_links()?;
         if !stale.is_empty() {
@@ -339,7 +338,7 @@ impl Enforcer {
             cgroup_root,
             egress: ControlState::Enforced,
             files,
-            packet_sockets,
+            socket_families,
             lsm_hooks,
             detection,
         })

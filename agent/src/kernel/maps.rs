@@ -333,6 +333,7 @@ impl PolicyMaps {
                 file_default_rule: agent.file_default_rule,
                 exec_default_rule: agent.exec_default_rule,
                 connects_per_second: agent.connects_per_second,
+                families: agent.families,
             };
             self.agent_policies
                 .insert(key, value, 0)

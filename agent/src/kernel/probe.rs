@@ -11,6 +11,8 @@ use agent_common::offsets::KernelOffsets;
 use aya::{EbpfLoader, maps::MapType, sys::is_map_supported};
 use serde::Serialize;
 
+use crate::fallback::families::State;
+
 use super::{
     EBPF_OBJECT,
     btf::{Btf, VMLINUX_BTF},
@@ -73,6 +75,8 @@ pub struct ProbeReport {
     pub controls: Vec<Control>,
     /// Whether a BPF LSM program really loaded and attached.
     pub bpf_lsm_loadable: bool,
+    /// Each socket family and what keeps it from agents.
+    pub families: Vec<crate::fallback::families::FamilyCoverage>,
     /// Offsets resolved from BTF, when BTF is readable.
     pub offsets: Option<KernelOffsetsReport>,
 }
@@ -117,12 +121,22 @@ fn check(name: &'static str, ok: bool, detail: impl Into<String>) -> Check {
 
 /// Loads and attaches the pass-through LSM program, then drops it.
 pub fn try_bpf_lsm() -> Result<(), String> {
+    try_lsm_program("probe_lsm", "file_open")
+}
+
+/// Loads and attaches Baton's own `socket_create` program (with empty maps
+/// it allows everything), then drops it.
+pub fn try_socket_create() -> Result<(), String> {
+    try_lsm_program("socket_create", "socket_create")
+}
+
+fn try_lsm_program(program: &'static str, hook: &'static str) -> Result<(), String> {
     let btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string())?;
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))
         .load(EBPF_OBJECT)
         .map_err(|e| e.to_string())?;
-    load_lsm(&mut ebpf, "probe_lsm", "file_open", &btf, None).map_err(|e| {
+    load_lsm(&mut ebpf, program, hook, &btf, None).map_err(|e| {
         // The innermost cause is the kernel's answer; the layers above it
         // repeat it.
         let mut innermost: &dyn std::error::Error = &e;
@@ -250,6 +264,30 @@ pub fn probe() -> ProbeReport {
         Err(e) => check("BPF LSM loads", false, e.clone()),
     });
 
+    let socket_create = if bpf_lsm_loadable {
+        try_socket_create()
+    } else {
+        Err("BPF LSM refuses programs".to_string())
+    };
+    checks.push(match &socket_create {
+        Ok(()) => check(
+            "BPF LSM socket_create",
+            true,
+            "Baton's socket_create program loaded and attached",
+        ),
+        Err(e) => check("BPF LSM socket_create", false, e.clone()),
+    });
+    let family_layers = crate::fallback::families::Layers::of_this_kernel(socket_create.is_ok());
+    checks.push(check(
+        "seccomp",
+        family_layers.seccomp,
+        if family_layers.seccomp {
+            "filters can be installed"
+        } else {
+            "not in this kernel"
+        },
+    ));
+
     let d_path_present = btf.as_ref().is_ok_and(|b| b.has_function("bpf_d_path"));
     checks.push(check(
         "bpf_d_path",
@@ -315,18 +353,23 @@ pub fn probe() -> ProbeReport {
         },
         detail: "cgroup/sock_create".into(),
     });
+    let (exec_families, selected_families) = family_layers.denial(0);
+    let family_level = match (exec_families.state, selected_families.state) {
+        (State::Enforced, State::Enforced) => ControlLevel::Enforced,
+        (State::NotCovered, State::NotCovered) => ControlLevel::Unavailable,
+        _ => ControlLevel::Degraded,
+    };
     controls.push(Control {
-        name: "packet sockets",
-        level: if bpf_lsm_loadable {
-            ControlLevel::Enforced
-        } else {
-            ControlLevel::Degraded
-        },
-        detail: if bpf_lsm_loadable {
-            "BPF LSM socket_create".into()
-        } else {
-            "not denied by Baton without BPF LSM; AF_PACKET needs CAP_NET_RAW, so only agents running with that capability (root) can open one".into()
-        },
+        name: "socket families (vsock, packet, ...)",
+        level: family_level,
+        detail: format!(
+            "{} may be created; the others only where a policy lists them in egress.families (packet never): baton exec agents: {}: {}; agents selected by cgroup, systemd unit or executable: {}: {}",
+            crate::policy::families::default_names().join(", "),
+            state_word(exec_families.state),
+            exec_families.detail,
+            state_word(selected_families.state),
+            selected_families.detail,
+        ),
     });
     controls.push(Control {
         name: "agent identity",
@@ -387,7 +430,17 @@ pub fn probe() -> ProbeReport {
         checks,
         controls,
         bpf_lsm_loadable,
+        families: family_layers.table(),
         offsets: offsets.map(Into::into),
+    }
+}
+
+fn state_word(state: State) -> &'static str {
+    match state {
+        State::Allowed => "allowed",
+        State::Enforced => "enforced",
+        State::Degraded => "degraded",
+        State::NotCovered => "NOT covered",
     }
 }
 
@@ -430,6 +483,33 @@ impl ProbeReport {
                 ControlLevel::Unavailable => "unavailable",
             };
             out.push_str(&format!("{:width$}  {level:11}  {}\n", c.name, c.detail));
+        }
+        let width = self
+            .families
+            .iter()
+            .map(|f| f.family.len())
+            .max()
+            .unwrap_or(0)
+            .max("FAMILY".len());
+        out.push_str(&format!(
+            "\n{:width$}  {:11}  {:11}  DETAIL\n",
+            "FAMILY", "BATON EXEC", "SELECTED"
+        ));
+        for f in &self.families {
+            let detail = if f.baton_exec.detail == f.selected.detail {
+                f.baton_exec.detail.clone()
+            } else {
+                format!(
+                    "baton exec: {}; selected: {}",
+                    f.baton_exec.detail, f.selected.detail
+                )
+            };
+            out.push_str(&format!(
+                "{:width$}  {:11}  {:11}  {detail}\n",
+                f.family,
+                state_word(f.baton_exec.state),
+                state_word(f.selected.state)
+            ));
         }
         out
     }

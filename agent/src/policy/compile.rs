@@ -89,6 +89,11 @@ pub struct CompiledAgent {
     pub executables: Vec<String>,
     /// Whether ICMP sockets are allowed.
     pub allow_icmp: bool,
+    /// Socket families the agent may create, bit `n` for family `n`.
+    pub families: u64,
+    /// Whether programs the agent runs may gain privileges on exec; when
+    /// not, `baton exec` sets `no_new_privs`.
+    pub allow_privilege_escalation: bool,
     /// One of [`agent_common::verdict::mode`].
     pub mode: u8,
     /// Decision when no egress rule matches.
@@ -363,6 +368,9 @@ pub fn compile_protected(
         let mut any_enforce = false;
         let mut allow_icmp = true;
         let mut any_egress = false;
+        // Extra families: those every policy with an egress section allows.
+        let mut extra_families: Option<u64> = None;
+        let mut escalation: Option<bool> = None;
         let mut cgroups = BTreeSet::new();
         let mut executables = BTreeSet::new();
         let mut egress_default: Option<(u8, u32)> = None;
@@ -382,6 +390,11 @@ pub fn compile_protected(
             if let Some(egress) = &spec.egress {
                 any_egress = true;
                 allow_icmp &= egress.icmp == Action::Allow;
+                let listed = egress
+                    .families
+                    .iter()
+                    .fold(0u64, |set, family| set | (1 << family.0));
+                extra_families = Some(extra_families.map_or(listed, |set| set & listed));
                 let d = action_decision(egress.default);
                 // The strictest default of the merged policies applies.
                 if egress_default.is_none_or(|(current, _)| d == decision::DENY && current != d) {
@@ -477,6 +490,10 @@ pub fn compile_protected(
                     }
                 }
             }
+            if let Some(process) = &spec.process {
+                // Every policy that says anything must allow it.
+                escalation = Some(escalation.unwrap_or(true) && process.allow_privilege_escalation);
+            }
             if let Some(limits) = &spec.limits {
                 // The tightest limit of the merged policies applies.
                 if let Some(rate) = limits.connects_per_second {
@@ -536,6 +553,8 @@ pub fn compile_protected(
             cgroups: cgroups.into_iter().collect(),
             executables: executables.into_iter().collect(),
             allow_icmp: any_egress && allow_icmp,
+            families: agent_common::identity::DEFAULT_FAMILIES | extra_families.unwrap_or(0),
+            allow_privilege_escalation: escalation.unwrap_or(false),
             policies: selecting
                 .iter()
                 .map(|p| p.document.metadata.name.0.clone())

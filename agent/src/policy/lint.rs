@@ -90,6 +90,11 @@ pub fn lint(set: &CompiledPolicySet) -> Vec<Warning> {
                 "exec denies some programs but allows the rest: a copy (cp /usr/bin/nc /tmp/x) escapes a denylist; prefer exec.default: deny with an allowlist".into(),
             );
         }
+        if agent.allow_privilege_escalation {
+            warn(
+                "process.allowPrivilegeEscalation is true: baton exec leaves no_new_privs off, so an agent running as an ordinary user can become root through any setuid binary on the host".into(),
+            );
+        }
     }
     warnings
 }
@@ -134,5 +139,31 @@ spec:
                 .iter()
                 .any(|w| w.message.contains("escapes a denylist"))
         );
+    }
+
+    #[test]
+    fn warns_when_privilege_escalation_is_allowed() {
+        let text = "apiVersion: baton.dev/v1alpha1
+kind: AgentPolicy
+metadata:
+  name: p
+spec:
+  selector:
+    agent: a
+  process:
+    allowPrivilegeEscalation: true
+";
+        let escalates = |text: &str| {
+            let set = compile(&parse_str(Path::new("p.yaml"), text).unwrap(), 1).unwrap();
+            lint(&set)
+                .iter()
+                .any(|w| w.message.contains("allowPrivilegeEscalation"))
+        };
+        assert!(escalates(text));
+        assert!(!escalates(&text.replace("true", "false")));
+        assert!(!escalates(&text.replace(
+            "  process:\n    allowPrivilegeEscalation: true\n",
+            ""
+        )));
     }
 }

@@ -8,6 +8,7 @@ pub mod bundle;
 pub mod compile;
 pub mod diff;
 pub mod eval;
+pub mod families;
 pub mod lint;
 pub mod load;
 pub mod schema;

@@ -99,6 +99,9 @@ pub struct PolicySpec {
     /// Rate and size limits, enforced in the kernel.
     #[serde(default)]
     pub limits: Option<Limits>,
+    /// How the agent's processes are started.
+    #[serde(default)]
+    pub process: Option<ProcessSpec>,
     /// Circuit breakers: conditions over the agent's kernel counters that
     /// quarantine, freeze or kill it.
     #[serde(default)]
@@ -277,6 +280,81 @@ pub struct EgressSpec {
     /// Raw and packet sockets are always denied to agents.
     #[serde(default = "default_deny")]
     pub icmp: Action,
+    /// Socket families the agent may create besides `unix`, `inet`, `inet6`
+    /// and `netlink`, which it always may (`[vsock]`). `packet` is never
+    /// allowed.
+    #[serde(default)]
+    pub families: Vec<SocketFamily>,
+}
+
+/// A socket address family by name (`vsock`, `bluetooth`, `can`, ...).
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(into = "String")]
+pub struct SocketFamily(pub u32);
+
+impl SocketFamily {
+    /// Validates a family name.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match super::families::number(s) {
+            Some(super::families::AF_PACKET) => Err(
+                "family \"packet\" cannot be allowed: packet sockets send frames no egress rule sees".into(),
+            ),
+            Some(number) => Ok(Self(number)),
+            None => Err(format!(
+                "unknown socket family {s:?}: expected one of {}",
+                super::families::FAMILIES
+                    .iter()
+                    .filter(|(_, f)| *f != super::families::AF_PACKET)
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+}
+
+impl From<SocketFamily> for String {
+    fn from(family: SocketFamily) -> Self {
+        super::families::name(family.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SocketFamily {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_parsed(deserializer, "a socket family such as vsock", Self::parse)
+    }
+}
+
+impl JsonSchema for SocketFamily {
+    fn schema_name() -> Cow<'static, str> {
+        "SocketFamily".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let names: Vec<&str> = super::families::FAMILIES
+            .iter()
+            .filter(|(_, f)| *f != super::families::AF_PACKET)
+            .map(|(n, _)| *n)
+            .collect();
+        json_schema!({
+            "type": "string",
+            "enum": names,
+            "description": "A socket address family (`AF_*` without the prefix, lower case). \
+                            `packet` is never allowed.",
+        })
+    }
+}
+
+/// `spec.process`: how the agent's processes are started.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProcessSpec {
+    /// Whether programs the agent runs may gain privileges on exec (setuid
+    /// and setgid bits, file capabilities). `false` unless set: `baton exec`
+    /// sets `no_new_privs` before it runs the agent's command, so an
+    /// unprivileged agent cannot become root through a setuid binary.
+    #[serde(default)]
+    pub allow_privilege_escalation: bool,
 }
 
 fn default_deny() -> Action {
@@ -1098,6 +1176,35 @@ impl JsonSchema for FileRule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn families_are_checked_where_they_are_written() {
+        let text = |families: &str| {
+            format!(
+                "apiVersion: baton.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: p\nspec:\n  selector:\n    agent: a\n  egress:\n    families: {families}\n"
+            )
+        };
+        let parse = |families: &str| {
+            crate::policy::load::parse_str(std::path::Path::new("p.yaml"), &text(families))
+        };
+        let loaded = parse("[vsock, can]").unwrap();
+        let egress = loaded[0].document.spec.egress.as_ref().unwrap();
+        assert_eq!(egress.families, [SocketFamily(40), SocketFamily(29)]);
+        let error = parse("[vsock, vsok]").unwrap_err().to_string();
+        assert!(
+            error.starts_with(
+                "p.yaml:9:23: spec.egress.families[1]: unknown socket family \"vsok\""
+            ),
+            "{error}"
+        );
+        let error = parse("[packet]").unwrap_err().to_string();
+        assert!(
+            error.starts_with(
+                "p.yaml:9:16: spec.egress.families[0]: family \"packet\" cannot be allowed"
+            ),
+            "{error}"
+        );
+    }
 
     #[test]
     fn cidrs() {

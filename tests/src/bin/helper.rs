@@ -5,7 +5,7 @@
 //!   baton-test-helper connect ADDR:PORT           TCP connect(2)
 //!   baton-test-helper connect-uring ADDR:PORT     TCP connect through io_uring
 //!   baton-test-helper sendto ADDR:PORT            unconnected UDP sendto(2)
-//!   baton-test-helper socket raw|packet|icmp      socket(2) of that kind
+//!   baton-test-helper socket raw|packet|icmp|vsock|alg      socket(2) of that kind
 //!   baton-test-helper open PATH read|write        open(2)
 //!   baton-test-helper spawn PROGRAM ARGS...       run PROGRAM as a child, pass its output on
 //!   baton-test-helper openat DIR NAME             openat(2) relative to a directory fd
@@ -36,7 +36,7 @@ fn report(result: std::io::Result<()>) -> ExitCode {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: baton-test-helper connect|connect-uring|sendto ADDR:PORT | socket raw|packet|icmp | open PATH read|write | spawn PROGRAM ARGS..."
+        "usage: baton-test-helper connect|connect-uring|sendto ADDR:PORT | socket raw|packet|icmp|vsock|alg | open PATH read|write | spawn PROGRAM ARGS..."
     );
     ExitCode::from(2)
 }
@@ -258,6 +258,8 @@ fn main() -> ExitCode {
             report(socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP).map(drop))
         }
         ["socket", "packet"] => report(socket(libc::AF_PACKET, libc::SOCK_RAW, 0).map(drop)),
+        ["socket", "vsock"] => report(socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0).map(drop)),
+        ["socket", "alg"] => report(socket(libc::AF_ALG, libc::SOCK_SEQPACKET, 0).map(drop)),
         ["socket", "icmp"] => {
             report(socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP).map(drop))
         }

@@ -200,6 +200,9 @@ struct State {
     /// Every self-protection LSM hook is attached (see
     /// [`crate::fallback::protected::held_by_bpf_lsm`]).
     held_by_bpf_lsm: bool,
+    /// What keeps socket families from agents; `socket_create` is whether
+    /// the BPF LSM program is attached.
+    family_layers: crate::fallback::families::Layers,
     /// Where BPF LSM is missing: the fanotify listener for agents that
     /// `baton exec` did not start.
     fanotify: Option<crate::fallback::fanotify::Watcher>,
@@ -470,7 +473,9 @@ impl State {
                         "files": files,
                         "exec": exec,
                         "breakers": if agent.breakers.is_empty() { "none" } else { "enforced" },
+                        "families": self.family_layers.describe(!agent.cgroups.is_empty() || !agent.executables.is_empty()),
                     },
+                    "families": crate::policy::families::names(agent.families),
                     "rights": rights,
                     "breaker": breakers.get(&name.0).cloned().unwrap_or(json!({"state": "closed"})),
                     "counters": crate::breaker::CounterSnapshot::from(self.runtime.counters(id)),
@@ -513,6 +518,19 @@ impl State {
             },
             "agents": agents,
         })
+    }
+
+    /// The agent's socket families and whether it may gain privileges on
+    /// exec, for `baton exec`.
+    fn process_settings(&self, agent: &str) -> (u64, bool) {
+        self.policies
+            .agents
+            .iter()
+            .find(|(name, _)| name.0 == agent)
+            .map_or(
+                (agent_common::identity::DEFAULT_FAMILIES, false),
+                |(_, compiled)| (compiled.families, compiled.allow_privilege_escalation),
+            )
     }
 
     /// Admits every process already inside a selected cgroup (or below it).
@@ -607,10 +625,14 @@ impl Daemon {
         // policy by asking to join a more permissive one.
         if let Some(current) = state.maps.agent_of(caller.pid) {
             if current.agent_id == agent_id {
+                let (families, allow_privilege_escalation) = state.process_settings(agent);
                 return Reply::Admitted {
                     agent_id,
                     landlock: None,
                     held_by_bpf_lsm: state.held_by_bpf_lsm,
+                    families,
+                    families_by_lsm: state.family_layers.socket_create,
+                    allow_privilege_escalation,
                 };
             }
             let current_name = state
@@ -688,10 +710,14 @@ impl Daemon {
                     landlock = landlock.is_some(),
                     "admitted"
                 );
+                let (families, allow_privilege_escalation) = state.process_settings(agent);
                 Reply::Admitted {
                     agent_id,
                     landlock,
                     held_by_bpf_lsm: state.held_by_bpf_lsm,
+                    families,
+                    families_by_lsm: state.family_layers.socket_create,
+                    allow_privilege_escalation,
                 }
             }
             Err(error) => Reply::Error {
@@ -880,6 +906,9 @@ async fn serve(
         host: host.clone(),
         files_enforced: enforcer.files == ControlState::Enforced,
         held_by_bpf_lsm: crate::fallback::protected::held_by_bpf_lsm(&enforcer.lsm_hooks),
+        family_layers: crate::fallback::families::Layers::of_this_kernel(
+            enforcer.socket_families == ControlState::Enforced,
+        ),
         fanotify,
         detection,
         proxies: BTreeMap::new(),
@@ -926,12 +955,14 @@ async fn serve(
         tracing::info!(admitted, "processes already in selected cgroups admitted");
     }
     tracing::info!(control = "egress", state = ?enforcer.egress, cgroup_root = %enforcer.cgroup_root.display());
-    if let ControlState::Unavailable(reason) = &enforcer.packet_sockets {
-        tracing::warn!(control = "egress", %reason, "packet sockets are NOT denied to agents");
+    if let ControlState::Unavailable(reason) = &enforcer.socket_families {
+        tracing::warn!(control = "egress", %reason, "socket families are NOT held by BPF LSM");
         state.record(AuditRecord::lifecycle(
             &host,
             "egress",
-            format!("control degraded: packet sockets are not denied to agents: {reason}"),
+            format!(
+                "control degraded: socket families (vsock, packet, ...) are held only for baton exec agents, by seccomp; agents selected by cgroup, systemd unit or executable are NOT covered: {reason}"
+            ),
         ));
     }
     for (hook, hook_state) in &enforcer.lsm_hooks {
