@@ -35,6 +35,12 @@ pub mod hook {
     pub const SOCK_CREATE: u16 = 5;
     /// `tp_btf/sched_process_exec` (admission of a selected executable).
     pub const EXEC_ADMIT: u16 = 6;
+    /// `cgroup_skb/egress`: the packet-level backstop judged a packet of
+    /// an agent socket by the destination it carries.
+    pub const SKB_EGRESS: u16 = 7;
+    /// `cgroup/setsockopt`: an agent set a socket option that reroutes
+    /// packets (IPv4 source routes, IPv6 routing headers).
+    pub const SETSOCKOPT: u16 = 8;
     /// LSM `file_open`.
     pub const FILE_OPEN: u16 = 16;
     /// LSM `bprm_check_security`.

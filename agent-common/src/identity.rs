@@ -208,8 +208,12 @@ pub struct AgentCounters {
     pub events_suppressed: u64,
     /// Reserved for counters added later, so the layout stays.
     pub _reserved: [u64; 5],
+    /// Packets of agent sockets the packet-level backstop dropped.
+    pub dropped_packets: u64,
+    /// Socket options refused because they reroute packets.
+    pub denied_sockopts: u64,
 }
-const _: () = assert!(size_of::<AgentCounters>() == 128);
+const _: () = assert!(size_of::<AgentCounters>() == 144);
 
 /// Key of the distinct-denied-destinations set.
 #[repr(C)]

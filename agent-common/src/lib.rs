@@ -10,6 +10,7 @@
 #![no_std]
 #![deny(missing_docs)]
 
+pub mod backstop;
 pub mod detect;
 pub mod egress;
 pub mod event;
@@ -99,4 +100,5 @@ impl_pod!(
     event::EventHeader,
     event::ConnectEvent,
     event::FileEvent,
+    backstop::SocketTag,
 );

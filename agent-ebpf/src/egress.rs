@@ -235,6 +235,8 @@ fn decide(ctx: &SockAddrContext, hook: u16) -> Verdict {
     let Some(agent) = current_agent(tgid) else {
         return Verdict::Allowed;
     };
+    // SAFETY: the context pointer is valid for the whole program run.
+    backstop::tag_sock_addr(unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk }, &agent);
     try_decide(ctx, hook, &agent)
 }
 
@@ -268,6 +270,9 @@ fn try_decide(ctx: &SockAddrContext, hook: u16, agent: &AgentRecord) -> Verdict 
             sock_type: sa.type_ as u8,
         }
     };
+
+    let mut destination = destination;
+    normalise_wildcard(&mut destination);
 
     let policy = agent_policy(generation, agent.agent_id);
     if destination.port == DNS_PORT
@@ -515,3 +520,20 @@ fn emit(agent: &AgentRecord, destination: &Destination, decision: &Decision) {
     event.addr = destination.addr;
     entry.submit(0);
 }
+
+/// Judges a wildcard destination as the loopback address the kernel sends
+/// it to: a connect or send to `0.0.0.0`, `::` or `::ffff:0.0.0.0` is
+/// routed to `127.0.0.1` or `::1` after this hook has run, so judging the
+/// wildcard itself would let an agent reach a denied local service.
+#[inline(always)]
+fn normalise_wildcard(destination: &mut Destination) {
+    if destination.addr == ipv4_mapped([0; 4]) {
+        destination.addr = ipv4_mapped(LOOPBACK4);
+    } else if destination.addr == [0; 16] {
+        destination.addr = LOOPBACK6;
+    }
+}
+
+/// The packet-level backstop, a child module so that it judges packets with
+/// this module's own matching functions.
+mod backstop;

@@ -73,6 +73,13 @@ pub enum AuditObject {
         /// Protocol number.
         protocol: u8,
     },
+    /// A socket option an agent tried to set.
+    SocketOption {
+        /// `ip` or `ipv6`.
+        level: String,
+        /// The option's name, such as `IPV6_RTHDR`.
+        option: String,
+    },
     /// A file.
     File {
         /// Resolved path.
@@ -307,6 +314,8 @@ fn hook_name(hook: u16) -> &'static str {
         hook::SENDMSG4 => "sendmsg4",
         hook::SENDMSG6 => "sendmsg6",
         hook::SOCK_CREATE => "sock_create",
+        hook::SKB_EGRESS => "skb_egress",
+        hook::SETSOCKOPT => "setsockopt",
         hook::EXEC_ADMIT => "sched_process_exec",
         hook::FILE_OPEN => "file_open",
         hook::BPRM_CHECK => "bprm_check_security",
@@ -555,6 +564,25 @@ impl AuditRecord {
                     },
                 )
             }
+            kind::CONNECT if header.hook == hook::SETSOCKOPT => {
+                let e: ConnectEvent = read_body(bytes)?;
+                // The kernel program puts the level in `protocol` and the
+                // option name in `port`.
+                let (level, option) = match (e.protocol, e.port) {
+                    (0, 4) => ("ip", "IP_OPTIONS".to_string()),
+                    (41, 57) => ("ipv6", "IPV6_RTHDR".to_string()),
+                    (41, 24) => ("ipv6", "IPV6_2292RTHDR".to_string()),
+                    (0, other) => ("ip", other.to_string()),
+                    (_, other) => ("ipv6", other.to_string()),
+                };
+                (
+                    "egress",
+                    AuditObject::SocketOption {
+                        level: level.to_string(),
+                        option,
+                    },
+                )
+            }
             kind::CONNECT => {
                 let e: ConnectEvent = read_body(bytes)?;
                 let v6 = Ipv6Addr::from(e.addr);
@@ -563,8 +591,10 @@ impl AuditRecord {
                     None => IpAddr::V6(v6),
                 };
                 let protocol = match e.protocol {
+                    1 => "icmp".to_string(),
                     6 => "tcp".to_string(),
                     17 => "udp".to_string(),
+                    58 => "icmpv6".to_string(),
                     other => other.to_string(),
                 };
                 (

@@ -111,6 +111,12 @@ pub struct CounterSnapshot {
     pub events_dropped: u64,
     /// Events left out because the agent was over its event rate.
     pub events_suppressed: u64,
+    /// Packets of agent sockets the packet-level backstop dropped.
+    #[serde(default)]
+    pub dropped_packets: u64,
+    /// Socket options refused because they reroute packets.
+    #[serde(default)]
+    pub denied_sockopts: u64,
 }
 
 impl From<AgentCounters> for CounterSnapshot {
@@ -127,6 +133,8 @@ impl From<AgentCounters> for CounterSnapshot {
             denied_sockets: c.denied_sockets,
             events_dropped: c.events_dropped,
             events_suppressed: c.events_suppressed,
+            dropped_packets: c.dropped_packets,
+            denied_sockopts: c.denied_sockopts,
         }
     }
 }

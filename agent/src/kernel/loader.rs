@@ -9,7 +9,8 @@ use agent_common::{
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, ProgramError,
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock,
+        CgroupSockAddr, CgroupSockopt, Lsm, ProgramError,
         links::{FdLink, LinkError},
     },
 };
@@ -118,6 +119,10 @@ pub struct Enforcer {
     /// BPF LSM `socket_create`: every agent may create only the socket
     /// families its policy allows (never `AF_PACKET`).
     pub socket_families: ControlState,
+    /// The packet-level backstop: socket tagging and `cgroup_skb/egress`.
+    pub packet_backstop: ControlState,
+    /// Refusal of the socket options that reroute packets.
+    pub routing_options: ControlState,
     /// Each file and exec hook beyond `file_open`, where BPF LSM loads.
     pub lsm_hooks: Vec<(&'static str, ControlState)>,
     /// Where BPF LSM is refused: each detection program (`Enforced` means
@@ -271,6 +276,15 @@ impl Enforcer {
         })?;
         pins.pin_link("sock_create", link)?;
 
+        let packet_backstop = match attach_backstop(&mut ebpf, &root, pins) {
+            Ok(()) => ControlState::Enforced,
+            Err(error) => ControlState::Unavailable(error.to_string()),
+        };
+        let routing_options = match attach_setsockopt(&mut ebpf, &root, pins) {
+            Ok(()) => ControlState::Enforced,
+            Err(error) => ControlState::Unavailable(error.to_string()),
+        };
+
         let mut lsm_hooks = Vec::new();
         let files = match load_lsm(&mut ebpf, "file_open", "file_open", &aya_btf, Some(pins)) {
             Ok(()) => {
@@ -339,10 +353,137 @@ impl Enforcer {
             egress: ControlState::Enforced,
             files,
             socket_families,
+            packet_backstop,
+            routing_options,
             lsm_hooks,
             detection,
         })
     }
+}
+
+/// Loads and attaches the packet-level backstop: `sock_tag` next to
+/// `sock_create` (tags agent sockets as they are made), then `skb_egress`.
+/// Tagging comes first so that no agent socket made after the backstop is
+/// attached goes untagged.
+pub fn attach_backstop(ebpf: &mut Ebpf, root: &File, pins: &PinDir) -> Result<(), KernelError> {
+    let program: &mut CgroupSock = ebpf
+        .program_mut("sock_tag")
+        .ok_or(KernelError::MissingProgram("sock_tag"))?
+        .try_into()
+        .map_err(program_error("sock_tag", "load"))?;
+    program.load().map_err(program_error("sock_tag", "load"))?;
+    let link = program
+        .attach(root, CgroupAttachMode::Single)
+        .map_err(program_error("sock_tag", "attach"))?;
+    let link = program
+        .take_link(link)
+        .map_err(program_error("sock_tag", "attach"))?;
+    let link = FdLink::try_from(link).map_err(|source| KernelError::Link {
+        program: "sock_tag",
+        source,
+    })?;
+    pins.pin_link("sock_tag", link)?;
+
+    let program: &mut CgroupSkb = ebpf
+        .program_mut("skb_egress")
+        .ok_or(KernelError::MissingProgram("skb_egress"))?
+        .try_into()
+        .map_err(program_error("skb_egress", "load"))?;
+    program
+        .load()
+        .map_err(program_error("skb_egress", "load"))?;
+    let link = program
+        .attach(root, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+        .map_err(program_error("skb_egress", "attach"))?;
+    let link = program
+        .take_link(link)
+        .map_err(program_error("skb_egress", "attach"))?;
+    let link = FdLink::try_from(link).map_err(|source| KernelError::Link {
+        program: "skb_egress",
+        source,
+    })?;
+    pins.pin_link("skb_egress", link)?;
+    Ok(())
+}
+
+/// Loads and attaches `cgroup/setsockopt` (5.3), which refuses agents the
+/// options that reroute packets.
+///
+/// aya cannot hand out this program type's link for pinning, so the link
+/// is made with `BPF_LINK_CREATE` here and adopted through a pin.
+pub fn attach_setsockopt(ebpf: &mut Ebpf, root: &File, pins: &PinDir) -> Result<(), KernelError> {
+    use std::os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd};
+
+    let program: &mut CgroupSockopt = ebpf
+        .program_mut("setsockopt")
+        .ok_or(KernelError::MissingProgram("setsockopt"))?
+        .try_into()
+        .map_err(program_error("setsockopt", "load"))?;
+    program
+        .load()
+        .map_err(program_error("setsockopt", "load"))?;
+    let program_fd = program
+        .fd()
+        .map_err(program_error("setsockopt", "attach"))?
+        .as_fd()
+        .as_raw_fd();
+    let attach_error = |source: std::io::Error| KernelError::Program {
+        program: "setsockopt",
+        action: "attach",
+        source: ProgramError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_link_create",
+            io_error: source,
+        }),
+    };
+    // struct { u32 prog_fd, target_fd, attach_type, flags; ... } of
+    // `union bpf_attr` for BPF_LINK_CREATE, zero-padded.
+    let mut attr = [0u32; 16];
+    attr[0] = program_fd as u32;
+    attr[1] = root.as_raw_fd() as u32;
+    attr[2] = aya_obj::generated::bpf_attach_type::BPF_CGROUP_SETSOCKOPT as u32;
+    // SAFETY: bpf(2) reads `size_of_val(&attr)` bytes of a live buffer.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            aya_obj::generated::bpf_cmd::BPF_LINK_CREATE as libc::c_long,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return Err(attach_error(std::io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh descriptor from the kernel that nobody else owns.
+    let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let staging = pins.link_path("setsockopt-staging");
+    let _ = std::fs::remove_file(&staging);
+    let path = std::ffi::CString::new(staging.as_os_str().as_encoded_bytes())
+        .map_err(|error| attach_error(std::io::Error::other(error)))?;
+    // struct { u64 pathname; u32 bpf_fd, file_flags; } for BPF_OBJ_PIN.
+    let mut pin_attr = [0u64; 4];
+    pin_attr[0] = path.as_ptr() as u64;
+    pin_attr[1] = link.as_raw_fd() as u32 as u64;
+    // SAFETY: as above; `path` outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            aya_obj::generated::bpf_cmd::BPF_OBJ_PIN as libc::c_long,
+            pin_attr.as_ptr(),
+            std::mem::size_of_val(&pin_attr),
+        )
+    };
+    if rc < 0 {
+        return Err(attach_error(std::io::Error::last_os_error()));
+    }
+    let pinned = aya::programs::links::PinnedLink::from_pin(&staging);
+    let _ = std::fs::remove_file(&staging);
+    drop(link);
+    let pinned = pinned.map_err(|source| KernelError::Link {
+        program: "setsockopt",
+        source,
+    })?;
+    pins.pin_link("setsockopt", FdLink::from(pinned))?;
+    Ok(())
 }
 
 /// Loads and attaches one LSM program, pinning its link in `pins` when

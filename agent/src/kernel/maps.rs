@@ -873,6 +873,8 @@ impl RuntimeMaps {
             sum.denied_sockets += c.denied_sockets;
             sum.events_dropped += c.events_dropped;
             sum.events_suppressed += c.events_suppressed;
+            sum.dropped_packets += c.dropped_packets;
+            sum.denied_sockopts += c.denied_sockopts;
             sum
         })
     }

@@ -179,6 +179,40 @@ pub fn try_detection() -> Result<Vec<String>, String> {
     }
 }
 
+/// Loads (verifies, without attaching) the packet-level backstop's
+/// programs and the routing-option program; `Ok` names what loaded.
+pub fn try_backstop() -> (Result<(), String>, Result<(), String>) {
+    let load = || -> Result<aya::Ebpf, String> {
+        let btf = Btf::from_kernel().map_err(|e| e.to_string())?;
+        let offsets = btf.kernel_offsets().map_err(|e| e.to_string())?;
+        let aya_btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string())?;
+        EbpfLoader::new()
+            .btf(Some(&aya_btf))
+            .override_global(agent_common::offsets::KERNEL_OFFSETS_GLOBAL, &offsets, true)
+            .load(EBPF_OBJECT)
+            .map_err(|e| e.to_string())
+    };
+    let mut ebpf = match load() {
+        Ok(ebpf) => ebpf,
+        Err(error) => return (Err(error.clone()), Err(error)),
+    };
+    let mut verify = |name: &str| -> Result<(), String> {
+        let program = ebpf
+            .program_mut(name)
+            .ok_or_else(|| format!("program {name} is missing"))?;
+        let result = match program {
+            aya::programs::Program::CgroupSock(p) => p.load(),
+            aya::programs::Program::CgroupSkb(p) => p.load(),
+            aya::programs::Program::CgroupSockopt(p) => p.load(),
+            _ => return Err(format!("program {name} has an unexpected type")),
+        };
+        result.map_err(|e| format!("{name}: {e}"))
+    };
+    let backstop = verify("sock_tag").and_then(|()| verify("skb_egress"));
+    let options = verify("setsockopt");
+    (backstop, options)
+}
+
 /// Runs every check.
 pub fn probe() -> ProbeReport {
     let kernel = nix::sys::utsname::uname()
@@ -328,6 +362,20 @@ pub fn probe() -> ProbeReport {
     });
     let detects = detection.is_ok();
 
+    let (backstop, routing_options) = try_backstop();
+    checks.push(match &backstop {
+        Ok(()) => check(
+            "packet backstop programs",
+            true,
+            "sock_tag (cgroup/sock_create, socket storage) and skb_egress (cgroup_skb/egress) load",
+        ),
+        Err(e) => check("packet backstop programs", false, e.clone()),
+    });
+    checks.push(match &routing_options {
+        Ok(()) => check("setsockopt program", true, "cgroup/setsockopt loads"),
+        Err(e) => check("setsockopt program", false, e.clone()),
+    });
+
     let mut controls = Vec::new();
     let egress_ok = cgroup.is_ok() && offsets.is_some();
     controls.push(Control {
@@ -338,10 +386,56 @@ pub fn probe() -> ProbeReport {
             ControlLevel::Unavailable
         },
         detail: if egress_ok {
-            "cgroup/connect4, connect6, sendmsg4, sendmsg6 and sock_create on the cgroup v2 root"
+            "cgroup/connect4, connect6, sendmsg4, sendmsg6 and sock_create on the cgroup v2 root \
+             judge the address as written (0.0.0.0, :: and ::ffff:0.0.0.0 as the loopback \
+             address the kernel routes them to); EPERM to the caller"
                 .into()
         } else {
             "needs cgroup v2 and BTF".into()
+        },
+    });
+    let backstop_ok = egress_ok && backstop.is_ok();
+    controls.push(Control {
+        name: "egress (packet destination)",
+        level: if backstop_ok {
+            ControlLevel::Enforced
+        } else {
+            ControlLevel::Unavailable
+        },
+        detail: match (&backstop, egress_ok) {
+            (Ok(()), true) => "cgroup_skb/egress judges every packet of an agent socket by the \
+                destination it carries: catches IPv6 routing headers and IPv4 source routes \
+                set as ancillary data, unconnected ICMP echo, and anything else the address \
+                hooks saw differently; the packet is dropped (the sender sees EPERM or a \
+                stalled connection) and counted; it cannot see a socket an agent did not create \
+                or use itself (for example a descriptor received from an outsider that the \
+                agent only writes to after a connect made elsewhere)"
+                .into(),
+            (Err(e), _) => format!("not available: {e}"),
+            (Ok(()), false) => "needs cgroup v2 and BTF".into(),
+        },
+    });
+    let options_ok = egress_ok && routing_options.is_ok();
+    controls.push(Control {
+        name: "routing socket options",
+        level: if options_ok {
+            ControlLevel::Enforced
+        } else if backstop_ok {
+            ControlLevel::Degraded
+        } else {
+            ControlLevel::Unavailable
+        },
+        detail: match (&routing_options, options_ok, backstop_ok) {
+            (_, true, _) => "cgroup/setsockopt refuses agents IP_OPTIONS with LSRR/SSRR, \
+                IPV6_RTHDR and IPV6_2292RTHDR (EPERM); as ancillary data (IP_RETOPTS, \
+                IPV6_RTHDR cmsg) no hook sees them and the packet backstop drops what they \
+                send to a denied hop"
+                .into(),
+            (Err(e), false, true) => format!(
+                "options are not refused ({e}); the packet backstop still drops what they send to a denied hop"
+            ),
+            (Err(e), _, _) => format!("not available: {e}"),
+            (Ok(()), false, _) => "needs cgroup v2 and BTF".into(),
         },
     });
     controls.push(Control {

@@ -8,6 +8,10 @@
 //!                                        print the bound address once listening
 //!   bench-connect --probe ADDR:PORT      one connect (1 s timeout); print `ok`,
 //!                                        `errno=N` or `timeout`
+//!   bench-connect --sink ADDR:PORT       accept connections and read each to its end,
+//!                                        discarding the bytes, until killed
+//!   bench-connect --bulk ADDR:PORT MS    one TCP stream: write for MS milliseconds,
+//!                                        print one JSON line of bytes and segments per second
 //!
 //! The JSON line holds the median, p90 and p99 of the whole iteration
 //! (`connect()`, then `close()`) and the median of `connect()` alone, in
@@ -142,6 +146,107 @@ fn listen(addr: SocketAddr) -> ExitCode {
     }
 }
 
+/// Accepts connections and drains each in its own thread.
+fn sink(addr: SocketAddr) -> ExitCode {
+    let listener = match TcpListener::bind(addr) {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("bench-connect: cannot listen on {addr}: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match listener.local_addr() {
+        Ok(bound) => println!("{bound}"),
+        Err(error) => {
+            eprintln!("bench-connect: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let _ = std::io::stdout().flush();
+    loop {
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 1 << 20];
+                    while let Ok(n) = std::io::Read::read(&mut stream, &mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                });
+            }
+            Err(error) => eprintln!("bench-connect: accept: {error}"),
+        }
+    }
+}
+
+/// Segments the socket has sent, from `TCP_INFO`.
+fn segments_out(stream: &TcpStream) -> u64 {
+    // SAFETY: all-zero is a valid tcp_info; getsockopt writes at most
+    // `len` bytes of it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: as above, on a socket we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        u64::from(info.tcpi_segs_out)
+    } else {
+        0
+    }
+}
+
+/// Writes on one connection for `millis` ms (after a warm-up of a tenth of
+/// that) and reports the throughput.
+fn bulk(addr: SocketAddr, millis: u64) -> ExitCode {
+    let mut stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+        Ok(stream) => stream,
+        Err(error) => {
+            eprintln!("bench-connect: cannot connect to {addr}: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let buf = vec![0x5au8; 1 << 20];
+    let write_for = |stream: &mut TcpStream, duration: Duration| -> std::io::Result<u64> {
+        let start = Instant::now();
+        let mut bytes = 0u64;
+        while start.elapsed() < duration {
+            bytes += stream.write(&buf)? as u64;
+        }
+        Ok(bytes)
+    };
+    if let Err(error) = write_for(&mut stream, Duration::from_millis(millis / 10)) {
+        eprintln!("bench-connect: write to {addr}: {error}");
+        return ExitCode::FAILURE;
+    }
+    let segments_before = segments_out(&stream);
+    let start = Instant::now();
+    let bytes = match write_for(&mut stream, Duration::from_millis(millis)) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            eprintln!("bench-connect: write to {addr}: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    let segments = segments_out(&stream).saturating_sub(segments_before);
+    let report = serde_json::json!({
+        "bytes": bytes,
+        "seconds": seconds,
+        "bytes_per_second": bytes as f64 / seconds,
+        "segments_per_second": segments as f64 / seconds,
+    });
+    println!("{report}");
+    ExitCode::SUCCESS
+}
+
 fn probe(addr: SocketAddr) -> ExitCode {
     match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
         Ok(stream) => {
@@ -161,6 +266,11 @@ fn main() -> ExitCode {
     match args.as_slice() {
         ["--listen", addr] => parse(addr).map_or_else(usage, listen),
         ["--probe", addr] => parse(addr).map_or_else(usage, probe),
+        ["--sink", addr] => parse(addr).map_or_else(usage, sink),
+        ["--bulk", addr, millis] => match (parse(addr), millis.parse::<u64>()) {
+            (Some(addr), Ok(millis)) if millis > 0 => bulk(addr, millis),
+            _ => usage(),
+        },
         [addr, iterations] => match (parse(addr), iterations.parse::<usize>()) {
             (Some(addr), Ok(iterations)) if iterations > 0 => measure(addr, iterations),
             _ => usage(),

@@ -6,6 +6,16 @@
 //!   baton-test-helper connect-uring ADDR:PORT     TCP connect through io_uring
 //!   baton-test-helper sendto ADDR:PORT            unconnected UDP sendto(2)
 //!   baton-test-helper socket raw|packet|icmp|vsock|alg      socket(2) of that kind
+//!   baton-test-helper srh HOP [FINAL]:PORT TEXT cmsg|sockopt
+//!                                                 UDP send of TEXT to FINAL through HOP
+//!                                                 (IPv6 segment routing header)
+//!   baton-test-helper srh-hold HOP [FINAL]:PORT TEXT
+//!                                                 set the header as an option, print `ready`,
+//!                                                 wait for a line on stdin, then send
+//!   baton-test-helper lsrr HOP FINAL:PORT TEXT cmsg|sockopt
+//!                                                 UDP send of TEXT to FINAL through HOP
+//!                                                 (IPv4 loose source route)
+//!   baton-test-helper ping ADDR TEXT              unconnected ICMP echo with TEXT
 //!   baton-test-helper open PATH read|write        open(2)
 //!   baton-test-helper spawn PROGRAM ARGS...       run PROGRAM as a child, pass its output on
 //!   baton-test-helper openat DIR NAME             openat(2) relative to a directory fd
@@ -116,6 +126,134 @@ fn sockaddr(addr: SocketAddr) -> (i32, libc::sockaddr_storage, libc::socklen_t) 
                 size_of::<libc::sockaddr_in6>() as u32,
             )
         }
+    }
+}
+
+/// Sends `text` on `fd` to `to`, with one control message of `level`,
+/// `kind` and `data` when given.
+fn send_with_cmsg(
+    fd: &OwnedFd,
+    to: SocketAddr,
+    text: &str,
+    cmsg: Option<(i32, i32, &[u8])>,
+) -> std::io::Result<()> {
+    let (_, mut storage, len) = sockaddr(to);
+    let mut iov = libc::iovec {
+        iov_base: text.as_ptr() as *mut libc::c_void,
+        iov_len: text.len(),
+    };
+    let mut control = [0u64; 64];
+    // SAFETY: all-zero is a valid msghdr.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut storage as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = len;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some((level, kind, data)) = cmsg {
+        // SAFETY: the control buffer has room for one header and `data`
+        // (at most a few dozen bytes); CMSG_* compute inside it.
+        unsafe {
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(data.len() as u32) as usize;
+            let header = libc::CMSG_FIRSTHDR(&msg);
+            (*header).cmsg_level = level;
+            (*header).cmsg_type = kind;
+            (*header).cmsg_len = libc::CMSG_LEN(data.len() as u32) as usize;
+            std::ptr::copy_nonoverlapping(data.as_ptr(), libc::CMSG_DATA(header), data.len());
+        }
+    }
+    // SAFETY: every pointer in `msg` is live for the call.
+    let sent = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, 0) };
+    if sent < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Sets a socket option from raw bytes.
+fn set_option(fd: &OwnedFd, level: i32, name: i32, value: &[u8]) -> std::io::Result<()> {
+    // SAFETY: the value is a live buffer of the given length.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value.as_ptr().cast(),
+            value.len() as u32,
+        )
+    })
+}
+
+/// A segment routing header (RFC 8754) whose packets go to `hop` first and
+/// then to `last`: segments are listed last first, and the kernel sends to
+/// the segment that `segments_left` points at.
+fn segment_routing_header(hop: std::net::Ipv6Addr, last: std::net::Ipv6Addr) -> Vec<u8> {
+    let mut header = vec![
+        0, // next header: the kernel fills it in
+        4, // length in 8-byte units after the first 8 bytes: two segments
+        4, // routing type 4: segment routing
+        1, // segments left
+        1, // last entry
+        0, // flags
+        0, 0, // tag
+    ];
+    header.extend_from_slice(&last.octets());
+    header.extend_from_slice(&hop.octets());
+    header
+}
+
+/// An IPv4 loose source route through `hop`, padded to a 4-byte multiple;
+/// the kernel sends to `hop` and carries the final destination in the
+/// option.
+fn loose_source_route(hop: std::net::Ipv4Addr) -> Vec<u8> {
+    let mut option = vec![1, 0x83, 7, 4];
+    option.extend_from_slice(&hop.octets());
+    option
+}
+
+/// Sends `text` to `to` through `hop`, with the route set as a socket
+/// option or as ancillary data.
+fn routed_send(
+    domain: i32,
+    level: i32,
+    name: i32,
+    route: &[u8],
+    to: SocketAddr,
+    text: &str,
+    how: &str,
+) -> std::io::Result<()> {
+    let fd = socket(domain, libc::SOCK_DGRAM, 0)?;
+    if how == "sockopt" {
+        set_option(&fd, level, name, route)?;
+        send_with_cmsg(&fd, to, text, None)
+    } else {
+        send_with_cmsg(&fd, to, text, Some((level, name, route)))
+    }
+}
+
+/// An unconnected ICMP echo request carrying `text`, from a ping socket.
+fn ping(to: std::net::Ipv4Addr, text: &str) -> std::io::Result<()> {
+    let fd = socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP)?;
+    // Type 8 (echo request), code 0; the kernel sets the checksum and id.
+    let mut packet = vec![8, 0, 0, 0, 0, 0, 0, 1];
+    packet.extend_from_slice(text.as_bytes());
+    let (_, mut storage, len) = sockaddr(SocketAddr::new(to.into(), 0));
+    // SAFETY: every pointer is live for the call.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    if sent < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 
@@ -253,6 +391,65 @@ fn main() -> ExitCode {
                 )
             }
             None => usage(),
+        },
+        ["srh", hop, to, text, how @ ("cmsg" | "sockopt")] => {
+            match (hop.parse::<std::net::Ipv6Addr>(), parse(to)) {
+                (Ok(hop), Some(SocketAddr::V6(final_addr))) => report(routed_send(
+                    libc::AF_INET6,
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_RTHDR,
+                    &segment_routing_header(hop, *final_addr.ip()),
+                    SocketAddr::V6(final_addr),
+                    text,
+                    how,
+                )),
+                _ => usage(),
+            }
+        }
+        ["srh-hold", hop, to, text] => match (hop.parse::<std::net::Ipv6Addr>(), parse(to)) {
+            (Ok(hop), Some(SocketAddr::V6(final_addr))) => {
+                let held = socket(libc::AF_INET6, libc::SOCK_DGRAM, 0).and_then(|fd| {
+                    let header = segment_routing_header(hop, *final_addr.ip());
+                    set_option(&fd, libc::IPPROTO_IPV6, libc::IPV6_RTHDR, &header)?;
+                    Ok(fd)
+                });
+                match held {
+                    Ok(fd) => {
+                        println!("ready");
+                        let mut line = String::new();
+                        let _ = std::io::stdin().read_line(&mut line);
+                        report(send_with_cmsg(&fd, SocketAddr::V6(final_addr), text, None))
+                    }
+                    Err(error) => report(Err(error)),
+                }
+            }
+            _ => usage(),
+        },
+        ["lsrr", hop, to, text, how @ ("cmsg" | "sockopt")] => {
+            match (hop.parse::<std::net::Ipv4Addr>(), parse(to)) {
+                (Ok(hop), Some(to @ SocketAddr::V4(_))) => {
+                    // As ancillary data the option is IP_RETOPTS.
+                    let name = if *how == "sockopt" {
+                        libc::IP_OPTIONS
+                    } else {
+                        libc::IP_RETOPTS
+                    };
+                    report(routed_send(
+                        libc::AF_INET,
+                        libc::IPPROTO_IP,
+                        name,
+                        &loose_source_route(hop),
+                        to,
+                        text,
+                        how,
+                    ))
+                }
+                _ => usage(),
+            }
+        }
+        ["ping", to, text] => match to.parse::<std::net::Ipv4Addr>() {
+            Ok(to) => report(ping(to, text)),
+            Err(_) => usage(),
         },
         ["socket", "raw"] => {
             report(socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP).map(drop))

@@ -1,5 +1,6 @@
 //! `cargo xtask bench egress`: what Baton adds to `connect()`, against
-//! nftables.
+//! nftables, and to a bulk TCP stream, whose every packet the packet-level
+//! backstop judges when the sender is in an agent.
 
 use std::{
     fmt::Write as _,
@@ -22,6 +23,12 @@ const NFT_TABLE: &str = "baton_bench";
 const CGROUP_NAME: &str = "baton-bench";
 /// Target for (b)/(a): a daemon that holds no agent must be nearly free.
 const DAEMON_RATIO_TARGET: f64 = 1.03;
+/// Bulk throughput targets against (a): a daemon holding no agent, and an
+/// agent whose packets the backstop judges.
+const BULK_DAEMON_TARGET: f64 = 0.98;
+const BULK_AGENT_TARGET: f64 = 0.95;
+/// How long each bulk run writes.
+const BULK_MILLIS: u64 = 2_000;
 
 /// One measured configuration of the egress benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +68,18 @@ impl Case {
     fn needs_daemon(self) -> bool {
         matches!(self, Case::Daemon | Case::Agent)
     }
+
+    /// Whether the bulk-transfer case runs in this configuration.
+    fn bulk(self) -> bool {
+        matches!(self, Case::Baseline | Case::Daemon | Case::Agent)
+    }
+}
+
+/// What `bench-connect --bulk` reports for one stream.
+#[derive(Debug, Clone, Copy)]
+struct BulkSample {
+    bytes_per_second: f64,
+    segments_per_second: f64,
 }
 
 /// What bench-connect reports for one run, in nanoseconds.
@@ -80,6 +99,8 @@ struct Bench {
     target: String,
     /// A second listener that no rule allows: enforcement must stop it.
     unlisted: String,
+    /// The listener that drains the bulk streams.
+    sink: String,
     work: WorkDir,
     cgroup: Cgroup,
     /// The cgroup v2 mount, where the daemon attaches.
@@ -105,11 +126,13 @@ pub(super) fn run(params: &Params) -> Result<()> {
     // Both live until the end of the function, every case included.
     let target_listener = Listener::start(&client)?;
     let unlisted_listener = Listener::start(&client)?;
+    let sink_listener = Listener::start_as(&client, "--sink")?;
     let target = target_listener.addr.clone();
     let unlisted = unlisted_listener.addr.clone();
+    let sink = sink_listener.addr.clone();
     let port: u16 = port_of(&target)?;
 
-    let rules = bench_rules(port);
+    let rules = bench_rules(port, port_of(&sink)?);
     let policy = work.path().join("policies/bench.yaml");
     util::create_dir_all(policy.parent().context("policy directory")?)?;
     std::fs::write(&policy, policy_yaml(&rules))
@@ -133,6 +156,7 @@ pub(super) fn run(params: &Params) -> Result<()> {
         baton,
         target,
         unlisted,
+        sink,
         work,
         cgroup,
         cgroup_root,
@@ -152,8 +176,10 @@ pub(super) fn run(params: &Params) -> Result<()> {
     );
 
     let mut clean_rounds: Vec<Vec<(Case, Sample)>> = Vec::new();
+    let mut clean_bulk: Vec<Vec<(Case, BulkSample)>> = Vec::new();
     for round in 0..params.rounds {
         let mut measured = Vec::new();
+        let mut bulk = Vec::new();
         let mut clean = true;
         // Alternating which half goes first cancels slow drift between
         // the daemon-off and daemon-on cases.
@@ -176,7 +202,7 @@ pub(super) fn run(params: &Params) -> Result<()> {
                 None
             };
             clean &= bench.programs_as_expected(with_daemon, round)?;
-            for case in cases {
+            for case in cases.iter().copied() {
                 let sample = bench.measure(case, round, daemon.as_ref())?;
                 println!(
                     "bench: round {:>width$}/{} {} {:<44} median {:>7} ns  p99 {:>8} ns",
@@ -190,6 +216,20 @@ pub(super) fn run(params: &Params) -> Result<()> {
                 );
                 measured.push((case, sample));
             }
+            for case in cases.iter().copied().filter(|c| c.bulk()) {
+                let sample = bench.measure_bulk(case, daemon.as_ref())?;
+                println!(
+                    "bench: round {:>width$}/{} {} bulk {:<39} {:>7.2} Gbit/s  {:>9.0} segments/s",
+                    round + 1,
+                    params.rounds,
+                    case.tag(),
+                    case.label(),
+                    sample.bytes_per_second * 8.0 / 1e9,
+                    sample.segments_per_second,
+                    width = params.rounds.to_string().len(),
+                );
+                bulk.push((case, sample));
+            }
             // Checked again: another daemon may have come or gone meanwhile.
             clean &= bench.programs_as_expected(with_daemon, round)?;
             if let Some(daemon) = daemon {
@@ -201,6 +241,7 @@ pub(super) fn run(params: &Params) -> Result<()> {
             continue;
         }
         clean_rounds.push(measured);
+        clean_bulk.push(bulk);
     }
     ensure!(
         !clean_rounds.is_empty(),
@@ -209,6 +250,7 @@ pub(super) fn run(params: &Params) -> Result<()> {
     );
 
     print!("{}", report(&clean_rounds, params, &bench.warnings));
+    print!("{}", bulk_report(&clean_bulk));
     println!(
         "bench: done in {:.0} s (build included)",
         started.elapsed().as_secs_f64()
@@ -267,6 +309,39 @@ impl Bench {
         let sample = parse_sample(&run_client(&mut cmd, timeout)?);
         drop(table);
         sample
+    }
+
+    /// One bulk stream to the sink for `case`.
+    fn measure_bulk(&self, case: Case, daemon: Option<&Daemon>) -> Result<BulkSample> {
+        let args = [
+            "--bulk".to_string(),
+            self.sink.clone(),
+            BULK_MILLIS.to_string(),
+        ];
+        let mut cmd = match case {
+            Case::Agent => daemon.context("case (c) needs the daemon")?.exec_command(
+                &self.baton,
+                &self.client,
+                &args,
+            ),
+            _ => {
+                let mut cmd = Command::new(&self.client);
+                cmd.args(&args);
+                cmd
+            }
+        };
+        let output = run_client(&mut cmd, Duration::from_millis(BULK_MILLIS * 3 + 30_000))?;
+        let value: serde_json::Value = serde_json::from_str(output.trim())
+            .with_context(|| format!("bench-connect --bulk printed {output:?}, not JSON"))?;
+        let field = |name: &str| {
+            value[name]
+                .as_f64()
+                .with_context(|| format!("bench-connect --bulk's report lacks {name}: {output}"))
+        };
+        Ok(BulkSample {
+            bytes_per_second: field("bytes_per_second")?,
+            segments_per_second: field("segments_per_second")?,
+        })
     }
 
     /// The nftables rule must drop what the set leaves out, and only for
@@ -457,6 +532,63 @@ fn report(rounds: &[Vec<(Case, Sample)>], params: &Params, warnings: &[String]) 
     out
 }
 
+/// The bulk-transfer summary: each case's throughput over the rounds, and
+/// its ratio to (a) paired within each round.
+fn bulk_report(rounds: &[Vec<(Case, BulkSample)>]) -> String {
+    let of = |round: &[(Case, BulkSample)], case: Case| {
+        round.iter().find(|(c, _)| *c == case).map(|(_, s)| *s)
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\negress bulk: one TCP stream over loopback for {BULK_MILLIS} ms per case and round; \
+         median over {} rounds; vs (a): median of (case / that round's (a))\n\
+         segments/s: TCP segments the stream sent (TCP_INFO); in (c) the backstop judges \
+         every one, in GSO batches of up to 64 KiB\n",
+        rounds.len()
+    );
+    let _ = writeln!(
+        out,
+        "{:<4} {:<44} {:>10} {:>14} {:>8}",
+        "case", "", "Gbit/s", "segments/s", "vs (a)"
+    );
+    let mut ratios = Vec::new();
+    for case in Case::ALL.into_iter().filter(|c| c.bulk()) {
+        let samples: Vec<BulkSample> = rounds.iter().filter_map(|r| of(r, case)).collect();
+        if samples.is_empty() {
+            continue;
+        }
+        let ratio = median(rounds.iter().filter_map(|r| {
+            Some(of(r, case)?.bytes_per_second / of(r, Case::Baseline)?.bytes_per_second)
+        }));
+        let _ = writeln!(
+            out,
+            "{:<4} {:<44} {:>10.2} {:>14.0} {:>8.3}",
+            case.tag(),
+            case.label(),
+            median(samples.iter().map(|s| s.bytes_per_second * 8.0 / 1e9)),
+            median(samples.iter().map(|s| s.segments_per_second)),
+            ratio
+        );
+        ratios.push((case, ratio));
+    }
+    let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
+    for (case, target) in [
+        (Case::Daemon, BULK_DAEMON_TARGET),
+        (Case::Agent, BULK_AGENT_TARGET),
+    ] {
+        if let Some((_, ratio)) = ratios.iter().find(|(c, _)| *c == case) {
+            let _ = writeln!(
+                out,
+                "target bulk {}/(a) >= {target:.2}:     {ratio:.3}  {}",
+                case.tag(),
+                verdict(*ratio >= target)
+            );
+        }
+    }
+    out
+}
+
 /// One egress allow rule, as both Baton and nftables express it.
 struct Rule {
     /// `a.b.c.d/len`.
@@ -468,11 +600,12 @@ struct Rule {
 }
 
 /// 999 disjoint allow rules spread over 10.0.0.0/8 with prefixes from /18
-/// to /32 and a mix of port lists, then the rule that allows the listener.
+/// to /32 and a mix of port lists, then the rule that allows the listener
+/// and the bulk sink.
 ///
 /// Disjoint prefixes keep each one's flattened port table far below the
 /// 16 rows Baton allows per prefix.
-fn bench_rules(listener_port: u16) -> Vec<Rule> {
+fn bench_rules(listener_port: u16, sink_port: u16) -> Vec<Rule> {
     const PREFIXES: [u32; 5] = [18, 20, 24, 28, 32];
     let mut rules: Vec<Rule> = (0..OTHER_RULES)
         .map(|i| {
@@ -493,7 +626,7 @@ fn bench_rules(listener_port: u16) -> Vec<Rule> {
         .collect();
     rules.push(Rule {
         cidr: "127.0.0.1/32".to_string(),
-        ports: vec![(listener_port, listener_port)],
+        ports: vec![(listener_port, listener_port), (sink_port, sink_port)],
         protocol: "tcp",
     });
     rules
@@ -661,7 +794,7 @@ mod tests {
 
     #[test]
     fn rules_are_disjoint_and_number_one_thousand() {
-        let rules = bench_rules(4242);
+        let rules = bench_rules(4242, 4343);
         assert_eq!(rules.len(), 1_000);
         let mut cidrs: Vec<&str> = rules.iter().map(|r| r.cidr.as_str()).collect();
         cidrs.sort_unstable();
@@ -672,11 +805,11 @@ mod tests {
 
     #[test]
     fn policy_lists_ports_and_ranges() {
-        let yaml = policy_yaml(&bench_rules(4242));
+        let yaml = policy_yaml(&bench_rules(4242, 4343));
         assert!(yaml.contains("      - cidr: 10.0.0.0/18\n        protocol: any\n"));
         assert!(yaml.contains("        ports: [80, 443]\n"));
         assert!(yaml.contains("        ports: [\"8000-8099\"]\n"));
-        assert!(yaml.contains("      - cidr: 127.0.0.1/32\n        ports: [4242]\n"));
+        assert!(yaml.contains("      - cidr: 127.0.0.1/32\n        ports: [4242, 4343]\n"));
     }
 
     #[test]

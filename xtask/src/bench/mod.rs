@@ -221,12 +221,17 @@ struct Listener {
 
 impl Listener {
     fn start(client: &Path) -> Result<Self> {
+        Self::start_as(client, "--listen")
+    }
+
+    /// Starts `client MODE 127.0.0.1:0` (`--listen` or `--sink`).
+    fn start_as(client: &Path, mode: &str) -> Result<Self> {
         let mut child = Command::new(client)
-            .args(["--listen", "127.0.0.1:0"])
+            .args([mode, "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
-            .with_context(|| format!("cannot start {} --listen", client.display()))?;
+            .with_context(|| format!("cannot start {} {mode}", client.display()))?;
         let stdout = child.stdout.take().context("listener stdout")?;
         let mut line = String::new();
         let read = BufReader::new(stdout).read_line(&mut line);

@@ -955,6 +955,22 @@ async fn serve(
         tracing::info!(admitted, "processes already in selected cgroups admitted");
     }
     tracing::info!(control = "egress", state = ?enforcer.egress, cgroup_root = %enforcer.cgroup_root.display());
+    for (what, control_state) in [
+        (
+            "packet-level backstop (cgroup_skb/egress)",
+            &enforcer.packet_backstop,
+        ),
+        (
+            "routing socket options (cgroup/setsockopt)",
+            &enforcer.routing_options,
+        ),
+    ] {
+        if let ControlState::Unavailable(reason) = control_state {
+            let message = format!("control degraded: {what} is not attached: {reason}");
+            tracing::warn!(control = "egress", "{message}");
+            state.record(AuditRecord::lifecycle(&host, "egress", message));
+        }
+    }
     if let ControlState::Unavailable(reason) = &enforcer.socket_families {
         tracing::warn!(control = "egress", %reason, "socket families are NOT held by BPF LSM");
         state.record(AuditRecord::lifecycle(

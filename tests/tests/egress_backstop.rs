@@ -1,0 +1,529 @@
+//! The packet-level backstop and the first line's wildcard and routing
+//! option checks, on the host kernel: an agent and an outsider try the same
+//! trick against a listener that shows whether the bytes arrived.
+//!
+//! Tricks that need a second local address (routing headers, source
+//! routes, pings to a denied address) run in a network namespace the test
+//! creates, with that address on its `lo`; both the agent and the outsider
+//! send from inside it, and the listener is opened there.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{TcpListener, UdpSocket},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    process::{Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use baton_tests::{Daemon, EPERM, TestCgroup, helper_outcome, policy};
+use serde_json::Value;
+
+const HELPER: &str = env!("CARGO_BIN_EXE_baton-test-helper");
+
+/// The denied second address on the namespace's `lo`.
+const DENIED_V4: &str = "10.213.0.2";
+const DENIED_V6: &str = "fd00:b470::2";
+/// An allowed third address: the final destination of routed packets
+/// (the kernel will not route a received packet on to loopback).
+const ALLOWED_V4: &str = "10.213.0.3";
+const ALLOWED_V6: &str = "fd00:b470::3";
+
+/// A network namespace made for one test, deleted with it.
+struct Netns(String);
+
+impl Netns {
+    fn new(label: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "baton-bs-{label}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let netns = Self(name);
+        netns.ip(&["netns", "add", &netns.0]);
+        let addresses = [
+            format!("{DENIED_V4}/32"),
+            format!("{ALLOWED_V4}/32"),
+            format!("{DENIED_V6}/128"),
+            format!("{ALLOWED_V6}/128"),
+        ];
+        let mut commands = vec![vec!["link", "set", "lo", "up"]];
+        for address in &addresses {
+            let mut add = vec!["addr", "add", address.as_str(), "dev", "lo"];
+            if address.contains(':') {
+                add.push("nodad");
+            }
+            commands.push(add);
+        }
+        for args in commands {
+            let mut full = vec!["-n", netns.0.as_str()];
+            full.extend(args);
+            netns.ip(&full);
+        }
+        // Routed packets are processed at the hop (segment routing, source
+        // routes are off by default), and ping sockets are allowed to all.
+        for setting in [
+            "net.ipv6.conf.all.seg6_enabled=1",
+            "net.ipv6.conf.lo.seg6_enabled=1",
+            "net.ipv4.conf.all.accept_source_route=1",
+            "net.ipv4.conf.lo.accept_source_route=1",
+            // The hop re-routes to the next address with the packet's local
+            // source, which is a martian unless local sources are accepted.
+            "net.ipv4.conf.all.accept_local=1",
+            "net.ipv4.conf.lo.accept_local=1",
+            "net.ipv4.ping_group_range=0 2147483647",
+        ] {
+            netns.ip(&["netns", "exec", &netns.0, "sysctl", "-q", "-w", setting]);
+        }
+        netns
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let output = Command::new("ip").args(args).output().expect("run ip");
+        assert!(
+            output.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// `command` run inside the namespace, as an argument list.
+    fn wrap<'a>(&'a self, command: &[&'a str]) -> Vec<&'a str> {
+        let mut full = vec!["ip", "netns", "exec", self.0.as_str()];
+        full.extend_from_slice(command);
+        full
+    }
+
+    /// Opens a socket inside the namespace: a thread enters it (the network
+    /// namespace is per thread) and the socket stays in it.
+    fn socket(&self, domain: i32, kind: i32, protocol: i32) -> OwnedFd {
+        let path = format!("/run/netns/{}", self.0);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("open the namespace");
+            // SAFETY: plain setns(2) and socket(2) on this thread only.
+            unsafe {
+                assert_eq!(libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET), 0);
+                let fd = libc::socket(domain, kind | libc::SOCK_CLOEXEC, protocol);
+                assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+                OwnedFd::from_raw_fd(fd)
+            }
+        })
+        .join()
+        .expect("the namespace thread")
+    }
+
+    /// A UDP socket on the wildcard address of `port` in the namespace,
+    /// IPv4 or IPv6.
+    fn udp_listener(&self, ipv6: bool, port: u16) -> UdpSocket {
+        let fd = if ipv6 {
+            self.socket(libc::AF_INET6, libc::SOCK_DGRAM, 0)
+        } else {
+            self.socket(libc::AF_INET, libc::SOCK_DGRAM, 0)
+        };
+        let socket = UdpSocket::from(fd);
+        let addr = if ipv6 {
+            format!("[::]:{port}")
+        } else {
+            format!("0.0.0.0:{port}")
+        };
+        // std binds through the socket we hand it via a round trip: bind(2)
+        // directly to keep the namespace's socket.
+        bind(&socket, &addr.parse().unwrap());
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        socket
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+fn bind(socket: &UdpSocket, addr: &std::net::SocketAddr) {
+    // SAFETY: all-zero is a valid sockaddr_storage; the bind reads `len`
+    // bytes of it.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        std::net::SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        std::net::SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    // SAFETY: a live buffer of `len` bytes.
+    let rc = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len as u32,
+        )
+    };
+    assert_eq!(rc, 0, "bind {addr}: {}", std::io::Error::last_os_error());
+}
+
+/// A port free on the wildcard address of the namespace.
+fn unique_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Reads datagrams until one equals `until` and returns every payload
+/// seen before it. The outsider's control is sent after the agent's try,
+/// so the agent's bytes, had they arrived, would be among them.
+fn payloads_until(read: impl Fn(&mut [u8]) -> std::io::Result<usize>, until: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 2048];
+    loop {
+        let n = read(&mut buf).unwrap_or_else(|e| {
+            panic!("the control {until:?} never arrived ({e}); seen: {seen:?}")
+        });
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if text.contains(until) {
+            return seen;
+        }
+        seen.push(text);
+    }
+}
+
+fn outsider(command: &[&str]) -> Output {
+    Command::new(command[0])
+        .args(&command[1..])
+        .output()
+        .expect("run the outsider")
+}
+
+/// The agent's counters from `baton status`.
+fn counters(daemon: &Daemon, agent: &str) -> Value {
+    let status = daemon.status();
+    status["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["agent"] == agent)
+        .unwrap_or_else(|| panic!("{status}"))["counters"]
+        .clone()
+}
+
+/// A policy denying loopback, written as CIDR rules: the agent needs no
+/// loopback service of its own (no domain rules, so no DNS proxy).
+fn deny_loopback(name: &str) -> String {
+    policy(
+        name,
+        name,
+        "  egress:\n    default: allow\n    deny:\n      - cidr: 127.0.0.0/8\n      - cidr: ::1/128\n",
+    )
+}
+
+#[test]
+fn wildcard_destinations_are_judged_as_loopback() {
+    let v4 = TcpListener::bind("127.0.0.1:0").unwrap();
+    let v4_port = v4.local_addr().unwrap().port();
+    let v6 = TcpListener::bind("[::1]:0").unwrap();
+    let v6_port = v6.local_addr().unwrap().port();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_port = udp.local_addr().unwrap().port();
+    udp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let daemon = Daemon::start("bs-wildcard", &[("w.yaml", deny_loopback("wild"))]);
+
+    let tries = [
+        (
+            "connect",
+            format!("0.0.0.0:{v4_port}"),
+            "connect4",
+            "127.0.0.1",
+        ),
+        ("connect", format!("[::]:{v6_port}"), "connect6", "::1"),
+        (
+            "connect",
+            format!("[::ffff:0.0.0.0]:{v4_port}"),
+            "connect6",
+            "127.0.0.1",
+        ),
+        (
+            "sendto",
+            format!("0.0.0.0:{udp_port}"),
+            "sendmsg4",
+            "127.0.0.1",
+        ),
+    ];
+    for (call, target, hook, address) in &tries {
+        let inside = helper_outcome(&daemon.exec("wild", &[HELPER, call, target]));
+        assert_eq!(inside, EPERM, "agent {call} {target}");
+        let port = target.rsplit(':').next().unwrap().parse::<u64>().unwrap();
+        let record = daemon.wait_for_record(|r| {
+            r["hook"] == *hook && r["object"]["port"] == port && r["agent"] == "wild"
+        });
+        assert_eq!(record["verdict"], "denied");
+        assert_eq!(record["object"]["address"], *address, "{record}");
+        assert!(
+            record["rule"]["id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("egress.deny")),
+            "{record}"
+        );
+        // The outsider's same call reaches the listener.
+        let outside = helper_outcome(&outsider(&[HELPER, call, target]));
+        assert_eq!(outside, "ok", "outsider {call} {target}");
+    }
+    // Only the outsider's connections reached the listeners: one on the
+    // IPv4 one (plain and mapped wildcard), one on the IPv6 one.
+    v4.set_nonblocking(true).unwrap();
+    v6.set_nonblocking(true).unwrap();
+    let accepted = |listener: &TcpListener| std::iter::from_fn(|| listener.accept().ok()).count();
+    assert_eq!(accepted(&v4), 2, "outsider's plain and mapped connects");
+    assert_eq!(accepted(&v6), 1, "outsider's IPv6 connect");
+    let mut buf = [0u8; 16];
+    let (n, _) = udp.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"x", "the outsider's datagram");
+    udp.set_nonblocking(true).unwrap();
+    assert!(
+        udp.recv_from(&mut buf).is_err(),
+        "only one datagram arrived"
+    );
+    assert_eq!(counters(&daemon, "wild")["denied_connects"], 4);
+}
+
+#[test]
+fn segment_routing_header_to_a_denied_hop_never_arrives() {
+    let netns = Netns::new("srh");
+    let port = unique_port();
+    let listener = netns.udp_listener(true, port);
+    let target = format!("[{ALLOWED_V6}]:{port}");
+    let nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
+
+    // The kernel takes a segment routing header only as a socket option
+    // (as ancillary data it accepts type 2 alone). A `nobody` process sets
+    // it before it belongs to an agent, so the setsockopt hook has nothing
+    // to refuse; once admitted, it sends, and only the backstop sees where
+    // the packet goes.
+    let cgroup = TestCgroup::new(&format!("/baton-bs-srh-{}", std::process::id()));
+    let mut command = netns.wrap(&nobody);
+    command.extend([HELPER, "srh-hold", DENIED_V6, &target, "agent-srh-preset"]);
+    let mut held = Command::new(command[0])
+        .args(&command[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut held_out = BufReader::new(held.stdout.take().unwrap());
+    let mut line = String::new();
+    held_out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    cgroup.add(held.id());
+
+    let deny = format!("  egress:\n    default: allow\n    deny:\n      - cidr: {DENIED_V6}/128\n");
+    let daemon = Daemon::start(
+        "bs-srh",
+        &[
+            ("s.yaml", policy("srh", "srh", &deny)),
+            (
+                "c.yaml",
+                format!(
+                    "apiVersion: baton.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: srhcg\n\
+                     spec:\n  selector:\n    cgroups: [{}]\n{deny}",
+                    cgroup.relative
+                ),
+            ),
+        ],
+    );
+    held.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    held_out.read_line(&mut line).unwrap();
+    held.wait().unwrap();
+    assert!(
+        line.trim() == "ok" || line.trim() == EPERM,
+        "the admitted sender: {line}"
+    );
+
+    // An agent setting the header itself is refused outright.
+    let mut command = netns.wrap(&nobody);
+    command.extend([
+        HELPER,
+        "srh",
+        DENIED_V6,
+        &target,
+        "agent-srh-sockopt",
+        "sockopt",
+    ]);
+    assert_eq!(helper_outcome(&daemon.exec("srh", &command)), EPERM);
+
+    let control = helper_outcome(&outsider(&netns.wrap(&[
+        HELPER,
+        "srh",
+        DENIED_V6,
+        &target,
+        "outsider-srh",
+        "sockopt",
+    ])));
+    assert_eq!(control, "ok");
+    let seen = payloads_until(|buf| listener.recv(buf), "outsider-srh");
+    assert!(seen.is_empty(), "the agents' datagrams arrived: {seen:?}");
+
+    let preset = counters(&daemon, "srhcg");
+    assert!(preset["dropped_packets"].as_u64().unwrap() >= 1, "{preset}");
+    let drop = daemon.wait_for_record(|r| r["hook"] == "skb_egress" && r["agent"] == "srhcg");
+    assert_eq!(drop["verdict"], "denied");
+    assert_eq!(drop["object"]["address"], DENIED_V6);
+    assert_eq!(drop["object"]["port"], u64::from(port));
+    assert_eq!(drop["object"]["protocol"], "udp");
+    assert_eq!(drop["rule"]["id"], "egress.deny[0]");
+    assert_eq!(drop["process"]["comm"], "baton-test-help");
+    assert_eq!(drop["process"]["pid"], held.id(), "{drop}");
+    assert_eq!(drop["process"]["uid"], 65534, "{drop}");
+
+    assert_eq!(counters(&daemon, "srh")["denied_sockopts"], 1);
+    let option = daemon.wait_for_record(|r| r["hook"] == "setsockopt");
+    assert_eq!(option["agent"], "srh");
+    assert_eq!(option["verdict"], "denied");
+    assert_eq!(option["object"]["option"], "IPV6_RTHDR");
+    assert_eq!(option["object"]["level"], "ipv6");
+    assert_eq!(option["process"]["uid"], 65534, "{option}");
+}
+
+#[test]
+fn loose_source_route_from_a_root_agent_never_arrives() {
+    let netns = Netns::new("lsrr");
+    let port = unique_port();
+    let listener = netns.udp_listener(false, port);
+    let daemon = Daemon::start(
+        "bs-lsrr",
+        &[(
+            "l.yaml",
+            policy(
+                "lsrr",
+                "lsrr",
+                &format!(
+                    "  egress:\n    default: allow\n    deny:\n      - cidr: {DENIED_V4}/32\n"
+                ),
+            ),
+        )],
+    );
+    let target = format!("{ALLOWED_V4}:{port}");
+    let run_agent = |text: &str, how: &str| {
+        helper_outcome(&daemon.exec(
+            "lsrr",
+            &netns.wrap(&[HELPER, "lsrr", DENIED_V4, &target, text, how]),
+        ))
+    };
+    let cmsg = run_agent("agent-lsrr-cmsg", "cmsg");
+    assert!(cmsg == "ok" || cmsg == EPERM, "{cmsg}");
+    assert_eq!(run_agent("agent-lsrr-sockopt", "sockopt"), EPERM);
+    let control = helper_outcome(&outsider(&netns.wrap(&[
+        HELPER,
+        "lsrr",
+        DENIED_V4,
+        &target,
+        "outsider-lsrr",
+        "cmsg",
+    ])));
+    assert_eq!(control, "ok");
+    let seen = payloads_until(|buf| listener.recv(buf), "outsider-lsrr");
+    assert!(seen.is_empty(), "the agent's datagrams arrived: {seen:?}");
+
+    let counters = counters(&daemon, "lsrr");
+    assert!(
+        counters["dropped_packets"].as_u64().unwrap() >= 1,
+        "{counters}"
+    );
+    assert_eq!(counters["denied_sockopts"], 1, "{counters}");
+    let drop = daemon.wait_for_record(|r| r["hook"] == "skb_egress");
+    assert_eq!(drop["object"]["address"], DENIED_V4);
+    assert_eq!(drop["rule"]["id"], "egress.deny[0]");
+    assert_eq!(drop["process"]["uid"], 0);
+    let option = daemon.wait_for_record(|r| r["hook"] == "setsockopt");
+    assert_eq!(option["object"]["option"], "IP_OPTIONS");
+}
+
+#[test]
+fn unconnected_ping_to_a_denied_address_never_arrives() {
+    let netns = Netns::new("ping");
+    // A raw ICMP socket sees every echo request delivered in the namespace.
+    let raw = std::fs::File::from(netns.socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP));
+    let timeout = libc::timeval {
+        tv_sec: 10,
+        tv_usec: 0,
+    };
+    // SAFETY: a live timeval of the given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            raw.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as u32,
+        )
+    };
+    assert_eq!(rc, 0);
+    let daemon = Daemon::start(
+        "bs-ping",
+        &[(
+            "p.yaml",
+            policy(
+                "ping",
+                "ping",
+                "  egress:\n    default: deny\n    icmp: allow\n",
+            ),
+        )],
+    );
+    let inside = helper_outcome(&daemon.exec(
+        "ping",
+        &netns.wrap(&[HELPER, "ping", DENIED_V4, "agent-ping"]),
+    ));
+    assert!(inside == "ok" || inside == EPERM, "{inside}");
+    let control = helper_outcome(&outsider(&netns.wrap(&[
+        HELPER,
+        "ping",
+        DENIED_V4,
+        "outsider-ping",
+    ])));
+    assert_eq!(control, "ok");
+    let raw = std::cell::RefCell::new(raw);
+    let seen = payloads_until(|buf| raw.borrow_mut().read(buf), "outsider-ping");
+    assert!(
+        !seen.iter().any(|p| p.contains("agent-ping")),
+        "the agent's echo request arrived: {seen:?}"
+    );
+    let counters = counters(&daemon, "ping");
+    assert!(
+        counters["dropped_packets"].as_u64().unwrap() >= 1,
+        "{counters}"
+    );
+    let drop = daemon.wait_for_record(|r| r["hook"] == "skb_egress");
+    assert_eq!(drop["object"]["address"], DENIED_V4);
+    assert_eq!(drop["object"]["protocol"], "icmp");
+    assert_eq!(drop["rule"]["id"], "egress.default");
+}
