@@ -109,7 +109,8 @@ pub fn cgroup_programs(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<V
 /// (`enum bpf_attach_type`), `None` for programs attached elsewhere.
 pub fn cgroup_attach_type(program: &str) -> Option<u32> {
     Some(match program {
-        "sock_create" => 2,
+        "skb_egress" => 1,
+        "sock_create" | "sock_tag" => 2,
         "connect4" => 10,
         "connect6" => 11,
         "sendmsg4" => 14,
@@ -118,6 +119,7 @@ pub fn cgroup_attach_type(program: &str) -> Option<u32> {
         "recvmsg6" => 20,
         "getpeername4" => 29,
         "getpeername6" => 30,
+        "setsockopt" => 22,
         _ => return None,
     })
 }
