@@ -179,8 +179,16 @@ pub struct ConnectEvent {
     pub _pad: [u8; 2],
     /// Destination, IPv6 or IPv4-mapped, network order.
     pub addr: [u8; 16],
+    /// The domain rule of the learned-address row that matched this
+    /// destination (address, port and protocol, unexpired), 0 if none:
+    /// a record names the domain only when the agent's connect used what
+    /// the DNS proxy learned, not merely because the address was learned
+    /// once.
+    pub learned_rule: u32,
+    /// Explicit padding.
+    pub _pad2: u32,
 }
-const _: () = assert!(size_of::<ConnectEvent>() == 80 + 24);
+const _: () = assert!(size_of::<ConnectEvent>() == 80 + 32);
 
 /// A DNS query from a network namespace without a proxy socket.
 #[repr(C)]

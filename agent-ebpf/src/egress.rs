@@ -302,17 +302,24 @@ fn try_decide(ctx: &SockAddrContext, hook: u16, agent: &AgentRecord) -> Verdict 
         };
     }
 
+    // The learned row this connect used, for the record's domain.
+    let mut learned_rule = 0;
+    let mut by_rule = false;
     let (agent_mode, rule_decision, rule_id) = match policy {
         // An agent whose policy is gone is held closed rather than let loose.
         None => (mode::ENFORCE, decision::DENY, 0),
         Some(policy) => {
             let (mut found, mut rule_id) = match_rules(generation, agent.agent_id, &destination);
+            by_rule = found != decision::NONE;
             if found == decision::NONE {
                 (found, rule_id) = match_learned(
                     agent.agent_id,
                     &destination,
                     protocol_bit(destination.protocol),
                 );
+                if found != decision::NONE {
+                    learned_rule = rule_id;
+                }
             }
             if found == decision::NONE {
                 (
@@ -355,6 +362,18 @@ fn try_decide(ctx: &SockAddrContext, hook: u16, agent: &AgentRecord) -> Verdict 
             c.rate_limited += 1;
         }
     });
+    if denied && by_rule {
+        // A CIDR rule decided, but a learned row matched too (an explicit
+        // deny beats a learned name): the record still names the domain.
+        let (found, rule) = match_learned(
+            agent.agent_id,
+            &destination,
+            protocol_bit(destination.protocol),
+        );
+        if found != decision::NONE {
+            learned_rule = rule;
+        }
+    }
     if denied {
         emit(
             agent,
@@ -370,6 +389,7 @@ fn try_decide(ctx: &SockAddrContext, hook: u16, agent: &AgentRecord) -> Verdict 
                 rule_id,
                 generation,
             },
+            learned_rule,
         );
     }
     verdict
@@ -494,7 +514,7 @@ fn protocol_bit(ip_protocol: u8) -> u8 {
 }
 
 #[inline(always)]
-fn emit(agent: &AgentRecord, destination: &Destination, decision: &Decision) {
+fn emit(agent: &AgentRecord, destination: &Destination, decision: &Decision, learned_rule: u32) {
     if !take_event_token(agent.agent_id) {
         return;
     }
@@ -518,6 +538,8 @@ fn emit(agent: &AgentRecord, destination: &Destination, decision: &Decision) {
     event.sock_type = destination.sock_type;
     event._pad = [0; 2];
     event.addr = destination.addr;
+    event.learned_rule = learned_rule;
+    event._pad2 = 0;
     entry.submit(0);
 }
 

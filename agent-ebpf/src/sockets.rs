@@ -95,6 +95,8 @@ fn deny_socket(
     event.sock_type = sock_type as u8;
     event._pad = [0; 2];
     event.addr = [0; 16];
+    event.learned_rule = 0;
+    event._pad2 = 0;
     entry.submit(0);
     verdict
 }

@@ -853,3 +853,35 @@ fn a_refused_name_is_not_found_for_good_and_cites_its_rule() {
     assert_eq!(record["rule"]["id"], "egress.default");
     assert_eq!(record["rule"]["policy"], "strict");
 }
+
+#[test]
+fn a_denial_names_a_domain_only_when_the_learned_row_matched() {
+    let world = world("dns-literal");
+    let port = world.http_port;
+    let daemon = Daemon::start_with_config(
+        "dns-literal",
+        &[("p.yaml", web_policy("literal", "allowed.test", port, ""))],
+        &config(&world, 60),
+    );
+    // allowed.test is learned for `port` only; another port of the same
+    // address, asked for by number, is denied by the default, and the
+    // learned name had no part in it.
+    let other = free_port("127.0.0.2");
+    let output = run_in_agent(
+        &daemon,
+        "literal",
+        &world,
+        &format!(
+            "sh -c 'getent hosts allowed.test >/dev/null && {HELPER} connect 127.0.0.2:{port} && {HELPER} connect 127.0.0.2:{other}'"
+        ),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["ok", EPERM],
+        "{stdout}"
+    );
+    let record = daemon.wait_for_record(|r| r["control"] == "egress");
+    assert_eq!(record["object"]["port"], other);
+    assert!(record["object"]["domain"].is_null(), "{record}");
+}

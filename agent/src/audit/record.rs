@@ -406,8 +406,10 @@ pub struct Context<'a> {
     pub agent_name: &'a dyn Fn(u32) -> Option<String>,
     /// Policy name and rule for a kernel rule id.
     pub rule: &'a dyn Fn(u32) -> Option<(String, String)>,
-    /// The name an agent's DNS proxy learned an address from.
-    pub domain_of: &'a dyn Fn(u32, IpAddr) -> Option<String>,
+    /// The name an agent's DNS proxy learned an address from: agent id,
+    /// address, the domain rule of the learned row the kernel matched (0:
+    /// none), and whether the event is from an agent in audit mode.
+    pub domain_of: &'a dyn Fn(u32, IpAddr, u32, bool) -> Option<String>,
 }
 
 impl AuditRecord {
@@ -603,7 +605,12 @@ impl AuditRecord {
                         address,
                         port: e.port,
                         protocol,
-                        domain: (context.domain_of)(header.agent_id, address),
+                        domain: (context.domain_of)(
+                            header.agent_id,
+                            address,
+                            e.learned_rule,
+                            header.mode == mode::AUDIT,
+                        ),
                     },
                 )
             }
@@ -689,7 +696,7 @@ mod tests {
         let clock = Clock::new();
         let agent_name = |id: u32| (id == 7).then(|| "demo".to_string());
         let rule = |id: u32| (id == 3).then(|| ("p".to_string(), "egress.deny[0]".to_string()));
-        let domain_of = |_: u32, _: IpAddr| None;
+        let domain_of = |_: u32, _: IpAddr, _: u32, _: bool| None;
         f(&Context {
             host: "h",
             clock: &clock,

@@ -58,7 +58,7 @@ impl Learner for ProxyLearner {
             }
             state
                 .learned_names
-                .insert((agent_id, learned.addr), name.to_string());
+                .insert((agent_id, learned.addr, rule_id), name.to_string());
         }
         Ok(())
     }

@@ -147,8 +147,17 @@ impl State {
                 .rule(id)
                 .map(|r| (r.policy.clone(), r.rule.clone()))
         };
-        let domain_of =
-            |agent_id: u32, addr: IpAddr| self.learned_names.get(&(agent_id, addr)).cloned();
+        // Only the learned row the kernel matched names a domain. In audit
+        // mode names no rule allows are resolved with rule 0 and open no
+        // row; a would-deny to such an address still names the name.
+        let domain_of = |agent_id: u32, addr: IpAddr, learned_rule: u32, audit: bool| {
+            if learned_rule == 0 && !audit {
+                return None;
+            }
+            self.learned_names
+                .get(&(agent_id, addr, learned_rule))
+                .cloned()
+        };
         let context = Context {
             host: &self.host,
             clock,

@@ -226,8 +226,9 @@ struct State {
     netns_cap_reported: std::collections::HashSet<u32>,
     /// Port rows a domain rule opens, by rule id.
     domain_rows: HashMap<u32, Vec<PortRule>>,
-    /// The name each learned address came from, for audit records.
-    learned_names: HashMap<(u32, IpAddr), String>,
+    /// The name each (agent, learned address, domain rule) came from, for
+    /// audit records.
+    learned_names: HashMap<(u32, IpAddr, u32), String>,
 }
 
 /// How long each phase of a reload took.
