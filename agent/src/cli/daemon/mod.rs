@@ -76,6 +76,9 @@ struct Settings {
     cleanup_on_exit: bool,
     /// Whether the fanotify fallback may run (`files.fanotify`).
     fanotify: bool,
+    /// Bounds on the control socket's clients, within the descriptors the
+    /// daemon has.
+    control_limits: server::Limits,
 }
 
 impl Settings {
@@ -115,7 +118,11 @@ impl Settings {
         protected.push(crate::fallback::protected::daemon_proc_path(
             std::process::id(),
         ));
+        let descriptors = server::raise_descriptor_limit();
+        let control_limits = server::Limits::default().within(descriptors);
+        tracing::debug!(descriptors, ?control_limits, "control socket limits");
         Ok(Self {
+            control_limits,
             fanotify: config.files.fanotify.unwrap_or(true),
             protected,
             pin_dir: args
@@ -577,6 +584,9 @@ impl State {
 struct Daemon {
     state: Mutex<State>,
     audit: AuditService,
+    /// A handle on the kernel's `tgid → agent` map of its own, so that
+    /// telling who calls on the control socket never waits for `state`.
+    identity: aya::maps::HashMap<MapData, u32, AgentRecord>,
 }
 
 impl Handler for Daemon {
@@ -584,11 +594,13 @@ impl Handler for Daemon {
         Some(&self.audit)
     }
 
+    fn agent_of(&self, tgid: u32) -> Option<u32> {
+        self.identity.get(&tgid, 0).ok().map(|r| r.agent_id)
+    }
+
     fn handle(&self, caller: Caller, request: Request) -> Reply {
-        if !matches!(request, Request::Admit { .. } | Request::Status) && caller.uid != 0 {
-            return Reply::Error {
-                message: "breaker commands need root".into(),
-            };
+        if !matches!(request, Request::Admit { .. } | Request::Status) && !caller.is_operator() {
+            return self.refuse(caller, &request);
         }
         match request {
             Request::Admit { agent } => self.admit(caller, &agent),
@@ -615,6 +627,46 @@ impl Handler for Daemon {
 }
 
 impl Daemon {
+    /// Refuses an operator request to a caller that is not root, or that
+    /// belongs to an agent (whatever its uid); the refusal of an agent is
+    /// recorded, as it is an agent trying to change its own enforcement.
+    fn refuse(&self, caller: Caller, request: &Request) -> Reply {
+        let what = match request {
+            Request::BreakerList => "breaker list",
+            Request::BreakerReset { .. } => "breaker reset",
+            Request::BreakerTrip { .. } => "breaker trip",
+            Request::Admit { .. } | Request::Status => "request",
+        };
+        let Some(agent_id) = caller.agent else {
+            return Reply::Error {
+                message: format!("{what} needs root"),
+            };
+        };
+        let mut state = self.state.lock().expect("state lock poisoned");
+        let agent = state
+            .registry
+            .name_of(agent_id)
+            .map_or_else(|| format!("#{agent_id}"), |n| n.0.clone());
+        let target = match request {
+            Request::BreakerReset { agent } | Request::BreakerTrip { agent, .. } => {
+                format!(" of agent {agent}")
+            }
+            _ => String::new(),
+        };
+        let message = format!(
+            "{what}{target} refused: the caller (pid {}, uid {}) belongs to agent {agent}, and no process in an agent may operate the daemon, whatever its uid",
+            caller.pid, caller.uid
+        );
+        tracing::warn!("{message}");
+        let host = state.host.clone();
+        let mut record = AuditRecord::lifecycle(&host, "breaker", message.clone());
+        record.agent = Some(agent);
+        record.verdict = "denied";
+        record.hook = Some("control_socket");
+        state.record(record);
+        Reply::Error { message }
+    }
+
     fn admit(&self, caller: Caller, agent: &str) -> Reply {
         let mut state = self.state.lock().expect("state lock poisoned");
         let Some(agent_id) = state.registry.id_of(agent) else {
@@ -1014,9 +1066,16 @@ async fn serve(
     let hub = state.sink.hub();
     let audit = AuditService::new(hub.clone(), &settings.audit.stream)?;
     let forwarders = Forwarders::start(&settings.audit_log, &settings.audit, Some(hub))?;
+    let identity = state
+        .maps
+        .identity_handle()
+        .context("cannot open a second handle on the identity map")?;
+    let identity = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(identity))
+        .context("the identity map is not a hash map")?;
     let daemon = Arc::new(Daemon {
         state: Mutex::new(state),
         audit,
+        identity,
     });
     let audit_ticker = tokio::spawn(tick_audit(Arc::downgrade(&daemon)));
     if let Some(events) = fanotify_events {
@@ -1027,7 +1086,11 @@ async fn serve(
     let breaker_task = tokio::spawn(watch_breakers(Arc::downgrade(&daemon)));
     // The socket appears last: once it exists, the daemon is enforcing.
     let listener = server::bind(&settings.control_socket)?;
-    let control = tokio::spawn(server::serve(listener, daemon.clone()));
+    let control = tokio::spawn(server::serve_with(
+        listener,
+        daemon.clone(),
+        settings.control_limits,
+    ));
     {
         let state = daemon.state.lock().expect("state lock poisoned");
         state
