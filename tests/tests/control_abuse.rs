@@ -34,6 +34,11 @@ fn client_as_nobody(args: &[&str]) -> Command {
 /// test if it has not finished within `bound` (generous: this is about a
 /// process never getting an answer, not about speed).
 fn outcome_within(command: &mut Command, bound: Duration) -> String {
+    outcome_or(command, bound, String::new)
+}
+
+/// [`outcome_within`], adding `context()` to the failure.
+fn outcome_or(command: &mut Command, bound: Duration, context: impl Fn() -> String) -> String {
     let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -47,14 +52,16 @@ fn outcome_within(command: &mut Command, bound: Duration) -> String {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{command:?} did not finish within {bound:?}");
+            panic!("{command:?} did not finish within {bound:?}{}", context());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 fn vm_rss_kib(pid: u32) -> u64 {
@@ -202,9 +209,10 @@ fn a_thousand_idle_connections_from_nobody_starve_neither_file_opens_nor_the_ope
 
     // Root in no agent opens a file on the watched mount: answered, allowed.
     assert_eq!(
-        outcome_within(
+        outcome_or(
             Command::new(HELPER).args(["open", &secret, "read"]),
-            Duration::from_secs(10)
+            Duration::from_secs(10),
+            || daemon_threads(&daemon),
         ),
         "ok"
     );
@@ -213,14 +221,25 @@ fn a_thousand_idle_connections_from_nobody_starve_neither_file_opens_nor_the_ope
     // The operator is served, and `baton exec` admits.
     let status = daemon.status();
     assert!(status.is_object(), "{status}");
-    let exec = outcome_within(
+    let exec = outcome_or(
         Command::new(baton_bin())
-            .args(["exec", "--agent", "worker", "--control-socket", &socket, "--"])
+            .args([
+                "exec",
+                "--agent",
+                "worker",
+                "--control-socket",
+                &socket,
+                "--",
+            ])
             .args([HELPER, "open", &beside, "read"]),
         Duration::from_secs(60),
+        || daemon_threads(&daemon),
     );
     assert_eq!(exec, "ok");
+    drop_holder(holder, pid, before);
+}
 
+fn drop_holder(mut holder: Child, pid: u32, before: usize) {
     drop(holder.stdin.take());
     holder.wait().unwrap();
     // Everything given back once nobody lets go.
@@ -229,6 +248,33 @@ fn a_thousand_idle_connections_from_nobody_starve_neither_file_opens_nor_the_ope
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(open_fds(pid) <= before + 4, "descriptors leaked");
+}
+
+/// What each of the daemon's threads is doing, and its log, for failures.
+fn daemon_threads(daemon: &Daemon) -> String {
+    let pid = daemon.pid();
+    {
+        {
+            let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .unwrap()
+                .filter_map(|t| {
+                    let t = t.ok()?.path();
+                    Some(format!(
+                        "{} {} {}",
+                        std::fs::read_to_string(t.join("comm")).ok()?.trim(),
+                        std::fs::read_to_string(t.join("wchan")).unwrap_or_default(),
+                        std::fs::read_to_string(t.join("syscall"))
+                            .unwrap_or_default()
+                            .trim()
+                    ))
+                })
+                .collect();
+            format!(
+                "\ndaemon threads: {threads:#?}\ndaemon stderr:\n{}",
+                daemon.stderr()
+            )
+        }
+    }
 }
 
 /// A 256 MiB request line without a newline from `nobody` (the daemon used
@@ -386,10 +432,7 @@ fn vm_a_root_agent_cannot_write_the_daemons_oom_score_adj() {
     let daemon = Daemon::start("abuse-oom", &[("guard.yaml", permissive("guard"))]);
     let path = format!("/proc/{}/oom_score_adj", daemon.pid());
     let before = std::fs::read_to_string(&path).unwrap();
-    let output = daemon.exec(
-        "guard",
-        &["/bin/sh", "-c", &format!("echo 1000 > {path}")],
-    );
+    let output = daemon.exec("guard", &["/bin/sh", "-c", &format!("echo 1000 > {path}")]);
     assert!(
         !output.status.success(),
         "the write succeeded: {}",

@@ -114,7 +114,9 @@ impl Limits {
     /// daemon's `RLIMIT_NOFILE`): the rest stays for the audit trail, the
     /// kernel objects, the DNS proxies and the fanotify listener.
     pub fn within(self, descriptors: u64) -> Self {
-        let budget = usize::try_from(descriptors / 4).unwrap_or(usize::MAX).max(2);
+        let budget = usize::try_from(descriptors / 4)
+            .unwrap_or(usize::MAX)
+            .max(2);
         let operator = self.operator.min(budget / 4).max(1);
         let connections = self.connections.min(budget - operator).max(1);
         Self {
@@ -415,7 +417,12 @@ async fn connection(
     let _slot = match tally.take(share) {
         Ok(slot) => slot,
         Err(message) => {
-            tracing::debug!(pid = peer.pid, uid = peer.uid, message, "control connection refused");
+            tracing::debug!(
+                pid = peer.pid,
+                uid = peer.uid,
+                message,
+                "control connection refused"
+            );
             // Best effort and never waiting: the refused client gets the
             // reason if its receive buffer has room.
             let _ = stream.try_write(to_line(&Reply::Error { message }).as_bytes());
@@ -707,11 +714,16 @@ mod tests {
             limits,
             counts: Arc::default(),
         };
-        let nobody: Vec<Slot> = (0..2).map(|_| tally.take(Share::User(65534)).unwrap()).collect();
+        let nobody: Vec<Slot> = (0..2)
+            .map(|_| tally.take(Share::User(65534)).unwrap())
+            .collect();
         let refused = tally.take(Share::User(65534)).err().unwrap();
         assert!(refused.contains("uid 65534"), "{refused}");
         let other = tally.take(Share::User(1000)).unwrap();
-        assert!(tally.take(Share::User(1001)).is_err(), "the total is reached");
+        assert!(
+            tally.take(Share::User(1001)).is_err(),
+            "the total is reached"
+        );
         let operator = tally.take(Share::Operator).expect("root's own share");
         assert!(tally.take(Share::Operator).is_err());
         drop((nobody, other, operator));

@@ -24,7 +24,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
+    os::fd::{AsRawFd, BorrowedFd},
     path::Path,
     sync::{
         Arc, RwLock,
@@ -330,8 +330,6 @@ impl Watcher {
                 | EventFFlags::O_NOATIME,
         )
         .map_err(FanotifyError::Init)?;
-        let identity_fd = identity.fd().as_fd().as_raw_fd();
-        let runtime_fd = runtime.fd().as_fd().as_raw_fd();
         let identity =
             BpfHashMap::try_from(Map::HashMap(identity)).map_err(|source| FanotifyError::Map {
                 map: map_names::AGENT_OF_TGID,
@@ -342,9 +340,6 @@ impl Watcher {
                 map: map_names::AGENT_STATE,
                 source,
             })?;
-        // Everything the listener thread keeps when it takes a descriptor
-        // table of its own.
-        let keep = [group.as_fd().as_raw_fd(), identity_fd, runtime_fd];
         let (sender, receiver) = tokio::sync::mpsc::channel(EVENT_QUEUE);
         let shared = Arc::new(Shared {
             rules: RwLock::new(Rules::default()),
@@ -358,15 +353,7 @@ impl Watcher {
         let (listener_group, listener_shared) = (group.clone(), shared.clone());
         std::thread::Builder::new()
             .name("baton-fanotify".into())
-            .spawn(move || {
-                if let Err(error) = own_descriptor_table(&keep) {
-                    tracing::warn!(
-                        %error,
-                        "the fanotify listener has no descriptor table of its own: load on other descriptors can make the kernel deny opens on watched paths"
-                    );
-                }
-                listen(&listener_group, &listener_shared);
-            })
+            .spawn(move || listen(&listener_group, &listener_shared))
             .map_err(FanotifyError::Thread)?;
         Ok((
             Self {
@@ -467,55 +454,6 @@ impl Watcher {
             })
             .collect()
     }
-}
-
-/// Gives the calling thread a descriptor table of its own holding only
-/// `keep` (and stdin, stdout, stderr).
-///
-/// The kernel opens a descriptor for the listener with every permission
-/// event it reads, and when it cannot (`EMFILE`) it answers the event
-/// itself with a denial: every open on a watched mount, by any process,
-/// would fail with `EPERM`. With a table of its own, nothing else the
-/// daemon holds (control connections, sockets, log files) can use up the
-/// numbers the listener needs: it has `RLIMIT_NOFILE` minus a handful.
-fn own_descriptor_table(keep: &[RawFd]) -> Result<(), Errno> {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_FILES)?;
-    let mut keep: Vec<RawFd> = keep.iter().copied().chain(0..=2).collect();
-    keep.sort_unstable();
-    keep.dedup();
-    // The copies of everything else: closing them here closes nothing in
-    // the daemon's table, and keeps no link, socket or lock alive behind
-    // the daemon's back.
-    let close = |first: u32, last: u32| {
-        // SAFETY: closes descriptors of this thread's private table that
-        // no code on this thread uses.
-        match unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) } {
-            0 => Ok(()),
-            _ if Errno::last() == Errno::ENOSYS => {
-                // Before 5.9: one by one, as listed.
-                let open: Vec<u32> = std::fs::read_dir("/proc/thread-self/fd")
-                    .map_err(|_| Errno::ENOSYS)?
-                    .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-                    .collect();
-                for fd in open.into_iter().filter(|fd| (first..=last).contains(fd)) {
-                    // SAFETY: as above; the listing's own descriptor is
-                    // already closed, so EBADF at most.
-                    unsafe { libc::close(fd as RawFd) };
-                }
-                Ok(())
-            }
-            _ => Err(Errno::last()),
-        }
-    };
-    let mut first: u32 = 0;
-    for fd in keep.into_iter().filter_map(|fd| u32::try_from(fd).ok()) {
-        if fd > first {
-            close(first, fd - 1)?;
-        }
-        first = fd + 1;
-    }
-    close(first, u32::MAX)?;
-    Ok(())
 }
 
 /// Answers every permission event, forever. Every event gets an answer,
@@ -651,8 +589,7 @@ impl Shared {
                 }
             }
         };
-        // thread-self: the listener's descriptor table is its own.
-        let link = std::fs::read_link(format!("/proc/thread-self/fd/{}", fd.as_raw_fd()));
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()));
         let mut flags = 0;
         let path = match link {
             Ok(link) => {

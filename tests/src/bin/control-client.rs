@@ -95,7 +95,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("usage: baton-control-client hold SOCKET N | flood SOCKET BYTES | requests SOCKET");
+            eprintln!(
+                "usage: baton-control-client hold SOCKET N | flood SOCKET BYTES | requests SOCKET"
+            );
             ExitCode::from(2)
         }
     }

@@ -587,7 +587,14 @@ struct Daemon {
     /// A handle on the kernel's `tgid → agent` map of its own, so that
     /// telling who calls on the control socket never waits for `state`.
     identity: aya::maps::HashMap<MapData, u32, AgentRecord>,
+    /// Per agent: when its last refused operator request was recorded, and
+    /// how many were refused since without a record of their own.
+    refusals: Mutex<HashMap<u32, (std::time::Instant, u64)>>,
 }
+
+/// One record per agent per this interval for refused operator requests:
+/// an agent looping on them must not flood the audit trail.
+const REFUSAL_RECORD_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Handler for Daemon {
     fn audit(&self) -> Option<&AuditService> {
@@ -657,9 +664,39 @@ impl Daemon {
             "{what}{target} refused: the caller (pid {}, uid {}) belongs to agent {agent}, and no process in an agent may operate the daemon, whatever its uid",
             caller.pid, caller.uid
         );
-        tracing::warn!("{message}");
+        let now = std::time::Instant::now();
+        let unrecorded = {
+            let mut refusals = self
+                .refusals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match refusals.get_mut(&agent_id) {
+                Some((last, skipped)) if now.duration_since(*last) < REFUSAL_RECORD_INTERVAL => {
+                    *skipped += 1;
+                    None
+                }
+                Some((last, skipped)) => {
+                    *last = now;
+                    Some(std::mem::take(skipped))
+                }
+                None => {
+                    refusals.insert(agent_id, (now, 0));
+                    Some(0)
+                }
+            }
+        };
+        let Some(unrecorded) = unrecorded else {
+            return Reply::Error { message };
+        };
+        let mut text = message.clone();
+        if unrecorded > 0 {
+            text.push_str(&format!(
+                " ({unrecorded} more operator requests of this agent refused since the last record)"
+            ));
+        }
+        tracing::warn!("{text}");
         let host = state.host.clone();
-        let mut record = AuditRecord::lifecycle(&host, "breaker", message.clone());
+        let mut record = AuditRecord::lifecycle(&host, "breaker", text);
         record.agent = Some(agent);
         record.verdict = "denied";
         record.hook = Some("control_socket");
@@ -1076,6 +1113,7 @@ async fn serve(
         state: Mutex::new(state),
         audit,
         identity,
+        refusals: Mutex::default(),
     });
     let audit_ticker = tokio::spawn(tick_audit(Arc::downgrade(&daemon)));
     if let Some(events) = fanotify_events {
