@@ -1,6 +1,7 @@
 //! The few `bpf()` commands the pin guard needs on plain descriptors, which
 //! aya 0.14 keeps private: opening a pin, pinning a descriptor, reading an
-//! object's id, and listing the programs attached to a cgroup.
+//! object's id, listing the programs attached to a cgroup, and making a
+//! cgroup link for a program type whose link aya does not hand out.
 
 use std::{
     ffi::CString,
@@ -16,6 +17,7 @@ const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_LINK_CREATE: libc::c_long = 28;
 
 /// `bpf(cmd, attr, size)`, with `attr` a zero-padded `bpf_attr` prefix.
 fn bpf(command: libc::c_long, attr: &mut [u64]) -> io::Result<i64> {
@@ -59,6 +61,22 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     attr[0] = path.as_ptr() as u64;
     attr[1] = fd.as_raw_fd() as u32 as u64;
     bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
+}
+
+/// Attaches `program` to `cgroup` at `attach_type` (`enum
+/// bpf_attach_type`) with `BPF_LINK_CREATE` and returns the link.
+pub fn cgroup_link_create(
+    program: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<OwnedFd> {
+    // bpf_attr: prog_fd (u32), target_fd (u32), attach_type (u32), flags (u32).
+    let mut attr = [0u64; 8];
+    attr[0] = u64::from(program.as_raw_fd() as u32) | (u64::from(cgroup.as_raw_fd() as u32) << 32);
+    attr[1] = u64::from(attach_type);
+    let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: a new descriptor the kernel just returned, owned by no one.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// The start shared by `bpf_map_info`, `bpf_prog_info` and

@@ -17,7 +17,7 @@ use aya::{
 use thiserror::Error;
 
 use super::{
-    EBPF_OBJECT,
+    EBPF_OBJECT, bpfsys,
     btf::{Btf, BtfError},
     cgroup::{CgroupError, cgroup2_mount},
     pins::{PinDir, PinError},
@@ -412,7 +412,7 @@ pub fn attach_backstop(ebpf: &mut Ebpf, root: &File, pins: &PinDir) -> Result<()
 /// aya cannot hand out this program type's link for pinning, so the link
 /// is made with `BPF_LINK_CREATE` here and adopted through a pin.
 pub fn attach_setsockopt(ebpf: &mut Ebpf, root: &File, pins: &PinDir) -> Result<(), KernelError> {
-    use std::os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd};
+    use std::os::fd::AsFd as _;
 
     let program: &mut CgroupSockopt = ebpf
         .program_mut("setsockopt")
@@ -422,11 +422,6 @@ pub fn attach_setsockopt(ebpf: &mut Ebpf, root: &File, pins: &PinDir) -> Result<
     program
         .load()
         .map_err(program_error("setsockopt", "load"))?;
-    let program_fd = program
-        .fd()
-        .map_err(program_error("setsockopt", "attach"))?
-        .as_fd()
-        .as_raw_fd();
     let attach_error = |source: std::io::Error| KernelError::Program {
         program: "setsockopt",
         action: "attach",
@@ -435,46 +430,18 @@ pub fn attach_setsockopt(ebpf: &mut Ebpf, root: &File, pins: &PinDir) -> Result<
             io_error: source,
         }),
     };
-    // struct { u32 prog_fd, target_fd, attach_type, flags; ... } of
-    // `union bpf_attr` for BPF_LINK_CREATE, zero-padded.
-    let mut attr = [0u32; 16];
-    attr[0] = program_fd as u32;
-    attr[1] = root.as_raw_fd() as u32;
-    attr[2] = aya_obj::generated::bpf_attach_type::BPF_CGROUP_SETSOCKOPT as u32;
-    // SAFETY: bpf(2) reads `size_of_val(&attr)` bytes of a live buffer.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            aya_obj::generated::bpf_cmd::BPF_LINK_CREATE as libc::c_long,
-            attr.as_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if fd < 0 {
-        return Err(attach_error(std::io::Error::last_os_error()));
-    }
-    // SAFETY: a fresh descriptor from the kernel that nobody else owns.
-    let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let link = bpfsys::cgroup_link_create(
+        program
+            .fd()
+            .map_err(program_error("setsockopt", "attach"))?
+            .as_fd(),
+        root.as_fd(),
+        aya_obj::generated::bpf_attach_type::BPF_CGROUP_SETSOCKOPT as u32,
+    )
+    .map_err(attach_error)?;
     let staging = pins.link_path("setsockopt-staging");
     let _ = std::fs::remove_file(&staging);
-    let path = std::ffi::CString::new(staging.as_os_str().as_encoded_bytes())
-        .map_err(|error| attach_error(std::io::Error::other(error)))?;
-    // struct { u64 pathname; u32 bpf_fd, file_flags; } for BPF_OBJ_PIN.
-    let mut pin_attr = [0u64; 4];
-    pin_attr[0] = path.as_ptr() as u64;
-    pin_attr[1] = link.as_raw_fd() as u32 as u64;
-    // SAFETY: as above; `path` outlives the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            aya_obj::generated::bpf_cmd::BPF_OBJ_PIN as libc::c_long,
-            pin_attr.as_ptr(),
-            std::mem::size_of_val(&pin_attr),
-        )
-    };
-    if rc < 0 {
-        return Err(attach_error(std::io::Error::last_os_error()));
-    }
+    bpfsys::obj_pin(link.as_fd(), &staging).map_err(attach_error)?;
     let pinned = aya::programs::links::PinnedLink::from_pin(&staging);
     let _ = std::fs::remove_file(&staging);
     drop(link);
