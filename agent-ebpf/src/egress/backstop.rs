@@ -443,6 +443,30 @@ fn kept_learned_connection(tag: &SocketTag, destination: &Destination) -> bool {
 /// the would-be denial already.
 #[inline(always)]
 fn emit(tag: &SocketTag, destination: &Destination, agent_mode: u8, rule_id: u32, generation: u32) {
+    let decision = TagDecision {
+        hook: hook::SKB_EGRESS,
+        verdict: Verdict::Denied,
+        mode: agent_mode,
+        rule_id,
+        generation,
+    };
+    emit_for_tag(tag, &decision, destination);
+}
+
+/// What a record of the backstop or the setsockopt program decided.
+struct TagDecision {
+    hook: u16,
+    verdict: Verdict,
+    mode: u8,
+    rule_id: u32,
+    generation: u32,
+}
+
+/// Writes one connect record for the process in `tag`, within the agent's
+/// event rate. Every field is written: reserved ring-buffer memory holds
+/// whatever an earlier record left there.
+#[inline(always)]
+fn emit_for_tag(tag: &SocketTag, decision: &TagDecision, object: &Destination) {
     if !take_event_token(tag.agent_id) {
         return;
     }
@@ -466,19 +490,22 @@ fn emit(tag: &SocketTag, destination: &Destination, agent_mode: u8, rule_id: u32
     header.uid = tag.uid;
     header.gid = tag.gid;
     header.root_tgid = tag.root_tgid;
-    header.hook = hook::SKB_EGRESS;
-    header.verdict = Verdict::Denied as u8;
-    header.mode = agent_mode;
-    header.rule_id = rule_id;
-    header.generation = generation;
+    header.hook = decision.hook;
+    header.verdict = decision.verdict as u8;
+    header.mode = decision.mode;
+    header.rule_id = decision.rule_id;
+    header.generation = decision.generation;
     header.ppid = 0;
     header.comm = tag.comm;
-    event.family = destination.family;
-    event.port = destination.port;
-    event.protocol = destination.protocol;
+    event.family = object.family;
+    event.port = object.port;
+    event.protocol = object.protocol;
     event.sock_type = 0;
     event._pad = [0; 2];
-    event.addr = destination.addr;
+    event.addr = object.addr;
+    // The backstop judges the packet, not a learned row: no domain.
+    event.learned_rule = 0;
+    event._pad2 = 0;
     entry.submit(0);
 }
 
@@ -588,41 +615,19 @@ fn emit_sockopt(
     level: i32,
     optname: i32,
 ) {
-    if !take_event_token(tag.agent_id) {
-        return;
-    }
-    let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
-        count_drop(tag.agent_id);
-        return;
+    let decision = TagDecision {
+        hook: hook::SETSOCKOPT,
+        verdict,
+        mode: agent_mode,
+        rule_id: 0,
+        generation,
     };
-    // SAFETY: the reservation is exactly one `ConnectEvent`; every field is
-    // written below before submit.
-    let event = unsafe { &mut *entry.as_mut_ptr() };
-    let header = &mut event.header;
-    header.version = EVENT_VERSION;
-    header.kind = kind::CONNECT;
-    header.size = core::mem::size_of::<ConnectEvent>() as u32;
-    // SAFETY: helper without memory arguments.
-    header.time_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
-    header.cgroup_id = tag.cgroup_id;
-    header.agent_id = tag.agent_id;
-    header.pid = tag.pid;
-    header.tgid = tag.tgid;
-    header.uid = tag.uid;
-    header.gid = tag.gid;
-    header.root_tgid = tag.root_tgid;
-    header.hook = hook::SETSOCKOPT;
-    header.verdict = verdict as u8;
-    header.mode = agent_mode;
-    header.rule_id = 0;
-    header.generation = generation;
-    header.ppid = 0;
-    header.comm = tag.comm;
-    event.family = if level == SOL_IP { AF_INET } else { AF_INET6 };
-    event.port = optname as u16;
-    event.protocol = level as u8;
-    event.sock_type = 0;
-    event._pad = [0; 2];
-    event.addr = [0; 16];
-    entry.submit(0);
+    let object = Destination {
+        family: if level == SOL_IP { AF_INET } else { AF_INET6 },
+        addr: [0; 16],
+        port: optname as u16,
+        protocol: level as u8,
+        sock_type: 0,
+    };
+    emit_for_tag(tag, &decision, &object);
 }
