@@ -348,6 +348,174 @@ fn vm_an_agent_cannot_touch_bpffs_cgroups_or_baton_files() {
     assert_eq!(record["object"]["denied_rights"][0], "delete");
 }
 
+/// Every pin under the daemon's `links/` and `maps/`, sorted.
+fn pins_under(pin_dir: &Path) -> Vec<String> {
+    let mut pins: Vec<String> = ["links", "maps"]
+        .iter()
+        .flat_map(|sub| std::fs::read_dir(pin_dir.join(sub)).unwrap())
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect();
+    pins.sort();
+    pins
+}
+
+/// (pin name, link id, program id) of every pinned link, asked of the
+/// kernel through bpftool rather than of Baton.
+fn pinned_links(pin_dir: &Path) -> Vec<(String, u64, u64)> {
+    let mut links = Vec::new();
+    for entry in std::fs::read_dir(pin_dir.join("links")).unwrap() {
+        let path = entry.unwrap().path();
+        let output = Command::new("bpftool")
+            .args(["-j", "link", "show", "pinned"])
+            .arg(&path)
+            .output()
+            .expect("bpftool is installed by cargo xtask setup");
+        let info: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|_| panic!("bpftool link show pinned {}", path.display()));
+        links.push((
+            path.file_name().unwrap().to_string_lossy().into_owned(),
+            info["id"].as_u64().unwrap(),
+            info["prog_id"].as_u64().unwrap(),
+        ));
+    }
+    links.sort();
+    links
+}
+
+/// A root agent, whether its cgroup selects it or `baton exec` placed it,
+/// cannot remove the daemon's pins: neither one pin nor `rm -rf` of the
+/// whole directory. BPF LSM denies every unlink (and records it), so the
+/// pins, links and programs stay as they were and nothing had to be put
+/// back; outside the agent the directory stays readable.
+#[test]
+#[ignore = "needs a kernel booted with BPF LSM: runs inside the test VMs (cargo xtask test)"]
+fn vm_a_root_agent_cannot_remove_the_daemons_pins() {
+    let cgroup = TestCgroup::new(&format!("/baton-test-protect-pins-{}", std::process::id()));
+    // Egress denied, so that the connect below tells whether the egress
+    // programs still run.
+    let guarded = policy("guard", "guard", "  egress:\n    default: deny\n").replace(
+        "    agent: guard\n",
+        &format!("    agent: guard\n    cgroups: [{}]\n", cgroup.relative),
+    );
+    let daemon = Daemon::start("protect-pins", &[("p.yaml", guarded)]);
+    let stderr = daemon.stderr();
+    assert!(
+        !stderr.contains("file rules are NOT enforced"),
+        "BPF LSM must load in the VM:\n{stderr}"
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap().to_string();
+    let pins_before = pins_under(&daemon.pin_dir);
+    let links_before = pinned_links(&daemon.pin_dir);
+    assert!(
+        links_before.iter().any(|(name, _, _)| name == "connect4")
+            && links_before.iter().any(|(name, _, _)| name == "file_open"),
+        "{links_before:?}"
+    );
+    let pin_dir = daemon.pin_dir.display().to_string();
+
+    // One pin at a time, from the cgroup-selected agent.
+    for pin in ["links/connect4", "links/file_open", "maps/AGENT_POLICIES"] {
+        let path = daemon.pin_dir.join(pin).display().to_string();
+        assert_eq!(
+            in_agent(&cgroup, &[HELPER, "unlink", &path]),
+            EPERM,
+            "{path}"
+        );
+    }
+    let record = daemon.wait_for_record(|r| {
+        r["hook"] == "path_unlink"
+            && r["object"]["path"] == format!("{pin_dir}/links/connect4").as_str()
+    });
+    assert_eq!(record["verdict"], "denied");
+    assert_eq!(record["agent"], "guard");
+    assert_eq!(record["object"]["denied_rights"][0], "delete");
+
+    // The whole directory, from the cgroup-selected agent and from a
+    // `baton exec` agent.
+    let rm = cgroup.enter_and_exec(&format!("rm -rf {pin_dir}"));
+    let by_cgroup = Command::new(&rm[0]).args(&rm[1..]).output().unwrap();
+    let by_exec = daemon.exec("guard", &["rm", "-rf", &pin_dir]);
+    for (who, removal) in [("cgroup", &by_cgroup), ("baton exec", &by_exec)] {
+        let stderr = String::from_utf8_lossy(&removal.stderr);
+        assert!(!removal.status.success(), "{who}: rm -rf succeeded");
+        assert!(
+            stderr.contains("Operation not permitted"),
+            "{who}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("No such file"),
+            "{who}: something was removed: {stderr}"
+        );
+    }
+    let rm_records: Vec<serde_json::Value> = daemon
+        .decisions()
+        .into_iter()
+        .filter(|r| {
+            r["hook"] == "path_unlink"
+                && r["object"]["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with(&pin_dir))
+                && r["process"]["comm"] == "rm"
+        })
+        .collect();
+    assert!(!rm_records.is_empty(), "rm's unlinks are recorded");
+    for record in &rm_records {
+        assert_eq!(record["verdict"], "denied", "{record}");
+        assert_eq!(record["agent"], "guard", "{record}");
+    }
+
+    // Nothing moved: the same pins, naming the same links and programs,
+    // and nothing had to be put back.
+    assert_eq!(
+        pins_under(&daemon.pin_dir),
+        pins_before,
+        "every pin is there"
+    );
+    assert_eq!(
+        pinned_links(&daemon.pin_dir),
+        links_before,
+        "the same links"
+    );
+    assert!(
+        !daemon.records().iter().any(|r| r["object"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(" was removed"))),
+        "no pin had to be put back"
+    );
+    // The programs still run: the agent is still denied its connect, the
+    // outsider is not, and the kernel says every link is attached.
+    assert_eq!(in_agent(&cgroup, &[HELPER, "connect", &target]), EPERM);
+    assert_eq!(outside(&[HELPER, "connect", &target]), "ok");
+    let probe: serde_json::Value = serde_json::from_slice(
+        &baton_tests::baton(&["probe", "--json", "--pin-dir", &pin_dir]).stdout,
+    )
+    .unwrap();
+    let attached = probe["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "Baton programs attached")
+        .unwrap_or_else(|| panic!("{probe:#}"));
+    assert_eq!(attached["status"], "yes", "{attached}");
+    let status = daemon.status();
+    let controls = &status["agents"][0]["controls"];
+    assert!(
+        controls["egress"].as_str().unwrap().starts_with("enforced"),
+        "{status}"
+    );
+    assert_eq!(controls["files"], "enforced by BPF LSM", "{status}");
+
+    // Outside the agent the pin directory is readable as ever.
+    let listed = Command::new("ls").arg("-R").arg(&pin_dir).output().unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains("connect4") && listed.contains("AGENT_POLICIES"),
+        "{listed}"
+    );
+}
+
 /// Landlock's ABI on this kernel, 0 without Landlock.
 fn landlock_abi() -> i64 {
     // SAFETY: the version query takes no ruleset and writes no memory.
