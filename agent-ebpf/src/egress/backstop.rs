@@ -557,6 +557,14 @@ pub fn setsockopt(ctx: SockoptContext) -> i32 {
 /// Whether the IPv4 options in the value hold a loose or strict source
 /// route. Options are walked as the kernel does: END stops, NOOP is one
 /// byte, every other option has a length byte.
+///
+/// The walk reads the value in place, each byte behind its own check
+/// against the buffer's end, with the offset bounded by a comparison
+/// against a constant first. 6.1's verifier cannot prune a branch that
+/// compares a known value with a range (it only folds comparisons with a
+/// constant operand), so an index compared with a length it tracks as a
+/// register reaches impossible states there, in which a stack or map
+/// access is refused.
 // The last unrolled step's update of `at` is never read.
 #[allow(unused_assignments)]
 #[inline(always)]
@@ -568,36 +576,39 @@ fn has_source_route(sockopt: &aya_ebpf::bindings::bpf_sockopt) -> bool {
             sockopt.__bindgen_anon_3.optval_end as *const u8,
         )
     };
-    // 64 bytes so that a masked index is in bounds for the verifier.
-    let mut bytes = [0u8; 64];
-    let mut len = 0usize;
-    unroll!(i in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
-                  20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39] {
-        // SAFETY: the byte is inside [start, end), checked first.
-        if len == i && unsafe { start.add(i + 1) } <= end {
-            bytes[i] = unsafe { *start.add(i) };
-            len = i + 1;
-        }
-    });
     let mut at = 0usize;
     unroll!(_i in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
                    20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39] {
-        if at < len {
-            let option = bytes[at & 63];
-            if option == IPOPT_LSRR || option == IPOPT_SSRR {
-                return true;
+        if at >= IP_OPTIONS_MAX {
+            return false;
+        }
+        // `wrapping_add`: the verifier, not the compiler, checks the
+        // bounds; the pointer is compared with the end before each read.
+        let option_at = start.wrapping_add(at);
+        if option_at.wrapping_add(1) > end {
+            return false;
+        }
+        // SAFETY: the byte is before `end`, checked above.
+        let option = unsafe { *option_at };
+        if option == IPOPT_LSRR || option == IPOPT_SSRR {
+            return true;
+        }
+        if option == IPOPT_END {
+            return false;
+        }
+        if option == IPOPT_NOOP {
+            at += 1;
+        } else {
+            if option_at.wrapping_add(2) > end {
+                return false;
             }
-            if option == IPOPT_END {
-                at = IP_OPTIONS_MAX;
-            } else if option == IPOPT_NOOP {
-                at += 1;
-            } else if at + 1 < len {
-                let length = bytes[(at + 1) & 63] as usize;
-                // The kernel rejects a length below 2; stop rather than loop.
-                at = if length < 2 { IP_OPTIONS_MAX } else { at + length };
-            } else {
-                at = IP_OPTIONS_MAX;
+            // SAFETY: the byte is before `end`, checked above.
+            let length = unsafe { *option_at.wrapping_add(1) } as usize;
+            // The kernel rejects a length below 2; stop rather than loop.
+            if length < 2 {
+                return false;
             }
+            at += length;
         }
     });
     // More than 40 bytes of options is invalid; the kernel refuses it.

@@ -15,6 +15,9 @@
 //!   baton-test-helper lsrr HOP FINAL:PORT TEXT cmsg|sockopt
 //!                                                 UDP send of TEXT to FINAL through HOP
 //!                                                 (IPv4 loose source route)
+//!   baton-test-helper sockopt ip-options|ipv6-rthdr HEX
+//!                                                 setsockopt(2) of that option with these
+//!                                                 bytes on a UDP socket
 //!   baton-test-helper ping ADDR TEXT              unconnected ICMP echo with TEXT
 //!   baton-test-helper open PATH read|write        open(2)
 //!   baton-test-helper spawn PROGRAM ARGS...       run PROGRAM as a child, pass its output on
@@ -232,6 +235,17 @@ fn routed_send(
     }
 }
 
+/// Bytes from pairs of hex digits; `None` for anything else.
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// An unconnected ICMP echo request carrying `text`, from a ping socket.
 fn ping(to: std::net::Ipv4Addr, text: &str) -> std::io::Result<()> {
     let fd = socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP)?;
@@ -445,6 +459,20 @@ fn main() -> ExitCode {
                     ))
                 }
                 _ => usage(),
+            }
+        }
+        ["sockopt", option, hex] => {
+            let (domain, level, name) = match *option {
+                "ip-options" => (libc::AF_INET, libc::IPPROTO_IP, libc::IP_OPTIONS),
+                "ipv6-rthdr" => (libc::AF_INET6, libc::IPPROTO_IPV6, libc::IPV6_RTHDR),
+                _ => return usage(),
+            };
+            match decode_hex(hex) {
+                Some(value) => report(
+                    socket(domain, libc::SOCK_DGRAM, 0)
+                        .and_then(|fd| set_option(&fd, level, name, &value)),
+                ),
+                None => usage(),
             }
         }
         ["ping", to, text] => match to.parse::<std::net::Ipv4Addr>() {
