@@ -70,6 +70,9 @@ pub struct Config {
     /// File and exec enforcement where BPF LSM is unavailable.
     #[serde(default)]
     pub files: FilesConfig,
+    /// The control socket's connection limits.
+    #[serde(default)]
+    pub control: crate::control::budget::ControlConfig,
 }
 
 /// `files:` in the configuration file.

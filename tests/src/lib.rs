@@ -6,6 +6,7 @@
 //! here imitates the kernel.
 
 use std::{
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -87,6 +88,8 @@ pub struct Daemon {
     policy_dir: PathBuf,
     config: PathBuf,
     cleanup_on_exit: bool,
+    /// `RLIMIT_NOFILE` (soft and hard) the daemon starts with, if set.
+    descriptor_limit: Option<u64>,
 }
 
 impl Daemon {
@@ -109,6 +112,44 @@ impl Daemon {
             policy_dir.to_path_buf(),
             config_yaml,
             true,
+        )
+    }
+
+    /// [`Daemon::start_in_with_config`], the daemon started with
+    /// `RLIMIT_NOFILE` at `limit` (soft and hard), as `LimitNOFILE=` in a
+    /// unit would.
+    pub fn start_in_with_descriptor_limit(
+        policy_dir: &Path,
+        label: &str,
+        config_yaml: &str,
+        limit: u64,
+    ) -> Self {
+        let mut daemon =
+            Self::unstarted(TempDir::new(label), policy_dir.to_path_buf(), config_yaml);
+        daemon.descriptor_limit = Some(limit);
+        daemon.spawn();
+        daemon
+    }
+
+    /// `baton run` on `policy_dir` with `config_yaml` and `RLIMIT_NOFILE`
+    /// at `limit`, expected to refuse to start: its exit status and stderr.
+    pub fn refused_start(
+        policy_dir: &Path,
+        label: &str,
+        config_yaml: &str,
+        limit: u64,
+    ) -> (std::process::ExitStatus, String) {
+        let mut daemon =
+            Self::unstarted(TempDir::new(label), policy_dir.to_path_buf(), config_yaml);
+        daemon.descriptor_limit = Some(limit);
+        let output = daemon
+            .command()
+            .stdout(Stdio::null())
+            .output()
+            .expect("spawn baton run");
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
         )
     }
 
@@ -152,7 +193,23 @@ impl Daemon {
         Self::launch_with_log(dir, policy_dir, config_yaml, cleanup_on_exit, None)
     }
 
+    fn unstarted(dir: TempDir, policy_dir: PathBuf, config_yaml: &str) -> Self {
+        Self::prepare(dir, policy_dir, config_yaml, true, None)
+    }
+
     fn launch_with_log(
+        dir: TempDir,
+        policy_dir: PathBuf,
+        config_yaml: &str,
+        cleanup_on_exit: bool,
+        audit_log: Option<&Path>,
+    ) -> Self {
+        let mut daemon = Self::prepare(dir, policy_dir, config_yaml, cleanup_on_exit, audit_log);
+        daemon.spawn();
+        daemon
+    }
+
+    fn prepare(
         dir: TempDir,
         policy_dir: PathBuf,
         config_yaml: &str,
@@ -169,7 +226,7 @@ impl Daemon {
             .unwrap()
             .to_string_lossy()
             .replace('.', "-");
-        let mut daemon = Self {
+        Self {
             child: None,
             socket: dir.path().join("baton.sock"),
             audit_log: audit_log
@@ -180,14 +237,12 @@ impl Daemon {
             policy_dir,
             config,
             cleanup_on_exit,
-        };
-        daemon.spawn();
-        daemon
+            descriptor_limit: None,
+        }
     }
 
-    /// Starts `baton run` and waits until it is enforcing.
-    fn spawn(&mut self) {
-        let stderr_path = self.dir.path().join("daemon.stderr");
+    /// The `baton run` command line for this daemon.
+    fn command(&self) -> Command {
         let mut command = Command::new(baton_bin());
         command
             .arg("run")
@@ -206,6 +261,30 @@ impl Daemon {
         if self.cleanup_on_exit {
             command.arg("--cleanup-on-exit");
         }
+        if let Some(limit) = self.descriptor_limit {
+            let limit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches only the
+            // child's own limit.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        command
+    }
+
+    /// Starts `baton run` and waits until it is enforcing.
+    fn spawn(&mut self) {
+        let stderr_path = self.dir.path().join("daemon.stderr");
+        let mut command = self.command();
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -277,6 +277,220 @@ fn daemon_threads(daemon: &Daemon) -> String {
     }
 }
 
+/// Descriptors the daemon keeps for the fanotify fallback (192) and the
+/// audit trail (64), as documented: control-socket load never takes them.
+const RESERVE: usize = 256;
+
+/// The daemon's descriptor limit in the reserve test: small, so that the
+/// control socket's share is reached with a few hundred connections.
+const SMALL_LIMIT: u64 = 1024;
+
+/// Connects to `socket` as `uid` and prints the first line the daemon
+/// sends (a refusal comes unasked).
+fn first_reply_as(uid: u32, socket: &str) -> String {
+    let script = format!(
+        "import socket\ns = socket.socket(socket.AF_UNIX)\ns.settimeout(60)\ns.connect({socket:?})\nprint(s.makefile().readline().strip())\n"
+    );
+    let output = Command::new("python3")
+        .args(["-c", &script])
+        .uid(uid)
+        .gid(uid)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// The number after `key=` in the daemon's `descriptor budget` log line.
+fn budget_field(daemon: &Daemon, key: &str) -> usize {
+    let stderr = daemon.stderr();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("descriptor budget"))
+        .unwrap_or_else(|| panic!("no descriptor budget in the log:\n{stderr}"));
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(&format!("{key}=")))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {line}"))
+}
+
+/// The descriptor reserve at its bound. The daemon starts with a descriptor
+/// limit of 1,024 and, at start, sets aside 256 descriptors for the
+/// fanotify fallback and the audit trail and caps the control socket at
+/// half of the rest. Hostile users then hold every connection the cap
+/// allows (`nobody` and enough other uids to reach the total) and
+/// `nobody` keeps connecting past it: the daemon never holds more than its
+/// limit less the reserve, fifty outsiders opening a file on the watched
+/// mount at once are all answered and allowed, the agent's denied open is
+/// denied and written to the audit trail, and the operator is served. A
+/// configured connection limit that does not fit is refused at start,
+/// naming the key and what would fit.
+#[test]
+fn at_a_small_descriptor_limit_control_load_never_takes_the_fanotify_and_audit_reserve() {
+    let dir = reachable_dir("abuse-reserve");
+    let agent_helper = dir.path().join("agent-helper");
+    std::fs::copy(HELPER, &agent_helper).unwrap();
+    let mount = Tmpfs::mount(dir.path().join("mnt"));
+    let tree = mount.0.join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("secret"), "x").unwrap();
+    let secret = tree.join("secret").display().to_string();
+    let watched = policy(
+        "watched",
+        "watched",
+        &format!("  files:\n    deny: [{}]\n", tree.display()),
+    )
+    .replace(
+        "    agent: watched\n",
+        &format!(
+            "    agent: watched\n    executables: [{}]\n",
+            agent_helper.display()
+        ),
+    );
+    let policy_dir = dir.path().join("policies");
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    std::fs::write(policy_dir.join("watched.yaml"), watched).unwrap();
+
+    // A cap that cannot fit is refused before anything is enforced.
+    let (status, stderr) = Daemon::refused_start(
+        &policy_dir,
+        "abuse-reserve-refused",
+        "control:\n  maxConnections: 5000\n",
+        SMALL_LIMIT,
+    );
+    assert!(!status.success(), "started with a cap that does not fit");
+    assert!(
+        stderr.contains("config.yaml:2:3: control.maxConnections: 5021 control connections")
+            && stderr.contains("192 for the fanotify fallback and 64 for the audit trail")
+            && stderr.contains("lower control.maxConnections to at most"),
+        "{stderr}"
+    );
+
+    let daemon =
+        Daemon::start_in_with_descriptor_limit(&policy_dir, "abuse-reserve", "", SMALL_LIMIT);
+    let pid = daemon.pid();
+    let socket = daemon.socket.to_str().unwrap().to_string();
+    assert_eq!(budget_field(&daemon, "limit"), SMALL_LIMIT as usize);
+    let connections = budget_field(&daemon, "connections");
+    let per_user = budget_field(&daemon, "per_user");
+    let ceiling = SMALL_LIMIT as usize - RESERVE;
+    let as_agent = || {
+        outcome_within(
+            Command::new(&agent_helper).args(["open", &secret, "read"]),
+            Duration::from_secs(10),
+        )
+    };
+    assert_eq!(as_agent(), EPERM, "the rule is enforced before the load");
+    let denials_before = daemon
+        .decisions()
+        .iter()
+        .filter(|r| r["object"]["path"] == secret.as_str())
+        .count();
+
+    // Every place the cap allows, taken by hostile users; `nobody` asks
+    // for 1,000 and gets its share.
+    let uids: Vec<u32> = std::iter::once(NOBODY)
+        .chain(60_100..)
+        .take(connections.div_ceil(per_user) + 1)
+        .collect();
+    let mut holders: Vec<Child> = uids
+        .iter()
+        .map(|&uid| {
+            let count = if uid == NOBODY { "1000" } else { "32" };
+            let mut holder = Command::new(CLIENT)
+                .args(["hold", &socket, count])
+                .uid(uid)
+                .gid(uid)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let report = first_line(&mut holder);
+            assert!(report.starts_with("connected="), "{report}");
+            holder
+        })
+        .collect();
+    let refused = first_reply_as(60_099, &socket);
+    assert!(
+        refused.contains(&format!("too many connections: the limit is {connections}")),
+        "the total is reached: {refused:?}"
+    );
+    // And `nobody` keeps knocking while the rest goes on.
+    let knocker = client_as_nobody(&["hold", &socket, "1000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    holders.push(knocker);
+
+    let mut peak = open_fds(pid);
+    let openers: Vec<Child> = (0..50)
+        .map(|_| {
+            Command::new(HELPER)
+                .args(["open", &secret, "read"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for opener in openers {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut opener = opener;
+        while opener.try_wait().unwrap().is_none() {
+            peak = peak.max(open_fds(pid));
+            if Instant::now() > deadline {
+                let _ = opener.kill();
+                panic!(
+                    "an outsider's open was not answered{}",
+                    daemon_threads(&daemon)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            helper_outcome(&opener.wait_with_output().unwrap()),
+            "ok",
+            "an outsider's open on the watched mount"
+        );
+    }
+    // The audit path works: the agent's denied open is denied and written.
+    assert_eq!(as_agent(), EPERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon
+        .decisions()
+        .iter()
+        .filter(|r| r["object"]["path"] == secret.as_str())
+        .count()
+        <= denials_before
+    {
+        assert!(Instant::now() < deadline, "the denial was not recorded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let record = daemon
+        .decisions()
+        .into_iter()
+        .rfind(|r| r["object"]["path"] == secret.as_str())
+        .unwrap();
+    assert_eq!(record["verdict"], "denied", "{record}");
+    assert_eq!(record["agent"], "watched", "{record}");
+    assert!(daemon.status().is_object(), "the operator is served");
+    peak = peak.max(open_fds(pid));
+    assert!(
+        peak <= ceiling,
+        "the daemon held {peak} descriptors: more than its limit {SMALL_LIMIT} less the reserve {RESERVE}"
+    );
+    eprintln!(
+        "peak {peak} descriptors of {SMALL_LIMIT} with {} hostile holders; at start {} were open and the control socket may take {}",
+        holders.len(),
+        budget_field(&daemon, "in_use"),
+        budget_field(&daemon, "control"),
+    );
+    for mut holder in holders {
+        drop(holder.stdin.take());
+        holder.wait().unwrap();
+    }
+}
+
 /// A 256 MiB request line without a newline from `nobody` (the daemon used
 /// to buffer all of it), from several connections at once: each is
 /// refused with a clear reply once it passes the request size limit, and

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod budget;
 pub mod client;
 pub mod server;
 

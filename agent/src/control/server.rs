@@ -34,10 +34,11 @@ use tokio::{
         UnixListener, UnixStream,
         unix::{OwnedReadHalf, OwnedWriteHalf},
     },
+    sync::Semaphore,
     time::Instant,
 };
 
-use super::{AuditReply, AuditRequest, Reply, Request};
+use super::{AuditReply, AuditRequest, Reply, Request, budget::REFUSALS};
 use crate::audit::stream::{AuditService, Filter};
 
 /// Errors starting the control socket.
@@ -104,26 +105,6 @@ impl Default for Limits {
             idle: Duration::from_secs(30),
             request: Duration::from_secs(10),
             write: Duration::from_secs(10),
-        }
-    }
-}
-
-impl Limits {
-    /// These limits, lowered where needed so that every connection the
-    /// socket can hold takes at most a quarter of `descriptors` (the
-    /// daemon's `RLIMIT_NOFILE`): the rest stays for the audit trail, the
-    /// kernel objects, the DNS proxies and the fanotify listener.
-    pub fn within(self, descriptors: u64) -> Self {
-        let budget = usize::try_from(descriptors / 4)
-            .unwrap_or(usize::MAX)
-            .max(2);
-        let operator = self.operator.min(budget / 4).max(1);
-        let connections = self.connections.min(budget - operator).max(1);
-        Self {
-            connections,
-            per_user: self.per_user.min(connections).max(1),
-            operator,
-            ..self
         }
     }
 }
@@ -374,12 +355,27 @@ pub async fn serve(listener: UnixListener, handler: Arc<dyn Handler>) {
 }
 
 /// Serves connections within `limits` until the task is dropped.
+///
+/// A connection is accepted only with a place for it: at most the users'
+/// and the operator's connections plus [`REFUSALS`] being refused are open
+/// at once, so the server never holds more descriptors than
+/// [`control_descriptors`](super::budget::control_descriptors) says,
+/// whatever clients do. Past that, new
+/// connections wait in the listen backlog until a refusal is done (it never
+/// waits) or a connection closes.
 pub async fn serve_with(listener: UnixListener, handler: Arc<dyn Handler>, limits: Limits) {
     let tally = Tally {
         limits,
         counts: Arc::default(),
     };
+    let places = Arc::new(Semaphore::new(
+        limits.connections + limits.operator + REFUSALS,
+    ));
+    let mut failures = AcceptFailures::default();
     loop {
+        let Ok(place) = places.clone().acquire_owned().await else {
+            return;
+        };
         match listener.accept().await {
             Ok((stream, _)) => {
                 // Accepted even over the limit, so the backlog never fills
@@ -390,12 +386,49 @@ pub async fn serve_with(listener: UnixListener, handler: Arc<dyn Handler>, limit
                     if let Err(error) = connection(stream, handler, &tally).await {
                         tracing::debug!(%error, "control connection ended");
                     }
+                    drop(place);
                 });
             }
             Err(error) => {
-                tracing::warn!(%error, "control socket accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                drop(place);
+                // Out of descriptors (the process's or the system's), or
+                // out of memory: the connection stays in the backlog. Wait
+                // instead of spinning; the rest of the daemon runs on.
+                let pause = failures.note(&error);
+                tokio::time::sleep(pause).await;
             }
+        }
+    }
+}
+
+/// Failed `accept` calls, logged at most every ten seconds.
+#[derive(Default)]
+struct AcceptFailures {
+    since_logged: u64,
+    logged_at: Option<Instant>,
+}
+
+impl AcceptFailures {
+    /// Records one failure; returns how long to wait before accepting
+    /// again.
+    fn note(&mut self, error: &std::io::Error) -> Duration {
+        self.since_logged += 1;
+        let due = self
+            .logged_at
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(10));
+        if due {
+            tracing::warn!(
+                %error,
+                failures = self.since_logged,
+                "control socket accept failed"
+            );
+            self.since_logged = 0;
+            self.logged_at = Some(Instant::now());
+        }
+        match error.raw_os_error() {
+            // A peer gone before it was accepted: nothing to wait for.
+            Some(libc::ECONNABORTED | libc::EINTR) => Duration::ZERO,
+            _ => Duration::from_millis(100),
         }
     }
 }
@@ -647,38 +680,6 @@ fn line_of(record: &str) -> String {
     out
 }
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard one (which needs no
-/// privilege) and returns the soft limit now in force. Every descriptor
-/// the daemon holds for others is bounded well below it (see
-/// [`Limits::within`]); the raise leaves room for the rest.
-pub fn raise_descriptor_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
-        return 1024;
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: setrlimit reads one rlimit.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) } == 0 {
-            return raised.rlim_cur;
-        }
-        tracing::warn!(
-            error = %std::io::Error::last_os_error(),
-            soft = limit.rlim_cur,
-            hard = limit.rlim_max,
-            "cannot raise RLIMIT_NOFILE"
-        );
-    }
-    limit.rlim_cur
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -691,15 +692,18 @@ mod tests {
     }
 
     #[test]
-    fn connection_limits_fit_within_the_descriptor_limit() {
-        let limits = Limits::default();
-        assert_eq!(limits.within(65536), limits, "room enough: unchanged");
-        for descriptors in [64, 256, 1024, 4096] {
-            let fitted = limits.within(descriptors);
-            let held = (fitted.connections + fitted.operator) as u64;
-            assert!(held <= descriptors / 4, "{descriptors}: {fitted:?}");
-            assert!(fitted.per_user <= fitted.connections && fitted.operator >= 1);
-        }
+    fn accept_failures_wait_and_are_logged_sparingly() {
+        let mut failures = AcceptFailures::default();
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        assert_eq!(failures.note(&emfile), Duration::from_millis(100));
+        let logged = failures.logged_at;
+        assert!(logged.is_some());
+        let enfile = std::io::Error::from_raw_os_error(libc::ENFILE);
+        assert_eq!(failures.note(&enfile), Duration::from_millis(100));
+        assert_eq!(failures.logged_at, logged, "not logged again within 10 s");
+        assert_eq!(failures.since_logged, 1, "but counted for the next line");
+        let aborted = std::io::Error::from_raw_os_error(libc::ECONNABORTED);
+        assert_eq!(failures.note(&aborted), Duration::ZERO);
     }
 
     #[test]

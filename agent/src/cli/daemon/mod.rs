@@ -42,7 +42,7 @@ use crate::{
     breaker::{Action, Engine, State as BreakerState, Transition, limits::limit_processes},
     config::{Config, DEFAULT_AUDIT_LOG, DEFAULT_CONTROL_SOCKET, DEFAULT_POLICY_DIR, DnsConfig},
     control::{
-        Reply, Request,
+        Reply, Request, budget,
         server::{self, Caller, Handler},
     },
     egress::{
@@ -76,9 +76,9 @@ struct Settings {
     cleanup_on_exit: bool,
     /// Whether the fanotify fallback may run (`files.fanotify`).
     fanotify: bool,
-    /// Bounds on the control socket's clients, within the descriptors the
-    /// daemon has.
-    control_limits: server::Limits,
+    /// How the daemon's descriptors are shared, and the control socket's
+    /// limits within its share.
+    descriptors: budget::Budget,
 }
 
 impl Settings {
@@ -118,11 +118,15 @@ impl Settings {
         protected.push(crate::fallback::protected::daemon_proc_path(
             std::process::id(),
         ));
-        let descriptors = server::raise_descriptor_limit();
-        let control_limits = server::Limits::default().within(descriptors);
-        tracing::debug!(descriptors, ?control_limits, "control socket limits");
+        let config_file = budget::config_path(args.config.as_deref());
+        let descriptors = budget::Budget::plan(
+            budget::raise_descriptor_limit(),
+            &config.control,
+            &config_file,
+            std::fs::read_to_string(&config_file).ok().as_deref(),
+        )?;
         Ok(Self {
-            control_limits,
+            descriptors,
             fanotify: config.files.fanotify.unwrap_or(true),
             protected,
             pin_dir: args
@@ -1123,11 +1127,26 @@ async fn serve(
     let sweeper = tokio::spawn(sweep_learned_addresses(Arc::downgrade(&daemon)));
     let breaker_task = tokio::spawn(watch_breakers(Arc::downgrade(&daemon)));
     // The socket appears last: once it exists, the daemon is enforcing.
+    // Everything the daemon opens at start is open now: what is left must
+    // hold the control socket's share and the reserve.
+    let in_use = budget::open_descriptors().context("cannot count open descriptors")?;
+    settings.descriptors.check_in_use(in_use)?;
+    tracing::info!(
+        limit = settings.descriptors.limit,
+        in_use,
+        reserved_fanotify = budget::FANOTIFY_RESERVE,
+        reserved_audit = budget::AUDIT_RESERVE,
+        control = settings.descriptors.control,
+        connections = settings.descriptors.limits.connections,
+        per_user = settings.descriptors.limits.per_user,
+        operator = settings.descriptors.limits.operator,
+        "descriptor budget"
+    );
     let listener = server::bind(&settings.control_socket)?;
     let control = tokio::spawn(server::serve_with(
         listener,
         daemon.clone(),
-        settings.control_limits,
+        settings.descriptors.limits,
     ));
     {
         let state = daemon.state.lock().expect("state lock poisoned");
