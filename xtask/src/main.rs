@@ -1,4 +1,5 @@
-//! Developer tasks for Baton: `cargo xtask setup | build | run | test | vm | lint`.
+//! Developer tasks for Baton: `cargo xtask setup | build | run | test | vm | lint`,
+//! and the measuring ones: `bench`, `soak`, `verifier-stats`.
 //!
 //! Every task installs what it is missing first (idempotently, saying what it
 //! does), so a newcomer needs nothing but this repository and rustup.
@@ -9,6 +10,7 @@ mod setup;
 mod soak;
 mod test;
 mod util;
+mod verifier;
 mod vm;
 
 use std::{
@@ -79,6 +81,13 @@ enum Task {
     /// misses, the daemon's memory and descriptors, and audit records
     /// against the kernel's counters.
     Soak(soak::SoakArgs),
+    /// Boot each test kernel (6.1 and 6.12 unless --kernel picks one),
+    /// start the daemon there with BPF LSM on, and print every program's
+    /// verified instruction count against the kernel's limit (1,000,000),
+    /// and how long the daemon took to load everything. Exits non-zero
+    /// when a program fails to load where its hook exists, or uses more
+    /// than 50% of the limit.
+    VerifierStats(verifier::VerifierArgs),
     /// Regenerate the AgentPolicy CustomResourceDefinition
     /// (deploy/kubernetes/agentpolicy-crd.yaml) from the policy's JSON
     /// Schema (policies/agentpolicy.schema.json).
@@ -228,6 +237,7 @@ fn run_task(task: Task) -> Result<()> {
         Task::Lint => lint(),
         Task::Bench(args) => bench::run(&args),
         Task::Soak(args) => soak::run(&args),
+        Task::VerifierStats(args) => verifier::run(&args),
         Task::Crd => {
             let root = workspace_root();
             deploy::generate_crd(
