@@ -140,7 +140,8 @@ fn run_on_kernels(only: Option<&str>) -> Result<()> {
         });
         match report {
             Ok(report) => {
-                let (table, problems) = evaluate(&report);
+                let (mut table, problems) = evaluate(&report);
+                let _ = writeln!(table, "results: {}", results.join(RESULTS_FILE).display());
                 tables.push(table);
                 failed.extend(
                     problems
