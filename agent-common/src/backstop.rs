@@ -64,8 +64,12 @@ pub struct SocketTag {
     pub cache_rule_id: u32,
     /// Flags of the cached verdict (the backstop's own bits).
     pub cache_flags: u32,
+    /// Flags of the socket, kept across verdicts (the programs' own bits).
+    pub flags: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<SocketTag>() == 88);
+const _: () = assert!(size_of::<SocketTag>() == 96);
 
 /// How long an allow that came from a learned DNS name is trusted before
 /// the packet is judged again.

@@ -13,6 +13,7 @@
 //! learns are allowed until an expiry the programs check themselves.
 
 use agent_common::{
+    backstop::SocketTag,
     egress::{
         DNS_PORT, DnsProxyKey, DnsProxyPorts, EGRESS_KEY_HEADER_BITS, EgressKey, LEARNED_ADDR_ROWS,
         LearnedKey, LearnedRow, OriginalDestination, PORT_TABLE_ROWS, PortRule, ipv4_mapped,
@@ -97,8 +98,19 @@ const LOOPBACK6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 /// Makes a reply from (or the peer name of) the proxy look as if it came
 /// from the DNS server the agent addressed. Only sockets that were
 /// redirected have an entry, so everything else costs one lookup.
+///
+/// Every socket on the host runs this on each UDP receive and on `accept`
+/// and `getpeername`, so the socket's tag is asked first: only a socket an
+/// address hook redirected carries the flag, and an untagged socket (any
+/// process in no agent) costs one storage lookup that finds nothing.
 #[inline(always)]
 fn restore_dns_source(ctx: &SockAddrContext, ipv6: bool) {
+    // SAFETY: the context pointer is valid for the whole program run.
+    let tag = backstop::tag_of(unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk });
+    // SAFETY: a pointer from a successful storage lookup.
+    if tag.is_null() || unsafe { (*tag).flags } & backstop::DNS_REDIRECTED == 0 {
+        return;
+    }
     // SAFETY: the helper takes the program context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let Some(original) = DNS_ORIGINAL.get_ptr(cookie) else {
@@ -137,10 +149,16 @@ fn restore_dns_source(ctx: &SockAddrContext, ipv6: bool) {
 #[inline(always)]
 fn redirect_dns(
     ctx: &SockAddrContext,
+    tag: *mut SocketTag,
     destination: &Destination,
     ipv6_hook: bool,
     ports: &DnsProxyPorts,
 ) -> Verdict {
+    if tag.is_null() {
+        // Without the tag's flag the reply's source would never be put
+        // back, and the resolver would drop it: fail now, visibly.
+        return Verdict::Denied;
+    }
     let tcp = destination.protocol as u32 == IPPROTO_TCP;
     let mapped = destination.addr[..12] == ipv4_mapped([0; 4])[..12];
     let (proxy_port, to_ipv4) = match (ipv6_hook && !mapped, tcp) {
@@ -160,6 +178,10 @@ fn redirect_dns(
         proxy_port,
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
     };
+    // The flag first: a reply may arrive on another CPU as soon as the
+    // query leaves.
+    // SAFETY: a pointer from a successful storage lookup, checked above.
+    unsafe { (*tag).flags |= backstop::DNS_REDIRECTED };
     if DNS_ORIGINAL.insert(cookie, original, 0).is_err() {
         return Verdict::Denied;
     }
@@ -236,12 +258,17 @@ fn decide(ctx: &SockAddrContext, hook: u16) -> Verdict {
         return Verdict::Allowed;
     };
     // SAFETY: the context pointer is valid for the whole program run.
-    backstop::tag_sock_addr(unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk }, &agent);
-    try_decide(ctx, hook, &agent)
+    let tag = backstop::tag_socket(unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk }, &agent);
+    try_decide(ctx, hook, &agent, tag)
 }
 
 #[inline(always)]
-fn try_decide(ctx: &SockAddrContext, hook: u16, agent: &AgentRecord) -> Verdict {
+fn try_decide(
+    ctx: &SockAddrContext,
+    hook: u16,
+    agent: &AgentRecord,
+    tag: *mut SocketTag,
+) -> Verdict {
     let generation = active_generation();
     // SAFETY: the context pointer is valid for the whole program run.
     let sa = unsafe { &*ctx.sock_addr };
@@ -290,7 +317,7 @@ fn try_decide(ctx: &SockAddrContext, hook: u16, agent: &AgentRecord) -> Verdict 
                 // SAFETY: the pointer comes from a successful lookup.
                 let ports = unsafe { *ports };
                 let ipv6_hook = hook == hook::CONNECT6 || hook == hook::SENDMSG6;
-                redirect_dns(ctx, &destination, ipv6_hook, &ports)
+                redirect_dns(ctx, tag, &destination, ipv6_hook, &ports)
             }
             None => {
                 // No proxy socket in this namespace yet: the query may not
@@ -305,6 +332,7 @@ fn try_decide(ctx: &SockAddrContext, hook: u16, agent: &AgentRecord) -> Verdict 
     // The learned row this connect used, for the record's domain.
     let mut learned_rule = 0;
     let mut by_rule = false;
+    let mut by_learned = false;
     let (agent_mode, rule_decision, rule_id) = match policy {
         // An agent whose policy is gone is held closed rather than let loose.
         None => (mode::ENFORCE, decision::DENY, 0),
@@ -319,6 +347,7 @@ fn try_decide(ctx: &SockAddrContext, hook: u16, agent: &AgentRecord) -> Verdict 
                 );
                 if found != decision::NONE {
                     learned_rule = rule_id;
+                    by_learned = true;
                 }
             }
             if found == decision::NONE {
@@ -349,6 +378,9 @@ fn try_decide(ctx: &SockAddrContext, hook: u16, agent: &AgentRecord) -> Verdict 
         verdict = verdict_for(decision::DENY, agent_mode);
     }
     let denied = verdict != Verdict::Allowed;
+    if !denied && !quarantine {
+        backstop::seed(tag, generation, &destination, rule_id, by_learned);
+    }
     let new_destination = denied && first_denial(agent.agent_id, &destination);
     count(agent.agent_id, |c| {
         c.connects += 1;
@@ -559,3 +591,5 @@ fn normalise_wildcard(destination: &mut Destination) {
 /// The packet-level backstop, a child module so that it judges packets with
 /// this module's own matching functions.
 mod backstop;
+
+pub(crate) use backstop::tag_socket;

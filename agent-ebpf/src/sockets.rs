@@ -14,6 +14,7 @@ use agent_common::{
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::cgroup_sock, programs::SockContext};
 
 use crate::{
+    egress::tag_socket,
     events::{Decision, count_drop, fill_header},
     maps::{EVENTS, active_generation, agent_policy, count, current_agent, take_event_token},
 };
@@ -26,13 +27,20 @@ const SOCK_RAW: u32 = 3;
 const IPPROTO_ICMP: u32 = 1;
 const IPPROTO_ICMPV6: u32 = 58;
 
+/// Decides the socket, then tags an allowed one for the packet backstop
+/// (`egress/backstop.rs`). Both in one program: every socket created on
+/// the host runs it, and processes in no agent leave after one array load.
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let Some(agent) = current_agent(tgid) else {
         return 1;
     };
-    try_sock_create(&ctx, &agent).to_cgroup_sock()
+    let verdict = try_sock_create(&ctx, &agent);
+    if verdict == Verdict::Allowed {
+        tag_socket(ctx.sock, &agent);
+    }
+    verdict.to_cgroup_sock()
 }
 
 #[inline(always)]
@@ -40,13 +48,15 @@ fn try_sock_create(ctx: &SockContext, agent: &AgentRecord) -> Verdict {
     // SAFETY: the context pointer is valid for the whole program run.
     let sock = unsafe { &*ctx.sock };
     let (family, sock_type, protocol) = (sock.family, sock.type_, sock.protocol);
-    let policy = agent_policy(active_generation(), agent.agent_id);
-    let allow_icmp = policy.is_some_and(|p| p.flags & policy_flags::ALLOW_ICMP != 0);
-
     let is_icmp = sock_type == SOCK_DGRAM
         && ((family == AF_INET && protocol == IPPROTO_ICMP)
             || (family == AF_INET6 && protocol == IPPROTO_ICMPV6));
-    let forbidden = family == AF_PACKET || sock_type == SOCK_RAW || (is_icmp && !allow_icmp);
+    let forbidden = family == AF_PACKET
+        || sock_type == SOCK_RAW
+        // The policy is looked up only for the rare ICMP socket.
+        || (is_icmp
+            && !agent_policy(active_generation(), agent.agent_id)
+                .is_some_and(|p| p.flags & policy_flags::ALLOW_ICMP != 0));
     if !forbidden {
         return Verdict::Allowed;
     }

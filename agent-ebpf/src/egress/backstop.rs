@@ -11,14 +11,21 @@
 //! - `cgroup/sock_create` (4.10; `bpf_sk_storage_get` with the socket as
 //!   context, 5.x, present on 6.1) tags every inet socket an agent creates
 //!   with the agent, in socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`,
-//!   5.2), which the kernel frees with the socket. The address hooks tag
-//!   sockets an agent uses but did not create (created before it was
-//!   admitted, or passed in).
-//! - `cgroup_skb/egress` (4.10; `bpf_sk_fullsock` 5.1, socket storage 5.2)
-//!   on the cgroup v2 root runs for every packet a full socket sends, also
-//!   from softirq context, where the current task is not the sender: the
-//!   record names the process stored in the tag. Untagged sockets (every
-//!   process in no agent) cost one socket-storage lookup.
+//!   5.2), which the kernel frees with the socket. The tagging is part of
+//!   the `sock_create` program (`sockets.rs`): every socket on the host
+//!   runs that program, and one program run is cheaper than two. The
+//!   address hooks tag sockets an agent uses but did not create (created
+//!   before it was admitted, or passed in).
+//! - `cgroup_skb/egress` (4.10; socket storage 5.2) on the cgroup v2 root
+//!   runs for every packet a full socket sends, also from softirq context,
+//!   where the current task is not the sender: the record names the
+//!   process stored in the tag. Untagged sockets (every process in no
+//!   agent) cost one socket-storage lookup, which finds no storage on the
+//!   socket and returns.
+//! - The address hooks seed the tag's verdict cache with their own allow,
+//!   so a connected socket's first packet is a cache hit too when it goes
+//!   where the connect said; a packet that goes elsewhere (routing header,
+//!   source route) misses and is judged.
 //! - `cgroup/setsockopt` (5.3) refuses agents the options that reroute
 //!   packets. Ancillary data (`cmsg`) on `sendmsg` reaches no hook; the
 //!   backstop drops those packets.
@@ -39,18 +46,17 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
-        generated::{bpf_get_socket_cookie, bpf_sk_fullsock, bpf_sk_storage_get},
+        generated::{bpf_get_socket_cookie, bpf_sk_storage_get},
     },
-    macros::{btf_map, cgroup_skb, cgroup_sock, cgroup_sockopt},
-    programs::{SkBuffContext, SockContext, SockoptContext},
+    macros::{btf_map, cgroup_skb, cgroup_sockopt},
+    programs::{SkBuffContext, SockoptContext},
 };
 
 use super::{Destination, match_learned, match_rules, protocol_bit};
 use crate::{
     events::count_drop,
     maps::{
-        DNS_ORIGINAL, EVENTS, active_generation, agent_policy, count, current_agent, quarantined,
-        take_event_token,
+        DNS_ORIGINAL, EVENTS, active_generation, agent_policy, count, quarantined, take_event_token,
     },
 };
 
@@ -83,7 +89,10 @@ const IPOPT_NOOP: u8 = 1;
 /// IPv4 options are at most 40 bytes.
 const IP_OPTIONS_MAX: usize = 40;
 /// [`SocketTag::cache_flags`]: the cached allow came from a learned name.
-const LEARNED_ALLOW: u32 = 1;
+pub(super) const LEARNED_ALLOW: u32 = 1;
+/// [`SocketTag::flags`]: an address hook sent this socket's DNS to the
+/// agent's proxy, so `DNS_ORIGINAL` may hold its original server.
+pub(super) const DNS_REDIRECTED: u32 = 1;
 /// Buffers above a page are not shown to the program (`PAGE_SIZE` on
 /// x86_64 and arm64 with 4 KiB pages).
 const SOCKOPT_MAX_VISIBLE: i32 = 4096;
@@ -122,12 +131,14 @@ fn fill_tag(tag: *mut SocketTag, agent: &AgentRecord) {
     tag.comm = bpf_get_current_comm().unwrap_or([0; 16]);
 }
 
-/// Tags a socket an agent connects or sends on (called by the address
-/// hooks, which run in the caller's context).
+/// Tags a socket with the calling agent process: called by `sock_create`
+/// for every inet socket an agent creates, and by the address hooks for
+/// sockets an agent uses (all run in the caller's context). Returns the
+/// tag, or null when the kernel could not allocate one.
 #[inline(always)]
-pub(super) fn tag_sock_addr(sk: *mut bpf_sock, agent: &AgentRecord) {
+pub(crate) fn tag_socket(sk: *mut bpf_sock, agent: &AgentRecord) -> *mut SocketTag {
     if sk.is_null() {
-        return;
+        return ptr::null_mut();
     }
     // SAFETY: `sk` is the context's socket; a null value asks the kernel
     // for a zeroed entry.
@@ -143,35 +154,12 @@ pub(super) fn tag_sock_addr(sk: *mut bpf_sock, agent: &AgentRecord) {
     if !tag.is_null() {
         fill_tag(tag, agent);
     }
-}
-
-/// Tags every inet socket an agent creates. A program of its own next to
-/// `sock_create` (both run; either may deny), so the socket rules stay
-/// where they are.
-#[cgroup_sock(sock_create)]
-pub fn sock_tag(ctx: SockContext) -> i32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if let Some(agent) = current_agent(tgid) {
-        // SAFETY: for this program type the context is the socket itself.
-        let tag = unsafe {
-            bpf_sk_storage_get(
-                tags(),
-                ctx.as_ptr(),
-                ptr::null_mut(),
-                BPF_SK_STORAGE_GET_F_CREATE.into(),
-            )
-        }
-        .cast::<SocketTag>();
-        if !tag.is_null() {
-            fill_tag(tag, &agent);
-        }
-    }
-    1
+    tag
 }
 
 /// The tag of a socket, or null for sockets of no agent.
 #[inline(always)]
-fn tag_of(sk: *mut bpf_sock) -> *mut SocketTag {
+pub(super) fn tag_of(sk: *mut bpf_sock) -> *mut SocketTag {
     // SAFETY: `sk` is a full socket from the kernel; no value and no flags
     // make this a pure lookup.
     unsafe { bpf_sk_storage_get(tags(), sk.cast(), ptr::null_mut(), 0) }.cast::<SocketTag>()
@@ -184,13 +172,11 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
     if sk.is_null() {
         return 1;
     }
-    // SAFETY: `sk` comes from the context; the helper checks it.
-    let sk = unsafe { bpf_sk_fullsock(sk) };
-    if sk.is_null() {
-        // Request and time-wait sockets answer others; they carry no
-        // socket storage.
-        return 1;
-    }
+    // No `bpf_sk_fullsock` first: the kernel runs egress programs only for
+    // a full socket (request and time-wait sockets' packets are run as
+    // their listener's or not at all), and the storage lookup checks it
+    // again itself, so a second helper call would only add to every packet
+    // on the host.
     let tag = tag_of(sk);
     if tag.is_null() {
         return 1;
@@ -213,6 +199,9 @@ struct PacketDestination {
 /// included: the IPv6 destination is already the hop the kernel sends to).
 #[inline(always)]
 fn packet_destination(ctx: &SkBuffContext) -> Option<PacketDestination> {
+    if let Some(destination) = plain_destination(ctx) {
+        return Some(destination);
+    }
     let first: u8 = ctx.load(0).ok()?;
     let mut destination = Destination {
         family: AF_INET,
@@ -288,6 +277,76 @@ fn packet_destination(ctx: &SkBuffContext) -> Option<PacketDestination> {
     })
 }
 
+/// The destination of the common packet, read in place: TCP or UDP right
+/// after an IPv4 header without options (not a later fragment) or an IPv6
+/// header without extension headers, all in the packet's linear part.
+/// Every agent packet is read, so three `bpf_skb_load_bytes` calls per
+/// packet are worth avoiding. Anything else (options, extension headers,
+/// fragments, ICMP, headers outside the linear part) returns `None` and is
+/// read by [`packet_destination`] with the helper.
+///
+/// Direct packet reads in `cgroup_skb` programs: 5.2, for loaders with
+/// `CAP_BPF` or `CAP_SYS_ADMIN`. At egress the packet data starts at the
+/// network header.
+#[inline(always)]
+fn plain_destination(ctx: &SkBuffContext) -> Option<PacketDestination> {
+    // SAFETY: reading the context's packet bounds.
+    let (data, end) = unsafe {
+        (
+            (*ctx.skb.skb).data as usize,
+            (*ctx.skb.skb).data_end as usize,
+        )
+    };
+    // An IPv4 header without options and the ports after it.
+    if data + 24 > end {
+        return None;
+    }
+    let packet = data as *const u8;
+    // SAFETY: bytes 0..24 are before `end`, checked above.
+    let byte = |at: usize| unsafe { *packet.add(at) };
+    let mut destination = Destination {
+        family: AF_INET,
+        addr: [0; 16],
+        port: 0,
+        protocol: 0,
+        sock_type: 0,
+    };
+    let first = byte(0);
+    if first == 0x45 {
+        let protocol = byte(9);
+        let fragment_offset = u16::from_be_bytes([byte(6), byte(7)]) & 0x1fff;
+        if fragment_offset != 0 || (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) {
+            return None;
+        }
+        destination.addr = ipv4_mapped([byte(16), byte(17), byte(18), byte(19)]);
+        destination.port = u16::from_be_bytes([byte(22), byte(23)]);
+        destination.protocol = protocol;
+    } else if first >> 4 == 6 {
+        // The IPv6 header and the ports after it.
+        if data + 44 > end {
+            return None;
+        }
+        // SAFETY: bytes 0..44 are before `end`, checked above.
+        let byte = |at: usize| unsafe { *packet.add(at) };
+        let protocol = byte(6);
+        if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
+            return None;
+        }
+        destination.family = AF_INET6;
+        unroll!(i in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
+            destination.addr[i] = byte(24 + i);
+        });
+        destination.port = u16::from_be_bytes([byte(42), byte(43)]);
+        destination.protocol = protocol;
+    } else {
+        return None;
+    }
+    Some(PacketDestination {
+        destination,
+        port_known: true,
+    })
+}
+
 /// Whether the cached verdict answers for this packet.
 #[inline(always)]
 fn cache_hit(tag: &SocketTag, generation: u32, packet: &PacketDestination) -> bool {
@@ -333,10 +392,10 @@ fn try_skb_egress(ctx: &SkBuffContext, tag: &mut SocketTag) -> Verdict {
 /// because the address hook sent it there, which the rules must not undo
 /// (a policy may deny loopback).
 #[inline(always)]
-fn to_dns_proxy(ctx: &SkBuffContext, destination: &Destination) -> bool {
+fn to_dns_proxy(ctx: &SkBuffContext, destination: &Destination, tag_flags: u32) -> bool {
     let loopback = destination.addr == ipv4_mapped([127, 0, 0, 1])
         || destination.addr == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-    if !loopback {
+    if !loopback || tag_flags & DNS_REDIRECTED == 0 {
         return false;
     }
     // SAFETY: the helper takes the program context.
@@ -358,7 +417,7 @@ fn judge(
     let agent_id = tag.agent_id;
     let mut expires = NEVER;
     let mut flags = 0;
-    let (verdict, agent_mode, rule_id) = if to_dns_proxy(ctx, destination) {
+    let (verdict, agent_mode, rule_id) = if to_dns_proxy(ctx, destination, tag.flags) {
         // Allowed in quarantine too, as the address hooks redirect then.
         (Verdict::Allowed, mode::ENFORCE, 0)
     } else {
@@ -407,6 +466,33 @@ fn judge(
             (verdict_for(rule_decision, agent_mode), agent_mode, rule_id)
         }
     };
+    remember(
+        tag,
+        generation,
+        destination,
+        verdict,
+        rule_id,
+        expires,
+        flags,
+    );
+    if verdict == Verdict::Denied {
+        count(agent_id, |c| c.dropped_packets += 1);
+        emit(tag, destination, agent_mode, rule_id, generation);
+    }
+    verdict
+}
+
+/// Caches a verdict for `destination` in the tag.
+#[inline(always)]
+fn remember(
+    tag: &mut SocketTag,
+    generation: u32,
+    destination: &Destination,
+    verdict: Verdict,
+    rule_id: u32,
+    expires: u64,
+    flags: u32,
+) {
     tag.cache_generation = generation;
     tag.cache_addr = destination.addr;
     tag.cache_port = destination.port;
@@ -415,11 +501,45 @@ fn judge(
     tag.cache_rule_id = rule_id;
     tag.cache_expires_ns = expires;
     tag.cache_flags = flags;
-    if verdict == Verdict::Denied {
-        count(agent_id, |c| c.dropped_packets += 1);
-        emit(tag, destination, agent_mode, rule_id, generation);
+}
+
+/// Caches an address hook's allow, exactly as [`judge`] would cache its
+/// own verdict for a packet to the same destination (the same rules,
+/// learned names, default and mode decide both), so that the socket's
+/// first packet need not be judged again. Only the destination the packet
+/// carries can hit: a packet routed elsewhere misses and is judged.
+#[inline(always)]
+pub(super) fn seed(
+    tag: *mut SocketTag,
+    generation: u32,
+    destination: &Destination,
+    rule_id: u32,
+    learned: bool,
+) {
+    if tag.is_null() {
+        return;
     }
-    verdict
+    // SAFETY: a pointer from a successful storage lookup of the socket the
+    // calling hook runs for.
+    let tag = unsafe { &mut *tag };
+    let (expires, flags) = if !learned {
+        (NEVER, 0)
+    } else if destination.protocol == IPPROTO_TCP {
+        (NEVER, LEARNED_ALLOW)
+    } else {
+        // SAFETY: helper without memory arguments.
+        let now = unsafe { bpf_ktime_get_boot_ns() };
+        (now + LEARNED_RECHECK_NS, LEARNED_ALLOW)
+    };
+    remember(
+        tag,
+        generation,
+        destination,
+        Verdict::Allowed,
+        rule_id,
+        expires,
+        flags,
+    );
 }
 
 /// Whether this TCP packet belongs to a connection whose last verdict was

@@ -128,7 +128,7 @@ pub fn cgroup_programs(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<V
 pub fn cgroup_attach_type(program: &str) -> Option<u32> {
     Some(match program {
         "skb_egress" => 1,
-        "sock_create" | "sock_tag" => 2,
+        "sock_create" => 2,
         "connect4" => 10,
         "connect6" => 11,
         "sendmsg4" => 14,

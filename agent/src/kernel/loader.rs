@@ -361,29 +361,11 @@ impl Enforcer {
     }
 }
 
-/// Loads and attaches the packet-level backstop: `sock_tag` next to
-/// `sock_create` (tags agent sockets as they are made), then `skb_egress`.
-/// Tagging comes first so that no agent socket made after the backstop is
-/// attached goes untagged.
+/// Loads and attaches the packet-level backstop, `skb_egress`. Agent
+/// sockets are tagged by `sock_create` and the address hooks, attached
+/// before it, so no agent socket made after the backstop is attached goes
+/// untagged.
 pub fn attach_backstop(ebpf: &mut Ebpf, root: &File, pins: &PinDir) -> Result<(), KernelError> {
-    let program: &mut CgroupSock = ebpf
-        .program_mut("sock_tag")
-        .ok_or(KernelError::MissingProgram("sock_tag"))?
-        .try_into()
-        .map_err(program_error("sock_tag", "load"))?;
-    program.load().map_err(program_error("sock_tag", "load"))?;
-    let link = program
-        .attach(root, CgroupAttachMode::Single)
-        .map_err(program_error("sock_tag", "attach"))?;
-    let link = program
-        .take_link(link)
-        .map_err(program_error("sock_tag", "attach"))?;
-    let link = FdLink::try_from(link).map_err(|source| KernelError::Link {
-        program: "sock_tag",
-        source,
-    })?;
-    pins.pin_link("sock_tag", link)?;
-
     let program: &mut CgroupSkb = ebpf
         .program_mut("skb_egress")
         .ok_or(KernelError::MissingProgram("skb_egress"))?

@@ -208,7 +208,7 @@ pub fn try_backstop() -> (Result<(), String>, Result<(), String>) {
         };
         result.map_err(|e| format!("{name}: {e}"))
     };
-    let backstop = verify("sock_tag").and_then(|()| verify("skb_egress"));
+    let backstop = verify("skb_egress");
     let options = verify("setsockopt");
     (backstop, options)
 }
@@ -367,7 +367,7 @@ pub fn probe() -> ProbeReport {
         Ok(()) => check(
             "packet backstop programs",
             true,
-            "sock_tag (cgroup/sock_create, socket storage) and skb_egress (cgroup_skb/egress) load",
+            "skb_egress (cgroup_skb/egress, socket storage) loads; sock_create and the address hooks tag agent sockets",
         ),
         Err(e) => check("packet backstop programs", false, e.clone()),
     });
