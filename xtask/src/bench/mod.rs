@@ -50,14 +50,16 @@ pub struct BenchArgs {
     /// `reload` (swapping in 10,000 rules) or `audit` (events per second
     /// into the audit log with zero loss).
     pub which: String,
-    /// Rounds; every case is measured once per round (files: four times), and
-    /// the reported figure is the median over the rounds [default: egress
+    /// Rounds; every case is measured once per round (files: four times,
+    /// twice for the 10,000-rule and depth cases), and the reported figure
+    /// is the median over the rounds [default: egress
     /// 20, dns 20, files 6; breakers: 200 trips; reload: 10 reloads of
     /// each size; audit: 1 pass over the rates].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub rounds: Option<u32>,
     /// Iterations per case and round, after a warm-up [default: egress
-    /// 10,000 connects, dns 2,000 queries, files 20,000 opens; breakers:
+    /// 10,000 connects, dns 2,000 queries, files 20,000 opens (half as
+    /// many for the 10,000-rule and depth cases); breakers:
     /// denied connects that trip the breaker, 5; reload: rules in the big
     /// sets, 10,000; audit: seconds of load per rate, 3].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
@@ -401,8 +403,19 @@ impl Daemon {
 
     /// `baton exec` into the benchmark agent, running `program args`.
     fn exec_command(&self, baton: &Path, program: &Path, args: &[String]) -> Command {
+        self.exec_command_in(AGENT, baton, program, args)
+    }
+
+    /// `baton exec` into `agent`, running `program args`.
+    fn exec_command_in(
+        &self,
+        agent: &str,
+        baton: &Path,
+        program: &Path,
+        args: &[String],
+    ) -> Command {
         let mut cmd = Command::new(baton);
-        cmd.args(["exec", "--agent", AGENT, "--control-socket"])
+        cmd.args(["exec", "--agent", agent, "--control-socket"])
             .arg(&self.socket)
             .arg("--")
             .arg(program)
@@ -412,7 +425,18 @@ impl Daemon {
 
     /// Runs `program args` inside the agent and returns its trimmed output.
     fn exec(&self, baton: &Path, program: &Path, args: &[String]) -> Result<String> {
-        probe(&mut self.exec_command(baton, program, args))
+        self.exec_in(AGENT, baton, program, args)
+    }
+
+    /// Runs `program args` inside `agent` and returns its trimmed output.
+    fn exec_in(
+        &self,
+        agent: &str,
+        baton: &Path,
+        program: &Path,
+        args: &[String],
+    ) -> Result<String> {
+        probe(&mut self.exec_command_in(agent, baton, program, args))
     }
 
     /// Stops the daemon with SIGTERM, as a service manager would, so it
