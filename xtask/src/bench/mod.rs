@@ -309,7 +309,9 @@ impl Daemon {
             pin_dir,
             state_dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Under QEMU without KVM on 6.1, loading and verifying the programs
+        // alone takes some 50 s; the files benchmark loads 11,000 rules too.
+        let deadline = Instant::now() + Duration::from_secs(120);
         while !daemon.socket.exists() {
             if let Some(status) = daemon.child.try_wait()? {
                 bail!(
@@ -319,7 +321,7 @@ impl Daemon {
             }
             ensure!(
                 Instant::now() < deadline,
-                "baton run was not ready within 60 s"
+                "baton run was not ready within 120 s"
             );
             thread::sleep(Duration::from_millis(10));
         }
