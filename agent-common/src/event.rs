@@ -67,6 +67,14 @@ pub mod hook {
     pub const PATH_TRUNCATE: u16 = 27;
     /// LSM `path_chmod`.
     pub const PATH_CHMOD: u16 = 28;
+    /// LSM `userns_create` (6.1): an agent creating a user namespace.
+    pub const USERNS_CREATE: u16 = 29;
+    /// LSM `sb_mount`: `mount(2)`, bind, move, remount and propagation
+    /// changes included.
+    pub const SB_MOUNT: u16 = 30;
+    /// LSM `move_mount` (5.2): attaching or moving a mount with the new
+    /// mount API.
+    pub const MOVE_MOUNT: u16 = 31;
     /// LSM `bpf`: an agent's `bpf()` call (self-protection).
     pub const BPF: u16 = 32;
     /// LSM `ptrace_access_check`: an agent reaching into another process.
@@ -81,6 +89,23 @@ pub mod hook {
     pub const KERNEL_LOAD_DATA: u16 = 37;
     /// LSM `perf_event_open`: an agent opening a perf event.
     pub const PERF_EVENT_OPEN: u16 = 38;
+    /// LSM `sb_kern_mount`: a new file system instance (`mount(2)` of a
+    /// file system, or `fsconfig(FSCONFIG_CMD_CREATE)`).
+    pub const SB_KERN_MOUNT: u16 = 39;
+    /// LSM `path_chroot`.
+    pub const PATH_CHROOT: u16 = 40;
+    /// LSM `sb_pivotroot`.
+    pub const SB_PIVOTROOT: u16 = 41;
+    /// LSM `file_truncate` (6.2): truncation through an open file,
+    /// `open(O_TRUNC)` included.
+    pub const FILE_TRUNCATE: u16 = 42;
+    /// LSM `path_chown`.
+    pub const PATH_CHOWN: u16 = 43;
+    /// LSM `file_mprotect`: making a file mapping executable.
+    pub const FILE_MPROTECT: u16 = 46;
+    /// LSM `file_receive`: a descriptor received (`SCM_RIGHTS`,
+    /// `pidfd_getfd`).
+    pub const FILE_RECEIVE: u16 = 47;
     /// Not a kernel program: the daemon's fanotify listener answering a
     /// `FAN_OPEN_PERM` event (where BPF LSM is unavailable).
     pub const FANOTIFY_OPEN: u16 = 48;

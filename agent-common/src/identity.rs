@@ -118,6 +118,10 @@ pub mod policy_flags {
     pub const DNS_PROXY: u32 = 1 << 3;
     /// The agent may execute files with no name on disk (memfd, deleted).
     pub const ALLOW_ANONYMOUS_EXEC: u32 = 1 << 4;
+    /// The agent may create user namespaces, mount (bind, move, remount and
+    /// new file systems included), `chroot` and `pivot_root`
+    /// (`process.namespaces: allow`).
+    pub const ALLOW_NAMESPACES: u32 = 1 << 5;
     /// Detect (not deny) opens for reading or writing that a rule denies:
     /// nothing enforces them for this agent (no BPF LSM, no fanotify).
     pub const DETECT_OPEN: u32 = 1 << 8;

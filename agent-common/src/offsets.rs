@@ -57,11 +57,15 @@ pub struct KernelOffsets {
     pub vfsmount_mnt_root: u32,
     /// `struct task_struct.real_parent`.
     pub task_real_parent: u32,
+    /// `struct inode.i_mode`.
+    pub inode_i_mode: u32,
+    /// `struct vm_area_struct.vm_file`.
+    pub vma_vm_file: u32,
     /// Non-zero once the daemon has filled the offsets in; programs refuse to
     /// read kernel memory before that.
     pub resolved: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 96);
+const _: () = assert!(size_of::<KernelOffsets>() == 104);
 
 /// Name of the global holding [`KernelOffsets`] in the eBPF object.
 pub const KERNEL_OFFSETS_GLOBAL: &str = "KERNEL_OFFSETS";

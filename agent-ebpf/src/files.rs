@@ -9,8 +9,21 @@
 //!   path was: `fexecve`, `/proc/self/fd/N` and `execveat` included.
 //! - `mmap_file` with `PROT_EXEC` is how the dynamic loader runs a program
 //!   (`ld.so /usr/bin/nc`) without exec'ing it, so it needs the exec right.
-//! - the `path_*` hooks see creation, removal, rename, link, truncate and
-//!   chmod with the parent directory's `struct path`.
+//! - the `path_*` hooks see creation, removal, rename, link, truncate,
+//!   chmod and chown with the parent directory's `struct path`.
+//! - `file_truncate` (6.2) sees truncation through an open file: from 6.2
+//!   `open(O_RDONLY | O_TRUNC)` and `ftruncate` truncate through it, not
+//!   through `path_truncate`, so a file opened for reading could be
+//!   emptied. It needs the write right.
+//! - `file_mprotect` with `PROT_EXEC` is `mmap(PROT_READ)` then
+//!   `mprotect(PROT_EXEC)`, which `mmap_file` never sees executable: the
+//!   exec right, as for `mmap_file`.
+//! - `file_receive` runs when a descriptor arrives (`SCM_RIGHTS`,
+//!   `pidfd_getfd`): a regular file or directory received open for reading
+//!   or writing needs the rights an open of it would need, so a process
+//!   outside the agent cannot open a denied file on its behalf. Sockets,
+//!   pipes and other files with no path pass; `O_PATH` descriptors pass,
+//!   as every open through them is decided.
 //!
 //! `bpf_d_path` is allowed on `file_open`, `bprm_check_security` and
 //! `mmap_file` on every kernel with BPF LSM. On the `path_*` hooks it is only
@@ -290,12 +303,24 @@ fn check_exec(caller: &Caller, file: *const u8, hook: u16) -> Verdict {
     let Some(scratch) = scratch() else {
         return Verdict::Denied;
     };
-    let mut resolved = file_path(
+    let resolved = file_path(
         scratch,
         caller.offsets.resolved,
         caller.offsets.file_f_path,
         file,
     );
+    decide_exec(scratch, caller, file, resolved, hook)
+}
+
+/// The exec right on `file`, whose path is `resolved`.
+#[inline(always)]
+fn decide_exec(
+    scratch: &mut PathScratch,
+    caller: &Caller,
+    file: *const u8,
+    mut resolved: ResolvedPath,
+    hook: u16,
+) -> Verdict {
     let anonymous = read::<*const u8>(file, caller.offsets.file_f_inode)
         .and_then(|inode| read::<u32>(inode, caller.offsets.inode_i_nlink))
         .is_none_or(|nlink| nlink == 0);
@@ -359,6 +384,112 @@ pub fn path_truncate(ctx: LsmContext) -> i32 {
 #[lsm(hook = "path_chmod")]
 pub fn path_chmod(ctx: LsmContext) -> i32 {
     whole_path_hook(&ctx, 2, hook::PATH_CHMOD)
+}
+
+/// `path_chown(const struct path *path, kuid_t uid, kgid_t gid)`: a change
+/// of owner, like a change of mode, needs the write right.
+#[lsm(hook = "path_chown")]
+pub fn path_chown(ctx: LsmContext) -> i32 {
+    whole_path_hook(&ctx, 3, hook::PATH_CHOWN)
+}
+
+/// `file_truncate(struct file *file)` (6.2).
+#[lsm(hook = "file_truncate")]
+pub fn file_truncate(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let Some(caller) = caller() else {
+        return 0;
+    };
+    let Some(scratch) = scratch() else {
+        return Verdict::Denied.to_lsm(previous);
+    };
+    let resolved = walk_file(scratch, &caller.offsets, ctx.arg(0));
+    check(
+        scratch,
+        &caller,
+        &resolved,
+        right::bit(right::WRITE),
+        hook::FILE_TRUNCATE,
+    )
+    .to_lsm(previous)
+}
+
+/// `file_mprotect(struct vm_area_struct *vma, unsigned long reqprot,
+/// unsigned long prot)`.
+#[lsm(hook = "file_mprotect")]
+pub fn file_mprotect(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    let prot: u64 = ctx.arg(2);
+    if prot & PROT_EXEC == 0 {
+        return 0;
+    }
+    let Some(caller) = caller() else {
+        return 0;
+    };
+    let vma: *const u8 = ctx.arg(0);
+    let file = match read::<*const u8>(vma, caller.offsets.vma_vm_file) {
+        Some(file) => file,
+        None => return Verdict::Denied.to_lsm(previous),
+    };
+    // Anonymous memory made executable (a JIT) has no file to decide on.
+    if file.is_null() {
+        return 0;
+    }
+    let Some(scratch) = scratch() else {
+        return Verdict::Denied.to_lsm(previous);
+    };
+    let resolved = walk_file(scratch, &caller.offsets, file);
+    decide_exec(scratch, &caller, file, resolved, hook::FILE_MPROTECT).to_lsm(previous)
+}
+
+const S_IFMT: u16 = 0o170000;
+const S_IFREG: u16 = 0o100000;
+const S_IFDIR: u16 = 0o040000;
+
+/// `file_receive(struct file *file)`.
+#[lsm(hook = "file_receive")]
+pub fn file_receive(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let Some(caller) = caller() else {
+        return 0;
+    };
+    let file: *const u8 = ctx.arg(0);
+    let offsets = &caller.offsets;
+    let Some(inode) = read::<*const u8>(file, offsets.file_f_inode) else {
+        return Verdict::Denied.to_lsm(previous);
+    };
+    match read::<u16>(inode, offsets.inode_i_mode).map(|mode| mode & S_IFMT) {
+        Some(S_IFREG) | Some(S_IFDIR) => {}
+        Some(_) => return 0,
+        None => return Verdict::Denied.to_lsm(previous),
+    }
+    // A file with no name on disk (memfd, deleted) has no path to protect.
+    match read::<u32>(inode, offsets.inode_i_nlink) {
+        Some(0) => return 0,
+        Some(_) => {}
+        None => return Verdict::Denied.to_lsm(previous),
+    }
+    let rights = match read::<u32>(file, offsets.file_f_mode) {
+        Some(f_mode) => open_rights(f_mode),
+        None => return Verdict::Denied.to_lsm(previous),
+    };
+    if rights == 0 {
+        return 0;
+    }
+    let Some(scratch) = scratch() else {
+        return Verdict::Denied.to_lsm(previous);
+    };
+    let resolved = walk_file(scratch, offsets, file);
+    check(scratch, &caller, &resolved, rights, hook::FILE_RECEIVE).to_lsm(previous)
 }
 
 /// `path_link(struct dentry *old_dentry, const struct path *new_dir,
@@ -451,12 +582,14 @@ fn entry_hook(ctx: &LsmContext, ret_arg: usize, rights: u32, hook: u16) -> i32 {
     check(scratch, &caller, &resolved, rights, hook).to_lsm(previous)
 }
 
-/// Hooks on a whole `struct path` that change a file's content or mode.
+/// Hooks on a whole `struct path` that change a file's content, mode or
+/// owner.
 #[inline(always)]
 fn whole_path_hook(ctx: &LsmContext, ret_arg: usize, hook: u16) -> i32 {
     let previous: i32 = match ret_arg {
         1 => ctx.arg(1),
-        _ => ctx.arg(2),
+        2 => ctx.arg(2),
+        _ => ctx.arg(3),
     };
     if previous != 0 {
         return previous;
@@ -517,6 +650,21 @@ fn file_path(
         start: 0,
         len,
         flags: 0,
+    }
+}
+
+/// The path of an open file, walked (for hooks where `bpf_d_path` is not
+/// allowed, or the `struct file` is not the hook's own argument).
+#[inline(always)]
+fn walk_file(scratch: &mut PathScratch, offsets: &KernelOffsets, file: *const u8) -> ResolvedPath {
+    // SAFETY: only an address computed, read through the fault-safe helper.
+    let path = unsafe { file.add(offsets.file_f_path as usize) };
+    match (
+        read::<*const u8>(path, offsets.path_mnt),
+        read::<*const u8>(path, offsets.path_dentry),
+    ) {
+        (Some(mnt), Some(dentry)) => walk(scratch, offsets, mnt, dentry, core::ptr::null()),
+        _ => ResolvedPath::UNRESOLVED,
     }
 }
 

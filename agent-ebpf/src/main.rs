@@ -15,6 +15,7 @@ mod events;
 mod files;
 mod identity;
 mod maps;
+mod namespaces;
 mod probe;
 mod protect;
 mod sockets;

@@ -176,6 +176,8 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     mount_mnt_mountpoint: 0,
     vfsmount_mnt_root: 0,
     task_real_parent: 0,
+    inode_i_mode: 0,
+    vma_vm_file: 0,
     resolved: 0,
 };
 

@@ -311,9 +311,30 @@ pub fn perf_event_open(_ctx: LsmContext) -> i32 {
 fn deny(agent: &AgentRecord, hook: u16, describe: impl FnOnce(&mut Text<'_>)) -> i32 {
     let generation = active_generation();
     let agent_mode = agent_policy(generation, agent.agent_id).map_or(mode::ENFORCE, |p| p.mode);
+    record(
+        agent,
+        &Decision {
+            hook,
+            verdict: Verdict::Denied,
+            mode: agent_mode,
+            rule_id: 0,
+            generation,
+        },
+        describe,
+    );
+    DENIED
+}
+
+/// Writes one record whose path is the text `describe` builds.
+#[inline(always)]
+pub(crate) fn record(
+    agent: &AgentRecord,
+    decision: &Decision,
+    describe: impl FnOnce(&mut Text<'_>),
+) {
     let Some(mut entry) = EVENTS.reserve::<FileEvent>(0) else {
         count_drop(agent.agent_id);
-        return DENIED;
+        return;
     };
     // SAFETY: the reservation is exactly one `FileEvent`; the header, the
     // right sets, the flags and the path up to `path_len` are written below
@@ -324,13 +345,7 @@ fn deny(agent: &AgentRecord, hook: u16, describe: impl FnOnce(&mut Text<'_>)) ->
         kind::FILE,
         core::mem::size_of::<FileEvent>(),
         agent,
-        &Decision {
-            hook,
-            verdict: Verdict::Denied,
-            mode: agent_mode,
-            rule_id: 0,
-            generation,
-        },
+        decision,
     );
     event.rights = 0;
     event.denied_rights = 0;
@@ -345,7 +360,6 @@ fn deny(agent: &AgentRecord, hook: u16, describe: impl FnOnce(&mut Text<'_>)) ->
     };
     event.path_len = len as u32;
     entry.submit(0);
-    DENIED
 }
 
 /// Keeps every write inside the event's path buffer, for the verifier.
@@ -354,7 +368,7 @@ const _: () = assert!(EVENT_PATH_BYTES.is_power_of_two() && EVENT_PATH_BYTES >= 
 
 /// A short description built in an event's path buffer, with stores of
 /// immediates only (no string section, no loop).
-struct Text<'a> {
+pub(crate) struct Text<'a> {
     buf: &'a mut [u8; EVENT_PATH_BYTES],
     len: usize,
 }
@@ -362,7 +376,7 @@ struct Text<'a> {
 impl Text<'_> {
     /// Appends up to 32 bytes.
     #[inline(always)]
-    fn push<const N: usize>(&mut self, bytes: [u8; N]) {
+    pub(crate) fn push<const N: usize>(&mut self, bytes: [u8; N]) {
         const { assert!(N <= 32) };
         let at = self.len & 255;
         unroll!(i in [
@@ -379,7 +393,7 @@ impl Text<'_> {
     /// Appends `value` in decimal.
     #[inline(always)]
     #[allow(unused_assignments)]
-    fn push_u32(&mut self, value: u32) {
+    pub(crate) fn push_u32(&mut self, value: u32) {
         const POWERS: [u32; 10] = [
             1_000_000_000,
             100_000_000,

@@ -360,6 +360,8 @@ impl Btf {
             mount_mnt_mountpoint: self.member_offset("mount", "mnt_mountpoint")?,
             vfsmount_mnt_root: self.member_offset("vfsmount", "mnt_root")?,
             task_real_parent: self.member_offset("task_struct", "real_parent")?,
+            inode_i_mode: self.member_offset("inode", "i_mode")?,
+            vma_vm_file: self.member_offset("vm_area_struct", "vm_file")?,
             resolved: 1,
         })
     }

@@ -135,7 +135,7 @@ pub struct Enforcer {
 /// previous verdict). A kernel whose hook signature is none of these does
 /// not get the program. Where a signature changed between kernels, the
 /// program reads no argument whose position moved.
-const FILE_HOOKS: [(&str, &[usize]); 19] = [
+const FILE_HOOKS: [(&str, &[usize]); 29] = [
     ("bprm_check_security", &[2]),
     ("mmap_file", &[5]),
     ("path_mknod", &[5]),
@@ -147,6 +147,11 @@ const FILE_HOOKS: [(&str, &[usize]); 19] = [
     ("path_rename", &[6]),
     ("path_truncate", &[2]),
     ("path_chmod", &[3]),
+    ("path_chown", &[4]),
+    // 6.2+; older kernels truncate through path_truncate.
+    ("file_truncate", &[2]),
+    ("file_mprotect", &[4]),
+    ("file_receive", &[2]),
     // 6.15 added `bool kernel`.
     ("bpf", &[4, 5]),
     ("ptrace_access_check", &[3]),
@@ -157,6 +162,26 @@ const FILE_HOOKS: [(&str, &[usize]); 19] = [
     ("kernel_load_data", &[3]),
     // Newer kernels (6.12 has it) dropped the `struct perf_event_attr *`.
     ("perf_event_open", &[3, 2]),
+    // Namespace and mount operations (`process.namespaces`); a kernel
+    // without one of these hooks (userns_create is 6.1+) skips it, and the
+    // daemon and `baton probe` say so.
+    ("userns_create", &[2]),
+    ("sb_mount", &[6]),
+    ("sb_kern_mount", &[2]),
+    ("move_mount", &[3]),
+    ("path_chroot", &[2]),
+    ("sb_pivotroot", &[3]),
+];
+
+/// The namespace and mount hooks among [`FILE_HOOKS`]: without all of them
+/// an agent may reach a denied file through another mount or root.
+pub const NAMESPACE_HOOKS: [&str; 6] = [
+    "userns_create",
+    "sb_mount",
+    "sb_kern_mount",
+    "move_mount",
+    "path_chroot",
+    "sb_pivotroot",
 ];
 
 fn program_error(

@@ -328,6 +328,10 @@ impl PolicyMaps {
                     policy_flags::ALLOW_ANONYMOUS_EXEC
                 } else {
                     0
+                } | if agent.allow_namespaces {
+                    policy_flags::ALLOW_NAMESPACES
+                } else {
+                    0
                 } | self.detect_scope.flags(agent),
                 egress_default_rule: agent.egress_default_rule,
                 file_default_rule: agent.file_default_rule,

@@ -509,6 +509,7 @@ pub fn probe() -> ProbeReport {
         },
         level: files_level,
     });
+    controls.push(namespace_control(btf.as_ref().ok(), bpf_lsm_loadable));
     controls.push(Control {
         name: "audit trail",
         level: if ringbuf.as_ref().is_ok_and(|supported| *supported) {
@@ -535,6 +536,44 @@ fn state_word(state: State) -> &'static str {
         State::Enforced => "enforced",
         State::Degraded => "degraded",
         State::NotCovered => "NOT covered",
+    }
+}
+
+/// Whether agents are kept from giving files other paths: user namespaces,
+/// mounts, `chroot` and `pivot_root` (`process.namespaces`).
+fn namespace_control(btf: Option<&Btf>, bpf_lsm_loadable: bool) -> Control {
+    const NAME: &str = "namespace and mount operations";
+    let missing: Vec<&str> = super::loader::NAMESPACE_HOOKS
+        .iter()
+        .copied()
+        .filter(|hook| !btf.is_some_and(|b| b.has_function(&format!("bpf_lsm_{hook}"))))
+        .collect();
+    if !bpf_lsm_loadable {
+        return Control {
+            name: NAME,
+            level: ControlLevel::Unavailable,
+            detail: "not denied by Baton without BPF LSM: an agent that can create a user namespace (unprivileged ones, where the kernel allows it) or runs as root can bind-mount, mount or chroot to reach a path-denied file under another path. Agents started by baton exec whose file rules Landlock enforces are held by Landlock instead, which may not mount or pivot_root and matches files by object".into(),
+        };
+    }
+    if missing.is_empty() {
+        return Control {
+            name: NAME,
+            level: ControlLevel::Enforced,
+            detail: "BPF LSM userns_create, sb_mount, sb_kern_mount, move_mount, path_chroot and sb_pivotroot: denied to agents unless process.namespaces: allow. open_tree(OPEN_TREE_CLONE) and mount_setattr have no hook: a root agent can still use them".into(),
+        };
+    }
+    Control {
+        name: NAME,
+        level: ControlLevel::Degraded,
+        detail: format!(
+            "this kernel has no LSM hook {}: {}",
+            missing.join(", "),
+            if missing.contains(&"userns_create") {
+                "unprivileged agents can create user namespaces and, in them, mount and chroot their way past path rules"
+            } else {
+                "the operations those hooks see are not denied"
+            }
+        ),
     }
 }
 

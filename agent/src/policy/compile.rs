@@ -110,6 +110,9 @@ pub struct CompiledAgent {
     pub exec_default_rule: u32,
     /// Whether files with no name on disk may be executed.
     pub allow_anonymous_exec: bool,
+    /// Whether user namespaces, mounts, `chroot` and `pivot_root` are
+    /// allowed: only when every policy that selects the agent says so.
+    pub allow_namespaces: bool,
     /// Whether a detected (not prevented) violation kills the process.
     pub kill_on_detect: bool,
     /// Connects per second; 0 is unlimited.
@@ -380,10 +383,15 @@ pub fn compile_protected(
         let mut max_processes: Option<u32> = None;
         let mut breakers = Vec::new();
         let mut allow_anonymous_exec = true;
+        let mut allow_namespaces = true;
         let mut kill_on_detect = false;
         for policy in &selecting {
             let spec = &policy.document.spec;
             any_enforce |= spec.mode == Mode::Enforce;
+            allow_namespaces &= spec
+                .process
+                .as_ref()
+                .is_some_and(|p| p.namespaces == Action::Allow);
             cgroups.extend(spec.selector.cgroups.iter().map(|c| c.0.clone()));
             cgroups.extend(spec.selector.systemd_units.iter().map(|u| u.cgroup_path()));
             executables.extend(spec.selector.executables.iter().map(|e| e.0.clone()));
@@ -571,6 +579,7 @@ pub fn compile_protected(
             exec_default,
             exec_default_rule,
             allow_anonymous_exec,
+            allow_namespaces,
             kill_on_detect,
             connects_per_second: connects_per_second.unwrap_or(0),
             max_processes,

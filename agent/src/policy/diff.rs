@@ -116,6 +116,7 @@ struct View {
     exec_default: Option<u8>,
     exec: BTreeMap<(Allow, String), Vec<String>>,
     anonymous_exec: Option<bool>,
+    namespaces: Option<bool>,
     selectors: BTreeSet<String>,
     limits: BTreeMap<&'static str, Option<u32>>,
     breakers: BTreeMap<String, String>,
@@ -190,6 +191,7 @@ fn view_of(agent: &str, policies: &[LoadedPolicy], compiled: Option<&CompiledAge
     view.file_default = Some(compiled.file_default);
     view.exec_default = Some(compiled.exec_default);
     view.anonymous_exec = Some(compiled.allow_anonymous_exec);
+    view.namespaces = Some(compiled.allow_namespaces);
     view.selectors.insert(format!("baton exec --agent {agent}"));
     view.selectors
         .extend(compiled.cgroups.iter().map(|c| format!("cgroup {c}")));
@@ -434,6 +436,12 @@ fn compare(before: &View, after: &View) -> Vec<Change> {
                 "executing files with no name on disk (memfd, deleted files)",
                 before.anonymous_exec,
                 after.anonymous_exec,
+            ),
+            (
+                "process",
+                "user namespaces, mounts, chroot and pivot_root",
+                before.namespaces,
+                after.namespaces,
             ),
         ] {
             if let (Some(old), Some(new)) = (old, new)

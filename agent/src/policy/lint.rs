@@ -80,6 +80,11 @@ pub fn lint(set: &CompiledPolicySet) -> Vec<Warning> {
                 ));
             }
         }
+        if agent.allow_namespaces {
+            warn(
+                "process.namespaces: allow lets the agent create user namespaces, mount, bind-mount, chroot and pivot_root: each gives a file another path, and path rules decide on the path an access came through, so a bind mount or chroot of a denied directory reads it under an allowed name; allow it only for agents that need containers".into(),
+            );
+        }
         if agent.exec_default == decision::ALLOW
             && agent
                 .file_rules
@@ -165,5 +170,38 @@ spec:
             "  process:\n    allowPrivilegeEscalation: true\n",
             ""
         )));
+    }
+
+    #[test]
+    fn namespaces_are_denied_unless_every_policy_allows_them_and_allowing_warns() {
+        let doc = |name: &str, process: &str| {
+            format!(
+                "apiVersion: baton.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: {name}\nspec:\n  selector:\n    agent: a\n{process}"
+            )
+        };
+        let compiled =
+            |text: &str| compile(&parse_str(Path::new("p.yaml"), text).unwrap(), 1).unwrap();
+        let warns = |set: &CompiledPolicySet| {
+            lint(set)
+                .iter()
+                .any(|w| w.message.contains("process.namespaces: allow"))
+        };
+        let set = compiled(&doc("p", ""));
+        assert!(!set.agents.values().next().unwrap().allow_namespaces);
+        assert!(!warns(&set));
+        let allow = doc("p", "  process:\n    namespaces: allow\n");
+        let set = compiled(&allow);
+        assert!(set.agents.values().next().unwrap().allow_namespaces);
+        assert!(warns(&set));
+        let both = format!("{allow}---\n{}", doc("q", "  process: {}\n"));
+        let set = compiled(&both);
+        assert!(!set.agents.values().next().unwrap().allow_namespaces);
+        let error = parse_str(
+            Path::new("p.yaml"),
+            &doc("p", "  process:\n    namespaces: maybe\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("p.yaml:8:"), "{error}");
     }
 }

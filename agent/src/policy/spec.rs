@@ -99,7 +99,8 @@ pub struct PolicySpec {
     /// Rate and size limits, enforced in the kernel.
     #[serde(default)]
     pub limits: Option<Limits>,
-    /// How the agent's processes are started.
+    /// How the agent's processes are started and what they may do to their
+    /// own environment.
     #[serde(default)]
     pub process: Option<ProcessSpec>,
     /// Circuit breakers: conditions over the agent's kernel counters that
@@ -345,16 +346,32 @@ impl JsonSchema for SocketFamily {
     }
 }
 
-/// `spec.process`: how the agent's processes are started.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+/// `spec.process`: how the agent's processes are started and what they may
+/// do to their own environment.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ProcessSpec {
+    /// Whether the agent may create user namespaces, mount (bind, move,
+    /// remount and new file systems), `chroot` and `pivot_root`. `deny`
+    /// unless set: each of these gives a file another path, past path
+    /// rules.
+    #[serde(default = "default_deny")]
+    pub namespaces: Action,
     /// Whether programs the agent runs may gain privileges on exec (setuid
     /// and setgid bits, file capabilities). `false` unless set: `baton exec`
     /// sets `no_new_privs` before it runs the agent's command, so an
     /// unprivileged agent cannot become root through a setuid binary.
     #[serde(default)]
     pub allow_privilege_escalation: bool,
+}
+
+impl Default for ProcessSpec {
+    fn default() -> Self {
+        Self {
+            namespaces: Action::Deny,
+            allow_privilege_escalation: false,
+        }
+    }
 }
 
 fn default_deny() -> Action {
@@ -570,7 +587,8 @@ pub enum BreakerAction {
 pub enum FileRight {
     /// Open for reading.
     Read,
-    /// Open for writing, truncate, chmod.
+    /// Open for writing, truncate (by path or through any descriptor),
+    /// chmod, chown.
     Write,
     /// Create files, directories, links and device nodes.
     Create,

@@ -29,6 +29,23 @@
 //!   baton-test-helper exec-fd PROGRAM ARGS...     open, then execve /proc/self/fd/N
 //!   baton-test-helper fexecve PROGRAM ARGS...     open, then fexecve(3)
 //!   baton-test-helper memfd-exec PROGRAM ARGS...  copy into a memfd, then fexecve it
+//!   baton-test-helper userns                      unshare(CLONE_NEWUSER)
+//!   baton-test-helper bind-read SRC DST FILE      in new namespaces (a user namespace
+//!                                                 unless root), bind SRC onto DST, read DST/FILE
+//!   baton-test-helper chroot-read DIR FILE        chroot(DIR) (in a user namespace unless
+//!                                                 root), read FILE
+//!   baton-test-helper chroot-exec DIR PROGRAM ARGS...  chroot(DIR), then execve(PROGRAM)
+//!   baton-test-helper tmpfs-exec DIR PROGRAM ARGS...   mount a tmpfs on DIR in a new mount
+//!                                                 namespace, copy PROGRAM there, run it
+//!   baton-test-helper fsmount-tmpfs               fsopen + fsconfig(CREATE) of a tmpfs
+//!   baton-test-helper move-mount SRC DST          open_tree(SRC, CLONE) + move_mount onto DST
+//!   baton-test-helper pivot-root DIR              pivot_root(DIR, DIR) in a new mount namespace
+//!   baton-test-helper open-trunc PATH             open(O_RDONLY | O_TRUNC)
+//!   baton-test-helper chown PATH UID              chown(PATH, UID, -1)
+//!   baton-test-helper mprotect-exec PATH          mmap(PROT_READ), then mprotect(PROT_EXEC)
+//!   baton-test-helper recv-fd SOCKET              connect to a Unix socket, receive one
+//!                                                 descriptor (SCM_RIGHTS) and read from it;
+//!                                                 prints `no-fd` when none arrived
 //!
 //! Prints `ok` or `errno=N` and exits 0; bad usage exits 2.
 
@@ -312,6 +329,207 @@ fn open_fd(path: &str, flags: libc::c_int) -> std::io::Result<libc::c_int> {
     }
 }
 
+/// Leaves the host's namespaces: a new user namespace first unless this
+/// process is root (`CLONE_NEWUSER` is what gives `nobody` the right to
+/// mount and `chroot`), plus the namespaces in `flags`. Mounts made after
+/// it stay private to the new mount namespace, where one was asked for.
+fn leave_namespaces(flags: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: plain syscalls with integer and NUL-terminated arguments.
+    unsafe {
+        let user = if libc::geteuid() == 0 {
+            0
+        } else {
+            libc::CLONE_NEWUSER
+        };
+        check(libc::unshare(user | flags))?;
+        if flags & libc::CLONE_NEWNS != 0 {
+            // Denied to an agent as well: the call that follows is the one
+            // whose errno is reported.
+            let _ = libc::mount(
+                std::ptr::null(),
+                cstring("/").as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn read_file(path: &str) -> std::io::Result<()> {
+    std::fs::read(path).map(drop)
+}
+
+fn extra_ops(words: &[&str]) -> Option<std::io::Result<()>> {
+    // SAFETY (all calls below): plain syscalls with integer and
+    // NUL-terminated arguments.
+    let result = match words {
+        ["userns"] => check(unsafe { libc::unshare(libc::CLONE_NEWUSER) }),
+        ["bind-read", src, dst, file] => leave_namespaces(libc::CLONE_NEWNS).and_then(|()| {
+            check(unsafe {
+                libc::mount(
+                    cstring(src).as_ptr(),
+                    cstring(dst).as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                )
+            })?;
+            read_file(&format!("{dst}/{file}"))
+        }),
+        ["chroot-read", dir, file] => leave_namespaces(0).and_then(|()| {
+            check(unsafe { libc::chroot(cstring(dir).as_ptr()) })?;
+            std::env::set_current_dir("/")?;
+            read_file(file)
+        }),
+        ["chroot-exec", dir, program, rest @ ..] => leave_namespaces(0).and_then(|()| {
+            check(unsafe { libc::chroot(cstring(dir).as_ptr()) })?;
+            std::env::set_current_dir("/")?;
+            let argv: Vec<&str> = std::iter::once(*program)
+                .chain(rest.iter().copied())
+                .collect();
+            exec_from(None, program, &argv)
+        }),
+        ["tmpfs-exec", dir, program, rest @ ..] => std::fs::read(program).and_then(|content| {
+            leave_namespaces(libc::CLONE_NEWNS)?;
+            check(unsafe {
+                libc::mount(
+                    cstring("tmpfs").as_ptr(),
+                    cstring(dir).as_ptr(),
+                    cstring("tmpfs").as_ptr(),
+                    0,
+                    std::ptr::null(),
+                )
+            })?;
+            let copy = format!("{dir}/payload");
+            std::fs::write(&copy, content)?;
+            check(unsafe { libc::chmod(cstring(&copy).as_ptr(), 0o755) })?;
+            let argv: Vec<&str> = std::iter::once(*program)
+                .chain(rest.iter().copied())
+                .collect();
+            exec_from(None, &copy, &argv)
+        }),
+        ["fsmount-tmpfs"] => {
+            const FSCONFIG_CMD_CREATE: libc::c_long = 6;
+            let fd = unsafe { libc::syscall(libc::SYS_fsopen, cstring("tmpfs").as_ptr(), 0) };
+            check(fd as libc::c_int).and_then(|()| {
+                let rc = unsafe {
+                    libc::syscall(
+                        libc::SYS_fsconfig,
+                        fd,
+                        FSCONFIG_CMD_CREATE,
+                        std::ptr::null::<libc::c_char>(),
+                        std::ptr::null::<libc::c_void>(),
+                        0,
+                    )
+                };
+                check(rc as libc::c_int)?;
+                let mount = unsafe { libc::syscall(libc::SYS_fsmount, fd, 0, 0) };
+                check(mount as libc::c_int)
+            })
+        }
+        ["move-mount", src, dst] => leave_namespaces(libc::CLONE_NEWNS).and_then(|()| {
+            const OPEN_TREE_CLONE: libc::c_long = 1;
+            const MOVE_MOUNT_F_EMPTY_PATH: libc::c_long = 4;
+            let tree = unsafe {
+                libc::syscall(
+                    libc::SYS_open_tree,
+                    libc::AT_FDCWD,
+                    cstring(src).as_ptr(),
+                    OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_long,
+                )
+            };
+            check(tree as libc::c_int)?;
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_move_mount,
+                    tree,
+                    cstring("").as_ptr(),
+                    libc::AT_FDCWD,
+                    cstring(dst).as_ptr(),
+                    MOVE_MOUNT_F_EMPTY_PATH,
+                )
+            };
+            check(rc as libc::c_int)
+        }),
+        ["pivot-root", dir] => leave_namespaces(libc::CLONE_NEWNS).and_then(|()| {
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_pivot_root,
+                    cstring(dir).as_ptr(),
+                    cstring(dir).as_ptr(),
+                )
+            };
+            check(rc as libc::c_int)
+        }),
+        ["open-trunc", path] => open_fd(path, libc::O_RDONLY | libc::O_TRUNC).map(drop),
+        ["chown", path, uid] => match uid.parse::<libc::uid_t>() {
+            Ok(uid) => check(unsafe { libc::chown(cstring(path).as_ptr(), uid, u32::MAX) }),
+            Err(_) => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
+        },
+        ["mprotect-exec", path] => open_fd(path, libc::O_RDONLY).and_then(|fd| {
+            let map = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE,
+                    fd,
+                    0,
+                )
+            };
+            if map == libc::MAP_FAILED {
+                return Err(std::io::Error::last_os_error());
+            }
+            check(unsafe { libc::mprotect(map, 4096, libc::PROT_READ | libc::PROT_EXEC) })
+        }),
+        _ => return None,
+    };
+    Some(result)
+}
+
+/// Receives one descriptor over the Unix socket at `path` and reads from
+/// it. `Ok(false)` when the message arrived without it.
+fn receive_fd(path: &str) -> std::io::Result<bool> {
+    use std::io::Read;
+    let stream = std::os::unix::net::UnixStream::connect(path)?;
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: all-zero is a valid msghdr; every pointer set below outlives
+    // the call.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = &mut iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: recvmsg into the buffers above.
+    let received = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut message, 0) };
+    if received < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: walking the control buffer the kernel filled, with its macros.
+    let fd = unsafe {
+        let header = libc::CMSG_FIRSTHDR(&message);
+        if header.is_null()
+            || (*header).cmsg_level != libc::SOL_SOCKET
+            || (*header).cmsg_type != libc::SCM_RIGHTS
+        {
+            return Ok(false);
+        }
+        std::ptr::read_unaligned(libc::CMSG_DATA(header).cast::<libc::c_int>())
+    };
+    // SAFETY: the descriptor the kernel just installed for us.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut content = Vec::new();
+    file.read_to_end(&mut content)?;
+    Ok(true)
+}
+
 fn file_ops(words: &[&str]) -> Option<std::io::Result<()>> {
     // SAFETY (all calls below): plain syscalls on NUL-terminated paths.
     let result = match words {
@@ -507,7 +725,14 @@ fn main() -> ExitCode {
                 }
             }
         }
-        other => match file_ops(other) {
+        ["recv-fd", path] => match receive_fd(path) {
+            Ok(false) => {
+                println!("no-fd");
+                ExitCode::SUCCESS
+            }
+            other => report(other.map(drop)),
+        },
+        other => match file_ops(other).or_else(|| extra_ops(other)) {
             Some(result) => report(result),
             None => usage(),
         },
