@@ -202,6 +202,6 @@ spec:
         )
         .unwrap_err()
         .to_string();
-        assert!(error.contains("p.yaml:8:"), "{error}");
+        assert!(error.contains("p.yaml:9:17:"), "{error}");
     }
 }
