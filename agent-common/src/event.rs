@@ -242,6 +242,14 @@ pub mod file_flags {
     /// The process was killed (`SIGKILL`) at this call (detection with
     /// `onDetect: kill`).
     pub const KILLED: u32 = 1 << 4;
+    /// The rule was found by the object it names (the inode of a rule path
+    /// that existed at load, or a directory above the file), whatever name
+    /// the access used.
+    pub const BY_OBJECT: u32 = 1 << 5;
+    /// The file was reached through a file handle whose parent directories
+    /// the kernel does not know (`open_by_handle_at`): denied, since no
+    /// rule above it can be checked.
+    pub const DISCONNECTED: u32 = 1 << 6;
 }
 
 /// A file access decision.

@@ -1,4 +1,6 @@
-//! File rule maps: an LPM trie of path prefixes.
+//! File rule maps: rule objects, found by walking up from the file an
+//! access reaches, and an LPM trie of path prefixes for rules that have no
+//! object.
 //!
 //! Paths are matched on component boundaries: a rule for `/x/.ssh` is stored
 //! as `/x/.ssh/`, and the kernel appends `/` to the path it looks up, so
@@ -73,3 +75,51 @@ pub struct FileValue {
     pub rule_ids: [u32; RIGHT_SLOTS],
 }
 const _: () = assert!(size_of::<FileValue>() == 40);
+
+/// Key of [`FileObjects`](crate::map_names::FILE_OBJECTS): a rule object's
+/// decisions for one agent under one policy generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ObjectKey {
+    /// Policy generation.
+    pub generation: u32,
+    /// Agent id.
+    pub agent_id: u32,
+    /// The object's id, as its [`InodeMark`] holds it.
+    pub object: u64,
+}
+const _: () = assert!(size_of::<ObjectKey>() == 16);
+
+/// Flags of an [`ObjectValue`].
+pub mod object_flags {
+    /// No rule of the agent that is matched by path alone (a path that did
+    /// not exist at load, or was a symbolic link) lies under this object,
+    /// so when it is the nearest object above a file its decisions are the
+    /// whole answer and the path is not looked up.
+    pub const COMPLETE: u32 = 1;
+}
+
+/// Decisions of a rule object for one agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ObjectValue {
+    /// The rule entry's decisions, as the path trie would hold them.
+    pub value: FileValue,
+    /// [`object_flags`].
+    pub flags: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<ObjectValue>() == 48);
+
+/// What the daemon stores on the inode of each rule object (inode-local
+/// storage): an id that is never reused, so a mark can only ever name the
+/// object it was put on. The storage is freed with the inode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InodeMark {
+    /// The object's id: the daemon's random 32-bit epoch in the high half,
+    /// a counter in the low half.
+    pub object: u64,
+}
+const _: () = assert!(size_of::<InodeMark>() == 8);

@@ -36,6 +36,11 @@ pub mod map_names {
     pub const EGRESS_PORT_TABLES: &str = "EGRESS_PORT_TABLES";
     /// LPM trie of file rules.
     pub const FILE_RULES: &str = "FILE_RULES";
+    /// (generation, agent, object id) → a rule object's decisions.
+    pub const FILE_OBJECTS: &str = "FILE_OBJECTS";
+    /// Inode-local storage: the object id the daemon put on each rule
+    /// object's inode.
+    pub const INODE_MARKS: &str = "INODE_MARKS";
     /// cgroup v2 id → agent id, for cgroup and systemd unit selectors.
     pub const SELECTED_CGROUPS: &str = "SELECTED_CGROUPS";
     /// Executable identity → agent id, for executable selectors.
@@ -95,6 +100,9 @@ impl_pod!(
     egress::OriginalDestination,
     files::FileKey,
     files::FileValue,
+    files::ObjectKey,
+    files::ObjectValue,
+    files::InodeMark,
     offsets::KernelOffsets,
     detect::DetectOffsets,
     event::EventHeader,

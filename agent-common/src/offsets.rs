@@ -61,11 +61,15 @@ pub struct KernelOffsets {
     pub inode_i_mode: u32,
     /// `struct vm_area_struct.vm_file`.
     pub vma_vm_file: u32,
+    /// `struct dentry.d_inode`.
+    pub dentry_d_inode: u32,
+    /// `struct dentry.d_flags`.
+    pub dentry_d_flags: u32,
     /// Non-zero once the daemon has filled the offsets in; programs refuse to
     /// read kernel memory before that.
     pub resolved: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 104);
+const _: () = assert!(size_of::<KernelOffsets>() == 112);
 
 /// Name of the global holding [`KernelOffsets`] in the eBPF object.
 pub const KERNEL_OFFSETS_GLOBAL: &str = "KERNEL_OFFSETS";

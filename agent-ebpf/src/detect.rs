@@ -53,7 +53,7 @@ use crate::{
     events::count_drop,
     files::{
         Caller, ResolvedPath, START_MASK, WALK_END, caller, fill_event, match_rules, open_rights,
-        read, scratch, walk,
+        read, scratch,
     },
     maps::{
         EVENTS, PATH_BUF_BYTES, PATH_SCRATCH, PathScratch, count, quarantined, take_event_token,
@@ -226,24 +226,17 @@ fn fd_file(offsets: &DetectOffsets, fd: i64) -> Option<*const u8> {
 
 /// Walks a `struct path` at `path` to its absolute name.
 #[inline(always)]
-fn path_name(scratch: &mut PathScratch, caller: &Caller, path: *const u8) -> ResolvedPath {
-    let offsets = &caller.offsets;
-    match (
-        read::<*const u8>(path, offsets.path_mnt),
-        read::<*const u8>(path, offsets.path_dentry),
-    ) {
-        (Some(mnt), Some(dentry)) => walk(scratch, offsets, mnt, dentry, core::ptr::null()),
-        _ => ResolvedPath::UNRESOLVED,
-    }
+fn path_name(scratch: &mut PathScratch, _caller: &Caller, path: *const u8) -> ResolvedPath {
+    crate::files::walk_path(scratch, path, core::ptr::null())
 }
 
 /// The absolute name of an open file.
 #[inline(always)]
 fn file_name(scratch: &mut PathScratch, caller: &Caller, file: *const u8) -> ResolvedPath {
     // SAFETY: `f_path` is inside the file; reads through it fault safely.
-    path_name(scratch, caller, unsafe {
-        file.add(caller.offsets.file_f_path as usize)
-    })
+    let f_path = crate::offset!(file_f_path) as usize;
+    // SAFETY: only an address computed; reads through it fault safely.
+    path_name(scratch, caller, unsafe { file.add(f_path) })
 }
 
 /// The absolute name a `*at` syscall's (`dirfd`, `name`) pair refers to, as
@@ -702,7 +695,7 @@ pub fn detect_sys_exit(ctx: BtfTracePointContext) -> i32 {
     let Some(file) = fd_file(&offsets, ret) else {
         return 0;
     };
-    let rights = match read::<u32>(file, caller.offsets.file_f_mode) {
+    let rights = match read::<u32>(file, crate::offset!(file_f_mode)) {
         Some(f_mode) => open_rights(f_mode),
         None => right::bit(right::READ) | right::bit(right::WRITE),
     };
@@ -726,19 +719,19 @@ pub fn detect_exec(ctx: BtfTracePointContext) -> i32 {
     let Some(caller) = caller() else {
         return 0;
     };
-    if caller.policy.flags & policy_flags::DETECT_EXEC == 0 || caller.offsets.resolved == 0 {
+    if caller.policy.flags & policy_flags::DETECT_EXEC == 0 || crate::offset!(resolved) == 0 {
         return 0;
     }
     let bprm: *const u8 = ctx.arg(2);
-    let Some(file) = read::<*const u8>(bprm, caller.offsets.binprm_file) else {
+    let Some(file) = read::<*const u8>(bprm, crate::offset!(binprm_file)) else {
         return 0;
     };
     let Some(scratch) = scratch() else {
         return 0;
     };
     let mut resolved = file_name(scratch, &caller, file);
-    let anonymous = read::<*const u8>(file, caller.offsets.file_f_inode)
-        .and_then(|inode| read::<u32>(inode, caller.offsets.inode_i_nlink))
+    let anonymous = read::<*const u8>(file, crate::offset!(file_f_inode))
+        .and_then(|inode| read::<u32>(inode, crate::offset!(inode_i_nlink)))
         .is_none_or(|nlink| nlink == 0);
     let exec = right::bit(right::EXEC);
     let pending = if anonymous && caller.policy.flags & policy_flags::ALLOW_ANONYMOUS_EXEC == 0 {

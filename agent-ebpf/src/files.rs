@@ -25,37 +25,56 @@
 //!   pipes and other files with no path pass; `O_PATH` descriptors pass,
 //!   as every open through them is decided.
 //!
-//! `bpf_d_path` is allowed on `file_open`, `bprm_check_security` and
-//! `mmap_file` on every kernel with BPF LSM. On the `path_*` hooks it is only
-//! allowed from about 6.8, so there the path is built by walking the dentry
-//! and mount chain with offsets from BTF, in a bounded number of steps. A
-//! path that cannot be resolved is denied to an agent in enforce mode.
+//! Matching: rules are matched by **object** first. The daemon marks the
+//! inode of every rule path that exists (inode-local storage, 5.10), and
+//! each decision walks from the accessed dentry up its parents to the root
+//! of its file system, looking for the nearest marked ancestor. That walk
+//! never looks at mounts, names, the caller's root or its namespaces, so a
+//! bind mount, a `chroot`, `/proc/<pid>/root`, a file handle or a renamed
+//! parent reaches the same object and the same verdict. The path is still
+//! built where an object cannot answer: no marked ancestor (a file on a
+//! file system no rule path is on), or rules on paths that did not exist
+//! at load under the object found. `bpf_d_path` is allowed on
+//! `file_open`, `bprm_check_security` and `mmap_file` on every kernel with
+//! BPF LSM; on the other hooks it is only allowed from about 6.8, so there
+//! the path is built by walking the dentry and mount chain with offsets
+//! from BTF, in a `bpf_loop` (5.17) of one component per step. A path that
+//! cannot be resolved is denied to an agent in enforce mode.
+
+use core::ffi::c_void;
 
 use agent_common::{
     event::{EVENT_PATH_BYTES, FileEvent, file_flags, hook, kind},
-    files::{FILE_KEY_HEADER_BITS, FileValue, PATH_KEY_BYTES, right},
+    files::{FILE_KEY_HEADER_BITS, FileValue, ObjectKey, PATH_KEY_BYTES, object_flags, right},
     identity::{AgentPolicy, AgentRecord, policy_flags},
-    offsets::KernelOffsets,
     verdict::{Verdict, decision, mode, verdict_for},
 };
 use aya_ebpf::{
-    bindings::path,
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_d_path, generated::bpf_probe_read_kernel},
-    macros::lsm,
+    bindings::{inode, path},
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_d_path, bpf_loop, bpf_probe_read_kernel},
+    },
+    macros::{lsm, map},
+    maps::PerCpuArray,
     programs::LsmContext,
 };
 
 use crate::{
     events::{Decision, count_drop, fill_header},
     maps::{
-        EVENTS, FILE_RULES, PATH_BUF_BYTES, PATH_SCRATCH, PathScratch, active_generation,
-        agent_policy, count, current_agent, kernel_offsets, quarantined, take_event_token,
+        EVENTS, FILE_OBJECTS, FILE_RULES, INODE_MARKS, PATH_BUF_BYTES, PATH_SCRATCH, PathScratch,
+        active_generation, agent_policy, count, current_agent, quarantined, take_event_token,
     },
 };
 
 const FMODE_READ: u32 = 0x1;
 const FMODE_WRITE: u32 = 0x2;
 const PROT_EXEC: u64 = 0x4;
+/// `DCACHE_DISCONNECTED` (`BIT(5)` in every kernel with BPF LSM): a dentry
+/// made for a file handle (`open_by_handle_at`, NFS export) whose parents
+/// are not known, so no walk can find the objects above it.
+const DCACHE_DISCONNECTED: u32 = 1 << 5;
 
 /// Where walked paths end in the scratch buffer; they are built backwards
 /// from here, so every start offset is below it and `start + PATH_KEY_BYTES`
@@ -66,6 +85,7 @@ pub(crate) const START_MASK: usize = WALK_END - 1;
 
 /// A resolved path in the per-CPU scratch buffer: `buf[start..start + len]`,
 /// followed by a `/` at `buf[start + len]`.
+#[derive(Clone, Copy)]
 pub(crate) struct ResolvedPath {
     pub(crate) start: usize,
     /// Length; 0 when the path could not be resolved.
@@ -95,12 +115,13 @@ pub(crate) fn open_rights(f_mode: u32) -> u32 {
     rights
 }
 
-/// Everything a decision needs about the calling agent.
+/// Everything a decision needs about the calling agent. Kernel offsets are
+/// not copied in: they are read where used, from the load-time constant,
+/// which keeps this small on the 512-byte stack.
 pub(crate) struct Caller {
     pub(crate) agent: AgentRecord,
     pub(crate) policy: CallerPolicy,
     pub(crate) generation: u32,
-    pub(crate) offsets: KernelOffsets,
 }
 
 /// The calling process's agent and policy, or `None` for processes in no
@@ -113,15 +134,13 @@ pub(crate) fn caller() -> Option<Caller> {
 }
 
 impl Caller {
-    /// `agent`'s caller under `generation`, with its policy and the
-    /// kernel's offsets.
+    /// `agent`'s caller under `generation`, with its policy.
     #[inline(always)]
     fn new(agent: AgentRecord, generation: u32) -> Self {
         Self {
             agent,
             policy: policy_or_closed(generation, agent.agent_id),
             generation,
-            offsets: kernel_offsets(),
         }
     }
 }
@@ -187,14 +206,122 @@ pub(crate) fn read<T>(base: *const u8, offset: u32) -> Option<T> {
     unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(base.add(offset as usize) as *const T).ok() }
 }
 
+/// Loads the pointer at `base + offset` with a plain load, not a probe
+/// read: `base` must be a BTF-typed pointer (a hook argument or a pointer
+/// loaded this way), so the verifier checks the offset against the type
+/// from BTF, types the result, and turns the load into a fault-safe one.
+/// Only BTF-typed pointers may be passed to `bpf_d_path` and
+/// `bpf_inode_storage_get`.
+#[inline(always)]
+fn load_btf_ptr(base: *const u8, offset: u32) -> *const u8 {
+    // SAFETY: see above; the offset comes from this kernel's BTF.
+    unsafe { core::ptr::read_volatile(base.add(offset as usize) as *const *const u8) }
+}
+
+/// The dentry of an open file (`file->f_path.dentry`), BTF-typed.
+#[inline(always)]
+fn file_dentry(file: *const u8) -> *const u8 {
+    load_btf_ptr(file, crate::offset!(file_f_path) + crate::offset!(path_dentry))
+}
+
+/// The dentry of a `struct path`, BTF-typed.
+#[inline(always)]
+fn path_dentry(path: *const u8) -> *const u8 {
+    load_btf_ptr(path, crate::offset!(path_dentry))
+}
+
+// ---------------------------------------------------------------- objects
+
+/// Directory levels the object walk climbs. Deeper files are still
+/// decided, by path, when no object is found within this many levels.
+const MAX_OBJECT_DEPTH: u32 = 64;
+
+/// What the walk from a dentry up to its file system's root found.
+#[derive(Clone, Copy)]
+enum Objects {
+    /// The nearest rule object of this agent above (or at) the dentry.
+    Found(&'static agent_common::files::ObjectValue),
+    /// No rule object of this agent within reach.
+    None,
+    /// A dentry whose parents the kernel does not know (made for a file
+    /// handle): what is above it cannot be checked.
+    Disconnected,
+}
+
+/// Walks from `dentry` (BTF-typed) up its parents to the root of its file
+/// system and returns the nearest marked object with decisions for this
+/// agent. Unmarked inodes, the common case, cost one storage lookup that
+/// finds nothing. The walk follows `d_parent` only, never mounts: an
+/// object is the same object whichever mount, root or name it is reached
+/// through.
+#[inline(always)]
+fn find_object(generation: u32, agent_id: u32, dentry: *const u8) -> Objects {
+    if dentry.is_null() || crate::offset!(resolved) == 0 {
+        return Objects::None;
+    }
+    let d_inode = crate::offset!(dentry_d_inode);
+    let d_parent = crate::offset!(dentry_d_parent);
+    let mut key = ObjectKey {
+        generation,
+        agent_id,
+        object: 0,
+    };
+    let mut current = dentry;
+    for _ in 0..MAX_OBJECT_DEPTH {
+        let inode = load_btf_ptr(current, d_inode);
+        if !inode.is_null() {
+            // SAFETY: `inode` is a BTF-typed `struct inode` pointer; the
+            // helper only looks its storage up (no create flag).
+            let mark = unsafe { INODE_MARKS.get_ptr_mut(inode as *mut inode) };
+            if !mark.is_null() {
+                // SAFETY: a value from a successful storage lookup.
+                key.object = unsafe { (*mark).object };
+                if let Some(value) = unsafe { FILE_OBJECTS.get(&key) } {
+                    return Objects::Found(value);
+                }
+            }
+        }
+        let parent = load_btf_ptr(current, d_parent);
+        if parent.is_null() || parent == current {
+            let d_flags = crate::offset!(dentry_d_flags) as usize;
+            // SAFETY: a load from a BTF-typed dentry, as above.
+            let flags = unsafe { core::ptr::read_volatile(current.add(d_flags) as *const u32) };
+            if flags & DCACHE_DISCONNECTED != 0 {
+                return Objects::Disconnected;
+            }
+            return Objects::None;
+        }
+        current = parent;
+    }
+    Objects::None
+}
+
+/// How the path of an access is built, when the decision needs it.
+#[derive(Clone, Copy)]
+enum PathSource {
+    /// `bpf_d_path` on a BTF-typed `struct file` (only on the hooks that
+    /// allow the helper).
+    DPath(*const u8),
+    /// A walk from `dentry` on mount `mnt` (a `vfsmount`), then `/leaf`
+    /// when `leaf` is not null. Null `mnt` or `dentry`: unresolved.
+    Walk(*const u8, *const u8, *const u8),
+}
+
+#[inline(always)]
+fn resolve(scratch: &mut PathScratch, source: PathSource) -> ResolvedPath {
+    match source {
+        PathSource::DPath(file) => file_path(scratch, file),
+        PathSource::Walk(mnt, dentry, leaf) => walk(scratch, mnt, dentry, leaf),
+    }
+}
+
 // ---------------------------------------------------------------- hooks
 
 /// Runs on every open in the system, so a process in no agent costs the
-/// identity lookup and nothing else. For an agent, the path `bpf_d_path`
-/// writes is the LPM key where it lies (no copy), and a read the rules
-/// allow outright, the common case, looks up no other map: an allow is the
-/// same verdict in every mode, a quarantine holds only changes, and an
-/// allowed read counts nothing.
+/// identity lookup and nothing else. For an agent, a read that the nearest
+/// rule object allows outright, the common case, builds no path and looks
+/// up no other map: an allow is the same verdict in every mode, a
+/// quarantine holds only changes, and an allowed read counts nothing.
 #[lsm(hook = "file_open")]
 pub fn file_open(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(1);
@@ -215,9 +342,8 @@ fn try_file_open(agent: AgentRecord, file: *const u8) -> Verdict {
         // Without offsets the path cannot be named either: denied below.
         right::bit(right::READ) | right::bit(right::WRITE)
     } else {
-        // A direct load, not a probe read (a helper call): `file` is the
-        // hook's BTF-typed argument, so the verifier checks the access
-        // against `struct file` and makes it a fault-safe load.
+        // A direct load, not a probe read: `file` is the hook's BTF-typed
+        // argument.
         // SAFETY: the offset of `f_mode` in this kernel's `struct file`,
         // from BTF.
         let at = crate::offset!(file_f_mode) as usize;
@@ -226,29 +352,31 @@ fn try_file_open(agent: AgentRecord, file: *const u8) -> Verdict {
     if rights == 0 {
         return Verdict::Allowed;
     }
+    let generation = active_generation();
+    let objects = if offsets_resolved == 0 {
+        Objects::None
+    } else {
+        find_object(generation, agent.agent_id, file_dentry(file))
+    };
+    if let Objects::Found(found) = objects {
+        if found.flags & object_flags::COMPLETE != 0
+            && rights == right::bit(right::READ)
+            && found.value.decisions[right::READ] == decision::ALLOW
+        {
+            return Verdict::Allowed;
+        }
+    }
     let Some(scratch) = scratch() else {
         return Verdict::Denied;
     };
-    let generation = active_generation();
-    let path = file_path(scratch, offsets_resolved, crate::offset!(file_f_path), file);
-    let value = if path.len == 0 {
-        None
-    } else {
-        lookup_in_place(scratch, generation, agent.agent_id, path.len)
-    };
-    if rights == right::bit(right::READ)
-        && value.is_some_and(|v| v.decisions[right::READ] == decision::ALLOW)
-    {
-        return Verdict::Allowed;
-    }
-    // Anything else is decided as on every other hook. The rules are
-    // looked up again there, which only costs denials and writes.
-    check(
+    decide(
         scratch,
         &Caller::new(agent, generation),
-        &path,
+        objects,
+        PathSource::DPath(file),
         rights,
         hook::FILE_OPEN,
+        0,
     )
 }
 
@@ -262,18 +390,13 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
         return 0;
     };
     let bprm: *const u8 = ctx.arg(0);
-    if caller.offsets.resolved == 0 {
+    if crate::offset!(resolved) == 0 {
         return Verdict::Denied.to_lsm(previous);
     }
-    // A direct load, not a probe read: the verifier then knows the result
-    // is the `struct file` of this binprm (from BTF), which `bpf_d_path`
-    // requires; a probe read would give it a plain number.
-    // SAFETY: `bprm` is the hook's BTF-typed argument and the offset comes
-    // from this kernel's BTF; the verifier turns the load into a checked one.
-    let file: *const u8 = unsafe {
-        core::ptr::read_volatile(bprm.add(caller.offsets.binprm_file as usize) as *const *const u8)
-    };
-    check_exec(&caller, file, hook::BPRM_CHECK).to_lsm(previous)
+    // A direct load: the verifier then knows the result is the `struct
+    // file` of this binprm, which `bpf_d_path` requires.
+    let file = load_btf_ptr(bprm, crate::offset!(binprm_file));
+    check_exec(&caller, file, PathSource::DPath(file), hook::BPRM_CHECK).to_lsm(previous)
 }
 
 #[lsm(hook = "mmap_file")]
@@ -293,38 +416,21 @@ pub fn mmap_file(ctx: LsmContext) -> i32 {
     let Some(caller) = caller() else {
         return 0;
     };
-    check_exec(&caller, file, hook::MMAP_FILE).to_lsm(previous)
+    check_exec(&caller, file, PathSource::DPath(file), hook::MMAP_FILE).to_lsm(previous)
 }
 
-/// The exec right on `file`, with files that have no name on disk (memfd,
-/// deleted files) denied unless the policy allows them.
+/// The exec right on `file` (BTF-typed), with files that have no name on
+/// disk (memfd, deleted files) denied unless the policy allows them.
 #[inline(always)]
-fn check_exec(caller: &Caller, file: *const u8, hook: u16) -> Verdict {
+fn check_exec(caller: &Caller, file: *const u8, source: PathSource, hook: u16) -> Verdict {
     let Some(scratch) = scratch() else {
         return Verdict::Denied;
     };
-    let resolved = file_path(
-        scratch,
-        caller.offsets.resolved,
-        caller.offsets.file_f_path,
-        file,
-    );
-    decide_exec(scratch, caller, file, resolved, hook)
-}
-
-/// The exec right on `file`, whose path is `resolved`.
-#[inline(always)]
-fn decide_exec(
-    scratch: &mut PathScratch,
-    caller: &Caller,
-    file: *const u8,
-    mut resolved: ResolvedPath,
-    hook: u16,
-) -> Verdict {
-    let anonymous = read::<*const u8>(file, caller.offsets.file_f_inode)
-        .and_then(|inode| read::<u32>(inode, caller.offsets.inode_i_nlink))
+    let anonymous = read::<*const u8>(file, crate::offset!(file_f_inode))
+        .and_then(|inode| read::<u32>(inode, crate::offset!(inode_i_nlink)))
         .is_none_or(|nlink| nlink == 0);
     if anonymous && caller.policy.flags & policy_flags::ALLOW_ANONYMOUS_EXEC == 0 {
+        let mut resolved = resolve(scratch, source);
         resolved.flags |= file_flags::ANONYMOUS;
         let verdict = verdict_for(decision::DENY, caller.policy.mode);
         emit(
@@ -339,7 +445,16 @@ fn decide_exec(
         );
         return verdict;
     }
-    check(scratch, caller, &resolved, right::bit(right::EXEC), hook)
+    let objects = find_object(caller.generation, caller.agent.agent_id, file_dentry(file));
+    decide(
+        scratch,
+        caller,
+        objects,
+        source,
+        right::bit(right::EXEC),
+        hook,
+        0,
+    )
 }
 
 /// `path_mknod(const struct path *dir, struct dentry *dentry, umode_t mode,
@@ -406,11 +521,11 @@ pub fn file_truncate(ctx: LsmContext) -> i32 {
     let Some(scratch) = scratch() else {
         return Verdict::Denied.to_lsm(previous);
     };
-    let resolved = walk_file(scratch, &caller.offsets, ctx.arg(0));
-    check(
+    let file: *const u8 = ctx.arg(0);
+    decide_file(
         scratch,
         &caller,
-        &resolved,
+        file,
         right::bit(right::WRITE),
         hook::FILE_TRUNCATE,
     )
@@ -433,19 +548,18 @@ pub fn file_mprotect(ctx: LsmContext) -> i32 {
         return 0;
     };
     let vma: *const u8 = ctx.arg(0);
-    let file = match read::<*const u8>(vma, caller.offsets.vma_vm_file) {
-        Some(file) => file,
-        None => return Verdict::Denied.to_lsm(previous),
-    };
+    let file = load_btf_ptr(vma, crate::offset!(vma_vm_file));
     // Anonymous memory made executable (a JIT) has no file to decide on.
     if file.is_null() {
         return 0;
     }
-    let Some(scratch) = scratch() else {
-        return Verdict::Denied.to_lsm(previous);
-    };
-    let resolved = walk_file(scratch, &caller.offsets, file);
-    decide_exec(scratch, &caller, file, resolved, hook::FILE_MPROTECT).to_lsm(previous)
+    // Only an address computed: the walk reads through the fault-safe
+    // helper.
+    let source = path_source(
+        file.wrapping_add(crate::offset!(file_f_path) as usize),
+        core::ptr::null(),
+    );
+    check_exec(&caller, file, source, hook::FILE_MPROTECT).to_lsm(previous)
 }
 
 const S_IFMT: u16 = 0o170000;
@@ -463,22 +577,21 @@ pub fn file_receive(ctx: LsmContext) -> i32 {
         return 0;
     };
     let file: *const u8 = ctx.arg(0);
-    let offsets = &caller.offsets;
-    let Some(inode) = read::<*const u8>(file, offsets.file_f_inode) else {
+    let Some(inode) = read::<*const u8>(file, crate::offset!(file_f_inode)) else {
         return Verdict::Denied.to_lsm(previous);
     };
-    match read::<u16>(inode, offsets.inode_i_mode).map(|mode| mode & S_IFMT) {
+    match read::<u16>(inode, crate::offset!(inode_i_mode)).map(|mode| mode & S_IFMT) {
         Some(S_IFREG) | Some(S_IFDIR) => {}
         Some(_) => return 0,
         None => return Verdict::Denied.to_lsm(previous),
     }
     // A file with no name on disk (memfd, deleted) has no path to protect.
-    match read::<u32>(inode, offsets.inode_i_nlink) {
+    match read::<u32>(inode, crate::offset!(inode_i_nlink)) {
         Some(0) => return 0,
         Some(_) => {}
         None => return Verdict::Denied.to_lsm(previous),
     }
-    let rights = match read::<u32>(file, offsets.file_f_mode) {
+    let rights = match read::<u32>(file, crate::offset!(file_f_mode)) {
         Some(f_mode) => open_rights(f_mode),
         None => return Verdict::Denied.to_lsm(previous),
     };
@@ -488,8 +601,27 @@ pub fn file_receive(ctx: LsmContext) -> i32 {
     let Some(scratch) = scratch() else {
         return Verdict::Denied.to_lsm(previous);
     };
-    let resolved = walk_file(scratch, offsets, file);
-    check(scratch, &caller, &resolved, rights, hook::FILE_RECEIVE).to_lsm(previous)
+    decide_file(scratch, &caller, file, rights, hook::FILE_RECEIVE).to_lsm(previous)
+}
+
+/// Decides `rights` on an open file (BTF-typed) on a hook where the path,
+/// when needed, is walked.
+#[inline(always)]
+fn decide_file(
+    scratch: &mut PathScratch,
+    caller: &Caller,
+    file: *const u8,
+    rights: u32,
+    hook: u16,
+) -> Verdict {
+    let objects = find_object(caller.generation, caller.agent.agent_id, file_dentry(file));
+    // Only an address computed: the walk reads through the fault-safe
+    // helper.
+    let source = path_source(
+        file.wrapping_add(crate::offset!(file_f_path) as usize),
+        core::ptr::null(),
+    );
+    decide(scratch, caller, objects, source, rights, hook, 0)
 }
 
 /// `path_link(struct dentry *old_dentry, const struct path *new_dir,
@@ -511,28 +643,36 @@ pub fn path_link(ctx: LsmContext) -> i32 {
     let old_dentry: *const u8 = ctx.arg(0);
     let new_dir: *const u8 = ctx.arg(1);
     let new_dentry: *const u8 = ctx.arg(2);
-    let offsets = &caller.offsets;
-    let Some(mnt) = read::<*const u8>(new_dir, offsets.path_mnt) else {
-        return Verdict::Denied.to_lsm(previous);
-    };
-    let Some(new_parent) = read::<*const u8>(new_dir, offsets.path_dentry) else {
-        return Verdict::Denied.to_lsm(previous);
-    };
-    let created = walk(scratch, offsets, mnt, new_parent, new_dentry);
-    let verdict = check(
+    let created = find_object(caller.generation, caller.agent.agent_id, new_dentry);
+    let verdict = decide(
         scratch,
         &caller,
-        &created,
+        created,
+        path_source(new_dir, new_dentry),
         right::bit(right::CREATE),
         hook::PATH_LINK,
+        0,
     );
     if verdict == Verdict::Denied {
         return verdict.to_lsm(previous);
     }
     // Links stay inside one mount, so the target shares the new name's mount.
-    let target = walk(scratch, offsets, mnt, old_dentry, core::ptr::null());
+    let target_source = match read::<*const u8>(new_dir, crate::offset!(path_mnt)) {
+        Some(mnt) => PathSource::Walk(mnt, old_dentry, core::ptr::null()),
+        None => PathSource::Walk(core::ptr::null(), core::ptr::null(), core::ptr::null()),
+    };
+    let target = find_object(caller.generation, caller.agent.agent_id, old_dentry);
     let rights = right::bit(right::READ) | right::bit(right::WRITE);
-    check(scratch, &caller, &target, rights, hook::PATH_LINK).to_lsm(previous)
+    decide(
+        scratch,
+        &caller,
+        target,
+        target_source,
+        rights,
+        hook::PATH_LINK,
+        0,
+    )
+    .to_lsm(previous)
 }
 
 /// `path_rename(const struct path *old_dir, struct dentry *old_dentry,
@@ -552,16 +692,38 @@ pub fn path_rename(ctx: LsmContext) -> i32 {
         return Verdict::Denied.to_lsm(previous);
     };
     let rights = right::bit(right::RENAME);
-    let from = dir_entry_path(scratch, &caller.offsets, ctx.arg(0), ctx.arg(1));
-    let verdict = check(scratch, &caller, &from, rights, hook::PATH_RENAME);
+    let old_dentry: *const u8 = ctx.arg(1);
+    let from = find_object(caller.generation, caller.agent.agent_id, old_dentry);
+    let verdict = decide(
+        scratch,
+        &caller,
+        from,
+        path_source(ctx.arg(0), old_dentry),
+        rights,
+        hook::PATH_RENAME,
+        0,
+    );
     if verdict == Verdict::Denied {
         return verdict.to_lsm(previous);
     }
-    let to = dir_entry_path(scratch, &caller.offsets, ctx.arg(2), ctx.arg(3));
-    check(scratch, &caller, &to, rights, hook::PATH_RENAME).to_lsm(previous)
+    let new_dentry: *const u8 = ctx.arg(3);
+    let to = find_object(caller.generation, caller.agent.agent_id, new_dentry);
+    decide(
+        scratch,
+        &caller,
+        to,
+        path_source(ctx.arg(2), new_dentry),
+        rights,
+        hook::PATH_RENAME,
+        0,
+    )
+    .to_lsm(previous)
 }
 
 /// Hooks whose first two arguments are a directory and an entry in it.
+/// The object walk starts at the entry: an existing one (unlink, rename)
+/// is itself checked, a new one (create) has no inode yet and the walk
+/// goes on to its directory.
 #[inline(always)]
 fn entry_hook(ctx: &LsmContext, ret_arg: usize, rights: u32, hook: u16) -> i32 {
     let previous: i32 = match ret_arg {
@@ -578,8 +740,18 @@ fn entry_hook(ctx: &LsmContext, ret_arg: usize, rights: u32, hook: u16) -> i32 {
     let Some(scratch) = scratch() else {
         return Verdict::Denied.to_lsm(previous);
     };
-    let resolved = dir_entry_path(scratch, &caller.offsets, ctx.arg(0), ctx.arg(1));
-    check(scratch, &caller, &resolved, rights, hook).to_lsm(previous)
+    let entry: *const u8 = ctx.arg(1);
+    let objects = find_object(caller.generation, caller.agent.agent_id, entry);
+    decide(
+        scratch,
+        &caller,
+        objects,
+        path_source(ctx.arg(0), entry),
+        rights,
+        hook,
+        0,
+    )
+    .to_lsm(previous)
 }
 
 /// Hooks on a whole `struct path` that change a file's content, mode or
@@ -601,15 +773,17 @@ fn whole_path_hook(ctx: &LsmContext, ret_arg: usize, hook: u16) -> i32 {
         return Verdict::Denied.to_lsm(previous);
     };
     let path: *const u8 = ctx.arg(0);
-    let offsets = &caller.offsets;
-    let resolved = match (
-        read::<*const u8>(path, offsets.path_mnt),
-        read::<*const u8>(path, offsets.path_dentry),
-    ) {
-        (Some(mnt), Some(dentry)) => walk(scratch, offsets, mnt, dentry, core::ptr::null()),
-        _ => ResolvedPath::UNRESOLVED,
-    };
-    check(scratch, &caller, &resolved, right::bit(right::WRITE), hook).to_lsm(previous)
+    let objects = find_object(caller.generation, caller.agent.agent_id, path_dentry(path));
+    decide(
+        scratch,
+        &caller,
+        objects,
+        path_source(path, core::ptr::null()),
+        right::bit(right::WRITE),
+        hook,
+        0,
+    )
+    .to_lsm(previous)
 }
 
 // ---------------------------------------------------------------- paths
@@ -617,19 +791,15 @@ fn whole_path_hook(ctx: &LsmContext, ret_arg: usize, hook: u16) -> i32 {
 /// The path of an open file, with `bpf_d_path`, at the start of the buffer
 /// (where [`lookup_in_place`] finds it).
 #[inline(always)]
-fn file_path(
-    scratch: &mut PathScratch,
-    offsets_resolved: u32,
-    file_f_path: u32,
-    file: *const u8,
-) -> ResolvedPath {
-    if offsets_resolved == 0 {
+fn file_path(scratch: &mut PathScratch, file: *const u8) -> ResolvedPath {
+    if crate::offset!(resolved) == 0 {
         return ResolvedPath::UNRESOLVED;
     }
+    let f_path = crate::offset!(file_f_path) as usize;
     // SAFETY: `file + f_path` is the `struct path` inside a file the hook
     // hands us; the verifier checks the type from BTF.
     let written = unsafe {
-        let path_ptr = file.add(file_f_path as usize) as *mut path;
+        let path_ptr = file.add(f_path) as *mut path;
         bpf_d_path(
             path_ptr,
             scratch.buf.as_mut_ptr().cast(),
@@ -653,51 +823,215 @@ fn file_path(
     }
 }
 
-/// The path of an open file, walked (for hooks where `bpf_d_path` is not
-/// allowed, or the `struct file` is not the hook's own argument).
+/// Where a `struct path` (any pointer; read through the fault-safe helper)
+/// is walked from, then `/leaf` when `leaf` is not null.
 #[inline(always)]
-fn walk_file(scratch: &mut PathScratch, offsets: &KernelOffsets, file: *const u8) -> ResolvedPath {
-    // SAFETY: only an address computed, read through the fault-safe helper.
-    let path = unsafe { file.add(offsets.file_f_path as usize) };
+fn path_source(path: *const u8, leaf: *const u8) -> PathSource {
     match (
-        read::<*const u8>(path, offsets.path_mnt),
-        read::<*const u8>(path, offsets.path_dentry),
+        read::<*const u8>(path, crate::offset!(path_mnt)),
+        read::<*const u8>(path, crate::offset!(path_dentry)),
     ) {
-        (Some(mnt), Some(dentry)) => walk(scratch, offsets, mnt, dentry, core::ptr::null()),
-        _ => ResolvedPath::UNRESOLVED,
+        (Some(mnt), Some(dentry)) => PathSource::Walk(mnt, dentry, leaf),
+        _ => PathSource::Walk(core::ptr::null(), core::ptr::null(), core::ptr::null()),
     }
 }
 
-/// The path of `entry` in directory `dir` (a `struct path`).
+/// The absolute path of a `struct path`, then `/leaf` when `leaf` is not
+/// null.
 #[inline(always)]
-fn dir_entry_path(
-    scratch: &mut PathScratch,
-    offsets: &KernelOffsets,
-    dir: *const u8,
-    entry: *const u8,
-) -> ResolvedPath {
-    match (
-        read::<*const u8>(dir, offsets.path_mnt),
-        read::<*const u8>(dir, offsets.path_dentry),
-    ) {
-        (Some(mnt), Some(dentry)) => walk(scratch, offsets, mnt, dentry, entry),
-        _ => ResolvedPath::UNRESOLVED,
-    }
+pub(crate) fn walk_path(scratch: &mut PathScratch, path: *const u8, leaf: *const u8) -> ResolvedPath {
+    resolve(scratch, path_source(path, leaf))
 }
 
-/// Writes `/name` of `dentry` in front of `pos`; returns the new start.
+/// Steps the dentry walk may take: path components plus mount crossings.
+/// `PATH_MAX` allows at most 2,048 components in a path a program can
+/// name, and a file can be created deeper only one relative step at a
+/// time; a walk that does not reach the root is unresolved (and denied).
+const MAX_WALK_STEPS: u32 = 4096;
+
+/// [`WalkState::flags`].
+mod walk_flags {
+    pub(super) const DONE: u32 = 1;
+    pub(super) const FAILED: u32 = 2;
+    /// Only count the bytes the path would take; write nothing.
+    pub(super) const COUNT: u32 = 4;
+    /// Components were left out at the deep end.
+    pub(super) const TRUNCATED: u32 = 8;
+}
+
+/// The state of a walk between `bpf_loop` steps.
+#[repr(C)]
+pub struct WalkState {
+    mount: u64,
+    vfsmount: u64,
+    current: u64,
+    /// Where the next name ends in the buffer ([`WALK_END`] at first).
+    pos: u32,
+    flags: u32,
+    /// Bytes counted so far ([`walk_flags::COUNT`]), or bytes of deep
+    /// components still to leave out.
+    bytes: u32,
+    _pad: u32,
+}
+
+#[map(name = "WALK_STATE")]
+static WALK_STATE: PerCpuArray<WalkState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Builds the absolute path of `dentry` on mount `mnt` (a `vfsmount`),
+/// followed by `/leaf` when `leaf` is not null, ending at [`WALK_END`]: up
+/// the dentry chain, across mounts to the root of the mount namespace
+/// (not the caller's root: a `chroot` does not change the name).
+///
+/// A path longer than the buffer keeps its start: the walk is run once
+/// more to count its length and then a third time leaving the deepest
+/// components out, so that the first `PATH_KEY_BYTES` (all a rule can
+/// match on) are always exact. The record then says the path is cut.
 #[inline(always)]
-fn prepend_name(
+fn walk(
     scratch: &mut PathScratch,
-    offsets: &KernelOffsets,
-    pos: usize,
+    mnt: *const u8,
     dentry: *const u8,
-) -> Option<usize> {
-    let name_at = offsets.dentry_d_name;
-    let len = read::<u32>(dentry, name_at + offsets.qstr_len)? as usize;
-    let name = read::<*const u8>(dentry, name_at + offsets.qstr_name)?;
-    if len == 0 || len > 255 || pos < len + 1 {
-        return None;
+    leaf: *const u8,
+) -> ResolvedPath {
+    if crate::offset!(resolved) == 0 || mnt.is_null() || dentry.is_null() {
+        return ResolvedPath::UNRESOLVED;
+    }
+    let first = walk_pass(scratch, mnt, dentry, leaf, 0, 0);
+    if first.flags & file_flags::PATH_TRUNCATED == 0 {
+        return first;
+    }
+    let counted = walk_pass(scratch, mnt, dentry, leaf, walk_flags::COUNT, 0);
+    if counted.flags & file_flags::PATH_UNRESOLVED != 0 {
+        return counted;
+    }
+    // `counted.len` is the whole path's length; leave out enough of the
+    // deep end for the rest to fit, with room for one more name.
+    let fits = (WALK_END - 256) as u32;
+    let skip = (counted.len as u32).saturating_sub(fits);
+    walk_pass(scratch, mnt, dentry, leaf, 0, skip)
+}
+
+/// One pass of [`walk`]. Without [`walk_flags::COUNT`], a name that does
+/// not fit ends the pass with `PATH_TRUNCATED` set and nothing usable.
+#[inline(always)]
+fn walk_pass(
+    scratch: &mut PathScratch,
+    mnt: *const u8,
+    dentry: *const u8,
+    leaf: *const u8,
+    mode: u32,
+    skip: u32,
+) -> ResolvedPath {
+    let Some(state) = WALK_STATE.get_ptr_mut(0) else {
+        return ResolvedPath::UNRESOLVED;
+    };
+    // SAFETY: per-CPU value from a successful lookup.
+    let state = unsafe { &mut *state };
+    scratch.buf[WALK_END] = b'/';
+    state.pos = WALK_END as u32;
+    state.flags = mode;
+    state.bytes = skip;
+    if !leaf.is_null() {
+        if !put_name(state, scratch, leaf) {
+            return ResolvedPath::UNRESOLVED;
+        }
+        if state.flags & walk_flags::FAILED != 0 {
+            return overflowed(state);
+        }
+    }
+    state.vfsmount = mnt as u64;
+    // A `vfsmount` always lives inside a `struct mount`.
+    state.mount = (mnt as u64).wrapping_sub(u64::from(crate::offset!(mount_mnt)));
+    state.current = dentry as u64;
+    // SAFETY: `walk_step` is a BPF subprogram with the callback signature;
+    // it takes no context (its state is the per-CPU `WALK_STATE`).
+    let looped = unsafe {
+        bpf_loop(
+            MAX_WALK_STEPS,
+            walk_step as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    if looped < 0 || state.flags & walk_flags::DONE == 0 {
+        return ResolvedPath::UNRESOLVED;
+    }
+    if state.flags & walk_flags::FAILED != 0 {
+        return overflowed(state);
+    }
+    let truncated = if state.flags & walk_flags::TRUNCATED != 0 {
+        file_flags::PATH_TRUNCATED
+    } else {
+        0
+    };
+    if mode & walk_flags::COUNT != 0 {
+        return ResolvedPath {
+            start: 0,
+            len: state.bytes as usize,
+            flags: 0,
+        };
+    }
+    let pos = state.pos as usize;
+    if pos >= WALK_END {
+        // The root itself.
+        scratch.buf[WALK_END - 1] = b'/';
+        return ResolvedPath {
+            start: WALK_END - 1,
+            len: 1,
+            flags: truncated,
+        };
+    }
+    ResolvedPath {
+        start: pos & START_MASK,
+        len: WALK_END - pos,
+        flags: truncated,
+    }
+}
+
+/// The result of a pass whose path did not fit, or failed.
+#[inline(always)]
+fn overflowed(state: &WalkState) -> ResolvedPath {
+    if state.flags & walk_flags::TRUNCATED != 0 {
+        ResolvedPath {
+            start: 0,
+            len: 0,
+            flags: file_flags::PATH_TRUNCATED | file_flags::PATH_UNRESOLVED,
+        }
+    } else {
+        ResolvedPath::UNRESOLVED
+    }
+}
+
+/// Puts `/name` of `dentry` in front of the path so far: counts it, leaves
+/// it out (the deep end of a path too long for the buffer), or writes it.
+/// Returns `false` when the name cannot be read. A name that does not fit
+/// sets [`walk_flags::FAILED`] and [`walk_flags::TRUNCATED`].
+#[inline(always)]
+fn put_name(state: &mut WalkState, scratch: &mut PathScratch, dentry: *const u8) -> bool {
+    let name_at = crate::offset!(dentry_d_name);
+    let Some(len) = read::<u32>(dentry, name_at + crate::offset!(qstr_len)) else {
+        return false;
+    };
+    if len == 0 || len > 255 {
+        return false;
+    }
+    if state.flags & walk_flags::COUNT != 0 {
+        state.bytes = state.bytes.saturating_add(len + 1);
+        return true;
+    }
+    if state.bytes > 0 {
+        state.bytes = state.bytes.saturating_sub(len + 1);
+        state.flags |= walk_flags::TRUNCATED;
+        return true;
+    }
+    let Some(name) = read::<*const u8>(dentry, name_at + crate::offset!(qstr_name)) else {
+        return false;
+    };
+    let pos = state.pos as usize;
+    let len = len as usize;
+    if pos < len + 1 {
+        state.flags |= walk_flags::FAILED | walk_flags::TRUNCATED;
+        return true;
     }
     let start = (pos - len) & START_MASK;
     // SAFETY: `start + len` is at most `WALK_END`, inside the buffer.
@@ -709,124 +1043,148 @@ fn prepend_name(
         )
     };
     if copied != 0 {
-        return None;
+        return false;
     }
     let slash = (start - 1) & START_MASK;
     scratch.buf[slash] = b'/';
-    Some(slash)
+    state.pos = slash as u32;
+    true
 }
 
-/// Steps the dentry walk may take (path components plus mount crossings).
-const MAX_WALK_STEPS: usize = 32;
-
-/// Builds the absolute path of `dentry` on mount `mnt` (a `vfsmount`),
-/// followed by `/leaf` when `leaf` is not null, ending at [`WALK_END`].
-#[inline(always)]
-#[allow(unused_assignments)]
-pub(crate) fn walk(
-    scratch: &mut PathScratch,
-    offsets: &KernelOffsets,
-    mnt: *const u8,
-    dentry: *const u8,
-    leaf: *const u8,
-) -> ResolvedPath {
-    if offsets.resolved == 0 {
-        return ResolvedPath::UNRESOLVED;
-    }
-    scratch.buf[WALK_END] = b'/';
-    let mut pos = WALK_END;
-    if !leaf.is_null() {
-        match prepend_name(scratch, offsets, pos, leaf) {
-            Some(start) => pos = start,
-            None => return ResolvedPath::UNRESOLVED,
-        }
-    }
-    let mut vfsmount = mnt;
-    // SAFETY: a `vfsmount` always lives inside a `struct mount`.
-    let mut mount = unsafe { mnt.sub(offsets.mount_mnt as usize) };
-    let mut current = dentry;
-    let mut done = false;
-    const _: () = assert!(MAX_WALK_STEPS == 32, "the unrolled walk lists every step");
-    unroll!(step in [
-        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
-        16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31
-    ] {
-        let _ = step;
-        if !done {
-            let Some(mnt_root) = read::<*const u8>(vfsmount, offsets.vfsmount_mnt_root) else {
-                return ResolvedPath::UNRESOLVED;
-            };
-            if current == mnt_root {
-                let Some(parent_mount) = read::<*const u8>(mount, offsets.mount_mnt_parent) else {
-                    return ResolvedPath::UNRESOLVED;
-                };
-                if parent_mount == mount {
-                    done = true;
-                } else {
-                    let Some(mountpoint) =
-                        read::<*const u8>(mount, offsets.mount_mnt_mountpoint)
-                    else {
-                        return ResolvedPath::UNRESOLVED;
-                    };
-                    current = mountpoint;
-                    mount = parent_mount;
-                    // SAFETY: as above.
-                    vfsmount = unsafe { parent_mount.add(offsets.mount_mnt as usize) };
-                }
-            } else {
-                let Some(parent) = read::<*const u8>(current, offsets.dentry_d_parent) else {
-                    return ResolvedPath::UNRESOLVED;
-                };
-                if parent == current {
-                    done = true;
-                } else {
-                    match prepend_name(scratch, offsets, pos, current) {
-                        Some(start) => pos = start,
-                        None => return ResolvedPath::UNRESOLVED,
-                    }
-                    current = parent;
-                }
-            }
-        }
-    });
-    if !done {
-        return ResolvedPath::UNRESOLVED;
-    }
-    if pos == WALK_END {
-        // The root itself.
-        pos = WALK_END - 1;
-        scratch.buf[pos] = b'/';
-        return ResolvedPath {
-            start: pos,
-            len: 1,
-            flags: 0,
+/// One step of the walk: a path component, or a mount crossing. Returns 1
+/// to stop the loop.
+extern "C" fn walk_step(_index: u32, _ctx: *mut c_void) -> i64 {
+    let Some(state) = WALK_STATE.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU value from a successful lookup.
+    let state = unsafe { &mut *state };
+    let Some(scratch) = scratch() else {
+        state.flags |= walk_flags::FAILED;
+        return 1;
+    };
+    let current = state.current as *const u8;
+    let mount = state.mount as *const u8;
+    let Some(mnt_root) =
+        read::<*const u8>(state.vfsmount as *const u8, crate::offset!(vfsmount_mnt_root))
+    else {
+        return 1;
+    };
+    if current == mnt_root {
+        let Some(parent_mount) = read::<*const u8>(mount, crate::offset!(mount_mnt_parent)) else {
+            return 1;
         };
+        if parent_mount == mount {
+            state.flags |= walk_flags::DONE;
+            return 1;
+        }
+        let Some(mountpoint) = read::<*const u8>(mount, crate::offset!(mount_mnt_mountpoint))
+        else {
+            return 1;
+        };
+        state.current = mountpoint as u64;
+        state.mount = parent_mount as u64;
+        state.vfsmount = (parent_mount as u64).wrapping_add(u64::from(crate::offset!(mount_mnt)));
+        return 0;
     }
-    ResolvedPath {
-        start: pos & START_MASK,
-        len: WALK_END - pos,
-        flags: 0,
+    let Some(parent) = read::<*const u8>(current, crate::offset!(dentry_d_parent)) else {
+        return 1;
+    };
+    if parent == current {
+        state.flags |= walk_flags::DONE;
+        return 1;
     }
+    if !put_name(state, scratch, current) {
+        return 1;
+    }
+    if state.flags & walk_flags::FAILED != 0 {
+        // Done as far as this pass goes: [`walk`] counts and retries.
+        state.flags |= walk_flags::DONE;
+        return 1;
+    }
+    state.current = parent as u64;
+    0
 }
 
 // ---------------------------------------------------------------- decisions
 
-/// Decides `rights` on a resolved path and records anything but an allow.
+/// Decides `rights` on an access: by the nearest rule object when it is
+/// the whole answer, else together with the rules on the access's path.
+/// Records anything but an allow.
 #[inline(always)]
-fn check(
+#[allow(clippy::too_many_arguments)]
+fn decide(
     scratch: &mut PathScratch,
     caller: &Caller,
-    resolved: &ResolvedPath,
+    objects: Objects,
+    source: PathSource,
     rights: u32,
     hook: u16,
+    flags: u32,
 ) -> Verdict {
-    let agent_mode = caller.policy.mode;
-    let (rule_decision, rule_id, denied) = if resolved.len == 0 {
-        // A path we cannot name is a path we cannot allow.
-        (decision::DENY, 0, rights)
-    } else {
-        match_rules(scratch, caller, resolved, rights)
+    let (object, by_path) = match objects {
+        Objects::Found(found) => (
+            Some(&found.value),
+            found.flags & object_flags::COMPLETE == 0,
+        ),
+        Objects::None => (None, true),
+        Objects::Disconnected => (None, false),
     };
+    let mut resolved = if by_path {
+        resolve(scratch, source)
+    } else {
+        ResolvedPath::UNRESOLVED
+    };
+    let mut flags = flags;
+    if object.is_some() {
+        flags |= file_flags::BY_OBJECT;
+    }
+    let matched = match objects {
+        Objects::Disconnected => {
+            flags |= file_flags::DISCONNECTED;
+            (decision::DENY, 0, rights)
+        }
+        _ if by_path && resolved.len == 0 => {
+            // A path we cannot name is a path we cannot allow.
+            (decision::DENY, 0, rights)
+        }
+        _ => {
+            let by_path = if by_path {
+                lookup(scratch, caller, &resolved)
+            } else {
+                None
+            };
+            combine(caller, object, by_path, rights)
+        }
+    };
+    let verdict = settle(caller, matched, rights);
+    if verdict != Verdict::Allowed {
+        if !by_path {
+            resolved = resolve(scratch, source);
+        }
+        resolved.flags |= flags;
+        let (rule_decision, rule_id, denied) = matched;
+        if rule_decision == decision::CANARY {
+            resolved.flags |= file_flags::CANARY;
+        }
+        let denied = if rule_decision == decision::ALLOW {
+            // Held by a quarantine.
+            rights
+        } else {
+            denied
+        };
+        emit(
+            scratch, caller, &resolved, rights, denied, rule_id, verdict, hook,
+        );
+    }
+    verdict
+}
+
+/// The verdict for a matched decision, with quarantine and counters.
+#[inline(always)]
+fn settle(caller: &Caller, matched: (u8, u32, u32), rights: u32) -> Verdict {
+    let (rule_decision, _, _) = matched;
+    let agent_mode = caller.policy.mode;
     let changes = rights & !right::bit(right::READ) != 0;
     let held = changes && (agent_mode == mode::QUARANTINE || quarantined(caller.agent.agent_id));
     let verdict = if held {
@@ -847,18 +1205,38 @@ fn check(
             c.canary_hits += 1;
         }
     });
-    if verdict != Verdict::Allowed {
-        let denied = if held { rights } else { denied };
-        let flagged = ResolvedPath {
-            start: resolved.start,
-            len: resolved.len,
-            flags: resolved.flags | if canary { file_flags::CANARY } else { 0 },
-        };
-        emit(
-            scratch, caller, &flagged, rights, denied, rule_id, verdict, hook,
+    verdict
+}
+
+/// The most specific path rule entry for a resolved path.
+#[inline(always)]
+fn lookup(
+    scratch: &mut PathScratch,
+    caller: &Caller,
+    resolved: &ResolvedPath,
+) -> Option<&'static FileValue> {
+    if resolved.start == 0 {
+        // `bpf_d_path` wrote it where the key's path bytes are.
+        return lookup_in_place(scratch, caller.generation, caller.agent.agent_id, resolved.len);
+    }
+    scratch.key.data.generation = caller.generation.to_be_bytes();
+    scratch.key.data.agent_id = caller.agent.agent_id.to_be_bytes();
+    let key_bytes = if resolved.len < PATH_KEY_BYTES {
+        resolved.len + 1
+    } else {
+        PATH_KEY_BYTES
+    };
+    // SAFETY: the start is below `WALK_END`, so `PATH_KEY_BYTES` bytes from
+    // it are inside the buffer.
+    unsafe {
+        bpf_probe_read_kernel(
+            scratch.key.data.path.as_mut_ptr().cast(),
+            PATH_KEY_BYTES as u32,
+            scratch.buf.as_ptr().add(resolved.start & START_MASK).cast(),
         );
     }
-    verdict
+    scratch.key.prefix_len = FILE_KEY_HEADER_BITS + (key_bytes as u32) * 8;
+    FILE_RULES.get(&scratch.key)
 }
 
 /// The most specific rule entry for a path `bpf_d_path` wrote at the start
@@ -891,25 +1269,21 @@ pub(crate) fn match_rules(
     resolved: &ResolvedPath,
     rights: u32,
 ) -> (u8, u32, u32) {
-    scratch.key.data.generation = caller.generation.to_be_bytes();
-    scratch.key.data.agent_id = caller.agent.agent_id.to_be_bytes();
-    let key_bytes = if resolved.len < PATH_KEY_BYTES {
-        resolved.len + 1
-    } else {
-        PATH_KEY_BYTES
-    };
-    // SAFETY: the start is below `WALK_END`, so `PATH_KEY_BYTES` bytes from
-    // it are inside the buffer.
-    unsafe {
-        bpf_probe_read_kernel(
-            scratch.key.data.path.as_mut_ptr().cast(),
-            PATH_KEY_BYTES as u32,
-            scratch.buf.as_ptr().add(resolved.start & START_MASK).cast(),
-        );
-    }
-    scratch.key.prefix_len = FILE_KEY_HEADER_BITS + (key_bytes as u32) * 8;
+    let value = lookup(scratch, caller, resolved);
+    combine(caller, None, value, rights)
+}
 
-    let value = FILE_RULES.get(&scratch.key);
+/// Combines, per requested right, the nearest rule object's decision and
+/// the path rule's: a deny (or canary) from either wins; else an allow from
+/// either; the agent's default when neither has a rule for the right.
+/// Returns the decision, the rule to cite and the denied rights.
+#[inline(always)]
+fn combine(
+    caller: &Caller,
+    object: Option<&FileValue>,
+    by_path: Option<&FileValue>,
+    rights: u32,
+) -> (u8, u32, u32) {
     let policy = &caller.policy;
     let mut denied = 0u32;
     let mut deny_rule = 0u32;
@@ -918,9 +1292,23 @@ pub(crate) fn match_rules(
     const _: () = assert!(right::COUNT == 6, "the unrolled scan lists every right");
     unroll!(r in [0, 1, 2, 3, 4, 5] {
         if rights & right::bit(r) != 0 {
-            let (mut found, mut rule_id) = match value {
+            let (from_object, object_rule) = match object {
                 Some(value) => (value.decisions[r], value.rule_ids[r]),
                 None => (decision::NONE, 0),
+            };
+            let (from_path, path_rule) = match by_path {
+                Some(value) => (value.decisions[r], value.rule_ids[r]),
+                None => (decision::NONE, 0),
+            };
+            let refuses = |d: u8| d == decision::DENY || d == decision::CANARY;
+            let (mut found, mut rule_id) = if from_object == decision::CANARY
+                || (refuses(from_object) && from_path != decision::CANARY)
+            {
+                (from_object, object_rule)
+            } else if refuses(from_path) || from_object == decision::NONE {
+                (from_path, path_rule)
+            } else {
+                (from_object, object_rule)
             };
             if found == decision::NONE {
                 if r == right::EXEC {

@@ -6,7 +6,7 @@ use agent_common::{
         DNS_PROXY_ENTRIES, DnsProxyKey, DnsProxyPorts, EgressKey, EgressValue, LearnedKey,
         LearnedValue, OriginalDestination, PORT_TABLES_PER_GENERATION, PortTable,
     },
-    files::{FileKey, FileValue},
+    files::{FileKey, FileValue, InodeMark, ObjectKey, ObjectValue},
     identity::{
         AGENT_MARKS_ENTRIES, AGENT_MARKS_PER_ENTRY, AgentCounters, AgentPolicy, AgentPolicyKey,
         AgentRecord, AgentRuntime, BPF_F_MMAPABLE, DeniedDestination, ExecutableKey,
@@ -15,7 +15,8 @@ use agent_common::{
 };
 use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::{
-    macros::map,
+    btf_maps::InodeStorage,
+    macros::{btf_map, map},
     maps::{
         Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
     },
@@ -50,6 +51,17 @@ pub static EGRESS_PORT_TABLES: Array<PortTable> =
 
 #[map(name = "FILE_RULES")]
 pub static FILE_RULES: LpmTrie<FileKey, FileValue> = LpmTrie::with_max_entries(65_536, 0);
+
+/// A rule object's decisions per agent and generation; the object is named
+/// by the id the daemon put in its inode's [`INODE_MARKS`] storage.
+#[map(name = "FILE_OBJECTS")]
+pub static FILE_OBJECTS: HashMap<ObjectKey, ObjectValue> = HashMap::with_max_entries(65_536, 0);
+
+/// Inode-local storage (5.10): the object id on each rule object's inode.
+/// Freed with the inode, so a mark can never outlive the object it was put
+/// on and be found on another one that reuses its memory or number.
+#[btf_map(name = "INODE_MARKS")]
+pub static INODE_MARKS: InodeStorage<InodeMark> = InodeStorage::new();
 
 /// Addresses learned from allowed DNS answers, per agent, with an expiry
 /// the programs check themselves.
@@ -178,6 +190,8 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     task_real_parent: 0,
     inode_i_mode: 0,
     vma_vm_file: 0,
+    dentry_d_inode: 0,
+    dentry_d_flags: 0,
     resolved: 0,
 };
 

@@ -98,6 +98,17 @@ pub enum AuditObject {
         /// `detected` access under `onDetect: kill`.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         killed: bool,
+        /// Whether the rule was found by the object it names (the inode of
+        /// the rule's path, or of a directory above the file), whatever
+        /// name, mount or root the access went through. `path` is then the
+        /// name the access used, which may not be under the rule's path.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        by_object: bool,
+        /// Whether the file was reached through a file handle whose parent
+        /// directories the kernel does not know (`open_by_handle_at`), so
+        /// no rule above it could be checked: denied.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        disconnected: bool,
     },
     /// Events the kernel or the daemon counted but did not record one by
     /// one (rate limit, full ring buffer).
@@ -641,6 +652,8 @@ impl AuditRecord {
                         truncated: e.flags & file_flags::PATH_TRUNCATED != 0,
                         anonymous: e.flags & file_flags::ANONYMOUS != 0,
                         killed: e.flags & file_flags::KILLED != 0,
+                        by_object: e.flags & file_flags::BY_OBJECT != 0,
+                        disconnected: e.flags & file_flags::DISCONNECTED != 0,
                     },
                 )
             }

@@ -442,6 +442,8 @@ fn secrets_never_reach_the_file() {
         truncated: false,
         anonymous: false,
         killed: false,
+        by_object: false,
+        disconnected: false,
     };
     record.process = Some(AuditProcess {
         pid: 1,

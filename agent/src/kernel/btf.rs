@@ -362,6 +362,8 @@ impl Btf {
             task_real_parent: self.member_offset("task_struct", "real_parent")?,
             inode_i_mode: self.member_offset("inode", "i_mode")?,
             vma_vm_file: self.member_offset("vm_area_struct", "vm_file")?,
+            dentry_d_inode: self.member_offset("dentry", "d_inode")?,
+            dentry_d_flags: self.member_offset("dentry", "d_flags")?,
             resolved: 1,
         })
     }

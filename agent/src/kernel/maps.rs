@@ -20,7 +20,10 @@ use agent_common::{
         LEARNED_ADDR_ROWS, LEARNED_ROWS, LearnedKey, LearnedRow, LearnedValue, OriginalDestination,
         PORT_TABLES_PER_GENERATION, PortRule, PortTable, ipv4_mapped,
     },
-    files::{FILE_KEY_HEADER_BITS, FileKey, FileValue, PATH_KEY_BYTES},
+    files::{
+        FILE_KEY_HEADER_BITS, FileKey, FileValue, InodeMark, ObjectKey, ObjectValue,
+        PATH_KEY_BYTES, object_flags,
+    },
     identity::{
         AGENT_MARKS_ENTRIES, AGENT_MARKS_PER_ENTRY, AgentCounters, AgentPolicy, AgentPolicyKey,
         AgentRecord, AgentRuntime, ExecutableKey, policy_flags,
@@ -29,7 +32,9 @@ use agent_common::{
 };
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuHashMap, lpm_trie::Key},
+    maps::{
+        Array, HashMap, InodeStorage, LpmTrie, MapData, MapError, PerCpuHashMap, lpm_trie::Key,
+    },
 };
 
 use super::loader::KernelError;
@@ -46,6 +51,7 @@ struct WrittenKeys {
     agents: Vec<AgentPolicyKey>,
     egress: Vec<Key<EgressKey>>,
     files: Vec<Key<FileKey>>,
+    objects: Vec<ObjectKey>,
 }
 
 /// Owns the policy maps.
@@ -55,6 +61,8 @@ pub struct PolicyMaps {
     egress_rules: LpmTrie<MapData, EgressKey, EgressValue>,
     port_tables: Array<MapData, PortTable>,
     file_rules: LpmTrie<MapData, FileKey, FileValue>,
+    file_objects: HashMap<MapData, ObjectKey, ObjectValue>,
+    objects: RuleObjects,
     identity: HashMap<MapData, u32, AgentRecord>,
     marks: AgentMarks,
     selected_cgroups: HashMap<MapData, u64, u32>,
@@ -183,6 +191,104 @@ impl Drop for AgentMarks {
     }
 }
 
+/// Rule objects held at once, host-wide: the capacity of `FILE_OBJECTS`,
+/// and the descriptors the daemon holds for them. Rule paths beyond it stay
+/// path-only (and a warning says so).
+pub const MAX_RULE_OBJECTS: usize = 65_536;
+
+/// The path of a rule entry's key (`/a/b/` → `/a/b`, `/` → `/`).
+fn entry_path(key: &[u8]) -> String {
+    let text = String::from_utf8_lossy(key);
+    match text.strip_suffix('/') {
+        Some("") | None => "/".to_string(),
+        Some(path) => path.to_string(),
+    }
+}
+
+/// One rule object: the descriptor that keeps its inode (and so its mark)
+/// alive, and the id in its mark.
+struct HeldObject {
+    id: u64,
+    fd: std::os::fd::OwnedFd,
+}
+
+/// The inodes of rule paths, marked with ids the programs look up.
+///
+/// Each object is opened `O_PATH` and held for as long as a live rule
+/// names it. Holding it keeps the inode in memory: the mark (inode-local
+/// storage) is freed only with the inode, and an evicted inode would come
+/// back from disk unmarked (`drop_caches`, then `open_by_handle_at`).
+/// Object ids are never reused: the high half is a random epoch drawn at
+/// each daemon start and the low half counts up, so a mark a previous
+/// daemon left on an inode cannot name an object of this one.
+struct RuleObjects {
+    marks: InodeStorage<MapData, InodeMark>,
+    epoch: u64,
+    next: u32,
+    held: BTreeMap<(u64, u64), HeldObject>,
+    warned_full: bool,
+}
+
+impl RuleObjects {
+    fn new(marks: InodeStorage<MapData, InodeMark>) -> Self {
+        Self {
+            marks,
+            epoch: u64::from(rand::random::<u32>()) << 32,
+            next: 0,
+            held: BTreeMap::new(),
+            warned_full: false,
+        }
+    }
+
+    /// The object id of `path`, marking and holding its inode if it is
+    /// new; `None` when the path does not exist, goes through a symbolic
+    /// link (which an agent could point anywhere before the next load), or
+    /// cannot be held.
+    fn resolve(&mut self, path: &str) -> Option<u64> {
+        use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+            .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let fd = openat2(nix::fcntl::AT_FDCWD, path, how).ok()?;
+        let stat = nix::sys::stat::fstat(&fd).ok()?;
+        let identity = (stat.st_dev, stat.st_ino);
+        if let Some(held) = self.held.get(&identity) {
+            return Some(held.id);
+        }
+        if self.held.len() >= MAX_RULE_OBJECTS {
+            if !self.warned_full {
+                tracing::warn!(
+                    limit = MAX_RULE_OBJECTS,
+                    "rule objects: limit reached; further rule paths are matched by path only"
+                );
+                self.warned_full = true;
+            }
+            return None;
+        }
+        self.next = self.next.checked_add(1)?;
+        let id = self.epoch | u64::from(self.next);
+        if let Err(error) = self.marks.insert(&fd, InodeMark { object: id }, 0) {
+            tracing::debug!(path, %error, "rule object: cannot mark the inode; matched by path only");
+            return None;
+        }
+        self.held.insert(identity, HeldObject { id, fd });
+        Some(id)
+    }
+
+    /// Unmarks and closes every held object no live rule names.
+    fn release_unreferenced(&mut self, referenced: &BTreeSet<u64>) {
+        let marks = &mut self.marks;
+        self.held.retain(|_, held| {
+            let keep = referenced.contains(&held.id);
+            if !keep {
+                let _ = marks.remove(&held.fd);
+            }
+            keep
+        });
+        self.warned_full = false;
+    }
+}
+
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
@@ -205,6 +311,8 @@ impl PolicyMaps {
             egress_rules: take(ebpf, map_names::EGRESS_RULES)?,
             port_tables: take(ebpf, map_names::EGRESS_PORT_TABLES)?,
             file_rules: take(ebpf, map_names::FILE_RULES)?,
+            file_objects: take(ebpf, map_names::FILE_OBJECTS)?,
+            objects: RuleObjects::new(take(ebpf, map_names::INODE_MARKS)?),
             identity: take(ebpf, map_names::AGENT_OF_TGID)?,
             marks: AgentMarks::new(take(ebpf, map_names::AGENT_MARKS)?)?,
             selected_cgroups: take(ebpf, map_names::SELECTED_CGROUPS)?,
@@ -244,6 +352,13 @@ impl PolicyMaps {
                 live.files.push(key);
             } else {
                 stale.files.push(key);
+            }
+        }
+        for key in self.file_objects.keys().filter_map(Result::ok) {
+            if key.generation == generation {
+                live.objects.push(key);
+            } else {
+                stale.objects.push(key);
             }
         }
         self.delete(&stale);
@@ -290,6 +405,10 @@ impl PolicyMaps {
             .map_err(map_error(map_names::ACTIVE_GENERATION))?;
         if let Some(old) = self.live.replace(written) {
             self.delete(&old);
+        }
+        if let Some(live) = &self.live {
+            let referenced: BTreeSet<u64> = live.objects.iter().map(|key| key.object).collect();
+            self.objects.release_unreferenced(&referenced);
         }
         Ok(generation)
     }
@@ -383,6 +502,7 @@ impl PolicyMaps {
                 next_table += 1;
             }
 
+            self.write_objects(generation, agent_id, &agent.files, written)?;
             for entry in &agent.files {
                 let mut data = FileKey {
                     generation: generation.to_be_bytes(),
@@ -477,6 +597,77 @@ impl PolicyMaps {
         for key in &keys.files {
             let _ = self.file_rules.remove(key);
         }
+        for key in &keys.objects {
+            let _ = self.file_objects.remove(key);
+        }
+    }
+
+    /// Writes the rule objects of one agent: every rule entry whose path
+    /// exists now becomes an object the programs find by walking up from
+    /// the accessed file. An object is [`object_flags::COMPLETE`] when no
+    /// entry of the agent that stays path-only (a path that does not exist,
+    /// or that goes through a symbolic link) lies at or under it.
+    fn write_objects(
+        &mut self,
+        generation: u32,
+        agent_id: u32,
+        entries: &[crate::policy::compile::FileEntry],
+        written: &mut WrittenKeys,
+    ) -> Result<(), KernelError> {
+        let mut resolved = Vec::with_capacity(entries.len());
+        let mut covers_path_only: std::collections::HashSet<String> = Default::default();
+        for entry in entries {
+            let path = entry_path(&entry.key);
+            match self.objects.resolve(&path) {
+                Some(object) => resolved.push((path, object, entry.value)),
+                None => {
+                    let mut ancestor = path.as_str();
+                    loop {
+                        covers_path_only.insert(ancestor.to_string());
+                        match ancestor.rfind('/') {
+                            Some(0) if ancestor != "/" => ancestor = "/",
+                            Some(at) if at > 0 => ancestor = &ancestor[..at],
+                            _ => break,
+                        }
+                    }
+                }
+            }
+        }
+        // Two rule paths may be one object (a bind mount seen twice): the
+        // longer path is the more specific rule, and the object is complete
+        // only if both are.
+        let mut by_object: BTreeMap<u64, (usize, ObjectValue)> = BTreeMap::new();
+        for (path, object, value) in resolved {
+            let complete = !covers_path_only.contains(&path);
+            let candidate = ObjectValue {
+                value,
+                flags: if complete { object_flags::COMPLETE } else { 0 },
+                _pad: 0,
+            };
+            by_object
+                .entry(object)
+                .and_modify(|(len, held)| {
+                    let flags = held.flags & candidate.flags;
+                    if path.len() > *len {
+                        *len = path.len();
+                        *held = candidate;
+                    }
+                    held.flags = flags;
+                })
+                .or_insert((path.len(), candidate));
+        }
+        for (object, (_, value)) in by_object {
+            let key = ObjectKey {
+                generation,
+                agent_id,
+                object,
+            };
+            self.file_objects
+                .insert(key, value, 0)
+                .map_err(map_error(map_names::FILE_OBJECTS))?;
+            written.objects.push(key);
+        }
+        Ok(())
     }
 
     /// Makes process `tgid` (and, through fork tracking, its future
@@ -570,6 +761,11 @@ impl PolicyMaps {
                 65_536,
             ),
             (map_names::FILE_RULES, live(|keys| keys.files.len()), 65_536),
+            (
+                map_names::FILE_OBJECTS,
+                live(|keys| keys.objects.len()),
+                MAX_RULE_OBJECTS as u64,
+            ),
             (
                 map_names::AGENT_POLICIES,
                 live(|keys| keys.agents.len()),
