@@ -391,6 +391,20 @@ impl Daemon {
             .expect("spawn baton uninstall")
     }
 
+    /// The `baton exec` command that runs `command` inside `agent`, to
+    /// spawn and talk to while it runs.
+    pub fn exec_command(&self, agent: &str, command: &[&str]) -> Command {
+        let mut exec = Command::new(baton_bin());
+        exec.arg("exec")
+            .arg("--agent")
+            .arg(agent)
+            .arg("--control-socket")
+            .arg(&self.socket)
+            .arg("--")
+            .args(command);
+        exec
+    }
+
     /// Runs `command` inside `agent` through `baton exec`.
     pub fn exec(&self, agent: &str, command: &[&str]) -> Output {
         Command::new(baton_bin())

@@ -51,6 +51,7 @@
 
 use std::{
     fs::OpenOptions,
+    path::Path,
     net::{SocketAddr, TcpStream, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     process::ExitCode,
@@ -357,6 +358,66 @@ fn leave_namespaces(flags: libc::c_int) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Opens `dir/name` by file handle after the kernel has dropped its
+/// dentries and inodes, so the file comes back with no known parent.
+fn handle_read(dir: &str, name: &str) -> std::io::Result<()> {
+    #[repr(C)]
+    struct Handle {
+        bytes: u32,
+        kind: i32,
+        data: [u8; 128],
+    }
+    let mut handle = Handle {
+        bytes: 128,
+        kind: 0,
+        data: [0; 128],
+    };
+    let mut mount_id = 0;
+    let path = cstring(&format!("{dir}/{name}"));
+    // SAFETY: a handle buffer of the size it says, and a NUL-terminated path.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            &mut handle as *mut Handle,
+            &mut mount_id as *mut libc::c_int,
+            0,
+        ) as libc::c_int
+    })?;
+    let mount_fd = open_fd(dir, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    std::fs::write("/proc/sys/vm/drop_caches", "3")?;
+    // SAFETY: the handle the kernel filled in above.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount_fd,
+            &mut handle as *mut Handle,
+            libc::O_RDONLY,
+        ) as libc::c_int
+    };
+    check(fd)
+}
+
+/// Goes `levels` directories of `name_len`-byte names down from `dir` one
+/// relative step at a time (so no path is ever longer than one name), making
+/// them when `create`, and then creates or reads `f` there.
+fn deep(dir: &str, levels: usize, name_len: usize, create: bool) -> std::io::Result<()> {
+    std::env::set_current_dir(dir)?;
+    let name = "d".repeat(name_len);
+    for _ in 0..levels {
+        if create {
+            check(unsafe { libc::mkdir(cstring(&name).as_ptr(), 0o755) })?;
+        }
+        std::env::set_current_dir(&name)?;
+    }
+    if create {
+        open_fd("f", libc::O_CREAT | libc::O_WRONLY | libc::O_EXCL).map(drop)
+    } else {
+        read_file("f")
+    }
+}
+
 fn read_file(path: &str) -> std::io::Result<()> {
     std::fs::read(path).map(drop)
 }
@@ -378,6 +439,28 @@ fn extra_ops(words: &[&str]) -> Option<std::io::Result<()>> {
             })?;
             read_file(&format!("{dst}/{file}"))
         }),
+        ["rename-read", from, to, file] => {
+            check(unsafe { libc::rename(cstring(from).as_ptr(), cstring(to).as_ptr()) })
+                .and_then(|()| read_file(&format!("{to}/{file}")))
+        }
+        ["hold-reopen", path, go] => open_fd(path, libc::O_PATH).and_then(|fd| {
+            std::fs::write(format!("{go}.ready"), "")?;
+            // Bounded: the test replaces the file and creates `go` at once.
+            for _ in 0..600 {
+                if Path::new(go).exists() {
+                    return open_fd(&format!("/proc/self/fd/{fd}"), libc::O_RDONLY).map(drop);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(std::io::Error::from_raw_os_error(libc::ETIMEDOUT))
+        }),
+        ["handle-read", dir, name] => handle_read(dir, name),
+        ["deep", dir, levels, name_len, action @ ("create" | "read")] => {
+            match (levels.parse::<usize>(), name_len.parse::<usize>()) {
+                (Ok(levels), Ok(name_len)) => deep(dir, levels, name_len, action == &"create"),
+                _ => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
+            }
+        }
         ["chroot-read", dir, file] => leave_namespaces(0).and_then(|()| {
             check(unsafe { libc::chroot(cstring(dir).as_ptr()) })?;
             std::env::set_current_dir("/")?;
