@@ -101,6 +101,10 @@ pub mod hook {
     pub const FILE_TRUNCATE: u16 = 42;
     /// LSM `path_chown`.
     pub const PATH_CHOWN: u16 = 43;
+    /// LSM `inode_setxattr`: setting an extended attribute.
+    pub const INODE_SETXATTR: u16 = 44;
+    /// LSM `inode_removexattr`: removing an extended attribute.
+    pub const INODE_REMOVEXATTR: u16 = 45;
     /// LSM `file_mprotect`: making a file mapping executable.
     pub const FILE_MPROTECT: u16 = 46;
     /// LSM `file_receive`: a descriptor received (`SCM_RIGHTS`,

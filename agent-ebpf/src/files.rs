@@ -305,6 +305,9 @@ enum PathSource {
     /// A walk from `dentry` on mount `mnt` (a `vfsmount`), then `/leaf`
     /// when `leaf` is not null. Null `mnt` or `dentry`: unresolved.
     Walk(*const u8, *const u8, *const u8),
+    /// No path can be built (a hook that sees a dentry but no mount): the
+    /// object decides, else the agent's default.
+    Nameless,
 }
 
 #[inline(always)]
@@ -312,6 +315,7 @@ fn resolve(scratch: &mut PathScratch, source: PathSource) -> ResolvedPath {
     match source {
         PathSource::DPath(file) => file_path(scratch, file),
         PathSource::Walk(mnt, dentry, leaf) => walk(scratch, mnt, dentry, leaf),
+        PathSource::Nameless => ResolvedPath::UNRESOLVED,
     }
 }
 
@@ -622,6 +626,53 @@ fn decide_file(
         core::ptr::null(),
     );
     decide(scratch, caller, objects, source, rights, hook, 0)
+}
+
+/// `inode_setxattr(struct mnt_idmap *idmap, struct dentry *dentry, const
+/// char *name, const void *value, size_t size, int flags)` (a `struct
+/// user_namespace *` first before 6.3). Extended attributes carry
+/// capabilities, ACLs and security labels, so setting one needs the write
+/// right. The hook sees no mount, so no path can be named: the nearest
+/// rule object decides, else the agent's default for writes.
+#[lsm(hook = "inode_setxattr")]
+pub fn inode_setxattr(ctx: LsmContext) -> i32 {
+    xattr_hook(&ctx, 6, hook::INODE_SETXATTR)
+}
+
+/// `inode_removexattr(struct mnt_idmap *idmap, struct dentry *dentry,
+/// const char *name)`: as [`inode_setxattr`].
+#[lsm(hook = "inode_removexattr")]
+pub fn inode_removexattr(ctx: LsmContext) -> i32 {
+    xattr_hook(&ctx, 3, hook::INODE_REMOVEXATTR)
+}
+
+#[inline(always)]
+fn xattr_hook(ctx: &LsmContext, ret_arg: usize, hook: u16) -> i32 {
+    let previous: i32 = match ret_arg {
+        3 => ctx.arg(3),
+        _ => ctx.arg(6),
+    };
+    if previous != 0 {
+        return previous;
+    }
+    let Some(caller) = caller() else {
+        return 0;
+    };
+    let Some(scratch) = scratch() else {
+        return Verdict::Denied.to_lsm(previous);
+    };
+    let dentry: *const u8 = ctx.arg(1);
+    let objects = find_object(caller.generation, caller.agent.agent_id, dentry);
+    decide(
+        scratch,
+        &caller,
+        objects,
+        PathSource::Nameless,
+        right::bit(right::WRITE),
+        hook,
+        0,
+    )
+    .to_lsm(previous)
 }
 
 /// `path_link(struct dentry *old_dentry, const struct path *new_dir,
@@ -1122,12 +1173,13 @@ fn decide(
     hook: u16,
     flags: u32,
 ) -> Verdict {
+    let nameless = matches!(source, PathSource::Nameless);
     let (object, by_path) = match objects {
         Objects::Found(found) => (
             Some(&found.value),
-            found.flags & object_flags::COMPLETE == 0,
+            !nameless && found.flags & object_flags::COMPLETE == 0,
         ),
-        Objects::None => (None, true),
+        Objects::None => (None, !nameless),
         Objects::Disconnected => (None, false),
     };
     let mut resolved = if by_path {

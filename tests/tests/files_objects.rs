@@ -339,3 +339,39 @@ fn vm_fo_deep_trees_work_in_allowed_directories_and_stay_denied_in_denied_ones()
         "nothing in the allowed directory was denied"
     );
 }
+
+#[test]
+#[ignore = "needs a kernel booted with BPF LSM: runs inside the test VMs (cargo xtask test)"]
+fn vm_fo_extended_attributes_need_the_write_right() {
+    let world = World::new("fo-xattr");
+    let daemon = daemon("fo-xattr", &world);
+    let key = world.path("secret/key.txt");
+    let plain = world.path("work/plain.txt");
+    std::fs::write(&plain, "plain").unwrap();
+    // `trusted.*` works on every file system the tests run on (tmpfs
+    // included) and needs root.
+    assert_eq!(
+        in_agent(&daemon, false, &["setxattr", &key, "trusted.baton"]),
+        EPERM
+    );
+    let r = daemon.wait_for_record(|r| r["agent"] == "obj" && r["hook"] == "inode_setxattr");
+    assert_eq!(r["verdict"], "denied", "{r}");
+    assert_eq!(r["object"]["denied_rights"][0], "write", "{r}");
+    assert_eq!(r["object"]["by_object"], true, "{r}");
+    assert_eq!(outside(false, &["setxattr", &key, "trusted.baton"]), "ok");
+    assert_eq!(
+        in_agent(&daemon, false, &["removexattr", &key, "trusted.baton"]),
+        EPERM
+    );
+    daemon.wait_for_record(|r| r["agent"] == "obj" && r["hook"] == "inode_removexattr");
+    assert_eq!(outside(false, &["removexattr", &key, "trusted.baton"]), "ok");
+    // Outside the denied directory both work for the agent.
+    assert_eq!(
+        in_agent(&daemon, false, &["setxattr", &plain, "trusted.baton"]),
+        "ok"
+    );
+    assert_eq!(
+        in_agent(&daemon, false, &["removexattr", &plain, "trusted.baton"]),
+        "ok"
+    );
+}

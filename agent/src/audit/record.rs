@@ -350,6 +350,8 @@ fn hook_name(hook: u16) -> &'static str {
         hook::FILE_TRUNCATE => "file_truncate",
         hook::PATH_CHOWN => "path_chown",
         hook::FILE_MPROTECT => "file_mprotect",
+        hook::INODE_SETXATTR => "inode_setxattr",
+        hook::INODE_REMOVEXATTR => "inode_removexattr",
         hook::FILE_RECEIVE => "file_receive",
         hook::BPF => "bpf",
         hook::PTRACE_ACCESS_CHECK => "ptrace_access_check",

@@ -135,7 +135,7 @@ pub struct Enforcer {
 /// previous verdict). A kernel whose hook signature is none of these does
 /// not get the program. Where a signature changed between kernels, the
 /// program reads no argument whose position moved.
-const FILE_HOOKS: [(&str, &[usize]); 29] = [
+const FILE_HOOKS: [(&str, &[usize]); 31] = [
     ("bprm_check_security", &[2]),
     ("mmap_file", &[5]),
     ("path_mknod", &[5]),
@@ -152,6 +152,10 @@ const FILE_HOOKS: [(&str, &[usize]); 29] = [
     ("file_truncate", &[2]),
     ("file_mprotect", &[4]),
     ("file_receive", &[2]),
+    // The first parameter changed type (user namespace, then idmap) but
+    // not position.
+    ("inode_setxattr", &[7]),
+    ("inode_removexattr", &[4]),
     // 6.15 added `bool kernel`.
     ("bpf", &[4, 5]),
     ("ptrace_access_check", &[3]),

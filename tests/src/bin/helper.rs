@@ -455,6 +455,18 @@ fn extra_ops(words: &[&str]) -> Option<std::io::Result<()>> {
             Err(std::io::Error::from_raw_os_error(libc::ETIMEDOUT))
         }),
         ["handle-read", dir, name] => handle_read(dir, name),
+        ["setxattr", path, name] => check(unsafe {
+            libc::setxattr(
+                cstring(path).as_ptr(),
+                cstring(name).as_ptr(),
+                b"x".as_ptr().cast(),
+                1,
+                0,
+            )
+        }),
+        ["removexattr", path, name] => check(unsafe {
+            libc::removexattr(cstring(path).as_ptr(), cstring(name).as_ptr())
+        }),
         ["deep", dir, levels, name_len, action @ ("create" | "read")] => {
             match (levels.parse::<usize>(), name_len.parse::<usize>()) {
                 (Ok(levels), Ok(name_len)) => deep(dir, levels, name_len, action == &"create"),
