@@ -118,8 +118,8 @@ const _: () = assert!(size_of::<ObjectValue>() == 48);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InodeMark {
-    /// The object's id: the daemon's random 32-bit epoch in the high half,
-    /// a counter in the low half.
+    /// The object's id: the daemon's random 32-bit epoch (top bit always
+    /// set) in the high half, a counter in the low half.
     pub object: u64,
 }
 const _: () = assert!(size_of::<InodeMark>() == 8);

@@ -248,6 +248,10 @@ enum Objects {
     Disconnected,
 }
 
+/// [`nearest_object`]'s answer for a dentry with no known parents. Object
+/// ids always have their top bit set, so no id is this.
+const DISCONNECTED_OBJECT: u64 = 1;
+
 /// Walks from `dentry` (BTF-typed) up its parents to the root of its file
 /// system and returns the nearest marked object with decisions for this
 /// agent. Unmarked inodes, the common case, cost one storage lookup that
@@ -259,6 +263,34 @@ fn find_object(generation: u32, agent_id: u32, dentry: *const u8) -> Objects {
     if dentry.is_null() || crate::offset!(resolved) == 0 {
         return Objects::None;
     }
+    match nearest_object(generation, agent_id, dentry) {
+        0 => Objects::None,
+        DISCONNECTED_OBJECT => Objects::Disconnected,
+        object => {
+            let key = ObjectKey {
+                generation,
+                agent_id,
+                object,
+            };
+            // SAFETY: the daemon writes a generation's entries before it is
+            // made live and never changes them in place.
+            match unsafe { FILE_OBJECTS.get(&key) } {
+                Some(value) => Objects::Found(value),
+                None => Objects::None,
+            }
+        }
+    }
+}
+
+/// The id of the nearest object above `dentry` that has rules for the
+/// agent, 0 for none, or [`DISCONNECTED_OBJECT`].
+///
+/// A BPF subprogram of its own, returning a number: the verifier then
+/// checks the caller's decision code once, not once for every level the
+/// loop could have stopped at (inlined, that took `file_open` past the
+/// million-instruction limit on 6.1).
+#[inline(never)]
+fn nearest_object(generation: u32, agent_id: u32, dentry: *const u8) -> u64 {
     let d_inode = crate::offset!(dentry_d_inode);
     let d_parent = crate::offset!(dentry_d_parent);
     let mut key = ObjectKey {
@@ -276,8 +308,9 @@ fn find_object(generation: u32, agent_id: u32, dentry: *const u8) -> Objects {
             if !mark.is_null() {
                 // SAFETY: a value from a successful storage lookup.
                 key.object = unsafe { (*mark).object };
-                if let Some(value) = unsafe { FILE_OBJECTS.get(&key) } {
-                    return Objects::Found(value);
+                // SAFETY: only whether the entry exists is read.
+                if unsafe { FILE_OBJECTS.get(&key) }.is_some() {
+                    return key.object;
                 }
             }
         }
@@ -287,13 +320,13 @@ fn find_object(generation: u32, agent_id: u32, dentry: *const u8) -> Objects {
             // SAFETY: a load from a BTF-typed dentry, as above.
             let flags = unsafe { core::ptr::read_volatile(current.add(d_flags) as *const u32) };
             if flags & DCACHE_DISCONNECTED != 0 {
-                return Objects::Disconnected;
+                return DISCONNECTED_OBJECT;
             }
-            return Objects::None;
+            return 0;
         }
         current = parent;
     }
-    Objects::None
+    0
 }
 
 /// How the path of an access is built, when the decision needs it.

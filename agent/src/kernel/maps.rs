@@ -219,7 +219,7 @@ struct HeldObject {
 /// storage) is freed only with the inode, and an evicted inode would come
 /// back from disk unmarked (`drop_caches`, then `open_by_handle_at`).
 /// Object ids are never reused: the high half is a random epoch drawn at
-/// each daemon start and the low half counts up, so a mark a previous
+/// each daemon start (top bit set) and the low half counts up, so a mark a previous
 /// daemon left on an inode cannot name an object of this one.
 struct RuleObjects {
     marks: InodeStorage<MapData, InodeMark>,
@@ -233,7 +233,9 @@ impl RuleObjects {
     fn new(marks: InodeStorage<MapData, InodeMark>) -> Self {
         Self {
             marks,
-            epoch: u64::from(rand::random::<u32>()) << 32,
+            // The top bit is always set: the programs read 0 and 1 as "no
+            // object" and "no known parents".
+            epoch: u64::from(rand::random::<u32>() | 0x8000_0000) << 32,
             next: 0,
             held: BTreeMap::new(),
             warned_full: false,

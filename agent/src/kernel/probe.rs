@@ -490,7 +490,7 @@ pub fn probe() -> ProbeReport {
         name: "file and exec rules",
         detail: match files_level {
             ControlLevel::Enforced => {
-                "BPF LSM: file_open, bprm_check_security, mmap_file and the path_* hooks, for every agent".into()
+                "BPF LSM: file_open, bprm_check_security, mmap_file, the path_* hooks and the rest of the file hooks, for every agent; rules whose paths exist are matched by the object they name (inode marks), whatever mount, root or name an access uses".into()
             }
             ControlLevel::Degraded => format!(
                 "{why_no_lsm}. Agents started by baton exec: {}; agents selected by cgroup, systemd unit or executable: {}",

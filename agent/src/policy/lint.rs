@@ -82,7 +82,7 @@ pub fn lint(set: &CompiledPolicySet) -> Vec<Warning> {
         }
         if agent.allow_namespaces {
             warn(
-                "process.namespaces: allow lets the agent create user namespaces, mount, bind-mount, chroot and pivot_root: each gives a file another path, and path rules decide on the path an access came through, so a bind mount or chroot of a denied directory reads it under an allowed name; allow it only for agents that need containers".into(),
+                "process.namespaces: allow lets the agent create user namespaces, mount, bind-mount, chroot and pivot_root: rules on paths that exist are matched by object and still hold, but rules on paths that did not exist at load, and files with no rule object above them (a copy of a binary an exec allowlist would refuse), are matched on the path, which a mount or chroot lets the agent choose; allow it only for agents that need containers".into(),
             );
         }
         if agent.exec_default == decision::ALLOW
