@@ -54,6 +54,8 @@ pub mod right {
     pub const EXEC: usize = 5;
     /// Number of rights.
     pub const COUNT: usize = 6;
+    /// Every right's bit.
+    pub const ALL: u32 = (1 << COUNT) - 1;
     /// Bit of a right in a right set.
     pub const fn bit(right: usize) -> u32 {
         1 << right

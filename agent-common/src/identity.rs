@@ -219,6 +219,13 @@ pub struct AgentCounters {
 }
 const _: () = assert!(size_of::<AgentCounters>() == 144);
 
+impl AgentCounters {
+    /// Every counter at zero, as a constant (a zeroed static in the
+    /// programs, where a zeroed stack value costs a `memset` call).
+    // SAFETY: every field is an integer, for which all-zero bytes are zero.
+    pub const ZERO: Self = unsafe { core::mem::zeroed() };
+}
+
 /// Key of the distinct-denied-destinations set.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -977,6 +977,38 @@ fn walk(
     dentry: *const u8,
     leaf: *const u8,
 ) -> ResolvedPath {
+    // The walk writes into the same per-CPU scratch buffer.
+    let _ = scratch;
+    let packed = walk_packed(mnt, dentry, leaf);
+    ResolvedPath {
+        start: (packed as usize) & START_MASK,
+        len: ((packed >> 16) as usize) & 0xfff,
+        flags: (packed >> 32) as u32,
+    }
+}
+
+/// [`walk`] as a BPF subprogram returning its result packed into a number
+/// (start in bits 0-15, length in 16-31, flags in 32-63), so that the
+/// verifier checks what follows a walk once, not once for every way each
+/// of its passes can end.
+#[inline(never)]
+fn walk_packed(mnt: *const u8, dentry: *const u8, leaf: *const u8) -> u64 {
+    let Some(scratch) = scratch() else {
+        return u64::from(file_flags::PATH_UNRESOLVED) << 32;
+    };
+    let resolved = walk_passes(scratch, mnt, dentry, leaf);
+    (resolved.start as u64 & 0xffff)
+        | ((resolved.len as u64 & 0xffff) << 16)
+        | (u64::from(resolved.flags) << 32)
+}
+
+#[inline(always)]
+fn walk_passes(
+    scratch: &mut PathScratch,
+    mnt: *const u8,
+    dentry: *const u8,
+    leaf: *const u8,
+) -> ResolvedPath {
     if crate::offset!(resolved) == 0 || mnt.is_null() || dentry.is_null() {
         return ResolvedPath::UNRESOLVED;
     }
@@ -1118,11 +1150,17 @@ fn put_name(state: &mut WalkState, scratch: &mut PathScratch, dentry: *const u8)
         return true;
     }
     let start = (pos - len) & START_MASK;
-    // SAFETY: `start + len` is at most `WALK_END`, inside the buffer.
+    // Read back through a volatile load so the compiler keeps the mask:
+    // it knows `len` is at most 255 from the check above, but the 6.1
+    // verifier does not, and refuses an unbounded size.
+    // SAFETY: a load from a local.
+    let size = unsafe { core::ptr::read_volatile(&len) } & 255;
+    // SAFETY: `start + size` is at most `WALK_END + 255`, inside the
+    // buffer.
     let copied = unsafe {
         bpf_probe_read_kernel(
             scratch.buf.as_mut_ptr().add(start).cast(),
-            (len & 255) as u32,
+            size as u32,
             name.cast(),
         )
     };
@@ -1215,53 +1253,60 @@ fn decide(
         Objects::None => (None, !nameless),
         Objects::Disconnected => (None, false),
     };
-    let mut resolved = if by_path {
-        resolve(scratch, source)
-    } else {
-        ResolvedPath::UNRESOLVED
-    };
     let mut flags = flags;
     if object.is_some() {
         flags |= file_flags::BY_OBJECT;
     }
-    let matched = match objects {
-        Objects::Disconnected => {
+    // Without the path, the object (or a dentry with no known parents) is
+    // the whole answer, and an allow needs no path at all.
+    let early = if by_path {
+        None
+    } else {
+        let matched = if let Objects::Disconnected = objects {
             flags |= file_flags::DISCONNECTED;
             (decision::DENY, 0, rights)
+        } else {
+            combine(caller, object, None, rights)
+        };
+        let verdict = settle(caller, matched, rights);
+        if verdict == Verdict::Allowed {
+            return verdict;
         }
-        _ if by_path && resolved.len == 0 => {
-            // A path we cannot name is a path we cannot allow.
-            (decision::DENY, 0, rights)
-        }
-        _ => {
-            let by_path = if by_path {
-                lookup(scratch, caller, &resolved)
+        Some((matched, verdict))
+    };
+    // One place builds the path, to decide on it or to name it in the
+    // record: each call of the walk is checked by the verifier on its own.
+    let mut resolved = resolve(scratch, source);
+    let (matched, verdict) = match early {
+        Some(done) => done,
+        None => {
+            let matched = if resolved.len == 0 {
+                // A path we cannot name is a path we cannot allow.
+                (decision::DENY, 0, rights)
             } else {
-                None
+                let by_path = lookup(scratch, caller, &resolved);
+                combine(caller, object, by_path, rights)
             };
-            combine(caller, object, by_path, rights)
+            (matched, settle(caller, matched, rights))
         }
     };
-    let verdict = settle(caller, matched, rights);
-    if verdict != Verdict::Allowed {
-        if !by_path {
-            resolved = resolve(scratch, source);
-        }
-        resolved.flags |= flags;
-        let (rule_decision, rule_id, denied) = matched;
-        if rule_decision == decision::CANARY {
-            resolved.flags |= file_flags::CANARY;
-        }
-        let denied = if rule_decision == decision::ALLOW {
-            // Held by a quarantine.
-            rights
-        } else {
-            denied
-        };
-        emit(
-            scratch, caller, &resolved, rights, denied, rule_id, verdict, hook,
-        );
+    if verdict == Verdict::Allowed {
+        return verdict;
     }
+    resolved.flags |= flags;
+    let (rule_decision, rule_id, denied) = matched;
+    if rule_decision == decision::CANARY {
+        resolved.flags |= file_flags::CANARY;
+    }
+    let denied = if rule_decision == decision::ALLOW {
+        // Held by a quarantine.
+        rights
+    } else {
+        denied
+    };
+    emit(
+        scratch, caller, &resolved, rights, denied, rule_id, verdict, hook,
+    );
     verdict
 }
 
@@ -1369,7 +1414,28 @@ fn combine(
     by_path: Option<&FileValue>,
     rights: u32,
 ) -> (u8, u32, u32) {
-    let policy = &caller.policy;
+    let packed = combine_packed(&caller.policy, object, by_path, rights);
+    (
+        packed as u8,
+        (packed >> 32) as u32,
+        ((packed >> 8) as u32) & right::ALL,
+    )
+}
+
+/// [`combine`], as a BPF subprogram that returns its answer packed into a
+/// number (decision in bits 0-7, denied rights in 8-15, rule id in 32-63).
+/// Each right can end several ways, and inlined, the verifier followed
+/// every combination of them through everything after (the decision, the
+/// counters, the record): on 6.1 that took `file_open` past the
+/// million-instruction limit. Returned as one unknown number, the code
+/// after it is checked once.
+#[inline(never)]
+fn combine_packed(
+    policy: &CallerPolicy,
+    object: Option<&FileValue>,
+    by_path: Option<&FileValue>,
+    rights: u32,
+) -> u64 {
     let mut denied = 0u32;
     let mut deny_rule = 0u32;
     let mut allow_rule = 0u32;
@@ -1417,13 +1483,14 @@ fn combine(
             }
         }
     });
-    if canary {
-        (decision::CANARY, deny_rule, denied)
+    let (decided, rule) = if canary {
+        (decision::CANARY, deny_rule)
     } else if denied != 0 {
-        (decision::DENY, deny_rule, denied)
+        (decision::DENY, deny_rule)
     } else {
-        (decision::ALLOW, allow_rule, 0)
-    }
+        (decision::ALLOW, allow_rule)
+    };
+    u64::from(decided) | (u64::from(denied & right::ALL) << 8) | (u64::from(rule) << 32)
 }
 
 #[inline(always)]
