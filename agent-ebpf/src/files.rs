@@ -64,6 +64,7 @@ use crate::{
     events::{Decision, count_drop, fill_header},
     maps::{
         EVENTS, FILE_OBJECTS, FILE_RULES, INODE_MARKS, PATH_BUF_BYTES, PATH_SCRATCH, PathScratch,
+        PendingRecord,
         active_generation, agent_policy, count, current_agent, quarantined, take_event_token,
     },
 };
@@ -1493,10 +1494,17 @@ fn combine_packed(
     u64::from(decided) | (u64::from(denied & right::ALL) << 8) | (u64::from(rule) << 32)
 }
 
+/// Records a decision on `resolved`. The record's fields go through the
+/// per-CPU scratch space and are read back with volatile loads: to the
+/// verifier they are then unknown numbers, so every path that ends in a
+/// record (each combination of flags, rights and verdict is a distinct
+/// path to it) reaches the same state and the record code is checked once,
+/// not once per combination. Inlined with constants, that alone took
+/// `file_open` past the instruction limit on 6.1.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn emit(
-    scratch: &PathScratch,
+    scratch: &mut PathScratch,
     caller: &Caller,
     resolved: &ResolvedPath,
     rights: u32,
@@ -1505,6 +1513,27 @@ fn emit(
     verdict: Verdict,
     hook: u16,
 ) {
+    scratch.pending = PendingRecord {
+        rights,
+        denied_rights,
+        rule_id,
+        verdict: verdict as u32,
+        hook: u32::from(hook),
+        flags: resolved.flags,
+        start: resolved.start as u32,
+        len: resolved.len as u32,
+    };
+    emit_pending(scratch, caller);
+}
+
+/// Writes the record [`emit`] left in the scratch space.
+#[inline(always)]
+fn emit_pending(scratch: &PathScratch, caller: &Caller) {
+    // SAFETY: a volatile copy of a plain per-CPU value.
+    let pending = unsafe { core::ptr::read_volatile(&scratch.pending) };
+    let Some(verdict) = Verdict::from_u8(pending.verdict as u8) else {
+        return;
+    };
     if !take_event_token(caller.agent.agent_id) {
         return;
     }
@@ -1515,16 +1544,21 @@ fn emit(
     // SAFETY: the reservation is exactly one `FileEvent`; `fill_event`
     // writes every field before submit.
     let event = unsafe { &mut *entry.as_mut_ptr() };
+    let resolved = ResolvedPath {
+        start: pending.start as usize & START_MASK,
+        len: pending.len as usize & (PATH_BUF_BYTES - 1),
+        flags: pending.flags,
+    };
     fill_event(
         event,
         scratch,
         caller,
-        resolved,
-        rights,
-        denied_rights,
-        rule_id,
+        &resolved,
+        pending.rights,
+        pending.denied_rights,
+        pending.rule_id,
         verdict,
-        hook,
+        pending.hook as u16,
     );
     entry.submit(0);
 }

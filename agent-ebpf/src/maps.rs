@@ -131,6 +131,22 @@ pub struct PathScratch {
     pub agent_id: [u8; 4],
     pub buf: [u8; PATH_BUF_BYTES],
     pub key: Key<FileKey>,
+    /// A record on its way to the ring buffer (see `files::emit`).
+    pub pending: PendingRecord,
+}
+
+/// The fields of a file record, between the decision and the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingRecord {
+    pub rights: u32,
+    pub denied_rights: u32,
+    pub rule_id: u32,
+    pub verdict: u32,
+    pub hook: u32,
+    pub flags: u32,
+    pub start: u32,
+    pub len: u32,
 }
 
 const _: () = {
