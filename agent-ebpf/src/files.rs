@@ -64,8 +64,8 @@ use crate::{
     events::{Decision, count_drop, fill_header},
     maps::{
         EVENTS, FILE_OBJECTS, FILE_RULES, INODE_MARKS, PATH_BUF_BYTES, PATH_SCRATCH, PathScratch,
-        PendingRecord,
-        active_generation, agent_policy, count, current_agent, quarantined, take_event_token,
+        PendingRecord, active_generation, agent_policy, count, current_agent, quarantined,
+        take_event_token,
     },
 };
 
@@ -222,7 +222,10 @@ fn load_btf_ptr(base: *const u8, offset: u32) -> *const u8 {
 /// The dentry of an open file (`file->f_path.dentry`), BTF-typed.
 #[inline(always)]
 fn file_dentry(file: *const u8) -> *const u8 {
-    load_btf_ptr(file, crate::offset!(file_f_path) + crate::offset!(path_dentry))
+    load_btf_ptr(
+        file,
+        crate::offset!(file_f_path) + crate::offset!(path_dentry),
+    )
 }
 
 /// The dentry of a `struct path`, BTF-typed.
@@ -275,7 +278,7 @@ fn find_object(generation: u32, agent_id: u32, dentry: *const u8) -> Objects {
             };
             // SAFETY: the daemon writes a generation's entries before it is
             // made live and never changes them in place.
-            match unsafe { FILE_OBJECTS.get(&key) } {
+            match unsafe { FILE_OBJECTS.get(key) } {
                 Some(value) => Objects::Found(value),
                 None => Objects::None,
             }
@@ -310,7 +313,7 @@ fn nearest_object(generation: u32, agent_id: u32, dentry: *const u8) -> u64 {
                 // SAFETY: a value from a successful storage lookup.
                 key.object = unsafe { (*mark).object };
                 // SAFETY: only whether the entry exists is read.
-                if unsafe { FILE_OBJECTS.get(&key) }.is_some() {
+                if unsafe { FILE_OBJECTS.get(key) }.is_some() {
                     return key.object;
                 }
             }
@@ -396,13 +399,12 @@ fn try_file_open(agent: AgentRecord, file: *const u8) -> Verdict {
     } else {
         find_object(generation, agent.agent_id, file_dentry(file))
     };
-    if let Objects::Found(found) = objects {
-        if found.flags & object_flags::COMPLETE != 0
-            && rights == right::bit(right::READ)
-            && found.value.decisions[right::READ] == decision::ALLOW
-        {
-            return Verdict::Allowed;
-        }
+    if let Objects::Found(found) = objects
+        && found.flags & object_flags::COMPLETE != 0
+        && rights == right::bit(right::READ)
+        && found.value.decisions[right::READ] == decision::ALLOW
+    {
+        return Verdict::Allowed;
     }
     let Some(scratch) = scratch() else {
         return Verdict::Denied;
@@ -924,7 +926,11 @@ fn path_source(path: *const u8, leaf: *const u8) -> PathSource {
 /// The absolute path of a `struct path`, then `/leaf` when `leaf` is not
 /// null.
 #[inline(always)]
-pub(crate) fn walk_path(scratch: &mut PathScratch, path: *const u8, leaf: *const u8) -> ResolvedPath {
+pub(crate) fn walk_path(
+    scratch: &mut PathScratch,
+    path: *const u8,
+    leaf: *const u8,
+) -> ResolvedPath {
     resolve(scratch, path_source(path, leaf))
 }
 
@@ -1188,9 +1194,10 @@ extern "C" fn walk_step(_index: u32, _ctx: *mut c_void) -> i64 {
     };
     let current = state.current as *const u8;
     let mount = state.mount as *const u8;
-    let Some(mnt_root) =
-        read::<*const u8>(state.vfsmount as *const u8, crate::offset!(vfsmount_mnt_root))
-    else {
+    let Some(mnt_root) = read::<*const u8>(
+        state.vfsmount as *const u8,
+        crate::offset!(vfsmount_mnt_root),
+    ) else {
         return 1;
     };
     if current == mnt_root {
@@ -1348,7 +1355,12 @@ fn lookup(
 ) -> Option<&'static FileValue> {
     if resolved.start == 0 {
         // `bpf_d_path` wrote it where the key's path bytes are.
-        return lookup_in_place(scratch, caller.generation, caller.agent.agent_id, resolved.len);
+        return lookup_in_place(
+            scratch,
+            caller.generation,
+            caller.agent.agent_id,
+            resolved.len,
+        );
     }
     scratch.key.data.generation = caller.generation.to_be_bytes();
     scratch.key.data.agent_id = caller.agent.agent_id.to_be_bytes();

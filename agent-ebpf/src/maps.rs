@@ -320,6 +320,10 @@ pub fn count(agent_id: u32, update: impl FnOnce(&mut AgentCounters)) {
             // there is a call to `memset`, which the verifier walks byte by
             // byte on every path that counts (enough to take `file_open`
             // past the instruction limit on 6.1).
+            #[allow(
+                clippy::needless_borrows_for_generic_args,
+                reason = "by value, the static would be copied to the stack"
+            )]
             let _ = AGENT_COUNTERS.insert(agent_id, &ZERO_COUNTERS, 0);
             if let Some(counters) = AGENT_COUNTERS.get_ptr_mut(agent_id) {
                 // SAFETY: as above.

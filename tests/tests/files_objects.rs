@@ -55,7 +55,8 @@ impl World {
         std::fs::write(dir.path().join("secret/key.txt"), "key").unwrap();
         for home in ["home-nobody", "home-root"] {
             std::fs::write(
-                dir.path().join(format!("{home}/.config/gcloud/credentials.db")),
+                dir.path()
+                    .join(format!("{home}/.config/gcloud/credentials.db")),
                 "token",
             )
             .unwrap();
@@ -129,7 +130,12 @@ fn in_agent(daemon: &Daemon, nobody: bool, args: &[&str]) -> String {
 
 fn outside(nobody: bool, args: &[&str]) -> String {
     let command = command(nobody, args);
-    helper_outcome(&Command::new(&command[0]).args(&command[1..]).output().unwrap())
+    helper_outcome(
+        &Command::new(&command[0])
+            .args(&command[1..])
+            .output()
+            .unwrap(),
+    )
 }
 
 /// The denial of a read of a file whose path ends with `name`, by uid.
@@ -156,10 +162,26 @@ fn vm_fo_bind_mount_and_chroot_in_a_user_namespace_reach_the_same_object() {
     let bind = ["bind-read", &secret, &mnt, "key.txt"];
     let chroot = ["chroot-read", &secret, "/key.txt"];
     for nobody in [true, false] {
-        assert_eq!(in_agent(&daemon, nobody, &bind), EPERM, "bind, nobody={nobody}");
-        assert_eq!(in_agent(&daemon, nobody, &chroot), EPERM, "chroot, nobody={nobody}");
-        assert_eq!(outside(nobody, &bind), "ok", "bind outside, nobody={nobody}");
-        assert_eq!(outside(nobody, &chroot), "ok", "chroot outside, nobody={nobody}");
+        assert_eq!(
+            in_agent(&daemon, nobody, &bind),
+            EPERM,
+            "bind, nobody={nobody}"
+        );
+        assert_eq!(
+            in_agent(&daemon, nobody, &chroot),
+            EPERM,
+            "chroot, nobody={nobody}"
+        );
+        assert_eq!(
+            outside(nobody, &bind),
+            "ok",
+            "bind outside, nobody={nobody}"
+        );
+        assert_eq!(
+            outside(nobody, &chroot),
+            "ok",
+            "chroot outside, nobody={nobody}"
+        );
     }
     // The record names the path the access used, and says the rule was
     // found by its object.
@@ -197,7 +219,10 @@ fn vm_fo_a_renamed_parent_still_holds_the_denied_directory() {
         assert_eq!(r["object"]["by_object"], true, "{r}");
         // Outside every agent the renamed file reads; rename it back.
         assert_eq!(
-            outside(false, &["open", &format!("{to}/gcloud/credentials.db"), "read"]),
+            outside(
+                false,
+                &["open", &format!("{to}/gcloud/credentials.db"), "read"]
+            ),
             "ok"
         );
         std::fs::rename(&to, &from).unwrap();
@@ -288,7 +313,10 @@ fn vm_fo_a_replaced_file_reopened_through_o_path_is_still_denied() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    assert!(Path::new(&ready).exists(), "the agent holds the O_PATH descriptor");
+    assert!(
+        Path::new(&ready).exists(),
+        "the agent holds the O_PATH descriptor"
+    );
     // Outside the agent the file is replaced by a rename, as an editor or
     // a key rotation does; the old inode lives on in the agent's descriptor.
     std::fs::write(world.path("secret/key.new"), "new key").unwrap();
@@ -331,11 +359,10 @@ fn vm_fo_deep_trees_work_in_allowed_directories_and_stay_denied_in_denied_ones()
         );
     }
     assert!(
-        !daemon
-            .decisions()
-            .iter()
-            .any(|r| r["agent"] == "obj"
-                && r["object"]["path"].as_str().is_some_and(|p| p.starts_with(&work))),
+        !daemon.decisions().iter().any(|r| r["agent"] == "obj"
+            && r["object"]["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with(&work))),
         "nothing in the allowed directory was denied"
     );
 }
@@ -364,7 +391,10 @@ fn vm_fo_extended_attributes_need_the_write_right() {
         EPERM
     );
     daemon.wait_for_record(|r| r["agent"] == "obj" && r["hook"] == "inode_removexattr");
-    assert_eq!(outside(false, &["removexattr", &key, "trusted.baton"]), "ok");
+    assert_eq!(
+        outside(false, &["removexattr", &key, "trusted.baton"]),
+        "ok"
+    );
     // Outside the denied directory both work for the agent.
     assert_eq!(
         in_agent(&daemon, false, &["setxattr", &plain, "trusted.baton"]),

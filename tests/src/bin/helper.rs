@@ -51,9 +51,9 @@
 
 use std::{
     fs::OpenOptions,
-    path::Path,
     net::{SocketAddr, TcpStream, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::Path,
     process::ExitCode,
 };
 
@@ -464,9 +464,9 @@ fn extra_ops(words: &[&str]) -> Option<std::io::Result<()>> {
                 0,
             )
         }),
-        ["removexattr", path, name] => check(unsafe {
-            libc::removexattr(cstring(path).as_ptr(), cstring(name).as_ptr())
-        }),
+        ["removexattr", path, name] => {
+            check(unsafe { libc::removexattr(cstring(path).as_ptr(), cstring(name).as_ptr()) })
+        }
         ["deep", dir, levels, name_len, action @ ("create" | "read")] => {
             match (levels.parse::<usize>(), name_len.parse::<usize>()) {
                 (Ok(levels), Ok(name_len)) => deep(dir, levels, name_len, action == &"create"),
