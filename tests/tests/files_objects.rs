@@ -324,7 +324,9 @@ fn vm_fo_a_replaced_file_reopened_through_o_path_is_still_denied() {
     std::fs::write(&go, "").unwrap();
     let output = child.wait_with_output().unwrap();
     assert_eq!(helper_outcome(&output), EPERM);
-    denied_read(&daemon, "key.txt", 65534);
+    // The kernel names the old file as deleted.
+    let r = denied_read(&daemon, "key.txt (deleted)", 65534);
+    assert_eq!(r["object"]["by_object"], true, "{r}");
 }
 
 #[test]

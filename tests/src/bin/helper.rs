@@ -412,7 +412,15 @@ fn deep(dir: &str, levels: usize, name_len: usize, create: bool) -> std::io::Res
         std::env::set_current_dir(&name)?;
     }
     if create {
-        open_fd("f", libc::O_CREAT | libc::O_WRONLY | libc::O_EXCL).map(drop)
+        // SAFETY: plain open(2) with a mode, so the file can be read back.
+        let fd = unsafe {
+            libc::open(
+                cstring("f").as_ptr(),
+                libc::O_CREAT | libc::O_WRONLY | libc::O_EXCL | libc::O_CLOEXEC,
+                0o644,
+            )
+        };
+        check(fd)
     } else {
         read_file("f")
     }
