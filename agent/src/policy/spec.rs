@@ -588,7 +588,7 @@ pub enum FileRight {
     /// Open for reading.
     Read,
     /// Open for writing, truncate (by path or through any descriptor),
-    /// chmod, chown.
+    /// chmod, chown, setting and removing extended attributes.
     Write,
     /// Create files, directories, links and device nodes.
     Create,
