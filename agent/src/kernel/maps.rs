@@ -196,6 +196,30 @@ impl Drop for AgentMarks {
 /// path-only (and a warning says so).
 pub const MAX_RULE_OBJECTS: usize = 65_536;
 
+/// How many rule objects the daemon may hold open under a descriptor limit
+/// of `nofile`: a quarter of it, so that the control socket's share (at
+/// most half), the fanotify and audit reserves and the daemon's own
+/// descriptors always fit beside them; and never more than
+/// [`MAX_RULE_OBJECTS`].
+pub fn rule_object_cap(nofile: u64) -> usize {
+    usize::try_from(nofile / 4)
+        .unwrap_or(MAX_RULE_OBJECTS)
+        .min(MAX_RULE_OBJECTS)
+}
+
+/// The soft `RLIMIT_NOFILE` now.
+fn descriptor_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        return 1024;
+    }
+    limit.rlim_cur
+}
+
 /// The path of a rule entry's key (`/a/b/` → `/a/b`, `/` → `/`).
 fn entry_path(key: &[u8]) -> String {
     let text = String::from_utf8_lossy(key);
@@ -227,6 +251,8 @@ struct RuleObjects {
     next: u32,
     held: BTreeMap<(u64, u64), HeldObject>,
     warned_full: bool,
+    /// [`rule_object_cap`] of the descriptor limit at start.
+    cap: usize,
 }
 
 impl RuleObjects {
@@ -239,6 +265,7 @@ impl RuleObjects {
             next: 0,
             held: BTreeMap::new(),
             warned_full: false,
+            cap: rule_object_cap(descriptor_limit()),
         }
     }
 
@@ -257,11 +284,11 @@ impl RuleObjects {
         if let Some(held) = self.held.get(&identity) {
             return Some(held.id);
         }
-        if self.held.len() >= MAX_RULE_OBJECTS {
+        if self.held.len() >= self.cap {
             if !self.warned_full {
                 tracing::warn!(
-                    limit = MAX_RULE_OBJECTS,
-                    "rule objects: limit reached; further rule paths are matched by path only"
+                    limit = self.cap,
+                    "rule objects: limit reached (a quarter of the descriptor limit, at most 65,536); further rule paths are matched by path only"
                 );
                 self.warned_full = true;
             }
@@ -1104,6 +1131,14 @@ mod tests {
             .iter()
             .map(|row| (row.rule_id, row.port_lo, row.expires_boot_ns))
             .collect()
+    }
+
+    #[test]
+    fn rule_objects_take_a_quarter_of_the_descriptor_limit_at_most() {
+        assert_eq!(rule_object_cap(1024), 256);
+        assert_eq!(rule_object_cap(65_536), 16_384);
+        assert_eq!(rule_object_cap(1 << 20), MAX_RULE_OBJECTS);
+        assert_eq!(rule_object_cap(0), 0);
     }
 
     #[test]
