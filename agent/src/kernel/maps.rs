@@ -649,17 +649,11 @@ impl PolicyMaps {
             let path = entry_path(&entry.key);
             match self.objects.resolve(&path) {
                 Some(object) => resolved.push((path, object, entry.value)),
-                None => {
-                    let mut ancestor = path.as_str();
-                    loop {
-                        covers_path_only.insert(ancestor.to_string());
-                        match ancestor.rfind('/') {
-                            Some(0) if ancestor != "/" => ancestor = "/",
-                            Some(at) if at > 0 => ancestor = &ancestor[..at],
-                            _ => break,
-                        }
-                    }
-                }
+                None => covers_path_only.extend(
+                    crate::policy::spec::AbsolutePath(path)
+                        .ancestors()
+                        .map(str::to_string),
+                ),
             }
         }
         // Two rule paths may be one object (a bind mount seen twice): the
