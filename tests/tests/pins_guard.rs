@@ -195,6 +195,33 @@ fn a_root_agent_removing_the_pins_switches_no_control_off() {
             .starts_with("enforced"),
         "{status}"
     );
+
+    // A subtler swap: another of Baton's own links renamed over the pin,
+    // so the name stays and only the object behind it changes.
+    let connect6 = daemon.pin_dir.join("links/connect6");
+    let connect6_program = pinned_link(&connect6)["prog_id"].as_u64().unwrap();
+    std::fs::rename(&connect6, &connect4).unwrap();
+    wait_until("both pins name their own programs again", || {
+        connect6.exists()
+            && pinned_link(&connect4)["prog_id"].as_u64() == Some(program_before)
+            && pinned_link(&connect6)["prog_id"].as_u64() == Some(connect6_program)
+    });
+    let messages = lifecycle_messages(&daemon);
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("links/connect4 named another object")),
+        "no record of the replaced pin: {messages:#?}"
+    );
+    let replaced = sample(
+        metrics_port,
+        "baton_pins_restored_total{kind=\"link\",cause=\"replaced\"}",
+    )
+    .expect("the replaced pin is counted");
+    assert!(replaced >= 1.0, "{replaced}");
+    let denied = daemon.exec("guarded", &["python3", "-c", &connect_script(port)]);
+    assert_eq!(String::from_utf8_lossy(&denied.stdout).trim(), "errno=1");
+    assert_eq!(accepted.load(Ordering::SeqCst), 0, "no connection arrived");
 }
 
 #[test]

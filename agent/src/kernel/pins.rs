@@ -154,6 +154,12 @@ struct Held {
     id: u32,
     /// For a link, its program's id.
     prog_id: u32,
+    /// The bpffs inode of its pin when the daemon last saw the pin name
+    /// this object. bpffs gives every new pin a new inode number, so a
+    /// directory listing (one `getdents` for all pins, no descriptor per
+    /// pin) shows a pin removed, replaced or renamed over; only then is
+    /// the object behind the name asked for. `None` until known.
+    pin_inode: Option<u64>,
 }
 
 /// Why a pin had to be put back.
@@ -380,6 +386,9 @@ impl PinDir {
             path: path.clone(),
             source,
         };
+        // Read before the object: should the pin be replaced in between,
+        // the inode no longer matches and the next check asks the kernel.
+        let pin_inode = pin_inode(&path);
         let fd = bpfsys::obj_get(&path).map_err(hold_error)?;
         let info = bpfsys::obj_info(fd.as_fd()).map_err(hold_error)?;
         self.held
@@ -391,6 +400,7 @@ impl PinDir {
                     fd,
                     id: info.id,
                     prog_id: info.prog_id,
+                    pin_inode,
                 },
             );
         Ok(())
@@ -419,13 +429,21 @@ impl PinDir {
     /// missing or name another object. Returns what it found; an empty
     /// list when everything was in place.
     pub fn repair(&self) -> Vec<PinRepair> {
-        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let listed = self.listed_inodes();
         let mut repairs = Vec::new();
-        for (pin, object) in held.iter() {
+        for (pin, object) in held.iter_mut() {
+            if object.pin_inode.is_some() && listed.get(pin.as_str()) == object.pin_inode.as_ref() {
+                continue;
+            }
             let path = self.path.join(pin);
+            let inode_before = pin_inode(&path);
             let damage = match bpfsys::obj_get(&path) {
                 Ok(fd) => match bpfsys::obj_info(fd.as_fd()) {
-                    Ok(info) if info.id == object.id => continue,
+                    Ok(info) if info.id == object.id => {
+                        object.pin_inode = inode_before;
+                        continue;
+                    }
                     Ok(info) => PinDamage::Replaced(info.id),
                     Err(_) => PinDamage::Unreadable,
                 },
@@ -433,6 +451,7 @@ impl PinDir {
                 Err(_) => PinDamage::Unreadable,
             };
             let result = self.put_back(&path, object).map_err(|e| e.to_string());
+            object.pin_inode = result.as_ref().ok().and_then(|()| pin_inode(&path));
             repairs.push(PinRepair {
                 pin: pin.clone(),
                 damage,
@@ -441,6 +460,25 @@ impl PinDir {
             });
         }
         repairs
+    }
+
+    /// The inode of every name in `maps/` and `links/`, by `maps/NAME` and
+    /// `links/PROGRAM`, from the directory listings alone.
+    fn listed_inodes(&self) -> BTreeMap<String, u64> {
+        use std::os::unix::fs::DirEntryExt as _;
+        let mut listed = BTreeMap::new();
+        for sub in ["maps", "links"] {
+            let Ok(entries) = std::fs::read_dir(self.path.join(sub)) else {
+                continue;
+            };
+            for entry in entries.filter_map(Result::ok) {
+                listed.insert(
+                    format!("{sub}/{}", entry.file_name().to_string_lossy()),
+                    entry.ino(),
+                );
+            }
+        }
+        listed
     }
 
     /// Pins `object` at `path` again, making the directories (and taking
@@ -583,6 +621,12 @@ pub fn pinned_attachment(path: &Path, cgroup_root: &Path) -> Vec<(String, Attach
         .collect();
     states.sort_by(|a, b| a.0.cmp(&b.0));
     states
+}
+
+/// The inode of the pin at `path`, `None` when there is none.
+fn pin_inode(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::symlink_metadata(path).ok().map(|m| m.ino())
 }
 
 /// Removes the pin directory at `path` and everything in it, links first so

@@ -320,7 +320,7 @@ impl Metrics {
         let programs_detached = Gauge::default();
         registry.register(
             "programs_detached",
-            "Baton programs the kernel no longer runs at their hook (checked against the kernel every 250 ms); 0 when every control is in force",
+            "Baton programs the kernel no longer runs at their hook (checked against the kernel every second); 0 when every control is in force",
             programs_detached.clone(),
         );
         let audit_write_failing = Gauge::default();
