@@ -834,6 +834,17 @@ pub(super) fn run_in_vm(results: &Path, params: &Params) -> Result<()> {
             let started_daemon = Daemon::start(&bench.baton, bench.work.path(), "")?;
             let ready = started.elapsed();
             let (settled, ticks) = started_daemon.settle(Duration::from_secs(30))?;
+            // Past the cap, rules fall back to path matching: the cases
+            // would then measure something else than they say.
+            let log = std::fs::read_to_string(&started_daemon.stderr).unwrap_or_default();
+            ensure!(
+                !log.contains("rule objects: limit reached"),
+                "the daemon could not hold every rule object, so rules are matched by path: \
+                 {}",
+                log.lines()
+                    .find(|line| line.contains("rule objects"))
+                    .unwrap_or_default()
+            );
             daemon_start_ms.push(ready.as_millis() as u64);
             daemon_idle_ticks.push(ticks);
             println!(

@@ -22,6 +22,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -258,6 +259,9 @@ impl Drop for Listener {
 }
 
 /// A running `baton run` with the benchmark policy, stopped on drop.
+/// The descriptor limit benchmarks start the daemon with: the unit's.
+const DAEMON_NOFILE: u64 = 65_536;
+
 struct Daemon {
     child: Child,
     socket: PathBuf,
@@ -281,7 +285,24 @@ impl Daemon {
         std::fs::write(&config, config_yaml)?;
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/baton-bench-{}", std::process::id()));
         let state_dir = work.join("state");
-        let child = Command::new(baton)
+        let mut command = Command::new(baton);
+        // The descriptor limit of the installed unit (LimitNOFILE in
+        // deploy/systemd/baton.service): the daemon holds a descriptor per
+        // rule object, and the shell that starts a benchmark often has a
+        // lower one (in the test VM, the kernel's default of 4,096).
+        // SAFETY: `setrlimit` is async-signal-safe, and nothing else runs
+        // between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::resource::setrlimit(
+                    nix::sys::resource::Resource::RLIMIT_NOFILE,
+                    DAEMON_NOFILE,
+                    DAEMON_NOFILE,
+                )
+                .map_err(std::io::Error::from)
+            });
+        }
+        let child = command
             .arg("run")
             .arg("--policy-dir")
             .arg(work.join("policies"))
