@@ -468,11 +468,21 @@ fn baton_exec_agents_are_held_to_file_rules_with_or_without_bpf_lsm() {
     let output = daemon.exec("tree", &[HELPER, "open", &key, "read"]);
     assert_eq!(helper_outcome(&output), expected, "the denied file");
     if !lsm {
+        // One line for the agent (its stderr is what a model reads); the
+        // list in `baton status`.
         let stderr = String::from_utf8_lossy(&output.stderr);
+        let ours: Vec<&str> = stderr
+            .lines()
+            .filter(|line| line.starts_with("baton:"))
+            .collect();
+        assert_eq!(ours.len(), 1, "one line from baton exec: {stderr}");
         assert!(
-            stderr.contains("Landlock cannot express"),
-            "unexpressible rules are reported: {stderr}"
+            ours[0].contains("agent tree") && ours[0].contains("baton status"),
+            "{stderr}"
         );
+        let status = daemon.status();
+        let gaps = status["agents"][0]["landlock_gaps"].to_string();
+        assert!(gaps.contains("chmod"), "status lists the gaps: {gaps}");
     }
     assert_eq!(
         agent_outcome(

@@ -71,8 +71,11 @@ pub fn run(args: &ExecArgs) -> anyhow::Result<()> {
     if let Some(plan) = &landlock {
         // BPF LSM is missing on this host: the file rules are enforced by a
         // Landlock ruleset on this process, which the command inherits.
-        for item in &plan.unexpressible {
-            eprintln!("baton: Landlock cannot express: {item}");
+        // One line at most: the agent's standard error is what a model
+        // reads, in every tool output. The details are in `baton status`
+        // and the daemon's log.
+        if let Some(line) = gaps_line(&args.agent, plan) {
+            eprintln!("{line}");
         }
         crate::fallback::landlock::apply(plan)?;
     }
@@ -104,6 +107,21 @@ pub fn run(args: &ExecArgs) -> anyhow::Result<()> {
     bail!("cannot run {program}: {error}")
 }
 
+/// The one line `baton exec` prints when Landlock leaves some of what the
+/// agent's policy denies allowed; `None` when nothing is left open. Rights
+/// Landlock takes away beyond the policy are not announced here: they show
+/// as the agent's own errors, and `baton status` lists them with the rest.
+fn gaps_line(agent: &str, plan: &crate::fallback::landlock::LandlockPlan) -> Option<String> {
+    let open = plan.not_enforced.len();
+    (open > 0).then(|| {
+        format!(
+            "baton: agent {agent}: file rules only partly enforced here: no BPF LSM, and Landlock cannot express {open} thing{} the policy denies; `baton status` lists {}",
+            if open == 1 { "" } else { "s" },
+            if open == 1 { "it" } else { "them" }
+        )
+    })
+}
+
 fn find_user(spec: &str) -> anyhow::Result<nix::unistd::User> {
     use nix::unistd::{Uid, User};
     let found = match spec.parse::<u32>() {
@@ -111,4 +129,49 @@ fn find_user(spec: &str) -> anyhow::Result<nix::unistd::User> {
         Err(_) => User::from_name(spec)?,
     };
     found.ok_or_else(|| anyhow::anyhow!("no such user {spec:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fallback::landlock::{SourceRule, plan};
+    use agent_common::{files::right, verdict::decision};
+
+    fn rule(path: &str, rights: u32, decision: u8) -> SourceRule {
+        SourceRule {
+            path: path.into(),
+            rights,
+            decision,
+        }
+    }
+
+    #[test]
+    fn rights_landlock_only_narrows_print_nothing() {
+        // A read deny under a default allow: Landlock takes rights from the
+        // ancestors beyond the policy, but leaves nothing denied open.
+        let plan = plan(
+            &[rule("/root/.ssh", right::bit(right::READ), decision::DENY)],
+            decision::ALLOW,
+            decision::ALLOW,
+        );
+        assert!(!plan.unexpressible.is_empty(), "{plan:?}");
+        assert_eq!(gaps_line("coder", &plan), None);
+    }
+
+    #[test]
+    fn what_stays_open_is_one_line() {
+        let plan = plan(
+            &[
+                rule("/usr", right::bit(right::EXEC), decision::ALLOW),
+                rule("/usr/bin/nc", right::bit(right::EXEC), decision::DENY),
+                rule("/etc", right::bit(right::WRITE), decision::DENY),
+            ],
+            decision::ALLOW,
+            decision::DENY,
+        );
+        let line = gaps_line("coder", &plan).expect("the nc deny and chmod stay open");
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains("express 2 things"), "{line}");
+        assert!(line.contains("baton status"), "{line}");
+    }
 }

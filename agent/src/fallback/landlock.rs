@@ -52,8 +52,14 @@ pub struct LandlockPlan {
     pub handled: u32,
     /// Paths and the rights granted beneath them.
     pub grants: BTreeMap<String, u32>,
-    /// What the policy says that Landlock cannot, in words for the user.
+    /// What the policy says that Landlock cannot, in words for the user:
+    /// both what stays unenforced and what Landlock restricts more than
+    /// the policy does.
     pub unexpressible: Vec<String>,
+    /// Those of [`LandlockPlan::unexpressible`] that leave something the
+    /// policy denies allowed.
+    #[serde(default)]
+    pub not_enforced: Vec<String>,
 }
 
 fn right_name(r: usize) -> &'static str {
@@ -134,7 +140,7 @@ pub fn plan(rules: &[SourceRule], file_default: u8, exec_default: u8) -> Landloc
         if default == decision::DENY {
             for allow in &allows {
                 for deny in denies.iter().filter(|d| covers(allow, d) && *d != allow) {
-                    out.unexpressible.push(format!(
+                    out.not_enforced.push(format!(
                         "{name}: the deny of {deny} inside the allowed {allow} cannot be expressed; Landlock allows all of {allow}"
                     ));
                 }
@@ -187,12 +193,15 @@ pub fn plan(rules: &[SourceRule], file_default: u8, exec_default: u8) -> Landloc
             }
         }
         if r == right::WRITE {
-            out.unexpressible.push(
+            out.not_enforced.push(
                 "write: chmod cannot be restricted by Landlock; only writes and truncation are"
                     .into(),
             );
         }
     }
+    out.not_enforced.sort();
+    out.not_enforced.dedup();
+    out.unexpressible.extend(out.not_enforced.iter().cloned());
     out.unexpressible.sort();
     out.unexpressible.dedup();
     out

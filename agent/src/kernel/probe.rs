@@ -495,7 +495,7 @@ pub fn probe() -> ProbeReport {
             ControlLevel::Degraded => format!(
                 "{why_no_lsm}. Agents started by baton exec: {}; agents selected by cgroup, systemd unit or executable: {}",
                 match landlock {
-                    Some(abi) => format!("enforced by Landlock (ABI {abi}), except what Landlock cannot express (chmod, a deny inside an allowed tree), which baton exec lists"),
+                    Some(abi) => format!("enforced by Landlock (ABI {abi}), except what Landlock cannot express (chmod, a deny inside an allowed tree), which baton status lists per agent"),
                     None => "NOT enforced (Landlock is off)".to_string(),
                 },
                 match (fanotify.is_ok(), detects) {

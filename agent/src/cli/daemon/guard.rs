@@ -39,7 +39,7 @@ pub(super) async fn guard_pins(
             return;
         };
         let repairs = pins.repair();
-        let check_attachment = ticks % ATTACHMENT_EVERY == 0 || !repairs.is_empty();
+        let check_attachment = ticks.is_multiple_of(ATTACHMENT_EVERY) || !repairs.is_empty();
         ticks = ticks.wrapping_add(1);
         if !check_attachment {
             continue;

@@ -14,7 +14,7 @@ use files::{record_fanotify_events, start_fanotify};
 use takeover::Takeover;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, RwLock, Weak},
@@ -208,6 +208,8 @@ struct State {
     /// Whether BPF LSM enforces file rules; if not, `baton exec` agents get
     /// a Landlock ruleset instead.
     files_enforced: bool,
+    /// Agents (and policy generations) whose Landlock gaps were logged.
+    landlock_gaps_logged: BTreeSet<(String, u32)>,
     /// Every self-protection LSM hook is attached (see
     /// [`crate::fallback::protected::held_by_bpf_lsm`]).
     held_by_bpf_lsm: bool,
@@ -423,6 +425,56 @@ impl State {
         self.policy_error = Some(format!("{source}: {error}"));
     }
 
+    /// The Landlock ruleset a `baton exec` process of `agent` applies to
+    /// itself, where BPF LSM is missing; `None` where BPF LSM enforces the
+    /// file rules or the agent has none.
+    fn landlock_plan(&self, agent: &str) -> Option<crate::fallback::landlock::LandlockPlan> {
+        if self.files_enforced {
+            return None;
+        }
+        let (_, compiled) = self
+            .policies
+            .agents
+            .iter()
+            .find(|(name, _)| name.0 == agent)?;
+        // Baton's own paths stay out of the Landlock plan: a Landlock
+        // domain may not mount, and agents need mount namespaces
+        // (containers, private resolv.conf). Where BPF LSM is missing, a
+        // root agent can therefore still change Baton's files; `baton
+        // status` says so.
+        let rules: Vec<_> = compiled
+            .file_rules
+            .iter()
+            .filter(|rule| !self.protected.iter().any(|(path, _)| *path == rule.path))
+            .cloned()
+            .collect();
+        Some(crate::fallback::landlock::plan(
+            &rules,
+            compiled.file_default,
+            compiled.exec_default,
+        ))
+        .filter(|plan| plan.handled != 0)
+    }
+
+    /// Logs, once per agent and policy generation, what of the agent's
+    /// file rules Landlock cannot express. The agent itself gets one line
+    /// at most (`baton exec`): its standard error is what a model reads.
+    fn log_landlock_gaps(&mut self, agent: &str, plan: &crate::fallback::landlock::LandlockPlan) {
+        if plan.unexpressible.is_empty() {
+            return;
+        }
+        let generation = self.maps.active_generation();
+        if !self
+            .landlock_gaps_logged
+            .insert((agent.to_string(), generation))
+        {
+            return;
+        }
+        for gap in &plan.unexpressible {
+            tracing::warn!(agent, generation, "Landlock cannot express: {gap}");
+        }
+    }
+
     /// What `baton status` shows.
     fn status(&self) -> serde_json::Value {
         use serde_json::json;
@@ -489,6 +541,7 @@ impl State {
                     },
                     "families": crate::policy::families::names(agent.families),
                     "rights": rights,
+                    "landlock_gaps": self.landlock_plan(&name.0).map(|plan| plan.unexpressible).unwrap_or_default(),
                     "breaker": breakers.get(&name.0).cloned().unwrap_or(json!({"state": "closed"})),
                     "counters": crate::breaker::CounterSnapshot::from(self.runtime.counters(id)),
                 }))
@@ -748,34 +801,7 @@ impl Daemon {
         };
         // Where BPF LSM is missing, the caller enforces the file rules on
         // itself with Landlock before it execs the agent.
-        let landlock = if state.files_enforced {
-            None
-        } else {
-            state
-                .policies
-                .agents
-                .iter()
-                .find(|(name, _)| name.0 == agent)
-                .map(|(_, compiled)| {
-                    // Baton's own paths stay out of the Landlock plan: a
-                    // Landlock domain may not mount, and agents need mount
-                    // namespaces (containers, private resolv.conf). Where
-                    // BPF LSM is missing, a root agent can therefore still
-                    // change Baton's files; `baton status` says so.
-                    let rules: Vec<_> = compiled
-                        .file_rules
-                        .iter()
-                        .filter(|rule| !state.protected.iter().any(|(path, _)| *path == rule.path))
-                        .cloned()
-                        .collect();
-                    crate::fallback::landlock::plan(
-                        &rules,
-                        compiled.file_default,
-                        compiled.exec_default,
-                    )
-                })
-                .filter(|plan| plan.handled != 0)
-        };
+        let landlock = state.landlock_plan(agent);
         let max_processes = state
             .policies
             .agents
@@ -804,6 +830,9 @@ impl Daemon {
                     landlock = landlock.is_some(),
                     "admitted"
                 );
+                if let Some(plan) = &landlock {
+                    state.log_landlock_gaps(agent, plan);
+                }
                 let (families, allow_privilege_escalation) = state.process_settings(agent);
                 Reply::Admitted {
                     agent_id,
@@ -999,6 +1028,7 @@ async fn serve(
         sink,
         host: host.clone(),
         files_enforced: enforcer.files == ControlState::Enforced,
+        landlock_gaps_logged: BTreeSet::new(),
         held_by_bpf_lsm: crate::fallback::protected::held_by_bpf_lsm(&enforcer.lsm_hooks),
         family_layers: crate::fallback::families::Layers::of_this_kernel(
             enforcer.socket_families == ControlState::Enforced,
