@@ -401,3 +401,55 @@ fn quarantine_denies_writes_on_watched_paths() {
     breaker(&daemon, &["reset", "fan"]);
     assert_eq!(setup.as_agent(&["open", &public, "write"]), "ok");
 }
+
+/// Eight threads of an agent read files under a write-only deny at once:
+/// every read is allowed. The listener tells a read from a write by the
+/// opener's pending syscall, which reads `running` until the opener has
+/// gone to sleep on the event; taking that for "unknown" denied such reads
+/// as writes (and with them `/etc/ld.so.cache`, so programs failed to
+/// start).
+#[test]
+fn parallel_reads_of_write_denied_files_are_never_denied() {
+    if bpf_lsm_loads() {
+        eprintln!("BPF LSM loads here, so the fanotify fallback is not used");
+        return;
+    }
+    let setup = Setup::new("fanpar");
+    let dir = setup.dir.path().join("etc");
+    std::fs::create_dir_all(&dir).unwrap();
+    let files: Vec<String> = ["hostname", "passwd", "hosts", "ld.so.cache"]
+        .iter()
+        .map(|name| {
+            let path = dir.join(name);
+            std::fs::write(&path, "content\n").unwrap();
+            path.display().to_string()
+        })
+        .collect();
+    let body = format!(
+        "  files:\n    deny:\n      - path: {}\n        rights: [write]\n",
+        dir.display()
+    );
+    let daemon = Daemon::start("fanpar", &[("p.yaml", setup.policy(&[], &body))]);
+    // The rule is in force: a write is denied, and recorded.
+    assert_eq!(setup.as_agent(&["open", &files[0], "write"]), EPERM);
+    daemon.wait_for_record(|r| r["object"]["path"] == files[0].as_str());
+
+    let mut args = vec!["read-parallel", "8", "100"];
+    args.extend(files.iter().map(String::as_str));
+    assert_eq!(setup.as_agent(&args), "ok", "3,200 parallel reads");
+
+    let read_denials: Vec<Value> = daemon
+        .records()
+        .into_iter()
+        .filter(|r| {
+            r["control"] == "file"
+                && r["object"]["rights"]
+                    .as_array()
+                    .is_some_and(|rights| rights.iter().any(|right| right == "read"))
+        })
+        .collect();
+    assert!(
+        read_denials.is_empty(),
+        "reads recorded as denied: {read_denials:#?}"
+    );
+}

@@ -516,11 +516,44 @@ fn proc_status(tid: u32) -> Option<(u32, u32, u32)> {
     Some((field("Tgid:")?, field("Uid:")?, field("Gid:")?))
 }
 
+/// How many times the opener's pending syscall is read while the opener
+/// is still on its way to sleep (see [`pending_open_rights`]); with the
+/// pauses in between, at most a few milliseconds per event.
+const SYSCALL_READ_ATTEMPTS: u32 = 200;
+
 /// The rights an open in progress asks for, from the opening thread's
 /// pending syscall (`/proc/TID/syscall`), as `f_mode` will have them.
-/// `None` when it cannot be told (io_uring, another architecture).
+/// `None` when it cannot be told for certain (io_uring, `openat2`, another
+/// architecture, an opener that never went to sleep); the caller then
+/// judges the open as both read and write.
+///
+/// The answer comes from the opener's saved registers, which nothing can
+/// change while the opener waits for this very answer. The kernel queues
+/// the event before the opener sleeps, so the listener can get here first:
+/// the file then says `running`, and is read again until the opener
+/// sleeps. (Taking `running` for "unknown" denied concurrent reads of
+/// write-denied files as writes.)
 fn pending_open_rights(tid: u32) -> Option<u32> {
-    let text = std::fs::read_to_string(format!("/proc/{tid}/syscall")).ok()?;
+    let path = format!("/proc/{tid}/syscall");
+    let mut text = std::fs::read_to_string(&path).ok()?;
+    let mut attempt = 0;
+    while text.starts_with("running") {
+        attempt += 1;
+        if attempt >= SYSCALL_READ_ATTEMPTS {
+            return None;
+        }
+        if attempt < 20 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(std::time::Duration::from_micros(20));
+        }
+        text = std::fs::read_to_string(&path).ok()?;
+    }
+    open_rights_of_syscall(&text)
+}
+
+/// The rights asked for by the syscall that `/proc/TID/syscall` shows.
+fn open_rights_of_syscall(text: &str) -> Option<u32> {
     let mut fields = text.split_whitespace();
     let nr: i64 = fields.next()?.parse().ok()?;
     let args: Vec<u64> = fields
@@ -538,24 +571,10 @@ fn pending_open_rights(tid: u32) -> Option<u32> {
         libc::SYS_open => Some(from_flags(*args.get(1)?)),
         libc::SYS_openat | libc::SYS_open_by_handle_at => Some(from_flags(*args.get(2)?)),
         libc::SYS_creat => Some(right::bit(right::WRITE)),
-        libc::SYS_openat2 => {
-            // The flags are the first field of `struct open_how` in the
-            // caller's memory.
-            let mut flags = [0u8; 8];
-            let local = [std::io::IoSliceMut::new(&mut flags)];
-            let remote = [nix::sys::uio::RemoteIoVec {
-                base: *args.get(2)? as usize,
-                len: 8,
-            }];
-            let mut local = local;
-            let read = nix::sys::uio::process_vm_readv(
-                nix::unistd::Pid::from_raw(tid as i32),
-                &mut local,
-                &remote,
-            )
-            .ok()?;
-            (read == 8).then(|| from_flags(u64::from_ne_bytes(flags)))
-        }
+        // `openat2` keeps its flags in the caller's memory, which another
+        // thread of the caller may rewrite after the kernel read it: a
+        // write open could be shown as a read. Unknown, so both.
+        libc::SYS_openat2 => None,
         // The open of the binary and its interpreter: read, as `f_mode`
         // says; the exec itself is its own event.
         libc::SYS_execve | libc::SYS_execveat | libc::SYS_uselib => Some(right::bit(right::READ)),
@@ -795,6 +814,39 @@ mod tests {
         );
         let set = compile(&parse_str(Path::new("p.yaml"), &text).unwrap(), 1).unwrap();
         set.agents[&Name("a".into())].clone()
+    }
+
+    #[test]
+    fn the_opens_flags_come_from_its_registers_and_never_from_its_memory() {
+        let read = right::bit(right::READ);
+        let write = right::bit(right::WRITE);
+        let line = |nr: i64, args: &[u64]| {
+            let args: Vec<String> = args.iter().map(|a| format!("0x{a:x}")).collect();
+            format!("{nr} {} 0x7ffc 0x7f00\n", args.join(" "))
+        };
+        let openat = |flags: u64| line(libc::SYS_openat, &[0xffff_ff9c, 0x5555, flags, 0, 0, 0]);
+        assert_eq!(open_rights_of_syscall(&openat(0)), Some(read));
+        assert_eq!(open_rights_of_syscall(&openat(1 | 0o1000)), Some(write));
+        assert_eq!(open_rights_of_syscall(&openat(2)), Some(read | write));
+        assert_eq!(
+            open_rights_of_syscall(&line(libc::SYS_open, &[0x5555, 0, 0, 0, 0, 0])),
+            Some(read)
+        );
+        // openat2's flags live in memory another thread may rewrite.
+        assert_eq!(
+            open_rights_of_syscall(&line(
+                libc::SYS_openat2,
+                &[0xffff_ff9c, 0x5555, 0x6666, 24, 0, 0]
+            )),
+            None
+        );
+        assert_eq!(
+            open_rights_of_syscall(&line(libc::SYS_io_uring_enter, &[3, 1, 0, 0, 0, 0])),
+            None
+        );
+        // Not in a syscall, or on a CPU: unknown.
+        assert_eq!(open_rights_of_syscall("-1 0x7ffc 0x7f00\n"), None);
+        assert_eq!(open_rights_of_syscall("running\n"), None);
     }
 
     #[test]

@@ -20,6 +20,10 @@
 //!                                                 bytes on a UDP socket
 //!   baton-test-helper ping ADDR TEXT              unconnected ICMP echo with TEXT
 //!   baton-test-helper open PATH read|write        open(2)
+//!   baton-test-helper read-parallel THREADS ROUNDS PATH...
+//!                                                 THREADS threads each open PATHs for
+//!                                                 reading ROUNDS times; prints `ok` or the
+//!                                                 number of failed opens and the first errno
 //!   baton-test-helper spawn PROGRAM ARGS...       run PROGRAM as a child, pass its output on
 //!   baton-test-helper openat DIR NAME             openat(2) relative to a directory fd
 //!   baton-test-helper reopen PATH                 open O_PATH, then read-open /proc/self/fd/N
@@ -817,6 +821,45 @@ fn main() -> ExitCode {
                 _ => return usage(),
             };
             report(options.open(path).map(drop))
+        }
+        ["read-parallel", threads, rounds, paths @ ..] if !paths.is_empty() => {
+            let (Ok(threads), Ok(rounds)) = (threads.parse::<usize>(), rounds.parse::<usize>())
+            else {
+                return usage();
+            };
+            let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+            let failures: Vec<std::io::Error> = std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            let mut failed = Vec::new();
+                            for _ in 0..rounds {
+                                for path in &paths {
+                                    if let Err(error) = std::fs::File::open(path) {
+                                        failed.push(error);
+                                    }
+                                }
+                            }
+                            failed
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .flat_map(|worker| worker.join().unwrap_or_default())
+                    .collect()
+            });
+            match failures.first() {
+                None => report(Ok(())),
+                Some(first) => {
+                    println!(
+                        "failed={} errno={}",
+                        failures.len(),
+                        first.raw_os_error().unwrap_or(0)
+                    );
+                    ExitCode::SUCCESS
+                }
+            }
         }
         ["spawn", program, rest @ ..] => {
             match std::process::Command::new(program).args(rest).status() {
