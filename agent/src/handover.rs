@@ -104,6 +104,11 @@ pub struct Progress {
     pub drops_recorded: BTreeMap<u32, u64>,
     /// Breakers that were open.
     pub open_breakers: Vec<OpenBreaker>,
+    /// Each agent's counts from the fanotify listener (denied files, file
+    /// writes, canary hits), which live in the daemon and not the kernel:
+    /// the next daemon starts from them.
+    #[serde(default)]
+    pub fallback_counters: BTreeMap<u32, CounterSnapshot>,
 }
 
 /// The state directory.

@@ -453,3 +453,47 @@ fn parallel_reads_of_write_denied_files_are_never_denied() {
         "reads recorded as denied: {read_denials:#?}"
     );
 }
+
+/// A canary touched by an agent that fanotify holds counts like one BPF
+/// LSM denies: `canary_hits` and `denied_files` go up and the canary's
+/// breaker trips at the first touch, and the quarantine then holds.
+#[test]
+fn fanotify_denials_count_for_breakers_and_canaries() {
+    if bpf_lsm_loads() {
+        eprintln!("BPF LSM loads here, so the fanotify fallback is not used");
+        return;
+    }
+    let setup = Setup::new("fancount");
+    let (canary, public) = (setup.path("secret.txt"), setup.path("public.txt"));
+    let body = format!(
+        "  files:\n    canaries:\n      - {canary}\n  breakers:\n    - name: honeypot\n      when: {{canary: true}}\n      action: quarantine\n      cooldownSeconds: 300\n"
+    );
+    let daemon = Daemon::start("fancount", &[("p.yaml", setup.policy(&[], &body))]);
+    assert_eq!(setup.as_agent(&["open", &public, "write"]), "ok");
+    assert_eq!(setup.as_agent(&["open", &canary, "read"]), EPERM);
+
+    // Breaker records are lifecycle records (`info`), which
+    // `wait_for_record` leaves out.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let trip = loop {
+        if let Some(trip) = daemon
+            .records()
+            .into_iter()
+            .find(|r| r["control"] == "breaker")
+        {
+            break trip;
+        }
+        assert!(Instant::now() < deadline, "no trip: {:#?}", daemon.records());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let message = trip["object"]["message"].as_str().unwrap();
+    assert!(message.contains("closed -> open (quarantine)"), "{message}");
+    assert!(message.contains("fanpolicy/honeypot"), "{message}");
+    assert!(message.contains("\"canary_hits\":1"), "{message}");
+    let status = daemon.status();
+    let counters = &status["agents"][0]["counters"];
+    assert!(counters["canary_hits"].as_u64() >= Some(1), "{counters}");
+    assert!(counters["denied_files"].as_u64() >= Some(1), "{counters}");
+    // The quarantine is in force: the write allowed before is refused.
+    assert_eq!(setup.as_agent(&["open", &public, "write"]), EPERM);
+}

@@ -27,15 +27,17 @@ use std::{
     os::fd::{AsRawFd, BorrowedFd},
     path::Path,
     sync::{
-        Arc, RwLock,
+        Arc, Mutex, PoisonError, RwLock,
         atomic::{AtomicU64, Ordering},
     },
 };
 
+use serde::{Deserialize, Serialize};
+
 use agent_common::{
     event::{EVENT_PATH_BYTES, EVENT_VERSION, FileEvent, file_flags, hook, kind},
     files::{FileValue, PATH_KEY_BYTES, right},
-    identity::{AgentRecord, AgentRuntime},
+    identity::{AgentCounters, AgentRecord, AgentRuntime},
     map_names,
     verdict::{Verdict, decision, mode, verdict_for},
 };
@@ -294,6 +296,31 @@ struct Shared {
     events: tokio::sync::mpsc::Sender<Box<FileEvent>>,
     lost: AtomicU64,
     own_tgid: u32,
+    /// What the listener decided, per agent, for the breakers: counted
+    /// here, where every decision is made, not from the records, which a
+    /// full queue can lose.
+    counts: Mutex<HashMap<u32, FallbackCounts>>,
+}
+
+/// Per-agent counts of the fanotify listener's decisions, added to the
+/// kernel's counters of the same names wherever counters are read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FallbackCounts {
+    /// Opens and execs denied (or would-be denied, in audit mode).
+    pub denied_files: u64,
+    /// Opens for writing decided.
+    pub file_writes: u64,
+    /// Opens of a canary.
+    pub canary_hits: u64,
+}
+
+impl FallbackCounts {
+    /// Adds these counts to the kernel's.
+    pub fn add_to(self, counters: &mut AgentCounters) {
+        counters.denied_files += self.denied_files;
+        counters.file_writes += self.file_writes;
+        counters.canary_hits += self.canary_hits;
+    }
 }
 
 /// The daemon's fanotify group, its marks and its listener thread.
@@ -348,6 +375,7 @@ impl Watcher {
             events: sender,
             lost: AtomicU64::new(0),
             own_tgid: std::process::id(),
+            counts: Mutex::default(),
         });
         let group = Arc::new(group);
         let (listener_group, listener_shared) = (group.clone(), shared.clone());
@@ -442,6 +470,32 @@ impl Watcher {
     /// decisions themselves were all made.
     pub fn lost(&self) -> u64 {
         self.shared.lost.load(Ordering::Relaxed)
+    }
+
+    /// What the listener has decided for each agent so far, the counts a
+    /// previous daemon handed over ([`Watcher::carry_over`]) included.
+    pub fn counts(&self) -> HashMap<u32, FallbackCounts> {
+        self.shared
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Starts from the counts a previous daemon saved, so that counters
+    /// never go backwards across a restart.
+    pub fn carry_over(&self, saved: &HashMap<u32, FallbackCounts>) {
+        let mut counts = self
+            .shared
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (agent_id, saved) in saved {
+            let now = counts.entry(*agent_id).or_default();
+            now.denied_files += saved.denied_files;
+            now.file_writes += saved.file_writes;
+            now.canary_hits += saved.canary_hits;
+        }
     }
 
     /// The watched paths, for `baton status`: `mount PATH` or `dir PATH`.
@@ -672,6 +726,19 @@ impl Shared {
         } else {
             verdict_for(found, agent.mode)
         };
+        {
+            let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+            let counts = counts.entry(member.agent_id).or_default();
+            if verdict != Verdict::Allowed {
+                counts.denied_files += 1;
+            }
+            if changes {
+                counts.file_writes += 1;
+            }
+            if found == decision::CANARY {
+                counts.canary_hits += 1;
+            }
+        }
         if verdict == Verdict::Allowed {
             return (true, None);
         }

@@ -152,7 +152,7 @@ impl State {
     pub(super) fn evaluate_breakers(&mut self) {
         let now = std::time::Instant::now();
         for agent_id in self.breakers.agent_ids() {
-            let counters = self.runtime.counters(agent_id).into();
+            let counters = self.counters(agent_id).into();
             for transition in self.breakers.observe(now, agent_id, counters) {
                 self.carry_out(&transition);
             }
@@ -169,7 +169,7 @@ impl Daemon {
                 message: format!("no loaded policy selects agent {agent:?}"),
             };
         };
-        let counters = state.runtime.counters(agent_id).into();
+        let counters = state.counters(agent_id).into();
         let transition = match trip {
             Some(action) => Some(state.breakers.trip(agent_id, agent, action, counters)),
             None => state.breakers.reset(agent_id, counters),

@@ -86,7 +86,7 @@ impl State {
             .map(|(name, id)| (*id, name.0.clone()))
             .collect();
         for (agent_id, agent) in agents {
-            let counters = self.runtime.counters(agent_id);
+            let counters = self.counters(agent_id);
             self.metrics
                 .observe_events_suppressed_total(&agent, counters.events_suppressed);
             let suppressed_seen = self.suppressions_recorded.entry(agent_id).or_insert(0);

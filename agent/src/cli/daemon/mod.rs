@@ -475,6 +475,18 @@ impl State {
         }
     }
 
+    /// An agent's counters: the kernel's, plus what the fanotify listener
+    /// decided, so that every mechanism's denials feed the same breakers.
+    fn counters(&self, agent_id: u32) -> agent_common::identity::AgentCounters {
+        let mut counters = self.runtime.counters(agent_id);
+        if let Some(watcher) = &self.fanotify
+            && let Some(counts) = watcher.counts().get(&agent_id)
+        {
+            counts.add_to(&mut counters);
+        }
+        counters
+    }
+
     /// What `baton status` shows.
     fn status(&self) -> serde_json::Value {
         use serde_json::json;
@@ -543,7 +555,7 @@ impl State {
                     "rights": rights,
                     "landlock_gaps": self.landlock_plan(&name.0).map(|plan| plan.unexpressible).unwrap_or_default(),
                     "breaker": breakers.get(&name.0).cloned().unwrap_or(json!({"state": "closed"})),
-                    "counters": crate::breaker::CounterSnapshot::from(self.runtime.counters(id)),
+                    "counters": crate::breaker::CounterSnapshot::from(self.counters(id)),
                 }))
             })
             .collect();

@@ -44,7 +44,7 @@ impl State {
                 .registry
                 .ids()
                 .values()
-                .map(|id| (*id, self.runtime.counters(*id).into()))
+                .map(|id| (*id, self.counters(*id).into()))
                 .collect(),
             open_breakers: self
                 .breakers
@@ -58,6 +58,21 @@ impl State {
                     reason,
                 })
                 .collect(),
+            fallback_counters: self
+                .fanotify
+                .as_ref()
+                .map(|watcher| {
+                    watcher
+                        .counts()
+                        .into_iter()
+                        .map(|(agent_id, counts)| {
+                            let mut counters = agent_common::identity::AgentCounters::default();
+                            counts.add_to(&mut counters);
+                            (agent_id, counters.into())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
             ..Progress::default()
         };
         if progress == self.saved_progress {
@@ -103,7 +118,7 @@ impl State {
             // only breaker left to find.
             for (name, id) in self.registry.ids().clone() {
                 if self.runtime.quarantined(id) {
-                    let counters = self.runtime.counters(id).into();
+                    let counters = self.counters(id).into();
                     self.breakers.restore(
                         id,
                         &name.0,
@@ -116,8 +131,25 @@ impl State {
             }
             return;
         };
+        if let Some(watcher) = &self.fanotify {
+            let saved = previous
+                .fallback_counters
+                .iter()
+                .map(|(agent_id, saved)| {
+                    (
+                        *agent_id,
+                        crate::fallback::fanotify::FallbackCounts {
+                            denied_files: saved.denied_files,
+                            file_writes: saved.file_writes,
+                            canary_hits: saved.canary_hits,
+                        },
+                    )
+                })
+                .collect();
+            watcher.carry_over(&saved);
+        }
         for (name, id) in self.registry.ids().clone() {
-            let now: crate::breaker::CounterSnapshot = self.runtime.counters(id).into();
+            let now: crate::breaker::CounterSnapshot = self.counters(id).into();
             let Some(before) = previous.counters.get(&id) else {
                 continue;
             };
@@ -148,7 +180,7 @@ impl State {
             if self.registry.name_of(open.agent_id).is_none() {
                 continue;
             }
-            let counters = self.runtime.counters(open.agent_id).into();
+            let counters = self.counters(open.agent_id).into();
             self.breakers.restore(
                 open.agent_id,
                 &open.agent,
