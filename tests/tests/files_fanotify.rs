@@ -483,7 +483,11 @@ fn fanotify_denials_count_for_breakers_and_canaries() {
         {
             break trip;
         }
-        assert!(Instant::now() < deadline, "no trip: {:#?}", daemon.records());
+        assert!(
+            Instant::now() < deadline,
+            "no trip: {:#?}",
+            daemon.records()
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     let message = trip["object"]["message"].as_str().unwrap();

@@ -199,6 +199,18 @@ pub fn plan(rules: &[SourceRule], file_default: u8, exec_default: u8) -> Landloc
             );
         }
     }
+    if out.handled & right::bit(right::EXEC) != 0 {
+        out.not_enforced.push(
+            "exec: Landlock judges execve only: a program outside the allowed paths still runs through the dynamic loader (ld.so FILE), as an executable mapping (mmap PROT_EXEC) or from a memfd (fexecve)"
+                .into(),
+        );
+    }
+    if out.handled != 0 {
+        out.unexpressible.push(
+            "mounts: a process under Landlock cannot change mounts, so unshare -m, bind mounts and container tools that mount fail with EPERM"
+                .into(),
+        );
+    }
     out.not_enforced.sort();
     out.not_enforced.dedup();
     out.unexpressible.extend(out.not_enforced.iter().cloned());

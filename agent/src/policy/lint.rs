@@ -95,6 +95,25 @@ pub fn lint(set: &CompiledPolicySet) -> Vec<Warning> {
                 "exec denies some programs but allows the rest: a copy (cp /usr/bin/nc /tmp/x) escapes a denylist; prefer exec.default: deny with an allowlist".into(),
             );
         }
+        let exec_bit = right::bit(right::EXEC);
+        let exec_rules = |wanted: u8| {
+            agent
+                .file_rules
+                .iter()
+                .filter(move |r| r.rights & exec_bit != 0 && r.decision == wanted)
+        };
+        for deny in exec_rules(decision::DENY) {
+            let inside = exec_rules(decision::ALLOW).find(|allow| {
+                allow.path != deny.path
+                    && (allow.path == "/" || deny.path.starts_with(&format!("{}/", allow.path)))
+            });
+            if let Some(allow) = inside {
+                warn(format!(
+                    "exec denies {} inside the allowed {}: a per-tool deny inside an allowed tree is weak, since another program in the tree can do the same work (busybox's applets, an interpreter, ld.so running a copy); leave the tree out of exec.allow and allow the tools the agent needs",
+                    deny.path, allow.path
+                ));
+            }
+        }
         if agent.allow_privilege_escalation {
             warn(
                 "process.allowPrivilegeEscalation is true: baton exec leaves no_new_privs off, so an agent running as an ordinary user can become root through any setuid binary on the host".into(),
@@ -110,6 +129,40 @@ mod tests {
 
     use super::*;
     use crate::policy::{compile, load::parse_str};
+
+    #[test]
+    fn warns_about_a_tool_denied_inside_an_allowed_tree() {
+        let text = "apiVersion: baton.dev/v1alpha1
+kind: AgentPolicy
+metadata:
+  name: p
+spec:
+  selector:
+    agent: a
+  exec:
+    default: deny
+    allow: [/usr]
+    deny: [/usr/bin/id]
+";
+        let set = compile(&parse_str(Path::new("p.yaml"), text).unwrap(), 1).unwrap();
+        let warnings = lint(&set);
+        assert!(
+            warnings.iter().any(|w| w
+                .message
+                .contains("exec denies /usr/bin/id inside the allowed /usr")),
+            "{warnings:?}"
+        );
+        // A deny beside the allowed tree is what allowlists are for.
+        let text = text.replace("deny: [/usr/bin/id]", "deny: [/opt/tool]");
+        let set = compile(&parse_str(Path::new("p.yaml"), &text).unwrap(), 1).unwrap();
+        assert!(
+            !lint(&set)
+                .iter()
+                .any(|w| w.message.contains("per-tool deny")),
+            "{:?}",
+            lint(&set)
+        );
+    }
 
     #[test]
     fn warns_about_a_locked_out_loader_and_denylists() {
