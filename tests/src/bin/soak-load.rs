@@ -1,8 +1,11 @@
 //! The load generators of `cargo xtask soak`: each runs until killed.
 //!
 //! Usage:
-//!   soak-load probe ALLOWED DENIED INTERVAL_MS   connect to both in a loop; one JSON
-//!                                               line per round: {"t_ms", "allowed", "denied"}
+//!   soak-load probe ALLOWED DENIED INTERVAL_MS [ALLOWED_FILE DENIED_FILE]
+//!                                               connect to both (and open both files for
+//!                                               reading) in a loop; one JSON line per round:
+//!                                               {"t_ms", "allowed", "denied"[, "open_allowed",
+//!                                               "open_denied"]}
 //!   soak-load flood ADDR                        denied connects as fast as they come
 //!   soak-load hold-control SOCKET N             hold N idle connections to SOCKET,
 //!                                               reopening those the server closes
@@ -23,7 +26,7 @@ use std::{
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: soak-load probe ALLOWED DENIED INTERVAL_MS | flood ADDR | hold-control SOCKET N | big-line SOCKET BYTES | dns ADDR TRIES"
+        "usage: soak-load probe ALLOWED DENIED INTERVAL_MS [ALLOWED_FILE DENIED_FILE] | flood ADDR | hold-control SOCKET N | big-line SOCKET BYTES | dns ADDR TRIES"
     );
     ExitCode::from(2)
 }
@@ -37,21 +40,38 @@ fn connect_once(addr: SocketAddr) -> String {
     }
 }
 
+/// One open for reading, as `ok` or `errno=N`.
+fn open_once(path: &str) -> String {
+    match std::fs::File::open(path) {
+        Ok(_) => "ok".to_string(),
+        Err(error) => format!("errno={}", error.raw_os_error().unwrap_or(-1)),
+    }
+}
+
 fn now_ms() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis())
 }
 
-fn probe(allowed: SocketAddr, denied: SocketAddr, interval: Duration) -> ExitCode {
+fn probe(
+    allowed: SocketAddr,
+    denied: SocketAddr,
+    interval: Duration,
+    files: Option<(&str, &str)>,
+) -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     loop {
         let t_ms = now_ms();
-        let line = serde_json::json!({
+        let mut line = serde_json::json!({
             "t_ms": t_ms as u64,
             "allowed": connect_once(allowed),
             "denied": connect_once(denied),
         });
+        if let Some((allowed_file, denied_file)) = files {
+            line["open_allowed"] = open_once(allowed_file).into();
+            line["open_denied"] = open_once(denied_file).into();
+        }
         // The reader went away: the soak is over.
         if writeln!(stdout, "{line}")
             .and_then(|()| stdout.flush())
@@ -141,9 +161,16 @@ fn main() -> ExitCode {
     let addr = |s: &str| s.parse::<SocketAddr>().ok();
     let number = |s: &str| s.parse::<usize>().ok();
     match args.as_slice() {
-        ["probe", allowed, denied, interval] => {
+        ["probe", allowed, denied, interval, files @ ..] => {
+            let files = match files {
+                [] => None,
+                [allowed_file, denied_file] => Some((*allowed_file, *denied_file)),
+                _ => return usage(),
+            };
             match (addr(allowed), addr(denied), number(interval)) {
-                (Some(a), Some(d), Some(ms)) => probe(a, d, Duration::from_millis(ms as u64)),
+                (Some(a), Some(d), Some(ms)) => {
+                    probe(a, d, Duration::from_millis(ms as u64), files)
+                }
                 _ => usage(),
             }
         }
