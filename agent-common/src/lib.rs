@@ -7,7 +7,7 @@
 //! build instead of silently desynchronising the kernel and the daemon.
 //!
 //! Enable the `user` feature in userspace to get `aya::Pod` implementations.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 #![deny(missing_docs)]
 
 pub mod backstop;
@@ -17,6 +17,7 @@ pub mod event;
 pub mod files;
 pub mod identity;
 pub mod offsets;
+pub mod programs;
 pub mod verdict;
 
 /// Names of the BPF maps, shared so both sides spell them the same way.
@@ -65,6 +66,31 @@ pub mod map_names {
     pub const DAEMON_TGID: &str = "DAEMON_TGID";
     /// Thread id → a detection waiting for its syscall's result (LRU).
     pub const DETECT_PENDING: &str = "DETECT_PENDING";
+    /// Every map the daemon opens by name, for the check that the compiled
+    /// object has each of them.
+    pub const ALL: [&str; 21] = [
+        AGENT_OF_TGID,
+        AGENT_MARKS,
+        AGENT_POLICIES,
+        ACTIVE_GENERATION,
+        EGRESS_RULES,
+        EGRESS_PORT_TABLES,
+        FILE_RULES,
+        FILE_OBJECTS,
+        INODE_MARKS,
+        SELECTED_CGROUPS,
+        SELECTED_EXECUTABLES,
+        LEARNED_ADDRS,
+        DNS_PROXY_PORTS,
+        DNS_ORIGINAL,
+        AGENT_STATE,
+        AGENT_COUNTERS,
+        DENIED_DESTINATIONS,
+        EVENTS,
+        EVENT_DROPS,
+        DAEMON_TGID,
+        DETECT_PENDING,
+    ];
 }
 
 /// Implements `aya::Pod` for shared types when the `user` feature is on.

@@ -318,48 +318,14 @@ fn read_body<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
-fn hook_name(hook: u16) -> &'static str {
-    match hook {
-        hook::CONNECT4 => "connect4",
-        hook::CONNECT6 => "connect6",
-        hook::SENDMSG4 => "sendmsg4",
-        hook::SENDMSG6 => "sendmsg6",
-        hook::SOCK_CREATE => "sock_create",
-        hook::SKB_EGRESS => "skb_egress",
-        hook::SETSOCKOPT => "setsockopt",
-        hook::EXEC_ADMIT => "sched_process_exec",
-        hook::FILE_OPEN => "file_open",
-        hook::BPRM_CHECK => "bprm_check_security",
-        hook::MMAP_FILE => "mmap_file",
-        hook::PATH_MKNOD => "path_mknod",
-        hook::PATH_MKDIR => "path_mkdir",
-        hook::PATH_SYMLINK => "path_symlink",
-        hook::PATH_LINK => "path_link",
-        hook::PATH_UNLINK => "path_unlink",
-        hook::PATH_RMDIR => "path_rmdir",
-        hook::PATH_RENAME => "path_rename",
-        hook::PATH_TRUNCATE => "path_truncate",
-        hook::PATH_CHMOD => "path_chmod",
-        hook::SOCKET_CREATE => "socket_create",
-        hook::USERNS_CREATE => "userns_create",
-        hook::SB_MOUNT => "sb_mount",
-        hook::SB_KERN_MOUNT => "sb_kern_mount",
-        hook::MOVE_MOUNT => "move_mount",
-        hook::PATH_CHROOT => "path_chroot",
-        hook::SB_PIVOTROOT => "sb_pivotroot",
-        hook::FILE_TRUNCATE => "file_truncate",
-        hook::PATH_CHOWN => "path_chown",
-        hook::FILE_MPROTECT => "file_mprotect",
-        hook::INODE_SETXATTR => "inode_setxattr",
-        hook::INODE_REMOVEXATTR => "inode_removexattr",
-        hook::FILE_RECEIVE => "file_receive",
-        hook::BPF => "bpf",
-        hook::PTRACE_ACCESS_CHECK => "ptrace_access_check",
-        hook::TASK_KILL => "task_kill",
-        hook::TASK_SETRLIMIT => "task_setrlimit",
-        hook::KERNEL_READ_FILE => "kernel_read_file",
-        hook::KERNEL_LOAD_DATA => "kernel_load_data",
-        hook::PERF_EVENT_OPEN => "perf_event_open",
+/// The name records give hook id `id`: the program's, for hooks a
+/// program writes under its own name ([`agent_common::programs`]), else
+/// the daemon's fallbacks'.
+fn hook_name(id: u16) -> &'static str {
+    if let Some(name) = agent_common::programs::hook_name(id) {
+        return name;
+    }
+    match id {
         hook::FANOTIFY_OPEN => "fanotify_open_perm",
         hook::FANOTIFY_OPEN_EXEC => "fanotify_open_exec_perm",
         hook::DETECT_OPEN => "detect_open",

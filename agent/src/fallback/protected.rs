@@ -25,16 +25,9 @@ pub const PROTECTED_RIGHTS: u32 = right::bit(right::WRITE)
     | right::bit(right::RENAME);
 
 /// The self-protection hooks among the loader's LSM hooks.
-pub const PROTECT_HOOKS: [&str; 8] = [
-    "bpf",
-    "ptrace_access_check",
-    "task_kill",
-    "file_send_sigiotask",
-    "task_setrlimit",
-    "kernel_read_file",
-    "kernel_load_data",
-    "perf_event_open",
-];
+pub fn protect_hooks() -> impl Iterator<Item = &'static str> {
+    agent_common::programs::with_role(agent_common::programs::Role::SelfProtection).map(|p| p.name)
+}
 
 /// File systems whose mounts hold Baton's kernel state.
 const KERNEL_FS_TYPES: [&str; 3] = ["bpf", "cgroup", "cgroup2"];
@@ -133,9 +126,7 @@ pub fn held_by_bpf_lsm(lsm_hooks: &[(&str, ControlState)]) -> bool {
 
 /// The self-protection hooks `lsm_hooks` does not have attached.
 fn missing_hooks(lsm_hooks: &[(&str, ControlState)]) -> Vec<&'static str> {
-    PROTECT_HOOKS
-        .iter()
-        .copied()
+    protect_hooks()
         .filter(|hook| {
             !lsm_hooks
                 .iter()
@@ -160,7 +151,7 @@ pub fn self_protection(
     if missing.is_empty() {
         return "BPF LSM: bpf(), perf_event_open(), module and kexec loads, ptrace outside the agent, and signals, prlimit and ptrace to the daemon are denied (even to root) and recorded; file rules deny changes to bpffs, cgroup files and Baton's files".to_string();
     }
-    let gap = if missing.len() == PROTECT_HOOKS.len() {
+    let gap = if missing.len() == protect_hooks().count() {
         "BPF LSM is not available".to_string()
     } else {
         format!("BPF LSM lacks {}", missing.join(", "))
@@ -247,9 +238,8 @@ mod tests {
 
     #[test]
     fn describes_each_case() {
-        let all: Vec<(&str, ControlState)> = PROTECT_HOOKS
-            .iter()
-            .map(|h| (*h, ControlState::Enforced))
+        let all: Vec<(&str, ControlState)> = protect_hooks()
+            .map(|h| (h, ControlState::Enforced))
             .collect();
         let line = self_protection(&all, admission::CGROUP, Some(7));
         assert!(line.starts_with("BPF LSM: bpf()"), "{line}");

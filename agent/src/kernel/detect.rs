@@ -17,11 +17,10 @@ use super::{
 };
 
 /// Each detection program and the tracepoint it attaches to.
-pub const PROGRAMS: [(&str, &str); 3] = [
-    ("detect_sys_enter", "sys_enter"),
-    ("detect_sys_exit", "sys_exit"),
-    ("detect_exec", "sched_process_exec"),
-];
+pub fn programs() -> impl Iterator<Item = (&'static str, &'static str)> {
+    agent_common::programs::with_role(agent_common::programs::Role::Detection)
+        .map(|p| (p.name, p.target))
+}
 
 /// The offsets the detection programs need, from this kernel's BTF.
 ///
@@ -68,9 +67,8 @@ pub fn attach(
     btf: &aya::Btf,
     pins: Option<&PinDir>,
 ) -> Vec<(&'static str, ControlState)> {
-    PROGRAMS
-        .iter()
-        .map(|&(program, tracepoint)| {
+    programs()
+        .map(|(program, tracepoint)| {
             let state = match attach_one(ebpf, program, tracepoint, btf, pins) {
                 Ok(()) => ControlState::Enforced,
                 Err(error) => ControlState::Unavailable(innermost(&error)),

@@ -5,6 +5,7 @@ use std::{fs::File, path::PathBuf};
 use agent_common::{
     identity::EVENTS_PER_SECOND_GLOBAL,
     offsets::{KERNEL_OFFSETS_GLOBAL, KernelOffsets},
+    programs::{self, Program, Role},
 };
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
@@ -84,16 +85,14 @@ pub enum KernelError {
 }
 
 /// The egress programs; each attaches to the hook of the same name.
-pub const EGRESS_PROGRAMS: [&str; 8] = [
-    "connect4",
-    "connect6",
-    "sendmsg4",
-    "sendmsg6",
-    "recvmsg4",
-    "recvmsg6",
-    "getpeername4",
-    "getpeername6",
-];
+pub fn egress_programs() -> impl Iterator<Item = &'static str> {
+    programs::with_role(Role::Egress).map(|p| p.name)
+}
+
+/// Whether `program` is one of the egress programs.
+pub fn is_egress_program(program: &str) -> bool {
+    egress_programs().any(|p| p == program)
+}
 
 /// Whether a control is in force, and if not, why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,63 +129,26 @@ pub struct Enforcer {
     pub detection: Vec<(&'static str, ControlState)>,
 }
 
-/// File and exec LSM hooks beyond `file_open`, with the numbers of context
-/// arguments their programs may find (the hook's parameters plus the
-/// previous verdict). A kernel whose hook signature is none of these does
-/// not get the program. Where a signature changed between kernels, the
-/// program reads no argument whose position moved.
-const FILE_HOOKS: [(&str, &[usize]); 31] = [
-    ("bprm_check_security", &[2]),
-    ("mmap_file", &[5]),
-    ("path_mknod", &[5]),
-    ("path_mkdir", &[4]),
-    ("path_symlink", &[4]),
-    ("path_link", &[4]),
-    ("path_unlink", &[3]),
-    ("path_rmdir", &[3]),
-    ("path_rename", &[6]),
-    ("path_truncate", &[2]),
-    ("path_chmod", &[3]),
-    ("path_chown", &[4]),
-    // 6.2+; older kernels truncate through path_truncate.
-    ("file_truncate", &[2]),
-    ("file_mprotect", &[4]),
-    ("file_receive", &[2]),
-    // The first parameter changed type (user namespace, then idmap) but
-    // not position.
-    ("inode_setxattr", &[7]),
-    ("inode_removexattr", &[4]),
-    // 6.15 added `bool kernel`.
-    ("bpf", &[4, 5]),
-    ("ptrace_access_check", &[3]),
-    ("task_kill", &[5]),
-    ("file_send_sigiotask", &[4]),
-    ("task_setrlimit", &[4]),
-    ("kernel_read_file", &[4]),
-    ("kernel_load_data", &[3]),
-    // Newer kernels (6.12 has it) dropped the `struct perf_event_attr *`.
-    ("perf_event_open", &[3, 2]),
-    // Namespace and mount operations (`process.namespaces`); a kernel
-    // without one of these hooks (userns_create is 6.1+) skips it, and the
-    // daemon and `baton probe` say so.
-    ("userns_create", &[2]),
-    ("sb_mount", &[6]),
-    ("sb_kern_mount", &[2]),
-    ("move_mount", &[3]),
-    ("path_chroot", &[2]),
-    ("sb_pivotroot", &[3]),
-];
+/// File and exec LSM hooks beyond `file_open`, self-protection and the
+/// namespace and mount hooks, with the numbers of context arguments their
+/// programs may find ([`Program::lsm_args`]). A kernel whose hook
+/// signature is none of these does not get the program. Where a signature
+/// changed between kernels, the program reads no argument whose position
+/// moved.
+fn file_hooks() -> impl Iterator<Item = &'static Program> {
+    programs::PROGRAMS.iter().filter(|p| {
+        matches!(
+            p.role,
+            Role::Files | Role::SelfProtection | Role::Namespaces
+        )
+    })
+}
 
-/// The namespace and mount hooks among [`FILE_HOOKS`]: without all of them
-/// an agent may reach a denied file through another mount or root.
-pub const NAMESPACE_HOOKS: [&str; 6] = [
-    "userns_create",
-    "sb_mount",
-    "sb_kern_mount",
-    "move_mount",
-    "path_chroot",
-    "sb_pivotroot",
-];
+/// The namespace and mount hooks: without all of them an agent may reach
+/// a denied file through another mount or root.
+pub fn namespace_hooks() -> impl Iterator<Item = &'static str> {
+    programs::with_role(Role::Namespaces).map(|p| p.name)
+}
 
 fn program_error(
     program: &'static str,
@@ -235,11 +197,7 @@ impl Enforcer {
         let mut ebpf = loader.load(EBPF_OBJECT)?;
         pins.hold_maps(&pinned)?;
 
-        for tracepoint in [
-            "sched_process_fork",
-            "sched_process_exec",
-            "sched_process_exit",
-        ] {
+        for tracepoint in programs::with_role(Role::Identity).map(|p| p.name) {
             let program: &mut BtfTracePoint = ebpf
                 .program_mut(tracepoint)
                 .ok_or(KernelError::MissingProgram(tracepoint))?
@@ -262,7 +220,7 @@ impl Enforcer {
             path: cgroup_root.clone(),
             source,
         })?;
-        for name in EGRESS_PROGRAMS {
+        for name in egress_programs() {
             let program: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
                 .ok_or(KernelError::MissingProgram(name))?
@@ -319,7 +277,13 @@ impl Enforcer {
             Ok(()) => {
                 // The file_open program loading proves BPF LSM works here;
                 // each further hook still reports on its own.
-                for (hook, parameters) in FILE_HOOKS {
+                for Program {
+                    target: hook,
+                    lsm_args: parameters,
+                    ..
+                } in file_hooks()
+                {
+                    let hook = *hook;
                     let state = match btf.parameter_count(&format!("bpf_lsm_{hook}")) {
                         Ok(found) if !parameters.contains(&(found + 1)) => {
                             let expected: Vec<String> =
@@ -347,9 +311,8 @@ impl Enforcer {
             (ControlState::Enforced, _) => Vec::new(),
             _ if !detection => Vec::new(),
             (_, Ok(_)) => super::detect::attach(&mut ebpf, &aya_btf, Some(pins)),
-            (_, Err(reason)) => super::detect::PROGRAMS
-                .iter()
-                .map(|(program, _)| (*program, ControlState::Unavailable(reason.clone())))
+            (_, Err(reason)) => super::detect::programs()
+                .map(|(program, _)| (program, ControlState::Unavailable(reason.clone())))
                 .collect(),
         };
         // Families other than inet and inet6 (packet, vsock, ...) never
@@ -491,4 +454,48 @@ pub fn load_lsm(
         pins.pin_link(program_name, FdLink::from(link))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn object() -> aya_obj::Object {
+        aya_obj::Object::parse(super::super::EBPF_OBJECT).expect("the built eBPF object parses")
+    }
+
+    #[test]
+    fn the_program_table_and_the_object_name_the_same_programs() {
+        let object = object();
+        let in_object: BTreeSet<&str> = object.programs.keys().map(String::as_str).collect();
+        let in_table: BTreeSet<&str> = programs::PROGRAMS.iter().map(|p| p.name).collect();
+        let missing: Vec<_> = in_object.difference(&in_table).collect();
+        let extra: Vec<_> = in_table.difference(&in_object).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "programs in the object but not in agent_common::programs::PROGRAMS: {missing:?}; \
+             in the table but not in the object: {extra:?}"
+        );
+    }
+
+    #[test]
+    fn every_map_the_daemon_names_is_in_the_object() {
+        let object = object();
+        for name in agent_common::map_names::ALL {
+            assert!(
+                object.maps.contains_key(name),
+                "map {name} (agent_common::map_names) is not in the eBPF object"
+            );
+        }
+    }
+
+    #[test]
+    fn lsm_programs_say_which_signatures_they_accept() {
+        for program in file_hooks() {
+            assert_eq!(program.attach, programs::Attach::Lsm, "{}", program.name);
+            assert!(!program.lsm_args.is_empty(), "{}", program.name);
+        }
+    }
 }

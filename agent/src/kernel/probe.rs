@@ -121,7 +121,12 @@ fn check(name: &'static str, ok: bool, detail: impl Into<String>) -> Check {
 
 /// Loads and attaches the pass-through LSM program, then drops it.
 pub fn try_bpf_lsm() -> Result<(), String> {
-    try_lsm_program("probe_lsm", "file_open")
+    agent_common::programs::with_role(agent_common::programs::Role::Probe)
+        .next()
+        .map_or_else(
+            || Err("this build has no BPF LSM probe program".into()),
+            |probe| try_lsm_program(probe.name, probe.target),
+        )
 }
 
 /// Loads and attaches Baton's own `socket_create` program (with empty maps
@@ -170,8 +175,7 @@ pub fn try_detection() -> Result<Vec<String>, String> {
         })
         .collect();
     if failed.is_empty() {
-        Ok(super::detect::PROGRAMS
-            .iter()
+        Ok(super::detect::programs()
             .map(|(program, tracepoint)| format!("{program} on tp_btf/{tracepoint}"))
             .collect())
     } else {
@@ -543,9 +547,7 @@ fn state_word(state: State) -> &'static str {
 /// mounts, `chroot` and `pivot_root` (`process.namespaces`).
 fn namespace_control(btf: Option<&Btf>, bpf_lsm_loadable: bool) -> Control {
     const NAME: &str = "namespace and mount operations";
-    let missing: Vec<&str> = super::loader::NAMESPACE_HOOKS
-        .iter()
-        .copied()
+    let missing: Vec<&str> = super::loader::namespace_hooks()
         .filter(|hook| !btf.is_some_and(|b| b.has_function(&format!("bpf_lsm_{hook}"))))
         .collect();
     if !bpf_lsm_loadable {
@@ -686,11 +688,7 @@ pub fn probe_pins(report: &mut ProbeReport, pin_dir: &Path) {
     ));
     let egress_off: Vec<&String> = detached
         .iter()
-        .filter(|d| {
-            super::loader::EGRESS_PROGRAMS
-                .iter()
-                .any(|p| d.starts_with(&format!("{p} ")))
-        })
+        .filter(|d| super::loader::egress_programs().any(|p| d.starts_with(&format!("{p} "))))
         .collect();
     if !egress_off.is_empty()
         && let Some(control) = report

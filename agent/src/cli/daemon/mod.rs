@@ -502,9 +502,7 @@ impl State {
         let detached = self.detached_programs();
         let egress_off: Vec<String> = detached
             .iter()
-            .filter(|(program, _)| {
-                crate::kernel::loader::EGRESS_PROGRAMS.contains(&program.as_str())
-            })
+            .filter(|(program, _)| crate::kernel::loader::is_egress_program(program))
             .map(|(program, why)| format!("{program}: {why}"))
             .collect();
         let egress = if egress_off.is_empty() {
