@@ -62,6 +62,7 @@ pub fn fill_header(
     header.size = size as u32;
     // SAFETY: helpers without memory arguments.
     header.time_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    // SAFETY: as above.
     header.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     header.agent_id = agent.agent_id;
     header.pid = pid_tgid as u32;

@@ -385,9 +385,9 @@ fn try_file_open(agent: AgentRecord, file: *const u8) -> Verdict {
     } else {
         // A direct load, not a probe read: `file` is the hook's BTF-typed
         // argument.
+        let at = crate::offset!(file_f_mode) as usize;
         // SAFETY: the offset of `f_mode` in this kernel's `struct file`,
         // from BTF.
-        let at = crate::offset!(file_f_mode) as usize;
         open_rights(unsafe { core::ptr::read_volatile(file.add(at) as *const u32) })
     };
     if rights == 0 {

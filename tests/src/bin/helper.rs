@@ -53,6 +53,11 @@
 //!
 //! Prints `ok` or `errno=N` and exits 0; bad usage exits 2.
 
+#![allow(
+    clippy::undocumented_unsafe_blocks,
+    reason = "a test helper: each command makes the raw system call its usage line names, on arguments it just built"
+)]
+
 use std::{
     fs::OpenOptions,
     net::{SocketAddr, TcpStream, UdpSocket},
