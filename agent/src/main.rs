@@ -1,7 +1,7 @@
 //! The `baton` command.
 
 use baton::cli::{Cli, Command, breaker, daemon, exec, policy, probe, status};
-use baton::cli::{audit, events, uninstall};
+use baton::cli::{audit, events, uninstall, why};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -27,6 +27,7 @@ fn main() -> std::process::ExitCode {
         Command::Audit(command) => audit::run(command),
         Command::Events(args) => events::run(args),
         Command::Uninstall(args) => uninstall::run(args),
+        Command::Why(args) => why::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

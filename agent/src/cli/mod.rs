@@ -13,6 +13,7 @@ pub mod policy;
 pub mod probe;
 pub mod status;
 pub mod uninstall;
+pub mod why;
 
 /// Baton: kernel-enforced egress, file and exec policy for AI agents.
 ///
@@ -46,6 +47,10 @@ pub enum Command {
     /// Inspect and operate the circuit breakers of a running daemon.
     #[command(subcommand)]
     Breaker(BreakerCommand),
+    /// Why was that refused? Run inside an agent (no root needed), print
+    /// that agent's recent denials with the rule that decided each; an
+    /// agent sees only its own. Outside every agent, root may name one.
+    Why(WhyArgs),
     /// Work with the audit trail: verify it, print the signing key or the
     /// live chain head.
     #[command(subcommand)]
@@ -313,6 +318,26 @@ pub enum BreakerCommand {
         #[arg(long, env = "BATON_SOCKET", default_value = crate::config::DEFAULT_CONTROL_SOCKET)]
         control_socket: PathBuf,
     },
+}
+
+/// `baton why`.
+#[derive(Debug, clap::Args)]
+pub struct WhyArgs {
+    /// The agent, for root outside every agent; inside an agent, its own
+    /// (the default).
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// How many of the most recent denials (1 to 200), from the records
+    /// the daemon still holds in memory (its last 1,024 on the host).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=200))]
+    pub recent: u16,
+    /// Print each record as JSON, one per line, exactly as in the audit
+    /// trail.
+    #[arg(long)]
+    pub json: bool,
+    /// Control socket of the daemon.
+    #[arg(long, env = "BATON_SOCKET", default_value = crate::config::DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
 }
 
 /// `baton status`.

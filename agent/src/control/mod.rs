@@ -36,7 +36,20 @@ pub enum Request {
         /// `quarantine`, `freeze` or `kill`.
         action: crate::breaker::Action,
     },
+    /// An agent's recent denials. From inside an agent, that agent's own
+    /// only; from outside, root only, naming the agent.
+    Why {
+        /// The agent; inside an agent, absent or its own name.
+        #[serde(default)]
+        agent: Option<String>,
+        /// How many of the most recent denials (at most [`WHY_MAX`]).
+        #[serde(default)]
+        recent: usize,
+    },
 }
+
+/// The most denials one `why` request returns.
+pub const WHY_MAX: usize = 200;
 
 /// A reply.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -72,6 +85,14 @@ pub enum Reply {
     Status {
         /// The status document.
         report: serde_json::Value,
+    },
+    /// An agent's recent denials, oldest first, as written to the audit
+    /// trail.
+    Denials {
+        /// The agent.
+        agent: String,
+        /// The records.
+        records: Vec<serde_json::Value>,
     },
     /// Breaker states, one JSON object per agent.
     Breakers {

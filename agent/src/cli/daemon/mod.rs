@@ -673,7 +673,11 @@ impl Handler for Daemon {
     }
 
     fn handle(&self, caller: Caller, request: Request) -> Reply {
-        if !matches!(request, Request::Admit { .. } | Request::Status) && !caller.is_operator() {
+        if !matches!(
+            request,
+            Request::Admit { .. } | Request::Status | Request::Why { .. }
+        ) && !caller.is_operator()
+        {
             return self.refuse(caller, &request);
         }
         match request {
@@ -696,11 +700,64 @@ impl Handler for Daemon {
             }
             Request::BreakerReset { agent } => self.breaker_command(&agent, None),
             Request::BreakerTrip { agent, action } => self.breaker_command(&agent, Some(action)),
+            Request::Why { agent, recent } => self.why(caller, agent, recent),
         }
     }
 }
 
 impl Daemon {
+    /// `baton why`: the caller's own agent's recent denials (or, for an
+    /// operator outside every agent, the named agent's), from the records
+    /// the audit hub still holds.
+    fn why(&self, caller: Caller, asked: Option<String>, recent: usize) -> Reply {
+        let own = caller.agent.map(|id| {
+            let state = self.state.lock().expect("state lock poisoned");
+            state
+                .registry
+                .name_of(id)
+                .map_or_else(|| format!("#{id}"), |name| name.0.clone())
+        });
+        let agent = match (own, asked) {
+            (Some(own), Some(asked)) if asked != own => {
+                return Reply::Error {
+                    message: format!(
+                        "this process belongs to agent {own:?}: an agent sees only its own denials, not {asked:?}'s"
+                    ),
+                };
+            }
+            (Some(own), _) => own,
+            (None, _) if !caller.is_operator() => {
+                return Reply::Error {
+                    message: "run baton why inside an agent (it shows that agent's denials), or as root with --agent NAME".into(),
+                };
+            }
+            (None, Some(asked)) => asked,
+            (None, None) => {
+                return Reply::Error {
+                    message: "this process belongs to no agent; name one with --agent NAME".into(),
+                };
+            }
+        };
+        let wanted = match recent {
+            0 => 20,
+            n => n.min(crate::control::WHY_MAX),
+        };
+        let (past, _) = self.audit.hub().subscribe(usize::MAX);
+        let denials: Vec<serde_json::Value> = past
+            .iter()
+            .filter(|record| {
+                record.agent.as_deref() == Some(agent.as_str())
+                    && matches!(record.verdict, "denied" | "would-deny" | "detected")
+            })
+            .filter_map(|record| serde_json::from_str(&record.line).ok())
+            .collect();
+        let skip = denials.len().saturating_sub(wanted);
+        Reply::Denials {
+            agent,
+            records: denials.into_iter().skip(skip).collect(),
+        }
+    }
+
     /// Refuses an operator request to a caller that is not root, or that
     /// belongs to an agent (whatever its uid); the refusal of an agent is
     /// recorded, as it is an agent trying to change its own enforcement.
@@ -709,7 +766,7 @@ impl Daemon {
             Request::BreakerList => "breaker list",
             Request::BreakerReset { .. } => "breaker reset",
             Request::BreakerTrip { .. } => "breaker trip",
-            Request::Admit { .. } | Request::Status => "request",
+            Request::Admit { .. } | Request::Status | Request::Why { .. } => "request",
         };
         let Some(agent_id) = caller.agent else {
             return Reply::Error {
