@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod egress;
+pub mod explain;
 pub mod fallback;
 pub mod handover;
 pub mod identity;

@@ -94,6 +94,9 @@ pub struct CompiledAgent {
     /// Whether programs the agent runs may gain privileges on exec; when
     /// not, `baton exec` sets `no_new_privs`.
     pub allow_privilege_escalation: bool,
+    /// Whether denied processes get a line on their standard error;
+    /// `None` (unset in every policy): for `baton exec` processes only.
+    pub explain: Option<bool>,
     /// One of [`agent_common::verdict::mode`].
     pub mode: u8,
     /// Decision when no egress rule matches.
@@ -374,6 +377,8 @@ pub fn compile_protected(
         // Extra families: those every policy with an egress section allows.
         let mut extra_families: Option<u64> = None;
         let mut escalation: Option<bool> = None;
+        // Set by any policy that says; `none` in one of them wins.
+        let mut explain: Option<bool> = None;
         let mut cgroups = BTreeSet::new();
         let mut executables = BTreeSet::new();
         let mut egress_default: Option<(u8, u32)> = None;
@@ -498,6 +503,10 @@ pub fn compile_protected(
                     }
                 }
             }
+            if let Some(setting) = spec.explain {
+                let wanted = setting == crate::policy::spec::Explain::Stderr;
+                explain = Some(explain.unwrap_or(true) && wanted);
+            }
             if let Some(process) = &spec.process {
                 // Every policy that says anything must allow it.
                 escalation = Some(escalation.unwrap_or(true) && process.allow_privilege_escalation);
@@ -563,6 +572,7 @@ pub fn compile_protected(
             allow_icmp: any_egress && allow_icmp,
             families: agent_common::identity::DEFAULT_FAMILIES | extra_families.unwrap_or(0),
             allow_privilege_escalation: escalation.unwrap_or(false),
+            explain,
             policies: selecting
                 .iter()
                 .map(|p| p.document.metadata.name.0.clone())

@@ -107,6 +107,22 @@ pub struct PolicySpec {
     /// quarantine, freeze or kill it.
     #[serde(default)]
     pub breakers: Vec<BreakerSpec>,
+    /// How a denied process learns why: `stderr` writes one line to its
+    /// standard error (through its own open pipe, socket or terminal,
+    /// never a file); `none` says nothing. Unset: `stderr` for processes
+    /// `baton exec` started, `none` for the others.
+    #[serde(default)]
+    pub explain: Option<Explain>,
+}
+
+/// `spec.explain`.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Explain {
+    /// One line on the denied process's standard error, rate-limited.
+    Stderr,
+    /// Nothing.
+    None,
 }
 
 /// `spec.selector`: which processes are the agent. Any combination of the

@@ -129,6 +129,51 @@ impl State {
         if let Err(error) = self.sink.write(&mut record) {
             tracing::error!(%error, "audit record lost");
         }
+        if record.verdict == "denied" {
+            self.explain(&record);
+        }
+    }
+
+    /// Offers the denied process its `spec.explain` line.
+    fn explain(&self, record: &AuditRecord) {
+        let (Some(explainer), Some(agent), Some(process)) =
+            (&self.explainer, &record.agent, &record.process)
+        else {
+            return;
+        };
+        let Some((agent_id, setting, other_selectors)) = self.registry.id_of(agent).map(|id| {
+            let compiled = self
+                .policies
+                .agents
+                .iter()
+                .find(|(name, _)| name.0 == *agent)
+                .map(|(_, compiled)| compiled);
+            (
+                id,
+                compiled.and_then(|c| c.explain),
+                compiled.is_some_and(crate::fallback::fanotify::selected_outside_exec),
+            )
+        }) else {
+            return;
+        };
+        if setting == Some(false) {
+            return;
+        }
+        let Some(line) = serde_json::to_value(record)
+            .ok()
+            .and_then(|value| crate::explain::line_for(&value))
+        else {
+            return;
+        };
+        explainer.offer(crate::explain::Explanation {
+            agent_id,
+            pid: process.pid,
+            root_pid: process.agent_root_pid,
+            // Unset: `baton exec` processes only. An agent selected by name
+            // alone has no others.
+            exec_only: setting.is_none() && other_selectors,
+            line,
+        });
     }
 }
 

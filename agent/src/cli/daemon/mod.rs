@@ -208,6 +208,8 @@ struct State {
     /// Whether BPF LSM enforces file rules; if not, `baton exec` agents get
     /// a Landlock ruleset instead.
     files_enforced: bool,
+    /// Writes `spec.explain` lines to denied processes.
+    explainer: Option<crate::explain::Explainer>,
     /// Agents (and policy generations) whose Landlock gaps were logged.
     landlock_gaps_logged: BTreeSet<(String, u32)>,
     /// Every self-protection LSM hook is attached (see
@@ -1018,6 +1020,19 @@ async fn serve(
     // Before the first policy is written: which rights detection covers
     // depends on whether fanotify runs.
     let (fanotify, fanotify_events) = start_fanotify(&enforcer, &maps, &runtime, settings.fanotify);
+    // Denied processes of agents whose policy asks for it get a line on
+    // their standard error; without it, nothing else changes.
+    let explainer = match maps
+        .identity_handle()
+        .map_err(|e| e.to_string())
+        .and_then(|identity| crate::explain::Explainer::start(identity).map_err(|e| e.to_string()))
+    {
+        Ok(explainer) => Some(explainer),
+        Err(error) => {
+            tracing::warn!(%error, "denied processes will not be told why (spec.explain)");
+            None
+        }
+    };
     let detection = !enforcer.detection.is_empty()
         && enforcer
             .detection
@@ -1096,6 +1111,7 @@ async fn serve(
         host: host.clone(),
         files_enforced: enforcer.files == ControlState::Enforced,
         landlock_gaps_logged: BTreeSet::new(),
+        explainer,
         held_by_bpf_lsm: crate::fallback::protected::held_by_bpf_lsm(&enforcer.lsm_hooks),
         family_layers: crate::fallback::families::Layers::of_this_kernel(
             enforcer.socket_families == ControlState::Enforced,

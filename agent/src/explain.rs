@@ -1,0 +1,345 @@
+//! Telling a denied process why, on its own standard error (`spec.explain`).
+//!
+//! A model driving an agent sees `Permission denied` and cannot tell a
+//! policy from a fault; one line naming the policy and the rule lets it
+//! stop retrying and tell its user what to change.
+//!
+//! The daemon runs as root, so it never opens anything for the agent: a
+//! fresh open of `/proc/PID/fd/2` would reopen whatever file the agent put
+//! there with root's rights (an agent could aim it at `/etc/shadow`).
+//! Instead it takes a duplicate of the process's own descriptor 2 with
+//! `pidfd_getfd` (Linux 5.6), the very open file description the process
+//! writes to, and writes there only when that is a pipe, a socket or a
+//! terminal opened for writing, and only when the write cannot block.
+//! Regular files, devices other than terminals, read-only descriptors and
+//! full pipes get nothing. The pidfd pins the process, so a pid reused
+//! after an exit is never written to; a process that has exited gets
+//! nothing, and the line goes to its agent's first process (the command
+//! `baton exec` started, whose standard error the rest usually share)
+//! instead, under the same checks.
+//!
+//! The work happens on a thread of its own behind a bounded queue, at
+//! most [`PER_SECOND`] lines per agent per second: enforcement never
+//! waits for it, and a flood of denials costs the agent nothing but the
+//! lines it is not sent.
+
+use std::{
+    collections::HashMap,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+    time::{Duration, Instant},
+};
+
+use agent_common::identity::{AgentRecord, admission};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use thiserror::Error;
+
+/// Lines per agent per second, at most.
+pub const PER_SECOND: u32 = 5;
+/// Explanations waiting for the writer; more are dropped.
+const QUEUE: usize = 64;
+
+/// Errors starting the explainer.
+#[derive(Debug, Error)]
+pub enum ExplainError {
+    /// The identity map could not be opened.
+    #[error("cannot read the agent identity map: {0}")]
+    Map(#[from] aya::maps::MapError),
+    /// The writer thread could not start.
+    #[error("cannot start the explanation writer: {0}")]
+    Thread(std::io::Error),
+}
+
+/// One line for one denied process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Explanation {
+    /// The agent the process belongs to.
+    pub agent_id: u32,
+    /// The denied process (tgid).
+    pub pid: u32,
+    /// Its agent's first process, tried when `pid` has exited.
+    pub root_pid: u32,
+    /// Only for processes `baton exec` started, and their children (the
+    /// policy left `explain` unset and the agent is also selected by
+    /// cgroup, unit or executable).
+    pub exec_only: bool,
+    /// The line, without its newline.
+    pub line: String,
+}
+
+/// Handle on the writer thread.
+#[derive(Debug)]
+pub struct Explainer {
+    queue: SyncSender<Explanation>,
+}
+
+impl Explainer {
+    /// Starts the writer. `identity` is the kernel's `tgid → agent` map,
+    /// read to check that a process still belongs to the agent.
+    pub fn start(identity: MapData) -> Result<Self, ExplainError> {
+        let identity: BpfHashMap<MapData, u32, AgentRecord> =
+            BpfHashMap::try_from(Map::HashMap(identity))?;
+        let (queue, received) = sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("baton-explain".into())
+            .spawn(move || write_all(&received, &identity))
+            .map_err(ExplainError::Thread)?;
+        Ok(Self { queue })
+    }
+
+    /// Queues `explanation`; `false` when the queue was full (the line is
+    /// dropped, nothing waits).
+    pub fn offer(&self, explanation: Explanation) -> bool {
+        match self.queue.try_send(explanation) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+        }
+    }
+}
+
+/// What happened to one attempt.
+#[derive(Debug, PartialEq, Eq)]
+enum Delivery {
+    /// Written.
+    Written,
+    /// The process is gone or no longer the agent's: try another.
+    Gone,
+    /// Not written, on purpose (not a pipe, socket or terminal; read-only;
+    /// full; the policy says no).
+    Skipped,
+}
+
+fn write_all(received: &Receiver<Explanation>, identity: &BpfHashMap<MapData, u32, AgentRecord>) {
+    let mut budgets: HashMap<u32, (Instant, u32)> = HashMap::new();
+    for explanation in received {
+        let now = Instant::now();
+        let (since, used) = budgets.entry(explanation.agent_id).or_insert((now, 0));
+        if now.duration_since(*since) >= Duration::from_secs(1) {
+            *since = now;
+            *used = 0;
+        }
+        if *used >= PER_SECOND {
+            continue;
+        }
+        let mut targets = vec![explanation.pid];
+        if explanation.root_pid != explanation.pid && explanation.root_pid != 0 {
+            targets.push(explanation.root_pid);
+        }
+        for pid in targets {
+            let delivery = deliver(pid, &explanation, identity);
+            tracing::debug!(
+                pid,
+                agent_id = explanation.agent_id,
+                ?delivery,
+                "explanation"
+            );
+            match delivery {
+                Delivery::Written => {
+                    *used += 1;
+                    break;
+                }
+                Delivery::Skipped => break,
+                Delivery::Gone => {}
+            }
+        }
+    }
+}
+
+fn deliver(
+    pid: u32,
+    explanation: &Explanation,
+    identity: &BpfHashMap<MapData, u32, AgentRecord>,
+) -> Delivery {
+    // SAFETY: plain system call; a new descriptor on success.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    if pidfd < 0 {
+        return Delivery::Gone;
+    }
+    // SAFETY: a descriptor the kernel just returned, owned by no one else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    // The pidfd holds the pid: the process found now is the one written to.
+    match identity.get(&pid, 0) {
+        Ok(record) if record.agent_id == explanation.agent_id => {
+            // A child inherits its admission as `FORK`: its agent's first
+            // process says how the tree began.
+            let started_by_exec = record.admission == admission::EXEC
+                || identity
+                    .get(&record.root_tgid, 0)
+                    .is_ok_and(|root| root.admission == admission::EXEC);
+            if explanation.exec_only && !started_by_exec {
+                return Delivery::Skipped;
+            }
+        }
+        _ => return Delivery::Gone,
+    }
+    // SAFETY: plain system call on a descriptor we own; a new descriptor
+    // on success.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), 2, 0) };
+    if fd < 0 {
+        return Delivery::Gone;
+    }
+    // SAFETY: as above.
+    let stderr = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    write_line(&stderr, &explanation.line)
+}
+
+/// Writes `line` to `fd` if it is a pipe, socket or terminal open for
+/// writing with room for it now.
+fn write_line(fd: &OwnedFd, line: &str) -> Delivery {
+    let raw = fd.as_raw_fd();
+    let Ok(stat) = nix::sys::stat::fstat(fd) else {
+        return Delivery::Skipped;
+    };
+    let kind = stat.st_mode & libc::S_IFMT;
+    let socket = kind == libc::S_IFSOCK;
+    // SAFETY: plain call on a descriptor we own.
+    let terminal = kind == libc::S_IFCHR && unsafe { libc::isatty(raw) } == 1;
+    if !(kind == libc::S_IFIFO || socket || terminal) {
+        return Delivery::Skipped;
+    }
+    // SAFETY: plain call on a descriptor we own; reads the flags only.
+    let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+    if flags < 0 || flags & libc::O_ACCMODE == libc::O_RDONLY {
+        return Delivery::Skipped;
+    }
+    let mut poll = libc::pollfd {
+        fd: raw,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    let ready = unsafe { libc::poll(&raw mut poll, 1, 0) };
+    if ready != 1 || poll.revents & libc::POLLOUT == 0 {
+        return Delivery::Skipped;
+    }
+    let text = format!("{line}\n");
+    let written = if socket {
+        // SAFETY: the buffer is valid for its length.
+        unsafe {
+            libc::send(
+                raw,
+                text.as_ptr().cast(),
+                text.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        }
+    } else {
+        // A pipe with room takes a line this short (under PIPE_BUF) at
+        // once; the open file's flags are the agent's and stay untouched.
+        // SAFETY: the buffer is valid for its length.
+        unsafe { libc::write(raw, text.as_ptr().cast(), text.len()) }
+    };
+    if written > 0 {
+        Delivery::Written
+    } else {
+        Delivery::Skipped
+    }
+}
+
+/// The line for a denial record (as written to the audit trail), or
+/// `None` for records that are not a denial of an agent's process.
+pub fn line_for(record: &serde_json::Value) -> Option<String> {
+    if record["verdict"] != "denied" {
+        return None;
+    }
+    let object = &record["object"];
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    let what = if let Some(path) = object["path"].as_str() {
+        let rights: Vec<&str> = object["denied_rights"]
+            .as_array()
+            .or_else(|| object["rights"].as_array())
+            .map(|rights| rights.iter().filter_map(|r| r.as_str()).collect())
+            .unwrap_or_default();
+        format!("{} of {path}", rights.join("+"))
+    } else if object["address"].is_string() {
+        let address = text(&object["address"]);
+        let address = if address.contains(':') {
+            format!("[{address}]")
+        } else {
+            address
+        };
+        let name = object["domain"]
+            .as_str()
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default();
+        format!("connect to {address}:{}{name}", object["port"])
+    } else if let Some(domain) = object["domain"].as_str() {
+        format!("resolving {domain}")
+    } else if object["family"].is_string() {
+        format!(
+            "a {} {} socket",
+            text(&object["family"]),
+            text(&object["type"])
+        )
+    } else {
+        format!("{} ({})", text(&record["control"]), text(&record["hook"]))
+    };
+    let rule = &record["rule"];
+    let by = if rule.is_object() {
+        format!("policy {} ({})", text(&rule["policy"]), text(&rule["id"]))
+    } else {
+        format!("the policy of agent {}", text(&record["agent"]))
+    };
+    Some(format!(
+        "baton: {what} denied by {by}; ask an operator to allow it"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_name_what_and_which_rule() {
+        let connect = serde_json::json!({
+            "verdict": "denied", "control": "egress", "agent": "coder",
+            "object": {"address": "203.0.113.7", "port": 443, "protocol": "tcp"},
+            "rule": {"policy": "coder", "id": "egress.default", "kernel_id": 1},
+        });
+        assert_eq!(
+            line_for(&connect).unwrap(),
+            "baton: connect to 203.0.113.7:443 denied by policy coder (egress.default); ask an operator to allow it"
+        );
+        let read = serde_json::json!({
+            "verdict": "denied", "control": "file", "agent": "coder",
+            "object": {"path": "/root/.ssh/id_rsa", "rights": ["read"], "denied_rights": ["read"]},
+            "rule": {"policy": "coder", "id": "files.deny[0]", "kernel_id": 2},
+        });
+        assert_eq!(
+            line_for(&read).unwrap(),
+            "baton: read of /root/.ssh/id_rsa denied by policy coder (files.deny[0]); ask an operator to allow it"
+        );
+        let audit = serde_json::json!({"verdict": "would-deny", "object": {}});
+        assert_eq!(line_for(&audit), None);
+    }
+
+    #[test]
+    fn only_pipes_sockets_and_terminals_open_for_writing_get_a_line() {
+        let dir = std::env::temp_dir().join(format!("baton-explain-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = std::fs::File::create(dir.join("stderr")).unwrap();
+        assert_eq!(write_line(&file.into(), "x"), Delivery::Skipped);
+        let read_only = std::fs::File::open(dir.join("stderr")).unwrap();
+        assert_eq!(write_line(&read_only.into(), "x"), Delivery::Skipped);
+        let (reader, writer) = nix::unistd::pipe().unwrap();
+        assert_eq!(write_line(&reader, "x"), Delivery::Skipped, "a read end");
+        assert_eq!(write_line(&writer, "hello"), Delivery::Written);
+        let mut buffer = [0u8; 16];
+        let n = nix::unistd::read(&reader, &mut buffer).unwrap();
+        assert_eq!(&buffer[..n], b"hello\n");
+        // A full pipe: skipped, never waited on.
+        nix::fcntl::fcntl(
+            &writer,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap();
+        while nix::unistd::write(&writer, &[0u8; 4096]).is_ok() {}
+        nix::fcntl::fcntl(
+            &writer,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+        )
+        .unwrap();
+        assert_eq!(write_line(&writer, "x"), Delivery::Skipped);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
