@@ -631,7 +631,10 @@ const EDE_BLOCKED: u16 = 15;
 fn refusal_reply(query: &Message, agent: &str, name: &str) -> Message {
     let mut reply = error_reply(query, ResponseCode::NXDomain);
     if let Some(edns) = reply.edns.as_mut() {
-        let text = format!("baton: name {name} refused by the policy of agent {agent}");
+        // Worded like the `spec.explain` line (`crate::explain`).
+        let text = format!(
+            "baton: resolving {name} denied by the policy of agent {agent}; ask an operator to allow it"
+        );
         let mut data = EDE_BLOCKED.to_be_bytes().to_vec();
         data.extend_from_slice(text.as_bytes());
         edns.options_mut()
@@ -1345,7 +1348,7 @@ mod tests {
         assert_eq!(u16::from_be_bytes([ede[0], ede[1]]), EDE_BLOCKED);
         assert_eq!(
             std::str::from_utf8(&ede[2..]).unwrap(),
-            "baton: name blocked.test refused by the policy of agent demo"
+            "baton: resolving blocked.test denied by the policy of agent demo; ask an operator to allow it"
         );
         // Without EDNS in the query, no OPT in the reply (RFC 6891).
         let plain = ask_udp(proxy.udp, &question("blocked.test.", RecordType::A)).await;
