@@ -252,16 +252,7 @@ pub fn line_for(record: &serde_json::Value) -> Option<String> {
             .unwrap_or_default();
         format!("{} of {path}", rights.join("+"))
     } else if object["address"].is_string() {
-        let address = text(&object["address"]);
-        let address = if address.contains(':') {
-            format!("[{address}]")
-        } else {
-            address
-        };
-        let name = object["domain"]
-            .as_str()
-            .map(|d| format!(" ({d})"))
-            .unwrap_or_default();
+        let (address, name) = crate::audit::stream::destination(object);
         format!("connect to {address}:{}{name}", object["port"])
     } else if let Some(domain) = object["domain"].as_str() {
         format!("resolving {domain}")

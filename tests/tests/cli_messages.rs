@@ -57,9 +57,7 @@ fn a_refused_second_daemon_leaves_no_audit_log_and_no_colour_codes() {
 #[test]
 fn exec_with_user_needs_root_and_says_so() {
     let daemon = daemon("exec-user");
-    // SAFETY: the closure only makes async-signal-safe system calls
-    // between fork and exec.
-    let output = unsafe {
+    let output = {
         Command::new(baton_bin())
             .args([
                 "exec",
@@ -71,12 +69,8 @@ fn exec_with_user_needs_root_and_says_so() {
             ])
             .arg(&daemon.socket)
             .args(["--", "true"])
-            .pre_exec(|| {
-                if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            })
+            .uid(65534)
+            .gid(65534)
             .output()
             .unwrap()
     };

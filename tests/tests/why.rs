@@ -93,18 +93,12 @@ fn an_agent_sees_its_own_denials_and_no_one_elses() {
     assert!(out.contains(&destination), "{out}{err}");
 
     // Anyone else outside every agent is told how to use it.
-    // SAFETY: the closure only makes async-signal-safe system calls
-    // between fork and exec.
-    let nobody = unsafe {
+    let nobody = {
         use std::os::unix::process::CommandExt as _;
         Command::new(baton)
             .args(["why", "--agent", "asker", "--control-socket", &socket])
-            .pre_exec(|| {
-                if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            })
+            .uid(65534)
+            .gid(65534)
             .output()
             .unwrap()
     };

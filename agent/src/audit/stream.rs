@@ -404,6 +404,22 @@ pub fn follow(
     }
 }
 
+/// A network record's address (IPv6 in brackets, ready for `:port`) and
+/// the learned name after it (` (name)`, or empty).
+pub fn destination(object: &Value) -> (String, String) {
+    let address = object["address"].as_str().unwrap_or("").to_string();
+    let address = if address.contains(':') {
+        format!("[{address}]")
+    } else {
+        address
+    };
+    let domain = object["domain"]
+        .as_str()
+        .map(|d| format!(" ({d})"))
+        .unwrap_or_default();
+    (address, domain)
+}
+
 /// One line for a person: time, verdict, control, agent, process, what
 /// was done and the rule.
 pub fn human_line(record: &Value) -> String {
@@ -437,16 +453,7 @@ pub fn human_line(record: &Value) -> String {
             format!("{} {path} (denied: {denied})", rights(&object["rights"]))
         }
     } else if object["address"].is_string() {
-        let address = s(&object["address"]);
-        let address = if address.contains(':') {
-            format!("[{address}]")
-        } else {
-            address
-        };
-        let domain = object["domain"]
-            .as_str()
-            .map(|d| format!(" ({d})"))
-            .unwrap_or_default();
+        let (address, domain) = destination(object);
         format!(
             "connect {address}:{}/{}{domain}",
             object["port"],
