@@ -359,11 +359,16 @@ impl Soak {
             if self.status().is_ok() {
                 return Ok(());
             }
-            ensure!(
-                Instant::now() < deadline,
-                "baton run was not ready within {} s",
-                patience.as_secs()
-            );
+            if Instant::now() >= deadline {
+                let log =
+                    std::fs::read_to_string(self.work.join("daemon.stderr")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                bail!(
+                    "baton run was not ready within {} s; the end of its log:\n{}",
+                    patience.as_secs(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             thread::sleep(Duration::from_millis(100));
         }
     }

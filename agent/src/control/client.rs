@@ -4,6 +4,7 @@ use std::{
     io::{BufRead, BufReader, Write},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use thiserror::Error;
@@ -39,16 +40,42 @@ pub enum ClientError {
     },
 }
 
-/// Sends one request and waits for its reply.
+/// How long a client waits for the daemon's reply. A daemon that is still
+/// loading (the verifier can take most of a minute on an old kernel)
+/// answers once it has; one that never answers must not hang `baton exec`
+/// or `status` for good.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Sends one request and waits for its reply, at most [`REPLY_TIMEOUT`].
 pub fn call(path: &Path, request: &Request) -> Result<Reply, ClientError> {
     let mut stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
         path: path.to_path_buf(),
         source,
     })?;
-    let io = |source| ClientError::Io {
-        path: path.to_path_buf(),
-        source,
+    let io = |source: std::io::Error| {
+        let source = if matches!(
+            source.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the daemon did not answer within {} s (still loading, or stuck: see its log)",
+                    REPLY_TIMEOUT.as_secs()
+                ),
+            )
+        } else {
+            source
+        };
+        ClientError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     };
+    stream
+        .set_read_timeout(Some(REPLY_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(REPLY_TIMEOUT)))
+        .map_err(io)?;
     let mut line = serde_json::to_string(request).expect("requests always serialize");
     line.push('\n');
     stream.write_all(line.as_bytes()).map_err(io)?;
