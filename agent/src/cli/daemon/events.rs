@@ -34,6 +34,13 @@ pub(super) async fn tick_audit(daemon: Weak<Daemon>) {
     }
 }
 
+/// Records drained per hold of the state lock. A flood of denials (a
+/// restarted daemon finds the ring buffer full, and a flooding agent keeps
+/// it so) must not hold the lock for as long as the flood lasts: `baton
+/// status`, admissions and DNS learning wait on it. Past this many the
+/// drain lets go for a moment and then goes on.
+const DRAIN_BATCH: usize = 1024;
+
 pub(super) async fn drain_events(
     events: RingBuf<MapData>,
     daemon: Arc<Daemon>,
@@ -49,7 +56,11 @@ pub(super) async fn drain_events(
         let mut state = daemon.state.lock().expect("state lock poisoned");
         // One write for what this wake-up drains, not one per record.
         state.sink.begin_batch();
-        while let Some(item) = ring.next() {
+        let mut drained = 0;
+        while drained < DRAIN_BATCH
+            && let Some(item) = ring.next()
+        {
+            drained += 1;
             if let Some(request) = netns_request(&item) {
                 let daemon = daemon.clone();
                 // Entering a namespace blocks; keep it off the event loop.
@@ -71,7 +82,14 @@ pub(super) async fn drain_events(
         state.metrics.set_audit_health(&health);
         state.evaluate_breakers();
         drop(state);
-        guard.clear_ready();
+        if drained < DRAIN_BATCH {
+            guard.clear_ready();
+        } else {
+            // More is waiting: stay ready, but let the lock's other users
+            // in first (the tokio timer's granularity is a millisecond).
+            drop(guard);
+            tokio::time::sleep(Duration::from_micros(100)).await;
+        }
     }
 }
 
