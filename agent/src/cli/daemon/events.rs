@@ -53,35 +53,38 @@ pub(super) async fn drain_events(
     loop {
         let mut guard = events.readable_mut().await?;
         let ring = guard.get_inner_mut();
-        let mut state = daemon.state.lock().expect("state lock poisoned");
-        // One write for what this wake-up drains, not one per record.
-        state.sink.begin_batch();
-        let mut drained = 0;
-        while drained < DRAIN_BATCH
-            && let Some(item) = ring.next()
-        {
-            drained += 1;
-            if let Some(request) = netns_request(&item) {
-                let daemon = daemon.clone();
-                // Entering a namespace blocks; keep it off the event loop.
-                tokio::task::spawn_blocking(move || {
-                    open_netns_proxy(&daemon, request.0, request.1, request.2)
-                });
-                continue;
+        // The lock is held in this block only, never across an await.
+        let drained = {
+            let mut state = daemon.state.lock().expect("state lock poisoned");
+            // One write for what this wake-up drains, not one per record.
+            state.sink.begin_batch();
+            let mut drained = 0;
+            while drained < DRAIN_BATCH
+                && let Some(item) = ring.next()
+            {
+                drained += 1;
+                if let Some(request) = netns_request(&item) {
+                    let daemon = daemon.clone();
+                    // Entering a namespace blocks; keep it off the event loop.
+                    tokio::task::spawn_blocking(move || {
+                        open_netns_proxy(&daemon, request.0, request.1, request.2)
+                    });
+                    continue;
+                }
+                let record = state.decode_event(&item, &clock, &mut processes);
+                match record {
+                    Ok(record) => state.record(record),
+                    Err(error) => tracing::warn!(%error, "undecodable kernel event"),
+                }
             }
-            let record = state.decode_event(&item, &clock, &mut processes);
-            match record {
-                Ok(record) => state.record(record),
-                Err(error) => tracing::warn!(%error, "undecodable kernel event"),
+            if let Err(error) = state.sink.end_batch() {
+                tracing::error!(%error, "audit records lost");
             }
-        }
-        if let Err(error) = state.sink.end_batch() {
-            tracing::error!(%error, "audit records lost");
-        }
-        let health = state.sink.health();
-        state.metrics.set_audit_health(&health);
-        state.evaluate_breakers();
-        drop(state);
+            let health = state.sink.health();
+            state.metrics.set_audit_health(&health);
+            state.evaluate_breakers();
+            drained
+        };
         if drained < DRAIN_BATCH {
             guard.clear_ready();
         } else {
