@@ -589,7 +589,14 @@ impl Soak {
                 {
                     entry.0 += 1;
                 }
-                if let Some(n) = record["object"]["suppressed"].as_u64() {
+                // Rate-limit records only: the ring buffer's drops are
+                // counted from the kernel's counter, and their records
+                // would count them twice.
+                if let Some(n) = record["object"]["suppressed"].as_u64()
+                    && record["object"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("over the per-agent event rate"))
+                {
                     entry.1 += n;
                 }
             }
