@@ -161,6 +161,16 @@ impl Daemon {
         Self::launch(dir, policy_dir, "", false)
     }
 
+    /// [`Daemon::start_persistent`] with a configuration file.
+    pub fn start_persistent_with_config(
+        label: &str,
+        policies: &[(&str, String)],
+        config_yaml: &str,
+    ) -> Self {
+        let (dir, policy_dir) = Self::lay_out(label, policies);
+        Self::launch(dir, policy_dir, config_yaml, false)
+    }
+
     /// Like [`Daemon::start`], with a configuration file.
     pub fn start_with_config(label: &str, policies: &[(&str, String)], config_yaml: &str) -> Self {
         let (dir, policy_dir) = Self::lay_out(label, policies);

@@ -316,6 +316,103 @@ fn a_killed_daemon_keeps_enforcing_and_a_restart_adopts_with_no_gap() {
     assert!(!daemon.state_dir.join("registry.json").exists());
 }
 
+/// Denied connects as fast as one process can make them, until `stop`
+/// exists.
+const FLOOD: &str = r#"
+import os, socket, sys
+port, stop = int(sys.argv[1]), sys.argv[2]
+while not os.path.exists(stop):
+    for _ in range(200):
+        s = socket.socket()
+        try:
+            s.connect(('127.0.0.1', port))
+        except OSError:
+            pass
+        s.close()
+"#;
+
+#[test]
+fn every_denial_is_recorded_across_kill_9_under_a_flood() {
+    // A daemon killed while it holds a batch it has taken from the kernel
+    // and not yet written must not lose it: the next daemon reads those
+    // events again from the ring.
+    let (_denied, denied) = listener();
+    let mut daemon = Daemon::start_persistent_with_config(
+        "persist-flood",
+        &[(
+            "p.yaml",
+            policy("flood", "flood", "  egress:\n    default: deny\n"),
+        )],
+        // Every denial is an event (no per-agent rate limit) and the log
+        // stays one file.
+        "audit:\n  eventsPerSecond: 0\n  rotation: { maxBytes: 0 }\n",
+    );
+    let stop = daemon.dir.path().join("stop-flood");
+    let mut flood = Command::new(baton_tests::baton_bin())
+        .args(["exec", "--agent", "flood", "--control-socket"])
+        .arg(&daemon.socket)
+        .args(["--", "python3", "-c", FLOOD, &denied.to_string()])
+        .arg(&stop)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(800));
+        daemon.kill();
+        std::thread::sleep(Duration::from_millis(200));
+        daemon.restart();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&stop, "").unwrap();
+    assert!(flood.wait().unwrap().success());
+
+    let counters = |daemon: &Daemon| {
+        let status = daemon.status();
+        let agent = status["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["agent"] == "flood")
+            .cloned()
+            .unwrap();
+        (
+            agent["counters"]["denied_connects"].as_u64().unwrap(),
+            agent["counters"]["events_dropped"].as_u64().unwrap(),
+        )
+    };
+    let denial_records = |daemon: &Daemon| {
+        std::fs::read_to_string(&daemon.audit_log)
+            .unwrap()
+            .lines()
+            .filter(|line| {
+                line.contains("\"agent\":\"flood\"") && line.contains("\"verdict\":\"denied\"")
+            })
+            .count() as u64
+    };
+    let (kernel_denied, dropped) = counters(&daemon);
+    assert!(
+        kernel_denied > 5_000,
+        "the flood ran: {kernel_denied} denials"
+    );
+    // The last daemon drains what is left; then the log holds one record
+    // per denial, or the kernel counted the event as dropped (a full ring
+    // while no daemon ran).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut records = denial_records(&daemon);
+    while records + dropped < kernel_denied && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        records = denial_records(&daemon);
+    }
+    assert_eq!(
+        records + dropped,
+        kernel_denied,
+        "records {records} + dropped {dropped} vs kernel denials {kernel_denied}"
+    );
+    daemon.kill();
+    assert!(daemon.uninstall().status.success());
+}
+
 #[test]
 fn a_stopped_daemon_without_cleanup_keeps_enforcing_until_uninstall() {
     let (_denied, denied) = listener();

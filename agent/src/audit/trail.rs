@@ -9,8 +9,11 @@
 //! Records are appended one `write(2)` each, except inside a batch (the
 //! daemon drains the kernel's queue in batches), where whole lines are
 //! gathered and written together at the end of the batch or every
-//! [`BATCH_BYTES`]: a daemon killed mid-batch loses at most that batch's
-//! unwritten lines, never part of the chain already written. Checkpoints
+//! [`BATCH_BYTES`], and a checkpoint that falls due waits for the batch's
+//! end. A daemon killed mid-batch loses that batch's unwritten lines,
+//! never part of the chain already written; the event drain gives events
+//! back to the kernel only after their batch is written, so the next
+//! daemon writes them again (see [`crate::kernel::ring`]). Checkpoints
 //! reach the disk through `fdatasync` on a thread of their own, so the
 //! writer never waits for the disk.
 //!
@@ -349,6 +352,10 @@ pub struct AuditTrail {
     line: Vec<u8>,
     /// Whether lines are gathered instead of written one by one.
     batching: bool,
+    /// Bytes of lines gathered since the batch began.
+    batch_bytes: usize,
+    /// A checkpoint fell due inside the batch.
+    checkpoint_due: bool,
     /// Lines chained and not yet in the file, oldest first: the batch,
     /// and while the log cannot be written, the spool's memory part.
     memory: VecDeque<Pending>,
@@ -473,6 +480,8 @@ impl AuditTrail {
             file: Arc::new(file),
             syncer: Syncer::start(log.to_path_buf()),
             batching: false,
+            batch_bytes: 0,
+            checkpoint_due: false,
             memory: VecDeque::new(),
             memory_bytes: 0,
             memory_limit: usize::try_from(config.spool.memory_bytes).unwrap_or(usize::MAX),
@@ -558,7 +567,13 @@ impl AuditTrail {
         let by_time = self.checkpoints.every_seconds > 0
             && now.duration_since(since) >= Duration::from_secs(self.checkpoints.every_seconds);
         if by_count || by_time {
-            self.checkpoint()?;
+            if self.batching {
+                // Signing writes what waits: a batch is written whole, at
+                // its end (see `batch_is_full`), and signed then.
+                self.checkpoint_due = true;
+            } else {
+                self.checkpoint()?;
+            }
         }
         Ok(())
     }
@@ -569,6 +584,18 @@ impl AuditTrail {
     /// [`end_batch`]: AuditTrail::end_batch
     pub fn begin_batch(&mut self) {
         self.batching = true;
+        self.batch_bytes = 0;
+    }
+
+    /// Whether the batch has gathered half of what would make it write
+    /// early. A caller that ends each batch by then has every batch written
+    /// at once by [`end_batch`], never in parts: the daemon's event drain
+    /// relies on that to give events back to the kernel only once all of
+    /// their records are in the file.
+    ///
+    /// [`end_batch`]: AuditTrail::end_batch
+    pub fn batch_is_full(&self) -> bool {
+        self.batch_bytes >= BATCH_BYTES.min(self.memory_limit) / 2
     }
 
     /// Writes what the batch gathered (and what the spool holds) and goes
@@ -576,6 +603,9 @@ impl AuditTrail {
     pub fn end_batch(&mut self) -> Result<(), AuditError> {
         self.batching = false;
         self.flush();
+        if std::mem::take(&mut self.checkpoint_due) {
+            self.checkpoint()?;
+        }
         Ok(())
     }
 
@@ -692,6 +722,9 @@ impl AuditTrail {
     /// (its sequence number is taken all the same).
     fn append(&mut self, record: &mut AuditRecord, forced: bool) -> bool {
         let hash = self.serialize(record);
+        if self.batching {
+            self.batch_bytes += self.line.len();
+        }
         if self.failing.is_none()
             && !self.memory.is_empty()
             && self.memory_bytes + self.line.len() > self.memory_limit.min(BATCH_BYTES)

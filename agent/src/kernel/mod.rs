@@ -10,6 +10,7 @@ pub mod loader;
 pub mod maps;
 pub mod pins;
 pub mod probe;
+pub mod ring;
 
 pub use loader::{Enforcer, KernelError};
 

@@ -2,6 +2,7 @@
 //! accounting around it.
 
 use super::*;
+use crate::kernel::ring::EventRing;
 
 /// Writes checkpoints and rotates the log on time even when no record
 /// arrives.
@@ -41,12 +42,9 @@ pub(super) async fn tick_audit(daemon: Weak<Daemon>) {
 /// drain lets go for a moment and then goes on.
 const DRAIN_BATCH: usize = 1024;
 
-pub(super) async fn drain_events(
-    events: RingBuf<MapData>,
-    daemon: Arc<Daemon>,
-) -> anyhow::Result<()> {
-    // SAFETY: the ring buffer owns its descriptor and `AsyncFd` owns the
-    // ring buffer, so the descriptor outlives the registration.
+pub(super) async fn drain_events(events: EventRing, daemon: Arc<Daemon>) -> anyhow::Result<()> {
+    // SAFETY: the ring owns its descriptor and `AsyncFd` owns the ring, so
+    // the descriptor outlives the registration.
     let mut events = unsafe { AsyncFd::register(events) }.map_err(|e| e.into_parts().1)?;
     let clock = Clock::new();
     let mut processes = ProcessCache::default();
@@ -54,16 +52,20 @@ pub(super) async fn drain_events(
         let mut guard = events.readable_mut().await?;
         let ring = guard.get_inner_mut();
         // The lock is held in this block only, never across an await.
-        let drained = {
+        let more = {
             let mut state = daemon.state.lock().expect("state lock poisoned");
             // One write for what this wake-up drains, not one per record.
             state.sink.begin_batch();
             let mut drained = 0;
+            // A batch ends before the trail would write part of it early:
+            // written in parts, a batch killed midway would be read again
+            // whole by the next daemon, and its first part written twice.
             while drained < DRAIN_BATCH
-                && let Some(item) = ring.next()
+                && !state.sink.batch_is_full()
+                && let Some(item) = ring.read_next()
             {
                 drained += 1;
-                if let Some(request) = netns_request(&item) {
+                if let Some(request) = netns_request(item) {
                     let daemon = daemon.clone();
                     // Entering a namespace blocks; keep it off the event loop.
                     tokio::task::spawn_blocking(move || {
@@ -71,7 +73,7 @@ pub(super) async fn drain_events(
                     });
                     continue;
                 }
-                let record = state.decode_event(&item, &clock, &mut processes);
+                let record = state.decode_event(item, &clock, &mut processes);
                 match record {
                     Ok(record) => state.record(record),
                     Err(error) => tracing::warn!(%error, "undecodable kernel event"),
@@ -80,18 +82,25 @@ pub(super) async fn drain_events(
             if let Err(error) = state.sink.end_batch() {
                 tracing::error!(%error, "audit records lost");
             }
+            // Only now, with the batch in the log (or in the spool, which
+            // accounts for what it loses), may the kernel reuse the events'
+            // space: a daemon killed before this line leaves them to the
+            // next one.
+            let more = ring.commit();
             let health = state.sink.health();
             state.metrics.set_audit_health(&health);
             state.evaluate_breakers();
-            drained
+            more
         };
-        if drained < DRAIN_BATCH {
-            guard.clear_ready();
-        } else {
-            // More is waiting: stay ready, but let the lock's other users
-            // in first (the tokio timer's granularity is a millisecond).
+        if more {
+            // More is waiting (and the kernel sends no wake-up for events
+            // queued behind a read-ahead batch): stay ready, but let the
+            // lock's other users in first (the tokio timer's granularity
+            // is a millisecond).
             drop(guard);
             tokio::time::sleep(Duration::from_micros(100)).await;
+        } else {
+            guard.clear_ready();
         }
     }
 }

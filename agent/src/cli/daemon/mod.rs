@@ -28,7 +28,7 @@ use agent_common::{
     verdict::mode,
 };
 use anyhow::Context as _;
-use aya::maps::{MapData, RingBuf};
+use aya::maps::MapData;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use super::RunArgs;
@@ -1063,7 +1063,10 @@ async fn serve(
         .ebpf
         .take_map(map_names::EVENTS)
         .context("map EVENTS is missing from the eBPF object")?;
-    let events = RingBuf::try_from(events)?;
+    let aya::maps::Map::RingBuf(events) = events else {
+        anyhow::bail!("map EVENTS in the eBPF object is not a ring buffer");
+    };
+    let events = crate::kernel::ring::EventRing::new(events)?;
 
     let mut breakers = Engine::default();
     breakers.set_rules(breaker_rules(&compiled, &registry));
