@@ -395,19 +395,32 @@ fn every_denial_is_recorded_across_kill_9_under_a_flood() {
         kernel_denied > 5_000,
         "the flood ran: {kernel_denied} denials"
     );
-    // The last daemon drains what is left; then the log holds one record
-    // per denial, or the kernel counted the event as dropped (a full ring
-    // while no daemon ran).
+    // The last daemon drains what is left: wait until the log holds a
+    // record for every denial the kernel did not count as dropped (a full
+    // ring while no daemon ran) and stops growing.
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut records = denial_records(&daemon);
-    while records + dropped < kernel_denied && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-        records = denial_records(&daemon);
+    let mut still = 0;
+    while still < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = denial_records(&daemon);
+        still = if now == records && records + dropped >= kernel_denied {
+            still + 1
+        } else {
+            0
+        };
+        records = now;
     }
-    assert_eq!(
-        records + dropped,
-        kernel_denied,
-        "records {records} + dropped {dropped} vs kernel denials {kernel_denied}"
+    assert!(
+        records + dropped >= kernel_denied,
+        "records lost: records {records} + dropped {dropped} < kernel denials {kernel_denied}"
+    );
+    // A kill between a batch's write and its hand-back to the kernel has
+    // the next daemon write that batch again: at most one batch per kill.
+    let batch = 1_024;
+    assert!(
+        records + dropped <= kernel_denied + 4 * batch,
+        "more than a batch per kill written twice: records {records} + dropped {dropped} vs kernel denials {kernel_denied}"
     );
     daemon.kill();
     assert!(daemon.uninstall().status.success());

@@ -600,9 +600,20 @@ impl AuditTrail {
 
     /// Writes what the batch gathered (and what the spool holds) and goes
     /// back to one write a record.
+    ///
+    /// A checkpoint that fell due inside the batch is left to
+    /// [`settle`](AuditTrail::settle), so that the caller can act on the
+    /// batch being written (the event drain hands its events back to the
+    /// kernel) before the signature is computed.
     pub fn end_batch(&mut self) -> Result<(), AuditError> {
         self.batching = false;
         self.flush();
+        Ok(())
+    }
+
+    /// Writes the checkpoint that fell due inside the last batch, if one
+    /// did.
+    pub fn settle(&mut self) -> Result<(), AuditError> {
         if std::mem::take(&mut self.checkpoint_due) {
             self.checkpoint()?;
         }
@@ -615,6 +626,7 @@ impl AuditTrail {
     /// spooled records for the next write to be retried.
     pub fn tick(&mut self) -> Result<(), AuditError> {
         self.flush();
+        self.settle()?;
         let due = self.checkpoints.every_seconds > 0
             && self.unsigned_since.is_some_and(|since| {
                 since.elapsed() >= Duration::from_secs(self.checkpoints.every_seconds)

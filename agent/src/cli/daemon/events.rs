@@ -87,6 +87,9 @@ pub(super) async fn drain_events(events: EventRing, daemon: Arc<Daemon>) -> anyh
             // space: a daemon killed before this line leaves them to the
             // next one.
             let more = ring.commit();
+            if let Err(error) = state.sink.settle() {
+                tracing::error!(%error, "audit checkpoint failed");
+            }
             let health = state.sink.health();
             state.metrics.set_audit_health(&health);
             state.evaluate_breakers();
