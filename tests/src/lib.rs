@@ -161,6 +161,21 @@ impl Daemon {
         Self::launch(dir, policy_dir, "", false)
     }
 
+    /// Like [`Daemon::start`], with `before` run on the daemon's pin
+    /// directory (which does not exist yet) before it starts: a hostile
+    /// user's preparations, say.
+    pub fn start_after(
+        label: &str,
+        policies: &[(&str, String)],
+        before: impl FnOnce(&Path),
+    ) -> Self {
+        let (dir, policy_dir) = Self::lay_out(label, policies);
+        let mut daemon = Self::prepare(dir, policy_dir, "", true, None);
+        before(&daemon.pin_dir);
+        daemon.spawn();
+        daemon
+    }
+
     /// [`Daemon::start_persistent`] with a configuration file.
     pub fn start_persistent_with_config(
         label: &str,

@@ -308,3 +308,126 @@ fn status_readyz_and_probe_report_a_program_detached_by_other_means() {
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("egress    NOT enforced"), "{text}");
 }
+
+/// What `nobody` gets from `python3 -c SCRIPT PATH`: `ok` or `errno=N`.
+fn as_nobody(script: &str, path: &Path) -> String {
+    use std::os::unix::process::CommandExt as _;
+    let output = Command::new("python3")
+        .args(["-c", script])
+        .arg(path)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+#[test]
+fn a_pin_directory_another_user_made_first_is_not_theirs_once_the_daemon_starts() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _, symlink};
+    // bpffs is often world-writable (1777): a local user makes the pin
+    // directory before the daemon ever starts, with a folder where a map
+    // pin goes and a symlink where a link pin goes. Made here as root and
+    // handed to `nobody`, which is what they would end up with.
+    let daemon = Daemon::start_after(
+        "pins-foreign",
+        &[(
+            "p.yaml",
+            policy("foreign", "foreign", "  egress:\n    default: deny\n"),
+        )],
+        |pin_dir| {
+            std::fs::create_dir_all(pin_dir.join("maps/EVENTS")).unwrap();
+            std::fs::create_dir_all(pin_dir.join("links")).unwrap();
+            symlink("/tmp", pin_dir.join("links/connect4")).unwrap();
+            for path in [
+                pin_dir.to_path_buf(),
+                pin_dir.join("maps"),
+                pin_dir.join("maps/EVENTS"),
+                pin_dir.join("links"),
+            ] {
+                std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+        },
+    );
+    // The daemon started and enforces.
+    let (port, accepted, _) = counting_listener();
+    let output = daemon.exec("foreign", &["python3", "-c", &connect_script(port)]);
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "errno=1");
+    assert_eq!(accepted.load(Ordering::SeqCst), 0);
+    // Its pin directories are root's and closed to everyone else.
+    for path in [
+        daemon.pin_dir.clone(),
+        daemon.pin_dir.join("maps"),
+        daemon.pin_dir.join("links"),
+    ] {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.is_dir(), "{}", path.display());
+        assert_eq!(meta.uid(), 0, "{}", path.display());
+        assert_eq!(meta.mode() & 0o7777, 0o700, "{}", path.display());
+    }
+    assert!(pinned_link(&daemon.pin_dir.join("links/connect4")).is_object());
+    // The user can no longer open the directory (to hold its lock), list
+    // it, or move a pin away.
+    let open = "import os, sys\ntry:\n    os.open(sys.argv[1], os.O_RDONLY)\n    print('ok')\nexcept OSError as e:\n    print(f'errno={e.errno}')\n";
+    assert_eq!(as_nobody(open, &daemon.pin_dir), "errno=13");
+    let rename = "import os, sys\ntry:\n    os.rename(sys.argv[1] + '/links/connect4', sys.argv[1] + '-x')\n    print('ok')\nexcept OSError as e:\n    print(f'errno={e.errno}')\n";
+    assert_eq!(as_nobody(rename, &daemon.pin_dir), "errno=13");
+    // Nothing of theirs is left next to it, and the audit trail says what
+    // was undone.
+    let name = daemon
+        .pin_dir
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    let leftovers: Vec<String> = std::fs::read_dir("/sys/fs/bpf")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(&format!("{name}-foreign")))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let messages = lifecycle_messages(&daemon);
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("had been made by uid 65534, not root")),
+        "{messages:?}"
+    );
+}
+
+#[test]
+fn baton_run_as_another_user_is_refused_before_it_makes_anything() {
+    use std::os::unix::process::CommandExt as _;
+    let dir = baton_tests::TempDir::new("run-nobody");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("p.yaml"),
+        policy("x", "x", "  egress:\n    default: deny\n"),
+    )
+    .unwrap();
+    let pin_dir =
+        Path::new("/sys/fs/bpf").join(format!("baton-test-run-nobody-{}", std::process::id()));
+    let output = Command::new(baton_bin())
+        .arg("run")
+        .arg("--policy-dir")
+        .arg(&policies)
+        .arg("--pin-dir")
+        .arg(&pin_dir)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--audit-log")
+        .arg(dir.path().join("audit.jsonl"))
+        .arg("--control-socket")
+        .arg(dir.path().join("s.sock"))
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("baton run needs root"), "{stderr}");
+    assert!(!pin_dir.exists(), "{} was made", pin_dir.display());
+}

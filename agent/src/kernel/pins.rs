@@ -80,6 +80,24 @@ pub enum PinError {
         /// The pin directory.
         path: PathBuf,
     },
+    /// The pin directory (or one inside it) is not a directory.
+    #[error(
+        "{path} is not a directory; remove it (another user may have put it there) or choose another --pin-dir"
+    )]
+    NotADirectory {
+        /// What is in its place.
+        path: PathBuf,
+    },
+    /// Another user owns the pin directory and it holds pins.
+    #[error(
+        "{path} belongs to uid {uid}, not root, and holds pins: another user could remove them and switch enforcement off. Stop every baton daemon, look at what is there, remove it (`baton uninstall --pin-dir` if the pins are Baton's) and start again"
+    )]
+    Foreign {
+        /// The directory.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+    },
     /// A pinned map was made by a build whose map layout differs.
     #[error(
         "pinned map {path} does not match this build ({what}: pinned {pinned}, expected {expected}); it was made by another version of baton. Run `baton uninstall --pin-dir {dir}` (enforcement stops until the next start) and start again"
@@ -214,6 +232,8 @@ pub struct PinDir {
     /// itself was removed and made again.
     lock: Mutex<Flock<File>>,
     adopted: Vec<String>,
+    /// What another user had made of the directories, undone at open.
+    reclaimed: Vec<String>,
     /// Programs whose links this daemon pinned.
     pinned_links: Mutex<std::collections::BTreeSet<String>>,
     /// Every map and link pinned, by `maps/NAME` or `links/PROGRAM`.
@@ -225,6 +245,12 @@ impl PinDir {
     /// from a daemon that died or was stopped, are listed in
     /// [`PinDir::adopted`].
     pub fn open(path: &Path) -> Result<Self, PinError> {
+        let mut reclaimed = Vec::new();
+        // Another user's symlink in the directory's place goes before the
+        // file system is judged by where it points.
+        if std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_symlink()) {
+            reclaimed.extend(make_private_dir(path)?);
+        }
         let mut existing = path;
         while !existing.exists() {
             existing = existing.parent().unwrap_or(Path::new("/"));
@@ -239,7 +265,7 @@ impl PinDir {
             });
         }
         for dir in [path.to_path_buf(), path.join("maps"), path.join("links")] {
-            std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+            reclaimed.extend(make_private_dir(&dir)?);
         }
         let lock = lock(path)?;
         let mut adopted = Vec::new();
@@ -263,6 +289,7 @@ impl PinDir {
             path: path.to_path_buf(),
             lock: Mutex::new(lock),
             adopted,
+            reclaimed,
             pinned_links: Mutex::default(),
             held: Mutex::default(),
         })
@@ -277,6 +304,13 @@ impl PinDir {
     /// daemon's state, now adopted.
     pub fn adopted(&self) -> &[String] {
         &self.adopted
+    }
+
+    /// What [`PinDir::open`] found another user had made of the pin
+    /// directories and undid: one sentence each, for the log and the
+    /// audit trail.
+    pub fn reclaimed(&self) -> &[String] {
+        &self.reclaimed
     }
 
     /// Whether a previous daemon's maps were found.
@@ -485,7 +519,11 @@ impl PinDir {
     /// the lock on a directory made anew) as needed.
     fn put_back(&self, path: &Path, object: &Held) -> Result<(), PinError> {
         let parent = path.parent().unwrap_or(&self.path);
-        std::fs::create_dir_all(parent).map_err(io_error(parent))?;
+        for dir in [self.path.as_path(), parent] {
+            for undone in make_private_dir(dir)? {
+                tracing::warn!("{undone}");
+            }
+        }
         self.relock()?;
         match std::fs::remove_file(path) {
             Ok(()) => {}
@@ -665,6 +703,113 @@ pub fn lock_for_removal(path: &Path) -> Result<Option<Flock<File>>, PinError> {
         return Ok(None);
     }
     lock(path).map(Some)
+}
+
+/// Makes `dir` (a pin directory or its `maps`/`links`) root's, mode
+/// `0700`, moving aside whatever another user put in its place.
+///
+/// bpffs is often mounted world-writable with the sticky bit (`1777`), so
+/// any local user may create the pin directory before the daemon first
+/// starts, or after an uninstall. Owning it, they could rename or unlink
+/// the pins (a pinned link is what keeps enforcement alive while no daemon
+/// runs), or hold the directory's `flock` and keep every daemon from
+/// starting. The daemon cannot take such a directory over: the unit grants
+/// neither `CAP_CHOWN` nor `CAP_DAC_OVERRIDE`. It can rename it, since root
+/// owns the bpffs root and the sticky bit lets a directory's owner move
+/// anything in it; so another user's directory or symlink is moved aside
+/// (and removed where it can be) and a fresh one made. One that holds pins
+/// is refused instead: only a privileged process can pin, so that needs an
+/// operator's look. Returns what was undone, one sentence each.
+fn make_private_dir(dir: &Path) -> Result<Vec<String>, PinError> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let mut undone = Vec::new();
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) if meta.uid() != 0 => undone.push(move_aside(dir, &meta)?),
+        Ok(meta) if meta.file_type().is_symlink() => {
+            // An operator's own symlink to another bpffs folder: what it
+            // points to must be as private as the folder itself.
+            let target = std::fs::metadata(dir).map_err(io_error(dir))?;
+            if !target.is_dir() {
+                return Err(PinError::NotADirectory {
+                    path: dir.to_path_buf(),
+                });
+            }
+            if target.uid() != 0 {
+                return Err(PinError::Foreign {
+                    path: dir.to_path_buf(),
+                    uid: target.uid(),
+                });
+            }
+        }
+        Ok(meta) if !meta.is_dir() => {
+            return Err(PinError::NotADirectory {
+                path: dir.to_path_buf(),
+            });
+        }
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(io_error(dir)(error)),
+    }
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let meta = std::fs::metadata(dir).map_err(io_error(dir))?;
+    if meta.permissions().mode() & 0o7777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_error(dir))?;
+    }
+    Ok(undone)
+}
+
+/// Renames another user's `dir` (a directory or symlink) to a name of its
+/// own next to it, then removes it where this process may.
+fn move_aside(dir: &Path, meta: &std::fs::Metadata) -> Result<String, PinError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let uid = meta.uid();
+    if !meta.file_type().is_symlink() && holds_pins(dir) {
+        return Err(PinError::Foreign {
+            path: dir.to_path_buf(),
+            uid,
+        });
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let name = dir
+        .file_name()
+        .map_or_else(|| "pins".into(), |n| n.to_string_lossy().into_owned());
+    let aside = dir.with_file_name(format!("{name}-foreign-{uid}-{nanos}"));
+    std::fs::rename(dir, &aside).map_err(io_error(dir))?;
+    let removed = if meta.file_type().is_symlink() {
+        std::fs::remove_file(&aside).is_ok()
+    } else {
+        std::fs::remove_dir_all(&aside).is_ok()
+    };
+    Ok(if removed {
+        format!(
+            "{} had been made by uid {}, not root; removed and made afresh",
+            dir.display(),
+            uid
+        )
+    } else {
+        format!(
+            "{} had been made by uid {}, not root; moved to {} (remove it) and made afresh",
+            dir.display(),
+            uid,
+            aside.display()
+        )
+    })
+}
+
+/// Whether `dir` or its `maps`/`links` hold anything but folders: pins
+/// (bpffs shows them as files). Unreadable counts as holding some.
+fn holds_pins(dir: &Path) -> bool {
+    [dir.to_path_buf(), dir.join("maps"), dir.join("links")]
+        .iter()
+        .any(|sub| match std::fs::read_dir(sub) {
+            Ok(entries) => entries
+                .flatten()
+                .any(|entry| entry.file_type().map_or(true, |kind| kind.is_file())),
+            Err(error) => error.kind() != std::io::ErrorKind::NotFound,
+        })
 }
 
 /// Takes the exclusive lock every daemon holds on its pin directory.

@@ -921,6 +921,14 @@ impl Daemon {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    // Before anything is read or made: a daemon started by another user
+    // would only leave a pin directory of theirs behind.
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!(
+            "baton run needs root (it loads and pins eBPF programs); it runs as uid {}",
+            nix::unistd::geteuid()
+        );
+    }
     let settings = Settings::resolve(args)?;
     // Policies are read and compiled before anything touches the kernel, so
     // a bad file stops the daemon before it enforces a partial set.
@@ -1136,6 +1144,14 @@ async fn serve(
         "daemon",
         format!("baton {} started", env!("CARGO_PKG_VERSION")),
     ));
+    for undone in pins.reclaimed() {
+        tracing::warn!("pin directory: {undone}");
+        state.record(AuditRecord::lifecycle(
+            &host,
+            "daemon",
+            format!("pin directory: {undone}"),
+        ));
+    }
     if adopting {
         state.take_over(previous_progress);
     }
