@@ -315,15 +315,27 @@ fn an_unwritable_log_directory_stops_the_daemon_with_a_clear_error() {
         policy("demo", "demo", "  egress:\n    default: deny\n"),
     )
     .unwrap();
+    // Another user's private folder.
     let locked = dir.path().join("locked");
     std::fs::create_dir_all(&locked).unwrap();
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&locked, Some(65534), Some(65534)).unwrap();
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, "").unwrap();
     let log = locked.join("log/audit.jsonl");
-    // An unprivileged user: root writes through any permission bits.
+    let pin_dir = std::path::Path::new("/sys/fs/bpf").join(format!(
+        "baton-test-audit-unwritable-{}",
+        std::process::id()
+    ));
+    // Root as the unit runs it, without CAP_DAC_OVERRIDE (or
+    // CAP_DAC_READ_SEARCH here, which would let it in to look): permission
+    // bits hold for it.
     let output = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args([
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--inh-caps=-dac_override,-dac_read_search",
+            "--",
+        ])
         .arg(baton_bin())
         .arg("run")
         .arg("--policy-dir")
@@ -334,8 +346,14 @@ fn an_unwritable_log_directory_stops_the_daemon_with_a_clear_error() {
         .arg(dir.path().join("baton.sock"))
         .arg("--config")
         .arg(&config)
+        .arg("--pin-dir")
+        .arg(&pin_dir)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
         .output()
         .expect("setpriv (util-linux)");
+    // The daemon stopped before it pinned anything, but made the folder.
+    let _ = std::fs::remove_dir_all(&pin_dir);
     assert!(!output.status.success(), "{}", text(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
