@@ -140,8 +140,6 @@ impl Drop for Mapping {
 // SAFETY: the mappings are shared memory that the kernel, not this
 // process, synchronises; moving them to another thread changes nothing.
 unsafe impl Send for Mapping {}
-// SAFETY: as above; shared references only read.
-unsafe impl Sync for Mapping {}
 
 impl EventRing {
     /// Maps the ring buffer map `map` and starts reading at its consumer
