@@ -211,7 +211,10 @@ pub struct AgentCounters {
     /// Events left out by the per-agent event rate limit.
     pub events_suppressed: u64,
     /// Reserved for counters added later, so the layout stays.
-    pub _reserved: [u64; 5],
+    pub _reserved: [u64; 4],
+    /// Requests for a DNS proxy in a new network namespace that found
+    /// their ring buffer full (the namespace's resolver retries).
+    pub netns_requests_dropped: u64,
     /// Packets of agent sockets the packet-level backstop dropped.
     pub dropped_packets: u64,
     /// Socket options refused because they reroute packets.

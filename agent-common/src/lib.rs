@@ -60,6 +60,11 @@ pub mod map_names {
     pub const DENIED_DESTINATIONS: &str = "DENIED_DESTINATIONS";
     /// Ring buffer of events.
     pub const EVENTS: &str = "EVENTS";
+    /// One-element array: the fingerprint of the attached programs' object
+    /// and load-time settings.
+    pub const PROGRAMS_FINGERPRINT: &str = "PROGRAMS_FINGERPRINT";
+    /// Ring buffer of requests for a DNS proxy in a network namespace.
+    pub const NETNS_REQUESTS: &str = "NETNS_REQUESTS";
     /// Per-CPU counters of events that could not be queued.
     pub const EVENT_DROPS: &str = "EVENT_DROPS";
     /// One-element array: the daemon's tgid, which agents may not signal or trace.
@@ -68,7 +73,7 @@ pub mod map_names {
     pub const DETECT_PENDING: &str = "DETECT_PENDING";
     /// Every map the daemon opens by name, for the check that the compiled
     /// object has each of them.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 23] = [
         AGENT_OF_TGID,
         AGENT_MARKS,
         AGENT_POLICIES,
@@ -87,6 +92,8 @@ pub mod map_names {
         AGENT_COUNTERS,
         DENIED_DESTINATIONS,
         EVENTS,
+        NETNS_REQUESTS,
+        PROGRAMS_FINGERPRINT,
         EVENT_DROPS,
         DAEMON_TGID,
         DETECT_PENDING,

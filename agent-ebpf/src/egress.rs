@@ -38,8 +38,8 @@ use crate::{
     events::{Decision, count_drop, fill_header},
     maps::{
         AGENT_STATE, DENIED_DESTINATIONS, DNS_ORIGINAL, DNS_PROXY_PORTS, EGRESS_PORT_TABLES,
-        EGRESS_RULES, EVENTS, LEARNED_ADDRS, active_generation, agent_policy, count, current_agent,
-        quarantined, take_event_token,
+        EGRESS_RULES, EVENTS, LEARNED_ADDRS, NETNS_REQUESTS, active_generation, agent_policy,
+        count, current_agent, quarantined, take_event_token,
     },
 };
 
@@ -512,8 +512,8 @@ fn match_rules(generation: u32, agent_id: u32, destination: &Destination) -> (u8
 
 #[inline(always)]
 fn request_netns_proxy(agent: &AgentRecord, netns_cookie: u64, hook: u16, generation: u32) {
-    let Some(mut entry) = EVENTS.reserve::<NetnsEvent>(0) else {
-        count_drop(agent.agent_id);
+    let Some(mut entry) = NETNS_REQUESTS.reserve::<NetnsEvent>(0) else {
+        count(agent.agent_id, |c| c.netns_requests_dropped += 1);
         return;
     };
     // SAFETY: the reservation is exactly one `NetnsEvent`; every field is

@@ -109,6 +109,21 @@ pub static SELECTED_EXECUTABLES: HashMap<ExecutableKey, u32> = HashMap::with_max
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
+/// The fingerprint of the object and load-time settings the attached
+/// programs came from, written by the daemon once every program is
+/// attached. No program reads it: it lives with the pinned maps, so a
+/// restarted daemon that finds its own fingerprint keeps the running
+/// programs instead of loading them again.
+#[map(name = "PROGRAMS_FINGERPRINT")]
+pub static PROGRAMS_FINGERPRINT: Array<[u8; 32]> = Array::with_max_entries(1, 0);
+
+/// Requests for a DNS proxy in a network namespace, apart from `EVENTS`:
+/// one agent's flood of denials fills `EVENTS`, and must not leave another
+/// agent's new namespace without DNS. 64 KiB holds about 700 requests,
+/// which the daemon takes without writing anything.
+#[map(name = "NETNS_REQUESTS")]
+pub static NETNS_REQUESTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
 /// Events that could not be queued, per agent and per CPU.
 #[map(name = "EVENT_DROPS")]
 pub static EVENT_DROPS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(4096, 0);

@@ -191,24 +191,14 @@ fn survive_kill_and_restart(
     assert_eq!(leaks, 0, "the denied {kind} got through ({rounds} rounds)");
     assert_eq!(misses, 0, "the allowed {kind} failed ({rounds} rounds)");
 
-    // Adopted, not doubled: every old program is gone, each hook has one
-    // new link.
+    // Adopted, not doubled: the same object and settings, so each hook
+    // keeps the program that ran through the kill (no second load, no
+    // re-attachment).
     let after = pinned_program_ids(&daemon.pin_dir);
     assert_eq!(
-        before.iter().map(|(n, _)| n).collect::<Vec<_>>(),
-        after.iter().map(|(n, _)| n).collect::<Vec<_>>(),
-        "the same links are pinned"
+        before, after,
+        "the restarted daemon kept the running programs"
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while before.iter().any(|(_, id)| program_exists(*id)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for (name, id) in &before {
-        assert!(
-            !program_exists(*id),
-            "the old {name} program (id {id}) is still loaded: attached twice"
-        );
-    }
     // The restart swapped in its own generation and deleted the adopted
     // one: one generation's worth of rules, not two.
     let rules_after = (
@@ -430,6 +420,136 @@ fn every_denial_is_recorded_across_kill_9_under_a_flood() {
     assert!(
         records + dropped <= kernel_denied + 4 * batch,
         "more than a batch per kill written twice: records {records} + dropped {dropped} vs kernel denials {kernel_denied}"
+    );
+    daemon.kill();
+    assert!(daemon.uninstall().status.success());
+}
+
+#[test]
+fn a_restart_with_other_load_settings_replaces_every_program_once() {
+    // The event rate is written into the programs at load: a daemon
+    // restarted with another one must not keep the old programs (as it
+    // does when nothing changed), and must not leave them attached next
+    // to the new ones.
+    let (_denied, denied) = listener();
+    let mut daemon = Daemon::start_persistent_with_config(
+        "persist-replace",
+        &[(
+            "p.yaml",
+            policy("replace", "replace", "  egress:\n    default: deny\n"),
+        )],
+        "audit:\n  eventsPerSecond: 500\n",
+    );
+    let before = pinned_program_ids(&daemon.pin_dir);
+    daemon.kill();
+    std::fs::write(
+        daemon.dir.path().join("config.yaml"),
+        "audit:\n  eventsPerSecond: 700\n",
+    )
+    .unwrap();
+    daemon.restart();
+    let after = pinned_program_ids(&daemon.pin_dir);
+    assert_eq!(
+        before.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        after.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        "the same links are pinned"
+    );
+    for ((name, old), (_, new)) in before.iter().zip(&after) {
+        assert_ne!(
+            old, new,
+            "{name} kept its program across a changed event rate"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while before.iter().any(|(_, id)| program_exists(*id)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (name, id) in &before {
+        assert!(
+            !program_exists(*id),
+            "the old {name} program (id {id}) is still loaded: attached twice"
+        );
+    }
+    let script = format!(
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {denied}))\n    print('connected')\nexcept OSError as e:\n    print(e.errno)"
+    );
+    let output = daemon.exec("replace", &["python3", "-c", &script]);
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "1",
+        "the new programs enforce (EPERM): {output:?}"
+    );
+    daemon.kill();
+    assert!(daemon.uninstall().status.success());
+}
+
+#[test]
+fn a_ring_that_filled_while_no_daemon_ran_is_drained_to_the_last_event() {
+    // The ring buffer fills while the daemon is down (a slow restart, a
+    // flood): the next daemon must read every event in it, not stop when
+    // the kernel, finding no room, sends no more wake-ups.
+    let (_denied, denied) = listener();
+    let mut daemon = Daemon::start_persistent_with_config(
+        "persist-full-ring",
+        &[(
+            "p.yaml",
+            policy("full", "full", "  egress:\n    default: deny\n"),
+        )],
+        "audit:\n  eventsPerSecond: 0\n  rotation: { maxBytes: 0 }\n",
+    );
+    let stop = daemon.dir.path().join("stop-flood");
+    let mut flood = Command::new(baton_tests::baton_bin())
+        .args(["exec", "--agent", "full", "--control-socket"])
+        .arg(&daemon.socket)
+        .args(["--", "python3", "-c", FLOOD, &denied.to_string()])
+        .arg(&stop)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    daemon.kill();
+    // Long enough for the flood to fill the 8 MiB ring (about 70,000
+    // connect events) several times over.
+    std::thread::sleep(Duration::from_secs(12));
+    daemon.restart();
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&stop, "").unwrap();
+    assert!(flood.wait().unwrap().success());
+
+    let status = daemon.status();
+    let counters = status["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["agent"] == "full")
+        .map(|a| a["counters"].clone())
+        .unwrap();
+    let kernel_denied = counters["denied_connects"].as_u64().unwrap();
+    let dropped = counters["events_dropped"].as_u64().unwrap();
+    assert!(dropped > 0, "the ring never filled: {counters}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pending = loop {
+        let pending = daemon.status()["audit"]["events_pending_bytes"]
+            .as_u64()
+            .unwrap();
+        if pending == 0 || Instant::now() > deadline {
+            break pending;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(pending, 0, "the daemon stopped draining a full ring");
+    let records = std::fs::read_to_string(&daemon.audit_log)
+        .unwrap()
+        .lines()
+        .filter(|line| {
+            line.contains("\"agent\":\"full\"") && line.contains("\"verdict\":\"denied\"")
+        })
+        .count() as u64;
+    let batch = 1_024;
+    assert!(
+        records + dropped >= kernel_denied && records + dropped <= kernel_denied + batch,
+        "records {records} + dropped {dropped} vs kernel denials {kernel_denied}"
     );
     daemon.kill();
     assert!(daemon.uninstall().status.success());

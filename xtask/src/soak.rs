@@ -541,13 +541,21 @@ impl Soak {
         let settle_deadline = Instant::now() + Duration::from_secs(120);
         let mut records = self.count_records()?;
         let mut unchanged = 0;
-        while unchanged < 2 && Instant::now() < settle_deadline {
+        let pending = |status: &Value| status["audit"]["events_pending_bytes"].as_u64();
+        while (unchanged < 2 || self.status().ok().as_ref().and_then(pending) != Some(0))
+            && Instant::now() < settle_deadline
+        {
             thread::sleep(Duration::from_secs(2));
             let now = self.count_records()?;
             unchanged = if now == records { unchanged + 1 } else { 0 };
             records = now;
         }
         let status = self.status()?;
+        println!(
+            "soak: settled; kernel events not yet drained: {} bytes ({})",
+            pending(&status).map_or("unknown".to_string(), |b| b.to_string()),
+            status["audit"]["event_ring"]
+        );
         let _ = daemon.kill();
         let _ = daemon.wait();
         let records = self.count_records()?;
@@ -722,8 +730,14 @@ impl Report<'_> {
             );
             ok &= open_leaks == 0;
         }
+        let netns_requests_dropped: u64 = self.status["agents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|agent| agent["counters"]["netns_requests_dropped"].as_u64())
+            .sum();
         println!(
-            "  reloads {}, daemon restarts {}, namespaces with a DNS answer {} of {}",
+            "  reloads {}, daemon restarts {}, namespaces with a DNS answer {} of {} (proxy requests that found their ring full: {netns_requests_dropped})",
             self.reloads,
             self.incarnations.len() - 1,
             self.namespaces.0,

@@ -117,6 +117,10 @@ pub struct CounterSnapshot {
     /// Socket options refused because they reroute packets.
     #[serde(default)]
     pub denied_sockopts: u64,
+    /// Requests for a DNS proxy in a new network namespace that found no
+    /// room in their ring buffer.
+    #[serde(default)]
+    pub netns_requests_dropped: u64,
 }
 
 impl From<AgentCounters> for CounterSnapshot {
@@ -135,6 +139,7 @@ impl From<AgentCounters> for CounterSnapshot {
             events_suppressed: c.events_suppressed,
             dropped_packets: c.dropped_packets,
             denied_sockopts: c.denied_sockopts,
+            netns_requests_dropped: c.netns_requests_dropped,
         }
     }
 }

@@ -97,6 +97,11 @@ fn attach_one(
         .ok_or(KernelError::MissingProgram(program_name))?
         .try_into()
         .map_err(error("load"))?;
+    if let Some(pins) = pins
+        && pins.keep_link(program_name)?
+    {
+        return Ok(());
+    }
     program.load(tracepoint, btf).map_err(error("load"))?;
     let link = program.attach().map_err(error("attach"))?;
     if let Some(pins) = pins {

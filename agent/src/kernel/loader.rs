@@ -4,6 +4,7 @@ use std::{fs::File, path::PathBuf};
 
 use agent_common::{
     identity::EVENTS_PER_SECOND_GLOBAL,
+    map_names,
     offsets::{KERNEL_OFFSETS_GLOBAL, KernelOffsets},
     programs::{self, Program, Role},
 };
@@ -150,6 +151,34 @@ pub fn namespace_hooks() -> impl Iterator<Item = &'static str> {
     programs::with_role(Role::Namespaces).map(|p| p.name)
 }
 
+/// What the programs' behaviour depends on at load: the object and the
+/// values written into it. Equal fingerprints mean a running program is
+/// the one a new load would make.
+fn programs_fingerprint(
+    offsets: &KernelOffsets,
+    events_per_second: u32,
+    detect: &agent_common::detect::DetectOffsets,
+) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(EBPF_OBJECT);
+    hash.update(format!("{offsets:?}|{events_per_second}|{detect:?}"));
+    hash.finalize().into()
+}
+
+/// The one-element map holding the attached programs' fingerprint.
+fn fingerprint_map(
+    ebpf: &mut Ebpf,
+) -> Result<aya::maps::Array<&mut aya::maps::MapData, [u8; 32]>, KernelError> {
+    let map = ebpf
+        .map_mut(map_names::PROGRAMS_FINGERPRINT)
+        .ok_or(KernelError::MissingMap(map_names::PROGRAMS_FINGERPRINT))?;
+    aya::maps::Array::try_from(map).map_err(|source| KernelError::Map {
+        map: map_names::PROGRAMS_FINGERPRINT,
+        source,
+    })
+}
+
 fn program_error(
     program: &'static str,
     action: &'static str,
@@ -196,8 +225,30 @@ impl Enforcer {
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
         pins.hold_maps(&pinned)?;
+        // A previous daemon's programs stay when they came from the same
+        // object and settings; otherwise its stamp goes before the first
+        // link is replaced, so a daemon killed midway leaves none behind
+        // that would vouch for a mix of old and new programs.
+        let fingerprint = programs_fingerprint(&offsets, events_per_second, &detect_globals);
+        let same_programs = {
+            let mut stamp = fingerprint_map(&mut ebpf)?;
+            let same = stamp.get(&0, 0).is_ok_and(|found| found == fingerprint);
+            if !same {
+                stamp
+                    .set(0, [0; 32], 0)
+                    .map_err(|source| KernelError::Map {
+                        map: map_names::PROGRAMS_FINGERPRINT,
+                        source,
+                    })?;
+            }
+            same
+        };
+        pins.set_keep_links(same_programs);
 
         for tracepoint in programs::with_role(Role::Identity).map(|p| p.name) {
+            if pins.keep_link(tracepoint)? {
+                continue;
+            }
             let program: &mut BtfTracePoint = ebpf
                 .program_mut(tracepoint)
                 .ok_or(KernelError::MissingProgram(tracepoint))?
@@ -221,6 +272,9 @@ impl Enforcer {
             source,
         })?;
         for name in egress_programs() {
+            if pins.keep_link(name)? {
+                continue;
+            }
             let program: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
                 .ok_or(KernelError::MissingProgram(name))?
@@ -243,25 +297,27 @@ impl Enforcer {
             pins.pin_link(name, link)?;
         }
 
-        let program: &mut CgroupSock = ebpf
-            .program_mut("sock_create")
-            .ok_or(KernelError::MissingProgram("sock_create"))?
-            .try_into()
-            .map_err(program_error("sock_create", "load"))?;
-        program
-            .load()
-            .map_err(program_error("sock_create", "load"))?;
-        let link = program
-            .attach(&root, CgroupAttachMode::Single)
-            .map_err(program_error("sock_create", "attach"))?;
-        let link = program
-            .take_link(link)
-            .map_err(program_error("sock_create", "attach"))?;
-        let link = FdLink::try_from(link).map_err(|source| KernelError::Link {
-            program: "sock_create",
-            source,
-        })?;
-        pins.pin_link("sock_create", link)?;
+        if !pins.keep_link("sock_create")? {
+            let program: &mut CgroupSock = ebpf
+                .program_mut("sock_create")
+                .ok_or(KernelError::MissingProgram("sock_create"))?
+                .try_into()
+                .map_err(program_error("sock_create", "load"))?;
+            program
+                .load()
+                .map_err(program_error("sock_create", "load"))?;
+            let link = program
+                .attach(&root, CgroupAttachMode::Single)
+                .map_err(program_error("sock_create", "attach"))?;
+            let link = program
+                .take_link(link)
+                .map_err(program_error("sock_create", "attach"))?;
+            let link = FdLink::try_from(link).map_err(|source| KernelError::Link {
+                program: "sock_create",
+                source,
+            })?;
+            pins.pin_link("sock_create", link)?;
+        }
 
         let packet_backstop = match attach_backstop(&mut ebpf, &root, pins) {
             Ok(()) => ControlState::Enforced,
@@ -331,6 +387,15 @@ impl Enforcer {
         } else {
             ControlState::Unavailable("BPF LSM refused".into())
         };
+        fingerprint_map(&mut ebpf)?
+            .set(0, fingerprint, 0)
+            .map_err(|source| KernelError::Map {
+                map: map_names::PROGRAMS_FINGERPRINT,
+                source,
+            })?;
+        if same_programs {
+            tracing::info!("kept the running programs: the same object and settings loaded them");
+        }
         let stale = pins.remove_stale_links()?;
         if !stale.is_empty() {
             tracing::warn!(
@@ -358,6 +423,9 @@ impl Enforcer {
 /// before it, so no agent socket made after the backstop is attached goes
 /// untagged.
 pub fn attach_backstop(ebpf: &mut Ebpf, root: &File, pins: &PinDir) -> Result<(), KernelError> {
+    if pins.keep_link("skb_egress")? {
+        return Ok(());
+    }
     let program: &mut CgroupSkb = ebpf
         .program_mut("skb_egress")
         .ok_or(KernelError::MissingProgram("skb_egress"))?
@@ -388,6 +456,9 @@ pub fn attach_backstop(ebpf: &mut Ebpf, root: &File, pins: &PinDir) -> Result<()
 pub fn attach_setsockopt(ebpf: &mut Ebpf, root: &File, pins: &PinDir) -> Result<(), KernelError> {
     use std::os::fd::AsFd as _;
 
+    if pins.keep_link("setsockopt")? {
+        return Ok(());
+    }
     let program: &mut CgroupSockopt = ebpf
         .program_mut("setsockopt")
         .ok_or(KernelError::MissingProgram("setsockopt"))?
@@ -436,6 +507,11 @@ pub fn load_lsm(
     btf: &aya::Btf,
     pins: Option<&PinDir>,
 ) -> Result<(), KernelError> {
+    if let Some(pins) = pins
+        && pins.keep_link(program_name)?
+    {
+        return Ok(());
+    }
     let program: &mut Lsm = ebpf
         .program_mut(program_name)
         .ok_or(KernelError::MissingProgram(program_name))?

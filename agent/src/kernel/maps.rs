@@ -1096,6 +1096,7 @@ impl RuntimeMaps {
             sum.denied_sockets += c.denied_sockets;
             sum.events_dropped += c.events_dropped;
             sum.events_suppressed += c.events_suppressed;
+            sum.netns_requests_dropped += c.netns_requests_dropped;
             sum.dropped_packets += c.dropped_packets;
             sum.denied_sockopts += c.denied_sockopts;
             sum

@@ -234,8 +234,11 @@ pub struct PinDir {
     adopted: Vec<String>,
     /// What another user had made of the directories, undone at open.
     reclaimed: Vec<String>,
-    /// Programs whose links this daemon pinned.
+    /// Programs whose links this daemon pinned (or kept).
     pinned_links: Mutex<std::collections::BTreeSet<String>>,
+    /// Whether a previous daemon's links may be kept (it loaded the same
+    /// programs with the same settings).
+    keep_links: std::sync::atomic::AtomicBool,
     /// Every map and link pinned, by `maps/NAME` or `links/PROGRAM`.
     held: Mutex<BTreeMap<String, Held>>,
 }
@@ -291,6 +294,7 @@ impl PinDir {
             adopted,
             reclaimed,
             pinned_links: Mutex::default(),
+            keep_links: std::sync::atomic::AtomicBool::new(false),
             held: Mutex::default(),
         })
     }
@@ -410,6 +414,35 @@ impl PinDir {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(program.to_string());
         Ok(())
+    }
+
+    /// Allows (or forbids) [`PinDir::keep_link`] to keep a previous
+    /// daemon's links.
+    pub fn set_keep_links(&self, keep: bool) {
+        self.keep_links
+            .store(keep, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Keeps the link a previous daemon pinned for `program` instead of
+    /// loading and attaching the program again, when
+    /// [`PinDir::set_keep_links`] allowed it and the pin is there. Returns
+    /// whether it did; if not, the caller attaches a new link.
+    ///
+    /// Attaching anew costs a verifier run per program and, for LSM and
+    /// tracing programs, a rewrite of the kernel's trampoline for the hook
+    /// while other CPUs run through it.
+    pub fn keep_link(&self, program: &str) -> Result<bool, PinError> {
+        if !self.keep_links.load(std::sync::atomic::Ordering::Relaxed)
+            || !self.link_path(program).exists()
+        {
+            return Ok(false);
+        }
+        self.hold(&format!("links/{program}"))?;
+        self.pinned_links
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(program.to_string());
+        Ok(true)
     }
 
     /// Opens and keeps the object pinned at `pin` (`maps/NAME`,

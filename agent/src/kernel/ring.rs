@@ -67,6 +67,8 @@ pub struct EventRing {
     committed: u64,
     /// The producer position last seen.
     produced: u64,
+    /// What the reader did, for the backlog gauge on another thread.
+    progress: std::sync::Arc<ReaderProgress>,
     /// Owns the descriptor the mappings and `epoll` use.
     map: MapData,
 }
@@ -170,6 +172,7 @@ impl EventRing {
             read: start,
             committed: start,
             produced,
+            progress: std::sync::Arc::default(),
             map,
         })
     }
@@ -192,10 +195,16 @@ impl EventRing {
             let len = u64::from(word & !(BUSY_BIT | DISCARD_BIT));
             let start = offset + HEADER_BYTES;
             self.read += (HEADER_BYTES + len).next_multiple_of(8);
+            self.progress.events_read.fetch_add(1, Ordering::Relaxed);
             if word & DISCARD_BIT == 0 {
                 return self.producer.bytes(start, len);
             }
         }
+    }
+
+    /// Whether the kernel holds events this reader has not given back.
+    pub fn pending(&self) -> bool {
+        self.producer.position().load(Ordering::Acquire) != self.committed
     }
 
     /// Gives the events read so far back to the kernel. Returns whether
@@ -211,7 +220,99 @@ impl EventRing {
         // the reader.
         fence(Ordering::SeqCst);
         self.produced = self.producer.position().load(Ordering::Acquire);
+        self.progress.commits.fetch_add(1, Ordering::Relaxed);
+        self.progress.read.store(self.read, Ordering::Relaxed);
         self.produced != self.read
+    }
+}
+
+/// What the reader has done, shared with the backlog gauge.
+#[derive(Debug, Default)]
+struct ReaderProgress {
+    events_read: AtomicU64,
+    commits: AtomicU64,
+    read: AtomicU64,
+}
+
+/// How far the reader trails the kernel: a second, read-only view of the
+/// ring's two position pages, for `baton status` and the metrics. It reads
+/// the kernel's positions, not the reader's, so a stalled reader shows.
+pub struct RingBacklog {
+    positions: Mapping,
+    page_size: u64,
+    mask: u64,
+    progress: std::sync::Arc<ReaderProgress>,
+}
+
+/// The ring as its gauge sees it.
+#[derive(Debug, serde::Serialize)]
+pub struct RingState {
+    /// The kernel's consumer position.
+    pub consumer: u64,
+    /// The kernel's producer position.
+    pub producer: u64,
+    /// The reader's read-ahead position at its last commit.
+    pub reader: u64,
+    /// Events the reader has read since it started.
+    pub events_read: u64,
+    /// Batches it has given back.
+    pub commits: u64,
+    /// The header word of the event at the consumer position, when one
+    /// waits there (its top bit: still being written).
+    pub head_header: Option<u32>,
+}
+
+impl RingBacklog {
+    /// Bytes the kernel has queued (or is queueing) that no reader has
+    /// given back yet.
+    pub fn bytes(&self) -> u64 {
+        let consumer = self.positions.position().load(Ordering::Acquire);
+        let producer = self
+            .positions
+            .bytes(self.page_size, 8)
+            // SAFETY: 8 bytes at the start of the producer page, which the
+            // kernel updates atomically.
+            .map(|b| unsafe { &*b.as_ptr().cast::<AtomicU64>() }.load(Ordering::Acquire))
+            .unwrap_or(consumer);
+        producer.saturating_sub(consumer)
+    }
+
+    /// Positions and the reader's progress, for `baton status`.
+    pub fn state(&self) -> RingState {
+        let consumer = self.positions.position().load(Ordering::Acquire);
+        let producer = consumer + self.bytes();
+        let head_header = (producer != consumer)
+            .then(|| {
+                self.positions
+                    .header(2 * self.page_size + (consumer & self.mask))
+            })
+            .flatten();
+        RingState {
+            consumer,
+            producer,
+            reader: self.progress.read.load(Ordering::Relaxed),
+            events_read: self.progress.events_read.load(Ordering::Relaxed),
+            commits: self.progress.commits.load(Ordering::Relaxed),
+            head_header,
+        }
+    }
+}
+
+impl EventRing {
+    /// A read-only gauge of the backlog, usable from another thread.
+    pub fn backlog(&self) -> Result<RingBacklog, RingError> {
+        let positions = Mapping::new(
+            self.map.fd().as_fd(),
+            2 * self.page_size + self.mask + 1,
+            0,
+            ProtFlags::PROT_READ,
+        )?;
+        Ok(RingBacklog {
+            positions,
+            page_size: self.page_size,
+            mask: self.mask,
+            progress: self.progress.clone(),
+        })
     }
 }
 

@@ -204,6 +204,7 @@ pub struct Metrics {
     audit_write_failing: Gauge,
     audit_spooled_records: Gauge,
     audit_spooled_bytes: Gauge,
+    events_pending_bytes: Gauge,
     audit_records_lost: Counter,
     /// Why the audit log cannot be written, while it cannot (`/readyz`).
     audit_failure: Mutex<Option<String>>,
@@ -341,6 +342,12 @@ impl Metrics {
             "Bytes of audit records waiting in the spool",
             audit_spooled_bytes.clone(),
         );
+        let events_pending_bytes = Gauge::default();
+        registry.register(
+            "events_pending_bytes",
+            "Bytes of kernel events in the ring buffer that the daemon has not yet written to the audit log",
+            events_pending_bytes.clone(),
+        );
         let audit_records_lost = Counter::default();
         registry.register(
             "audit_records_lost",
@@ -378,6 +385,7 @@ impl Metrics {
             audit_write_failing,
             audit_spooled_records,
             audit_spooled_bytes,
+            events_pending_bytes,
             audit_records_lost,
             audit_failure: Mutex::new(None),
             kernel_totals: Mutex::new(HashMap::new()),
@@ -436,6 +444,11 @@ impl Metrics {
             self.audit_records_lost.inc_by(health.lost_total - counted);
         }
         *self.audit_failure.lock().unwrap_or_else(|e| e.into_inner()) = health.failing.clone();
+    }
+
+    /// Sets the bytes of kernel events not yet drained.
+    pub fn set_events_pending(&self, bytes: u64) {
+        self.events_pending_bytes.set(saturating_i64(bytes));
     }
 
     /// Why the audit log cannot be written, while it cannot.

@@ -31,6 +31,9 @@ pub(super) async fn tick_audit(daemon: Weak<Daemon>) {
             }
             let health = state.sink.health();
             state.metrics.set_audit_health(&health);
+            state
+                .metrics
+                .set_events_pending(state.event_backlog.bytes());
         }
     }
 }
@@ -42,70 +45,155 @@ pub(super) async fn tick_audit(daemon: Weak<Daemon>) {
 /// drain lets go for a moment and then goes on.
 const DRAIN_BATCH: usize = 1024;
 
+/// How long the drain waits for a wake-up before it looks at the ring
+/// itself. The kernel wakes the reader only for an event committed at the
+/// consumer position; should that wake-up be missed, events would sit in
+/// the ring, unrecorded, until the next one came.
+const WAKE_UP_PATIENCE: Duration = Duration::from_secs(1);
+
 pub(super) async fn drain_events(events: EventRing, daemon: Arc<Daemon>) -> anyhow::Result<()> {
     // SAFETY: the ring owns its descriptor and `AsyncFd` owns the ring, so
     // the descriptor outlives the registration.
     let mut events = unsafe { AsyncFd::register(events) }.map_err(|e| e.into_parts().1)?;
     let clock = Clock::new();
     let mut processes = ProcessCache::default();
+    let mut waiter = RingWaiter::default();
+    let mut more = true;
     loop {
-        let mut guard = events.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        // The lock is held in this block only, never across an await.
-        let more = {
-            let mut state = daemon.state.lock().expect("state lock poisoned");
-            // One write for what this wake-up drains, not one per record.
-            state.sink.begin_batch();
-            let mut drained = 0;
-            // A batch ends before the trail would write part of it early:
-            // written in parts, a batch killed midway would be read again
-            // whole by the next daemon, and its first part written twice.
-            while drained < DRAIN_BATCH
-                && !state.sink.batch_is_full()
-                && let Some(item) = ring.read_next()
-            {
-                drained += 1;
-                if let Some(request) = netns_request(item) {
-                    let daemon = daemon.clone();
-                    // Entering a namespace blocks; keep it off the event loop.
-                    tokio::task::spawn_blocking(move || {
-                        open_netns_proxy(&daemon, request.0, request.1, request.2)
-                    });
-                    continue;
-                }
-                let record = state.decode_event(item, &clock, &mut processes);
-                match record {
-                    Ok(record) => state.record(record),
-                    Err(error) => tracing::warn!(%error, "undecodable kernel event"),
-                }
-            }
-            if let Err(error) = state.sink.end_batch() {
-                tracing::error!(%error, "audit records lost");
-            }
-            // Only now, with the batch in the log (or in the spool, which
-            // accounts for what it loses), may the kernel reuse the events'
-            // space: a daemon killed before this line leaves them to the
-            // next one.
-            let more = ring.commit();
-            if let Err(error) = state.sink.settle() {
-                tracing::error!(%error, "audit checkpoint failed");
-            }
-            let health = state.sink.health();
-            state.metrics.set_audit_health(&health);
-            state.evaluate_breakers();
-            more
+        waiter.wait(&mut events, more).await?;
+        more = drain_batch(events.get_mut(), &daemon, &clock, &mut processes);
+    }
+}
+
+/// Takes requests for a DNS proxy in a new network namespace from their
+/// own ring, which a flood of denials in the event ring cannot fill.
+pub(super) async fn serve_netns_requests(
+    requests: EventRing,
+    daemon: Weak<Daemon>,
+) -> anyhow::Result<()> {
+    // SAFETY: as in `drain_events`.
+    let mut requests = unsafe { AsyncFd::register(requests) }.map_err(|e| e.into_parts().1)?;
+    let mut waiter = RingWaiter::default();
+    let mut more = true;
+    loop {
+        waiter.wait(&mut requests, more).await?;
+        let Some(daemon) = daemon.upgrade() else {
+            return Ok(());
         };
+        let ring = requests.get_mut();
+        let mut taken = 0;
+        while taken < DRAIN_BATCH
+            && let Some(item) = ring.read_next()
+        {
+            taken += 1;
+            if let Some(request) = netns_request(item) {
+                let daemon = daemon.clone();
+                // Entering a namespace blocks; keep it off the event loop.
+                tokio::task::spawn_blocking(move || {
+                    open_netns_proxy(&daemon, request.0, request.1, request.2)
+                });
+            }
+        }
+        more = ring.commit();
+    }
+}
+
+/// Waits until a ring is worth reading.
+#[derive(Default)]
+struct RingWaiter {
+    missed_wake_ups: u64,
+}
+
+impl RingWaiter {
+    /// Returns when `ring` may hold events: at once (after a pause for the
+    /// lock's other users) when the last read said `more`, else on the
+    /// kernel's wake-up, or after [`WAKE_UP_PATIENCE`] if events wait
+    /// without one.
+    async fn wait(&mut self, ring: &mut AsyncFd<EventRing>, more: bool) -> std::io::Result<()> {
         if more {
-            // More is waiting (and the kernel sends no wake-up for events
-            // queued behind a read-ahead batch): stay ready, but let the
-            // lock's other users in first (the tokio timer's granularity
-            // is a millisecond).
-            drop(guard);
+            // The kernel sends no wake-up for events queued behind a
+            // read-ahead batch: read on, but let the state lock's other
+            // users in first (the tokio timer's granularity is a
+            // millisecond).
             tokio::time::sleep(Duration::from_micros(100)).await;
-        } else {
-            guard.clear_ready();
+            return Ok(());
+        }
+        loop {
+            let woken = match tokio::time::timeout(WAKE_UP_PATIENCE, ring.readable_mut()).await {
+                // Readiness is cleared before the ring is read: an event
+                // committed while it is read wakes the next wait.
+                Ok(guard) => {
+                    guard?.clear_ready();
+                    true
+                }
+                Err(_) => false,
+            };
+            if woken {
+                return Ok(());
+            }
+            if ring.get_ref().pending() {
+                self.missed_wake_ups += 1;
+                if self.missed_wake_ups.is_power_of_two() {
+                    tracing::warn!(
+                        missed_wake_ups = self.missed_wake_ups,
+                        "events waited in a ring buffer without a wake-up; reading them"
+                    );
+                }
+                return Ok(());
+            }
         }
     }
+}
+
+/// Moves one batch from the ring to the audit trail, and gives its events
+/// back to the kernel once they are written. Returns whether more wait.
+fn drain_batch(
+    ring: &mut EventRing,
+    daemon: &Arc<Daemon>,
+    clock: &Clock,
+    processes: &mut ProcessCache,
+) -> bool {
+    // The lock is held in this function only, never across an await.
+    let mut state = daemon.state.lock().expect("state lock poisoned");
+    // One write for what this batch drains, not one per record.
+    state.sink.begin_batch();
+    let mut drained = 0;
+    // A batch ends before the trail would write part of it early: written
+    // in parts, a batch killed midway would be read again whole by the
+    // next daemon, and its first part written twice.
+    while drained < DRAIN_BATCH
+        && !state.sink.batch_is_full()
+        && let Some(item) = ring.read_next()
+    {
+        drained += 1;
+        if let Some(request) = netns_request(item) {
+            let daemon = daemon.clone();
+            // Entering a namespace blocks; keep it off the event loop.
+            tokio::task::spawn_blocking(move || {
+                open_netns_proxy(&daemon, request.0, request.1, request.2)
+            });
+            continue;
+        }
+        let record = state.decode_event(item, clock, processes);
+        match record {
+            Ok(record) => state.record(record),
+            Err(error) => tracing::warn!(%error, "undecodable kernel event"),
+        }
+    }
+    if let Err(error) = state.sink.end_batch() {
+        tracing::error!(%error, "audit records lost");
+    }
+    // Only now, with the batch in the log (or in the spool, which accounts
+    // for what it loses), may the kernel reuse the events' space: a daemon
+    // killed before this line leaves them to the next one.
+    let more = ring.commit();
+    if let Err(error) = state.sink.settle() {
+        tracing::error!(%error, "audit checkpoint failed");
+    }
+    let health = state.sink.health();
+    state.metrics.set_audit_health(&health);
+    state.evaluate_breakers();
+    more
 }
 
 impl State {

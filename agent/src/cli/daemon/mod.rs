@@ -9,7 +9,7 @@ mod takeover;
 
 use breakers::{breaker_rules, watch_breakers};
 use dns::{netns_request, open_netns_proxy, start_dns_proxies, sweep_learned_addresses};
-use events::{drain_events, tick_audit};
+use events::{drain_events, serve_netns_requests, tick_audit};
 use files::{record_fanotify_events, start_fanotify};
 use takeover::Takeover;
 
@@ -204,6 +204,8 @@ struct State {
     /// The pins, with the daemon's own descriptors of every map and link.
     pins: Arc<PinDir>,
     sink: AuditTrail,
+    /// How far the event drain trails the kernel.
+    event_backlog: crate::kernel::ring::RingBacklog,
     host: String,
     /// Whether BPF LSM enforces file rules; if not, `baton exec` agents get
     /// a Landlock ruleset instead.
@@ -584,7 +586,11 @@ impl State {
                 (false, None) if self.detection => "Landlock for baton exec agents; detected only for the others (no fanotify)".to_string(),
                 (false, None) => "Landlock for baton exec agents; NOT enforced for the others (no fanotify)".to_string(),
             },
-            "audit": { "head_seq": self.sink.head().map(|head| head.seq) },
+            "audit": {
+                "head_seq": self.sink.head().map(|head| head.seq),
+                "events_pending_bytes": self.event_backlog.bytes(),
+                "event_ring": self.event_backlog.state(),
+            },
             "pins": {
                 "dir": self.pin_dir,
                 "adopted_at_start": self.adopted,
@@ -1075,6 +1081,15 @@ async fn serve(
         anyhow::bail!("map EVENTS in the eBPF object is not a ring buffer");
     };
     let events = crate::kernel::ring::EventRing::new(events)?;
+    let event_backlog = events.backlog()?;
+    let netns_requests = enforcer
+        .ebpf
+        .take_map(map_names::NETNS_REQUESTS)
+        .context("map NETNS_REQUESTS is missing from the eBPF object")?;
+    let aya::maps::Map::RingBuf(netns_requests) = netns_requests else {
+        anyhow::bail!("map NETNS_REQUESTS in the eBPF object is not a ring buffer");
+    };
+    let netns_requests = crate::kernel::ring::EventRing::new(netns_requests)?;
 
     let mut breakers = Engine::default();
     breakers.set_rules(breaker_rules(&compiled, &registry));
@@ -1119,6 +1134,7 @@ async fn serve(
         registry,
         policies: compiled,
         sink,
+        event_backlog,
         host: host.clone(),
         files_enforced: enforcer.files == ControlState::Enforced,
         landlock_gaps_logged: BTreeSet::new(),
@@ -1257,6 +1273,10 @@ async fn serve(
     }
     start_dns_proxies(&daemon, &settings.dns).await?;
     let sweeper = tokio::spawn(sweep_learned_addresses(Arc::downgrade(&daemon)));
+    let netns_server = tokio::spawn(serve_netns_requests(
+        netns_requests,
+        Arc::downgrade(&daemon),
+    ));
     let breaker_task = tokio::spawn(watch_breakers(Arc::downgrade(&daemon)));
     // The socket appears last: once it exists, the daemon is enforcing.
     // Everything the daemon opens at start is open now: what is left must
@@ -1314,6 +1334,7 @@ async fn serve(
     guard.abort();
     control.abort();
     sweeper.abort();
+    netns_server.abort();
     breaker_task.abort();
     reloader.abort();
     let _ = std::fs::remove_file(&settings.control_socket);
