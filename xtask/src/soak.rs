@@ -85,6 +85,9 @@ const RELOAD_EVERY: Duration = Duration::from_secs(7);
 const KILL_WINDOW_GRACE: Duration = Duration::from_secs(2);
 /// Resources must come back within this fraction of their start.
 const RESOURCE_TOLERANCE: f64 = 0.10;
+/// How long the soak waits, after the load, for the daemon to write what
+/// the ring still holds.
+const SETTLE_PATIENCE: Duration = Duration::from_secs(600);
 
 /// Runs the soak and prints the report; fails if a target is missed.
 pub fn run(args: &SoakArgs) -> Result<()> {
@@ -97,10 +100,29 @@ pub fn run(args: &SoakArgs) -> Result<()> {
     }
     if !args.in_vm {
         crate::setup::setup(&crate::setup::SetupOptions { vm: false })?;
-        crate::build()?;
+        build_release()?;
     }
     let soak = Soak::prepare(args)?;
     soak.run(args)
+}
+
+/// Builds the daemon and the load generator as deployed.
+fn build_release() -> Result<()> {
+    println!("build: cargo build --release (baton and the soak's load generators)");
+    util::run(crate::cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "agent",
+        "--bin",
+        "baton",
+        "--package",
+        "baton-tests",
+        "--bin",
+        "soak-load",
+        "--bin",
+        "bench-connect",
+    ]))
 }
 
 /// Boots the test kernel `name` and runs the soak inside it, with file
@@ -108,6 +130,7 @@ pub fn run(args: &SoakArgs) -> Result<()> {
 fn run_in_kernel(args: &SoakArgs, name: &str) -> Result<()> {
     let kit = crate::setup::setup(&crate::setup::SetupOptions { vm: true })?;
     crate::build()?;
+    build_release()?;
     let kernel = kit
         .kernels
         .iter()
@@ -206,7 +229,9 @@ struct Soak {
 
 impl Soak {
     fn prepare(args: &SoakArgs) -> Result<Self> {
-        let target = workspace_root().join("target/debug");
+        // Release binaries, as deployed: the debug build decodes and writes
+        // events several times slower, which an emulated VM multiplies.
+        let target = workspace_root().join("target/release");
         let work = std::env::temp_dir().join(format!("baton-soak-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&work);
         util::create_dir_all(&work.join("policies"))?;
@@ -535,10 +560,12 @@ impl Soak {
         let last = incarnations.last_mut().expect("one incarnation");
         last.end = Some(Resources::of(daemon.id())?);
         // A daemon restarted late in the run finds the ring full and
-        // writes for a while after the load stops: count once the log has
-        // stopped growing for two looks in a row (and the once-a-second
-        // loss records are out), within two minutes.
-        let settle_deadline = Instant::now() + Duration::from_secs(120);
+        // writes for a while after the load stops (in an emulated VM, for
+        // minutes): count once the ring is empty and the log has stopped
+        // growing for two looks in a row (so the once-a-second loss
+        // records are out), within ten minutes.
+        let settle_deadline = Instant::now() + SETTLE_PATIENCE;
+        let mut last_report = Instant::now();
         let mut records = self.count_records()?;
         let mut unchanged = 0;
         let pending = |status: &Value| status["audit"]["events_pending_bytes"].as_u64();
@@ -546,6 +573,15 @@ impl Soak {
             && Instant::now() < settle_deadline
         {
             thread::sleep(Duration::from_secs(2));
+            if last_report.elapsed() >= Duration::from_secs(30) {
+                last_report = Instant::now();
+                if let Ok(status) = self.status() {
+                    println!(
+                        "soak: draining, {} bytes of events left",
+                        pending(&status).unwrap_or_default()
+                    );
+                }
+            }
             let now = self.count_records()?;
             unchanged = if now == records { unchanged + 1 } else { 0 };
             records = now;
