@@ -484,6 +484,49 @@ fn a_restart_with_other_load_settings_replaces_every_program_once() {
 }
 
 #[test]
+fn a_link_detached_while_no_daemon_ran_is_not_kept() {
+    // A restart keeps the running programs only where they still run: a
+    // link detached behind the daemon's back (by root, with no daemon to
+    // notice) is replaced, or the restart would leave the hook empty.
+    let (_denied, denied) = listener();
+    let mut daemon = Daemon::start_persistent(
+        "persist-detached",
+        &[(
+            "p.yaml",
+            policy("detached", "detached", "  egress:\n    default: deny\n"),
+        )],
+    );
+    let before = pinned_program_ids(&daemon.pin_dir);
+    daemon.kill();
+    let detach = Command::new("bpftool")
+        .args(["link", "detach", "pinned"])
+        .arg(daemon.pin_dir.join("links/connect4"))
+        .output()
+        .unwrap();
+    assert!(detach.status.success(), "bpftool link detach: {detach:?}");
+    daemon.restart();
+    let after = pinned_program_ids(&daemon.pin_dir);
+    for ((name, old), (_, new)) in before.iter().zip(&after) {
+        if name == "connect4" {
+            assert_ne!(old, new, "the detached connect4 link was kept");
+        } else {
+            assert_eq!(old, new, "{name} was loaded again though it still ran");
+        }
+    }
+    let script = format!(
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {denied}))\n    print('connected')\nexcept OSError as e:\n    print(e.errno)"
+    );
+    let output = daemon.exec("detached", &["python3", "-c", &script]);
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "1",
+        "connect4 enforces again (EPERM): {output:?}"
+    );
+    daemon.kill();
+    assert!(daemon.uninstall().status.success());
+}
+
+#[test]
 fn a_ring_that_filled_while_no_daemon_ran_is_drained_to_the_last_event() {
     // The ring buffer fills while the daemon is down (a slow restart, a
     // flood): the next daemon must read every event in it, not stop when

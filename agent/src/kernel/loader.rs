@@ -243,7 +243,8 @@ impl Enforcer {
             }
             same
         };
-        pins.set_keep_links(same_programs);
+        let cgroup_root = cgroup2_mount()?;
+        pins.set_keep_links(same_programs.then(|| cgroup_root.clone()));
 
         for tracepoint in programs::with_role(Role::Identity).map(|p| p.name) {
             if pins.keep_link(tracepoint)? {
@@ -266,7 +267,6 @@ impl Enforcer {
             pins.pin_link(tracepoint, FdLink::from(link))?;
         }
 
-        let cgroup_root = cgroup2_mount()?;
         let root = File::open(&cgroup_root).map_err(|source| KernelError::CgroupRoot {
             path: cgroup_root.clone(),
             source,

@@ -236,9 +236,10 @@ pub struct PinDir {
     reclaimed: Vec<String>,
     /// Programs whose links this daemon pinned (or kept).
     pinned_links: Mutex<std::collections::BTreeSet<String>>,
-    /// Whether a previous daemon's links may be kept (it loaded the same
-    /// programs with the same settings).
-    keep_links: std::sync::atomic::AtomicBool,
+    /// Where a previous daemon's links may be kept (it loaded the same
+    /// programs with the same settings): the cgroup v2 root their cgroup
+    /// programs must still run on.
+    keep_links: Mutex<Option<PathBuf>>,
     /// Every map and link pinned, by `maps/NAME` or `links/PROGRAM`.
     held: Mutex<BTreeMap<String, Held>>,
 }
@@ -294,7 +295,7 @@ impl PinDir {
             adopted,
             reclaimed,
             pinned_links: Mutex::default(),
-            keep_links: std::sync::atomic::AtomicBool::new(false),
+            keep_links: Mutex::new(None),
             held: Mutex::default(),
         })
     }
@@ -416,11 +417,14 @@ impl PinDir {
         Ok(())
     }
 
-    /// Allows (or forbids) [`PinDir::keep_link`] to keep a previous
-    /// daemon's links.
-    pub fn set_keep_links(&self, keep: bool) {
-        self.keep_links
-            .store(keep, std::sync::atomic::Ordering::Relaxed);
+    /// Allows [`PinDir::keep_link`] to keep a previous daemon's links that
+    /// are still attached (cgroup programs to `cgroup_root`), or with
+    /// `None` forbids it.
+    pub fn set_keep_links(&self, cgroup_root: Option<PathBuf>) {
+        *self
+            .keep_links
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = cgroup_root;
     }
 
     /// Keeps the link a previous daemon pinned for `program` instead of
@@ -431,9 +435,28 @@ impl PinDir {
     /// Attaching anew costs a verifier run per program and, for LSM and
     /// tracing programs, a rewrite of the kernel's trampoline for the hook
     /// while other CPUs run through it.
+    ///
+    /// A link that no longer runs its program where it should (detached
+    /// while no daemon ran) is not kept: the new link replaces it.
     pub fn keep_link(&self, program: &str) -> Result<bool, PinError> {
-        if !self.keep_links.load(std::sync::atomic::Ordering::Relaxed)
-            || !self.link_path(program).exists()
+        let Some(cgroup_root) = self
+            .keep_links
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        else {
+            return Ok(false);
+        };
+        let path = self.link_path(program);
+        let Ok(link) = bpfsys::obj_get(&path) else {
+            return Ok(false);
+        };
+        let Ok(info) = bpfsys::obj_info(link.as_fd()) else {
+            return Ok(false);
+        };
+        let root = File::open(&cgroup_root);
+        if link_attachment(program, link.as_fd(), info.prog_id, root.as_ref())
+            != Attachment::Attached
         {
             return Ok(false);
         }
