@@ -134,6 +134,41 @@ fn map_entries(pin_dir: &Path, map: &str) -> usize {
     entries.as_array().map_or(0, Vec::len)
 }
 
+/// Waits until the daemon has taken every event from the ring, as long as
+/// it makes progress (a loaded machine drains slowly, a stalled drain not
+/// at all). Returns the bytes left.
+fn wait_for_drain(daemon: &Daemon) -> u64 {
+    let pending = || {
+        daemon.status()["audit"]["events_pending_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    let mut left = pending();
+    let mut progress_at = Instant::now();
+    while left > 0 && progress_at.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = pending();
+        if now < left {
+            progress_at = Instant::now();
+        }
+        left = now;
+    }
+    left
+}
+
+/// Asserts that a connect from `agent` to `port` fails with `EPERM`.
+fn assert_connect_denied(daemon: &Daemon, agent: &str, port: u16) {
+    let script = format!(
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}))\n    print('connected')\nexcept OSError as e:\n    print(e.errno)"
+    );
+    let output = daemon.exec(agent, &["python3", "-c", &script]);
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "1",
+        "the programs enforce (EPERM): {output:?}"
+    );
+}
+
 /// Whether the kernel still has a program with this id.
 fn program_exists(id: u64) -> bool {
     Command::new("bpftool")
@@ -394,9 +429,11 @@ fn every_denial_is_recorded_across_kill_9_under_a_flood() {
         kernel_denied > 5_000,
         "the flood ran: {kernel_denied} denials"
     );
-    // The last daemon drains what is left: wait until the log holds a
-    // record for every denial the kernel did not count as dropped (a full
-    // ring while no daemon ran) and stops growing.
+    // The last daemon drains what is left: wait until the ring is empty,
+    // then until the log holds a record for every denial the kernel did
+    // not count as dropped (a full ring while no daemon ran) and stops
+    // growing.
+    assert_eq!(wait_for_drain(&daemon), 0, "the daemon stopped draining");
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut records = denial_records(&daemon);
     let mut still = 0;
@@ -470,15 +507,7 @@ fn a_restart_with_other_load_settings_replaces_every_program_once() {
             "the old {name} program (id {id}) is still loaded: attached twice"
         );
     }
-    let script = format!(
-        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {denied}))\n    print('connected')\nexcept OSError as e:\n    print(e.errno)"
-    );
-    let output = daemon.exec("replace", &["python3", "-c", &script]);
-    assert_eq!(
-        String::from_utf8_lossy(&output.stdout).trim(),
-        "1",
-        "the new programs enforce (EPERM): {output:?}"
-    );
+    assert_connect_denied(&daemon, "replace", denied);
     daemon.kill();
     assert!(daemon.uninstall().status.success());
 }
@@ -513,15 +542,7 @@ fn a_link_detached_while_no_daemon_ran_is_not_kept() {
             assert_eq!(old, new, "{name} was loaded again though it still ran");
         }
     }
-    let script = format!(
-        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {denied}))\n    print('connected')\nexcept OSError as e:\n    print(e.errno)"
-    );
-    let output = daemon.exec("detached", &["python3", "-c", &script]);
-    assert_eq!(
-        String::from_utf8_lossy(&output.stdout).trim(),
-        "1",
-        "connect4 enforces again (EPERM): {output:?}"
-    );
+    assert_connect_denied(&daemon, "detached", denied);
     daemon.kill();
     assert!(daemon.uninstall().status.success());
 }
@@ -571,17 +592,11 @@ fn a_ring_that_filled_while_no_daemon_ran_is_drained_to_the_last_event() {
     let kernel_denied = counters["denied_connects"].as_u64().unwrap();
     let dropped = counters["events_dropped"].as_u64().unwrap();
     assert!(dropped > 0, "the ring never filled: {counters}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let pending = loop {
-        let pending = daemon.status()["audit"]["events_pending_bytes"]
-            .as_u64()
-            .unwrap();
-        if pending == 0 || Instant::now() > deadline {
-            break pending;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert_eq!(pending, 0, "the daemon stopped draining a full ring");
+    assert_eq!(
+        wait_for_drain(&daemon),
+        0,
+        "the daemon stopped draining a full ring"
+    );
     let records = std::fs::read_to_string(&daemon.audit_log)
         .unwrap()
         .lines()

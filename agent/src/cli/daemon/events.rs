@@ -86,16 +86,21 @@ pub(super) async fn serve_netns_requests(
             && let Some(item) = ring.read_next()
         {
             taken += 1;
-            if let Some(request) = netns_request(item) {
-                let daemon = daemon.clone();
-                // Entering a namespace blocks; keep it off the event loop.
-                tokio::task::spawn_blocking(move || {
-                    open_netns_proxy(&daemon, request.0, request.1, request.2)
-                });
-            }
+            hand_over_netns_request(&daemon, item);
         }
         more = ring.commit();
     }
+}
+
+/// Opens the DNS proxy `item` asks for, if it is such a request, on a
+/// blocking thread (entering a namespace blocks). Returns whether it was.
+fn hand_over_netns_request(daemon: &Arc<Daemon>, item: &[u8]) -> bool {
+    let Some((agent_id, netns_cookie, pid)) = netns_request(item) else {
+        return false;
+    };
+    let daemon = daemon.clone();
+    tokio::task::spawn_blocking(move || open_netns_proxy(&daemon, agent_id, netns_cookie, pid));
+    true
 }
 
 /// Waits until a ring is worth reading.
@@ -166,12 +171,7 @@ fn drain_batch(
         && let Some(item) = ring.read_next()
     {
         drained += 1;
-        if let Some(request) = netns_request(item) {
-            let daemon = daemon.clone();
-            // Entering a namespace blocks; keep it off the event loop.
-            tokio::task::spawn_blocking(move || {
-                open_netns_proxy(&daemon, request.0, request.1, request.2)
-            });
+        if hand_over_netns_request(daemon, item) {
             continue;
         }
         let record = state.decode_event(item, clock, processes);

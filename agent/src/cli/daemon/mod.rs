@@ -990,6 +990,21 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     runtime.block_on(serve(settings, &policies, compiled, sink, takeover))
 }
 
+/// Takes the ring buffer map `name` out of the object, for a reader that
+/// gives events back only once they are handled.
+fn take_ring(
+    ebpf: &mut aya::Ebpf,
+    name: &'static str,
+) -> anyhow::Result<crate::kernel::ring::EventRing> {
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("map {name} is missing from the eBPF object"))?;
+    let aya::maps::Map::RingBuf(map) = map else {
+        anyhow::bail!("map {name} in the eBPF object is not a ring buffer");
+    };
+    Ok(crate::kernel::ring::EventRing::new(map)?)
+}
+
 async fn serve(
     settings: Settings,
     policies: &[crate::policy::LoadedPolicy],
@@ -1073,23 +1088,9 @@ async fn serve(
     // A previous daemon's proxies died with it; queries find no proxy (and
     // fail) until this daemon's are up, never an unfiltered resolver.
     dns.clear_proxies();
-    let events = enforcer
-        .ebpf
-        .take_map(map_names::EVENTS)
-        .context("map EVENTS is missing from the eBPF object")?;
-    let aya::maps::Map::RingBuf(events) = events else {
-        anyhow::bail!("map EVENTS in the eBPF object is not a ring buffer");
-    };
-    let events = crate::kernel::ring::EventRing::new(events)?;
+    let events = take_ring(&mut enforcer.ebpf, map_names::EVENTS)?;
     let event_backlog = events.backlog()?;
-    let netns_requests = enforcer
-        .ebpf
-        .take_map(map_names::NETNS_REQUESTS)
-        .context("map NETNS_REQUESTS is missing from the eBPF object")?;
-    let aya::maps::Map::RingBuf(netns_requests) = netns_requests else {
-        anyhow::bail!("map NETNS_REQUESTS in the eBPF object is not a ring buffer");
-    };
-    let netns_requests = crate::kernel::ring::EventRing::new(netns_requests)?;
+    let netns_requests = take_ring(&mut enforcer.ebpf, map_names::NETNS_REQUESTS)?;
 
     let mut breakers = Engine::default();
     breakers.set_rules(breaker_rules(&compiled, &registry));
