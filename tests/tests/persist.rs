@@ -365,32 +365,54 @@ while not os.path.exists(stop):
         s.close()
 "#;
 
+/// A persistent daemon whose agent `agent` floods a denied port with
+/// connects until `stop` exists; every denial is an event (no per-agent
+/// rate limit) and the log stays one file.
+struct Flood {
+    daemon: Daemon,
+    stop: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl Flood {
+    fn start(label: &str, agent: &str, denied: u16) -> Self {
+        let daemon = Daemon::start_persistent_with_config(
+            label,
+            &[(
+                "p.yaml",
+                policy(agent, agent, "  egress:\n    default: deny\n"),
+            )],
+            "audit:\n  eventsPerSecond: 0\n  rotation: { maxBytes: 0 }\n",
+        );
+        let stop = daemon.dir.path().join("stop-flood");
+        let child = Command::new(baton_tests::baton_bin())
+            .args(["exec", "--agent", agent, "--control-socket"])
+            .arg(&daemon.socket)
+            .args(["--", "python3", "-c", FLOOD, &denied.to_string()])
+            .arg(&stop)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self {
+            daemon,
+            stop,
+            child,
+        }
+    }
+}
+
 #[test]
 fn every_denial_is_recorded_across_kill_9_under_a_flood() {
     // A daemon killed while it holds a batch it has taken from the kernel
     // and not yet written must not lose it: the next daemon reads those
     // events again from the ring.
     let (_denied, denied) = listener();
-    let mut daemon = Daemon::start_persistent_with_config(
-        "persist-flood",
-        &[(
-            "p.yaml",
-            policy("flood", "flood", "  egress:\n    default: deny\n"),
-        )],
-        // Every denial is an event (no per-agent rate limit) and the log
-        // stays one file.
-        "audit:\n  eventsPerSecond: 0\n  rotation: { maxBytes: 0 }\n",
-    );
-    let stop = daemon.dir.path().join("stop-flood");
-    let mut flood = Command::new(baton_tests::baton_bin())
-        .args(["exec", "--agent", "flood", "--control-socket"])
-        .arg(&daemon.socket)
-        .args(["--", "python3", "-c", FLOOD, &denied.to_string()])
-        .arg(&stop)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let Flood {
+        mut daemon,
+        stop,
+        child: mut flood,
+    } = Flood::start("persist-flood", "flood", denied);
     for _ in 0..4 {
         std::thread::sleep(Duration::from_millis(800));
         daemon.kill();
@@ -553,24 +575,11 @@ fn a_ring_that_filled_while_no_daemon_ran_is_drained_to_the_last_event() {
     // flood): the next daemon must read every event in it, not stop when
     // the kernel, finding no room, sends no more wake-ups.
     let (_denied, denied) = listener();
-    let mut daemon = Daemon::start_persistent_with_config(
-        "persist-full-ring",
-        &[(
-            "p.yaml",
-            policy("full", "full", "  egress:\n    default: deny\n"),
-        )],
-        "audit:\n  eventsPerSecond: 0\n  rotation: { maxBytes: 0 }\n",
-    );
-    let stop = daemon.dir.path().join("stop-flood");
-    let mut flood = Command::new(baton_tests::baton_bin())
-        .args(["exec", "--agent", "full", "--control-socket"])
-        .arg(&daemon.socket)
-        .args(["--", "python3", "-c", FLOOD, &denied.to_string()])
-        .arg(&stop)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let Flood {
+        mut daemon,
+        stop,
+        child: mut flood,
+    } = Flood::start("persist-full-ring", "full", denied);
     std::thread::sleep(Duration::from_millis(500));
     daemon.kill();
     // Long enough for the flood to fill the 8 MiB ring (about 70,000
