@@ -116,6 +116,18 @@ pub fn build() -> Result<()> {
     util::run(cargo().args(["build", "--bins"]))
 }
 
+/// Builds `(package, binary)` pairs with the release profile.
+pub fn build_release(binaries: &[(&str, &str)]) -> Result<()> {
+    let mut cargo = cargo();
+    cargo.args(["build", "--release"]);
+    for (package, binary) in binaries {
+        cargo.args(["--package", package, "--bin", binary]);
+    }
+    let names: Vec<&str> = binaries.iter().map(|(_, binary)| *binary).collect();
+    println!("build: cargo build --release ({})", names.join(", "));
+    util::run(&mut cargo)
+}
+
 fn run_daemon(args: &[String]) -> Result<()> {
     setup::setup(&setup::SetupOptions { vm: false })?;
     build()?;

@@ -106,23 +106,13 @@ pub fn run(args: &SoakArgs) -> Result<()> {
     soak.run(args)
 }
 
-/// Builds the daemon and the load generator as deployed.
+/// Builds the daemon and the load generators as deployed.
 fn build_release() -> Result<()> {
-    println!("build: cargo build --release (baton and the soak's load generators)");
-    util::run(crate::cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "agent",
-        "--bin",
-        "baton",
-        "--package",
-        "baton-tests",
-        "--bin",
-        "soak-load",
-        "--bin",
-        "bench-connect",
-    ]))
+    crate::build_release(&[
+        ("agent", "baton"),
+        ("baton-tests", "soak-load"),
+        ("baton-tests", "bench-connect"),
+    ])
 }
 
 /// Boots the test kernel `name` and runs the soak inside it, with file

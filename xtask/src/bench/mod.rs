@@ -133,15 +133,7 @@ impl Params {
 fn build(params: &Params) -> Result<()> {
     crate::build()?;
     if params.release {
-        println!("build: cargo build --release --package agent --bin baton");
-        util::run(crate::cargo().args([
-            "build",
-            "--release",
-            "--package",
-            "agent",
-            "--bin",
-            "baton",
-        ]))?;
+        crate::build_release(&[("agent", "baton")])?;
     }
     Ok(())
 }
