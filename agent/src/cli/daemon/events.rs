@@ -93,14 +93,12 @@ pub(super) async fn serve_netns_requests(
 }
 
 /// Opens the DNS proxy `item` asks for, if it is such a request, on a
-/// blocking thread (entering a namespace blocks). Returns whether it was.
-fn hand_over_netns_request(daemon: &Arc<Daemon>, item: &[u8]) -> bool {
-    let Some((agent_id, netns_cookie, pid)) = netns_request(item) else {
-        return false;
-    };
-    let daemon = daemon.clone();
-    tokio::task::spawn_blocking(move || open_netns_proxy(&daemon, agent_id, netns_cookie, pid));
-    true
+/// blocking thread (entering a namespace blocks).
+fn hand_over_netns_request(daemon: &Arc<Daemon>, item: &[u8]) {
+    if let Some((agent_id, netns_cookie, pid)) = netns_request(item) {
+        let daemon = daemon.clone();
+        tokio::task::spawn_blocking(move || open_netns_proxy(&daemon, agent_id, netns_cookie, pid));
+    }
 }
 
 /// Waits until a ring is worth reading.
@@ -171,9 +169,6 @@ fn drain_batch(
         && let Some(item) = ring.read_next()
     {
         drained += 1;
-        if hand_over_netns_request(daemon, item) {
-            continue;
-        }
         let record = state.decode_event(item, clock, processes);
         match record {
             Ok(record) => state.record(record),
