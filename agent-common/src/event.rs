@@ -115,6 +115,9 @@ pub mod hook {
     pub const FANOTIFY_OPEN: u16 = 48;
     /// The daemon's fanotify listener answering a `FAN_OPEN_EXEC_PERM` event.
     pub const FANOTIFY_OPEN_EXEC: u16 = 49;
+    /// Not a kernel program: a Landlock denial of a `baton exec` agent,
+    /// as Landlock reported it through the audit subsystem (Linux 6.15+).
+    pub const LANDLOCK: u16 = 50;
     /// Detection: an open, seen at `tp_btf/sys_exit` once it succeeded.
     pub const DETECT_OPEN: u16 = 64;
     /// Detection: an exec, at `tp_btf/sched_process_exec`.

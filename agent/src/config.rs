@@ -85,6 +85,13 @@ pub struct FilesConfig {
     /// with `onDetect: kill`), not denied; for hosts where every open of a
     /// watched mount waiting for the daemon costs too much.
     pub fanotify: Option<bool>,
+    /// Whether to record the denials Landlock makes for `baton exec` agents
+    /// where BPF LSM is unavailable [default: true]. Landlock reports them
+    /// through the kernel's audit subsystem (Linux 6.15+), which the daemon
+    /// switches on if it is off (no audit rule is loaded; without `auditd`
+    /// the kernel also prints the records to its log, rate-limited). With
+    /// `false`, those denials are enforced but not recorded.
+    pub landlock_audit: Option<bool>,
 }
 
 /// `metrics:` in the configuration file.

@@ -510,3 +510,82 @@ fn baton_exec_agents_are_held_to_file_rules_with_or_without_bpf_lsm() {
         "outside the agent"
     );
 }
+
+/// Whatever holds a `baton exec` agent to its file rules (BPF LSM in the
+/// VMs; Landlock on hosts without it, whose denials Landlock reports to the
+/// audit subsystem on Linux 6.15+), a denied read is a record naming the
+/// process, the path, the right and the rule, it counts in `denied_files`,
+/// and a canary's touch trips its breaker.
+#[test]
+fn a_baton_exec_agents_file_denials_are_recorded_and_counted() {
+    let probe = baton_tests::baton(&["probe", "--json"]);
+    let probe: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
+    let lsm = probe["bpf_lsm_loadable"].as_bool().unwrap();
+    let tree = Tree::new("llog");
+    let canary = tree.path("public/canary.txt");
+    std::fs::write(&canary, "bait").unwrap();
+    let body = format!(
+        "  egress:\n    default: allow\n  files:\n    deny:\n      - {}\n    canaries:\n      - {canary}\n  breakers:\n    - name: bait\n      when: {{canary: true}}\n      action: quarantine\n      cooldownSeconds: 300\n",
+        tree.path("secret")
+    );
+    let daemon = Daemon::start("llog", &[("p.yaml", policy("tree", "tree", &body))]);
+    let status = daemon.status();
+    if !lsm {
+        let how = status["landlock_denials"].as_str().unwrap();
+        if crate_landlock_abi() < 7 {
+            assert!(how.starts_with("NOT recorded"), "{how}");
+            eprintln!("Landlock before ABI 7 cannot report denials: {how}");
+            return;
+        }
+        assert_eq!(how, "recorded", "{status}");
+    }
+    let key = tree.path("secret/key.txt");
+    let expected = if lsm { EPERM } else { "errno=13" };
+    let output = daemon.exec("tree", &[HELPER, "open", &key, "read"]);
+    assert_eq!(helper_outcome(&output), expected, "the denied file");
+
+    let record =
+        daemon.wait_for_record(|r| r["control"] == "file" && r["object"]["path"] == key.as_str());
+    assert_eq!(record["agent"], "tree");
+    assert_eq!(record["verdict"], "denied");
+    assert_eq!(record["hook"], if lsm { "file_open" } else { "landlock" });
+    assert_eq!(record["object"]["denied_rights"][0], "read", "{record}");
+    assert_eq!(record["rule"]["id"], "files.deny[0]", "{record}");
+    assert!(record["process"]["pid"].as_u64().unwrap() > 0, "{record}");
+    assert_eq!(record["process"]["comm"], "baton-test-help", "{record}");
+    assert_eq!(outside_outcome(&["open", &key, "read"]), "ok");
+
+    // The canary: denied, recorded as a canary, and its breaker trips.
+    let output = daemon.exec("tree", &[HELPER, "open", &canary, "read"]);
+    assert_eq!(helper_outcome(&output), expected, "the canary");
+    let touched = daemon
+        .wait_for_record(|r| r["control"] == "file" && r["object"]["path"] == canary.as_str());
+    assert_eq!(touched["rule"]["id"], "files.canaries[0]", "{touched}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !daemon.records().iter().any(|r| r["control"] == "breaker") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the canary's breaker did not trip: {:#?}",
+            daemon.records()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = daemon.status();
+    let counters = &status["agents"][0]["counters"];
+    assert!(counters["denied_files"].as_u64() >= Some(2), "{counters}");
+    assert!(counters["canary_hits"].as_u64() >= Some(1), "{counters}");
+}
+
+/// The kernel's Landlock ABI version (0 without Landlock).
+fn crate_landlock_abi() -> i64 {
+    // SAFETY: the version query takes no ruleset and writes no memory.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            1u32,
+        )
+    };
+    abi.max(0)
+}

@@ -300,7 +300,15 @@ struct Shared {
     /// here, where every decision is made, not from the records, which a
     /// full queue can lose.
     counts: Mutex<HashMap<u32, FallbackCounts>>,
+    /// `baton exec` root processes admitted with a Landlock plan, newest
+    /// last: Landlock's report of a denial arrives after the syscall, when
+    /// the denied process (and its identity entry) may be gone, but it
+    /// names the domain's creator, which is such a root.
+    exec_roots: Mutex<std::collections::VecDeque<AgentRecord>>,
 }
+
+/// How many `baton exec` roots [`Shared::exec_roots`] remembers.
+const EXEC_ROOTS_REMEMBERED: usize = 4096;
 
 /// Per-agent counts of the fanotify listener's decisions, added to the
 /// kernel's counters of the same names wherever counters are read.
@@ -328,6 +336,8 @@ pub struct Watcher {
     group: Arc<Fanotify>,
     shared: Arc<Shared>,
     marks: Marks,
+    /// Why Landlock's denials are not recorded, when they are not.
+    landlock_log: Option<String>,
 }
 
 /// What [`Watcher::start`] hands the daemon: the watcher and the stream of
@@ -339,7 +349,14 @@ impl Watcher {
     /// are handles on the kernel's `tgid → agent` and agent state maps
     /// (the listener reads them without the daemon's locks). Nothing is
     /// marked until [`Watcher::update`].
-    pub fn start(identity: MapData, runtime: MapData) -> Result<Started, FanotifyError> {
+    /// `landlock_audit` (`files.landlockAudit`): whether to also record
+    /// the denials Landlock reports for `baton exec` agents
+    /// ([`super::landlock_log`]), through the same decisions and counts.
+    pub fn start(
+        identity: MapData,
+        runtime: MapData,
+        landlock_audit: bool,
+    ) -> Result<Started, FanotifyError> {
         // FAN_REPORT_TID: the opening thread, whose pending syscall says
         // whether it opens for reading or writing.
         let group = Fanotify::init(
@@ -376,6 +393,7 @@ impl Watcher {
             lost: AtomicU64::new(0),
             own_tgid: std::process::id(),
             counts: Mutex::default(),
+            exec_roots: Mutex::default(),
         });
         let group = Arc::new(group);
         let (listener_group, listener_shared) = (group.clone(), shared.clone());
@@ -383,11 +401,21 @@ impl Watcher {
             .name("baton-fanotify".into())
             .spawn(move || listen(&listener_group, &listener_shared))
             .map_err(FanotifyError::Thread)?;
+        let reporter = shared.clone();
+        let landlock_log = super::landlock_log::start(landlock_audit, move |denial| {
+            reporter.landlock_denied(&denial);
+        })
+        .err()
+        .map(|error| {
+            tracing::warn!(%error, "Landlock denials are not recorded");
+            error.to_string()
+        });
         Ok((
             Self {
                 group,
                 shared,
                 marks: Marks::new(),
+                landlock_log,
             },
             receiver,
         ))
@@ -464,6 +492,28 @@ impl Watcher {
         self.marks = applied;
         tracing::debug!(marks = ?self.marks, "fanotify marks");
         unwatched
+    }
+
+    /// Remembers a `baton exec` root admitted with a Landlock plan, so that
+    /// Landlock's reports of its denials find their agent after the
+    /// process is gone.
+    pub fn admitted_exec(&self, record: AgentRecord) {
+        let mut roots = self
+            .shared
+            .exec_roots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        roots.retain(|known| known.root_tgid != record.root_tgid);
+        if roots.len() >= EXEC_ROOTS_REMEMBERED {
+            roots.pop_front();
+        }
+        roots.push_back(record);
+    }
+
+    /// Why Landlock's denials of `baton exec` agents are not recorded, or
+    /// `None` when they are.
+    pub fn landlock_log(&self) -> Option<&str> {
+        self.landlock_log.as_deref()
     }
 
     /// Decisions that could not be queued for the audit trail so far; the
@@ -746,12 +796,9 @@ impl Shared {
             flags |= file_flags::CANARY;
         }
         let (_, uid, gid) = proc_status(tid).unwrap_or((tgid, 0, 0));
-        let mut event = Box::new(FileEvent::default());
+        let denied = if held { rights } else { denied };
+        let mut event = file_event(&path, flags, rights, denied);
         let header = &mut event.header;
-        header.version = EVENT_VERSION;
-        header.kind = kind::FILE;
-        header.size = size_of::<FileEvent>() as u32;
-        header.time_boot_ns = boot_time_ns();
         header.agent_id = member.agent_id;
         header.pid = tid;
         header.tgid = tgid;
@@ -768,22 +815,120 @@ impl Shared {
         header.rule_id = rule_id;
         header.generation = generation;
         if let Ok(comm) = std::fs::read(format!("/proc/{tid}/comm")) {
-            let comm = comm.strip_suffix(b"\n").unwrap_or(&comm);
-            let len = comm.len().min(header.comm.len());
-            header.comm[..len].copy_from_slice(&comm[..len]);
+            set_comm(header, comm.strip_suffix(b"\n").unwrap_or(&comm));
         }
-        event.rights = rights;
-        event.denied_rights = if held { rights } else { denied };
-        let bytes = path.as_bytes();
-        let len = bytes.len().min(EVENT_PATH_BYTES);
-        event.path[..len].copy_from_slice(&bytes[..len]);
-        event.path_len = len as u32;
-        if bytes.len() > EVENT_PATH_BYTES {
-            event.flags |= file_flags::PATH_TRUNCATED;
-        }
-        event.flags |= flags;
         (verdict != Verdict::Denied, Some(event))
     }
+
+    /// Records and counts one denial Landlock reported for a `baton exec`
+    /// agent. Landlock has decided already; this finds the agent and the
+    /// rule the path falls under.
+    fn landlock_denied(&self, denial: &super::landlock_log::Denial) {
+        // No process in the report (a task the audit subsystem does not
+        // follow): the domain's creator, the agent's root process, stands
+        // in for it.
+        let Some(tgid) = denial.tgid.or(denial.domain_creator) else {
+            return;
+        };
+        let member = self.identity.get(&tgid, 0).ok().or_else(|| {
+            let creator = denial.domain_creator?;
+            let roots = self
+                .exec_roots
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            roots.iter().rev().find(|r| r.root_tgid == creator).copied()
+        });
+        let Some(member) = member else {
+            // Not an agent's process: another program's own sandbox.
+            return;
+        };
+        let tid = tgid;
+        if denial.is_agents_own_sandbox(member.root_tgid) {
+            return;
+        }
+        let Ok(rules) = self.rules.read() else {
+            return;
+        };
+        let generation = rules.generation;
+        let agent = rules
+            .agents
+            .get(&member.agent_id)
+            .cloned()
+            .unwrap_or_else(AgentRules::deny_all);
+        drop(rules);
+        let mut flags = 0;
+        let (found, rule_id) = match &denial.path {
+            Some(path) => {
+                let (found, rule_id, _) = agent.decide(path, denial.rights);
+                // Landlock's plan may deny more than the policy (what it
+                // cannot express): the record then names no rule.
+                if found == decision::ALLOW {
+                    (decision::DENY, 0)
+                } else {
+                    (found, rule_id)
+                }
+            }
+            None => {
+                flags |= file_flags::PATH_UNRESOLVED;
+                (decision::DENY, 0)
+            }
+        };
+        {
+            let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+            let counts = counts.entry(member.agent_id).or_default();
+            counts.denied_files += 1;
+            if found == decision::CANARY {
+                counts.canary_hits += 1;
+            }
+        }
+        if found == decision::CANARY {
+            flags |= file_flags::CANARY;
+        }
+        let path = denial.path.as_deref().unwrap_or_default();
+        let mut event = file_event(path, flags, denial.rights, denial.rights);
+        let header = &mut event.header;
+        header.agent_id = member.agent_id;
+        header.pid = tid;
+        header.tgid = tgid;
+        header.uid = denial.uid;
+        header.gid = denial.gid;
+        header.root_tgid = member.root_tgid;
+        header.hook = hook::LANDLOCK;
+        header.verdict = Verdict::Denied as u8;
+        header.mode = agent.mode;
+        header.rule_id = rule_id;
+        header.generation = generation;
+        set_comm(header, denial.comm.as_bytes());
+        if self.events.try_send(event).is_err() {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A file event for `path`, stamped now; the caller fills in who and why.
+fn file_event(path: &str, flags: u32, rights: u32, denied: u32) -> Box<FileEvent> {
+    let mut event = Box::new(FileEvent::default());
+    let header = &mut event.header;
+    header.version = EVENT_VERSION;
+    header.kind = kind::FILE;
+    header.size = size_of::<FileEvent>() as u32;
+    header.time_boot_ns = boot_time_ns();
+    event.rights = rights;
+    event.denied_rights = denied;
+    let bytes = path.as_bytes();
+    let len = bytes.len().min(EVENT_PATH_BYTES);
+    event.path[..len].copy_from_slice(&bytes[..len]);
+    event.path_len = len as u32;
+    if bytes.len() > EVENT_PATH_BYTES {
+        event.flags |= file_flags::PATH_TRUNCATED;
+    }
+    event.flags |= flags;
+    event
+}
+
+fn set_comm(header: &mut agent_common::event::EventHeader, comm: &[u8]) {
+    let len = comm.len().min(header.comm.len());
+    header.comm[..len].copy_from_slice(&comm[..len]);
 }
 
 // ---------------------------------------------------------------- reporting

@@ -274,7 +274,9 @@ pub fn apply(plan: &LandlockPlan) -> Result<(), LandlockError> {
         }
         ruleset = ruleset.add_rule(PathBeneath::new(fd, flags))?;
     }
-    let status = ruleset.restrict_self()?;
+    // Denials after the exec are reported to the audit subsystem (ABI 7+;
+    // ignored before), where the daemon reads them (`landlock_log`).
+    let status = ruleset.log_new_exec(true)?.restrict_self()?;
     if status.ruleset == RulesetStatus::NotEnforced {
         return Err(LandlockError::Unavailable {
             found: format!("{status:?}"),

@@ -282,16 +282,20 @@ impl Daemon {
         // deploy/systemd/baton.service): the daemon holds a descriptor per
         // rule object, and the shell that starts a benchmark often has a
         // lower one (in the test VM, the kernel's default of 4,096).
-        // SAFETY: `setrlimit` is async-signal-safe, and nothing else runs
-        // between fork and exec.
+        // A shell whose hard limit is lower and that lacks CAP_SYS_RESOURCE
+        // (some sandboxes) cannot raise it: the daemon then gets that hard
+        // limit and caps its rule objects to fit, as it would in production.
+        // SAFETY: `getrlimit` and `setrlimit` are async-signal-safe, and
+        // nothing else runs between fork and exec.
         unsafe {
             command.pre_exec(|| {
-                nix::sys::resource::setrlimit(
-                    nix::sys::resource::Resource::RLIMIT_NOFILE,
-                    DAEMON_NOFILE,
-                    DAEMON_NOFILE,
-                )
-                .map_err(std::io::Error::from)
+                use nix::sys::resource::{Resource, getrlimit, setrlimit};
+                if setrlimit(Resource::RLIMIT_NOFILE, DAEMON_NOFILE, DAEMON_NOFILE).is_ok() {
+                    return Ok(());
+                }
+                let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+                setrlimit(Resource::RLIMIT_NOFILE, hard.min(DAEMON_NOFILE), hard)
+                    .map_err(std::io::Error::from)
             });
         }
         let child = command

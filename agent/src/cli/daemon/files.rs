@@ -9,6 +9,7 @@ pub(super) fn start_fanotify(
     maps: &PolicyMaps,
     runtime: &RuntimeMaps,
     allowed: bool,
+    landlock_audit: bool,
 ) -> (
     Option<crate::fallback::fanotify::Watcher>,
     Option<tokio::sync::mpsc::Receiver<Box<agent_common::event::FileEvent>>>,
@@ -25,7 +26,8 @@ pub(super) fn start_fanotify(
         .and_then(|identity| Ok((identity, runtime.state_handle()?)))
         .map_err(|e| e.to_string())
         .and_then(|(identity, state)| {
-            crate::fallback::fanotify::Watcher::start(identity, state).map_err(|e| e.to_string())
+            crate::fallback::fanotify::Watcher::start(identity, state, landlock_audit)
+                .map_err(|e| e.to_string())
         });
     match started {
         Ok((watcher, events)) => (Some(watcher), Some(events)),

@@ -76,6 +76,9 @@ struct Settings {
     cleanup_on_exit: bool,
     /// Whether the fanotify fallback may run (`files.fanotify`).
     fanotify: bool,
+    /// Whether Landlock's denials are read from the audit subsystem
+    /// (`files.landlockAudit`).
+    landlock_audit: bool,
     /// How the daemon's descriptors are shared, and the control socket's
     /// limits within its share.
     descriptors: budget::Budget,
@@ -128,6 +131,7 @@ impl Settings {
         Ok(Self {
             descriptors,
             fanotify: config.files.fanotify.unwrap_or(true),
+            landlock_audit: config.files.landlock_audit.unwrap_or(true),
             protected,
             pin_dir: args
                 .pin_dir
@@ -586,6 +590,15 @@ impl State {
                 (false, None) if self.detection => "Landlock for baton exec agents; detected only for the others (no fanotify)".to_string(),
                 (false, None) => "Landlock for baton exec agents; NOT enforced for the others (no fanotify)".to_string(),
             },
+            // Whether Landlock's denials of baton exec agents become
+            // records: "recorded", or why not.
+            "landlock_denials": match (self.files_enforced, &self.fanotify) {
+                (true, _) => "not used (BPF LSM decides)".to_string(),
+                (false, Some(watcher)) => watcher
+                    .landlock_log()
+                    .map_or_else(|| "recorded".to_string(), |why| format!("NOT recorded: {why}")),
+                (false, None) => "NOT recorded: the fanotify listener that records them is not running".to_string(),
+            },
             "audit": {
                 "head_seq": self.sink.head().map(|head| head.seq),
                 "events_pending_bytes": self.event_backlog.bytes(),
@@ -907,6 +920,9 @@ impl Daemon {
                 );
                 if let Some(plan) = &landlock {
                     state.log_landlock_gaps(agent, plan);
+                    if let Some(watcher) = &state.fanotify {
+                        watcher.admitted_exec(record);
+                    }
                 }
                 let (families, allow_privilege_escalation) = state.process_settings(agent);
                 Reply::Admitted {
@@ -1048,7 +1064,13 @@ async fn serve(
     let runtime = RuntimeMaps::new(&mut enforcer.ebpf)?;
     // Before the first policy is written: which rights detection covers
     // depends on whether fanotify runs.
-    let (fanotify, fanotify_events) = start_fanotify(&enforcer, &maps, &runtime, settings.fanotify);
+    let (fanotify, fanotify_events) = start_fanotify(
+        &enforcer,
+        &maps,
+        &runtime,
+        settings.fanotify,
+        settings.landlock_audit,
+    );
     // Denied processes of agents whose policy asks for it get a line on
     // their standard error; without it, nothing else changes.
     let explainer = match maps

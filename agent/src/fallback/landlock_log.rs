@@ -1,0 +1,504 @@
+//! Landlock's own reports of what it denied, turned into Baton records.
+//!
+//! Where BPF LSM does not load, `baton exec` agents are held to their file
+//! rules by a Landlock ruleset, and Landlock answers `EACCES` without
+//! telling Baton. Since Linux 6.15 (Landlock ABI 7) it reports each denial
+//! through the kernel's audit subsystem: a `LANDLOCK_ACCESS` record (the
+//! domain, the rights that blocked, the path), followed by the `SYSCALL`
+//! record of the same event (pid, uid, comm) and, at a domain's first
+//! denial, a `LANDLOCK_DOMAIN` record naming the process that created it.
+//!
+//! The daemon reads them from the audit log multicast group, which any
+//! holder of `CAP_AUDIT_READ` may join beside (not instead of) an audit
+//! daemon: the kernel never waits for this reader, and whatever it misses
+//! is counted from `ENOBUFS`. Landlock only reports while the audit
+//! subsystem is on, so the reader switches it on when it is off (it loads
+//! no audit rule and does not take `auditd`'s place), unless
+//! `files.landlockAudit: false` says not to. With no `auditd`, the kernel
+//! also prints audit records to its log, rate-limited.
+//!
+//! Each denial becomes a file record of the agent whose process was denied,
+//! with the rule the path falls under, and counts for breakers and canaries
+//! like the fanotify listener's decisions ([`super::fanotify`]).
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Duration;
+
+use agent_common::files::right;
+use nix::sys::socket::{
+    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, send,
+    setsockopt, socket, sockopt,
+};
+
+/// `AUDIT_GET`: the audit subsystem's status.
+const AUDIT_GET: u16 = 1000;
+/// `AUDIT_SET`: change the audit subsystem's status.
+const AUDIT_SET: u16 = 1001;
+/// `AUDIT_SYSCALL`: the syscall an event happened in.
+const AUDIT_SYSCALL: u16 = 1300;
+/// `AUDIT_EOE`: the end of a multi-record event.
+const AUDIT_EOE: u16 = 1320;
+/// `AUDIT_LANDLOCK_ACCESS`: one denied access.
+const AUDIT_LANDLOCK_ACCESS: u16 = 1423;
+/// `AUDIT_LANDLOCK_DOMAIN`: a domain's creation (at its first denial) and
+/// end.
+const AUDIT_LANDLOCK_DOMAIN: u16 = 1424;
+/// `AUDIT_NLGRP_READLOG`: the read-only multicast group of audit records.
+const AUDIT_NLGRP_READLOG: u32 = 1;
+/// `AUDIT_STATUS_ENABLED` in `audit_status.mask`.
+const AUDIT_STATUS_ENABLED: u32 = 1;
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+const NLMSG_HDRLEN: usize = 16;
+/// How many domains' creators are remembered; a full table starts over
+/// (a forgotten domain's denials are still recorded, see
+/// [`Denial::is_agents_own_sandbox`]).
+const DOMAINS_REMEMBERED: usize = 4096;
+/// The receive buffer the reader asks for: a burst of denials waits here
+/// rather than being lost.
+const RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Why Landlock's denials cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LandlockLogError {
+    /// The kernel's Landlock predates denial reports.
+    #[error(
+        "Landlock ABI {found} does not report denials (ABI 7, Linux 6.15, does): Landlock denials of baton exec agents are enforced but not recorded"
+    )]
+    TooOld {
+        /// The ABI the kernel has (0: no Landlock).
+        found: i64,
+    },
+    /// Switched off in the configuration.
+    #[error(
+        "files.landlockAudit is false: Landlock denials of baton exec agents are enforced but not recorded"
+    )]
+    SwitchedOff,
+    /// A netlink call failed.
+    #[error("cannot {what} on the kernel's audit netlink socket: {source}")]
+    Netlink {
+        /// What was being done.
+        what: &'static str,
+        /// The kernel's answer.
+        #[source]
+        source: nix::Error,
+    },
+    /// The audit subsystem is off and cannot be switched on.
+    #[error("the kernel's audit subsystem is off and could not be switched on: {0}")]
+    AuditOff(String),
+    /// The reader thread could not start.
+    #[error("cannot start the Landlock log reader: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// One denial Landlock reported, with what the audit records say of the
+/// process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Denial {
+    /// Baton rights that were blocked (bits of [`right`]).
+    pub rights: u32,
+    /// The denied path, when the record has one.
+    pub path: Option<String>,
+    /// The Landlock domain that denied.
+    pub domain: u64,
+    /// The process (tgid) that was denied, from the `SYSCALL` record.
+    pub tgid: Option<u32>,
+    /// Its real uid and gid.
+    pub uid: u32,
+    /// Real gid.
+    pub gid: u32,
+    /// Its `comm`.
+    pub comm: String,
+    /// The process that created the domain, when its creation was seen.
+    pub domain_creator: Option<u32>,
+}
+
+impl Denial {
+    /// Whether the denying domain is one the agent made for itself (a
+    /// sandbox of its own inside Baton's), not Baton's: such denials are
+    /// the agent's business, not a policy decision. `root_tgid` is the
+    /// agent's root process, which `baton exec` restricts before it execs
+    /// the agent's program. A domain whose creation was not seen (created
+    /// before the daemon started) counts as Baton's.
+    pub fn is_agents_own_sandbox(&self, root_tgid: u32) -> bool {
+        self.domain_creator
+            .is_some_and(|creator| creator != root_tgid)
+    }
+}
+
+/// Baton's rights for Landlock's `blockers=` list (`fs.read_file,fs.execute`).
+pub fn rights_of(blockers: &str) -> u32 {
+    blockers.split(',').fold(0, |rights, blocker| {
+        rights
+            | match blocker {
+                "fs.read_file" | "fs.read_dir" => right::bit(right::READ),
+                "fs.write_file" | "fs.truncate" | "fs.ioctl_dev" => right::bit(right::WRITE),
+                "fs.execute" => right::bit(right::EXEC),
+                "fs.remove_file" | "fs.remove_dir" => right::bit(right::DELETE),
+                "fs.refer" => right::bit(right::RENAME),
+                b if b.starts_with("fs.make_") => right::bit(right::CREATE),
+                _ => 0,
+            }
+    })
+}
+
+/// The value of `key=` in an audit record's text: quoted strings
+/// unquoted, hex-encoded ones (audit's form for strings with spaces or
+/// control bytes) decoded.
+fn field(text: &str, key: &str) -> Option<String> {
+    let value = text
+        .split(' ')
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))?;
+    if let Some(quoted) = value.strip_prefix('"') {
+        return Some(quoted.strip_suffix('"').unwrap_or(quoted).to_string());
+    }
+    if key == "path" || key == "comm" {
+        if value == "(null)" || value == "?" {
+            return None;
+        }
+        let bytes = hex::decode(value).ok()?;
+        return Some(String::from_utf8_lossy(&bytes).into_owned());
+    }
+    Some(value.to_string())
+}
+
+/// The event serial of a record (`audit(1700000000.123:456): …`) and the
+/// text after it.
+fn serial_of(text: &str) -> Option<(u64, &str)> {
+    let rest = text.strip_prefix("audit(")?;
+    let (stamp, body) = rest.split_once("): ")?;
+    let serial = stamp.rsplit_once(':')?.1.parse().ok()?;
+    Some((serial, body))
+}
+
+/// The records of one audit event, gathered until it is complete.
+#[derive(Default)]
+struct Event {
+    serial: u64,
+    denials: Vec<Denial>,
+    process: Option<(u32, u32, u32, String)>,
+}
+
+/// Reads the audit records and hands each finished denial to `deliver`.
+struct Reader<F> {
+    socket: OwnedFd,
+    deliver: F,
+    /// Domain id → the process that created it.
+    domains: HashMap<u64, u32>,
+    event: Event,
+    lost: u64,
+}
+
+impl<F: FnMut(Denial)> Reader<F> {
+    fn run(mut self) {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            match recv(self.socket.as_raw_fd(), &mut buffer, MsgFlags::empty()) {
+                Ok(read) => {
+                    for (kind, body) in messages(&buffer[..read]) {
+                        self.message(kind, &String::from_utf8_lossy(body));
+                    }
+                }
+                Err(nix::errno::Errno::ENOBUFS) => {
+                    // The socket overflowed: records are gone, not late.
+                    // The denials themselves all stood.
+                    self.lost += 1;
+                    tracing::warn!(
+                        overflows = self.lost,
+                        "Landlock denial reports were lost: the audit socket's buffer was full"
+                    );
+                    self.finish();
+                }
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => self.finish(),
+                Err(error) => {
+                    tracing::warn!(%error, "the Landlock log reader stopped");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn message(&mut self, kind: u16, text: &str) {
+        let Some((serial, body)) = serial_of(text.trim_end_matches('\0')) else {
+            return;
+        };
+        if serial != self.event.serial {
+            self.finish();
+            self.event.serial = serial;
+        }
+        match kind {
+            AUDIT_LANDLOCK_ACCESS => {
+                let rights = field(body, "blockers").map_or(0, |b| rights_of(&b));
+                let domain = field(body, "domain")
+                    .and_then(|d| u64::from_str_radix(&d, 16).ok())
+                    .unwrap_or(0);
+                if rights != 0 {
+                    self.event.denials.push(Denial {
+                        rights,
+                        path: field(body, "path"),
+                        domain,
+                        ..Denial::default()
+                    });
+                }
+            }
+            AUDIT_LANDLOCK_DOMAIN => {
+                let domain = field(body, "domain").and_then(|d| u64::from_str_radix(&d, 16).ok());
+                let status = field(body, "status");
+                let creator = field(body, "pid").and_then(|p| p.parse().ok());
+                if let (Some(domain), Some("allocated"), Some(creator)) =
+                    (domain, status.as_deref(), creator)
+                {
+                    if self.domains.len() >= DOMAINS_REMEMBERED {
+                        self.domains.clear();
+                    }
+                    self.domains.insert(domain, creator);
+                } else if let (Some(domain), Some("deallocated")) = (domain, status.as_deref()) {
+                    self.domains.remove(&domain);
+                }
+            }
+            AUDIT_SYSCALL => {
+                let number = |key| field(body, key).and_then(|v| v.parse().ok());
+                if let Some(pid) = number("pid") {
+                    self.event.process = Some((
+                        pid,
+                        number("uid").unwrap_or(0),
+                        number("gid").unwrap_or(0),
+                        field(body, "comm").unwrap_or_default(),
+                    ));
+                }
+            }
+            AUDIT_EOE => self.finish(),
+            _ => {}
+        }
+    }
+
+    /// Hands over the denials of the event gathered so far.
+    fn finish(&mut self) {
+        let event = std::mem::take(&mut self.event);
+        for mut denial in event.denials {
+            if let Some((tgid, uid, gid, comm)) = &event.process {
+                denial.tgid = Some(*tgid);
+                denial.uid = *uid;
+                denial.gid = *gid;
+                denial.comm.clone_from(comm);
+            }
+            denial.domain_creator = self.domains.get(&denial.domain).copied();
+            (self.deliver)(denial);
+        }
+    }
+}
+
+/// The netlink messages in one datagram: `(type, payload)`.
+fn messages(mut datagram: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut found = Vec::new();
+    while datagram.len() >= NLMSG_HDRLEN {
+        let length =
+            u32::from_ne_bytes([datagram[0], datagram[1], datagram[2], datagram[3]]) as usize;
+        let kind = u16::from_ne_bytes([datagram[4], datagram[5]]);
+        if length < NLMSG_HDRLEN || length > datagram.len() {
+            break;
+        }
+        found.push((kind, &datagram[NLMSG_HDRLEN..length]));
+        let aligned = (length + 3) & !3;
+        datagram = &datagram[aligned.min(datagram.len())..];
+    }
+    found
+}
+
+fn netlink_socket() -> Result<OwnedFd, LandlockLogError> {
+    socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkAudit,
+    )
+    .map_err(|source| LandlockLogError::Netlink {
+        what: "open a socket",
+        source,
+    })
+}
+
+/// `enabled` of the audit subsystem's status (0 off, 1 on, 2 locked on).
+fn audit_enabled(socket: &OwnedFd) -> Result<u32, LandlockLogError> {
+    let failed = |what, source| LandlockLogError::Netlink { what, source };
+    request(socket, AUDIT_GET, &[]).map_err(|e| failed("ask for the audit status", e))?;
+    let mut buffer = vec![0u8; 8192];
+    for _ in 0..4 {
+        let read = recv(socket.as_raw_fd(), &mut buffer, MsgFlags::empty())
+            .map_err(|e| failed("read the audit status", e))?;
+        for (kind, body) in messages(&buffer[..read]) {
+            if kind == AUDIT_GET && body.len() >= 8 {
+                return Ok(u32::from_ne_bytes([body[4], body[5], body[6], body[7]]));
+            }
+        }
+    }
+    Err(failed("read the audit status", nix::errno::Errno::ENODATA))
+}
+
+/// Switches the audit subsystem on.
+fn switch_audit_on(socket: &OwnedFd) -> Result<(), LandlockLogError> {
+    // struct audit_status: mask, enabled, then fields the mask leaves alone.
+    let mut status = [0u8; 40];
+    status[..4].copy_from_slice(&AUDIT_STATUS_ENABLED.to_ne_bytes());
+    status[4..8].copy_from_slice(&1u32.to_ne_bytes());
+    request(socket, AUDIT_SET, &status).map_err(|e| LandlockLogError::AuditOff(e.to_string()))?;
+    let mut buffer = vec![0u8; 8192];
+    let read = recv(socket.as_raw_fd(), &mut buffer, MsgFlags::empty())
+        .map_err(|e| LandlockLogError::AuditOff(e.to_string()))?;
+    for (kind, body) in messages(&buffer[..read]) {
+        if kind == NLMSG_ERROR && body.len() >= 4 {
+            let error = i32::from_ne_bytes([body[0], body[1], body[2], body[3]]);
+            if error != 0 {
+                return Err(LandlockLogError::AuditOff(
+                    nix::errno::Errno::from_raw(-error).to_string(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn request(socket: &OwnedFd, kind: u16, body: &[u8]) -> nix::Result<()> {
+    let length = NLMSG_HDRLEN + body.len();
+    let mut message = Vec::with_capacity(length);
+    message.extend_from_slice(&(length as u32).to_ne_bytes());
+    message.extend_from_slice(&kind.to_ne_bytes());
+    message.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    message.extend_from_slice(&1u32.to_ne_bytes());
+    message.extend_from_slice(&0u32.to_ne_bytes());
+    message.extend_from_slice(body);
+    send(socket.as_raw_fd(), &message, MsgFlags::empty()).map(drop)
+}
+
+/// Starts reading Landlock's denial reports on a thread of its own;
+/// `deliver` gets each denial.
+/// `wanted`: `files.landlockAudit`.
+pub fn start(
+    wanted: bool,
+    deliver: impl FnMut(Denial) + Send + 'static,
+) -> Result<(), LandlockLogError> {
+    if !wanted {
+        return Err(LandlockLogError::SwitchedOff);
+    }
+    let abi = crate::kernel::probe::landlock_abi().unwrap_or(0);
+    if abi < 7 {
+        return Err(LandlockLogError::TooOld { found: abi });
+    }
+    let control = netlink_socket()?;
+    bind(control.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(|source| {
+        LandlockLogError::Netlink {
+            what: "bind",
+            source,
+        }
+    })?;
+    if audit_enabled(&control)? == 0 {
+        switch_audit_on(&control)?;
+        tracing::info!(
+            "switched the kernel's audit subsystem on, so that Landlock reports the denials of baton exec agents (files.landlockAudit: false turns this off)"
+        );
+    }
+    let socket = netlink_socket()?;
+    // A bigger buffer than the default rides out bursts; the daemon is
+    // root, so it may exceed rmem_max.
+    if setsockopt(&socket, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
+        let _ = setsockopt(&socket, sockopt::RcvBuf, &RECEIVE_BUFFER);
+    }
+    // A timeout, so an event whose last record never comes is still
+    // handed over.
+    let _ = setsockopt(
+        &socket,
+        sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(0, Duration::from_millis(50).as_micros() as _),
+    );
+    bind(
+        socket.as_raw_fd(),
+        &NetlinkAddr::new(0, 1 << (AUDIT_NLGRP_READLOG - 1)),
+    )
+    .map_err(|source| LandlockLogError::Netlink {
+        what: "join the audit log multicast group (CAP_AUDIT_READ)",
+        source,
+    })?;
+    let reader = Reader {
+        socket,
+        deliver,
+        domains: HashMap::new(),
+        event: Event::default(),
+        lost: 0,
+    };
+    std::thread::Builder::new()
+        .name("baton-landlock".into())
+        .spawn(move || reader.run())
+        .map_err(LandlockLogError::Thread)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_records(records: &[(u16, &str)]) -> Vec<Denial> {
+        let mut found = Vec::new();
+        let mut reader = Reader {
+            socket: netlink_socket().unwrap(),
+            deliver: |denial| found.push(denial),
+            domains: HashMap::new(),
+            event: Event::default(),
+            lost: 0,
+        };
+        for (kind, text) in records {
+            reader.message(*kind, text);
+        }
+        reader.finish();
+        drop(reader);
+        found
+    }
+
+    #[test]
+    fn a_denial_takes_its_process_from_the_syscall_record_of_the_same_event() {
+        let denials = read_records(&[
+            (
+                AUDIT_LANDLOCK_ACCESS,
+                r#"audit(1796580383.421:12): domain=1a0f67e9c blockers=fs.read_file path="/usr/bin/cat" dev="vda" ino=247030"#,
+            ),
+            (
+                AUDIT_LANDLOCK_DOMAIN,
+                r#"audit(1796580383.421:12): domain=1a0f67e9c status=allocated mode=enforcing pid=7529 uid=0 exe="/usr/bin/baton" comm="baton""#,
+            ),
+            (
+                AUDIT_SYSCALL,
+                r#"audit(1796580383.421:12): arch=c000003e syscall=59 success=no exit=-13 ppid=7486 pid=7530 auid=4294967295 uid=1000 gid=1001 comm="cat" exe="/usr/bin/cat""#,
+            ),
+            (AUDIT_EOE, "audit(1796580383.421:12): "),
+            (
+                AUDIT_LANDLOCK_ACCESS,
+                "audit(1796580383.425:13): domain=1a0f67e9c blockers=fs.write_file,fs.make_reg path=2F746D702F6120622E747874 dev=\"vda\" ino=1",
+            ),
+        ]);
+        assert_eq!(denials.len(), 2);
+        assert_eq!(denials[0].rights, right::bit(right::READ));
+        assert_eq!(denials[0].path.as_deref(), Some("/usr/bin/cat"));
+        assert_eq!(denials[0].tgid, Some(7530));
+        assert_eq!((denials[0].uid, denials[0].gid), (1000, 1001));
+        assert_eq!(denials[0].comm, "cat");
+        assert_eq!(denials[0].domain_creator, Some(7529));
+        assert!(!denials[0].is_agents_own_sandbox(7529));
+        assert!(denials[0].is_agents_own_sandbox(1));
+        // No SYSCALL record (a task without an audit context): no process.
+        assert_eq!(denials[1].tgid, None);
+        assert_eq!(denials[1].path.as_deref(), Some("/tmp/a b.txt"));
+        assert_eq!(
+            denials[1].rights,
+            right::bit(right::WRITE) | right::bit(right::CREATE)
+        );
+    }
+
+    #[test]
+    fn network_and_scope_denials_are_not_file_denials() {
+        assert_eq!(rights_of("net.connect_tcp"), 0);
+        assert_eq!(rights_of("scope.signal"), 0);
+        assert_eq!(rights_of("fs.execute"), right::bit(right::EXEC));
+        assert_eq!(rights_of("fs.refer"), right::bit(right::RENAME));
+    }
+}
