@@ -499,7 +499,14 @@ pub fn probe() -> ProbeReport {
             ControlLevel::Degraded => format!(
                 "{why_no_lsm}. Agents started by baton exec: {}; agents selected by cgroup, systemd unit or executable: {}",
                 match landlock {
-                    Some(abi) => format!("enforced by Landlock (ABI {abi}), except what Landlock cannot express (chmod, a deny inside an allowed tree), which baton status lists per agent"),
+                    Some(abi) => format!(
+                        "enforced by Landlock (ABI {abi}), except what Landlock cannot express (chmod, a deny inside an allowed tree), which baton status lists per agent; {}",
+                        if abi >= 7 {
+                            "its denials are recorded from the kernel's audit reports (unless files.landlockAudit: false)"
+                        } else {
+                            "its denials are NOT recorded (Landlock reports them from ABI 7, Linux 6.15)"
+                        }
+                    ),
                     None => "NOT enforced (Landlock is off)".to_string(),
                 },
                 match (fanotify.is_ok(), detects) {
