@@ -589,3 +589,116 @@ fn crate_landlock_abi() -> i64 {
     };
     abi.max(0)
 }
+
+/// What a `kill -9` of the daemon leaves of each file mechanism, as the
+/// README's table says: BPF LSM (pinned) and Landlock (the kernel's) keep
+/// denying; the fanotify listener dies with the daemon, so opens it would
+/// have denied are allowed until the next start, which takes them back.
+/// Landlock's denials made while no daemon ran are not recorded (the
+/// kernel keeps no backlog for the audit reader); the next are.
+#[test]
+fn a_killed_daemon_leaves_each_file_mechanism_as_documented() {
+    let probe = baton_tests::baton(&["probe", "--json"]);
+    let probe: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
+    let lsm = probe["bpf_lsm_loadable"].as_bool().unwrap();
+    let tree = Tree::new("kill9files");
+    let key = tree.path("secret/key.txt");
+    let selected = tree.path("public/selected-helper");
+    std::fs::copy(HELPER, &selected).unwrap();
+    let deny = format!(
+        "  egress:\n    default: allow\n  files:\n    deny:\n      - {}\n",
+        tree.path("secret")
+    );
+    let by_executable = policy("sel", "sel", &deny).replace(
+        "    agent: sel\n",
+        &format!("    agent: sel\n    executables: [{selected}]\n"),
+    );
+    let mut daemon = Daemon::start_persistent(
+        "kill9files",
+        &[
+            ("exec.yaml", policy("tree", "tree", &deny)),
+            ("sel.yaml", by_executable),
+        ],
+    );
+    let denied_here = if lsm { EPERM } else { "errno=13" };
+    let selected_open = || {
+        helper_outcome(
+            &std::process::Command::new(&selected)
+                .args(["open", &key, "read"])
+                .output()
+                .unwrap(),
+        )
+    };
+    assert_eq!(
+        selected_open(),
+        EPERM,
+        "fanotify or BPF LSM, daemon running"
+    );
+
+    // A baton exec agent admitted while the daemon ran, which opens the
+    // key only once the daemon is dead.
+    let (ready, go) = (tree.path("public/ready"), tree.path("public/go"));
+    let script = format!(
+        "touch {ready}; while [ ! -e {go} ]; do sleep 0.05; done; exec {HELPER} open {key} read"
+    );
+    let agent = daemon
+        .exec_command("tree", &["sh", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::path::Path::new(&ready).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let recorded = |daemon: &Daemon| {
+        daemon
+            .decisions()
+            .iter()
+            .filter(|r| r["object"]["path"] == key.as_str() && r["agent"] == "tree")
+            .count()
+    };
+    let before = recorded(&daemon);
+
+    daemon.kill();
+    std::fs::write(&go, "").unwrap();
+    let output = agent.wait_with_output().unwrap();
+    assert_eq!(
+        helper_outcome(&output),
+        denied_here,
+        "BPF LSM or Landlock holds the baton exec agent with no daemon"
+    );
+    if lsm {
+        assert_eq!(selected_open(), EPERM, "BPF LSM holds with no daemon");
+    } else {
+        assert_eq!(
+            selected_open(),
+            "ok",
+            "the fanotify fallback dies with the daemon, as documented"
+        );
+    }
+
+    daemon.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while selected_open() != EPERM {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted daemon does not deny again"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let output = daemon.exec("tree", &[HELPER, "open", &key, "read"]);
+    assert_eq!(helper_outcome(&output), denied_here);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while recorded(&daemon) <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the denial after the restart is not recorded: {:#?}",
+            daemon.decisions()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
