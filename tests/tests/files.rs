@@ -555,6 +555,35 @@ fn a_baton_exec_agents_file_denials_are_recorded_and_counted() {
     assert_eq!(record["process"]["comm"], "baton-test-help", "{record}");
     assert_eq!(outside_outcome(&["open", &key, "read"]), "ok");
 
+    // From a child of a child: the record carries the ancestor chain up to
+    // the agent's root.
+    let script = tree.path("public/read-key.sh");
+    // The reader stays a while after the denial, as agents' processes do,
+    // so that the chain can still be read when the record is written.
+    std::fs::write(
+        &script,
+        format!(
+            "python3 -c 'import time\ntry:\n    open(\"{key}\")\nexcept OSError:\n    pass\ntime.sleep(3)'\ntrue\n"
+        ),
+    )
+    .unwrap();
+    let mut family = daemon
+        .exec_command("tree", &["sh", "-c", &format!("sh {script}; true")])
+        .spawn()
+        .unwrap();
+    let record = daemon.wait_for_record(|r| {
+        r["control"] == "file"
+            && r["object"]["path"] == key.as_str()
+            && r["process"]["comm"] == "python3"
+    });
+    family.wait().unwrap();
+    let process = &record["process"];
+    let ancestors = process["ancestors"].as_array().expect("ancestors");
+    assert_eq!(ancestors.len(), 2, "{process}");
+    assert_eq!(ancestors[0]["cmdline"][1], script.as_str(), "{process}");
+    assert_eq!(ancestors[1]["pid"], process["agent_root_pid"], "{process}");
+    assert_eq!(ancestors[1]["cmdline"][0], "sh", "{process}");
+
     // The canary: denied, recorded as a canary, and its breaker trips.
     let output = daemon.exec("tree", &[HELPER, "open", &canary, "read"]);
     assert_eq!(helper_outcome(&output), expected, "the canary");

@@ -305,6 +305,8 @@ struct Shared {
     /// the denied process (and its identity entry) may be gone, but it
     /// names the domain's creator, which is such a root.
     exec_roots: Mutex<std::collections::VecDeque<AgentRecord>>,
+    /// Times Landlock's reports were lost (the audit socket overflowed).
+    landlock_lost: AtomicU64,
 }
 
 /// How many `baton exec` roots [`Shared::exec_roots`] remembers.
@@ -394,6 +396,7 @@ impl Watcher {
             own_tgid: std::process::id(),
             counts: Mutex::default(),
             exec_roots: Mutex::default(),
+            landlock_lost: AtomicU64::new(0),
         });
         let group = Arc::new(group);
         let (listener_group, listener_shared) = (group.clone(), shared.clone());
@@ -402,8 +405,11 @@ impl Watcher {
             .spawn(move || listen(&listener_group, &listener_shared))
             .map_err(FanotifyError::Thread)?;
         let reporter = shared.clone();
-        let landlock_log = super::landlock_log::start(landlock_audit, move |denial| {
-            reporter.landlock_denied(&denial);
+        let landlock_log = super::landlock_log::start(landlock_audit, move |report| match report {
+            super::landlock_log::Report::Denial(denial) => reporter.landlock_denied(&denial),
+            super::landlock_log::Report::Lost => {
+                reporter.landlock_lost.fetch_add(1, Ordering::Relaxed);
+            }
         })
         .err()
         .map(|error| {
@@ -520,6 +526,12 @@ impl Watcher {
     /// decisions themselves were all made.
     pub fn lost(&self) -> u64 {
         self.shared.lost.load(Ordering::Relaxed)
+    }
+
+    /// Times Landlock's denial reports were lost before the daemon read
+    /// them (the audit socket overflowed); the denials themselves stood.
+    pub fn landlock_lost(&self) -> u64 {
+        self.shared.landlock_lost.load(Ordering::Relaxed)
     }
 
     /// What the listener has decided for each agent so far, the counts a
@@ -893,6 +905,11 @@ impl Shared {
         header.uid = denial.uid;
         header.gid = denial.gid;
         header.root_tgid = member.root_tgid;
+        header.ppid = if denial.tgid == Some(tgid) {
+            denial.ppid
+        } else {
+            0
+        };
         header.hook = hook::LANDLOCK;
         header.verdict = Verdict::Denied as u8;
         header.mode = agent.mode;

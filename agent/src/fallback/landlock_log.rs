@@ -21,9 +21,9 @@
 //! with the rule the path falls under, and counts for breakers and canaries
 //! like the fanotify listener's decisions ([`super::fanotify`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agent_common::files::right;
 use nix::sys::socket::{
@@ -111,6 +111,8 @@ pub struct Denial {
     pub gid: u32,
     /// Its `comm`.
     pub comm: String,
+    /// Its parent process, for the record's ancestor chain (0: unknown).
+    pub ppid: u32,
     /// The process that created the domain, when its creation was seen.
     pub domain_creator: Option<u32>,
 }
@@ -173,12 +175,42 @@ fn serial_of(text: &str) -> Option<(u64, &str)> {
     Some((serial, body))
 }
 
-/// The records of one audit event, gathered until it is complete.
-#[derive(Default)]
+/// The records of one audit event with a denial in it, gathered until it
+/// is complete.
 struct Event {
     serial: u64,
+    /// When its first record arrived: an event whose `EOE` never comes
+    /// (a task without an audit context) is handed over after
+    /// [`EVENT_PATIENCE`].
+    since: Instant,
     denials: Vec<Denial>,
-    process: Option<(u32, u32, u32, String)>,
+    process: Option<Process>,
+}
+
+/// Events waiting for their `SYSCALL` and `EOE` records. Other tasks'
+/// records interleave with them, so several may be open at once.
+const EVENTS_PENDING: usize = 64;
+/// How long an event waits for its last records.
+const EVENT_PATIENCE: Duration = Duration::from_millis(100);
+
+/// What a `SYSCALL` record says of the process.
+#[derive(Clone, Default)]
+struct Process {
+    tgid: u32,
+    ppid: u32,
+    uid: u32,
+    gid: u32,
+    comm: String,
+}
+
+/// What the reader hands over.
+#[derive(Debug)]
+pub enum Report {
+    /// One denial.
+    Denial(Denial),
+    /// Reports were lost since the last `Lost`: the socket overflowed
+    /// (the denials themselves stood).
+    Lost,
 }
 
 /// Reads the audit records and hands each finished denial to `deliver`.
@@ -187,31 +219,40 @@ struct Reader<F> {
     deliver: F,
     /// Domain id → the process that created it.
     domains: HashMap<u64, u32>,
-    event: Event,
+    pending: VecDeque<Event>,
     lost: u64,
 }
 
-impl<F: FnMut(Denial)> Reader<F> {
+impl<F: FnMut(Report)> Reader<F> {
     fn run(mut self) {
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
             match recv(self.socket.as_raw_fd(), &mut buffer, MsgFlags::empty()) {
                 Ok(read) => {
                     for (kind, body) in messages(&buffer[..read]) {
-                        self.message(kind, &String::from_utf8_lossy(body));
+                        // On a host whose auditd logs every syscall, most
+                        // records are of no interest: only Landlock's and
+                        // those completing an event with a denial in it
+                        // are read.
+                        let wanted = matches!(kind, AUDIT_LANDLOCK_ACCESS | AUDIT_LANDLOCK_DOMAIN)
+                            || (!self.pending.is_empty()
+                                && matches!(kind, AUDIT_SYSCALL | AUDIT_EOE));
+                        if wanted {
+                            self.message(kind, &String::from_utf8_lossy(body));
+                        }
                     }
                 }
                 Err(nix::errno::Errno::ENOBUFS) => {
                     // The socket overflowed: records are gone, not late.
                     // The denials themselves all stood.
                     self.lost += 1;
+                    (self.deliver)(Report::Lost);
                     tracing::warn!(
                         overflows = self.lost,
                         "Landlock denial reports were lost: the audit socket's buffer was full"
                     );
-                    self.finish();
                 }
-                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => self.finish(),
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => self.finish_overdue(),
                 Err(error) => {
                     tracing::warn!(%error, "the Landlock log reader stopped");
                     return;
@@ -224,10 +265,6 @@ impl<F: FnMut(Denial)> Reader<F> {
         let Some((serial, body)) = serial_of(text.trim_end_matches('\0')) else {
             return;
         };
-        if serial != self.event.serial {
-            self.finish();
-            self.event.serial = serial;
-        }
         match kind {
             AUDIT_LANDLOCK_ACCESS => {
                 let rights = field(body, "blockers").map_or(0, |b| rights_of(&b));
@@ -235,12 +272,26 @@ impl<F: FnMut(Denial)> Reader<F> {
                     .and_then(|d| u64::from_str_radix(&d, 16).ok())
                     .unwrap_or(0);
                 if rights != 0 {
-                    self.event.denials.push(Denial {
+                    let denial = Denial {
                         rights,
                         path: field(body, "path"),
                         domain,
                         ..Denial::default()
-                    });
+                    };
+                    match self.pending.iter_mut().find(|e| e.serial == serial) {
+                        Some(event) => event.denials.push(denial),
+                        None => {
+                            if self.pending.len() >= EVENTS_PENDING {
+                                self.finish_oldest();
+                            }
+                            self.pending.push_back(Event {
+                                serial,
+                                since: Instant::now(),
+                                denials: vec![denial],
+                                process: None,
+                            });
+                        }
+                    }
                 }
             }
             AUDIT_LANDLOCK_DOMAIN => {
@@ -260,32 +311,59 @@ impl<F: FnMut(Denial)> Reader<F> {
             }
             AUDIT_SYSCALL => {
                 let number = |key| field(body, key).and_then(|v| v.parse().ok());
-                if let Some(pid) = number("pid") {
-                    self.event.process = Some((
-                        pid,
-                        number("uid").unwrap_or(0),
-                        number("gid").unwrap_or(0),
-                        field(body, "comm").unwrap_or_default(),
-                    ));
+                if let Some(tgid) = number("pid")
+                    && let Some(event) = self.pending.iter_mut().find(|e| e.serial == serial)
+                {
+                    event.process = Some(Process {
+                        tgid,
+                        ppid: number("ppid").unwrap_or(0),
+                        uid: number("uid").unwrap_or(0),
+                        gid: number("gid").unwrap_or(0),
+                        comm: field(body, "comm").unwrap_or_default(),
+                    });
                 }
             }
-            AUDIT_EOE => self.finish(),
+            AUDIT_EOE => {
+                if let Some(at) = self.pending.iter().position(|e| e.serial == serial)
+                    && let Some(event) = self.pending.remove(at)
+                {
+                    self.finish(event);
+                }
+            }
             _ => {}
+        }
+        self.finish_overdue();
+    }
+
+    /// Hands over the events that waited longer than [`EVENT_PATIENCE`].
+    fn finish_overdue(&mut self) {
+        while self
+            .pending
+            .front()
+            .is_some_and(|e| e.since.elapsed() > EVENT_PATIENCE)
+        {
+            self.finish_oldest();
         }
     }
 
-    /// Hands over the denials of the event gathered so far.
-    fn finish(&mut self) {
-        let event = std::mem::take(&mut self.event);
+    fn finish_oldest(&mut self) {
+        if let Some(event) = self.pending.pop_front() {
+            self.finish(event);
+        }
+    }
+
+    /// Hands over the denials of one event.
+    fn finish(&mut self, event: Event) {
         for mut denial in event.denials {
-            if let Some((tgid, uid, gid, comm)) = &event.process {
-                denial.tgid = Some(*tgid);
-                denial.uid = *uid;
-                denial.gid = *gid;
-                denial.comm.clone_from(comm);
+            if let Some(process) = &event.process {
+                denial.tgid = Some(process.tgid);
+                denial.ppid = process.ppid;
+                denial.uid = process.uid;
+                denial.gid = process.gid;
+                denial.comm.clone_from(&process.comm);
             }
             denial.domain_creator = self.domains.get(&denial.domain).copied();
-            (self.deliver)(denial);
+            (self.deliver)(Report::Denial(denial));
         }
     }
 }
@@ -373,11 +451,11 @@ fn request(socket: &OwnedFd, kind: u16, body: &[u8]) -> nix::Result<()> {
 }
 
 /// Starts reading Landlock's denial reports on a thread of its own;
-/// `deliver` gets each denial.
+/// `deliver` gets each denial, and word of lost reports.
 /// `wanted`: `files.landlockAudit`.
 pub fn start(
     wanted: bool,
-    deliver: impl FnMut(Denial) + Send + 'static,
+    deliver: impl FnMut(Report) + Send + 'static,
 ) -> Result<(), LandlockLogError> {
     if !wanted {
         return Err(LandlockLogError::SwitchedOff);
@@ -424,7 +502,7 @@ pub fn start(
         socket,
         deliver,
         domains: HashMap::new(),
-        event: Event::default(),
+        pending: VecDeque::new(),
         lost: 0,
     };
     std::thread::Builder::new()
@@ -442,25 +520,36 @@ mod tests {
         let mut found = Vec::new();
         let mut reader = Reader {
             socket: netlink_socket().unwrap(),
-            deliver: |denial| found.push(denial),
+            deliver: |report| {
+                if let Report::Denial(denial) = report {
+                    found.push(denial);
+                }
+            },
             domains: HashMap::new(),
-            event: Event::default(),
+            pending: VecDeque::new(),
             lost: 0,
         };
         for (kind, text) in records {
             reader.message(*kind, text);
         }
-        reader.finish();
+        while !reader.pending.is_empty() {
+            reader.finish_oldest();
+        }
         drop(reader);
         found
     }
 
     #[test]
-    fn a_denial_takes_its_process_from_the_syscall_record_of_the_same_event() {
+    fn a_denial_takes_its_process_from_the_syscall_record_of_its_own_event() {
         let denials = read_records(&[
             (
                 AUDIT_LANDLOCK_ACCESS,
                 r#"audit(1796580383.421:12): domain=1a0f67e9c blockers=fs.read_file path="/usr/bin/cat" dev="vda" ino=247030"#,
+            ),
+            // Another task's event, interleaved.
+            (
+                AUDIT_SYSCALL,
+                r#"audit(1796580383.421:11): arch=c000003e syscall=49 ppid=1 pid=2 uid=0 gid=0 comm="other""#,
             ),
             (
                 AUDIT_LANDLOCK_DOMAIN,
@@ -482,6 +571,7 @@ mod tests {
         assert_eq!(denials[0].tgid, Some(7530));
         assert_eq!((denials[0].uid, denials[0].gid), (1000, 1001));
         assert_eq!(denials[0].comm, "cat");
+        assert_eq!(denials[0].ppid, 7486);
         assert_eq!(denials[0].domain_creator, Some(7529));
         assert!(!denials[0].is_agents_own_sandbox(7529));
         assert!(denials[0].is_agents_own_sandbox(1));

@@ -47,6 +47,7 @@ pub(super) async fn record_fanotify_events(
     let clock = Clock::new();
     let mut processes = ProcessCache::default();
     let mut lost_recorded = 0;
+    let mut overflows_recorded = 0;
     while let Some(event) = events.recv().await {
         let Some(daemon) = daemon.upgrade() else {
             return;
@@ -77,6 +78,17 @@ pub(super) async fn record_fanotify_events(
                 "the fanotify listener's queue was full; every decision was still made",
             ));
             lost_recorded = lost;
+        }
+        let overflows = state.fanotify.as_ref().map_or(0, |w| w.landlock_lost());
+        if overflows > overflows_recorded {
+            let host = state.host.clone();
+            state.record(AuditRecord::suppressed(
+                &host,
+                None,
+                overflows - overflows_recorded,
+                "Landlock's denial reports overflowed the daemon's audit socket (count: overflows, not reports); those denials stood but are not recorded",
+            ));
+            overflows_recorded = overflows;
         }
     }
 }
