@@ -569,6 +569,31 @@ fn baton_exec_agents_cannot_reach_the_daemon_with_or_without_bpf_lsm() {
     }
     assert!(alive(daemon.pid()), "the daemon survived");
 
+    // The audit netlink socket, through which a root agent could switch
+    // off or filter the reports of its Landlock denials; other netlink
+    // sockets stay open.
+    let netlink = |protocol: u32| {
+        let output = daemon.exec(
+            "guard",
+            &[
+                "python3",
+                "-c",
+                &format!(
+                    "import socket\ntry:\n    socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, {protocol})\n    print('ok')\nexcept OSError as e:\n    print('errno=%d' % e.errno)"
+                ),
+            ],
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    if !lsm {
+        assert_eq!(
+            netlink(libc::NETLINK_AUDIT as u32),
+            "errno=1",
+            "NETLINK_AUDIT"
+        );
+    }
+    assert_eq!(netlink(libc::NETLINK_ROUTE as u32), "ok", "NETLINK_ROUTE");
+
     // Baton's files: denied by the BPF LSM file rules. Without BPF LSM they
     // are left to Unix permissions (Landlock would take mount(2) from every
     // agent), which `baton status` reports.

@@ -307,6 +307,8 @@ struct Shared {
     exec_roots: Mutex<std::collections::VecDeque<AgentRecord>>,
     /// Times Landlock's reports were lost (the audit socket overflowed).
     landlock_lost: AtomicU64,
+    /// Times the audit subsystem was found switched off.
+    audit_switched_off: AtomicU64,
 }
 
 /// How many `baton exec` roots [`Shared::exec_roots`] remembers.
@@ -397,6 +399,7 @@ impl Watcher {
             counts: Mutex::default(),
             exec_roots: Mutex::default(),
             landlock_lost: AtomicU64::new(0),
+            audit_switched_off: AtomicU64::new(0),
         });
         let group = Arc::new(group);
         let (listener_group, listener_shared) = (group.clone(), shared.clone());
@@ -409,6 +412,9 @@ impl Watcher {
             super::landlock_log::Report::Denial(denial) => reporter.landlock_denied(&denial),
             super::landlock_log::Report::Lost => {
                 reporter.landlock_lost.fetch_add(1, Ordering::Relaxed);
+            }
+            super::landlock_log::Report::AuditSwitchedOff { .. } => {
+                reporter.audit_switched_off.fetch_add(1, Ordering::Relaxed);
             }
         })
         .err()
@@ -532,6 +538,12 @@ impl Watcher {
     /// them (the audit socket overflowed); the denials themselves stood.
     pub fn landlock_lost(&self) -> u64 {
         self.shared.landlock_lost.load(Ordering::Relaxed)
+    }
+
+    /// Times the audit subsystem was found switched off (and switched back
+    /// on); Landlock's denials in between were not reported.
+    pub fn audit_switched_off(&self) -> u64 {
+        self.shared.audit_switched_off.load(Ordering::Relaxed)
     }
 
     /// What the listener has decided for each agent so far, the counts a

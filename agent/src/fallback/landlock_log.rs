@@ -211,7 +211,17 @@ pub enum Report {
     /// Reports were lost since the last `Lost`: the socket overflowed
     /// (the denials themselves stood).
     Lost,
+    /// Someone switched the audit subsystem off (a root agent, or an
+    /// operator's `auditctl -e 0`); the reader switched it back on, or
+    /// could not.
+    AuditSwitchedOff {
+        /// Whether it is on again.
+        back_on: bool,
+    },
 }
+
+/// How often the reader checks that the audit subsystem is still on.
+const AUDIT_CHECK: Duration = Duration::from_secs(2);
 
 /// Reads the audit records and hands each finished denial to `deliver`.
 struct Reader<F> {
@@ -221,12 +231,35 @@ struct Reader<F> {
     domains: HashMap<u64, u32>,
     pending: VecDeque<Event>,
     lost: u64,
+    /// The request socket, to check every [`AUDIT_CHECK`] that the audit
+    /// subsystem is still on.
+    control: Option<OwnedFd>,
+    checked: Instant,
 }
 
 impl<F: FnMut(Report)> Reader<F> {
+    fn check_audit(&mut self) {
+        let Some(control) = &self.control else {
+            return;
+        };
+        if self.checked.elapsed() < AUDIT_CHECK {
+            return;
+        }
+        self.checked = Instant::now();
+        if matches!(audit_enabled(control), Ok(0)) {
+            let back_on = switch_audit_on(control).is_ok();
+            tracing::warn!(
+                back_on,
+                "the kernel's audit subsystem was switched off: Landlock's denials meanwhile are not recorded"
+            );
+            (self.deliver)(Report::AuditSwitchedOff { back_on });
+        }
+    }
+
     fn run(mut self) {
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
+            self.check_audit();
             match recv(self.socket.as_raw_fd(), &mut buffer, MsgFlags::empty()) {
                 Ok(read) => {
                     for (kind, body) in messages(&buffer[..read]) {
@@ -504,6 +537,8 @@ pub fn start(
         domains: HashMap::new(),
         pending: VecDeque::new(),
         lost: 0,
+        control: Some(control),
+        checked: Instant::now(),
     };
     std::thread::Builder::new()
         .name("baton-landlock".into())
@@ -528,6 +563,8 @@ mod tests {
             domains: HashMap::new(),
             pending: VecDeque::new(),
             lost: 0,
+            control: None,
+            checked: Instant::now(),
         };
         for (kind, text) in records {
             reader.message(*kind, text);

@@ -91,6 +91,23 @@ const X32_OWN_NUMBERS: [i64; 4] = [
     540, // process_vm_writev
 ];
 
+/// The rule that matches `socket(AF_NETLINK, _, NETLINK_AUDIT)`.
+fn audit_socket_rule() -> Result<SeccompRule, SeccompError> {
+    let netlink = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::AF_NETLINK as u64,
+    )?;
+    let audit = SeccompCondition::new(
+        2,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::NETLINK_AUDIT as u64,
+    )?;
+    Ok(SeccompRule::new(vec![netlink, audit])?)
+}
+
 /// Rules that match a `socket` or `socketpair` call whose family (the
 /// first argument) is not in `families`.
 fn family_rules(families: u64) -> Result<Vec<SeccompRule>, SeccompError> {
@@ -141,6 +158,19 @@ fn build(self_protection: bool, families: Option<u64>) -> Result<BpfProgram, Sec
             // x32 shares these numbers; its processes are held the same way.
             #[cfg(target_arch = "x86_64")]
             rules.insert(number | X32_SYSCALL_BIT, family_rules(families)?);
+        }
+    }
+    if self_protection {
+        // The audit netlink socket: a root agent could switch the audit
+        // subsystem off or filter Landlock's reports out, and its denials
+        // would go unrecorded (`landlock_log`).
+        let numbers = [
+            libc::SYS_socket,
+            #[cfg(target_arch = "x86_64")]
+            (libc::SYS_socket | X32_SYSCALL_BIT),
+        ];
+        for number in numbers {
+            rules.entry(number).or_default().push(audit_socket_rule()?);
         }
     }
     let filter = SeccompFilter::new(

@@ -48,6 +48,7 @@ pub(super) async fn record_fanotify_events(
     let mut processes = ProcessCache::default();
     let mut lost_recorded = 0;
     let mut overflows_recorded = 0;
+    let mut switched_off_recorded = 0;
     while let Some(event) = events.recv().await {
         let Some(daemon) = daemon.upgrade() else {
             return;
@@ -89,6 +90,20 @@ pub(super) async fn record_fanotify_events(
                 "Landlock's denial reports overflowed the daemon's audit socket (count: overflows, not reports); those denials stood but are not recorded",
             ));
             overflows_recorded = overflows;
+        }
+        let switched_off = state
+            .fanotify
+            .as_ref()
+            .map_or(0, |w| w.audit_switched_off());
+        if switched_off > switched_off_recorded {
+            let host = state.host.clone();
+            let message = format!(
+                "control degraded: the kernel's audit subsystem was found switched off {} time(s); the daemon switched it back on. Landlock denials of baton exec agents in between were enforced but not recorded",
+                switched_off - switched_off_recorded
+            );
+            tracing::warn!("{message}");
+            state.record(AuditRecord::lifecycle(&host, "file", message));
+            switched_off_recorded = switched_off;
         }
     }
 }

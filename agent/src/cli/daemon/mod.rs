@@ -599,6 +599,12 @@ impl State {
                     .map_or_else(|| "recorded".to_string(), |why| format!("NOT recorded: {why}")),
                 (false, None) => "NOT recorded: the fanotify listener that records them is not running".to_string(),
             },
+            // How often Landlock's reports were lost, and how often the
+            // audit subsystem was found switched off (and switched back on).
+            "landlock_reports": self.fanotify.as_ref().map(|watcher| serde_json::json!({
+                "overflows": watcher.landlock_lost(),
+                "audit_switched_off": watcher.audit_switched_off(),
+            })),
             "audit": {
                 "head_seq": self.sink.head().map(|head| head.seq),
                 "events_pending_bytes": self.event_backlog.bytes(),
