@@ -258,8 +258,26 @@ impl<F: FnMut(Report)> Reader<F> {
 
     fn run(mut self) {
         let mut buffer = vec![0u8; 64 * 1024];
+        let mut waiting = Duration::ZERO;
         loop {
             self.check_audit();
+            // Idle, the reader wakes only to check the audit subsystem; with
+            // an event waiting for its last records, often enough to hand
+            // it over in time.
+            let patience = if self.pending.is_empty() {
+                AUDIT_CHECK
+            } else {
+                EVENT_PATIENCE / 2
+            };
+            if patience != waiting {
+                let timeout = nix::sys::time::TimeVal::new(
+                    patience.as_secs() as _,
+                    patience.subsec_micros() as _,
+                );
+                if setsockopt(&self.socket, sockopt::ReceiveTimeout, &timeout).is_ok() {
+                    waiting = patience;
+                }
+            }
             match recv(self.socket.as_raw_fd(), &mut buffer, MsgFlags::empty()) {
                 Ok(read) => {
                     for (kind, body) in messages(&buffer[..read]) {
@@ -516,13 +534,6 @@ pub fn start(
     if setsockopt(&socket, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
         let _ = setsockopt(&socket, sockopt::RcvBuf, &RECEIVE_BUFFER);
     }
-    // A timeout, so an event whose last record never comes is still
-    // handed over.
-    let _ = setsockopt(
-        &socket,
-        sockopt::ReceiveTimeout,
-        &nix::sys::time::TimeVal::new(0, Duration::from_millis(50).as_micros() as _),
-    );
     bind(
         socket.as_raw_fd(),
         &NetlinkAddr::new(0, 1 << (AUDIT_NLGRP_READLOG - 1)),
