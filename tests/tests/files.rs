@@ -555,6 +555,17 @@ fn a_baton_exec_agents_file_denials_are_recorded_and_counted() {
     assert_eq!(record["process"]["comm"], "baton-test-help", "{record}");
     assert_eq!(outside_outcome(&["open", &key, "read"]), "ok");
 
+    // The agent can ask why (`baton why`, no root needed).
+    let baton = baton_tests::baton_bin();
+    let socket = daemon.socket.to_str().unwrap().to_string();
+    let why = daemon.exec(
+        "tree",
+        &[baton.to_str().unwrap(), "why", "--control-socket", &socket],
+    );
+    let why = String::from_utf8_lossy(&why.stdout);
+    assert!(why.contains(key.as_str()), "{why}");
+    assert!(why.contains("files.deny[0]"), "{why}");
+
     // From a child of a child: the record carries the ancestor chain up to
     // the agent's root.
     let script = tree.path("public/read-key.sh");
