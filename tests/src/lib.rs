@@ -817,3 +817,27 @@ pub fn with_resolv_conf(resolv_conf: &Path, command: &str) -> Vec<String> {
         ),
     ]
 }
+
+/// Whether BPF LSM programs load on this kernel (`baton probe`): true in
+/// the test VMs, false on the development hosts.
+pub fn bpf_lsm_loads() -> bool {
+    let probe: Value = serde_json::from_slice(&baton(&["probe", "--json"]).stdout)
+        .expect("baton probe --json prints JSON");
+    probe["bpf_lsm_loadable"]
+        .as_bool()
+        .expect("probe says whether BPF LSM loads")
+}
+
+/// The kernel's Landlock ABI version, 0 without Landlock.
+pub fn landlock_abi() -> i64 {
+    // SAFETY: the version query takes no ruleset and writes no memory.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            1u32,
+        )
+    };
+    abi.max(0)
+}

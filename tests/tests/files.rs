@@ -458,9 +458,7 @@ fn vm_exec_allowlist_holds_against_copies_loaders_fds_and_memfd() {
 /// the LSM's `EPERM`.
 #[test]
 fn baton_exec_agents_are_held_to_file_rules_with_or_without_bpf_lsm() {
-    let probe = baton_tests::baton(&["probe", "--json"]);
-    let probe: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
-    let lsm = probe["bpf_lsm_loadable"].as_bool().unwrap();
+    let lsm = baton_tests::bpf_lsm_loads();
     let tree = Tree::new("fallback");
     let daemon = Daemon::start("fallback", &[("p.yaml", tree.policy())]);
     let key = tree.path("secret/key.txt");
@@ -518,9 +516,7 @@ fn baton_exec_agents_are_held_to_file_rules_with_or_without_bpf_lsm() {
 /// and a canary's touch trips its breaker.
 #[test]
 fn a_baton_exec_agents_file_denials_are_recorded_and_counted() {
-    let probe = baton_tests::baton(&["probe", "--json"]);
-    let probe: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
-    let lsm = probe["bpf_lsm_loadable"].as_bool().unwrap();
+    let lsm = baton_tests::bpf_lsm_loads();
     let tree = Tree::new("llog");
     let canary = tree.path("public/canary.txt");
     std::fs::write(&canary, "bait").unwrap();
@@ -532,7 +528,7 @@ fn a_baton_exec_agents_file_denials_are_recorded_and_counted() {
     let status = daemon.status();
     if !lsm {
         let how = status["landlock_denials"].as_str().unwrap();
-        if crate_landlock_abi() < 7 {
+        if baton_tests::landlock_abi() < 7 {
             assert!(how.starts_with("NOT recorded"), "{how}");
             eprintln!("Landlock before ABI 7 cannot report denials: {how}");
             return;
@@ -616,20 +612,6 @@ fn a_baton_exec_agents_file_denials_are_recorded_and_counted() {
     assert!(counters["canary_hits"].as_u64() >= Some(1), "{counters}");
 }
 
-/// The kernel's Landlock ABI version (0 without Landlock).
-fn crate_landlock_abi() -> i64 {
-    // SAFETY: the version query takes no ruleset and writes no memory.
-    let abi = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            1u32,
-        )
-    };
-    abi.max(0)
-}
-
 /// What a `kill -9` of the daemon leaves of each file mechanism, as the
 /// README's table says: BPF LSM (pinned) and Landlock (the kernel's) keep
 /// denying; the fanotify listener dies with the daemon, so opens it would
@@ -638,9 +620,7 @@ fn crate_landlock_abi() -> i64 {
 /// kernel keeps no backlog for the audit reader); the next are.
 #[test]
 fn a_killed_daemon_leaves_each_file_mechanism_as_documented() {
-    let probe = baton_tests::baton(&["probe", "--json"]);
-    let probe: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
-    let lsm = probe["bpf_lsm_loadable"].as_bool().unwrap();
+    let lsm = baton_tests::bpf_lsm_loads();
     let tree = Tree::new("kill9files");
     let key = tree.path("secret/key.txt");
     let selected = tree.path("public/selected-helper");

@@ -21,11 +21,6 @@ use serde_json::Value;
 const HELPER: &str = env!("CARGO_BIN_EXE_baton-test-helper");
 const SIGKILL: i32 = 9;
 
-fn bpf_lsm_loads() -> bool {
-    let probe: Value = serde_json::from_slice(&baton(&["probe", "--json"]).stdout).unwrap();
-    probe["bpf_lsm_loadable"].as_bool().unwrap()
-}
-
 /// A directory with a copy of the helper that the policy selects by
 /// executable, and a `denied` directory the policy denies.
 struct Setup {
@@ -104,7 +99,7 @@ fn status(daemon: &Daemon) -> Value {
 
 #[test]
 fn detection_records_deletes_and_renames_that_fanotify_cannot_deny() {
-    if bpf_lsm_loads() {
+    if baton_tests::bpf_lsm_loads() {
         eprintln!("BPF LSM loads here: these calls are denied, not detected");
         return;
     }
@@ -203,7 +198,7 @@ fn detection_records_deletes_and_renames_that_fanotify_cannot_deny() {
 
 #[test]
 fn detection_kills_at_the_call_and_canaries_trip_the_breaker() {
-    if bpf_lsm_loads() {
+    if baton_tests::bpf_lsm_loads() {
         eprintln!("BPF LSM loads here: these calls are denied, not detected");
         return;
     }
@@ -248,7 +243,7 @@ fn detection_kills_at_the_call_and_canaries_trip_the_breaker() {
 
 #[test]
 fn with_fanotify_off_denied_opens_are_detected_and_killed() {
-    if bpf_lsm_loads() {
+    if baton_tests::bpf_lsm_loads() {
         eprintln!("BPF LSM loads here: opens are denied, not detected");
         return;
     }

@@ -17,11 +17,6 @@ use serde_json::Value;
 
 const HELPER: &str = env!("CARGO_BIN_EXE_baton-test-helper");
 
-fn bpf_lsm_loads() -> bool {
-    let probe: Value = serde_json::from_slice(&baton(&["probe", "--json"]).stdout).unwrap();
-    probe["bpf_lsm_loadable"].as_bool().unwrap()
-}
-
 /// Files for one test: a copy of the helper that the agent's policy selects
 /// by executable, and files for it to touch.
 struct Setup {
@@ -83,7 +78,7 @@ fn file_record<'a>(records: &'a [Value], path: &str, hook: &str) -> Option<&'a V
 
 #[test]
 fn fanotify_denies_deny_listed_reads_writes_and_execs_of_an_executable_selected_agent() {
-    if bpf_lsm_loads() {
+    if baton_tests::bpf_lsm_loads() {
         eprintln!("BPF LSM loads here, so the fanotify fallback is not used");
         return;
     }
@@ -223,7 +218,7 @@ fn fanotify_denies_deny_listed_reads_writes_and_execs_of_an_executable_selected_
 
 #[test]
 fn fanotify_follows_reloads() {
-    if bpf_lsm_loads() {
+    if baton_tests::bpf_lsm_loads() {
         eprintln!("BPF LSM loads here, so the fanotify fallback is not used");
         return;
     }
@@ -284,7 +279,7 @@ impl Drop for Tmpfs {
 
 #[test]
 fn fanotify_denies_a_whole_subtree_and_records_would_deny_in_audit_mode() {
-    if bpf_lsm_loads() {
+    if baton_tests::bpf_lsm_loads() {
         eprintln!("BPF LSM loads here, so the fanotify fallback is not used");
         return;
     }
@@ -382,7 +377,7 @@ fn breaker(daemon: &Daemon, args: &[&str]) {
 
 #[test]
 fn quarantine_denies_writes_on_watched_paths() {
-    if bpf_lsm_loads() {
+    if baton_tests::bpf_lsm_loads() {
         eprintln!("BPF LSM loads here, so the fanotify fallback is not used");
         return;
     }
@@ -410,7 +405,7 @@ fn quarantine_denies_writes_on_watched_paths() {
 /// start).
 #[test]
 fn parallel_reads_of_write_denied_files_are_never_denied() {
-    if bpf_lsm_loads() {
+    if baton_tests::bpf_lsm_loads() {
         eprintln!("BPF LSM loads here, so the fanotify fallback is not used");
         return;
     }
@@ -459,7 +454,7 @@ fn parallel_reads_of_write_denied_files_are_never_denied() {
 /// breaker trips at the first touch, and the quarantine then holds.
 #[test]
 fn fanotify_denials_count_for_breakers_and_canaries() {
-    if bpf_lsm_loads() {
+    if baton_tests::bpf_lsm_loads() {
         eprintln!("BPF LSM loads here, so the fanotify fallback is not used");
         return;
     }

@@ -516,28 +516,12 @@ fn vm_a_root_agent_cannot_remove_the_daemons_pins() {
     );
 }
 
-/// Landlock's ABI on this kernel, 0 without Landlock.
-fn landlock_abi() -> i64 {
-    // SAFETY: the version query takes no ruleset and writes no memory.
-    let abi = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            1u32,
-        )
-    };
-    abi.max(0)
-}
-
 /// `baton exec` agents are held with or without BPF LSM: by the kernel
 /// programs where it loads, by seccomp and Landlock where it does not (the
 /// development hosts, whose Landlock has signal scoping).
 #[test]
 fn baton_exec_agents_cannot_reach_the_daemon_with_or_without_bpf_lsm() {
-    let probe = baton_tests::baton(&["probe", "--json"]);
-    let probe: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
-    let lsm = probe["bpf_lsm_loadable"].as_bool().unwrap();
+    let lsm = baton_tests::bpf_lsm_loads();
     let daemon = Daemon::start("protect-exec", &[("p.yaml", permissive("guard", ""))]);
     let pid = daemon.pid().to_string();
     let agent = |args: &[&str]| helper_outcome(&daemon.exec("guard", args));
@@ -558,13 +542,13 @@ fn baton_exec_agents_cannot_reach_the_daemon_with_or_without_bpf_lsm() {
     let output = daemon.exec("guard", &["sh", "-c", &format!("{PROTECT} bpf-map-create")]);
     assert_eq!(helper_outcome(&output), EPERM, "a child of the agent");
 
-    if lsm || landlock_abi() >= 6 {
+    if lsm || baton_tests::landlock_abi() >= 6 {
         assert_eq!(agent(&[PROTECT, "kill", &pid, "15"]), EPERM, "SIGTERM");
         assert_eq!(agent(&[PROTECT, "kill", &pid, "9"]), EPERM, "SIGKILL");
     } else {
         eprintln!(
             "Landlock ABI {} has no signal scoping: not tested",
-            landlock_abi()
+            baton_tests::landlock_abi()
         );
     }
     assert!(alive(daemon.pid()), "the daemon survived");

@@ -717,6 +717,19 @@ fn boot_time_ns() -> u64 {
 }
 
 impl Shared {
+    /// The policy generation in force and `agent_id`'s rules under it (an
+    /// agent the listener does not know yet is denied everything); `None`
+    /// when the rules' lock is poisoned.
+    fn rules_of(&self, agent_id: u32) -> Option<(u32, AgentRules)> {
+        let rules = self.rules.read().ok()?;
+        let agent = rules
+            .agents
+            .get(&agent_id)
+            .cloned()
+            .unwrap_or_else(AgentRules::deny_all);
+        Some((rules.generation, agent))
+    }
+
     /// `(allow, record)` for one event of thread `tid` on `fd`.
     fn decide(&self, tid: u32, fd: BorrowedFd<'_>, exec: bool) -> (bool, Option<Box<FileEvent>>) {
         // The identity record is per process (tgid). A thread id that is a
@@ -754,16 +767,9 @@ impl Shared {
                 String::new()
             }
         };
-        let Ok(rules) = self.rules.read() else {
+        let Some((generation, agent)) = self.rules_of(member.agent_id) else {
             return (false, None);
         };
-        let generation = rules.generation;
-        let agent = rules
-            .agents
-            .get(&member.agent_id)
-            .cloned()
-            .unwrap_or_else(AgentRules::deny_all);
-        drop(rules);
         let quarantined = self
             .runtime
             .get(&member.agent_id, 0)
@@ -870,16 +876,9 @@ impl Shared {
         if denial.is_agents_own_sandbox(member.root_tgid) {
             return;
         }
-        let Ok(rules) = self.rules.read() else {
+        let Some((generation, agent)) = self.rules_of(member.agent_id) else {
             return;
         };
-        let generation = rules.generation;
-        let agent = rules
-            .agents
-            .get(&member.agent_id)
-            .cloned()
-            .unwrap_or_else(AgentRules::deny_all);
-        drop(rules);
         let mut flags = 0;
         let (found, rule_id) = match &denial.path {
             Some(path) => {
