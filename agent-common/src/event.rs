@@ -257,6 +257,10 @@ pub mod file_flags {
     /// the kernel does not know (`open_by_handle_at`): denied, since no
     /// rule above it can be checked.
     pub const DISCONNECTED: u32 = 1 << 6;
+    /// Landlock denied an access the policy allows: its translation of the
+    /// policy takes more than the policy (the `landlock_gaps` of `baton
+    /// status`), so no rule decided.
+    pub const BEYOND_POLICY: u32 = 1 << 7;
 }
 
 /// A file access decision.

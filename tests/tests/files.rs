@@ -551,6 +551,18 @@ fn a_baton_exec_agents_file_denials_are_recorded_and_counted() {
     assert_eq!(record["process"]["comm"], "baton-test-help", "{record}");
     assert_eq!(outside_outcome(&["open", &key, "read"]), "ok");
 
+    // What Landlock takes beyond the policy (listing the directory above a
+    // denied one) is recorded as such, with no rule.
+    if !lsm {
+        let root = tree.path("");
+        let root = root.trim_end_matches('/');
+        let output = daemon.exec("tree", &["ls", root]);
+        assert!(!output.status.success(), "Landlock refuses the listing");
+        let record = daemon.wait_for_record(|r| r["object"]["path"] == root);
+        assert_eq!(record["object"]["beyond_policy"], true, "{record}");
+        assert!(record["rule"].is_null(), "{record}");
+    }
+
     // The agent can ask why (`baton why`, no root needed).
     let baton = baton_tests::baton_bin();
     let socket = daemon.socket.to_str().unwrap().to_string();

@@ -109,6 +109,10 @@ pub enum AuditObject {
         /// no rule above it could be checked: denied.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         disconnected: bool,
+        /// Whether Landlock denied an access the policy allows (its
+        /// translation takes more than the policy; no rule decided).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        beyond_policy: bool,
     },
     /// Events the kernel or the daemon counted but did not record one by
     /// one (rate limit, full ring buffer).
@@ -623,6 +627,7 @@ impl AuditRecord {
                         killed: e.flags & file_flags::KILLED != 0,
                         by_object: e.flags & file_flags::BY_OBJECT != 0,
                         disconnected: e.flags & file_flags::DISCONNECTED != 0,
+                        beyond_policy: e.flags & file_flags::BEYOND_POLICY != 0,
                     },
                 )
             }

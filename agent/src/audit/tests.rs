@@ -444,6 +444,7 @@ fn secrets_never_reach_the_file() {
         killed: false,
         by_object: false,
         disconnected: false,
+        beyond_policy: false,
     };
     record.process = Some(AuditProcess {
         pid: 1,

@@ -886,6 +886,7 @@ impl Shared {
                 // Landlock's plan may deny more than the policy (what it
                 // cannot express): the record then names no rule.
                 if found == decision::ALLOW {
+                    flags |= file_flags::BEYOND_POLICY;
                     (decision::DENY, 0)
                 } else {
                     (found, rule_id)
