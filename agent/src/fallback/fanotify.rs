@@ -309,6 +309,8 @@ struct Shared {
     landlock_lost: AtomicU64,
     /// Times the audit subsystem was found switched off.
     audit_switched_off: AtomicU64,
+    /// Why the reader of Landlock's reports stopped, if it did.
+    landlock_stopped: Mutex<Option<String>>,
 }
 
 /// How many `baton exec` roots [`Shared::exec_roots`] remembers.
@@ -400,6 +402,7 @@ impl Watcher {
             exec_roots: Mutex::default(),
             landlock_lost: AtomicU64::new(0),
             audit_switched_off: AtomicU64::new(0),
+            landlock_stopped: Mutex::default(),
         });
         let group = Arc::new(group);
         let (listener_group, listener_shared) = (group.clone(), shared.clone());
@@ -415,6 +418,13 @@ impl Watcher {
             }
             super::landlock_log::Report::AuditSwitchedOff { .. } => {
                 reporter.audit_switched_off.fetch_add(1, Ordering::Relaxed);
+            }
+            super::landlock_log::Report::Stopped(error) => {
+                *reporter
+                    .landlock_stopped
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) =
+                    Some(format!("the reader of Landlock's reports stopped: {error}"));
             }
         })
         .err()
@@ -524,8 +534,14 @@ impl Watcher {
 
     /// Why Landlock's denials of `baton exec` agents are not recorded, or
     /// `None` when they are.
-    pub fn landlock_log(&self) -> Option<&str> {
-        self.landlock_log.as_deref()
+    pub fn landlock_log(&self) -> Option<String> {
+        self.landlock_log.clone().or_else(|| {
+            self.shared
+                .landlock_stopped
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        })
     }
 
     /// Decisions that could not be queued for the audit trail so far; the

@@ -218,6 +218,9 @@ pub enum Report {
         /// Whether it is on again.
         back_on: bool,
     },
+    /// The reader stopped on an error it cannot get past; no report is
+    /// read from now on.
+    Stopped(String),
 }
 
 /// How often the reader checks that the audit subsystem is still on.
@@ -298,14 +301,18 @@ impl<F: FnMut(Report)> Reader<F> {
                     // The denials themselves all stood.
                     self.lost += 1;
                     (self.deliver)(Report::Lost);
-                    tracing::warn!(
-                        overflows = self.lost,
-                        "Landlock denial reports were lost: the audit socket's buffer was full"
-                    );
+                    // A flood would otherwise flood the log too.
+                    if self.lost.is_power_of_two() {
+                        tracing::warn!(
+                            overflows = self.lost,
+                            "Landlock denial reports were lost: the audit socket's buffer was full"
+                        );
+                    }
                 }
                 Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => self.finish_overdue(),
                 Err(error) => {
-                    tracing::warn!(%error, "the Landlock log reader stopped");
+                    tracing::error!(%error, "the Landlock log reader stopped");
+                    (self.deliver)(Report::Stopped(error.to_string()));
                     return;
                 }
             }
@@ -522,6 +529,12 @@ pub fn start(
             source,
         }
     })?;
+    // The kernel answers at once; a second is a fault, not a wait.
+    let _ = setsockopt(
+        &control,
+        sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(1, 0),
+    );
     if audit_enabled(&control)? == 0 {
         switch_audit_on(&control)?;
         tracing::info!(
