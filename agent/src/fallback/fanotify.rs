@@ -311,6 +311,8 @@ struct Shared {
     audit_switched_off: AtomicU64,
     /// Why the reader of Landlock's reports stopped, if it did.
     landlock_stopped: Mutex<Option<String>>,
+    /// The daemon's executable, which `baton exec` also runs.
+    own_exe: Option<String>,
 }
 
 /// How many `baton exec` roots [`Shared::exec_roots`] remembers.
@@ -403,6 +405,9 @@ impl Watcher {
             landlock_lost: AtomicU64::new(0),
             audit_switched_off: AtomicU64::new(0),
             landlock_stopped: Mutex::default(),
+            own_exe: std::env::current_exe()
+                .ok()
+                .map(|exe| exe.display().to_string()),
         });
         let group = Arc::new(group);
         let (listener_group, listener_shared) = (group.clone(), shared.clone());
@@ -877,7 +882,13 @@ impl Shared {
             return;
         };
         let member = self.identity.get(&tgid, 0).ok().or_else(|| {
+            // Only a domain `baton exec` made (its creator ran Baton's own
+            // executable): a pid reused by another program's sandbox must
+            // not pass for the root it once was.
             let creator = denial.domain_creator?;
+            if denial.domain_creator_exe.is_none() || denial.domain_creator_exe != self.own_exe {
+                return None;
+            }
             let roots = self
                 .exec_roots
                 .lock()

@@ -115,6 +115,8 @@ pub struct Denial {
     pub ppid: u32,
     /// The process that created the domain, when its creation was seen.
     pub domain_creator: Option<u32>,
+    /// The executable that process ran when it created the domain.
+    pub domain_creator_exe: Option<String>,
 }
 
 impl Denial {
@@ -156,7 +158,7 @@ fn field(text: &str, key: &str) -> Option<String> {
     if let Some(quoted) = value.strip_prefix('"') {
         return Some(quoted.strip_suffix('"').unwrap_or(quoted).to_string());
     }
-    if key == "path" || key == "comm" {
+    if matches!(key, "path" | "comm" | "exe") {
         if value == "(null)" || value == "?" {
             return None;
         }
@@ -230,8 +232,8 @@ const AUDIT_CHECK: Duration = Duration::from_secs(2);
 struct Reader<F> {
     socket: OwnedFd,
     deliver: F,
-    /// Domain id → the process that created it.
-    domains: HashMap<u64, u32>,
+    /// Domain id → the process that created it, and its executable.
+    domains: HashMap<u64, (u32, Option<String>)>,
     pending: VecDeque<Event>,
     lost: u64,
     /// The request socket, to check every [`AUDIT_CHECK`] that the audit
@@ -362,7 +364,7 @@ impl<F: FnMut(Report)> Reader<F> {
                     if self.domains.len() >= DOMAINS_REMEMBERED {
                         self.domains.clear();
                     }
-                    self.domains.insert(domain, creator);
+                    self.domains.insert(domain, (creator, field(body, "exe")));
                 } else if let (Some(domain), Some("deallocated")) = (domain, status.as_deref()) {
                     self.domains.remove(&domain);
                 }
@@ -420,7 +422,10 @@ impl<F: FnMut(Report)> Reader<F> {
                 denial.gid = process.gid;
                 denial.comm.clone_from(&process.comm);
             }
-            denial.domain_creator = self.domains.get(&denial.domain).copied();
+            if let Some((creator, exe)) = self.domains.get(&denial.domain) {
+                denial.domain_creator = Some(*creator);
+                denial.domain_creator_exe.clone_from(exe);
+            }
             (self.deliver)(Report::Denial(denial));
         }
     }
@@ -634,6 +639,10 @@ mod tests {
         assert_eq!(denials[0].comm, "cat");
         assert_eq!(denials[0].ppid, 7486);
         assert_eq!(denials[0].domain_creator, Some(7529));
+        assert_eq!(
+            denials[0].domain_creator_exe.as_deref(),
+            Some("/usr/bin/baton")
+        );
         assert!(!denials[0].is_agents_own_sandbox(7529));
         assert!(denials[0].is_agents_own_sandbox(1));
         // No SYSCALL record (a task without an audit context): no process.
