@@ -534,6 +534,16 @@ fn a_baton_exec_agents_file_denials_are_recorded_and_counted() {
             return;
         }
         assert_eq!(how, "recorded", "{status}");
+        let text = baton_tests::baton(&[
+            "status",
+            "--control-socket",
+            daemon.socket.to_str().unwrap(),
+        ]);
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(
+            text.contains("Landlock denials of baton exec agents: recorded"),
+            "{text}"
+        );
     }
     let key = tree.path("secret/key.txt");
     let expected = if lsm { EPERM } else { "errno=13" };

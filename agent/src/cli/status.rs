@@ -32,6 +32,11 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
         "file and exec rules: {}",
         status["file_enforcement"].as_str().unwrap_or("?")
     );
+    if let Some(landlock) = status["landlock_denials"].as_str()
+        && !landlock.starts_with("not used")
+    {
+        println!("Landlock denials of baton exec agents: {landlock}");
+    }
     let adopted = status["pins"]["adopted_at_start"]
         .as_array()
         .map_or(0, Vec::len);
