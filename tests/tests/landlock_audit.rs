@@ -87,12 +87,13 @@ fn set_audit_enabled(socket: &OwnedFd, enabled: u32) {
     request(socket, AUDIT_SET, &status, 1);
 }
 
-/// Switching the audit subsystem off (what a root agent with io_uring, or
-/// an operator, can do) silences Landlock's reports; the daemon notices
-/// within seconds, switches it back on, records that it was off, and
-/// records the denials that follow.
+/// Switching the audit subsystem off, or loading a rule that excludes
+/// Landlock's records (what a root agent with io_uring, or an operator,
+/// can do), silences Landlock's reports. The daemon notices within
+/// seconds: it switches audit back on, records that it was off and records
+/// the denials that follow; an exclude rule it reports.
 #[test]
-fn audit_switched_off_is_switched_back_on_and_recorded() {
+fn audit_switched_off_or_filtered_is_recorded() {
     if baton_tests::bpf_lsm_loads() {
         eprintln!("BPF LSM loads here: Landlock's reports are not used");
         return;
@@ -133,22 +134,69 @@ fn audit_switched_off_is_switched_back_on_and_recorded() {
     assert_eq!(helper_outcome(&output), "errno=13");
     let record = daemon.wait_for_record(|r| r["object"]["path"] == key.as_str());
     assert_eq!(record["hook"], "landlock", "{record}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !daemon.records().iter().any(|r| {
-        r["object"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("audit subsystem was found switched off"))
-    }) {
-        assert!(
-            Instant::now() < deadline,
-            "no record of the switch: {:#?}",
-            daemon.records()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_message(&daemon, "audit subsystem was found switched off");
     let status = daemon.status();
     assert!(
         status["landlock_reports"]["audit_switched_off"].as_u64() >= Some(1),
         "{status}"
     );
+
+    // An exclude rule keeps Landlock's records from being emitted at all;
+    // the daemon cannot undo it (an operator may want it), so it says so.
+    let rule = ExcludeRule::add(&socket, LANDLOCK_ACCESS);
+    wait_for_message(&daemon, "audit exclude rule");
+    drop(rule);
+}
+
+const AUDIT_ADD_RULE: u16 = 1011;
+const AUDIT_DEL_RULE: u16 = 1012;
+const LANDLOCK_ACCESS: u32 = 1423;
+
+/// An `auditctl -a never,exclude -F msgtype=N` rule, deleted on drop so
+/// that a failing test leaves the host's audit rules as they were.
+struct ExcludeRule<'a> {
+    socket: &'a OwnedFd,
+    data: Vec<u8>,
+}
+
+impl<'a> ExcludeRule<'a> {
+    fn add(socket: &'a OwnedFd, msgtype: u32) -> Self {
+        // struct audit_rule_data: flags, action, field_count, mask[64],
+        // fields[64], values[64], fieldflags[64], buflen.
+        let mut words = vec![0u32; 3 + 64 * 4 + 1];
+        words[0] = 5; // AUDIT_FILTER_EXCLUDE
+        words[1] = 0; // AUDIT_NEVER
+        words[2] = 1;
+        words[3 + 64] = 12; // fields[0] = AUDIT_MSGTYPE
+        words[3 + 128] = msgtype; // values[0]
+        words[3 + 192] = 0x4000_0000; // fieldflags[0] = AUDIT_EQUAL
+        let data: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let (kind, reply) = &request(socket, AUDIT_ADD_RULE, &data, 1)[0];
+        assert_eq!(*kind, 2, "an ACK");
+        let error = i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]);
+        assert_eq!(error, 0, "the kernel refused the exclude rule");
+        Self { socket, data }
+    }
+}
+
+impl Drop for ExcludeRule<'_> {
+    fn drop(&mut self) {
+        request(self.socket, AUDIT_DEL_RULE, &self.data, 1);
+    }
+}
+
+fn wait_for_message(daemon: &Daemon, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !daemon.records().iter().any(|r| {
+        r["object"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(text))
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "no record saying {text:?}: {:#?}",
+            daemon.records()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

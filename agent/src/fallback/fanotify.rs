@@ -293,7 +293,7 @@ struct Shared {
     rules: RwLock<Rules>,
     identity: BpfHashMap<MapData, u32, AgentRecord>,
     runtime: BpfHashMap<MapData, u32, AgentRuntime>,
-    events: tokio::sync::mpsc::Sender<Box<FileEvent>>,
+    events: tokio::sync::mpsc::Sender<Finding>,
     lost: AtomicU64,
     own_tgid: u32,
     /// What the listener decided, per agent, for the breakers: counted
@@ -350,7 +350,19 @@ pub struct Watcher {
 
 /// What [`Watcher::start`] hands the daemon: the watcher and the stream of
 /// decisions to record.
-pub type Started = (Watcher, tokio::sync::mpsc::Receiver<Box<FileEvent>>);
+pub type Started = (Watcher, tokio::sync::mpsc::Receiver<Finding>);
+
+/// What the listener and the Landlock report reader hand the daemon to
+/// record.
+#[derive(Debug)]
+pub enum Finding {
+    /// A decision, as a kernel file event.
+    Decision(Box<FileEvent>),
+    /// Something that weakens what is recorded (the audit subsystem found
+    /// off, a rule filtering Landlock's reports out, records the kernel
+    /// dropped), for a `control degraded` record.
+    Degraded(String),
+}
 
 impl Watcher {
     /// Opens the group and starts the listener. `identity` and `runtime`
@@ -421,8 +433,22 @@ impl Watcher {
             super::landlock_log::Report::Lost => {
                 reporter.landlock_lost.fetch_add(1, Ordering::Relaxed);
             }
-            super::landlock_log::Report::AuditSwitchedOff { .. } => {
+            super::landlock_log::Report::AuditSwitchedOff { back_on } => {
                 reporter.audit_switched_off.fetch_add(1, Ordering::Relaxed);
+                reporter.degraded(format!(
+                    "control degraded: the kernel's audit subsystem was found switched off; {}. Landlock denials of baton exec agents meanwhile were enforced but not recorded",
+                    if back_on { "the daemon switched it back on" } else { "the daemon could NOT switch it back on" }
+                ));
+            }
+            super::landlock_log::Report::ExcludeRules(count) => {
+                reporter.degraded(format!(
+                    "control degraded: {count} audit exclude rule(s) are loaded; if one matches Landlock's records (type 1423), denials of baton exec agents are enforced but not recorded"
+                ));
+            }
+            super::landlock_log::Report::KernelLost(count) => {
+                reporter.degraded(format!(
+                    "control degraded: the kernel's audit subsystem dropped {count} record(s) (its rate limit or backlog); Landlock denials of baton exec agents may be among them, enforced but not recorded"
+                ));
             }
             super::landlock_log::Report::Stopped(error) => {
                 *reporter
@@ -644,7 +670,7 @@ fn listen(group: &Fanotify, shared: &Shared) {
                 tracing::error!(%error, "cannot answer a fanotify event");
             }
             if let Some(record) = record
-                && shared.events.try_send(record).is_err()
+                && shared.events.try_send(Finding::Decision(record)).is_err()
             {
                 shared.lost.fetch_add(1, Ordering::Relaxed);
             }
@@ -738,6 +764,13 @@ fn boot_time_ns() -> u64 {
 }
 
 impl Shared {
+    /// Queues a `control degraded` notice for the audit trail. A full queue
+    /// leaves it in the daemon's log only.
+    fn degraded(&self, message: String) {
+        tracing::warn!("{message}");
+        let _ = self.events.try_send(Finding::Degraded(message));
+    }
+
     /// The policy generation in force and `agent_id`'s rules under it (an
     /// agent the listener does not know yet is denied everything); `None`
     /// when the rules' lock is poisoned.
@@ -955,7 +988,7 @@ impl Shared {
         header.rule_id = rule_id;
         header.generation = generation;
         set_comm(header, denial.comm.as_bytes());
-        if self.events.try_send(event).is_err() {
+        if self.events.try_send(Finding::Decision(event)).is_err() {
             self.lost.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -35,6 +35,15 @@ use nix::sys::socket::{
 const AUDIT_GET: u16 = 1000;
 /// `AUDIT_SET`: change the audit subsystem's status.
 const AUDIT_SET: u16 = 1001;
+/// `AUDIT_LIST_RULES`: the loaded rules, one `audit_rule_data` each.
+const AUDIT_LIST_RULES: u16 = 1013;
+/// `AUDIT_FILTER_EXCLUDE`: the list that drops records by type.
+const AUDIT_FILTER_EXCLUDE: u32 = 5;
+/// `AUDIT_FILTER_PREPEND`: a flag on the list number.
+const AUDIT_FILTER_PREPEND: u32 = 0x10;
+const NLMSG_DONE: u16 = 3;
+/// Datagrams of one rule listing read at most.
+const MAX_RULE_DATAGRAMS: usize = 1024;
 /// `AUDIT_SYSCALL`: the syscall an event happened in.
 const AUDIT_SYSCALL: u16 = 1300;
 /// `AUDIT_EOE`: the end of a multi-record event.
@@ -223,6 +232,12 @@ pub enum Report {
     /// The reader stopped on an error it cannot get past; no report is
     /// read from now on.
     Stopped(String),
+    /// This many audit exclude rules appeared (from none): one may filter
+    /// Landlock's records out.
+    ExcludeRules(usize),
+    /// The kernel's audit subsystem counted this many more lost records
+    /// (its rate limit or backlog) since the last check.
+    KernelLost(u64),
 }
 
 /// How often the reader checks that the audit subsystem is still on.
@@ -240,6 +255,10 @@ struct Reader<F> {
     /// subsystem is still on.
     control: Option<OwnedFd>,
     checked: Instant,
+    /// The kernel's count of lost audit records at the last check.
+    kernel_lost: Option<u32>,
+    /// Exclude rules loaded at the last check.
+    exclude_rules: usize,
 }
 
 impl<F: FnMut(Report)> Reader<F> {
@@ -251,13 +270,24 @@ impl<F: FnMut(Report)> Reader<F> {
             return;
         }
         self.checked = Instant::now();
-        if matches!(audit_enabled(control), Ok(0)) {
+        let Ok(status) = audit_status(control) else {
+            return;
+        };
+        if status.enabled == 0 {
             let back_on = switch_audit_on(control).is_ok();
-            tracing::warn!(
-                back_on,
-                "the kernel's audit subsystem was switched off: Landlock's denials meanwhile are not recorded"
-            );
             (self.deliver)(Report::AuditSwitchedOff { back_on });
+        }
+        if let Some(before) = self.kernel_lost
+            && status.lost > before
+        {
+            (self.deliver)(Report::KernelLost(u64::from(status.lost - before)));
+        }
+        self.kernel_lost = Some(status.lost);
+        if let Ok(rules) = exclude_rules(control) {
+            if rules > 0 && self.exclude_rules == 0 {
+                (self.deliver)(Report::ExcludeRules(rules));
+            }
+            self.exclude_rules = rules;
         }
     }
 
@@ -461,8 +491,16 @@ fn netlink_socket() -> Result<OwnedFd, LandlockLogError> {
     })
 }
 
-/// `enabled` of the audit subsystem's status (0 off, 1 on, 2 locked on).
-fn audit_enabled(socket: &OwnedFd) -> Result<u32, LandlockLogError> {
+/// What the reader needs of `struct audit_status`.
+struct AuditStatus {
+    /// 0 off, 1 on, 2 locked on.
+    enabled: u32,
+    /// Records the kernel dropped (rate limit, backlog), ever.
+    lost: u32,
+}
+
+/// The audit subsystem's status.
+fn audit_status(socket: &OwnedFd) -> Result<AuditStatus, LandlockLogError> {
     let failed = |what, source| LandlockLogError::Netlink { what, source };
     request(socket, AUDIT_GET, &[]).map_err(|e| failed("ask for the audit status", e))?;
     let mut buffer = vec![0u8; 8192];
@@ -470,12 +508,53 @@ fn audit_enabled(socket: &OwnedFd) -> Result<u32, LandlockLogError> {
         let read = recv(socket.as_raw_fd(), &mut buffer, MsgFlags::empty())
             .map_err(|e| failed("read the audit status", e))?;
         for (kind, body) in messages(&buffer[..read]) {
-            if kind == AUDIT_GET && body.len() >= 8 {
-                return Ok(u32::from_ne_bytes([body[4], body[5], body[6], body[7]]));
+            if kind == AUDIT_GET && body.len() >= 28 {
+                let word = |at: usize| {
+                    u32::from_ne_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]])
+                };
+                return Ok(AuditStatus {
+                    enabled: word(4),
+                    lost: word(24),
+                });
             }
         }
     }
     Err(failed("read the audit status", nix::errno::Errno::ENODATA))
+}
+
+/// How many rules of the exclude list (`auditctl -a never,exclude …`) are
+/// loaded: the list that can keep record types from being emitted at all.
+fn exclude_rules(socket: &OwnedFd) -> Result<usize, LandlockLogError> {
+    let failed = |source| LandlockLogError::Netlink {
+        what: "list the audit rules",
+        source,
+    };
+    request(socket, AUDIT_LIST_RULES, &[]).map_err(failed)?;
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut excluding = 0;
+    // Bounded: a host with more rules than this is counted up to here.
+    for _ in 0..MAX_RULE_DATAGRAMS {
+        let read = recv(socket.as_raw_fd(), &mut buffer, MsgFlags::empty()).map_err(failed)?;
+        for (kind, body) in messages(&buffer[..read]) {
+            match kind {
+                AUDIT_LIST_RULES if body.len() >= 4 => {
+                    let list = u32::from_ne_bytes([body[0], body[1], body[2], body[3]]);
+                    if list & !AUDIT_FILTER_PREPEND == AUDIT_FILTER_EXCLUDE {
+                        excluding += 1;
+                    }
+                }
+                NLMSG_DONE => return Ok(excluding),
+                NLMSG_ERROR if body.len() >= 4 => {
+                    let error = i32::from_ne_bytes([body[0], body[1], body[2], body[3]]);
+                    if error != 0 {
+                        return Err(failed(nix::errno::Errno::from_raw(-error)));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(excluding)
 }
 
 /// Switches the audit subsystem on.
@@ -540,7 +619,7 @@ pub fn start(
         sockopt::ReceiveTimeout,
         &nix::sys::time::TimeVal::new(1, 0),
     );
-    if audit_enabled(&control)? == 0 {
+    if audit_status(&control)?.enabled == 0 {
         switch_audit_on(&control)?;
         tracing::info!(
             "switched the kernel's audit subsystem on, so that Landlock reports the denials of baton exec agents (files.landlockAudit: false turns this off)"
@@ -567,7 +646,10 @@ pub fn start(
         pending: VecDeque::new(),
         lost: 0,
         control: Some(control),
-        checked: Instant::now(),
+        // The first check, at once, learns the starting counts.
+        checked: Instant::now() - AUDIT_CHECK,
+        kernel_lost: None,
+        exclude_rules: 0,
     };
     std::thread::Builder::new()
         .name("baton-landlock".into())
@@ -594,6 +676,8 @@ mod tests {
             lost: 0,
             control: None,
             checked: Instant::now(),
+            kernel_lost: None,
+            exclude_rules: 0,
         };
         for (kind, text) in records {
             reader.message(*kind, text);

@@ -12,7 +12,7 @@ pub(super) fn start_fanotify(
     landlock_audit: bool,
 ) -> (
     Option<crate::fallback::fanotify::Watcher>,
-    Option<tokio::sync::mpsc::Receiver<Box<agent_common::event::FileEvent>>>,
+    Option<tokio::sync::mpsc::Receiver<crate::fallback::fanotify::Finding>>,
 ) {
     if enforcer.files == ControlState::Enforced {
         return (None, None);
@@ -42,19 +42,26 @@ pub(super) fn start_fanotify(
 /// file events are.
 pub(super) async fn record_fanotify_events(
     daemon: Weak<Daemon>,
-    mut events: tokio::sync::mpsc::Receiver<Box<agent_common::event::FileEvent>>,
+    mut events: tokio::sync::mpsc::Receiver<crate::fallback::fanotify::Finding>,
 ) {
     let clock = Clock::new();
     let mut processes = ProcessCache::default();
     let mut lost_recorded = 0;
     let mut overflows_recorded = 0;
-    let mut switched_off_recorded = 0;
-    while let Some(event) = events.recv().await {
+    while let Some(finding) = events.recv().await {
         let Some(daemon) = daemon.upgrade() else {
             return;
         };
         let Ok(mut state) = daemon.state.lock() else {
             return;
+        };
+        let event = match finding {
+            crate::fallback::fanotify::Finding::Decision(event) => event,
+            crate::fallback::fanotify::Finding::Degraded(message) => {
+                let host = state.host.clone();
+                state.record(AuditRecord::lifecycle(&host, "file", message));
+                continue;
+            }
         };
         // SAFETY: `FileEvent` is plain old data; the bytes are read as the
         // ring buffer's are.
@@ -69,41 +76,32 @@ pub(super) async fn record_fanotify_events(
             Ok(record) => state.record(record),
             Err(error) => tracing::warn!(%error, "undecodable fanotify decision"),
         }
-        let lost = state.fanotify.as_ref().map_or(0, |w| w.lost());
-        if lost > lost_recorded {
-            let host = state.host.clone();
-            state.record(AuditRecord::suppressed(
-                &host,
-                None,
-                lost - lost_recorded,
-                "the fanotify listener's queue was full; every decision was still made",
-            ));
-            lost_recorded = lost;
-        }
-        let overflows = state.fanotify.as_ref().map_or(0, |w| w.landlock_lost());
-        if overflows > overflows_recorded {
-            let host = state.host.clone();
-            state.record(AuditRecord::suppressed(
-                &host,
-                None,
-                overflows - overflows_recorded,
-                "Landlock's denial reports overflowed the daemon's audit socket (count: overflows, not reports); those denials stood but are not recorded",
-            ));
-            overflows_recorded = overflows;
-        }
-        let switched_off = state
+        let host = state.host.clone();
+        let (lost, overflows) = state
             .fanotify
             .as_ref()
-            .map_or(0, |w| w.audit_switched_off());
-        if switched_off > switched_off_recorded {
-            let host = state.host.clone();
-            let message = format!(
-                "control degraded: the kernel's audit subsystem was found switched off {} time(s); the daemon switched it back on. Landlock denials of baton exec agents in between were enforced but not recorded",
-                switched_off - switched_off_recorded
-            );
-            tracing::warn!("{message}");
-            state.record(AuditRecord::lifecycle(&host, "file", message));
-            switched_off_recorded = switched_off;
+            .map_or((0, 0), |w| (w.lost(), w.landlock_lost()));
+        for (now, recorded, reason) in [
+            (
+                lost,
+                &mut lost_recorded,
+                "the fanotify listener's queue was full; every decision was still made",
+            ),
+            (
+                overflows,
+                &mut overflows_recorded,
+                "Landlock's denial reports overflowed the daemon's audit socket (count: overflows, not reports); those denials stood but are not recorded",
+            ),
+        ] {
+            if now > *recorded {
+                state.record(AuditRecord::suppressed(
+                    &host,
+                    None,
+                    now - *recorded,
+                    reason,
+                ));
+                *recorded = now;
+            }
         }
     }
 }
