@@ -428,35 +428,8 @@ impl Watcher {
             .spawn(move || listen(&listener_group, &listener_shared))
             .map_err(FanotifyError::Thread)?;
         let reporter = shared.clone();
-        let landlock_log = super::landlock_log::start(landlock_audit, move |report| match report {
-            super::landlock_log::Report::Denial(denial) => reporter.landlock_denied(&denial),
-            super::landlock_log::Report::Lost => {
-                reporter.landlock_lost.fetch_add(1, Ordering::Relaxed);
-            }
-            super::landlock_log::Report::AuditSwitchedOff { back_on } => {
-                reporter.audit_switched_off.fetch_add(1, Ordering::Relaxed);
-                reporter.degraded(format!(
-                    "control degraded: the kernel's audit subsystem was found switched off; {}. Landlock denials of baton exec agents meanwhile were enforced but not recorded",
-                    if back_on { "the daemon switched it back on" } else { "the daemon could NOT switch it back on" }
-                ));
-            }
-            super::landlock_log::Report::ExcludeRules(count) => {
-                reporter.degraded(format!(
-                    "control degraded: {count} audit exclude rule(s) are loaded; if one matches Landlock's records (type 1423), denials of baton exec agents are enforced but not recorded"
-                ));
-            }
-            super::landlock_log::Report::KernelLost(count) => {
-                reporter.degraded(format!(
-                    "control degraded: the kernel's audit subsystem dropped {count} record(s) (its rate limit or backlog); Landlock denials of baton exec agents may be among them, enforced but not recorded"
-                ));
-            }
-            super::landlock_log::Report::Stopped(error) => {
-                *reporter
-                    .landlock_stopped
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) =
-                    Some(format!("the reader of Landlock's reports stopped: {error}"));
-            }
+        let landlock_log = super::landlock_log::start(landlock_audit, move |report| {
+            reporter.landlock_report(report);
         })
         .err()
         .map(|error| {
@@ -764,6 +737,40 @@ fn boot_time_ns() -> u64 {
 }
 
 impl Shared {
+    /// Handles what the reader of Landlock's reports hands over.
+    fn landlock_report(&self, report: super::landlock_log::Report) {
+        match report {
+            super::landlock_log::Report::Denial(denial) => self.landlock_denied(&denial),
+            super::landlock_log::Report::Lost => {
+                self.landlock_lost.fetch_add(1, Ordering::Relaxed);
+            }
+            super::landlock_log::Report::AuditSwitchedOff { back_on } => {
+                self.audit_switched_off.fetch_add(1, Ordering::Relaxed);
+                self.degraded(format!(
+                    "control degraded: the kernel's audit subsystem was found switched off; {}. Landlock denials of baton exec agents meanwhile were enforced but not recorded",
+                    if back_on { "the daemon switched it back on" } else { "the daemon could NOT switch it back on" }
+                ));
+            }
+            super::landlock_log::Report::ExcludeRules(count) => {
+                self.degraded(format!(
+                    "control degraded: {count} audit exclude rule(s) are loaded; if one matches Landlock's records (type 1423), denials of baton exec agents are enforced but not recorded"
+                ));
+            }
+            super::landlock_log::Report::KernelLost(count) => {
+                self.degraded(format!(
+                    "control degraded: the kernel's audit subsystem dropped {count} record(s) (its rate limit or backlog); Landlock denials of baton exec agents may be among them, enforced but not recorded"
+                ));
+            }
+            super::landlock_log::Report::Stopped(error) => {
+                *self
+                    .landlock_stopped
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) =
+                    Some(format!("the reader of Landlock's reports stopped: {error}"));
+            }
+        }
+    }
+
     /// Queues a `control degraded` notice for the audit trail. A full queue
     /// leaves it in the daemon's log only.
     fn degraded(&self, message: String) {
