@@ -564,8 +564,12 @@ fn a_baton_exec_agents_file_denials_are_recorded_and_counted() {
     assert_eq!(outside_outcome(&["open", &key, "read"]), "ok");
 
     // What Landlock takes beyond the policy (listing the directory above a
-    // denied one) is recorded as such, with no rule.
+    // denied one) is recorded as such, with no rule, and counts for no
+    // breaker.
     if !lsm {
+        let denied_files =
+            |daemon: &Daemon| daemon.status()["agents"][0]["counters"]["denied_files"].clone();
+        let before = denied_files(&daemon);
         let root = tree.path("");
         let root = root.trim_end_matches('/');
         let output = daemon.exec("tree", &["ls", root]);
@@ -573,6 +577,7 @@ fn a_baton_exec_agents_file_denials_are_recorded_and_counted() {
         let record = daemon.wait_for_record(|r| r["object"]["path"] == root);
         assert_eq!(record["object"]["beyond_policy"], true, "{record}");
         assert!(record["rule"].is_null(), "{record}");
+        assert_eq!(denied_files(&daemon), before, "not counted");
     }
 
     // The agent can ask why (`baton why`, no root needed).

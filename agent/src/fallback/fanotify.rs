@@ -964,7 +964,9 @@ impl Shared {
                 (decision::DENY, 0)
             }
         };
-        {
+        // What Landlock takes beyond the policy is the fallback's doing,
+        // not the agent's: recorded, but no breaker counts it.
+        if flags & file_flags::BEYOND_POLICY == 0 {
             let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
             let counts = counts.entry(member.agent_id).or_default();
             counts.denied_files += 1;
