@@ -265,6 +265,14 @@ pub fn line_for(record: &serde_json::Value) -> Option<String> {
     } else {
         format!("{} ({})", text(&record["control"]), text(&record["hook"]))
     };
+    if object["beyond_policy"] == true {
+        // Not the policy's decision: asking for it to be allowed would not
+        // help, and the agent should know that.
+        return Some(format!(
+            "baton: {what} denied: without BPF LSM, Landlock cannot hold agent {} to its policy without also denying this; `baton status` lists what else",
+            text(&record["agent"])
+        ));
+    }
     let rule = &record["rule"];
     let by = if rule.is_object() {
         format!("policy {} ({})", text(&rule["policy"]), text(&rule["id"]))
@@ -299,6 +307,14 @@ mod tests {
         assert_eq!(
             line_for(&read).unwrap(),
             "baton: read of /root/.ssh/id_rsa denied by policy coder (files.deny[0]); ask an operator to allow it"
+        );
+        let beyond = serde_json::json!({
+            "verdict": "denied", "control": "file", "agent": "coder",
+            "object": {"path": "/home/u", "rights": ["read"], "denied_rights": ["read"], "beyond_policy": true},
+        });
+        assert_eq!(
+            line_for(&beyond).unwrap(),
+            "baton: read of /home/u denied: without BPF LSM, Landlock cannot hold agent coder to its policy without also denying this; `baton status` lists what else"
         );
         let audit = serde_json::json!({"verdict": "would-deny", "object": {}});
         assert_eq!(line_for(&audit), None);
