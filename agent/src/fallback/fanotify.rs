@@ -742,7 +742,14 @@ impl Shared {
         match report {
             super::landlock_log::Report::Denial(denial) => self.landlock_denied(&denial),
             super::landlock_log::Report::Lost => {
-                self.landlock_lost.fetch_add(1, Ordering::Relaxed);
+                let overflows = self.landlock_lost.fetch_add(1, Ordering::Relaxed) + 1;
+                // A flood would otherwise flood the log too.
+                if overflows.is_power_of_two() {
+                    tracing::warn!(
+                        overflows,
+                        "Landlock denial reports were lost: the audit socket's buffer was full"
+                    );
+                }
             }
             super::landlock_log::Report::AuditSwitchedOff { back_on } => {
                 self.audit_switched_off.fetch_add(1, Ordering::Relaxed);
@@ -939,7 +946,6 @@ impl Shared {
             // Not an agent's process: another program's own sandbox.
             return;
         };
-        let tid = tgid;
         if denial.is_agents_own_sandbox(member.root_tgid) {
             return;
         }
@@ -981,7 +987,8 @@ impl Shared {
         let mut event = file_event(path, flags, denial.rights, denial.rights);
         let header = &mut event.header;
         header.agent_id = member.agent_id;
-        header.pid = tid;
+        // Landlock's reports name the process, not the thread.
+        header.pid = tgid;
         header.tgid = tgid;
         header.uid = denial.uid;
         header.gid = denial.gid;

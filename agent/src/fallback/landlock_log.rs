@@ -250,7 +250,6 @@ struct Reader<F> {
     /// Domain id → the process that created it, and its executable.
     domains: HashMap<u64, (u32, Option<String>)>,
     pending: VecDeque<Event>,
-    lost: u64,
     /// The request socket, to check every [`AUDIT_CHECK`] that the audit
     /// subsystem is still on.
     control: Option<OwnedFd>,
@@ -331,15 +330,7 @@ impl<F: FnMut(Report)> Reader<F> {
                 Err(nix::errno::Errno::ENOBUFS) => {
                     // The socket overflowed: records are gone, not late.
                     // The denials themselves all stood.
-                    self.lost += 1;
                     (self.deliver)(Report::Lost);
-                    // A flood would otherwise flood the log too.
-                    if self.lost.is_power_of_two() {
-                        tracing::warn!(
-                            overflows = self.lost,
-                            "Landlock denial reports were lost: the audit socket's buffer was full"
-                        );
-                    }
                 }
                 Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => self.finish_overdue(),
                 Err(error) => {
@@ -644,7 +635,6 @@ pub fn start(
         deliver,
         domains: HashMap::new(),
         pending: VecDeque::new(),
-        lost: 0,
         control: Some(control),
         // The first check, at once, learns the starting counts.
         checked: Instant::now() - AUDIT_CHECK,
@@ -673,7 +663,6 @@ mod tests {
             },
             domains: HashMap::new(),
             pending: VecDeque::new(),
-            lost: 0,
             control: None,
             checked: Instant::now(),
             kernel_lost: None,
