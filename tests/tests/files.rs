@@ -578,6 +578,19 @@ fn a_baton_exec_agents_file_denials_are_recorded_and_counted() {
         assert_eq!(record["object"]["beyond_policy"], true, "{record}");
         assert!(record["rule"].is_null(), "{record}");
         assert_eq!(denied_files(&daemon), before, "not counted");
+
+        // A process in a chroot of its own: Landlock holds by object, and
+        // its report names the path as that process sees it. The path
+        // cannot pass for an allowed one: the denial counts.
+        let script = format!(
+            "import os\nos.chroot({root:?})\nos.chdir('/')\ntry:\n    open('/secret/key.txt')\nexcept OSError as e:\n    print('errno=%d' % e.errno)"
+        );
+        let output = daemon.exec("tree", &["python3", "-c", &script]);
+        assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "errno=13");
+        let record = daemon.wait_for_record(|r| r["object"]["path"] == "/secret/key.txt");
+        assert!(record["object"]["beyond_policy"].is_null(), "{record}");
+        let counted = denied_files(&daemon).as_u64().unwrap();
+        assert!(counted > before.as_u64().unwrap(), "{record}");
     }
 
     // The agent can ask why (`baton why`, no root needed).

@@ -956,13 +956,19 @@ impl Shared {
         let (found, rule_id) = match &denial.path {
             Some(path) => {
                 let (found, rule_id, _) = agent.decide(path, denial.rights);
-                // Landlock's plan may deny more than the policy (what it
-                // cannot express): the record then names no rule.
-                if found == decision::ALLOW {
+                if found != decision::ALLOW {
+                    (found, rule_id)
+                } else if same_file(path, denial.ino) {
+                    // Landlock's plan denies more than the policy (what it
+                    // cannot express): no rule decided.
                     flags |= file_flags::BEYOND_POLICY;
                     (decision::DENY, 0)
                 } else {
-                    (found, rule_id)
+                    // The path is the process's view (a chroot, a mount
+                    // namespace of its own), not the daemon's: which rule
+                    // is unknown, but the denial is the policy's and
+                    // counts.
+                    (decision::DENY, 0)
                 }
             }
             None => {
@@ -1008,6 +1014,13 @@ impl Shared {
             self.lost.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// Whether `path`, looked up from the daemon's root and mounts, is the file
+/// with inode number `ino`.
+fn same_file(path: &str, ino: Option<u64>) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    ino.is_some_and(|ino| std::fs::metadata(path).is_ok_and(|found| found.ino() == ino))
 }
 
 /// A file event for `path`, stamped now; the caller fills in who and why.

@@ -110,6 +110,10 @@ pub struct Denial {
     pub rights: u32,
     /// The denied path, when the record has one.
     pub path: Option<String>,
+    /// The denied file's inode number. The path is as the denied process
+    /// sees it (its root, its mounts), so only a path that leads the
+    /// daemon to this inode names the same file.
+    pub ino: Option<u64>,
     /// The Landlock domain that denied.
     pub domain: u64,
     /// The process (tgid) that was denied, from the `SYSCALL` record.
@@ -356,6 +360,7 @@ impl<F: FnMut(Report)> Reader<F> {
                     let denial = Denial {
                         rights,
                         path: field(body, "path"),
+                        ino: field(body, "ino").and_then(|ino| ino.parse().ok()),
                         domain,
                         ..Denial::default()
                     };
@@ -707,6 +712,7 @@ mod tests {
         assert_eq!(denials.len(), 2);
         assert_eq!(denials[0].rights, right::bit(right::READ));
         assert_eq!(denials[0].path.as_deref(), Some("/usr/bin/cat"));
+        assert_eq!(denials[0].ino, Some(247030));
         assert_eq!(denials[0].tgid, Some(7530));
         assert_eq!((denials[0].uid, denials[0].gid), (1000, 1001));
         assert_eq!(denials[0].comm, "cat");
