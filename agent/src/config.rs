@@ -7,8 +7,6 @@ use thiserror::Error;
 
 /// Default configuration file; read when present.
 pub const DEFAULT_CONFIG: &str = "/etc/baton/config.yaml";
-/// Default policy directory.
-pub const DEFAULT_POLICY_DIR: &str = "/etc/baton/policies";
 /// Default audit log.
 pub const DEFAULT_AUDIT_LOG: &str = "/var/log/baton/audit.jsonl";
 /// Default control socket.
@@ -55,7 +53,7 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     /// The DNS proxy that enforces domain rules.
     #[serde(default)]
-    pub dns: DnsConfig,
+    pub dns: crate::egress::service::DnsConfig,
     /// The audit trail: rotation, checkpoints, signing key, redaction, live
     /// stream, forwarders.
     #[serde(default)]
@@ -102,25 +100,9 @@ pub struct MetricsConfig {
     pub address: Option<std::net::SocketAddr>,
 }
 
-/// `dns:` in the configuration file.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct DnsConfig {
-    /// Upstream resolvers (`address:port`); read from `resolvConf` when absent.
-    pub upstreams: Option<Vec<std::net::SocketAddr>>,
-    /// Where to read upstream resolvers from [default: /etc/resolv.conf].
-    pub resolv_conf: Option<PathBuf>,
-    /// Shortest time a learned address stays allowed, in seconds [default: 5].
-    pub min_ttl_seconds: Option<u64>,
-    /// Longest time a learned address stays allowed, in seconds; answer TTLs
-    /// are capped to it [default: 3600].
-    pub max_ttl_seconds: Option<u64>,
-    /// Time to wait for an upstream, in milliseconds [default: 2000].
-    pub timeout_ms: Option<u64>,
-    /// Network namespaces (containers, `unshare -n`) one agent may hold a
-    /// DNS proxy in at once; its namespaces beyond that get no DNS until one
-    /// of the others has no agent process left [default: 64].
-    pub max_namespace_proxies_per_agent: Option<u32>,
+/// The configuration file the daemon reads, for error locations.
+pub fn config_path(flag: Option<&Path>) -> PathBuf {
+    flag.map_or_else(|| DEFAULT_CONFIG.into(), Path::to_path_buf)
 }
 
 impl Config {

@@ -21,5 +21,7 @@ pub mod fallback;
 pub mod handover;
 pub mod identity;
 pub mod kernel;
+pub mod keys;
 pub mod metrics;
 pub mod policy;
+pub mod probe;

@@ -345,7 +345,7 @@ impl AuditConfig {
                 }
                 (None, Some(syslog)) => {
                     let facility = syslog.facility.as_deref().unwrap_or("authpriv");
-                    if super::forward::syslog::facility_code(facility).is_none() {
+                    if facility_code(facility).is_none() {
                         return Err(invalid(
                             field("syslog.facility"),
                             format!("unknown facility {facility:?}"),
@@ -362,6 +362,37 @@ impl AuditConfig {
         }
         Ok(())
     }
+}
+
+/// The facility number of a facility name.
+pub fn facility_code(name: &str) -> Option<u8> {
+    Some(match name {
+        "kern" => 0,
+        "user" => 1,
+        "mail" => 2,
+        "daemon" => 3,
+        "auth" => 4,
+        "syslog" => 5,
+        "lpr" => 6,
+        "news" => 7,
+        "uucp" => 8,
+        "cron" => 9,
+        "authpriv" => 10,
+        "ftp" => 11,
+        "ntp" => 12,
+        "audit" => 13,
+        "alert" => 14,
+        "clock" => 15,
+        "local0" => 16,
+        "local1" => 17,
+        "local2" => 18,
+        "local3" => 19,
+        "local4" => 20,
+        "local5" => 21,
+        "local6" => 22,
+        "local7" => 23,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

@@ -10,7 +10,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::record::AuditAncestor;
+use serde::Serialize;
+
+/// One ancestor of the acting process.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AuditAncestor {
+    /// Process id.
+    pub pid: u32,
+    /// Executable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// Command line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<Vec<String>>,
+    /// Whether arguments were left off `cmdline`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cmdline_truncated: bool,
+}
 
 /// Bytes of command line kept per process. Whole arguments only: cutting
 /// one in the middle could leave a secret too short for a redaction
@@ -250,51 +266,6 @@ pub(crate) fn split_cmdline(raw: &[u8]) -> (Vec<String>, bool) {
 fn parse_ppid(stat: &str) -> Option<u32> {
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// What a record says about a live process the kernel did not describe in
-/// an event (the sender of a DNS query the proxy refused): procfs only.
-/// `root` is the agent's root process, 0 when unknown. The cgroup id is
-/// that of the process's cgroup v2 directory, 0 when it cannot be read.
-pub fn live_process(tgid: u32, root: u32) -> super::record::AuditProcess {
-    let mut processes = ProcessCache::default();
-    let info = processes.lookup(tgid);
-    let status = std::fs::read_to_string(format!("/proc/{tgid}/status")).unwrap_or_default();
-    // `Uid:` and `Gid:` list real, effective, saved and filesystem ids.
-    let real = |field: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(field))
-            .and_then(|ids| ids.split_whitespace().next()?.parse().ok())
-            .unwrap_or(u32::MAX)
-    };
-    let comm = std::fs::read_to_string(format!("/proc/{tgid}/comm"))
-        .map(|comm| comm.trim_end().to_string())
-        .unwrap_or_default();
-    let cgroup_id = info
-        .cgroup
-        .as_deref()
-        .and_then(|path| {
-            let root = crate::kernel::cgroup::cgroup2_mount().ok()?;
-            let dir = root.join(path.trim_start_matches('/'));
-            crate::kernel::maps::cgroup_id(&dir).ok()
-        })
-        .unwrap_or(0);
-    let ancestors = processes.ancestors_from(tgid, info.ppid, root);
-    super::record::AuditProcess {
-        pid: tgid,
-        tid: tgid,
-        uid: real("Uid:"),
-        gid: real("Gid:"),
-        comm,
-        exe: info.exe,
-        cmdline: info.cmdline,
-        cmdline_truncated: info.cmdline_truncated,
-        cgroup_id,
-        cgroup: info.cgroup,
-        agent_root_pid: root,
-        ancestors,
-    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! - [`enrich`]: procfs enrichment (exe, command line, cgroup, ancestors).
 //! - [`redact`]: secret removal before anything is written.
 //! - [`trail`]: [`AuditTrail`], the writer: chain, rotation, checkpoints.
-//! - [`keys`]: the ed25519 checkpoint key.
+//! - [`keys`](crate::keys): the ed25519 checkpoint key.
 //! - [`verify`]: offline verification.
 //! - [`stream`]: the live [`Hub`](stream::Hub) and the control-socket side.
 //! - [`forward`]: syslog and HTTP forwarders reading the durable log.
@@ -17,7 +17,6 @@ pub mod config;
 pub mod enrich;
 pub mod files;
 pub mod forward;
-pub mod keys;
 pub mod record;
 pub mod redact;
 pub mod sink;
@@ -29,10 +28,13 @@ use std::path::PathBuf;
 
 pub use chain::Head;
 pub use config::AuditConfig;
-pub use record::{AuditRecord, DecodeError, ProcessCache, SCHEMA};
+pub use enrich::ProcessCache;
+pub use record::{AuditRecord, DecodeError, SCHEMA};
 pub use sink::FileSink;
 use thiserror::Error;
 pub use trail::AuditTrail;
+
+use crate::keys;
 
 /// Errors opening or writing the audit trail.
 #[derive(Debug, Error)]

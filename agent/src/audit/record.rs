@@ -15,7 +15,8 @@ use agent_common::{
 use serde::Serialize;
 use thiserror::Error;
 
-pub use super::enrich::ProcessCache;
+pub use super::enrich::AuditAncestor;
+use super::enrich::ProcessCache;
 
 /// Schema identifier written in every record.
 pub const SCHEMA: &str = "baton.audit/v1";
@@ -191,20 +192,51 @@ pub struct AuditProcess {
     pub ancestors: Vec<AuditAncestor>,
 }
 
-/// One ancestor of the acting process.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct AuditAncestor {
-    /// Process id.
-    pub pid: u32,
-    /// Executable.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exe: Option<String>,
-    /// Command line.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cmdline: Option<Vec<String>>,
-    /// Whether arguments were left off `cmdline`.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub cmdline_truncated: bool,
+impl AuditProcess {
+    /// What a record says about a live process the kernel did not describe in
+    /// an event (the sender of a DNS query the proxy refused): procfs only.
+    /// `root` is the agent's root process, 0 when unknown. The cgroup id is
+    /// that of the process's cgroup v2 directory, 0 when it cannot be read.
+    pub fn live(tgid: u32, root: u32) -> Self {
+        let mut processes = ProcessCache::default();
+        let info = processes.lookup(tgid);
+        let status = std::fs::read_to_string(format!("/proc/{tgid}/status")).unwrap_or_default();
+        // `Uid:` and `Gid:` list real, effective, saved and filesystem ids.
+        let real = |field: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(field))
+                .and_then(|ids| ids.split_whitespace().next()?.parse().ok())
+                .unwrap_or(u32::MAX)
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{tgid}/comm"))
+            .map(|comm| comm.trim_end().to_string())
+            .unwrap_or_default();
+        let cgroup_id = info
+            .cgroup
+            .as_deref()
+            .and_then(|path| {
+                let root = crate::kernel::cgroup::cgroup2_mount().ok()?;
+                let dir = root.join(path.trim_start_matches('/'));
+                crate::kernel::maps::cgroup_id(&dir).ok()
+            })
+            .unwrap_or(0);
+        let ancestors = processes.ancestors_from(tgid, info.ppid, root);
+        AuditProcess {
+            pid: tgid,
+            tid: tgid,
+            uid: real("Uid:"),
+            gid: real("Gid:"),
+            comm,
+            exe: info.exe,
+            cmdline: info.cmdline,
+            cmdline_truncated: info.cmdline_truncated,
+            cgroup_id,
+            cgroup: info.cgroup,
+            agent_root_pid: root,
+            ancestors,
+        }
+    }
 }
 
 /// What a checkpoint signs: the chain head just before it.
@@ -216,7 +248,7 @@ pub struct AuditCheckpoint {
     pub hash: String,
     /// ed25519 public key that signed, hex.
     pub key: String,
-    /// ed25519 signature of [`super::keys::checkpoint_message`], hex.
+    /// ed25519 signature of [`crate::keys::checkpoint_message`], hex.
     pub signature: String,
 }
 

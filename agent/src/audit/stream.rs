@@ -14,12 +14,84 @@ use std::{
     time::Duration,
 };
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 use tokio::sync::broadcast;
 
 use super::{AuditError, chain::Head, config::StreamConfig};
-use crate::control::{AuditReply, AuditRequest};
+
+/// A request about the audit trail, served on the control socket beside
+/// [`Request`](crate::control::Request). Kept apart from it so that
+/// handlers of `Request` need not know about the audit side.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuditRequest {
+    /// The live chain head: sequence number and hash of the last record.
+    AuditHead,
+    /// Stream records: the last `recent`, then every new one while
+    /// `follow`. Served to root and the configured group only.
+    Events {
+        /// Only this agent's records.
+        #[serde(default)]
+        agent: Option<String>,
+        /// Only records with this verdict.
+        #[serde(default)]
+        verdict: Option<String>,
+        /// Only records of this control.
+        #[serde(default)]
+        control: Option<String>,
+        /// Recent records to send first.
+        #[serde(default)]
+        recent: usize,
+        /// Keep sending new records until the client hangs up.
+        #[serde(default)]
+        follow: bool,
+    },
+}
+
+/// A reply to an [`AuditRequest`]. While streaming, records are sent as
+/// they were written (objects without a `status` key) between these.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum AuditReply {
+    /// The chain head; `seq` 0 when nothing was written yet.
+    Head {
+        /// Sequence number of the last record.
+        seq: u64,
+        /// Its line hash, hex.
+        hash: String,
+    },
+    /// Records follow, one per line.
+    Streaming,
+    /// The client read too slowly and this many records were not sent.
+    Lagged {
+        /// Records skipped.
+        skipped: u64,
+    },
+    /// The stream is over (recent records sent, not following).
+    End,
+    /// The daemon's status.
+    Status {
+        /// The status document.
+        report: serde_json::Value,
+    },
+    /// Breaker states, one JSON object per agent.
+    Breakers {
+        /// The states.
+        agents: Vec<serde_json::Value>,
+    },
+    /// Done; what happened.
+    Done {
+        /// Description.
+        message: String,
+    },
+    /// Refused or failed.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
 
 /// Records kept for clients that ask for recent ones (`baton events -n`).
 const BACKLOG: usize = 1024;

@@ -14,18 +14,12 @@ use std::{
 use agent_common::identity::AgentCounters;
 use serde::Serialize;
 
-use crate::policy::spec::{BreakerAction, BreakerSpec, Threshold};
+use crate::policy::{
+    compile::BreakerRule,
+    spec::{BreakerAction, BreakerSpec, Threshold},
+};
 
 pub mod limits;
-
-/// A breaker rule and the policy it came from.
-#[derive(Clone, Debug)]
-pub struct BreakerRule {
-    /// Policy name.
-    pub policy: String,
-    /// The rule.
-    pub spec: BreakerSpec,
-}
 
 /// Where an agent's breaker stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

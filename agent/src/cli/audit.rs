@@ -3,10 +3,13 @@
 use anyhow::{Context as _, anyhow, bail};
 
 use super::{AuditCommand, VerifyArgs};
-use crate::audit::{
-    Head, keys,
-    stream::fetch_head,
-    verify::{VerifyOptions, verify},
+use crate::{
+    audit::{
+        Head,
+        stream::fetch_head,
+        verify::{VerifyOptions, verify},
+    },
+    keys,
 };
 
 /// Exit status of `verify` when the log is intact but a final record was

@@ -134,7 +134,7 @@ fn find_user(spec: &str) -> anyhow::Result<nix::unistd::User> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fallback::landlock::{SourceRule, plan};
+    use crate::{fallback::landlock::plan, policy::compile::SourceRule};
     use agent_common::{files::right, verdict::decision};
 
     fn rule(path: &str, rights: u32, decision: u8) -> SourceRule {

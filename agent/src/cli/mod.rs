@@ -221,7 +221,7 @@ pub enum AuditCommand {
         key: PathBuf,
         /// How to spell the key.
         #[arg(long, value_enum, default_value = "hex")]
-        format: crate::audit::keys::KeyFormat,
+        format: crate::keys::KeyFormat,
     },
     /// Check the hash chain and the checkpoint signatures of audit log
     /// files (in any order; they may span rotations). Names the first

@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 
 use super::PolicyCommand;
 use crate::{
-    audit::keys::{KeyFormat, format_public, parse_public},
+    keys::{KeyFormat, format_public, parse_public},
     policy::{
         LoadedPolicy, bundle, compile_with, diff, expand_on_disk, load_dir, load_files, schema,
         suggest,

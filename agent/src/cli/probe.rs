@@ -1,7 +1,7 @@
 //! `baton probe`.
 
 use super::ProbeArgs;
-use crate::kernel::probe::{probe, probe_pins};
+use crate::probe::{probe, probe_pins};
 
 /// Prints the probe report.
 pub fn run(args: &ProbeArgs) -> anyhow::Result<()> {

@@ -18,12 +18,45 @@
 //! [`server::serve_with`](super::server::serve_with)), so no client
 //! behaviour can take the control socket past its share.
 
-use std::path::{Path, PathBuf};
+use std::{path::Path, time::Duration};
 
 use serde::Deserialize;
 use thiserror::Error;
 
-use super::server::Limits;
+/// Bounds on what clients of the control socket can make the daemon hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Open connections from all callers except root outside every agent.
+    pub connections: usize,
+    /// Open connections from one uid (root agents count under uid 0).
+    pub per_user: usize,
+    /// Open connections from root processes in no agent: the operator's
+    /// share, which other users cannot use up.
+    pub operator: usize,
+    /// Bytes in one request line, newline excluded.
+    pub request_bytes: usize,
+    /// How long a connection may wait before its next request starts.
+    pub idle: Duration,
+    /// How long one request may take from its first byte to its newline.
+    pub request: Duration,
+    /// How long one reply (or streamed record) may wait for the client to
+    /// read it.
+    pub write: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connections: 256,
+            per_user: 16,
+            operator: 32,
+            request_bytes: 64 * 1024,
+            idle: Duration::from_secs(30),
+            request: Duration::from_secs(10),
+            write: Duration::from_secs(10),
+        }
+    }
+}
 
 /// Descriptors held back for the fanotify listener: one read of its event
 /// buffer (4096 bytes of 24-byte event headers, so at most 170 events, each
@@ -278,11 +311,6 @@ pub fn raise_descriptor_limit() -> u64 {
 /// Descriptors this process has open now.
 pub fn open_descriptors() -> std::io::Result<u64> {
     Ok(std::fs::read_dir("/proc/self/fd")?.count() as u64)
-}
-
-/// The configuration file the daemon reads, for error locations.
-pub fn config_path(flag: Option<&Path>) -> PathBuf {
-    flag.map_or_else(|| crate::config::DEFAULT_CONFIG.into(), Path::to_path_buf)
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ pub mod budget;
 pub mod client;
 pub mod server;
 
+pub use crate::audit::stream::{AuditReply, AuditRequest};
+
 /// A request.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -113,76 +115,4 @@ pub enum Reply {
 
 fn default_families() -> u64 {
     agent_common::identity::DEFAULT_FAMILIES
-}
-
-/// A request about the audit trail, served on the same socket as
-/// [`Request`]. Kept apart from it so that handlers of [`Request`] need not
-/// know about the audit side.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum AuditRequest {
-    /// The live chain head: sequence number and hash of the last record.
-    AuditHead,
-    /// Stream records: the last `recent`, then every new one while
-    /// `follow`. Served to root and the configured group only.
-    Events {
-        /// Only this agent's records.
-        #[serde(default)]
-        agent: Option<String>,
-        /// Only records with this verdict.
-        #[serde(default)]
-        verdict: Option<String>,
-        /// Only records of this control.
-        #[serde(default)]
-        control: Option<String>,
-        /// Recent records to send first.
-        #[serde(default)]
-        recent: usize,
-        /// Keep sending new records until the client hangs up.
-        #[serde(default)]
-        follow: bool,
-    },
-}
-
-/// A reply to an [`AuditRequest`]. While streaming, records are sent as
-/// they were written (objects without a `status` key) between these.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum AuditReply {
-    /// The chain head; `seq` 0 when nothing was written yet.
-    Head {
-        /// Sequence number of the last record.
-        seq: u64,
-        /// Its line hash, hex.
-        hash: String,
-    },
-    /// Records follow, one per line.
-    Streaming,
-    /// The client read too slowly and this many records were not sent.
-    Lagged {
-        /// Records skipped.
-        skipped: u64,
-    },
-    /// The stream is over (recent records sent, not following).
-    End,
-    /// The daemon's status.
-    Status {
-        /// The status document.
-        report: serde_json::Value,
-    },
-    /// Breaker states, one JSON object per agent.
-    Breakers {
-        /// The states.
-        agents: Vec<serde_json::Value>,
-    },
-    /// Done; what happened.
-    Done {
-        /// Description.
-        message: String,
-    },
-    /// Refused or failed.
-    Error {
-        /// Why.
-        message: String,
-    },
 }

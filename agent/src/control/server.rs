@@ -38,7 +38,10 @@ use tokio::{
     time::Instant,
 };
 
-use super::{AuditReply, AuditRequest, Reply, Request, budget::REFUSALS};
+use super::{
+    AuditReply, AuditRequest, Reply, Request,
+    budget::{Limits, REFUSALS},
+};
 use crate::audit::stream::{AuditService, Filter};
 
 /// Errors starting the control socket.
@@ -72,41 +75,6 @@ enum RequestError {
     /// Reading failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
-}
-
-/// Bounds on what clients of the control socket can make the daemon hold.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Open connections from all callers except root outside every agent.
-    pub connections: usize,
-    /// Open connections from one uid (root agents count under uid 0).
-    pub per_user: usize,
-    /// Open connections from root processes in no agent: the operator's
-    /// share, which other users cannot use up.
-    pub operator: usize,
-    /// Bytes in one request line, newline excluded.
-    pub request_bytes: usize,
-    /// How long a connection may wait before its next request starts.
-    pub idle: Duration,
-    /// How long one request may take from its first byte to its newline.
-    pub request: Duration,
-    /// How long one reply (or streamed record) may wait for the client to
-    /// read it.
-    pub write: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            connections: 256,
-            per_user: 16,
-            operator: 32,
-            request_bytes: 64 * 1024,
-            idle: Duration::from_secs(30),
-            request: Duration::from_secs(10),
-            write: Duration::from_secs(10),
-        }
-    }
 }
 
 /// Who is calling: credentials from the kernel at connect time, and the

@@ -45,7 +45,8 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use super::{client::SockDiag, domain::DomainPattern};
+use super::client::SockDiag;
+use crate::policy::domain::AgentNames;
 
 /// Queries one UDP socket handles at once; beyond that, queries are dropped
 /// and the client retries. Bounds the sockets and tasks one agent can cost.
@@ -133,53 +134,6 @@ pub enum DnsError {
     /// A message could not be encoded.
     #[error("cannot encode a DNS message: {0}")]
     Encode(#[from] ProtoError),
-}
-
-/// One domain rule of an agent's policy.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DomainRule {
-    /// The names the rule allows.
-    pub pattern: DomainPattern,
-    /// The rule's id, cited by audit records and the kernel's allow map.
-    pub rule_id: u32,
-}
-
-/// The names one agent may resolve.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AgentNames {
-    /// The agent's id in the kernel maps.
-    pub agent_id: u32,
-    /// The agent's name, for logs.
-    pub agent: String,
-    /// The domain allow rules.
-    pub rules: Vec<DomainRule>,
-    /// Audit mode: a name no rule allows is reported through
-    /// [`Learner::refused`] but still resolved (with rule id 0), because an
-    /// agent in audit mode is never denied anything.
-    pub audit: bool,
-}
-
-impl AgentNames {
-    /// The rule that allows `name`, if any.
-    ///
-    /// The most specific match wins: an exact name beats any wildcard, and a
-    /// wildcard with a longer suffix beats a shorter one (`*.a.example.com`
-    /// beats `*.example.com`). Between equally specific rules the first wins.
-    pub fn decide(&self, name: &str) -> Option<&DomainRule> {
-        let specificity = |rule: &DomainRule| {
-            (
-                !rule.pattern.is_wildcard(),
-                rule.pattern.name().split('.').count(),
-            )
-        };
-        self.rules
-            .iter()
-            .filter(|rule| rule.pattern.matches(name))
-            .fold(None, |best: Option<&DomainRule>, rule| match best {
-                Some(best) if specificity(best) >= specificity(rule) => Some(best),
-                _ => Some(rule),
-            })
-    }
 }
 
 /// An address from an allowed answer, to be allowed in the kernel.
@@ -854,6 +808,7 @@ fn answer_addresses(response: &Message, name: &Name, config: &ProxyConfig) -> Ve
 
 #[cfg(test)]
 mod tests {
+    use crate::policy::domain::{DomainPattern, DomainRule};
     use std::{
         process::{Child, Command, Stdio},
         sync::{

@@ -4,7 +4,7 @@
 //! into addresses at the moment an agent resolves the name. The kernel
 //! programs redirect the agent's port-53 traffic to a proxy in the daemon
 //! ([`dns`]), one UDP socket and one TCP listener per agent. The proxy
-//! refuses names the agent's rules ([`domain`]) do not allow, and for allowed
+//! refuses names the agent's rules ([`crate::policy::domain`]) do not allow, and for allowed
 //! names forwards the query upstream and writes the answer's addresses into
 //! that agent's allow map **before** it returns the answer.
 //!
@@ -24,5 +24,4 @@
 
 pub mod client;
 pub mod dns;
-pub mod domain;
 pub mod service;

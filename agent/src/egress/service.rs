@@ -3,7 +3,7 @@
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, RwLock},
     time::Duration,
 };
@@ -17,9 +17,30 @@ use tokio::{
 
 use super::client::SockDiag;
 use super::dns::{
-    AgentNames, DnsError, Learner, ProxyConfig, serve_tcp, serve_udp, upstreams_from_resolv_conf,
+    DnsError, Learner, ProxyConfig, serve_tcp, serve_udp, upstreams_from_resolv_conf,
 };
-use crate::config::DnsConfig;
+use crate::policy::domain::AgentNames;
+
+/// `dns:` in the configuration file.
+#[derive(Clone, Debug, Default, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DnsConfig {
+    /// Upstream resolvers (`address:port`); read from `resolvConf` when absent.
+    pub upstreams: Option<Vec<std::net::SocketAddr>>,
+    /// Where to read upstream resolvers from [default: /etc/resolv.conf].
+    pub resolv_conf: Option<PathBuf>,
+    /// Shortest time a learned address stays allowed, in seconds [default: 5].
+    pub min_ttl_seconds: Option<u64>,
+    /// Longest time a learned address stays allowed, in seconds; answer TTLs
+    /// are capped to it [default: 3600].
+    pub max_ttl_seconds: Option<u64>,
+    /// Time to wait for an upstream, in milliseconds [default: 2000].
+    pub timeout_ms: Option<u64>,
+    /// Network namespaces (containers, `unshare -n`) one agent may hold a
+    /// DNS proxy in at once; its namespaces beyond that get no DNS until one
+    /// of the others has no agent process left [default: 64].
+    pub max_namespace_proxies_per_agent: Option<u32>,
+}
 
 /// Errors starting a proxy.
 #[derive(Debug, Error)]

@@ -192,12 +192,6 @@ struct Rules {
     agents: HashMap<u32, AgentRules>,
 }
 
-/// Whether an agent has processes that `baton exec` did not start, so
-/// that only fanotify can hold them to their file rules.
-pub fn selected_outside_exec(agent: &CompiledAgent) -> bool {
-    !agent.cgroups.is_empty() || !agent.executables.is_empty()
-}
-
 // ---------------------------------------------------------------- marks
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -468,7 +462,7 @@ impl Watcher {
             *rules = Rules { generation, agents };
         }
         let mut denied: BTreeMap<String, u32> = BTreeMap::new();
-        for agent in set.agents.values().filter(|a| selected_outside_exec(a)) {
+        for agent in set.agents.values().filter(|a| a.selected_outside_exec()) {
             for rule in agent.file_rules.iter().filter(|rule| {
                 matches!(rule.decision, decision::DENY | decision::CANARY)
                     && !exclude.iter().any(|(path, _)| *path == rule.path)
@@ -1089,7 +1083,7 @@ pub fn coverage(
             } else {
                 "baton exec: none (no Landlock)"
             };
-            if !selected_outside_exec(agent) {
+            if !agent.selected_outside_exec() {
                 return (*name, exec_started.to_string());
             }
             let default_deny = if *r == right::EXEC {

@@ -13,6 +13,8 @@ use landlock::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::policy::compile::SourceRule;
+
 /// The Landlock ABI the translation targets (Linux 6.2: `Truncate`).
 const TARGET_ABI: ABI = ABI::V3;
 
@@ -31,17 +33,6 @@ pub enum LandlockError {
         /// What the kernel offered.
         found: String,
     },
-}
-
-/// One file rule as written in the policy (after wildcard expansion).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SourceRule {
-    /// Absolute path prefix.
-    pub path: String,
-    /// Bits of [`right`].
-    pub rights: u32,
-    /// One of [`decision`].
-    pub decision: u8,
 }
 
 /// A Landlock ruleset derived from a policy, sent from the daemon to
@@ -288,6 +279,21 @@ pub fn apply(plan: &LandlockPlan) -> Result<(), LandlockError> {
 /// The access rights the translation may use on this kernel, for messages.
 pub fn target_abi() -> String {
     format!("{TARGET_ABI:?}")
+}
+
+/// Landlock ABI version, or `None` when Landlock is off.
+pub fn landlock_abi() -> Option<i64> {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: the version query takes no ruleset and writes no memory.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    (abi > 0).then_some(abi)
 }
 
 #[cfg(test)]

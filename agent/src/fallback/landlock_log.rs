@@ -598,7 +598,7 @@ pub fn start(
     if !wanted {
         return Err(LandlockLogError::SwitchedOff);
     }
-    let abi = crate::kernel::probe::landlock_abi().unwrap_or(0);
+    let abi = crate::fallback::landlock::landlock_abi().unwrap_or(0);
     if abi < 7 {
         return Err(LandlockLogError::TooOld { found: abi });
     }

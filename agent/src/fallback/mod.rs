@@ -12,10 +12,10 @@
 //! Baton in the loop, so no ruleset can be applied to them: for those, the
 //! daemon answers fanotify permission events on the paths their rules deny
 //! (see [`fanotify`]). Landlock's own reports of its denials (Linux 6.15+)
-//! become records too (see [`landlock_log`]). What neither can enforce, the kernel detects and
-//! records, and may kill the process for (see [`detect`]).
+//! become records too (see [`landlock_log`]). What neither can enforce,
+//! the kernel detects and records, and may kill the process for (see
+//! [`crate::kernel::detect`]).
 
-pub mod detect;
 pub mod families;
 pub mod fanotify;
 pub mod landlock;

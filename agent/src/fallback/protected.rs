@@ -15,7 +15,7 @@ use std::{
 
 use agent_common::{files::right, identity::admission};
 
-use crate::kernel::{cgroup::mount_points, loader::ControlState};
+use crate::kernel::{ControlState, cgroup::mount_points};
 
 /// Rights taken away beneath a protected path: every change. Reading stays
 /// allowed (an agent may look at its own policy).
@@ -140,7 +140,7 @@ fn missing_hooks(lsm_hooks: &[(&str, ControlState)]) -> Vec<&'static str> {
 ///
 /// `lsm_hooks` are the loader's LSM hook states; `admitted` is how the
 /// agent's processes join it (one of [`admission`]); `landlock_abi` is the
-/// kernel's (see [`crate::kernel::probe::landlock_abi`]).
+/// kernel's (see [`crate::fallback::landlock::landlock_abi`]).
 pub fn self_protection(
     lsm_hooks: &[(&str, ControlState)],
     admitted: u8,

@@ -270,7 +270,7 @@ impl Applied {
 /// the calling thread. Call right before exec: irrevocable.
 pub fn apply(families: Option<u64>) -> Result<Applied, SeccompError> {
     let program = filter(families)?;
-    let landlock_abi = crate::kernel::probe::landlock_abi();
+    let landlock_abi = crate::fallback::landlock::landlock_abi();
     // Landlock first: the filter does not deny its calls, but nothing needs
     // to run under the filter that does not have to.
     let signals_scoped = scope_signals(landlock_abi)?;

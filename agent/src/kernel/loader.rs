@@ -9,81 +9,16 @@ use agent_common::{
     programs::{self, Program, Role},
 };
 use aya::{
-    Ebpf, EbpfError, EbpfLoader,
+    Ebpf, EbpfLoader,
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock,
-        CgroupSockAddr, CgroupSockopt, Lsm, ProgramError,
-        links::{FdLink, LinkError},
+        CgroupSockAddr, CgroupSockopt, Lsm, ProgramError, links::FdLink,
     },
 };
-use thiserror::Error;
 
 use super::{
-    EBPF_OBJECT, bpfsys,
-    btf::{Btf, BtfError},
-    cgroup::{CgroupError, cgroup2_mount},
-    pins::{PinDir, PinError},
+    ControlState, EBPF_OBJECT, KernelError, bpfsys, btf::Btf, cgroup::cgroup2_mount, pins::PinDir,
 };
-
-/// Errors while loading or attaching.
-#[derive(Debug, Error)]
-pub enum KernelError {
-    /// BTF could not be read or lacks what the programs need.
-    #[error(transparent)]
-    Btf(#[from] BtfError),
-    /// cgroup v2 is missing.
-    #[error(transparent)]
-    Cgroup(#[from] CgroupError),
-    /// aya could not read the kernel's BTF for attaching.
-    #[error("cannot read kernel BTF for attaching programs: {0}")]
-    AyaBtf(#[from] aya::BtfError),
-    /// The object could not be loaded.
-    #[error("cannot load Baton's eBPF object: {0}")]
-    Object(#[from] EbpfError),
-    /// A program could not be loaded or attached.
-    #[error("cannot {action} program {program}: {source}")]
-    Program {
-        /// Program name.
-        program: &'static str,
-        /// `load` or `attach`.
-        action: &'static str,
-        /// Underlying error.
-        source: ProgramError,
-    },
-    /// A program is missing from the object (a build problem).
-    #[error("program {0} is missing from the eBPF object")]
-    MissingProgram(&'static str),
-    /// The cgroup v2 root could not be opened.
-    #[error("cannot open cgroup v2 root {path}: {source}")]
-    CgroupRoot {
-        /// The mount point.
-        path: PathBuf,
-        /// Underlying error.
-        source: std::io::Error,
-    },
-    /// A map operation failed.
-    #[error("map {map}: {source}")]
-    Map {
-        /// Map name.
-        map: &'static str,
-        /// Underlying error.
-        source: aya::maps::MapError,
-    },
-    /// A map is missing from the object (a build problem).
-    #[error("map {0} is missing from the eBPF object")]
-    MissingMap(&'static str),
-    /// Pinning or adopting failed.
-    #[error(transparent)]
-    Pin(#[from] PinError),
-    /// A link could not be turned into a pinnable one.
-    #[error("cannot pin the link of program {program}: {source}")]
-    Link {
-        /// Program name.
-        program: &'static str,
-        /// Underlying error.
-        source: LinkError,
-    },
-}
 
 /// The egress programs; each attaches to the hook of the same name.
 pub fn egress_programs() -> impl Iterator<Item = &'static str> {
@@ -93,15 +28,6 @@ pub fn egress_programs() -> impl Iterator<Item = &'static str> {
 /// Whether `program` is one of the egress programs.
 pub fn is_egress_program(program: &str) -> bool {
     egress_programs().any(|p| p == program)
-}
-
-/// Whether a control is in force, and if not, why.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ControlState {
-    /// The kernel enforces it.
-    Enforced,
-    /// Not available; the reason says why.
-    Unavailable(String),
 }
 
 /// The loaded programs and their maps.

@@ -37,7 +37,7 @@ use aya::{
     },
 };
 
-use super::loader::KernelError;
+use super::KernelError;
 use crate::policy::{CompiledPolicySet, spec::Name};
 
 fn map_error(map: &'static str) -> impl FnOnce(MapError) -> KernelError {
@@ -72,7 +72,7 @@ pub struct PolicyMaps {
     live_executables: BTreeSet<(u64, u32)>,
     /// Which agents and rights the detection programs watch; set before the
     /// first policy is applied, from what the kernel and fanotify provide.
-    pub detect_scope: crate::fallback::detect::DetectScope,
+    pub detect_scope: super::detect::DetectScope,
 }
 
 /// A selector the daemon could not turn into a kernel entry.

@@ -35,7 +35,7 @@ use rand::TryRng as _;
 use thiserror::Error;
 
 use super::load::{LoadedPolicy, PolicyError, parse_str};
-use crate::audit::keys::{KeyFormat, format_public, parse_public};
+use crate::keys::{KeyFormat, format_public, parse_public};
 
 /// How the signature line starts.
 pub const SIGNATURE_PREFIX: &str = "# baton-signature:";

@@ -20,11 +20,13 @@ use agent_common::{
 };
 use thiserror::Error;
 
+use super::domain::DomainPattern;
 use super::{
     load::LoadedPolicy,
-    spec::{AbsolutePath, Action, EgressTarget, Mode, Name, PortRange, Protocol, RulePath},
+    spec::{
+        AbsolutePath, Action, BreakerSpec, EgressTarget, Mode, Name, PortRange, Protocol, RulePath,
+    },
 };
-use crate::egress::domain::DomainPattern;
 
 /// Errors that only show once policies are combined.
 #[derive(Debug, Error)]
@@ -77,6 +79,27 @@ pub struct RuleRef {
     pub source: PathBuf,
 }
 
+/// One file rule as written in the policy (after wildcard expansion), as
+/// the fallbacks that match by path prefix take it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourceRule {
+    /// Absolute path prefix.
+    pub path: String,
+    /// Bits of [`agent_common::files::right`].
+    pub rights: u32,
+    /// One of [`agent_common::verdict::decision`].
+    pub decision: u8,
+}
+
+/// A breaker rule and the policy it came from.
+#[derive(Clone, Debug)]
+pub struct BreakerRule {
+    /// Policy name.
+    pub policy: String,
+    /// The rule.
+    pub spec: BreakerSpec,
+}
+
 /// The settings of one agent after merging every policy that selects it.
 #[derive(Clone, Debug)]
 pub struct CompiledAgent {
@@ -123,7 +146,7 @@ pub struct CompiledAgent {
     /// Live processes allowed, for agents Baton starts.
     pub max_processes: Option<u32>,
     /// Circuit breakers.
-    pub breakers: Vec<crate::breaker::BreakerRule>,
+    pub breakers: Vec<BreakerRule>,
     /// Egress prefixes with their port tables.
     pub egress: Vec<EgressEntry>,
     /// Names the agent may resolve, with the ports their addresses open.
@@ -132,7 +155,16 @@ pub struct CompiledAgent {
     pub files: Vec<FileEntry>,
     /// The file and exec rules as written (wildcards expanded), for
     /// translations that need them unflattened (Landlock).
-    pub file_rules: Vec<crate::fallback::landlock::SourceRule>,
+    pub file_rules: Vec<SourceRule>,
+}
+
+impl CompiledAgent {
+    /// Whether the agent has processes that `baton exec` did not start, so
+    /// that Landlock cannot hold them and only BPF LSM, fanotify or
+    /// detection can.
+    pub fn selected_outside_exec(&self) -> bool {
+        !self.cgroups.is_empty() || !self.executables.is_empty()
+    }
 }
 
 /// One egress trie entry.
@@ -520,7 +552,7 @@ pub fn compile_protected(
                     max_processes = Some(max_processes.map_or(processes, |p| p.min(processes)));
                 }
             }
-            breakers.extend(spec.breakers.iter().map(|b| crate::breaker::BreakerRule {
+            breakers.extend(spec.breakers.iter().map(|b| BreakerRule {
                 policy: policy.document.metadata.name.0.clone(),
                 spec: b.clone(),
             }));
@@ -599,7 +631,7 @@ pub fn compile_protected(
             files: flatten_files(&file_sources),
             file_rules: file_sources
                 .iter()
-                .map(|s| crate::fallback::landlock::SourceRule {
+                .map(|s| SourceRule {
                     path: s.path.0.clone(),
                     rights: s.rights,
                     decision: s.decision,

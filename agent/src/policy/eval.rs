@@ -13,11 +13,11 @@ use agent_common::{
     verdict::decision,
 };
 
+use super::domain::{AgentNames, DomainRule};
 use super::{
     compile::CompiledAgent,
     spec::{FileRight, Protocol},
 };
-use crate::egress::dns::{AgentNames, DomainRule};
 
 /// What a rule (or the default) decides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,6 +7,7 @@
 pub mod bundle;
 pub mod compile;
 pub mod diff;
+pub mod domain;
 pub mod eval;
 pub mod families;
 pub mod lint;

@@ -9,8 +9,8 @@ use std::borrow::Cow;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings, json_schema};
 
+use super::domain::DomainPattern;
 use super::spec::AgentPolicyDocument;
-use crate::egress::domain::DomainPattern;
 
 /// Where the generated schema is kept, relative to the workspace root.
 pub const SCHEMA_PATH: &str = "policies/agentpolicy.schema.json";

@@ -29,7 +29,7 @@ use std::{borrow::Cow, fmt, net::IpAddr};
 use ipnet::IpNet;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
-use crate::egress::domain::DomainPattern;
+use super::domain::DomainPattern;
 use serde::{
     Deserialize, Deserializer, Serialize,
     de::{self, Visitor},

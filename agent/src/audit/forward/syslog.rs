@@ -22,41 +22,10 @@ use std::{
 use serde_json::Value;
 
 use super::{Destination, FollowedRecord};
-use crate::audit::config::{SyslogConfig, SyslogProtocol};
+use crate::audit::config::{SyslogConfig, SyslogProtocol, facility_code};
 
 /// Records per write unless configured.
 const BATCH: usize = 200;
-
-/// The facility number of a facility name.
-pub fn facility_code(name: &str) -> Option<u8> {
-    Some(match name {
-        "kern" => 0,
-        "user" => 1,
-        "mail" => 2,
-        "daemon" => 3,
-        "auth" => 4,
-        "syslog" => 5,
-        "lpr" => 6,
-        "news" => 7,
-        "uucp" => 8,
-        "cron" => 9,
-        "authpriv" => 10,
-        "ftp" => 11,
-        "ntp" => 12,
-        "audit" => 13,
-        "alert" => 14,
-        "clock" => 15,
-        "local0" => 16,
-        "local1" => 17,
-        "local2" => 18,
-        "local3" => 19,
-        "local4" => 20,
-        "local5" => 21,
-        "local6" => 22,
-        "local7" => 23,
-        _ => return None,
-    })
-}
 
 /// Printable US-ASCII without spaces, at most `max` characters, or `-`.
 fn header_field(value: &str, max: usize) -> String {

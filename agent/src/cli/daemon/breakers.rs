@@ -7,7 +7,7 @@ use super::*;
 pub(super) fn breaker_rules(
     set: &CompiledPolicySet,
     registry: &AgentRegistry,
-) -> BTreeMap<u32, (String, Vec<crate::breaker::BreakerRule>)> {
+) -> BTreeMap<u32, (String, Vec<crate::policy::compile::BreakerRule>)> {
     set.agents
         .iter()
         .filter(|(_, agent)| !agent.breakers.is_empty())

@@ -108,7 +108,7 @@ impl Learner for ProxyLearner {
         // still knows it.
         if let Some(tgid) = socket_cookie.and_then(|cookie| state.dns.sender(cookie)) {
             let root = state.maps.agent_of(tgid).map_or(0, |r| r.root_tgid);
-            record.process = Some(crate::audit::enrich::live_process(tgid, root));
+            record.process = Some(crate::audit::record::AuditProcess::live(tgid, root));
         }
         state.record(record);
     }

@@ -2,7 +2,7 @@
 //! accounting around it.
 
 use super::*;
-use crate::kernel::ring::EventRing;
+use crate::{kernel::ring::EventRing, policy::compile::CompiledAgent};
 
 /// Writes checkpoints and rotates the log on time even when no record
 /// arrives.
@@ -267,7 +267,7 @@ impl State {
             (
                 id,
                 compiled.and_then(|c| c.explain),
-                compiled.is_some_and(crate::fallback::fanotify::selected_outside_exec),
+                compiled.is_some_and(CompiledAgent::selected_outside_exec),
             )
         }) else {
             return;

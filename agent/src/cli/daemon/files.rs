@@ -135,7 +135,7 @@ impl State {
         crate::fallback::fanotify::coverage(
             agent,
             self.files_enforced,
-            crate::kernel::probe::landlock_abi().is_some(),
+            crate::fallback::landlock::landlock_abi().is_some(),
             self.fanotify.is_some(),
             self.detection,
         )

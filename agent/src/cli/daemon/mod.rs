@@ -40,24 +40,28 @@ use crate::{
         stream::AuditService,
     },
     breaker::{Action, Engine, State as BreakerState, Transition, limits::limit_processes},
-    config::{Config, DEFAULT_AUDIT_LOG, DEFAULT_CONTROL_SOCKET, DEFAULT_POLICY_DIR, DnsConfig},
+    config::{Config, DEFAULT_AUDIT_LOG, DEFAULT_CONTROL_SOCKET},
     control::{
         Reply, Request, budget,
         server::{self, Caller, Handler},
     },
     egress::{
-        dns::{AgentNames, LearnedAddress, Learner, ProxyConfig},
-        service::{AgentProxy, NetnsId, proxy_config, start_agent_proxy, start_netns_proxy},
+        dns::{LearnedAddress, Learner, ProxyConfig},
+        service::{
+            AgentProxy, DnsConfig, NetnsId, proxy_config, start_agent_proxy, start_netns_proxy,
+        },
     },
     handover::{OpenBreaker, Progress, Registry, StateDir},
     identity::AgentRegistry,
     kernel::{
-        Enforcer,
-        loader::ControlState,
+        ControlState, Enforcer,
         maps::{DnsMaps, PolicyMaps, RuntimeMaps},
         pins::PinDir,
     },
-    policy::{CompiledPolicySet, compile::compile_protected, expand_on_disk, load_dir},
+    policy::{
+        CompiledPolicySet, compile::compile_protected, domain::AgentNames, expand_on_disk,
+        load_dir, source::DEFAULT_POLICY_DIR,
+    },
 };
 
 /// Settings after merging the configuration file and flags.
@@ -121,7 +125,7 @@ impl Settings {
         protected.push(crate::fallback::protected::daemon_proc_path(
             std::process::id(),
         ));
-        let config_file = budget::config_path(args.config.as_deref());
+        let config_file = crate::config::config_path(args.config.as_deref());
         let descriptors = budget::Budget::plan(
             budget::raise_descriptor_limit(),
             &config.control,
@@ -1095,7 +1099,7 @@ async fn serve(
             .detection
             .iter()
             .all(|(_, state)| *state == ControlState::Enforced);
-    maps.detect_scope = crate::fallback::detect::DetectScope {
+    maps.detect_scope = crate::kernel::detect::DetectScope {
         attached: detection,
         fanotify: fanotify.is_some(),
     };

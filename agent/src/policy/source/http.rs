@@ -394,7 +394,7 @@ impl HttpSource {
         let entry = CacheEntry {
             url: self.options.url.clone(),
             etag: etag.map(str::to_string),
-            fetched_at: crate::audit::record::format_time(SystemTime::now()),
+            fetched_at: crate::policy::source::format_time(SystemTime::now()),
             bundle: text.to_string(),
         };
         if let Err(error) = write_atomically(path, &entry) {

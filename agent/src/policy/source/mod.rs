@@ -31,6 +31,14 @@ use super::{
     load::{LoadedPolicy, PolicyError},
 };
 
+/// Default policy directory.
+pub const DEFAULT_POLICY_DIR: &str = "/etc/baton/policies";
+
+/// RFC 3339 with nanoseconds, UTC, as audit records write times.
+pub(crate) fn format_time(time: SystemTime) -> String {
+    humantime::format_rfc3339_nanos(time).to_string()
+}
+
 /// Updates a source may queue before the daemon reads them.
 const UPDATE_QUEUE: usize = 8;
 
@@ -181,7 +189,7 @@ impl PolicySourcesConfig {
         }
         match (policy_dir, &self.http) {
             (Some(dir), _) => Some(dir.to_path_buf()),
-            (None, None) => Some(PathBuf::from(crate::config::DEFAULT_POLICY_DIR)),
+            (None, None) => Some(PathBuf::from(DEFAULT_POLICY_DIR)),
             // An HTTP-only host need not have a policy directory.
             (None, Some(_)) => None,
         }
@@ -435,7 +443,7 @@ impl DesiredSet {
 
     /// Per source: the set in force and the last error.
     pub fn status(&self) -> Vec<SourceStatus> {
-        let time = |t: &SystemTime| crate::audit::record::format_time(*t);
+        let time = |t: &SystemTime| format_time(*t);
         self.sources
             .iter()
             .map(|(name, state)| SourceStatus {
@@ -562,7 +570,7 @@ mod tests {
         );
         assert_eq!(
             PolicySourcesConfig::default().effective_directory(None),
-            Some(PathBuf::from(crate::config::DEFAULT_POLICY_DIR))
+            Some(PathBuf::from(DEFAULT_POLICY_DIR))
         );
         let error = serde_norway::from_str::<PolicySourcesConfig>("http: {url: x, interval: 3}\n")
             .unwrap_err();

@@ -11,13 +11,14 @@ use agent_common::offsets::KernelOffsets;
 use aya::{EbpfLoader, maps::MapType, sys::is_map_supported};
 use serde::Serialize;
 
-use crate::fallback::families::State;
-
-use super::{
-    EBPF_OBJECT,
-    btf::{Btf, VMLINUX_BTF},
-    cgroup::{cgroup2_controllers, cgroup2_mount},
-    loader::load_lsm,
+use crate::{
+    fallback::{families::State, landlock::landlock_abi},
+    kernel::{
+        EBPF_OBJECT,
+        btf::{Btf, VMLINUX_BTF},
+        cgroup::{cgroup2_controllers, cgroup2_mount},
+        loader::load_lsm,
+    },
 };
 
 /// Outcome of one check.
@@ -158,24 +159,24 @@ fn try_lsm_program(program: &'static str, hook: &'static str) -> Result<(), Stri
 pub fn try_detection() -> Result<Vec<String>, String> {
     let btf = Btf::from_kernel().map_err(|e| e.to_string())?;
     let offsets = btf.kernel_offsets().map_err(|e| e.to_string())?;
-    let detect_offsets = super::detect::offsets(&btf)?;
+    let detect_offsets = crate::kernel::detect::offsets(&btf)?;
     let aya_btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string())?;
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&aya_btf))
         .override_global(agent_common::offsets::KERNEL_OFFSETS_GLOBAL, &offsets, true)
-        .override_global(super::detect::GLOBAL, &detect_offsets, true)
+        .override_global(crate::kernel::detect::GLOBAL, &detect_offsets, true)
         .load(EBPF_OBJECT)
         .map_err(|e| e.to_string())?;
-    let states = super::detect::attach(&mut ebpf, &aya_btf, None);
+    let states = crate::kernel::detect::attach(&mut ebpf, &aya_btf, None);
     let failed: Vec<String> = states
         .iter()
         .filter_map(|(program, state)| match state {
-            super::loader::ControlState::Enforced => None,
-            super::loader::ControlState::Unavailable(why) => Some(format!("{program}: {why}")),
+            crate::kernel::ControlState::Enforced => None,
+            crate::kernel::ControlState::Unavailable(why) => Some(format!("{program}: {why}")),
         })
         .collect();
     if failed.is_empty() {
-        Ok(super::detect::programs()
+        Ok(crate::kernel::detect::programs()
             .map(|(program, tracepoint)| format!("{program} on tp_btf/{tracepoint}"))
             .collect())
     } else {
@@ -554,7 +555,7 @@ fn state_word(state: State) -> &'static str {
 /// mounts, `chroot` and `pivot_root` (`process.namespaces`).
 fn namespace_control(btf: Option<&Btf>, bpf_lsm_loadable: bool) -> Control {
     const NAME: &str = "namespace and mount operations";
-    let missing: Vec<&str> = super::loader::namespace_hooks()
+    let missing: Vec<&str> = crate::kernel::loader::namespace_hooks()
         .filter(|hook| !btf.is_some_and(|b| b.has_function(&format!("bpf_lsm_{hook}"))))
         .collect();
     if !bpf_lsm_loadable {
@@ -584,21 +585,6 @@ fn namespace_control(btf: Option<&Btf>, bpf_lsm_loadable: bool) -> Control {
             }
         ),
     }
-}
-
-/// Landlock ABI version, or `None` when Landlock is off.
-pub fn landlock_abi() -> Option<i64> {
-    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
-    // SAFETY: the version query takes no ruleset and writes no memory.
-    let abi = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            LANDLOCK_CREATE_RULESET_VERSION,
-        )
-    };
-    (abi > 0).then_some(abi)
 }
 
 impl ProbeReport {
@@ -665,15 +651,15 @@ pub fn probe_pins(report: &mut ProbeReport, pin_dir: &Path) {
     let Ok(cgroup_root) = cgroup2_mount() else {
         return;
     };
-    let states = super::pins::pinned_attachment(pin_dir, &cgroup_root);
+    let states = crate::kernel::pins::pinned_attachment(pin_dir, &cgroup_root);
     if states.is_empty() {
         return;
     }
     let detached: Vec<String> = states
         .iter()
         .filter_map(|(program, state)| match state {
-            super::pins::Attachment::Detached(why) => Some(format!("{program} ({why})")),
-            super::pins::Attachment::Attached => None,
+            crate::kernel::pins::Attachment::Detached(why) => Some(format!("{program} ({why})")),
+            crate::kernel::pins::Attachment::Attached => None,
         })
         .collect();
     report.checks.push(check(
@@ -695,7 +681,9 @@ pub fn probe_pins(report: &mut ProbeReport, pin_dir: &Path) {
     ));
     let egress_off: Vec<&String> = detached
         .iter()
-        .filter(|d| super::loader::egress_programs().any(|p| d.starts_with(&format!("{p} "))))
+        .filter(|d| {
+            crate::kernel::loader::egress_programs().any(|p| d.starts_with(&format!("{p} ")))
+        })
         .collect();
     if !egress_off.is_empty()
         && let Some(control) = report

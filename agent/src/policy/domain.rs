@@ -1,4 +1,5 @@
-//! Domain name patterns: `api.example.com` and `*.example.com`.
+//! Domain name patterns (`api.example.com`, `*.example.com`) and the
+//! domain rules an agent's policy compiles to.
 //!
 //! A pattern is validated when it is parsed, so a policy that names an IP
 //! address, an empty label or a misplaced `*` is rejected with the offending
@@ -184,6 +185,53 @@ impl<'de> Deserialize<'de> for DomainPattern {
             }
         }
         deserializer.deserialize_str(PatternVisitor)
+    }
+}
+
+/// One domain rule of an agent's policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainRule {
+    /// The names the rule allows.
+    pub pattern: DomainPattern,
+    /// The rule's id, cited by audit records and the kernel's allow map.
+    pub rule_id: u32,
+}
+
+/// The names one agent may resolve.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentNames {
+    /// The agent's id in the kernel maps.
+    pub agent_id: u32,
+    /// The agent's name, for logs.
+    pub agent: String,
+    /// The domain allow rules.
+    pub rules: Vec<DomainRule>,
+    /// Audit mode: a name no rule allows is reported through
+    /// [`Learner::refused`](crate::egress::dns::Learner::refused) but still resolved (with rule id 0), because an
+    /// agent in audit mode is never denied anything.
+    pub audit: bool,
+}
+
+impl AgentNames {
+    /// The rule that allows `name`, if any.
+    ///
+    /// The most specific match wins: an exact name beats any wildcard, and a
+    /// wildcard with a longer suffix beats a shorter one (`*.a.example.com`
+    /// beats `*.example.com`). Between equally specific rules the first wins.
+    pub fn decide(&self, name: &str) -> Option<&DomainRule> {
+        let specificity = |rule: &DomainRule| {
+            (
+                !rule.pattern.is_wildcard(),
+                rule.pattern.name().split('.').count(),
+            )
+        };
+        self.rules
+            .iter()
+            .filter(|rule| rule.pattern.matches(name))
+            .fold(None, |best: Option<&DomainRule>, rule| match best {
+                Some(best) if specificity(best) >= specificity(rule) => Some(best),
+                _ => Some(rule),
+            })
     }
 }
 

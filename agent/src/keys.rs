@@ -1,5 +1,7 @@
-//! The checkpoint signing key: ed25519, generated on first start, stored as
-//! PKCS#8 PEM, mode 0600, so that standard tools (`openssl pkey`) read it.
+//! Signing keys: ed25519. The audit checkpoint key is generated on first
+//! start and stored as PKCS#8 PEM, mode 0600, so that standard tools
+//! (`openssl pkey`) read it; policy bundles are verified against public keys
+//! in the same formats.
 
 use std::{
     fs::OpenOptions,
