@@ -18,8 +18,11 @@ use crate::util::{
     probe, run, which, write_atomic,
 };
 
-/// The rustup toolchain that builds the eBPF programs.
-pub const NIGHTLY_TOOLCHAIN: &str = "nightly";
+/// The rustup toolchain that builds the eBPF programs: a dated nightly, so
+/// that every machine compiles the kernel programs with the same rustc and
+/// LLVM (code generation reaches the verifier). `agent/build.rs` names it
+/// too; CONTRIBUTING.md says how to move it.
+pub const NIGHTLY_TOOLCHAIN: &str = "nightly-2026-05-20";
 
 /// The bpf-linker release that is built and expected.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -129,6 +132,7 @@ pub fn setup(opts: &SetupOptions) -> Result<Kit> {
     let dir = kit_dir();
     create_dir_all(&dir)?;
 
+    ensure_nightly()?;
     let sysroot = ensure_rust_src()?;
     ensure_bpf_linker(&dir, &sysroot)?;
     ensure_mounts()?;
@@ -154,6 +158,48 @@ pub fn setup(opts: &SetupOptions) -> Result<Kit> {
         .map(|spec| ensure_kernel(&dir, spec, &mut apt))
         .collect::<Result<Vec<_>>>()?;
     Ok(Kit { dir, vng, kernels })
+}
+
+/// Installs [`NIGHTLY_TOOLCHAIN`] when rustup does not have it (the minimal
+/// profile with `rust-src` and clippy, some 200 MB), and clippy when the
+/// toolchain lacks it (`cargo xtask lint` runs it on the kernel programs).
+fn ensure_nightly() -> Result<()> {
+    let mut cmd = Command::new(rustup()?);
+    clean_cargo_env(&mut cmd).args(["run", NIGHTLY_TOOLCHAIN, "rustc", "--version"]);
+    if let Some(version) = probe(&mut cmd) {
+        println!(
+            "setup: the {NIGHTLY_TOOLCHAIN} toolchain is installed ({})",
+            version.trim()
+        );
+    } else {
+        println!(
+            "setup: installing the {NIGHTLY_TOOLCHAIN} toolchain (minimal profile, rust-src, clippy)"
+        );
+        run(clean_cargo_env(&mut Command::new(rustup()?)).args([
+            "toolchain",
+            "install",
+            NIGHTLY_TOOLCHAIN,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+            "--component",
+            "clippy",
+        ]))?;
+    }
+    let mut clippy = Command::new(rustup()?);
+    clean_cargo_env(&mut clippy).args(["run", NIGHTLY_TOOLCHAIN, "cargo-clippy", "--version"]);
+    if probe(&mut clippy).is_none() {
+        println!("setup: adding clippy to the {NIGHTLY_TOOLCHAIN} toolchain");
+        run(clean_cargo_env(&mut Command::new(rustup()?)).args([
+            "component",
+            "add",
+            "clippy",
+            "--toolchain",
+            NIGHTLY_TOOLCHAIN,
+        ]))?;
+    }
+    Ok(())
 }
 
 /// Makes sure the nightly toolchain has `rust-src` (for `-Z build-std`) and
@@ -203,7 +249,9 @@ fn rustup() -> Result<PathBuf> {
 }
 
 /// Makes sure `bpf-linker` [`BPF_LINKER_VERSION`] is installed, building it
-/// against the nightly toolchain's own libLLVM when it is not.
+/// against the nightly toolchain's own libLLVM when it is not, or when the
+/// one setup built last was built against another toolchain's (the file
+/// [`BPF_LINKER_LLVM`] in the kit remembers which).
 fn ensure_bpf_linker(kit: &Path, sysroot: &Path) -> Result<()> {
     let wanted = format!("bpf-linker {BPF_LINKER_VERSION}");
     let version_of =
@@ -211,13 +259,25 @@ fn ensure_bpf_linker(kit: &Path, sysroot: &Path) -> Result<()> {
     let in_path = which("bpf-linker");
     let installed = cargo_home()?.join("bin/bpf-linker");
 
+    // One the user put in PATH themselves is theirs to keep in step.
     if let Some(path) = &in_path
+        && *path != installed
         && version_of(path).as_deref() == Some(&wanted)
     {
         println!("setup: {wanted} is already installed ({})", path.display());
         return Ok(());
     }
-    if version_of(&installed).as_deref() != Some(&wanted) {
+    let libllvm = nightly_libllvm(sysroot)?;
+    let marker = kit.join(BPF_LINKER_LLVM);
+    let built_against = fs::read_to_string(&marker).ok();
+    let current = built_against.as_deref().map(str::trim) == libllvm.to_str();
+    if version_of(&installed).as_deref() != Some(&wanted) || !current {
+        if version_of(&installed).as_deref() == Some(&wanted) {
+            println!(
+                "setup: {} was not built against the {NIGHTLY_TOOLCHAIN} toolchain's LLVM; rebuilding it",
+                installed.display()
+            );
+        }
         build_bpf_linker(kit, sysroot)?;
         if version_of(&installed).as_deref() != Some(&wanted) {
             bail!(
@@ -225,6 +285,7 @@ fn ensure_bpf_linker(kit: &Path, sysroot: &Path) -> Result<()> {
                 installed.display()
             );
         }
+        write_atomic(&marker, format!("{}\n", libllvm.display()))?;
     } else {
         println!(
             "setup: {wanted} is already installed ({})",
@@ -241,15 +302,31 @@ fn ensure_bpf_linker(kit: &Path, sysroot: &Path) -> Result<()> {
     Ok(())
 }
 
-fn build_bpf_linker(kit: &Path, sysroot: &Path) -> Result<()> {
+/// The file in the kit naming the libLLVM the installed bpf-linker was
+/// built against.
+const BPF_LINKER_LLVM: &str = "bpf-linker.llvm";
+
+/// The nightly toolchain's own libLLVM.
+fn nightly_libllvm(sysroot: &Path) -> Result<PathBuf> {
     let lib_dir = sysroot.join("lib");
-    let libllvm = fs::read_dir(&lib_dir)
+    let name = fs::read_dir(&lib_dir)
         .with_context(|| format!("cannot list {}", lib_dir.display()))?
         .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
         .find(|name| {
             name.starts_with("libLLVM.so.") && name.contains("-rust-") && name.ends_with("-nightly")
         })
         .with_context(|| format!("no libLLVM.so.*-rust-*-nightly in {}", lib_dir.display()))?;
+    Ok(lib_dir.join(name))
+}
+
+fn build_bpf_linker(kit: &Path, sysroot: &Path) -> Result<()> {
+    let lib_dir = sysroot.join("lib");
+    let libllvm_path = nightly_libllvm(sysroot)?;
+    let libllvm = libllvm_path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .context("libLLVM's name is not UTF-8")?
+        .to_owned();
     let major: u32 = libllvm["libLLVM.so.".len()..]
         .split(['.', '-'])
         .next()
@@ -906,5 +983,16 @@ deb http://mirror/debian-security bookworm-security main # trailing
             )
         );
         assert!(kit_sources(&host[2..]).is_err());
+    }
+
+    /// `agent/build.rs` builds the kernel programs with the toolchain that
+    /// setup installs and the eBPF lint uses; a bump must change both.
+    #[test]
+    fn the_ebpf_build_uses_the_pinned_nightly() {
+        let build_rs = include_str!("../../agent/build.rs");
+        assert!(
+            build_rs.contains(&format!("Toolchain::Custom(\"{NIGHTLY_TOOLCHAIN}\")")),
+            "agent/build.rs must pass Toolchain::Custom(\"{NIGHTLY_TOOLCHAIN}\") to build_ebpf"
+        );
     }
 }
