@@ -15,6 +15,7 @@ pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod egress;
 pub mod explain;
 pub mod fallback;

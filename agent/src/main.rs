@@ -1,7 +1,10 @@
 //! The `baton` command.
 
-use baton::cli::{Cli, Command, breaker, daemon, exec, policy, probe, status};
 use baton::cli::{audit, events, uninstall, why};
+use baton::{
+    cli::{Cli, Command, breaker, exec, policy, probe, status},
+    daemon,
+};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 

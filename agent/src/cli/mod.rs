@@ -4,9 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+pub use crate::daemon::RunArgs;
+
 pub mod audit;
 pub mod breaker;
-pub mod daemon;
 pub mod events;
 pub mod exec;
 pub mod policy;
@@ -61,37 +62,6 @@ pub enum Command {
     /// Detach every Baton program and remove its pinned maps and state:
     /// enforcement stops. Refuses while a daemon is running; stop it first.
     Uninstall(UninstallArgs),
-}
-
-/// `baton run`.
-#[derive(Debug, clap::Args)]
-pub struct RunArgs {
-    /// Configuration file [default: /etc/baton/config.yaml, when present].
-    #[arg(long, env = "BATON_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Directory of policy files (*.yaml, *.yml) [default: /etc/baton/policies].
-    #[arg(long, env = "BATON_POLICY_DIR")]
-    pub policy_dir: Option<PathBuf>,
-    /// Audit log, JSON lines [default: /var/log/baton/audit.jsonl].
-    #[arg(long, env = "BATON_AUDIT_LOG")]
-    pub audit_log: Option<PathBuf>,
-    /// Control socket that `baton exec` talks to [default: /run/baton/baton.sock].
-    #[arg(long, env = "BATON_SOCKET")]
-    pub control_socket: Option<PathBuf>,
-    /// Where programs' links and maps are pinned in bpffs
-    /// [default: /sys/fs/bpf/baton]. Pins keep enforcement running when the
-    /// daemon dies; the next start adopts them with no gap.
-    #[arg(long, env = "BATON_PIN_DIR")]
-    pub pin_dir: Option<PathBuf>,
-    /// Where the daemon keeps what a restart takes over: agent ids, rule
-    /// names, counters already reported [default: /run/baton].
-    #[arg(long, env = "BATON_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// On a clean stop (SIGTERM, SIGINT), detach every program and remove
-    /// the pins and state, as `baton uninstall` does. Without it, a stopped
-    /// daemon leaves its last policies enforced (fail-closed).
-    #[arg(long)]
-    pub cleanup_on_exit: bool,
 }
 
 /// `baton uninstall`.

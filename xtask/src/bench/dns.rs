@@ -1,5 +1,7 @@
 //! `cargo xtask bench dns`: what the DNS proxy adds to a query, against
-//! asking the DNS server directly.
+//! asking the DNS server directly, idle and while the daemon audits a flood
+//! of denials from the same agent (the answer's learning step must not
+//! wait for the audit writer).
 
 use std::{
     fmt::Write as _,
@@ -24,8 +26,20 @@ const DNS_REFUSED_NAME: &str = "blocked.test";
 /// Where the agent sends its queries: the kernel sends an agent's port-53
 /// traffic to its proxy whatever the address.
 const DNS_AGENT_SERVER: &str = "127.0.0.1:53";
-/// `REFUSED`.
-const RCODE_REFUSED: u8 = 5;
+/// `NXDOMAIN`: how the proxy answers a name the policy refuses (with an
+/// Extended DNS Error saying so), where dnsmasq would give an address.
+const RCODE_NXDOMAIN: u8 = 3;
+/// Where the flood of case (c) connects: the agent's egress default denies
+/// it, so each connect is a denial the daemon records.
+const FLOOD_TARGET: &str = "127.0.0.1:9";
+/// The denial rate case (c) asks for, and the processes making it.
+const FLOOD_RATE: u64 = 100_000;
+const FLOOD_PROCESSES: u32 = 2;
+/// How long the flood runs before the queries start, so they meet a
+/// daemon already busy with it.
+const FLOOD_LEAD: Duration = Duration::from_millis(500);
+/// Target: (c)'s p99 at most this many times (b)'s.
+const UNDER_AUDIT_P99_TARGET: f64 = 2.0;
 
 /// One measured configuration of the dns benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,15 +48,19 @@ enum DnsCase {
     Direct,
     /// (b) from inside an agent, through the kernel redirect and the proxy.
     Proxied,
+    /// (c) as (b), while other processes of the agent make
+    /// [`FLOOD_RATE`] denied connects a second, each recorded.
+    UnderAudit,
 }
 
 impl DnsCase {
-    const ALL: [DnsCase; 2] = [DnsCase::Direct, DnsCase::Proxied];
+    const ALL: [DnsCase; 3] = [DnsCase::Direct, DnsCase::Proxied, DnsCase::UnderAudit];
 
     fn tag(self) -> &'static str {
         match self {
             DnsCase::Direct => "(a)",
             DnsCase::Proxied => "(b)",
+            DnsCase::UnderAudit => "(c)",
         }
     }
 
@@ -50,6 +68,7 @@ impl DnsCase {
         match self {
             DnsCase::Direct => "direct to dnsmasq, in no agent",
             DnsCase::Proxied => "in an agent, through Baton's DNS proxy",
+            DnsCase::UnderAudit => "(b) while denials flood the audit trail",
         }
     }
 }
@@ -64,6 +83,7 @@ pub(super) fn run(params: &Params) -> Result<()> {
     build(params)?;
     let root = workspace_root();
     let client = root.join("target/debug/bench-dns");
+    let flood = root.join("target/debug/bench-flood");
     let baton = params.baton();
 
     let work = WorkDir::create()?;
@@ -103,8 +123,8 @@ pub(super) fn run(params: &Params) -> Result<()> {
         ],
     )?;
     ensure!(
-        refused == format!("rcode={RCODE_REFUSED}"),
-        "inside the agent, {DNS_REFUSED_NAME} gave {refused:?}, not REFUSED: the queries do not \
+        refused == format!("rcode={RCODE_NXDOMAIN}"),
+        "inside the agent, {DNS_REFUSED_NAME} gave {refused:?}, not NXDOMAIN: the queries do not \
          go through the proxy"
     );
     println!(
@@ -121,6 +141,10 @@ pub(super) fn run(params: &Params) -> Result<()> {
     let iterations = params.iterations.to_string();
     // Every query waits at most 2 s; a healthy one takes well under 1 ms.
     let timeout = Duration::from_secs(30) + Duration::from_millis(2) * params.iterations as u32;
+    // The flood outlasts the queries: the lead, then at most 1 ms a query.
+    let flood_seconds =
+        (FLOOD_LEAD + Duration::from_millis(params.iterations as u64)).as_secs() + 2;
+    let mut flood_rates = Vec::new();
     let mut rounds: Vec<Vec<(DnsCase, Timing)>> = Vec::new();
     for round in 0..params.rounds {
         let mut cases = DnsCase::ALL.to_vec();
@@ -135,13 +159,39 @@ pub(super) fn run(params: &Params) -> Result<()> {
                     cmd.args([direct.as_str(), &iterations, DNS_NAME]);
                     cmd
                 }
-                DnsCase::Proxied => daemon.exec_command(
+                DnsCase::Proxied | DnsCase::UnderAudit => daemon.exec_command(
                     &baton,
                     &client,
                     &[DNS_AGENT_SERVER.into(), iterations.clone(), DNS_NAME.into()],
                 ),
             };
+            let flooding = if case == DnsCase::UnderAudit {
+                let flood = Flood::start(daemon.exec_command(
+                    &baton,
+                    &flood,
+                    &[
+                        FLOOD_TARGET.into(),
+                        FLOOD_PROCESSES.to_string(),
+                        FLOOD_RATE.to_string(),
+                        flood_seconds.to_string(),
+                    ],
+                ))?;
+                thread::sleep(FLOOD_LEAD);
+                Some(flood)
+            } else {
+                None
+            };
             let (timing, _) = parse_timing("bench-dns", &run_client(&mut cmd, timeout)?)?;
+            if let Some(flood) = flooding {
+                let rate = flood.finish(Duration::from_secs(flood_seconds + 60))?;
+                println!(
+                    "bench: round {:>width$}/{} (c) the flood made {rate:.0} denied connects/s",
+                    round + 1,
+                    params.rounds,
+                    width = params.rounds.to_string().len(),
+                );
+                flood_rates.push(rate);
+            }
             println!(
                 "bench: round {:>width$}/{} {} {:<40} p50 {:>7.1} us  p99 {:>7.1} us",
                 round + 1,
@@ -159,7 +209,7 @@ pub(super) fn run(params: &Params) -> Result<()> {
     daemon.stop()?;
     drop(dnsmasq);
 
-    print!("{}", dns_report(&rounds, params));
+    print!("{}", dns_report(&rounds, params, &flood_rates));
     println!(
         "bench: done in {:.0} s (build included)",
         started.elapsed().as_secs_f64()
@@ -167,7 +217,7 @@ pub(super) fn run(params: &Params) -> Result<()> {
     Ok(())
 }
 
-fn dns_report(rounds: &[Vec<(DnsCase, Timing)>], params: &Params) -> String {
+fn dns_report(rounds: &[Vec<(DnsCase, Timing)>], params: &Params, flood_rates: &[f64]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -206,6 +256,20 @@ fn dns_report(rounds: &[Vec<(DnsCase, Timing)>], params: &Params) -> String {
             b.cost / 1e3,
             b.p99_cost / 1e3
         );
+        if let Some((_, c)) = summaries.iter().find(|(c, _)| *c == DnsCase::UnderAudit) {
+            let ratio = c.p99 / b.p99;
+            let _ = writeln!(
+                out,
+                "(c) ran against a flood of {:.0} denied connects/s, each an audit event (median over the rounds; \
+                 {FLOOD_RATE} asked for, audit.eventsPerSecond: 0)\n\
+                 target (c) p99 <= {UNDER_AUDIT_P99_TARGET} x (b) p99: {:.1} us vs {:.1} us = \
+                 {ratio:.2}x  {}",
+                super::median(flood_rates.iter().copied()),
+                c.p99 / 1e3,
+                b.p99 / 1e3,
+                super::verdict(ratio <= UNDER_AUDIT_P99_TARGET)
+            );
+        }
     }
     let _ = writeln!(out, "baton: {}", params.baton().display());
     out
@@ -219,11 +283,61 @@ fn dns_policy_yaml() -> String {
     )
 }
 
+/// Every denial of the flood is recorded: no per-agent event limit.
 fn dns_config_yaml(upstream_port: u16) -> String {
     format!(
         "dns:\n  upstreams: [\"127.0.0.1:{upstream_port}\"]\n  minTtlSeconds: 1\n  \
-         maxTtlSeconds: 60\n  timeoutMs: 2000\n"
+         maxTtlSeconds: 60\n  timeoutMs: 2000\naudit:\n  eventsPerSecond: 0\n"
     )
+}
+
+/// bench-flood running inside the agent for case (c).
+struct Flood {
+    child: Child,
+}
+
+impl Flood {
+    fn start(mut cmd: Command) -> Result<Self> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot start bench-flood")?;
+        Ok(Self { child })
+    }
+
+    /// Waits for the flood to end; the denied connects it made a second.
+    fn finish(mut self, timeout: Duration) -> Result<f64> {
+        let deadline = Instant::now() + timeout;
+        while self.child.try_wait()?.is_none() {
+            ensure!(
+                Instant::now() < deadline,
+                "bench-flood did not finish within {} s",
+                timeout.as_secs()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        let output = self.child.wait_with_output()?;
+        ensure!(
+            output.status.success(),
+            "bench-flood failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .with_context(|| format!("bench-flood printed {:?}", output.stdout))?;
+        let field = |name: &str| {
+            report[name]
+                .as_u64()
+                .with_context(|| format!("bench-flood's report lacks {name}: {report}"))
+        };
+        ensure!(
+            field("other")? == 0,
+            "connects to {FLOOD_TARGET} were not all denied with EPERM: {report}"
+        );
+        Ok(field("denied")? as f64 / (field("elapsed_ns")?.max(1) as f64 / 1e9))
+    }
 }
 
 /// dnsmasq on 127.0.0.1, answering only from its `--address` entries and
@@ -320,7 +434,7 @@ mod tests {
         );
         assert_eq!(
             dns_config_yaml(5353),
-            "dns:\n  upstreams: [\"127.0.0.1:5353\"]\n  minTtlSeconds: 1\n  maxTtlSeconds: 60\n  timeoutMs: 2000\n"
+            "dns:\n  upstreams: [\"127.0.0.1:5353\"]\n  minTtlSeconds: 1\n  maxTtlSeconds: 60\n  timeoutMs: 2000\naudit:\n  eventsPerSecond: 0\n"
         );
     }
 }

@@ -1,4 +1,5 @@
-//! `baton run`: the daemon.
+//! `baton run`: the daemon. The CLI verbs are its clients, through the
+//! control socket; this module uses nothing of `cli`.
 
 mod breakers;
 mod dns;
@@ -31,7 +32,6 @@ use anyhow::Context as _;
 use aya::maps::MapData;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
-use super::RunArgs;
 use crate::{
     audit::{
         AuditConfig, AuditRecord, AuditTrail, ProcessCache,
@@ -63,6 +63,37 @@ use crate::{
         load_dir, source::DEFAULT_POLICY_DIR,
     },
 };
+
+/// `baton run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Configuration file [default: /etc/baton/config.yaml, when present].
+    #[arg(long, env = "BATON_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory of policy files (*.yaml, *.yml) [default: /etc/baton/policies].
+    #[arg(long, env = "BATON_POLICY_DIR")]
+    pub policy_dir: Option<PathBuf>,
+    /// Audit log, JSON lines [default: /var/log/baton/audit.jsonl].
+    #[arg(long, env = "BATON_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
+    /// Control socket that `baton exec` talks to [default: /run/baton/baton.sock].
+    #[arg(long, env = "BATON_SOCKET")]
+    pub control_socket: Option<PathBuf>,
+    /// Where programs' links and maps are pinned in bpffs
+    /// [default: /sys/fs/bpf/baton]. Pins keep enforcement running when the
+    /// daemon dies; the next start adopts them with no gap.
+    #[arg(long, env = "BATON_PIN_DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// Where the daemon keeps what a restart takes over: agent ids, rule
+    /// names, counters already reported [default: /run/baton].
+    #[arg(long, env = "BATON_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// On a clean stop (SIGTERM, SIGINT), detach every program and remove
+    /// the pins and state, as `baton uninstall` does. Without it, a stopped
+    /// daemon leaves its last policies enforced (fail-closed).
+    #[arg(long)]
+    pub cleanup_on_exit: bool,
+}
 
 /// Settings after merging the configuration file and flags.
 struct Settings {
@@ -173,7 +204,8 @@ impl Settings {
 /// State the control socket and the event loop share.
 struct State {
     maps: PolicyMaps,
-    dns: DnsMaps,
+    /// The DNS maps and what learning needs, behind a lock of their own.
+    learning: Arc<Mutex<dns::Learning>>,
     runtime: RuntimeMaps,
     breakers: Engine,
     /// Kernel event drops already recorded, per agent.
@@ -249,11 +281,6 @@ struct State {
     /// Agents at that cap whose record is written, so that it is written
     /// once per spell at the cap, not once per query.
     netns_cap_reported: std::collections::HashSet<u32>,
-    /// Port rows a domain rule opens, by rule id.
-    domain_rows: HashMap<u32, Vec<PortRule>>,
-    /// The name each (agent, learned address, domain rule) came from, for
-    /// audit records.
-    learned_names: HashMap<(u32, IpAddr, u32), String>,
 }
 
 /// How long each phase of a reload took.
@@ -1150,7 +1177,7 @@ async fn serve(
         pin_dir: pins.path().to_path_buf(),
         pins: pins.clone(),
         maps,
-        dns,
+        learning: Arc::new(Mutex::new(dns::Learning::new(dns))),
         runtime,
         breakers,
         drops_recorded: HashMap::new(),
@@ -1185,8 +1212,6 @@ async fn serve(
         pending_netns: std::collections::HashSet::new(),
         max_netns_proxies: dns::DEFAULT_NETNS_PROXIES_PER_AGENT,
         netns_cap_reported: std::collections::HashSet::new(),
-        domain_rows: HashMap::new(),
-        learned_names: HashMap::new(),
     };
     state.record(AuditRecord::lifecycle(
         &host,

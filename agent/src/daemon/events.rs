@@ -315,7 +315,10 @@ impl State {
             if learned_rule == 0 && !audit {
                 return None;
             }
-            self.learned_names
+            self.learning
+                .lock()
+                .ok()?
+                .learned_names
                 .get(&(agent_id, addr, learned_rule))
                 .cloned()
         };

@@ -9,9 +9,36 @@ use crate::kernel::maps::Learned;
 /// Entries kept in `learned_names` before it is cleared.
 const LEARNED_NAMES_LIMIT: usize = 65_536;
 
+/// What a DNS answer needs to open its ports, owned apart from `State`: the
+/// learner takes only this lock, so name resolution never waits for the
+/// event drain writing an audit batch under the `State` lock.
+///
+/// Lock order: `State`, then `Learning`. The learner never takes `State`
+/// while it holds this one.
+pub(super) struct Learning {
+    /// The kernel's DNS maps: learned addresses, proxies, query senders.
+    pub(super) maps: DnsMaps,
+    /// Port rows a domain rule opens, by rule id.
+    pub(super) domain_rows: HashMap<u32, Vec<PortRule>>,
+    /// The name each (agent, learned address, domain rule) came from, for
+    /// audit records.
+    pub(super) learned_names: HashMap<(u32, IpAddr, u32), String>,
+}
+
+impl Learning {
+    pub(super) fn new(maps: DnsMaps) -> Self {
+        Self {
+            maps,
+            domain_rows: HashMap::new(),
+            learned_names: HashMap::new(),
+        }
+    }
+}
+
 /// The DNS proxies' link to the kernel and the audit trail.
 struct ProxyLearner {
     daemon: Weak<Daemon>,
+    learning: Arc<Mutex<Learning>>,
 }
 
 impl Learner for ProxyLearner {
@@ -22,41 +49,30 @@ impl Learner for ProxyLearner {
         name: &str,
         addrs: &[LearnedAddress],
     ) -> Result<(), String> {
-        let daemon = self.daemon.upgrade().ok_or("the daemon is stopping")?;
-        let mut state = daemon.state.lock().map_err(|_| "state lock poisoned")?;
+        let mut learning = self.learning.lock().map_err(|_| "DNS lock poisoned")?;
         // Audit mode resolves names no rule allows (rule 0); nothing is
         // denied then, so there are no ports to open, only a name to note.
-        let rows = state.domain_rows.get(&rule_id).cloned().unwrap_or_default();
+        let rows = learning
+            .domain_rows
+            .get(&rule_id)
+            .cloned()
+            .unwrap_or_default();
         for learned in addrs {
             if !rows.is_empty() {
-                let outcome = state
-                    .dns
+                let outcome = learning
+                    .maps
                     .learn(agent_id, learned.addr, learned.ttl, rule_id, &rows)
                     .map_err(|e| e.to_string())?;
                 if outcome == Learned::Full {
-                    let agent = state
-                        .registry
-                        .name_of(agent_id)
-                        .map_or_else(|| format!("#{agent_id}"), |n| n.0.clone());
-                    let rule = state.policies.rule(rule_id).map_or_else(
-                        || format!("#{rule_id}"),
-                        |r| format!("{}/{}", r.policy, r.rule),
-                    );
-                    let message = format!(
-                        "{name} ({rule}) resolves to {}, which already holds {LEARNED_ADDR_ROWS} port ranges of other names still in force; the answer is withheld (SERVFAIL) rather than close them early",
-                        learned.addr
-                    );
-                    let host = state.host.clone();
-                    let mut record = AuditRecord::lifecycle(&host, "dns", message.clone());
-                    record.agent = Some(agent);
-                    state.record(record);
-                    return Err(message);
+                    // Never take `State` while holding `Learning`.
+                    drop(learning);
+                    return Err(self.record_full(agent_id, rule_id, name, learned.addr));
                 }
             }
-            if state.learned_names.len() >= LEARNED_NAMES_LIMIT {
-                state.learned_names.clear();
+            if learning.learned_names.len() >= LEARNED_NAMES_LIMIT {
+                learning.learned_names.clear();
             }
-            state
+            learning
                 .learned_names
                 .insert((agent_id, learned.addr, rule_id), name.to_string());
         }
@@ -106,11 +122,44 @@ impl Learner for ProxyLearner {
         // The sender, as the kernel's redirect remembered it for the
         // query's socket. It is still waiting for this answer, so procfs
         // still knows it.
-        if let Some(tgid) = socket_cookie.and_then(|cookie| state.dns.sender(cookie)) {
+        let sender = socket_cookie.and_then(|cookie| {
+            let learning = self.learning.lock().ok()?;
+            learning.maps.sender(cookie)
+        });
+        if let Some(tgid) = sender {
             let root = state.maps.agent_of(tgid).map_or(0, |r| r.root_tgid);
             record.process = Some(crate::audit::record::AuditProcess::live(tgid, root));
         }
         state.record(record);
+    }
+}
+
+impl ProxyLearner {
+    /// Records that `addr` has no room for another name's ports, and
+    /// returns the message for the log.
+    fn record_full(&self, agent_id: u32, rule_id: u32, name: &str, addr: IpAddr) -> String {
+        let Some(daemon) = self.daemon.upgrade() else {
+            return "the daemon is stopping".to_string();
+        };
+        let Ok(mut state) = daemon.state.lock() else {
+            return "state lock poisoned".to_string();
+        };
+        let agent = state
+            .registry
+            .name_of(agent_id)
+            .map_or_else(|| format!("#{agent_id}"), |n| n.0.clone());
+        let rule = state.policies.rule(rule_id).map_or_else(
+            || format!("#{rule_id}"),
+            |r| format!("{}/{}", r.policy, r.rule),
+        );
+        let message = format!(
+            "{name} ({rule}) resolves to {addr}, which already holds {LEARNED_ADDR_ROWS} port ranges of other names still in force; the answer is withheld (SERVFAIL) rather than close them early"
+        );
+        let host = state.host.clone();
+        let mut record = AuditRecord::lifecycle(&host, "dns", message.clone());
+        record.agent = Some(agent);
+        state.record(record);
+        message
     }
 }
 
@@ -148,18 +197,20 @@ pub(super) async fn start_dns_proxies(daemon: &Arc<Daemon>, dns: &DnsConfig) -> 
         }
         Err(error) => {
             tracing::debug!(%error, "no DNS proxy yet: no upstream resolver");
+            let mut state = daemon.state.lock().expect("state lock poisoned");
             let learner: Arc<dyn Learner> = Arc::new(ProxyLearner {
                 daemon: Arc::downgrade(daemon),
+                learning: state.learning.clone(),
             });
-            let mut state = daemon.state.lock().expect("state lock poisoned");
             state.dns_pending = Some((dns.clone(), learner));
             return Ok(());
         }
     };
+    let mut state = daemon.state.lock().expect("state lock poisoned");
     let learner: Arc<dyn Learner> = Arc::new(ProxyLearner {
         daemon: Arc::downgrade(daemon),
+        learning: state.learning.clone(),
     });
-    let mut state = daemon.state.lock().expect("state lock poisoned");
     state.proxy_setup = Some((config, learner));
     state.refresh_dns();
     Ok(())
@@ -277,7 +328,17 @@ pub(super) fn open_netns_proxy(daemon: &Arc<Daemon>, agent_id: u32, netns_cookie
                     return;
                 }
             };
-            if let Err(error) = state.dns.set_proxy(agent_id, netns_cookie, proxy.ports) {
+            let registered = state
+                .learning
+                .lock()
+                .map_err(|_| "DNS lock poisoned".to_string())
+                .and_then(|mut learning| {
+                    learning
+                        .maps
+                        .set_proxy(agent_id, netns_cookie, proxy.ports)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(error) = registered {
                 tracing::error!(agent_id, %error, "cannot register the namespace's DNS proxy");
                 return;
             }
@@ -364,7 +425,11 @@ async fn release_when_empty(
         let Ok(mut state) = daemon.state.lock() else {
             return;
         };
-        state.dns.remove_proxy(proxy.agent_id, proxy.netns_cookie);
+        if let Ok(mut learning) = state.learning.lock() {
+            learning
+                .maps
+                .remove_proxy(proxy.agent_id, proxy.netns_cookie);
+        }
         state.proxies.remove(&(proxy.agent_id, proxy.netns_cookie));
         state.netns_cap_reported.remove(&proxy.agent_id);
         tracing::info!(
@@ -385,10 +450,12 @@ pub(super) async fn sweep_learned_addresses(daemon: Weak<Daemon>) {
         let Some(daemon) = daemon.upgrade() else {
             return;
         };
-        let removed = daemon
-            .state
+        let Ok(learning) = daemon.state.lock().map(|state| state.learning.clone()) else {
+            return;
+        };
+        let removed = learning
             .lock()
-            .map(|mut state| state.dns.sweep_expired())
+            .map(|mut learning| learning.maps.sweep_expired())
             .unwrap_or(0);
         if removed > 0 {
             tracing::debug!(removed, "expired learned addresses removed");
@@ -471,7 +538,9 @@ impl State {
             rows,
         } in plans
         {
-            self.domain_rows.extend(rows);
+            if let Ok(mut learning) = self.learning.lock() {
+                learning.domain_rows.extend(rows);
+            }
             match self.agent_names.get(&agent_id) {
                 Some(shared) => {
                     if let Ok(mut current) = shared.write() {
@@ -482,10 +551,17 @@ impl State {
                     let shared = Arc::new(RwLock::new(names));
                     match start_agent_proxy(shared.clone(), config.clone(), learner.clone()) {
                         Ok(proxy) => {
-                            if let Err(error) =
-                                self.dns
-                                    .set_proxy(agent_id, proxy.netns_cookie, proxy.ports)
-                            {
+                            let registered = self
+                                .learning
+                                .lock()
+                                .map_err(|_| "DNS lock poisoned".to_string())
+                                .and_then(|mut learning| {
+                                    learning
+                                        .maps
+                                        .set_proxy(agent_id, proxy.netns_cookie, proxy.ports)
+                                        .map_err(|e| e.to_string())
+                                });
+                            if let Err(error) = registered {
                                 tracing::error!(%error, agent, "cannot register a DNS proxy");
                                 continue;
                             }
