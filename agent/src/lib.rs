@@ -7,7 +7,9 @@
 //! Data flows one way: [`policy`] parses and compiles policies, [`kernel`]
 //! writes the compiled maps and attaches the programs, the kernel sends
 //! events, and [`audit`] records them. [`identity`] admits processes to
-//! agents; [`control`] is the local API that `baton exec` talks to.
+//! agents; [`control`] is the local API that `baton exec` talks to;
+//! [`daemon`] is `baton run`, which runs all of it. The modules form layers
+//! (ARCHITECTURE.md), which `tests/module_layers.rs` checks.
 #![deny(missing_docs)]
 
 pub mod audit;

@@ -496,3 +496,30 @@ fn fanotify_denials_count_for_breakers_and_canaries() {
     // The quarantine is in force: the write allowed before is refused.
     assert_eq!(setup.as_agent(&["open", &public, "write"]), EPERM);
 }
+
+/// The listener learns a thread's process from `/proc/TID/status`, whose
+/// `Name:` line carries the thread's name unescaped. A thread that names
+/// itself with bytes that are not UTF-8 must not make that read fail and
+/// its open pass as a stranger's.
+#[test]
+fn a_thread_named_with_invalid_utf8_is_still_held() {
+    if baton_tests::bpf_lsm_loads() {
+        eprintln!("BPF LSM loads here, so the fanotify fallback is not used");
+        return;
+    }
+    let setup = Setup::new("fan-thread-name");
+    let secret = setup.path("secret.txt");
+    let body = format!("  files:\n    deny: [{secret}]\n");
+    let _daemon = Daemon::start("fan-thread-name", &[("p.yaml", setup.policy(&[], &body))]);
+    assert_eq!(
+        setup.as_agent(&["open-in-thread", &secret, "61626364"]),
+        EPERM,
+        "a second thread with a plain name"
+    );
+    assert_eq!(
+        setup.as_agent(&["open-in-thread", &secret, "fffe0a41"]),
+        EPERM,
+        "a second thread named with bytes that are not UTF-8"
+    );
+    assert_eq!(outside(&["open-in-thread", &secret, "fffe0a41"]), "ok");
+}

@@ -204,24 +204,26 @@ impl ProcessCache {
 }
 
 fn read_process(tgid: u32) -> ProcessInfo {
-    let exe = std::fs::read_link(format!("/proc/{tgid}/exe"))
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned());
+    let Ok(process) = i32::try_from(tgid)
+        .map_err(drop)
+        .and_then(|pid| procfs::process::Process::new(pid).map_err(drop))
+    else {
+        return ProcessInfo::default();
+    };
+    let exe = process.exe().ok().map(|p| p.to_string_lossy().into_owned());
+    // Read raw rather than through procfs's `cmdline()`, which drops empty
+    // arguments and fails outright on one that is not UTF-8: an argument
+    // the agent chose must not hide its whole command line.
     let (cmdline, cmdline_truncated) = std::fs::read(format!("/proc/{tgid}/cmdline"))
         .ok()
         .filter(|raw| !raw.is_empty())
         .map(|raw| split_cmdline(&raw))
         .map_or((None, false), |(args, cut)| (Some(args), cut));
-    let cgroup = std::fs::read_to_string(format!("/proc/{tgid}/cgroup"))
+    let cgroup = crate::kernel::process::cgroup(tgid);
+    let ppid = process
+        .stat()
         .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|line| line.strip_prefix("0::"))
-                .map(str::to_string)
-        });
-    let ppid = std::fs::read_to_string(format!("/proc/{tgid}/stat"))
-        .ok()
-        .and_then(|stat| parse_ppid(&stat));
+        .and_then(|stat| u32::try_from(stat.ppid).ok());
     ProcessInfo {
         exe,
         cmdline,
@@ -260,22 +262,30 @@ pub(crate) fn split_cmdline(raw: &[u8]) -> (Vec<String>, bool) {
     (args, false)
 }
 
-/// The parent pid from `/proc/PID/stat`. The command name in parentheses
-/// may hold spaces and parentheses itself, so fields are counted from the
-/// last `)`.
-fn parse_ppid(stat: &str) -> Option<u32> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn ppid_survives_odd_command_names() {
-        assert_eq!(parse_ppid("42 (a) b (c)) S 7 42 42 0"), Some(7));
-        assert_eq!(parse_ppid("garbage"), None);
+    fn a_live_process_is_read_whole() {
+        let me = read_process(std::process::id());
+        assert_eq!(me.ppid, Some(nix::unistd::getppid().as_raw() as u32));
+        assert_eq!(
+            me.exe.as_deref(),
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.to_str().map(str::to_owned))
+                .as_deref()
+        );
+        let mine = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        assert_eq!(
+            me.cgroup.as_deref(),
+            mine.lines().find_map(|l| l.strip_prefix("0::"))
+        );
+        assert!(me.cmdline.is_some_and(|args| !args.is_empty()));
+        // No such process: nothing, and no error.
+        let gone = read_process(u32::MAX);
+        assert!(gone.exe.is_none() && gone.ppid.is_none() && gone.cgroup.is_none());
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! - [`enrich`]: procfs enrichment (exe, command line, cgroup, ancestors).
 //! - [`redact`]: secret removal before anything is written.
 //! - [`trail`]: [`AuditTrail`], the writer: chain, rotation, checkpoints.
-//! - [`keys`](crate::keys): the ed25519 checkpoint key.
+//! - [`keys`]: the ed25519 checkpoint key (a module of its own, shared with
+//!   policy bundles).
 //! - [`verify`]: offline verification.
 //! - [`stream`]: the live [`Hub`](stream::Hub) and the control-socket side.
 //! - [`forward`]: syslog and HTTP forwarders reading the durable log.

@@ -200,17 +200,13 @@ impl AuditProcess {
     pub fn live(tgid: u32, root: u32) -> Self {
         let mut processes = ProcessCache::default();
         let info = processes.lookup(tgid);
-        let status = std::fs::read_to_string(format!("/proc/{tgid}/status")).unwrap_or_default();
-        // `Uid:` and `Gid:` list real, effective, saved and filesystem ids.
-        let real = |field: &str| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(field))
-                .and_then(|ids| ids.split_whitespace().next()?.parse().ok())
-                .unwrap_or(u32::MAX)
-        };
-        let comm = std::fs::read_to_string(format!("/proc/{tgid}/comm"))
-            .map(|comm| comm.trim_end().to_string())
+        // The real ids, as the kernel's events carry them.
+        let (uid, gid) = crate::kernel::process::status(tgid)
+            .map_or((u32::MAX, u32::MAX), |status| (status.ruid, status.rgid));
+        // From `stat`, as `comm` has it (`status` escapes some bytes).
+        let comm = crate::kernel::process::task(tgid)
+            .and_then(|p| p.stat().ok())
+            .map(|stat| stat.comm)
             .unwrap_or_default();
         let cgroup_id = info
             .cgroup
@@ -225,8 +221,8 @@ impl AuditProcess {
         AuditProcess {
             pid: tgid,
             tid: tgid,
-            uid: real("Uid:"),
-            gid: real("Gid:"),
+            uid,
+            gid,
             comm,
             exe: info.exe,
             cmdline: info.cmdline,

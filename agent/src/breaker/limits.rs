@@ -34,20 +34,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LimitError + '_ {
 
 /// Where the pids controller lives.
 fn pids_hierarchy(cgroup2_root: &Path) -> Result<PathBuf, LimitError> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mut right = right.split_whitespace();
-        if right.next() == Some("cgroup") {
-            let options = right.nth(1).unwrap_or_default();
-            if options.split(',').any(|o| o == "pids")
-                && let Some(mount) = left.split_whitespace().nth(4)
-            {
-                return Ok(PathBuf::from(mount));
-            }
-        }
+    let mounts = crate::kernel::cgroup::mounts().unwrap_or_default();
+    if let Some(v1) = mounts
+        .iter()
+        .find(|m| m.fs_type == "cgroup" && m.super_options.contains_key("pids"))
+    {
+        return Ok(PathBuf::from(crate::kernel::cgroup::mount_point(v1)));
     }
     let controllers =
         std::fs::read_to_string(cgroup2_root.join("cgroup.controllers")).unwrap_or_default();

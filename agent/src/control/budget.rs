@@ -11,7 +11,7 @@
 //! record it cannot write is a record an attacker wanted gone.
 //!
 //! So at start the daemon raises its soft limit to the hard one and splits
-//! it: a named [`Reserve`] for those two, at most half of what is left for
+//! it: a named [`reserve`] for those two, at most half of what is left for
 //! the control socket's connections, the rest for the daemon's own kernel
 //! objects, DNS proxies and endpoints. The control server never accepts a
 //! connection it has no place for (see

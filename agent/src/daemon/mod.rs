@@ -1474,11 +1474,8 @@ async fn follow_sources(daemon: Weak<Daemon>, mut sources: crate::policy::source
 /// or below it, from its own `/proc/PID/cgroup`.
 fn in_cgroup(pid: u32, cgroup: &str) -> bool {
     let wanted = format!("/{}", cgroup.trim_matches('/'));
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| {
-        text.lines()
-            .filter_map(|line| line.strip_prefix("0::"))
-            .any(|path| path == wanted || path.starts_with(&format!("{wanted}/")))
-    })
+    crate::kernel::process::cgroup(pid)
+        .is_some_and(|path| path == wanted || path.starts_with(&format!("{wanted}/")))
 }
 
 /// Process ids in a cgroup and all its descendants.

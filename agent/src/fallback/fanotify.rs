@@ -50,6 +50,8 @@ use nix::{
 };
 use thiserror::Error;
 
+use procfs::process::Syscall;
+
 use crate::policy::{CompiledPolicySet, compile::CompiledAgent, spec::Name};
 
 /// Audit events waiting for the daemon before new ones are counted as lost.
@@ -470,8 +472,9 @@ impl Watcher {
                 *denied.entry(rule.path.clone()).or_default() |= rule.rights;
             }
         }
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mounts = crate::kernel::cgroup::all_mount_points(&mountinfo);
+        let mounts = crate::kernel::cgroup::all_mount_points(
+            &crate::kernel::cgroup::mounts().unwrap_or_default(),
+        );
         let (wanted, mut unwatched) = plan_marks(&denied.into_iter().collect::<Vec<_>>(), &mounts);
         let mut applied = Marks::new();
         for ((kind, path), mask) in &wanted {
@@ -645,17 +648,10 @@ fn listen(group: &Fanotify, shared: &Shared) {
     }
 }
 
-/// From `/proc/TID/status`: `(tgid, uid, gid)`.
+/// From `/proc/TID/status`: `(tgid, real uid, real gid)`.
 fn proc_status(tid: u32) -> Option<(u32, u32, u32)> {
-    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|value| value.parse::<u32>().ok())
-    };
-    Some((field("Tgid:")?, field("Uid:")?, field("Gid:")?))
+    let status = crate::kernel::process::status(tid)?;
+    Some((u32::try_from(status.tgid).ok()?, status.ruid, status.rgid))
 }
 
 /// How many times the opener's pending syscall is read while the opener
@@ -676,10 +672,10 @@ const SYSCALL_READ_ATTEMPTS: u32 = 200;
 /// sleeps. (Taking `running` for "unknown" denied concurrent reads of
 /// write-denied files as writes.)
 fn pending_open_rights(tid: u32) -> Option<u32> {
-    let path = format!("/proc/{tid}/syscall");
-    let mut text = std::fs::read_to_string(&path).ok()?;
+    let task = crate::kernel::process::task(tid)?;
+    let mut syscall = task.syscall().ok()?;
     let mut attempt = 0;
-    while text.starts_with("running") {
+    while syscall == Syscall::Running {
         attempt += 1;
         if attempt >= SYSCALL_READ_ATTEMPTS {
             return None;
@@ -689,19 +685,21 @@ fn pending_open_rights(tid: u32) -> Option<u32> {
         } else {
             std::thread::sleep(std::time::Duration::from_micros(20));
         }
-        text = std::fs::read_to_string(&path).ok()?;
+        syscall = task.syscall().ok()?;
     }
-    open_rights_of_syscall(&text)
+    open_rights_of_syscall(&syscall)
 }
 
 /// The rights asked for by the syscall that `/proc/TID/syscall` shows.
-fn open_rights_of_syscall(text: &str) -> Option<u32> {
-    let mut fields = text.split_whitespace();
-    let nr: i64 = fields.next()?.parse().ok()?;
-    let args: Vec<u64> = fields
-        .take(6)
-        .filter_map(|f| u64::from_str_radix(f.trim_start_matches("0x"), 16).ok())
-        .collect();
+fn open_rights_of_syscall(syscall: &Syscall) -> Option<u32> {
+    let Syscall::Blocked {
+        syscall_number: nr,
+        argument_registers: args,
+        ..
+    } = *syscall
+    else {
+        return None;
+    };
     let from_flags = |flags: u64| match flags & libc::O_ACCMODE as u64 {
         0 => right::bit(right::READ),
         1 => right::bit(right::WRITE),
@@ -906,8 +904,8 @@ impl Shared {
         header.mode = if held { mode::QUARANTINE } else { agent.mode };
         header.rule_id = rule_id;
         header.generation = generation;
-        if let Ok(comm) = std::fs::read(format!("/proc/{tid}/comm")) {
-            set_comm(header, comm.strip_suffix(b"\n").unwrap_or(&comm));
+        if let Some(stat) = crate::kernel::process::task(tid).and_then(|task| task.stat().ok()) {
+            set_comm(header, stat.comm.as_bytes());
         }
         (verdict != Verdict::Denied, Some(event))
     }
@@ -1144,9 +1142,11 @@ mod tests {
     fn the_opens_flags_come_from_its_registers_and_never_from_its_memory() {
         let read = right::bit(right::READ);
         let write = right::bit(right::WRITE);
-        let line = |nr: i64, args: &[u64]| {
-            let args: Vec<String> = args.iter().map(|a| format!("0x{a:x}")).collect();
-            format!("{nr} {} 0x7ffc 0x7f00\n", args.join(" "))
+        let line = |nr: i64, args: &[u64; 6]| Syscall::Blocked {
+            syscall_number: nr,
+            argument_registers: *args,
+            stack_pointer: 0x7ffc,
+            program_counter: 0x7f00,
         };
         let openat = |flags: u64| line(libc::SYS_openat, &[0xffff_ff9c, 0x5555, flags, 0, 0, 0]);
         assert_eq!(open_rights_of_syscall(&openat(0)), Some(read));
@@ -1169,8 +1169,8 @@ mod tests {
             None
         );
         // Not in a syscall, or on a CPU: unknown.
-        assert_eq!(open_rights_of_syscall("-1 0x7ffc 0x7f00\n"), None);
-        assert_eq!(open_rights_of_syscall("running\n"), None);
+        assert_eq!(open_rights_of_syscall(&line(-1, &[0; 6])), None);
+        assert_eq!(open_rights_of_syscall(&Syscall::Running), None);
     }
 
     #[test]

@@ -15,7 +15,10 @@ use std::{
 
 use agent_common::{files::right, identity::admission};
 
-use crate::kernel::{ControlState, cgroup::mount_points};
+use crate::kernel::{
+    ControlState,
+    cgroup::{mount_points, mounts},
+};
 
 /// Rights taken away beneath a protected path: every change. Reading stays
 /// allowed (an agent may look at its own policy).
@@ -35,8 +38,7 @@ const KERNEL_FS_TYPES: [&str; 3] = ["bpf", "cgroup", "cgroup2"];
 /// Every bpffs and cgroup mount point (v1 and v2), and `/sys/fs/bpf`
 /// even when nothing is mounted there yet, with [`PROTECTED_RIGHTS`].
 pub fn kernel_interface_paths() -> Vec<(String, u32)> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut paths = mount_points(&mountinfo, &KERNEL_FS_TYPES);
+    let mut paths = mount_points(&mounts().unwrap_or_default(), &KERNEL_FS_TYPES);
     paths.push("/sys/fs/bpf".to_string());
     with_rights(paths)
 }
@@ -183,7 +185,10 @@ mod tests {
 41 24 0:36 / /mnt/my\\040bpf rw - bpf bpf rw
 ";
         assert_eq!(
-            mount_points(mountinfo, &KERNEL_FS_TYPES),
+            mount_points(
+                &crate::kernel::cgroup::parse_mounts(mountinfo),
+                &KERNEL_FS_TYPES
+            ),
             [
                 "/sys/fs/cgroup/unified",
                 "/sys/fs/cgroup/pids",

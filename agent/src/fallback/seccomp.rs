@@ -187,15 +187,8 @@ fn build(self_protection: bool, families: Option<u64>) -> Result<BpfProgram, Sec
 /// still gains its privileges (inside the same filter and domain).
 fn has_cap_sys_admin() -> bool {
     const CAP_SYS_ADMIN: u32 = 21;
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("CapEff:"))
-                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        })
-        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+    crate::kernel::process::status(nix::unistd::gettid().as_raw() as u32)
+        .is_some_and(|status| status.capeff & (1 << CAP_SYS_ADMIN) != 0)
 }
 
 /// Installs `program` on the calling thread (and so on whatever it execs).

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use procfs::process::MountInfo;
 use thiserror::Error;
 
 /// Errors while locating cgroup v2.
@@ -18,38 +19,47 @@ pub enum CgroupError {
 /// The cgroup v2 mount point, from `/proc/self/mountinfo` (hybrid hosts mount
 /// it at `/sys/fs/cgroup/unified`, unified hosts at `/sys/fs/cgroup`).
 pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
-    let mountinfo =
-        std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
-    mount_points(&mountinfo, &["cgroup2"])
+    mount_points(&mounts().map_err(CgroupError::MountInfo)?, &["cgroup2"])
         .into_iter()
         .next()
         .map(PathBuf::from)
         .ok_or(CgroupError::NotMounted)
 }
 
-/// Mount points of the given file system types, in mountinfo order and
-/// unescaped.
-pub fn mount_points(mountinfo: &str, types: &[&str]) -> Vec<String> {
+/// This process's mounts, one procfs [`MountInfo`] per line of
+/// `/proc/self/mountinfo`. A line procfs cannot parse is skipped rather
+/// than the whole table: one odd mount must not hide the others.
+pub fn mounts() -> std::io::Result<Vec<MountInfo>> {
+    let bytes = std::fs::read("/proc/self/mountinfo")?;
+    Ok(parse_mounts(&String::from_utf8_lossy(&bytes)))
+}
+
+/// [`mounts`] of a mountinfo text.
+pub fn parse_mounts(mountinfo: &str) -> Vec<MountInfo> {
     mountinfo
         .lines()
-        .filter_map(|line| {
-            // Fields after " - " are: fstype, source, super options.
-            let (left, right) = line.split_once(" - ")?;
-            let fs_type = right.split_whitespace().next()?;
-            if !types.contains(&fs_type) {
-                return None;
-            }
-            left.split_whitespace().nth(4).map(unescape_mount_path)
-        })
+        .filter_map(|line| MountInfo::from_line(line).ok())
         .collect()
 }
 
-/// Every mount point, in mountinfo order and unescaped.
-pub fn all_mount_points(mountinfo: &str) -> Vec<String> {
-    mountinfo
-        .lines()
-        .filter_map(|line| line.split_whitespace().nth(4).map(unescape_mount_path))
+/// A mount's mount point, unescaped: procfs leaves mountinfo's octal
+/// escapes (`\040` for a space) in place.
+pub fn mount_point(mount: &MountInfo) -> String {
+    unescape_mount_path(&mount.mount_point.to_string_lossy())
+}
+
+/// Mount points of the given file system types, in mountinfo order.
+pub fn mount_points(mounts: &[MountInfo], types: &[&str]) -> Vec<String> {
+    mounts
+        .iter()
+        .filter(|mount| types.contains(&mount.fs_type.as_str()))
+        .map(mount_point)
         .collect()
+}
+
+/// Every mount point, in mountinfo order.
+pub fn all_mount_points(mounts: &[MountInfo]) -> Vec<String> {
+    mounts.iter().map(mount_point).collect()
 }
 
 /// Undoes the octal escapes mountinfo uses for spaces and the like.

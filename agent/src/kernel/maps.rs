@@ -834,16 +834,13 @@ fn pidfd_exited(pidfd: &std::os::fd::OwnedFd) -> bool {
 /// state, or `PF_EXITING`. A process whose leader exited while other
 /// threads run counts as exiting: it is refused rather than half-tracked.
 fn process_exiting(tgid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{tgid}/stat")) else {
+    let Some(stat) = i32::try_from(tgid)
+        .ok()
+        .and_then(|pid| procfs::process::Process::new(pid).ok()?.stat().ok())
+    else {
         return true;
     };
-    let Some((_, fields)) = stat.rsplit_once(") ") else {
-        return true;
-    };
-    let fields: Vec<&str> = fields.split_whitespace().collect();
-    let state = fields.first().copied().unwrap_or("X");
-    let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
-    matches!(state, "Z" | "X" | "x") || flags & PF_EXITING != 0
+    matches!(stat.state, 'Z' | 'X' | 'x') || u64::from(stat.flags) & PF_EXITING != 0
 }
 
 /// The maps the DNS proxy writes: where each agent's DNS goes, and the

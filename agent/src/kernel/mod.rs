@@ -9,6 +9,7 @@ pub mod detect;
 pub mod loader;
 pub mod maps;
 pub mod pins;
+pub mod process;
 pub mod ring;
 
 use std::path::PathBuf;

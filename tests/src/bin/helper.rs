@@ -20,6 +20,9 @@
 //!                                                 bytes on a UDP socket
 //!   baton-test-helper ping ADDR TEXT              unconnected ICMP echo with TEXT
 //!   baton-test-helper open PATH read|write        open(2)
+//!   baton-test-helper open-in-thread PATH NAMEHEX
+//!                                                 read-open PATH from a second thread whose
+//!                                                 name (prctl PR_SET_NAME) is the bytes NAMEHEX
 //!   baton-test-helper read-parallel THREADS ROUNDS PATH...
 //!                                                 THREADS threads each open PATHs for
 //!                                                 reading ROUNDS times; prints `ok` or the
@@ -826,6 +829,28 @@ fn main() -> ExitCode {
                 _ => return usage(),
             };
             report(options.open(path).map(drop))
+        }
+        ["open-in-thread", path, name] => {
+            let Some(mut name) = (0..name.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(name.get(i..i + 2)?, 16).ok())
+                .collect::<Option<Vec<u8>>>()
+            else {
+                return usage();
+            };
+            name.push(0);
+            let path = path.to_string();
+            let opened = std::thread::spawn(move || {
+                // SAFETY: PR_SET_NAME reads a NUL-terminated string of at
+                // most 16 bytes from a live buffer.
+                if unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                OpenOptions::new().read(true).open(&path).map(drop)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the thread panicked")));
+            report(opened)
         }
         ["read-parallel", threads, rounds, paths @ ..] if !paths.is_empty() => {
             let (Ok(threads), Ok(rounds)) = (threads.parse::<usize>(), rounds.parse::<usize>())
