@@ -38,6 +38,10 @@ const FLOOD_PROCESSES: u32 = 2;
 /// How long the flood runs before the queries start, so they meet a
 /// daemon already busy with it.
 const FLOOD_LEAD: Duration = Duration::from_millis(500);
+/// After a flood, the audit log must stop growing for this long before the
+/// next case runs, so that (b) meets an idle daemon, not the flood's
+/// backlog.
+const QUIET: Duration = Duration::from_millis(1000);
 /// Target: (c)'s p99 at most this many times (b)'s.
 const UNDER_AUDIT_P99_TARGET: f64 = 2.0;
 
@@ -191,6 +195,7 @@ pub(super) fn run(params: &Params) -> Result<()> {
                     width = params.rounds.to_string().len(),
                 );
                 flood_rates.push(rate);
+                wait_quiet(&work.path().join("audit.jsonl"))?;
             }
             println!(
                 "bench: round {:>width$}/{} {} {:<40} p50 {:>7.1} us  p99 {:>7.1} us",
@@ -289,6 +294,28 @@ fn dns_config_yaml(upstream_port: u16) -> String {
         "dns:\n  upstreams: [\"127.0.0.1:{upstream_port}\"]\n  minTtlSeconds: 1\n  \
          maxTtlSeconds: 60\n  timeoutMs: 2000\naudit:\n  eventsPerSecond: 0\n"
     )
+}
+
+/// Waits until `log` has not grown for [`QUIET`] (at most a minute).
+fn wait_quiet(log: &std::path::Path) -> Result<()> {
+    let size = || std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = size();
+    let mut grown = Instant::now();
+    while grown.elapsed() < QUIET {
+        ensure!(
+            Instant::now() < deadline,
+            "the audit log {} still grows a minute after the flood",
+            log.display()
+        );
+        thread::sleep(Duration::from_millis(20));
+        let now = size();
+        if now != last {
+            last = now;
+            grown = Instant::now();
+        }
+    }
+    Ok(())
 }
 
 /// bench-flood running inside the agent for case (c).
