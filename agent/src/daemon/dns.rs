@@ -1,7 +1,7 @@
 //! The DNS proxies: starting them per agent and network namespace, and
 //! what they learn, written into the kernel and the audit trail.
 
-use agent_common::egress::LEARNED_ADDR_ROWS;
+use agent_common::egress::{DnsProxyPorts, LEARNED_ADDR_ROWS};
 
 use super::*;
 use crate::kernel::maps::Learned;
@@ -33,6 +33,22 @@ impl Learning {
             learned_names: HashMap::new(),
         }
     }
+}
+
+/// Points the kernel's redirect for `agent_id` in namespace `netns_cookie`
+/// at a proxy's `ports`.
+fn register_proxy(
+    learning: &Mutex<Learning>,
+    agent_id: u32,
+    netns_cookie: u64,
+    ports: DnsProxyPorts,
+) -> Result<(), String> {
+    learning
+        .lock()
+        .map_err(|_| "DNS lock poisoned".to_string())?
+        .maps
+        .set_proxy(agent_id, netns_cookie, ports)
+        .map_err(|e| e.to_string())
 }
 
 /// The DNS proxies' link to the kernel and the audit trail.
@@ -328,16 +344,7 @@ pub(super) fn open_netns_proxy(daemon: &Arc<Daemon>, agent_id: u32, netns_cookie
                     return;
                 }
             };
-            let registered = state
-                .learning
-                .lock()
-                .map_err(|_| "DNS lock poisoned".to_string())
-                .and_then(|mut learning| {
-                    learning
-                        .maps
-                        .set_proxy(agent_id, netns_cookie, proxy.ports)
-                        .map_err(|e| e.to_string())
-                });
+            let registered = register_proxy(&state.learning, agent_id, netns_cookie, proxy.ports);
             if let Err(error) = registered {
                 tracing::error!(agent_id, %error, "cannot register the namespace's DNS proxy");
                 return;
@@ -551,16 +558,12 @@ impl State {
                     let shared = Arc::new(RwLock::new(names));
                     match start_agent_proxy(shared.clone(), config.clone(), learner.clone()) {
                         Ok(proxy) => {
-                            let registered = self
-                                .learning
-                                .lock()
-                                .map_err(|_| "DNS lock poisoned".to_string())
-                                .and_then(|mut learning| {
-                                    learning
-                                        .maps
-                                        .set_proxy(agent_id, proxy.netns_cookie, proxy.ports)
-                                        .map_err(|e| e.to_string())
-                                });
+                            let registered = register_proxy(
+                                &self.learning,
+                                agent_id,
+                                proxy.netns_cookie,
+                                proxy.ports,
+                            );
                             if let Err(error) = registered {
                                 tracing::error!(%error, agent, "cannot register a DNS proxy");
                                 continue;
