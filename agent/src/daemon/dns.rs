@@ -538,6 +538,16 @@ impl State {
                 })
             })
             .collect();
+        // Rows of rules older than the rule table keeps (this generation's
+        // and the one before, for queries decided before the swap) can no
+        // longer be asked for: without this the rows of every reload
+        // would pile up.
+        let oldest_kept = self.policies.first_rule_id;
+        if let Ok(mut learning) = self.learning.lock() {
+            learning
+                .domain_rows
+                .retain(|&rule_id, _| rule_id >= oldest_kept);
+        }
         for ProxyPlan {
             agent_id,
             agent,
