@@ -43,7 +43,7 @@ fn names(update: &SourceUpdate) -> BTreeSet<String> {
     match &update.policies {
         Ok(policies) => policies
             .iter()
-            .map(|p| p.document.metadata.name.0.clone())
+            .map(|p| p.document.metadata.name.to_string())
             .collect(),
         Err(error) => panic!("expected a good set, got: {error}"),
     }
@@ -75,7 +75,7 @@ fn port_of(update: &SourceUpdate, name: &str) -> u16 {
     let policies = update.policies.as_ref().expect("a good set");
     let policy = policies
         .iter()
-        .find(|p| p.document.metadata.name.0 == name)
+        .find(|p| p.document.metadata.name.as_str() == name)
         .unwrap_or_else(|| panic!("no policy {name}"));
     policy.document.spec.egress.as_ref().unwrap().allow[0].ports[0].first
 }

@@ -5,7 +5,7 @@ use std::{net::IpAddr, path::Path};
 
 use baton::policy::{
     compile, eval, parse_str,
-    spec::{FileRight, Name, Protocol},
+    spec::{FileRight, Protocol},
     suggest,
 };
 use baton_tests::{TempDir, baton, policy};
@@ -276,9 +276,9 @@ fn suggest_allows_what_the_agent_did_and_nothing_more() {
     let yaml = suggest::suggest(log.iter().map(String::as_str), "coder", None).unwrap();
     let policies = parse_str(Path::new("suggested.yaml"), &yaml).unwrap();
     assert_eq!(policies.len(), 1);
-    assert_eq!(policies[0].document.metadata.name.0, "coder");
+    assert_eq!(policies[0].document.metadata.name.as_str(), "coder");
     let set = compile(&policies, 1).unwrap();
-    let coder = &set.agents[&Name("coder".into())];
+    let coder = &set.agents["coder"];
     assert_eq!(coder.mode, 0, "enforce");
 
     let ip = |s: &str| s.parse::<IpAddr>().unwrap();

@@ -160,7 +160,7 @@ struct AgentBreakers {
 /// automatic cooldown.
 fn held_open(name: &str, action: Action) -> BreakerSpec {
     BreakerSpec {
-        name: crate::policy::spec::Name(name.to_string()),
+        name: crate::policy::spec::Name::from_trusted(name.to_string()),
         when: Default::default(),
         action: match action {
             Action::Quarantine => BreakerAction::Quarantine,
@@ -537,7 +537,7 @@ mod tests {
         BreakerRule {
             policy: "p".into(),
             spec: BreakerSpec {
-                name: Name("b".into()),
+                name: Name::parse("b").unwrap(),
                 when,
                 action: BreakerAction::Quarantine,
                 cooldown_seconds: cooldown,

@@ -74,7 +74,7 @@ fn check(paths: &[PathBuf]) -> anyhow::Result<()> {
                 compiled.policies.len()
             );
         }
-        for warning in warnings.iter().filter(|w| w.agent == agent.0) {
+        for warning in warnings.iter().filter(|w| w.agent == agent.as_str()) {
             println!("  warning: {}", warning.message);
         }
     }

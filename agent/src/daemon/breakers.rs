@@ -12,8 +12,8 @@ pub(super) fn breaker_rules(
         .iter()
         .filter(|(_, agent)| !agent.breakers.is_empty())
         .filter_map(|(name, agent)| {
-            let id = registry.id_of(&name.0)?;
-            Some((id, (name.0.clone(), agent.breakers.clone())))
+            let id = registry.id_of(name.as_str())?;
+            Some((id, (name.to_string(), agent.breakers.clone())))
         })
         .collect()
 }

@@ -105,20 +105,20 @@ impl Learner for ProxyLearner {
         let agent = state
             .registry
             .name_of(agent_id)
-            .map_or_else(|| format!("#{agent_id}"), |n| n.0.clone());
+            .map_or_else(|| format!("#{agent_id}"), |n| n.to_string());
         let audit = state
             .policies
             .agents
             .values()
             .zip(state.policies.agents.keys())
-            .any(|(a, n)| n.0 == agent && a.mode == mode::AUDIT);
+            .any(|(a, n)| n.as_str() == agent && a.mode == mode::AUDIT);
         // No domain rule allows the name, so the agent's egress default
         // refused it: that is the rule the record cites.
         let rule = state
             .policies
             .agents
             .iter()
-            .find(|(n, _)| n.0 == agent)
+            .find(|(n, _)| n.as_str() == agent)
             .map(|(_, a)| a.egress_default_rule)
             .filter(|&id| id != 0)
             .map(|id| {
@@ -163,7 +163,7 @@ impl ProxyLearner {
         let agent = state
             .registry
             .name_of(agent_id)
-            .map_or_else(|| format!("#{agent_id}"), |n| n.0.clone());
+            .map_or_else(|| format!("#{agent_id}"), |n| n.to_string());
         let rule = state.policies.rule(rule_id).map_or_else(
             || format!("#{rule_id}"),
             |r| format!("{}/{}", r.policy, r.rule),
@@ -292,7 +292,7 @@ pub(super) fn open_netns_proxy(daemon: &Arc<Daemon>, agent_id: u32, netns_cookie
                 let agent = state
                     .registry
                     .name_of(agent_id)
-                    .map_or_else(|| format!("#{agent_id}"), |n| n.0.clone());
+                    .map_or_else(|| format!("#{agent_id}"), |n| n.to_string());
                 let message = format!(
                     "agent {agent} holds DNS proxies in {held} network namespaces, the most dns.maxNamespaceProxiesPerAgent allows: DNS from its further namespaces fails until one of them has no agent process left"
                 );
@@ -520,13 +520,13 @@ impl State {
             .iter()
             .filter(|(_, a)| !a.domains.is_empty())
             .filter_map(|(name, a)| {
-                let id = self.registry.id_of(&name.0)?;
+                let id = self.registry.id_of(name.as_str())?;
                 Some(ProxyPlan {
                     agent_id: id,
-                    agent: name.0.clone(),
+                    agent: name.to_string(),
                     names: AgentNames {
                         agent_id: id,
-                        agent: name.0.clone(),
+                        agent: name.to_string(),
                         rules: crate::policy::eval::domain_rules(a),
                         audit: a.mode == mode::AUDIT,
                     },

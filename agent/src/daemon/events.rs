@@ -199,7 +199,7 @@ impl State {
             .registry
             .ids()
             .iter()
-            .map(|(name, id)| (*id, name.0.clone()))
+            .map(|(name, id)| (*id, name.to_string()))
             .collect();
         for (agent_id, agent) in agents {
             let counters = self.counters(agent_id);
@@ -262,7 +262,7 @@ impl State {
                 .policies
                 .agents
                 .iter()
-                .find(|(name, _)| name.0 == *agent)
+                .find(|(name, _)| name.as_str() == *agent)
                 .map(|(_, compiled)| compiled);
             (
                 id,
@@ -302,7 +302,7 @@ impl State {
         clock: &Clock,
         processes: &mut ProcessCache,
     ) -> Result<AuditRecord, crate::audit::record::DecodeError> {
-        let agent_name = |id: u32| self.registry.name_of(id).map(|n| n.0.clone());
+        let agent_name = |id: u32| self.registry.name_of(id).map(|n| n.to_string());
         let rule = |id: u32| {
             self.policies
                 .rule(id)

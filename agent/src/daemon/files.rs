@@ -155,7 +155,7 @@ impl State {
                     .map(|(right, how)| format!("{right}: {how}"))
                     .collect::<Vec<_>>()
                     .join("; ");
-                (name.0.clone(), text)
+                (name.to_string(), text)
             })
             .collect();
         let host = self.host.clone();

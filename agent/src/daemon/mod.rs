@@ -390,7 +390,7 @@ impl State {
                 .agents
                 .iter()
                 .filter(|(_, a)| !a.cgroups.is_empty() || !a.executables.is_empty())
-                .map(|(name, _)| name.0.clone())
+                .map(|(name, _)| name.to_string())
                 .collect();
             if !undetected.is_empty() {
                 let message = format!(
@@ -422,7 +422,7 @@ impl State {
                 ),
             ));
         }
-        let agents: Vec<String> = self.policies.agents.keys().map(|n| n.0.clone()).collect();
+        let agents: Vec<String> = self.policies.agents.keys().map(|n| n.to_string()).collect();
         self.record(AuditRecord::lifecycle(
             &host,
             "policy",
@@ -475,7 +475,7 @@ impl State {
             .policies
             .agents
             .iter()
-            .find(|(name, _)| name.0 == agent)?;
+            .find(|(name, _)| name.as_str() == agent)?;
         // Baton's own paths stay out of the Landlock plan: a Landlock
         // domain may not mount, and agents need mount namespaces
         // (containers, private resolv.conf). Where BPF LSM is missing, a
@@ -560,7 +560,7 @@ impl State {
             .agents
             .iter()
             .filter_map(|(name, agent)| {
-                let id = self.registry.id_of(&name.0)?;
+                let id = self.registry.id_of(name.as_str())?;
                 let rights = self.file_coverage(agent);
                 let files = if self.files_enforced {
                     "enforced by BPF LSM".to_string()
@@ -575,7 +575,7 @@ impl State {
                 let files = files_off.clone().unwrap_or(files);
                 let exec = exec_off.clone().unwrap_or(exec);
                 Some(json!({
-                    "agent": name.0,
+                    "agent": name.as_str(),
                     "id": id,
                     "policies": agent.policies,
                     "mode": match agent.mode { agent_common::verdict::mode::AUDIT => "audit", _ => "enforce" },
@@ -590,8 +590,8 @@ impl State {
                     },
                     "families": crate::policy::families::names(agent.families),
                     "rights": rights,
-                    "landlock_gaps": self.landlock_plan(&name.0).map(|plan| plan.unexpressible).unwrap_or_default(),
-                    "breaker": breakers.get(&name.0).cloned().unwrap_or(json!({"state": "closed"})),
+                    "landlock_gaps": self.landlock_plan(name.as_str()).map(|plan| plan.unexpressible).unwrap_or_default(),
+                    "breaker": breakers.get(name.as_str()).cloned().unwrap_or(json!({"state": "closed"})),
                     "counters": crate::breaker::CounterSnapshot::from(self.counters(id)),
                 }))
             })
@@ -659,7 +659,7 @@ impl State {
         self.policies
             .agents
             .iter()
-            .find(|(name, _)| name.0 == agent)
+            .find(|(name, _)| name.as_str() == agent)
             .map_or(
                 (agent_common::identity::DEFAULT_FAMILIES, false),
                 |(_, compiled)| (compiled.families, compiled.allow_privilege_escalation),
@@ -675,7 +675,7 @@ impl State {
             .policies
             .agents
             .iter()
-            .map(|(name, agent)| (name.0.clone(), agent.cgroups.clone()))
+            .map(|(name, agent)| (name.to_string(), agent.cgroups.clone()))
             .collect();
         for (name, cgroups) in agents {
             let Some(agent_id) = self.registry.id_of(&name) else {
@@ -773,7 +773,7 @@ impl Daemon {
             state
                 .registry
                 .name_of(id)
-                .map_or_else(|| format!("#{id}"), |name| name.0.clone())
+                .map_or_else(|| format!("#{id}"), |name| name.to_string())
         });
         let agent = match (own, asked) {
             (Some(own), Some(asked)) if asked != own => {
@@ -835,7 +835,7 @@ impl Daemon {
         let agent = state
             .registry
             .name_of(agent_id)
-            .map_or_else(|| format!("#{agent_id}"), |n| n.0.clone());
+            .map_or_else(|| format!("#{agent_id}"), |n| n.to_string());
         let target = match request {
             Request::BreakerReset { agent } | Request::BreakerTrip { agent, .. } => {
                 format!(" of agent {agent}")
@@ -910,7 +910,7 @@ impl Daemon {
             let current_name = state
                 .registry
                 .name_of(current.agent_id)
-                .map_or_else(|| format!("#{}", current.agent_id), |n| n.0.clone());
+                .map_or_else(|| format!("#{}", current.agent_id), |n| n.to_string());
             return Reply::Error {
                 message: format!(
                     "process {} already belongs to agent {current_name:?}",
@@ -931,7 +931,7 @@ impl Daemon {
             .policies
             .agents
             .iter()
-            .find(|(name, _)| name.0 == agent)
+            .find(|(name, _)| name.as_str() == agent)
             .and_then(|(_, compiled)| compiled.max_processes);
         if let Some(max) = max_processes
             && let Err(error) = limit_processes(&state.cgroup_root, agent, caller.pid, max)
@@ -1135,7 +1135,7 @@ async fn serve(
             previous
                 .agents
                 .iter()
-                .map(|(name, id)| (crate::policy::spec::Name(name.clone()), *id))
+                .map(|(name, id)| (crate::policy::spec::Name::from_trusted(name.clone()), *id))
                 .collect(),
         ),
         None => AgentRegistry::new(),
@@ -1231,7 +1231,12 @@ async fn serve(
     }
     state.save_registry();
     state.save_progress();
-    let agents: Vec<String> = state.policies.agents.keys().map(|n| n.0.clone()).collect();
+    let agents: Vec<String> = state
+        .policies
+        .agents
+        .keys()
+        .map(|n| n.to_string())
+        .collect();
     state.record(AuditRecord::lifecycle(
         &host,
         "policy",

@@ -19,7 +19,7 @@ impl State {
                 .registry
                 .ids()
                 .iter()
-                .map(|(name, id)| (name.0.clone(), *id))
+                .map(|(name, id)| (name.to_string(), *id))
                 .collect(),
             first_rule_id: self.policies.first_rule_id,
             rules: self.policies.rules.clone(),
@@ -121,7 +121,7 @@ impl State {
                     let counters = self.counters(id).into();
                     self.breakers.restore(
                         id,
-                        &name.0,
+                        name.as_str(),
                         "restored",
                         Action::Quarantine,
                         "quarantined in the kernel when the daemon started",
@@ -161,7 +161,7 @@ impl State {
                 "daemon",
                 format!(
                     "while no daemon ran, agent {}: {} connects ({} denied, {} rate-limited), {} file and exec denials, {} denied sockets, {} execs, {} events lost to a full ring buffer",
-                    name.0,
+                    name.as_str(),
                     now.connects.saturating_sub(before.connects),
                     now.denied_connects.saturating_sub(before.denied_connects),
                     now.rate_limited.saturating_sub(before.rate_limited),
@@ -171,7 +171,7 @@ impl State {
                     now.events_dropped.saturating_sub(before.events_dropped),
                 ),
             );
-            record.agent = Some(name.0.clone());
+            record.agent = Some(name.to_string());
             self.record(record);
         }
         self.suppressions_recorded = previous.suppressions_recorded.into_iter().collect();

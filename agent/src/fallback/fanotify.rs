@@ -1135,7 +1135,7 @@ mod tests {
             "apiVersion: baton.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: p\nspec:\n  selector:\n    agent: a\n    executables: [/opt/a]\n{body}"
         );
         let set = compile(&parse_str(Path::new("p.yaml"), &text).unwrap(), 1).unwrap();
-        set.agents[&Name("a".into())].clone()
+        set.agents["a"].clone()
     }
 
     #[test]

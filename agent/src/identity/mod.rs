@@ -55,7 +55,7 @@ impl AgentRegistry {
 
     /// Id of a named agent.
     pub fn id_of(&self, name: &str) -> Option<u32> {
-        self.ids.get(&Name(name.to_string())).copied()
+        self.ids.get(name).copied()
     }
 
     /// Name of an agent id.

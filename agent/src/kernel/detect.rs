@@ -172,14 +172,14 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::policy::{compile, parse_str, spec::Name};
+    use crate::policy::{compile, parse_str};
 
     fn agent(selector: &str, files: &str) -> CompiledAgent {
         let text = format!(
             "apiVersion: baton.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: p\nspec:\n  selector:\n    agent: a\n{selector}  files:\n    deny: [/srv]\n{files}"
         );
         let set = compile(&parse_str(Path::new("p.yaml"), &text).unwrap(), 1).unwrap();
-        set.agents[&Name("a".into())].clone()
+        set.agents["a"].clone()
     }
 
     #[test]

@@ -577,7 +577,7 @@ impl PolicyMaps {
                         cgroups.insert(id);
                     }
                     Err(error) => unresolved.push(UnresolvedSelector {
-                        agent: name.0.clone(),
+                        agent: name.to_string(),
                         what: "cgroup",
                         path: dir.display().to_string(),
                         reason: error.to_string(),
@@ -593,7 +593,7 @@ impl PolicyMaps {
                         executables.insert((key.ino, key.dev));
                     }
                     Err(error) => unresolved.push(UnresolvedSelector {
-                        agent: name.0.clone(),
+                        agent: name.to_string(),
                         what: "executable",
                         path: path.clone(),
                         reason: error.to_string(),

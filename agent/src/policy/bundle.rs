@@ -335,7 +335,7 @@ pub fn parse_bundle(
 pub fn check_unique_names(policies: &[LoadedPolicy]) -> Result<(), PolicyError> {
     let mut seen = std::collections::BTreeMap::new();
     for policy in policies {
-        let name = policy.document.metadata.name.0.as_str();
+        let name = policy.document.metadata.name.as_str();
         if let Some(first) = seen.insert(name, &policy.source) {
             return Err(PolicyError::Invalid {
                 path: policy.source.clone(),

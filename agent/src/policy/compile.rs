@@ -377,7 +377,7 @@ pub fn compile_protected(
         .collect();
     let mut add_rule = |policy: &LoadedPolicy, rule: String| -> u32 {
         rules.push(RuleRef {
-            policy: policy.document.metadata.name.0.clone(),
+            policy: policy.document.metadata.name.to_string(),
             rule,
             source: policy.source.clone(),
         });
@@ -470,7 +470,7 @@ pub fn compile_protected(
                                 });
                             }
                             EgressTarget::Domain(pattern) => {
-                                let policy_name = policy.document.metadata.name.0.clone();
+                                let policy_name = policy.document.metadata.name.to_string();
                                 if action == Action::Deny {
                                     return Err(CompileError::DomainDeny {
                                         policy: policy_name,
@@ -553,7 +553,7 @@ pub fn compile_protected(
                 }
             }
             breakers.extend(spec.breakers.iter().map(|b| BreakerRule {
-                policy: policy.document.metadata.name.0.clone(),
+                policy: policy.document.metadata.name.to_string(),
                 spec: b.clone(),
             }));
             if let Some(files) = &spec.files {
@@ -607,7 +607,7 @@ pub fn compile_protected(
             explain,
             policies: selecting
                 .iter()
-                .map(|p| p.document.metadata.name.0.clone())
+                .map(|p| p.document.metadata.name.to_string())
                 .collect(),
             mode: if any_enforce {
                 mode::ENFORCE
@@ -691,14 +691,14 @@ fn check_selectors(by_agent: &BTreeMap<Name, Vec<&LoadedPolicy>>) -> Result<(), 
                         .map(|e| ("executable", e.0.clone())),
                 );
             for (what, item) in items {
-                let policy_name = policy.document.metadata.name.0.as_str();
+                let policy_name = policy.document.metadata.name.as_str();
                 match owners.get(&(what, item.clone())) {
                     Some((first, first_policy)) if *first != agent => {
                         let key = selector_key(what);
                         return Err(CompileError::AmbiguousSelector(format!(
                             "{}: {what} {item} is selected by agent {first} (policy {}, {}) and agent {agent} (policy {policy_name})",
                             super::load::place(&policy.source, key, &item),
-                            first_policy.document.metadata.name.0,
+                            first_policy.document.metadata.name.as_str(),
                             super::load::place(&first_policy.source, key, &item),
                         )));
                     }
@@ -753,7 +753,7 @@ fn flatten_egress(
         }
         if rows.len() > PORT_TABLE_ROWS {
             return Err(CompileError::TooManyPortRows {
-                agent: agent.0.clone(),
+                agent: agent.to_string(),
                 prefix: format_prefix(prefix.0, prefix.1),
                 rows: rows.len(),
             });
@@ -857,7 +857,7 @@ spec:
       - cidr: 10.1.0.0/16
 "
         ));
-        let agent = &set.agents[&Name("a".into())];
+        let agent = &set.agents["a"];
         assert_eq!(agent.egress.len(), 2);
         let inner = agent
             .egress
@@ -886,7 +886,7 @@ spec:
       - cidr: 127.0.0.1
 "
         ));
-        assert_eq!(set.agents[&Name("a".into())].egress.len(), 1);
+        assert_eq!(set.agents["a"].egress.len(), 1);
     }
 
     #[test]
@@ -897,7 +897,7 @@ spec:
       - /x/.ssh
 "
         ));
-        let agent = &set.agents[&Name("a".into())];
+        let agent = &set.agents["a"];
         assert_eq!(agent.files[0].key, b"/x/.ssh/");
         assert_eq!(agent.files[0].value.decisions[right::READ], decision::DENY);
         assert_eq!(agent.file_default, decision::ALLOW);
@@ -948,7 +948,7 @@ spec:
     icmp: allow
 ";
         let set = compile_text(text);
-        let agent = &set.agents[&Name("coder".into())];
+        let agent = &set.agents["coder"];
         assert_eq!(agent.cgroups, vec!["/system.slice/coder.service"]);
         assert!(agent.allow_icmp);
     }
@@ -966,7 +966,7 @@ spec:
             HEAD.replace("name: p", "name: q")
         );
         let set = compile_text(&text);
-        let agent = &set.agents[&Name("a".into())];
+        let agent = &set.agents["a"];
         assert_eq!(agent.mode, mode::ENFORCE);
         assert_eq!(agent.egress_default, decision::DENY);
         assert_eq!(agent.policies, vec!["p", "q"]);

@@ -203,8 +203,8 @@ fn view_of(agent: &str, policies: &[LoadedPolicy], compiled: Option<&CompiledAge
     );
     let mut connects = None;
     let mut processes = None;
-    for policy in policies.iter().filter(|p| agent_name(p).0 == agent) {
-        let name = &policy.document.metadata.name.0;
+    for policy in policies.iter().filter(|p| agent_name(p).as_str() == agent) {
+        let name = policy.document.metadata.name.as_str();
         let spec = &policy.document.spec;
         let cite = |rule: String| format!("{name}: {rule}");
         if let Some(egress) = &spec.egress {
@@ -266,7 +266,7 @@ fn view_of(agent: &str, policies: &[LoadedPolicy], compiled: Option<&CompiledAge
         for breaker in &spec.breakers {
             let summary = serde_json::to_string(breaker).unwrap_or_default();
             view.breakers
-                .insert(format!("{name}/{}", breaker.name.0), summary);
+                .insert(format!("{name}/{}", breaker.name.as_str()), summary);
         }
     }
     view.limits.insert("connectsPerSecond", connects);
@@ -296,14 +296,14 @@ pub fn diff(old: &[LoadedPolicy], new: &[LoadedPolicy]) -> Result<PolicyDiff, Di
         .agents
         .keys()
         .chain(new_set.agents.keys())
-        .map(|n| n.0.as_str())
+        .map(|n| n.as_str())
         .collect();
     let mut result = PolicyDiff::default();
     for agent in agents {
         let find = |set: &super::CompiledPolicySet| {
             set.agents
                 .iter()
-                .find(|(name, _)| name.0 == agent)
+                .find(|(name, _)| name.as_str() == agent)
                 .map(|(_, a)| a.clone())
         };
         let before = view_of(agent, old, find(&old_set).as_ref());

@@ -55,7 +55,7 @@ pub fn lint(set: &CompiledPolicySet) -> Vec<Warning> {
     for (name, agent) in &set.agents {
         let mut warn = |message: String| {
             warnings.push(Warning {
-                agent: name.0.clone(),
+                agent: name.to_string(),
                 message,
             })
         };

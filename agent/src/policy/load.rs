@@ -201,7 +201,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<LoadedPolicy>, PolicyError> {
 fn check_unique_names(policies: &[LoadedPolicy]) -> Result<(), PolicyError> {
     let mut seen: BTreeMap<&str, &Path> = BTreeMap::new();
     for policy in policies {
-        let name = policy.document.metadata.name.0.as_str();
+        let name = policy.document.metadata.name.as_str();
         if let Some(first) = seen.insert(name, &policy.source) {
             return Err(PolicyError::invalid(
                 &policy.source,

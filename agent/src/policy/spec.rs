@@ -786,7 +786,7 @@ where
 /// letter or digit.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[serde(transparent)]
-pub struct Name(pub String);
+pub struct Name(String);
 
 impl fmt::Display for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -794,7 +794,38 @@ impl fmt::Display for Name {
     }
 }
 
+/// Maps keyed by names are looked up by `&str`.
+impl std::borrow::Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
 impl Name {
+    /// The name as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A name that was valid when it was written down: one the daemon
+    /// stored itself (the state directory) or made up (a manual breaker).
+    /// Everything that comes from a policy goes through [`Name::parse`].
+    pub(crate) fn from_trusted(name: String) -> Self {
+        Self(name)
+    }
+
     /// Validates a name.
     pub fn parse(s: &str) -> Result<Self, String> {
         let valid = !s.is_empty()

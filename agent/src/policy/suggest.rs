@@ -539,7 +539,7 @@ fn render(observed: &Observed, agent: &str, name: &Name) -> String {
     let _ = writeln!(
         y,
         "apiVersion: baton.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: {}\nspec:\n  selector:\n    agent: {}\n  mode: enforce",
-        scalar(&name.0),
+        scalar(name.as_str()),
         scalar(agent)
     );
     render_egress(&mut y, observed);
