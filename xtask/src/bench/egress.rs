@@ -161,7 +161,7 @@ pub(super) fn run(params: &Params) -> Result<()> {
         cgroup,
         cgroup_root,
         nft_script,
-        params: *params,
+        params: params.clone(),
         warnings: Vec::new(),
     };
     println!(

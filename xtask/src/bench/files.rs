@@ -778,7 +778,7 @@ pub(super) fn run_in_vm(results: &Path, params: &Params) -> Result<()> {
         grants,
         grants_large,
         work,
-        params: *params,
+        params: params.clone(),
     };
     ensure!(
         file_open_programs()?.is_empty(),
@@ -1449,6 +1449,7 @@ mod tests {
             rounds: 1,
             iterations: 20_000,
             release: true,
+            baton: None,
         };
         let a = FileCase::Baseline;
         let d = FileCase::Landlock;

@@ -39,6 +39,7 @@ mod breakers;
 mod dns;
 mod egress;
 mod files;
+mod idle;
 mod reload;
 
 /// Arguments of `cargo xtask bench`.
@@ -48,21 +49,23 @@ pub struct BenchArgs {
     /// (the latency the DNS proxy adds to a query), `files` (the cost
     /// Baton adds to `open()`, measured in a test VM), `breakers` (from
     /// the event that trips a breaker to the first call it denies),
-    /// `reload` (swapping in 10,000 rules) or `audit` (events per second
-    /// into the audit log with zero loss).
+    /// `reload` (swapping in 10,000 rules), `audit` (events per second
+    /// into the audit log with zero loss) or `idle` (the CPU a daemon with
+    /// 1,000 rules uses when no agent does anything).
     pub which: String,
     /// Rounds; every case is measured once per round (files: four times,
     /// twice for the 10,000-rule and depth cases), and the reported figure
     /// is the median over the rounds [default: egress
     /// 20, dns 20, files 6; breakers: 200 trips; reload: 10 reloads of
-    /// each size; audit: 1 pass over the rates].
+    /// each size; audit: 1 pass over the rates; idle: 1].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub rounds: Option<u32>,
     /// Iterations per case and round, after a warm-up [default: egress
     /// 10,000 connects, dns 2,000 queries, files 20,000 opens (half as
     /// many for the 10,000-rule and depth cases); breakers:
     /// denied connects that trip the breaker, 5; reload: rules in the big
-    /// sets, 10,000; audit: seconds of load per rate, 3].
+    /// sets, 10,000; audit: seconds of load per rate, 3; idle: seconds
+    /// measured, 60].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub iterations: Option<u32>,
     /// Build of `baton` to measure: `release` (`cargo build --release`) or
@@ -79,14 +82,28 @@ pub struct BenchArgs {
     /// `cargo xtask bench files` passes it to itself inside the VM.
     #[arg(long, hide = true, value_name = "DIR")]
     pub in_vm: Option<PathBuf>,
+    /// Measure this `baton` binary instead of the one the benchmark builds,
+    /// e.g. a copy of an earlier build for a before-and-after comparison in
+    /// one sitting (not for `files`, which builds its own VM image).
+    #[arg(long, value_name = "PATH")]
+    pub baton: Option<PathBuf>,
 }
 
 /// Runs a benchmark.
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if let Some(baton) = &args.baton {
+        if args.which == "files" {
+            bail!("--baton does not apply to `files`: its VM image carries the baton it builds");
+        }
+        if !baton.is_file() {
+            bail!("--baton {}: no such file", baton.display());
+        }
+    }
     let params = |rounds: u32, iterations: u32, release: bool| Params {
         rounds: args.rounds.unwrap_or(rounds) as usize,
         iterations: args.iterations.unwrap_or(iterations) as usize,
         release: args.profile.as_deref().map_or(release, |p| p == "release"),
+        baton: args.baton.clone(),
     };
     match args.which.as_str() {
         "egress" => egress::run(&params(20, 10_000, false)),
@@ -94,6 +111,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "breakers" => breakers::run(&params(200, 5, true)),
         "reload" => reload::run(&params(10, 10_000, true)),
         "audit" => audit::run(&params(1, 3, true)),
+        "idle" => idle::run(&params(1, 60, true)),
         "files" => {
             let params = params(files::ROUNDS, files::ITERATIONS, true);
             match &args.in_vm {
@@ -102,7 +120,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             }
         }
         other => {
-            bail!("unknown benchmark {other:?}; known: egress, dns, files, breakers, reload, audit")
+            bail!(
+                "unknown benchmark {other:?}; known: egress, dns, files, breakers, reload, audit, idle"
+            )
         }
     }
 }
@@ -112,27 +132,33 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 /// Consecutive runs of one case on these machines differ by a few percent
 /// (the medians jump between two levels), so many short rounds beat a few
 /// long ones.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Params {
     rounds: usize,
     iterations: usize,
     /// Measure a release build of `baton` instead of the debug one.
     release: bool,
+    /// A `baton` binary to measure instead of a build.
+    baton: Option<PathBuf>,
 }
 
 impl Params {
     /// The `baton` binary the benchmark runs.
     fn baton(&self) -> PathBuf {
+        if let Some(baton) = &self.baton {
+            return baton.clone();
+        }
         let profile = if self.release { "release" } else { "debug" };
         workspace_root().join("target").join(profile).join("baton")
     }
 }
 
 /// Builds what the benchmarks run: everything [`crate::build`] builds, and
-/// for a release profile an optimized `baton` too.
+/// for a release profile an optimized `baton` too (unless `--baton` names
+/// the binary to measure).
 fn build(params: &Params) -> Result<()> {
     crate::build()?;
-    if params.release {
+    if params.release && params.baton.is_none() {
         crate::build_release(&[("agent", "baton")])?;
     }
     Ok(())

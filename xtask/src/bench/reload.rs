@@ -38,7 +38,7 @@ const DEBOUNCE_MS: f64 = 300.0;
 /// many file rules. `variant` changes every rule's ports and paths, so two
 /// variants differ in every map entry and a reload between them rewrites
 /// the whole set.
-fn policy_set(agents: usize, per_agent: usize, variant: usize) -> String {
+pub(super) fn policy_set(agents: usize, per_agent: usize, variant: usize) -> String {
     const PREFIXES: [u32; 5] = [18, 20, 24, 28, 32];
     let mut yaml = String::new();
     for agent in 0..agents {
