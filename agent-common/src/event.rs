@@ -118,6 +118,9 @@ pub mod hook {
     /// Not a kernel program: a Landlock denial of a `baton exec` agent,
     /// as Landlock reported it through the audit subsystem (Linux 6.15+).
     pub const LANDLOCK: u16 = 50;
+    /// Not a kernel program: a call the seccomp filter of `baton exec`
+    /// refused an agent, as the audit subsystem reported it.
+    pub const SECCOMP: u16 = 51;
     /// Detection: an open, seen at `tp_btf/sys_exit` once it succeeded.
     pub const DETECT_OPEN: u16 = 64;
     /// Detection: an exec, at `tp_btf/sched_process_exec`.

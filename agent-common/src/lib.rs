@@ -71,9 +71,11 @@ pub mod map_names {
     pub const DAEMON_TGID: &str = "DAEMON_TGID";
     /// Thread id → a detection waiting for its syscall's result (LRU).
     pub const DETECT_PENDING: &str = "DETECT_PENDING";
+    /// `tgid → AgentRecord` of agent processes that exited lately (LRU).
+    pub const EXITED_AGENTS: &str = "EXITED_AGENTS";
     /// Every map the daemon opens by name, for the check that the compiled
     /// object has each of them.
-    pub const ALL: [&str; 23] = [
+    pub const ALL: [&str; 24] = [
         AGENT_OF_TGID,
         AGENT_MARKS,
         AGENT_POLICIES,
@@ -97,6 +99,7 @@ pub mod map_names {
         EVENT_DROPS,
         DAEMON_TGID,
         DETECT_PENDING,
+        EXITED_AGENTS,
     ];
 }
 

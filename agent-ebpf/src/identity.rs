@@ -23,7 +23,8 @@ use aya_ebpf::{
 };
 
 use crate::maps::{
-    SELECTED_CGROUPS, SELECTED_EXECUTABLES, admit, count, current_agent, forget, kernel_offsets,
+    EXITED_AGENTS, SELECTED_CGROUPS, SELECTED_EXECUTABLES, admit, count, current_agent, forget,
+    kernel_offsets,
 };
 
 /// The agent whose selected cgroup contains the current task, if any: the
@@ -175,9 +176,9 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
 
 fn try_sched_process_exit() -> Result<i32, i64> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if current_agent(tgid).is_none() {
+    let Some(agent) = current_agent(tgid) else {
         return Ok(0);
-    }
+    };
     let offsets = kernel_offsets();
     if offsets.resolved == 0 {
         return Err(-1);
@@ -191,6 +192,9 @@ fn try_sched_process_exit() -> Result<i32, i64> {
         bpf_probe_read_kernel(signal.add(offsets.signal_live as usize) as *const i32)?
     };
     if live == 0 {
+        // Full, the map evicts its oldest entry; a failure loses only the
+        // attribution of a report that comes after the exit.
+        let _ = EXITED_AGENTS.insert(tgid, agent, 0);
         forget(tgid);
     }
     Ok(0)

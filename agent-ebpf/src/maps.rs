@@ -29,6 +29,13 @@ const MAX_AGENT_PROCESSES: u32 = 65_536;
 pub static AGENT_OF_TGID: HashMap<u32, AgentRecord> =
     HashMap::with_max_entries(MAX_AGENT_PROCESSES, 0);
 
+/// Agent processes that exited lately, `tgid → AgentRecord`, the oldest
+/// evicted first: a report that reaches the daemon after its process is
+/// gone (the audit subsystem's, of a seccomp refusal) still finds its
+/// agent. Written at exit only, so it costs other processes nothing.
+#[map(name = "EXITED_AGENTS")]
+pub static EXITED_AGENTS: LruHashMap<u32, AgentRecord> = LruHashMap::with_max_entries(4096, 0);
+
 /// One byte per tgid: 0 means the process is in no agent. See
 /// [`agent_common::identity::AGENT_MARKS_PER_ENTRY`].
 #[map(name = "AGENT_MARKS")]

@@ -38,6 +38,14 @@ use thiserror::Error;
 pub const PER_SECOND: u32 = 5;
 /// Explanations waiting for the writer; more are dropped.
 const QUEUE: usize = 64;
+/// Explanations per agent per second that are built and queued at all: a
+/// few times [`PER_SECOND`], so that lines the writer skips (a process
+/// gone, a standard error that is a file) leave others to try, while a
+/// flood of denials costs the audit writer one table lookup each instead
+/// of a line built and a thread woken.
+const OFFERS_PER_SECOND: u32 = 4 * PER_SECOND;
+/// Agents whose offer budget is kept; past this the table starts over.
+const BUDGETS_KEPT: usize = 4096;
 
 /// Errors starting the explainer.
 #[derive(Debug, Error)]
@@ -71,6 +79,34 @@ pub struct Explanation {
 #[derive(Debug)]
 pub struct Explainer {
     queue: SyncSender<Explanation>,
+    budget: OfferBudget,
+}
+
+/// Per agent id: the start of its current second and the offers made in
+/// it; at most [`BUDGETS_KEPT`] agents.
+#[derive(Debug, Default)]
+struct OfferBudget {
+    offered: HashMap<u32, (Instant, u32)>,
+}
+
+impl OfferBudget {
+    /// Counts one offer for `agent_id` at `now`; `false` past
+    /// [`OFFERS_PER_SECOND`] in the agent's current second.
+    fn take(&mut self, agent_id: u32, now: Instant) -> bool {
+        if self.offered.len() >= BUDGETS_KEPT && !self.offered.contains_key(&agent_id) {
+            self.offered.clear();
+        }
+        let (since, used) = self.offered.entry(agent_id).or_insert((now, 0));
+        if now.duration_since(*since) >= Duration::from_secs(1) {
+            *since = now;
+            *used = 0;
+        }
+        if *used >= OFFERS_PER_SECOND {
+            return false;
+        }
+        *used += 1;
+        true
+    }
 }
 
 impl Explainer {
@@ -84,7 +120,17 @@ impl Explainer {
             .name("baton-explain".into())
             .spawn(move || write_all(&received, &identity))
             .map_err(ExplainError::Thread)?;
-        Ok(Self { queue })
+        Ok(Self {
+            queue,
+            budget: OfferBudget::default(),
+        })
+    }
+
+    /// Whether an explanation for `agent_id` is worth building now; counts
+    /// it if so. Call before the line is made: past
+    /// [`OFFERS_PER_SECOND`] the writer would drop it anyway.
+    pub fn wants(&mut self, agent_id: u32) -> bool {
+        self.budget.take(agent_id, Instant::now())
     }
 
     /// Queues `explanation`; `false` when the queue was full (the line is
@@ -250,7 +296,12 @@ pub fn line_for(record: &serde_json::Value) -> Option<String> {
             .or_else(|| object["rights"].as_array())
             .map(|rights| rights.iter().filter_map(|r| r.as_str()).collect())
             .unwrap_or_default();
-        format!("{} of {path}", rights.join("+"))
+        // Self-protection denials name the call, not a file: no rights.
+        if rights.is_empty() {
+            path.to_string()
+        } else {
+            format!("{} of {path}", rights.join("+"))
+        }
     } else if object["address"].is_string() {
         let (address, name) = crate::audit::stream::destination(object);
         format!("connect to {address}:{}{name}", object["port"])
@@ -286,6 +337,29 @@ pub fn line_for(record: &serde_json::Value) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn offers_are_counted_per_agent_per_second_and_the_table_is_bounded() {
+        use super::{BUDGETS_KEPT, OFFERS_PER_SECOND, OfferBudget};
+        use std::time::{Duration, Instant};
+        let mut budget = OfferBudget::default();
+        let start = Instant::now();
+        for _ in 0..OFFERS_PER_SECOND {
+            assert!(budget.take(1, start));
+        }
+        assert!(!budget.take(1, start + Duration::from_millis(999)));
+        // Another agent has a budget of its own.
+        assert!(budget.take(2, start));
+        // A new second, a new budget.
+        assert!(budget.take(1, start + Duration::from_secs(1)));
+        for agent in 3..=BUDGETS_KEPT as u32 {
+            assert!(budget.take(agent, start));
+        }
+        assert_eq!(budget.offered.len(), BUDGETS_KEPT);
+        // One agent more: the table starts over rather than grow.
+        assert!(budget.take(u32::MAX, start));
+        assert_eq!(budget.offered.len(), 1);
+    }
+
     use super::*;
 
     #[test]
@@ -315,6 +389,15 @@ mod tests {
         assert_eq!(
             line_for(&beyond).unwrap(),
             "baton: read of /home/u denied: without BPF LSM, Landlock cannot hold agent coder to its policy without also denying this; `baton status` lists what else"
+        );
+        // Self-protection (BPF LSM or seccomp) names a call, not a file.
+        let call = serde_json::json!({
+            "verdict": "denied", "control": "file", "hook": "seccomp", "agent": "coder",
+            "object": {"path": "bpf()", "rights": [], "denied_rights": []},
+        });
+        assert_eq!(
+            line_for(&call).unwrap(),
+            "baton: bpf() denied by the policy of agent coder; ask an operator to allow it"
         );
         let audit = serde_json::json!({"verdict": "would-deny", "object": {}});
         assert_eq!(line_for(&audit), None);

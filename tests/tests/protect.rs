@@ -578,6 +578,69 @@ fn baton_exec_agents_cannot_reach_the_daemon_with_or_without_bpf_lsm() {
     }
     assert_eq!(netlink(libc::NETLINK_ROUTE as u32), "ok", "NETLINK_ROUTE");
 
+    // Without BPF LSM the filter's refusals are recorded where the daemon
+    // reads the kernel's audit log (as it does for Landlock's reports).
+    if !lsm && daemon.status()["landlock_denials"] == "recorded" {
+        for call in [
+            "bpf",
+            "ptrace",
+            "process_vm_readv",
+            "perf_event_open",
+            "socket",
+        ] {
+            let path = format!("{call}()");
+            let record = daemon.wait_for_record(|r| {
+                r["object"]["path"] == path.as_str() && r["hook"] == "seccomp"
+            });
+            assert_eq!(record["hook"], "seccomp", "{record}");
+            assert_eq!(record["verdict"], "denied", "{record}");
+            assert_eq!(record["agent"], "guard", "{record}");
+            assert!(record["process"]["pid"].as_u64() > Some(1), "{record}");
+            assert!(
+                !record["process"]["comm"].as_str().unwrap_or("").is_empty(),
+                "{record}"
+            );
+        }
+        // Children that exit at once are recorded too, though their
+        // reports reach the daemon after they are gone: the shell forks
+        // each of the first two commands.
+        let output = daemon.exec(
+            "guard",
+            &[
+                "sh",
+                "-c",
+                &format!("{PROTECT} bpf-map-create; {PROTECT} bpf-map-create; true"),
+            ],
+        );
+        assert!(output.status.success(), "{output:?}");
+        // The root's, the first child's and these two: four at least.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let bpf_records = daemon
+                .records()
+                .iter()
+                .filter(|r| r["object"]["path"] == "bpf()" && r["hook"] == "seccomp")
+                .count();
+            if bpf_records >= 4 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{bpf_records} bpf() records"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        // The refused audit netlink socket counts as a denied socket.
+        let counters = &daemon.status()["agents"][0]["counters"];
+        assert!(counters["denied_sockets"].as_u64() >= Some(1), "{counters}");
+        // The same calls outside any agent (below) leave no record.
+    } else if !lsm {
+        eprintln!(
+            "the kernel's audit log is not read here ({}): seccomp refusals not recorded",
+            daemon.status()["landlock_denials"]
+        );
+    }
+
     // Baton's files: denied by the BPF LSM file rules. Without BPF LSM they
     // are left to Unix permissions (Landlock would take mount(2) from every
     // agent), which `baton status` reports.

@@ -361,6 +361,7 @@ fn hook_name(id: u16) -> &'static str {
         hook::FANOTIFY_OPEN => "fanotify_open_perm",
         hook::FANOTIFY_OPEN_EXEC => "fanotify_open_exec_perm",
         hook::LANDLOCK => "landlock",
+        hook::SECCOMP => "seccomp",
         hook::DETECT_OPEN => "detect_open",
         hook::DETECT_EXEC => "detect_exec",
         hook::DETECT_MMAP => "detect_mmap",

@@ -75,10 +75,11 @@ fn signal_agent(maps: &PolicyMaps, agent_id: u32, signal: nix::sys::signal::Sign
 
 /// Reads the breakers' counters often: a trip takes effect within one
 /// period even when no event arrives (events are rate-limited, counters
-/// are not). Deny events also trigger an evaluation at once.
+/// are not). A decision the event drain or the fanotify listener writes
+/// wakes it at once.
 pub(super) async fn watch_breakers(daemon: Weak<Daemon>) {
     loop {
-        let watched = {
+        let (watched, due) = {
             let Some(daemon) = daemon.upgrade() else {
                 return;
             };
@@ -86,12 +87,15 @@ pub(super) async fn watch_breakers(daemon: Weak<Daemon>) {
                 return;
             };
             state.evaluate_breakers();
-            !state.breakers.agent_ids().is_empty()
+            (!state.breakers.agent_ids().is_empty(), daemon.clone())
         };
         // Often while an agent has breakers; rarely otherwise, so an idle
         // daemon costs nothing measurable.
         let period = if watched { 10 } else { 500 };
-        tokio::time::sleep(Duration::from_millis(period)).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(period)) => {}
+            () = due.breakers_due.notified() => {}
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! accounting around it.
 
 use super::*;
-use crate::{kernel::ring::EventRing, policy::compile::CompiledAgent};
+use crate::kernel::ring::EventRing;
 
 /// Writes checkpoints and rotates the log on time even when no record
 /// arrives.
@@ -26,23 +26,22 @@ pub(super) async fn tick_audit(daemon: Weak<Daemon>) {
                 proxies,
                 u64::from(agent_common::egress::DNS_PROXY_ENTRIES),
             );
-            if let Err(error) = state.sink.tick() {
-                tracing::error!(%error, "audit checkpoint failed");
-            }
-            let health = state.sink.health();
-            state.metrics.set_audit_health(&health);
             state
                 .metrics
                 .set_events_pending(state.event_backlog.bytes());
         }
+        if let Ok(mut writer) = daemon.writer.lock() {
+            writer.tick();
+        }
     }
 }
 
-/// Records drained per hold of the state lock. A flood of denials (a
-/// restarted daemon finds the ring buffer full, and a flooding agent keeps
-/// it so) must not hold the lock for as long as the flood lasts: `baton
-/// status`, admissions and DNS learning wait on it. Past this many the
-/// drain lets go for a moment and then goes on.
+/// Events decoded, then written under one hold of the writer's lock. A
+/// flood of denials (a restarted daemon finds the ring buffer full, and a
+/// flooding agent keeps it so) must not hold the lock for as long as the
+/// flood lasts: every other record (control requests, breakers, DNS
+/// refusals) waits on it. Between batches the drain decodes the next one
+/// with the lock let go.
 const DRAIN_BATCH: usize = 1024;
 
 /// How long the drain waits for a wake-up before it looks at the ring
@@ -58,11 +57,23 @@ pub(super) async fn drain_events(events: EventRing, daemon: Arc<Daemon>) -> anyh
     let clock = Clock::new();
     let mut processes = ProcessCache::default();
     let mut waiter = RingWaiter::default();
-    let mut more = true;
+    let mut last = Drained {
+        more: true,
+        read: true,
+    };
     loop {
-        waiter.wait(&mut events, more).await?;
-        more = drain_batch(events.get_mut(), &daemon, &clock, &mut processes);
+        waiter.wait(&mut events, last).await?;
+        last = drain_batch(events.get_mut(), &daemon, &clock, &mut processes);
     }
+}
+
+/// What one pass over a ring found.
+#[derive(Clone, Copy)]
+struct Drained {
+    /// More events wait (or are being written) past what was read.
+    more: bool,
+    /// The pass read at least one event.
+    read: bool,
 }
 
 /// Takes requests for a DNS proxy in a new network namespace from their
@@ -74,9 +85,12 @@ pub(super) async fn serve_netns_requests(
     // SAFETY: as in `drain_events`.
     let mut requests = unsafe { AsyncFd::register(requests) }.map_err(|e| e.into_parts().1)?;
     let mut waiter = RingWaiter::default();
-    let mut more = true;
+    let mut last = Drained {
+        more: true,
+        read: true,
+    };
     loop {
-        waiter.wait(&mut requests, more).await?;
+        waiter.wait(&mut requests, last).await?;
         let Some(daemon) = daemon.upgrade() else {
             return Ok(());
         };
@@ -88,7 +102,10 @@ pub(super) async fn serve_netns_requests(
             taken += 1;
             hand_over_netns_request(&daemon, item);
         }
-        more = ring.commit();
+        last = Drained {
+            more: ring.commit(),
+            read: taken > 0,
+        };
     }
 }
 
@@ -108,16 +125,23 @@ struct RingWaiter {
 }
 
 impl RingWaiter {
-    /// Returns when `ring` may hold events: at once (after a pause for the
-    /// lock's other users) when the last read said `more`, else on the
-    /// kernel's wake-up, or after [`WAKE_UP_PATIENCE`] if events wait
-    /// without one.
-    async fn wait(&mut self, ring: &mut AsyncFd<EventRing>, more: bool) -> std::io::Result<()> {
-        if more {
+    /// Returns when `ring` may hold events: at once when the last pass
+    /// read some and said more wait, after a pause when it read none (the
+    /// next event is still being written), else on the kernel's wake-up,
+    /// or after [`WAKE_UP_PATIENCE`] if events wait without one.
+    async fn wait(&mut self, ring: &mut AsyncFd<EventRing>, last: Drained) -> std::io::Result<()> {
+        if last.more && last.read {
             // The kernel sends no wake-up for events queued behind a
-            // read-ahead batch: read on, but let the state lock's other
-            // users in first (the tokio timer's granularity is a
-            // millisecond).
+            // read-ahead batch: read on at once (a timer would wait a
+            // millisecond, its granularity, and cap the drain at a batch
+            // per millisecond), after letting the signal handlers that
+            // share this thread look.
+            tokio::task::yield_now().await;
+            return Ok(());
+        }
+        if last.more {
+            // A producer (preempted, on a preemptible kernel) still holds
+            // the next event: wait for it rather than spin.
             tokio::time::sleep(Duration::from_micros(100)).await;
             return Ok(());
         }
@@ -149,46 +173,73 @@ impl RingWaiter {
 }
 
 /// Moves one batch from the ring to the audit trail, and gives its events
-/// back to the kernel once they are written. Returns whether more wait.
+/// back to the kernel once they are written.
 fn drain_batch(
     ring: &mut EventRing,
     daemon: &Arc<Daemon>,
     clock: &Clock,
     processes: &mut ProcessCache,
-) -> bool {
-    // The lock is held in this function only, never across an await.
-    let mut state = daemon.state.lock().expect("state lock poisoned");
-    // One write for what this batch drains, not one per record.
-    state.sink.begin_batch();
-    let mut drained = 0;
-    // A batch ends before the trail would write part of it early: written
-    // in parts, a batch killed midway would be read again whole by the
-    // next daemon, and its first part written twice.
-    while drained < DRAIN_BATCH
-        && !state.sink.batch_is_full()
+) -> Drained {
+    // Decoding (which reads /proc for every process it has not seen) takes
+    // no lock: only the names in force, copied out for a moment.
+    let decoder = daemon
+        .writer
+        .lock()
+        .expect("audit writer lock poisoned")
+        .decoder();
+    let mut decoded = Vec::new();
+    let mut read = 0;
+    while read < DRAIN_BATCH
         && let Some(item) = ring.read_next()
     {
-        drained += 1;
-        let record = state.decode_event(item, clock, processes);
+        read += 1;
+        let record = decoder.decode(item, clock, processes);
         match record {
-            Ok(record) => state.record(record),
+            Ok(record) => decoded.push((record, ring.position())),
             Err(error) => tracing::warn!(%error, "undecodable kernel event"),
         }
     }
-    if let Err(error) = state.sink.end_batch() {
+    let decisions = decoded.iter().any(|(record, _)| record.verdict != "info");
+    let mut writer = daemon.writer.lock().expect("audit writer lock poisoned");
+    // One write for what the batch holds, not one per record.
+    writer.sink.begin_batch();
+    for (record, after) in decoded {
+        writer.record(record);
+        // A batch is written whole before the trail would write part of
+        // it early: written in parts, a batch killed midway would be read
+        // again whole by the next daemon, and its first part written twice.
+        // Its events go back to the kernel with it; the rest wait for the
+        // next one.
+        if writer.sink.batch_is_full() {
+            if let Err(error) = writer.sink.end_batch() {
+                tracing::error!(%error, "audit records lost");
+            }
+            ring.commit_to(after);
+            writer.sink.begin_batch();
+        }
+    }
+    if let Err(error) = writer.sink.end_batch() {
         tracing::error!(%error, "audit records lost");
     }
     // Only now, with the batch in the log (or in the spool, which accounts
     // for what it loses), may the kernel reuse the events' space: a daemon
     // killed before this line leaves them to the next one.
     let more = ring.commit();
-    if let Err(error) = state.sink.settle() {
+    if let Err(error) = writer.sink.settle() {
         tracing::error!(%error, "audit checkpoint failed");
     }
-    let health = state.sink.health();
-    state.metrics.set_audit_health(&health);
-    state.evaluate_breakers();
-    more
+    let health = writer.sink.health();
+    writer.metrics().set_audit_health(&health);
+    drop(writer);
+    // A denial may trip a breaker: the breaker service looks at once
+    // rather than at its next period.
+    if decisions {
+        daemon.breakers_due.notify_one();
+    }
+    Drained {
+        more,
+        read: read > 0,
+    }
 }
 
 impl State {
@@ -234,101 +285,11 @@ impl State {
         }
     }
 
-    pub(super) fn record(&mut self, mut record: AuditRecord) {
-        if record.verdict != "info" {
-            self.metrics.record_decision(
-                record.agent.as_deref().unwrap_or(""),
-                record.control,
-                record.verdict,
-            );
-        }
-        if let Err(error) = self.sink.write(&mut record) {
-            tracing::error!(%error, "audit record lost");
-        }
-        if record.verdict == "denied" {
-            self.explain(&record);
-        }
-    }
-
-    /// Offers the denied process its `spec.explain` line.
-    fn explain(&self, record: &AuditRecord) {
-        let (Some(explainer), Some(agent), Some(process)) =
-            (&self.explainer, &record.agent, &record.process)
-        else {
-            return;
-        };
-        let Some((agent_id, setting, other_selectors)) = self.registry.id_of(agent).map(|id| {
-            let compiled = self
-                .policies
-                .agents
-                .iter()
-                .find(|(name, _)| name.as_str() == *agent)
-                .map(|(_, compiled)| compiled);
-            (
-                id,
-                compiled.and_then(|c| c.explain),
-                compiled.is_some_and(CompiledAgent::selected_outside_exec),
-            )
-        }) else {
-            return;
-        };
-        if setting == Some(false) {
-            return;
-        }
-        let Some(line) = serde_json::to_value(record)
-            .ok()
-            .and_then(|value| crate::explain::line_for(&value))
-        else {
-            return;
-        };
-        explainer.offer(crate::explain::Explanation {
-            agent_id,
-            pid: process.pid,
-            root_pid: process.agent_root_pid,
-            // Unset: `baton exec` processes only. An agent selected by name
-            // alone has no others.
-            exec_only: setting.is_none() && other_selectors,
-            line,
-        });
-    }
-}
-
-impl State {
-    /// Turns a kernel (or fanotify listener) event into a record, naming
-    /// its agent, rule and learned domain from what the daemon knows.
-    pub(super) fn decode_event(
-        &self,
-        bytes: &[u8],
-        clock: &Clock,
-        processes: &mut ProcessCache,
-    ) -> Result<AuditRecord, crate::audit::record::DecodeError> {
-        let agent_name = |id: u32| self.registry.name_of(id).map(|n| n.to_string());
-        let rule = |id: u32| {
-            self.policies
-                .rule(id)
-                .map(|r| (r.policy.clone(), r.rule.clone()))
-        };
-        // Only the learned row the kernel matched names a domain. In audit
-        // mode names no rule allows are resolved with rule 0 and open no
-        // row; a would-deny to such an address still names the name.
-        let domain_of = |agent_id: u32, addr: IpAddr, learned_rule: u32, audit: bool| {
-            if learned_rule == 0 && !audit {
-                return None;
-            }
-            self.learning
-                .lock()
-                .ok()?
-                .learned_names
-                .get(&(agent_id, addr, learned_rule))
-                .cloned()
-        };
-        let context = Context {
-            host: &self.host,
-            clock,
-            agent_name: &agent_name,
-            rule: &rule,
-            domain_of: &domain_of,
-        };
-        AuditRecord::from_event(bytes, &context, processes)
+    /// Writes `record` to the audit trail.
+    pub(super) fn record(&mut self, record: AuditRecord) {
+        self.writer
+            .lock()
+            .expect("audit writer lock poisoned")
+            .record(record);
     }
 }

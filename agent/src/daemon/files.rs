@@ -23,10 +23,10 @@ pub(super) fn start_fanotify(
     }
     let started = maps
         .identity_handle()
-        .and_then(|identity| Ok((identity, runtime.state_handle()?)))
+        .and_then(|identity| Ok((identity, maps.exited_handle()?, runtime.state_handle()?)))
         .map_err(|e| e.to_string())
-        .and_then(|(identity, state)| {
-            crate::fallback::fanotify::Watcher::start(identity, state, landlock_audit)
+        .and_then(|(identity, exited, state)| {
+            crate::fallback::fanotify::Watcher::start(identity, exited, state, landlock_audit)
                 .map_err(|e| e.to_string())
         });
     match started {
@@ -52,12 +52,12 @@ pub(super) async fn record_fanotify_events(
         let Some(daemon) = daemon.upgrade() else {
             return;
         };
-        let Ok(mut state) = daemon.state.lock() else {
-            return;
-        };
         let event = match finding {
             crate::fallback::fanotify::Finding::Decision(event) => event,
             crate::fallback::fanotify::Finding::Degraded(message) => {
+                let Ok(mut state) = daemon.state.lock() else {
+                    return;
+                };
                 let host = state.host.clone();
                 state.record(AuditRecord::lifecycle(&host, "file", message));
                 continue;
@@ -71,11 +71,20 @@ pub(super) async fn record_fanotify_events(
                 size_of::<agent_common::event::FileEvent>(),
             )
         };
-        let record = state.decode_event(bytes, &clock, &mut processes);
-        match record {
-            Ok(record) => state.record(record),
-            Err(error) => tracing::warn!(%error, "undecodable fanotify decision"),
+        // Like the event drain, the writer's lock alone.
+        {
+            let Ok(mut writer) = daemon.writer.lock() else {
+                return;
+            };
+            match writer.decoder().decode(bytes, &clock, &mut processes) {
+                Ok(record) => writer.record(record),
+                Err(error) => tracing::warn!(%error, "undecodable fanotify decision"),
+            }
         }
+        daemon.breakers_due.notify_one();
+        let Ok(mut state) = daemon.state.lock() else {
+            return;
+        };
         let host = state.host.clone();
         let (lost, overflows) = state
             .fanotify

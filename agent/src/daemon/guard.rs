@@ -12,8 +12,9 @@ use crate::kernel::pins::{Attachment, PinDamage, PinRepair};
 const GUARD_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Every how many pin checks the kernel is asked whether each program is
-/// still attached (a call or two per program): once a second.
-const ATTACHMENT_EVERY: u32 = 4;
+/// still attached (a call or two per program, some forty in all): every
+/// 2 s. It is most of what an idle daemon does (`cargo xtask bench idle`).
+const ATTACHMENT_EVERY: u32 = 8;
 
 /// Puts back pins that were removed or replaced, and reports programs the
 /// kernel no longer runs: in the audit log, the metrics and `/readyz`

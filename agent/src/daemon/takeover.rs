@@ -142,6 +142,7 @@ impl State {
                             denied_files: saved.denied_files,
                             file_writes: saved.file_writes,
                             canary_hits: saved.canary_hits,
+                            denied_sockets: saved.denied_sockets,
                         },
                     )
                 })

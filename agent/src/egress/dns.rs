@@ -671,7 +671,11 @@ async fn exchange_udp(
         // upstream and reports an unreachable port at once.
         socket.connect(upstream).await.map_err(io_error)?;
         socket.send(wire).await.map_err(io_error)?;
-        let mut buf = vec![0u8; usize::from(u16::MAX)];
+        // As large as the reply the query allows (its EDNS payload size):
+        // a larger datagram would be a misbehaving server's, and is cut
+        // short, fails to parse and is waited past like any forgery. Not
+        // the 64 KiB any datagram could take, zeroed for every query.
+        let mut buf = vec![0u8; udp_limit(query) + 1];
         loop {
             let len = socket.recv(&mut buf).await.map_err(io_error)?;
             // Anything that is not the answer to this query may be a forgery

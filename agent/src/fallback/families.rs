@@ -88,11 +88,11 @@ impl Layers {
             },
             (true, None) => Coverage {
                 state: State::Enforced,
-                detail: "seccomp on socket and socketpair (EPERM, not recorded)".into(),
+                detail: "seccomp on socket and socketpair (EPERM; recorded where the daemon reads the kernel's audit log, Linux 6.15+)".into(),
             },
             (true, Some(gap)) => Coverage {
                 state: State::Degraded,
-                detail: format!("seccomp on socket and socketpair (EPERM, not recorded); {gap}"),
+                detail: format!("seccomp on socket and socketpair (EPERM; recorded where the daemon reads the kernel's audit log, Linux 6.15+); {gap}"),
             },
         };
         let selected = Coverage {

@@ -288,6 +288,9 @@ fn mark_flags(kind: MarkKind) -> MarkFlags {
 struct Shared {
     rules: RwLock<Rules>,
     identity: BpfHashMap<MapData, u32, AgentRecord>,
+    /// Agent processes that exited lately, for reports that arrive after
+    /// their process (the audit subsystem's of seccomp refusals).
+    exited: BpfHashMap<MapData, u32, AgentRecord>,
     runtime: BpfHashMap<MapData, u32, AgentRuntime>,
     events: tokio::sync::mpsc::Sender<Finding>,
     lost: AtomicU64,
@@ -324,6 +327,10 @@ pub struct FallbackCounts {
     pub file_writes: u64,
     /// Opens of a canary.
     pub canary_hits: u64,
+    /// Sockets of a family the policy does not allow, refused by the
+    /// seccomp filter of `baton exec`.
+    #[serde(default)]
+    pub denied_sockets: u64,
 }
 
 impl FallbackCounts {
@@ -332,6 +339,7 @@ impl FallbackCounts {
         counters.denied_files += self.denied_files;
         counters.file_writes += self.file_writes;
         counters.canary_hits += self.canary_hits;
+        counters.denied_sockets += self.denied_sockets;
     }
 }
 
@@ -370,6 +378,7 @@ impl Watcher {
     /// ([`super::landlock_log`]), through the same decisions and counts.
     pub fn start(
         identity: MapData,
+        exited: MapData,
         runtime: MapData,
         landlock_audit: bool,
     ) -> Result<Started, FanotifyError> {
@@ -395,6 +404,11 @@ impl Watcher {
                 map: map_names::AGENT_OF_TGID,
                 source,
             })?;
+        let exited =
+            BpfHashMap::try_from(Map::LruHashMap(exited)).map_err(|source| FanotifyError::Map {
+                map: map_names::EXITED_AGENTS,
+                source,
+            })?;
         let runtime =
             BpfHashMap::try_from(Map::HashMap(runtime)).map_err(|source| FanotifyError::Map {
                 map: map_names::AGENT_STATE,
@@ -404,6 +418,7 @@ impl Watcher {
         let shared = Arc::new(Shared {
             rules: RwLock::new(Rules::default()),
             identity,
+            exited,
             runtime,
             events: sender,
             lost: AtomicU64::new(0),
@@ -733,6 +748,7 @@ impl Shared {
     fn landlock_report(&self, report: super::landlock_log::Report) {
         match report {
             super::landlock_log::Report::Denial(denial) => self.landlock_denied(&denial),
+            super::landlock_log::Report::Seccomp(denial) => self.seccomp_denied(&denial),
             super::landlock_log::Report::Lost => {
                 let overflows = self.landlock_lost.fetch_add(1, Ordering::Relaxed) + 1;
                 // A flood would otherwise flood the log too.
@@ -1000,6 +1016,56 @@ impl Shared {
         header.verdict = Verdict::Denied as u8;
         header.mode = agent.mode;
         header.rule_id = rule_id;
+        header.generation = generation;
+        set_comm(header, denial.comm.as_bytes());
+        if self.events.try_send(Finding::Decision(event)).is_err() {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Shared {
+    /// Records one call the seccomp filter of `baton exec` refused an
+    /// agent's process. Refusals of processes in no agent, and of calls
+    /// Baton's filter lets through (an agent's own sandbox), are not
+    /// Baton's and are left out.
+    fn seccomp_denied(&self, denial: &super::landlock_log::SeccompDenial) {
+        // The process may have exited by now: the kernel keeps the last
+        // 4,096 agent processes that did. (A pid reused since by a process
+        // in no agent, whose own logging filter refused one of these very
+        // calls, would be taken for the agent's; pids wrap around after
+        // `pid_max`, by default 4,194,304 of them.)
+        let member = self
+            .identity
+            .get(&denial.tgid, 0)
+            .or_else(|_| self.exited.get(&denial.tgid, 0))
+            .ok();
+        let Some(member) = member else {
+            return;
+        };
+        let Some(what) = super::seccomp::refused_call(denial.syscall, denial.arch, denial.killed)
+        else {
+            return;
+        };
+        let Some((generation, agent)) = self.rules_of(member.agent_id) else {
+            return;
+        };
+        if what.starts_with("socket") {
+            let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+            counts.entry(member.agent_id).or_default().denied_sockets += 1;
+        }
+        let flags = if denial.killed { file_flags::KILLED } else { 0 };
+        let mut event = file_event(&what, flags, 0, 0);
+        let header = &mut event.header;
+        header.agent_id = member.agent_id;
+        header.pid = denial.tgid;
+        header.tgid = denial.tgid;
+        header.uid = denial.uid;
+        header.gid = denial.gid;
+        header.root_tgid = member.root_tgid;
+        header.hook = hook::SECCOMP;
+        header.verdict = Verdict::Denied as u8;
+        header.mode = agent.mode;
         header.generation = generation;
         set_comm(header, denial.comm.as_bytes());
         if self.events.try_send(Finding::Decision(event)).is_err() {

@@ -53,6 +53,18 @@ const AUDIT_LANDLOCK_ACCESS: u16 = 1423;
 /// `AUDIT_LANDLOCK_DOMAIN`: a domain's creation (at its first denial) and
 /// end.
 const AUDIT_LANDLOCK_DOMAIN: u16 = 1424;
+/// `AUDIT_SECCOMP`: a system call a seccomp filter refused or killed, when
+/// the filter asked for it to be logged (`SECCOMP_FILTER_FLAG_LOG`) or the
+/// action was a kill.
+const AUDIT_SECCOMP: u16 = 1326;
+/// `SECCOMP_RET_ACTION_FULL`: the action part of a logged `code=`.
+const SECCOMP_RET_ACTION_FULL: u32 = 0xffff_0000;
+/// `SECCOMP_RET_ERRNO`.
+const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+/// `SECCOMP_RET_KILL_PROCESS`.
+const SECCOMP_RET_KILL_PROCESS: u32 = 0x8000_0000;
+/// `SECCOMP_RET_KILL_THREAD`.
+const SECCOMP_RET_KILL_THREAD: u32 = 0;
 /// `AUDIT_NLGRP_READLOG`: the read-only multicast group of audit records.
 const AUDIT_NLGRP_READLOG: u32 = 1;
 /// `AUDIT_STATUS_ENABLED` in `audit_status.mask`.
@@ -218,11 +230,60 @@ struct Process {
     comm: String,
 }
 
+/// A system call a seccomp filter refused (or killed the caller for), as
+/// the audit subsystem reported it. Whose filter it was the record does
+/// not say: the listener keeps only agents' processes and the calls
+/// `baton exec`'s filter refuses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeccompDenial {
+    /// The process (tgid).
+    pub tgid: u32,
+    /// Its real uid.
+    pub uid: u32,
+    /// Its real gid.
+    pub gid: u32,
+    /// Its `comm`.
+    pub comm: String,
+    /// The system call's number, in the caller's ABI.
+    pub syscall: i64,
+    /// The caller's ABI (`AUDIT_ARCH_*`).
+    pub arch: u32,
+    /// Whether the filter killed the caller rather than failing the call.
+    pub killed: bool,
+}
+
+impl SeccompDenial {
+    /// Reads an `AUDIT_SECCOMP` record's text; `None` for an action that
+    /// neither failed the call nor killed the caller (`log`, `trap`, a
+    /// tracer's or a supervisor's).
+    fn parse(body: &str) -> Option<Self> {
+        let number = |key| field(body, key).and_then(|v| v.parse().ok());
+        let code = field(body, "code")
+            .and_then(|c| u32::from_str_radix(c.trim_start_matches("0x"), 16).ok())?;
+        let killed = match code & SECCOMP_RET_ACTION_FULL {
+            SECCOMP_RET_ERRNO => false,
+            SECCOMP_RET_KILL_PROCESS | SECCOMP_RET_KILL_THREAD => true,
+            _ => return None,
+        };
+        Some(Self {
+            tgid: number("pid")?,
+            uid: number("uid").unwrap_or(0),
+            gid: number("gid").unwrap_or(0),
+            comm: field(body, "comm").unwrap_or_default(),
+            syscall: field(body, "syscall")?.parse().ok()?,
+            arch: field(body, "arch").and_then(|a| u32::from_str_radix(&a, 16).ok())?,
+            killed,
+        })
+    }
+}
+
 /// What the reader hands over.
 #[derive(Debug)]
 pub enum Report {
     /// One denial.
     Denial(Denial),
+    /// One system call a seccomp filter refused.
+    Seccomp(SeccompDenial),
     /// Reports were lost since the last `Lost`: the socket overflowed
     /// (the denials themselves stood).
     Lost,
@@ -323,9 +384,11 @@ impl<F: FnMut(Report)> Reader<F> {
                         // records are of no interest: only Landlock's and
                         // those completing an event with a denial in it
                         // are read.
-                        let wanted = matches!(kind, AUDIT_LANDLOCK_ACCESS | AUDIT_LANDLOCK_DOMAIN)
-                            || (!self.pending.is_empty()
-                                && matches!(kind, AUDIT_SYSCALL | AUDIT_EOE));
+                        let wanted = matches!(
+                            kind,
+                            AUDIT_LANDLOCK_ACCESS | AUDIT_LANDLOCK_DOMAIN | AUDIT_SECCOMP
+                        ) || (!self.pending.is_empty()
+                            && matches!(kind, AUDIT_SYSCALL | AUDIT_EOE));
                         if wanted {
                             self.message(kind, &String::from_utf8_lossy(body));
                         }
@@ -407,6 +470,12 @@ impl<F: FnMut(Report)> Reader<F> {
                         gid: number("gid").unwrap_or(0),
                         comm: field(body, "comm").unwrap_or_default(),
                     });
+                }
+            }
+            AUDIT_SECCOMP => {
+                // Complete in itself: it names the process and the call.
+                if let Some(denial) = SeccompDenial::parse(body) {
+                    (self.deliver)(Report::Seccomp(denial));
                 }
             }
             AUDIT_EOE => {
@@ -681,6 +750,39 @@ mod tests {
         }
         drop(reader);
         found
+    }
+
+    #[test]
+    fn seccomp_records_of_refused_and_killed_calls_are_read_and_others_are_not() {
+        // As this host's kernel wrote one for a filter with
+        // SECCOMP_FILTER_FLAG_LOG refusing getppid with EPERM.
+        let refused = SeccompDenial::parse(
+            r#"auid=4294967295 uid=1000 gid=1001 ses=4294967295 pid=25793 comm="python3" exe="/usr/bin/python3.11" sig=0 arch=c000003e syscall=110 compat=0 ip=0x7feaeef1f829 code=0x50000"#,
+        )
+        .unwrap();
+        assert_eq!(
+            refused,
+            SeccompDenial {
+                tgid: 25793,
+                uid: 1000,
+                gid: 1001,
+                comm: "python3".into(),
+                syscall: 110,
+                arch: 0xc000_003e,
+                killed: false,
+            }
+        );
+        let killed = SeccompDenial::parse(
+            "uid=0 gid=0 pid=7 comm=\"a\" sig=31 arch=40000003 syscall=1 code=0x80000000",
+        )
+        .unwrap();
+        assert!(killed.killed);
+        assert_eq!(killed.arch, 0x4000_0003);
+        // RET_LOG and RET_TRAP are not refusals a record should count.
+        for code in ["0x7ffc0000", "0x30000"] {
+            let text = format!("uid=0 gid=0 pid=7 comm=\"a\" arch=c000003e syscall=1 code={code}");
+            assert_eq!(SeccompDenial::parse(&text), None, "{code}");
+        }
     }
 
     #[test]

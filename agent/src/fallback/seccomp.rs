@@ -25,7 +25,10 @@
 //! the same things with a finer grain (ptrace inside the agent's own
 //! processes stays allowed) and record each denial, and `baton exec`
 //! applies neither of these: the daemon's admission reply says which holds.
-//! seccomp denials are not recorded.
+//! The filter asks the kernel to log what it refuses
+//! (`SECCOMP_FILTER_FLAG_LOG`); where the daemon reads the audit log
+//! multicast group (Linux 6.15+, see `landlock_log`), each refusal becomes
+//! a record with hook `seccomp`. Elsewhere they are not recorded.
 
 use std::{collections::BTreeMap, io};
 
@@ -210,20 +213,81 @@ pub fn install(program: &BpfProgram) -> Result<(), SeccompError> {
         // `seccompiler::sock_filter` is `#[repr(C)]` with the kernel's layout.
         filter: program.as_ptr() as *mut libc::sock_filter,
     };
-    // SAFETY: `prog` points into `program`, which outlives the call; the
-    // kernel copies the filter.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            0,
-            &prog as *const libc::sock_fprog,
-        )
+    let install = |flags: libc::c_ulong| {
+        // SAFETY: `prog` points into `program`, which outlives the call;
+        // the kernel copies the filter.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                flags,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     };
-    if rc != 0 {
-        return Err(SeccompError::Install(io::Error::last_os_error()));
+    // Logged, each refusal becomes an audit record the daemon's reader
+    // turns into a Baton record (`landlock_log`). Kernels before 4.14 lack
+    // the flag: the filter holds the same, unrecorded.
+    match install(SECCOMP_FILTER_FLAG_LOG) {
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => install(0),
+        other => other,
     }
-    Ok(())
+    .map_err(SeccompError::Install)
+}
+
+/// `SECCOMP_FILTER_FLAG_LOG` (Linux 4.14): have the kernel's audit
+/// subsystem report every call the filter refuses.
+const SECCOMP_FILTER_FLAG_LOG: libc::c_ulong = 2;
+
+/// `AUDIT_ARCH_*` of this build's native system call ABI.
+#[cfg(target_arch = "x86_64")]
+const NATIVE_AUDIT_ARCH: u32 = 0xc000_003e;
+#[cfg(target_arch = "aarch64")]
+const NATIVE_AUDIT_ARCH: u32 = 0xc000_00b7;
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const NATIVE_AUDIT_ARCH: u32 = 0;
+
+/// What a record calls a system call `baton exec`'s filter refuses (or
+/// kills the caller for), from what the audit subsystem reports of it;
+/// `None` for a call the filter lets through, which another seccomp
+/// filter (the agent's own sandbox, a container runtime's) must have
+/// refused.
+pub fn refused_call(syscall: i64, arch: u32, killed: bool) -> Option<String> {
+    if arch != NATIVE_AUDIT_ARCH {
+        // Every call of a foreign ABI kills; nothing else in the filter
+        // does.
+        return killed
+            .then(|| format!("system call {syscall} of a foreign ABI (audit arch {arch:#x})"));
+    }
+    #[cfg(target_arch = "x86_64")]
+    let native = {
+        let number = syscall & !X32_SYSCALL_BIT;
+        match X32_OWN_NUMBERS.iter().position(|&own| own == number) {
+            Some(at) => [
+                libc::SYS_ptrace,
+                libc::SYS_kexec_load,
+                libc::SYS_process_vm_readv,
+                libc::SYS_process_vm_writev,
+            ][at],
+            None => number,
+        }
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let native = syscall;
+    let name = denied_syscalls()
+        .into_iter()
+        .chain([
+            ("socket", libc::SYS_socket),
+            ("socketpair", libc::SYS_socketpair),
+        ])
+        .find(|&(_, number)| number == native)
+        .map(|(name, _)| name)?;
+    Some(format!("{name}()"))
 }
 
 /// Stops the calling thread, and whatever it execs, from signalling

@@ -64,6 +64,8 @@ pub struct PolicyMaps {
     file_objects: HashMap<MapData, ObjectKey, ObjectValue>,
     objects: RuleObjects,
     identity: HashMap<MapData, u32, AgentRecord>,
+    /// Agent processes that exited lately (`EXITED_AGENTS`, LRU).
+    exited: HashMap<MapData, u32, AgentRecord>,
     marks: AgentMarks,
     selected_cgroups: HashMap<MapData, u64, u32>,
     selected_executables: HashMap<MapData, ExecutableKey, u32>,
@@ -343,6 +345,7 @@ impl PolicyMaps {
             file_objects: take(ebpf, map_names::FILE_OBJECTS)?,
             objects: RuleObjects::new(take(ebpf, map_names::INODE_MARKS)?),
             identity: take(ebpf, map_names::AGENT_OF_TGID)?,
+            exited: take(ebpf, map_names::EXITED_AGENTS)?,
             marks: AgentMarks::new(take(ebpf, map_names::AGENT_MARKS)?)?,
             selected_cgroups: take(ebpf, map_names::SELECTED_CGROUPS)?,
             selected_executables: take(ebpf, map_names::SELECTED_EXECUTABLES)?,
@@ -749,6 +752,12 @@ impl PolicyMaps {
     /// A second handle on the identity map, for a reader on another thread.
     pub fn identity_handle(&self) -> Result<MapData, KernelError> {
         reopen(&self.identity, map_names::AGENT_OF_TGID)
+    }
+
+    /// A second handle on the kernel's record of agent processes that
+    /// exited lately, for reports that arrive after their process is gone.
+    pub fn exited_handle(&self) -> Result<MapData, KernelError> {
+        reopen(&self.exited, map_names::EXITED_AGENTS)
     }
 
     /// Every process of an agent, from the kernel's identity record: forked,

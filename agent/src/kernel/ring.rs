@@ -207,13 +207,33 @@ impl EventRing {
         self.producer.position().load(Ordering::Acquire) != self.committed
     }
 
+    /// Where the reader is: just past the last event [`read_next`]
+    /// returned. A position to give events back up to with
+    /// [`commit_to`](EventRing::commit_to).
+    ///
+    /// [`read_next`]: EventRing::read_next
+    pub fn position(&self) -> u64 {
+        self.read
+    }
+
     /// Gives the events read so far back to the kernel. Returns whether
     /// more are waiting (or being written): the caller reads on, since the
     /// kernel sends no wake-up for them.
     pub fn commit(&mut self) -> bool {
-        if self.read != self.committed {
-            self.consumer.position().store(self.read, Ordering::Release);
-            self.committed = self.read;
+        self.commit_to(self.read)
+    }
+
+    /// Gives back the events before `position`, one [`position`] returned,
+    /// and keeps those read after it: their records are not written yet.
+    /// A position outside what was read and not yet given back is clamped
+    /// to it. Returns whether more events wait past what was read.
+    ///
+    /// [`position`]: EventRing::position
+    pub fn commit_to(&mut self, position: u64) -> bool {
+        let position = position.clamp(self.committed, self.read);
+        if position != self.committed {
+            self.consumer.position().store(position, Ordering::Release);
+            self.committed = position;
         }
         // Either the load below sees an event committed after the store, or
         // that event's producer sees the new consumer position and wakes
