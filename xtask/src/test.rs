@@ -6,6 +6,7 @@ use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::Stdio,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
@@ -244,10 +245,9 @@ fn vm_suite(
                 rc.trim()
             );
         } else {
-            for line in log
-                .lines()
-                .filter(|l| l.starts_with("test ") && l.contains("... ok"))
-            {
+            for line in log.lines().filter(|l| {
+                (l.starts_with("test ") && l.contains("... ok")) || l.starts_with("test result:")
+            }) {
                 println!("[vm {}] {label}: {line}", kernel.name);
             }
         }
@@ -273,24 +273,35 @@ fn vm_suite(
 /// Runs everything; `vm` is false only when a person passed `--no-vm`;
 /// `filter` narrows every suite to the tests whose names contain it.
 pub fn run(vm: bool, filter: Option<&str>) -> Result<()> {
+    let started = Instant::now();
     let kit = setup::setup(&setup::SetupOptions { vm })?;
     crate::build()?;
-    let mut suites: Vec<(String, Counts)> = Vec::new();
-    suites.push(("unit + host kernel".into(), host_suite(filter)?));
+    let prepared = started.elapsed();
+    let mut suites: Vec<(String, Counts, Duration)> = Vec::new();
+    let host_started = Instant::now();
+    let host = host_suite(filter)?;
+    suites.push(("unit + host kernel".into(), host, host_started.elapsed()));
     if vm {
         let binaries = test_binaries()?;
         if kit.kernels.is_empty() {
             bail!("the VM kit has no kernels; setup should have fetched them");
         }
         for kernel in &kit.kernels {
+            let vm_started = Instant::now();
             let counts = vm_suite(&kit, kernel, &binaries, filter);
-            suites.push((format!("VM {} ({})", kernel.name, kernel.release), counts));
+            suites.push((
+                format!("VM {} ({})", kernel.name, kernel.release),
+                counts,
+                vm_started.elapsed(),
+            ));
         }
     }
 
     println!("\n==================== summary ====================");
     let mut total = Counts::default();
-    for (name, counts) in &suites {
+    // Wall times say where a slow run went; CI has a time budget.
+    println!("{:32} {:>5} s", "setup and build", prepared.as_secs());
+    for (name, counts, took) in &suites {
         total.add(counts);
         let state = match (&counts.error, counts.failed) {
             (Some(error), _) => format!("ERROR: {error}"),
@@ -298,8 +309,11 @@ pub fn run(vm: bool, filter: Option<&str>) -> Result<()> {
             (None, _) => "FAILED".to_string(),
         };
         println!(
-            "{name:32} {:4} passed {:4} failed {:4} ignored  {state}",
-            counts.passed, counts.failed, counts.ignored
+            "{name:32} {:>5} s {:4} passed {:4} failed {:4} ignored  {state}",
+            took.as_secs(),
+            counts.passed,
+            counts.failed,
+            counts.ignored
         );
     }
     if !vm {
@@ -311,13 +325,13 @@ pub fn run(vm: bool, filter: Option<&str>) -> Result<()> {
     if let Some(filter) = filter {
         println!("only tests whose names contain {filter:?} ran (--filter)");
     }
-    let errors = suites.iter().filter(|(_, c)| c.error.is_some()).count() as u64;
+    let errors = suites.iter().filter(|(_, c, _)| c.error.is_some()).count() as u64;
     println!(
         "total: {} passed, {} failed",
         total.passed,
         total.failed + errors
     );
-    if suites.iter().any(|(_, c)| !c.ok()) {
+    if suites.iter().any(|(_, c, _)| !c.ok()) {
         bail!("tests failed");
     }
     Ok(())
