@@ -91,6 +91,55 @@ pub const fn ipv4_mapped(octets: [u8; 4]) -> [u8; 16] {
     ]
 }
 
+/// Grants the kernel holds at once, for every agent together.
+pub const GRANT_SLOTS: u32 = 1024;
+
+/// Rule ids of grants: this bit set, the grant's id in the bits below, so
+/// records name the grant and no policy rule id (counted up from 1 at each
+/// reload) can be mistaken for one.
+pub const GRANT_RULE_BIT: u32 = 1 << 31;
+
+/// Bits of a grant key in front of the address (agent id and port).
+pub const GRANT_KEY_HEADER_BITS: u32 = 48;
+
+/// Data part of a grant's LPM trie key: an operator's time-limited allow of
+/// one port on an address prefix for one agent (`baton grant`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GrantKey {
+    /// Agent id, big-endian so the trie compares it bytewise.
+    pub agent_id: [u8; 4],
+    /// Port, big-endian; part of the prefix, so every grant names one.
+    pub port: [u8; 2],
+    /// IPv6 address (IPv4-mapped for IPv4), network order.
+    pub addr: [u8; 16],
+    /// Explicit padding, beyond every prefix.
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<GrantKey>() == 24);
+
+/// Value of a grant's LPM trie entry. The kernel honours the grant until
+/// `expires_boot_ns` and for at most `max_connects` connects, whichever
+/// ends first, so a daemon that dies leaves nothing open for longer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GrantValue {
+    /// `CLOCK_BOOTTIME` nanoseconds from which the grant opens nothing.
+    pub expires_boot_ns: u64,
+    /// Connects (and unconnected datagram sends) the grant allows; 0: no
+    /// limit but time.
+    pub max_connects: u32,
+    /// The grant's counter in the connect-count array.
+    pub slot: u32,
+    /// Grant id, reported as rule id `GRANT_RULE_BIT | grant_id`.
+    pub grant_id: u32,
+    /// Bit set of [`protocol`].
+    pub protocols: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<GrantValue>() == 24);
+
 /// Key of the learned-address map: an address one agent may reach because
 /// its DNS proxy resolved an allowed name to it. Per agent: names learned by
 /// one agent open nothing for another.

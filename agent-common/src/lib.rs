@@ -73,9 +73,13 @@ pub mod map_names {
     pub const DETECT_PENDING: &str = "DETECT_PENDING";
     /// `tgid → AgentRecord` of agent processes that exited lately (LRU).
     pub const EXITED_AGENTS: &str = "EXITED_AGENTS";
+    /// `(agent, port, address prefix) → GrantValue`: operators' grants.
+    pub const EGRESS_GRANTS: &str = "EGRESS_GRANTS";
+    /// `slot → connects made`: each grant's use of its connect budget.
+    pub const GRANT_CONNECTS: &str = "GRANT_CONNECTS";
     /// Every map the daemon opens by name, for the check that the compiled
     /// object has each of them.
-    pub const ALL: [&str; 24] = [
+    pub const ALL: [&str; 26] = [
         AGENT_OF_TGID,
         AGENT_MARKS,
         AGENT_POLICIES,
@@ -100,6 +104,8 @@ pub mod map_names {
         DAEMON_TGID,
         DETECT_PENDING,
         EXITED_AGENTS,
+        EGRESS_GRANTS,
+        GRANT_CONNECTS,
     ];
 }
 
@@ -130,6 +136,8 @@ impl_pod!(
     egress::PortTable,
     egress::LearnedKey,
     egress::LearnedValue,
+    egress::GrantKey,
+    egress::GrantValue,
     egress::DnsProxyPorts,
     egress::DnsProxyKey,
     event::NetnsEvent,

@@ -15,9 +15,9 @@
 use agent_common::{
     backstop::SocketTag,
     egress::{
-        DNS_PORT, DnsProxyKey, DnsProxyPorts, EGRESS_KEY_HEADER_BITS, EgressKey, LEARNED_ADDR_ROWS,
-        LearnedKey, LearnedRow, OriginalDestination, PORT_TABLE_ROWS, PortRule, ipv4_mapped,
-        protocol,
+        DNS_PORT, DnsProxyKey, DnsProxyPorts, EGRESS_KEY_HEADER_BITS, EgressKey,
+        GRANT_KEY_HEADER_BITS, GRANT_RULE_BIT, GrantKey, LEARNED_ADDR_ROWS, LearnedKey, LearnedRow,
+        OriginalDestination, PORT_TABLE_ROWS, PortRule, ipv4_mapped, protocol,
     },
     event::{ConnectEvent, NetnsEvent, hook, kind},
     identity::{AgentRecord, AgentRuntime, DeniedDestination, policy_flags},
@@ -37,9 +37,9 @@ use aya_ebpf::{
 use crate::{
     events::{Decision, count_drop, fill_header},
     maps::{
-        AGENT_STATE, DENIED_DESTINATIONS, DNS_ORIGINAL, DNS_PROXY_PORTS, EGRESS_PORT_TABLES,
-        EGRESS_RULES, EVENTS, LEARNED_ADDRS, NETNS_REQUESTS, active_generation, agent_policy,
-        count, current_agent, quarantined, take_event_token,
+        AGENT_STATE, DENIED_DESTINATIONS, DNS_ORIGINAL, DNS_PROXY_PORTS, EGRESS_GRANTS,
+        EGRESS_PORT_TABLES, EGRESS_RULES, EVENTS, GRANT_CONNECTS, LEARNED_ADDRS, NETNS_REQUESTS,
+        active_generation, agent_policy, count, current_agent, quarantined, take_event_token,
     },
 };
 
@@ -242,6 +242,58 @@ fn match_learned(agent_id: u32, destination: &Destination, protocol_bit: u8) -> 
     (decision::NONE, 0)
 }
 
+/// Allows a destination an unexpired operator grant covers, for an agent
+/// neither its rules nor its learned names decide. A grant opens what the
+/// default denies; a rule the policy writes (a `deny` included) stays in
+/// force. With `consume`, the connect spends one of the grant's connects
+/// and is allowed only while the budget lasts; the backstop judges the
+/// packets of connections already allowed and checks the time only.
+#[inline(always)]
+fn match_grant(agent_id: u32, destination: &Destination, consume: bool) -> (u8, u32) {
+    let key = Key::new(
+        GRANT_KEY_HEADER_BITS + 128,
+        GrantKey {
+            agent_id: agent_id.to_be_bytes(),
+            port: destination.port.to_be_bytes(),
+            addr: destination.addr,
+            _pad: [0; 2],
+        },
+    );
+    let Some(grant) = EGRESS_GRANTS.get(&key) else {
+        return (decision::NONE, 0);
+    };
+    if grant.protocols & protocol_bit(destination.protocol) == 0 {
+        return (decision::NONE, 0);
+    }
+    // SAFETY: helper without memory arguments.
+    if unsafe { bpf_ktime_get_boot_ns() } >= grant.expires_boot_ns {
+        return (decision::NONE, 0);
+    }
+    if consume {
+        // Counted without a budget too: the record of the grant's end
+        // says how much it was used.
+        let Some(used) = GRANT_CONNECTS.get_ptr_mut(grant.slot) else {
+            return (decision::NONE, 0);
+        };
+        // Add first (an atomic add: the BPF target has no atomic types),
+        // then read: of connects racing on other CPUs for the last of the
+        // budget, all may be refused, but never one too many allowed.
+        // SAFETY: the pointer comes from a successful lookup and is
+        // aligned for a u32; the kernel keeps the value while we run.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u32, u32, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                used, 1,
+            );
+        }
+        // SAFETY: as above.
+        if grant.max_connects != 0 && unsafe { core::ptr::read_volatile(used) } > grant.max_connects
+        {
+            return (decision::NONE, 0);
+        }
+    }
+    (decision::ALLOW, GRANT_RULE_BIT | grant.grant_id)
+}
+
 /// The destination of a connect or send, normalised.
 struct Destination {
     family: u16,
@@ -333,6 +385,7 @@ fn try_decide(
     let mut learned_rule = 0;
     let mut by_rule = false;
     let mut by_learned = false;
+    let mut by_grant = false;
     let (agent_mode, rule_decision, rule_id) = match policy {
         // An agent whose policy is gone is held closed rather than let loose.
         None => (mode::ENFORCE, decision::DENY, 0),
@@ -349,6 +402,10 @@ fn try_decide(
                     learned_rule = rule_id;
                     by_learned = true;
                 }
+            }
+            if found == decision::NONE {
+                (found, rule_id) = match_grant(agent.agent_id, &destination, true);
+                by_grant = found != decision::NONE;
             }
             if found == decision::NONE {
                 (
@@ -379,7 +436,14 @@ fn try_decide(
     }
     let denied = verdict != Verdict::Allowed;
     if !denied && !quarantine {
-        backstop::seed(tag, generation, &destination, rule_id, by_learned);
+        // Names and grants expire: their allows are judged again.
+        backstop::seed(
+            tag,
+            generation,
+            &destination,
+            rule_id,
+            by_learned || by_grant,
+        );
     }
     let new_destination = denied && first_denial(agent.agent_id, &destination);
     count(agent.agent_id, |c| {
@@ -406,7 +470,9 @@ fn try_decide(
             learned_rule = rule;
         }
     }
-    if denied {
+    // Every connect a grant allows is recorded: grants are exceptions an
+    // operator answers for.
+    if denied || by_grant {
         emit(
             agent,
             &destination,

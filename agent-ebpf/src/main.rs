@@ -5,6 +5,10 @@
 //! of the host pays one hash lookup per hooked call and nothing more.
 #![no_std]
 #![no_main]
+// Atomic adds on map values (grant budgets): the BPF target has no atomic
+// types, only the intrinsic.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 #[macro_use]
 mod unroll;

@@ -3,8 +3,9 @@
 
 use agent_common::{
     egress::{
-        DNS_PROXY_ENTRIES, DnsProxyKey, DnsProxyPorts, EgressKey, EgressValue, LearnedKey,
-        LearnedValue, OriginalDestination, PORT_TABLES_PER_GENERATION, PortTable,
+        DNS_PROXY_ENTRIES, DnsProxyKey, DnsProxyPorts, EgressKey, EgressValue, GRANT_SLOTS,
+        GrantKey, GrantValue, LearnedKey, LearnedValue, OriginalDestination,
+        PORT_TABLES_PER_GENERATION, PortTable,
     },
     files::{FileKey, FileValue, InodeMark, ObjectKey, ObjectValue},
     identity::{
@@ -51,6 +52,15 @@ pub static ACTIVE_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map(name = "EGRESS_RULES")]
 pub static EGRESS_RULES: LpmTrie<EgressKey, EgressValue> = LpmTrie::with_max_entries(65_536, 0);
+
+/// Operators' time-limited grants (`baton grant`), apart from the policy
+/// generations: a reload neither copies nor drops them.
+#[map(name = "EGRESS_GRANTS")]
+pub static EGRESS_GRANTS: LpmTrie<GrantKey, GrantValue> = LpmTrie::with_max_entries(GRANT_SLOTS, 0);
+
+/// Connects each grant has allowed, by its slot; compared with its budget.
+#[map(name = "GRANT_CONNECTS")]
+pub static GRANT_CONNECTS: Array<u32> = Array::with_max_entries(GRANT_SLOTS, 0);
 
 #[map(name = "EGRESS_PORT_TABLES")]
 pub static EGRESS_PORT_TABLES: Array<PortTable> =

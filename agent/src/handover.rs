@@ -13,7 +13,10 @@
 //!   the breakers that are open. A restarted daemon reports the difference
 //!   as what happened while it was down.
 //!
-//! Both are replaced atomically (write, then rename), so a daemon killed
+//! - `grants.json`, written at every change: operators' grants in force
+//!   (see the daemon's grant service).
+//!
+//! All are replaced atomically (write, then rename), so a daemon killed
 //! mid-write leaves the previous version.
 
 use std::{
@@ -34,6 +37,8 @@ pub const DEFAULT_STATE_DIR: &str = "/run/baton";
 
 const REGISTRY_FILE: &str = "registry.json";
 const PROGRESS_FILE: &str = "progress.json";
+/// Operators' grants in force, written by the grant service.
+pub const GRANTS_FILE: &str = "grants.json";
 
 /// Errors reading or writing the state directory.
 #[derive(Debug, Error)]
@@ -162,7 +167,7 @@ impl StateDir {
     /// Removes what this module wrote (the directory too, when empty).
     pub fn remove(&self) -> Vec<PathBuf> {
         let mut removed = Vec::new();
-        for name in [REGISTRY_FILE, PROGRESS_FILE] {
+        for name in [REGISTRY_FILE, PROGRESS_FILE, GRANTS_FILE] {
             let path = self.path.join(name);
             if std::fs::remove_file(&path).is_ok() {
                 removed.push(path);

@@ -1,6 +1,6 @@
 //! The `baton` command.
 
-use baton::cli::{audit, events, uninstall, why};
+use baton::cli::{audit, events, grant, uninstall, why};
 use baton::{
     cli::{Cli, Command, breaker, exec, policy, probe, status},
     daemon,
@@ -31,6 +31,7 @@ fn main() -> std::process::ExitCode {
         Command::Events(args) => events::run(args),
         Command::Uninstall(args) => uninstall::run(args),
         Command::Why(args) => why::run(args),
+        Command::Grant(args) => grant::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

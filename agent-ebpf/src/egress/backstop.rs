@@ -52,7 +52,7 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockoptContext},
 };
 
-use super::{Destination, match_learned, match_rules, protocol_bit};
+use super::{Destination, match_grant, match_learned, match_rules, protocol_bit};
 use crate::{
     events::count_drop,
     maps::{
@@ -88,7 +88,8 @@ const IPOPT_END: u8 = 0;
 const IPOPT_NOOP: u8 = 1;
 /// IPv4 options are at most 40 bytes.
 const IP_OPTIONS_MAX: usize = 40;
-/// [`SocketTag::cache_flags`]: the cached allow came from a learned name.
+/// [`SocketTag::cache_flags`]: the cached allow came from a learned name or
+/// an operator's grant, both of which expire.
 pub(super) const LEARNED_ALLOW: u32 = 1;
 /// [`SocketTag::flags`]: an address hook sent this socket's DNS to the
 /// agent's proxy, so `DNS_ORIGINAL` may hold its original server.
@@ -436,6 +437,18 @@ fn judge(
                         // allowed, as it does at connect; a datagram
                         // socket's sends are judged again soon, so an
                         // expired name stops working for them.
+                        if destination.protocol != IPPROTO_TCP {
+                            // SAFETY: helper without memory arguments.
+                            expires = unsafe { bpf_ktime_get_boot_ns() } + LEARNED_RECHECK_NS;
+                        }
+                    } else if let (decision::ALLOW, granted) =
+                        match_grant(agent_id, destination, false)
+                    {
+                        // As a learned name: a TCP connection stays, other
+                        // sends are judged again soon after the grant ends.
+                        found = decision::ALLOW;
+                        rule_id = granted;
+                        flags = LEARNED_ALLOW;
                         if destination.protocol != IPPROTO_TCP {
                             // SAFETY: helper without memory arguments.
                             expires = unsafe { bpf_ktime_get_boot_ns() } + LEARNED_RECHECK_NS;

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod breaker;
 pub mod events;
 pub mod exec;
+pub mod grant;
 pub mod policy;
 pub mod probe;
 pub mod status;
@@ -48,6 +49,12 @@ pub enum Command {
     /// Inspect and operate the circuit breakers of a running daemon.
     #[command(subcommand)]
     Breaker(BreakerCommand),
+    /// Open one port of an address prefix to an agent for a while: the
+    /// kernel stops honouring the grant when its time runs out or after
+    /// its last allowed connect, daemon or not. Root only, and refused to
+    /// every process in an agent. `baton grant list` and `baton grant
+    /// revoke ID` show and end grants.
+    Grant(GrantArgs),
     /// Why was that refused? Run inside an agent (no root needed), print
     /// that agent's recent denials with the rule that decided each; an
     /// agent sees only its own. Outside every agent, root may name one.
@@ -62,6 +69,60 @@ pub enum Command {
     /// Detach every Baton program and remove its pinned maps and state:
     /// enforcement stops. Refuses while a daemon is running; stop it first.
     Uninstall(UninstallArgs),
+}
+
+/// `baton grant`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct GrantArgs {
+    /// Agent to grant to.
+    #[arg(required = true)]
+    pub agent: Option<String>,
+    /// Destination: ADDRESS[/PREFIX]:PORT, IPv6 in brackets (e.g.
+    /// 127.0.0.1:8080, 10.1.0.0/16:443, [2001:db8::/64]:443). A grant opens
+    /// what the agent's `egress.default` denies; the policy's own rules,
+    /// its denies included, keep deciding.
+    #[arg(long, required = true)]
+    pub allow: Option<String>,
+    /// How long, e.g. 90s, 15m, 2h (at most 7 days).
+    #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration, required = true)]
+    pub duration: Option<std::time::Duration>,
+    /// End the grant after this many connects (each unconnected datagram
+    /// send counts as one); without it, only time ends it.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connects: Option<u32>,
+    /// tcp, udp or any.
+    #[arg(long, default_value = "any", value_parser = ["tcp", "udp", "any"])]
+    pub protocol: String,
+    /// Control socket of the daemon.
+    #[arg(long, env = "BATON_SOCKET", default_value = crate::config::DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+    /// `list` or `revoke`.
+    #[command(subcommand)]
+    pub command: Option<GrantCommand>,
+}
+
+/// `baton grant list|revoke`.
+#[derive(Debug, Subcommand)]
+pub enum GrantCommand {
+    /// The grants in force, with the connects each has allowed and the
+    /// time it has left.
+    List {
+        /// Print JSON, one grant per line.
+        #[arg(long)]
+        json: bool,
+        /// Control socket of the daemon.
+        #[arg(long, env = "BATON_SOCKET", default_value = crate::config::DEFAULT_CONTROL_SOCKET)]
+        control_socket: PathBuf,
+    },
+    /// End a grant now.
+    Revoke {
+        /// Grant id, as `baton grant list` shows it.
+        id: u32,
+        /// Control socket of the daemon.
+        #[arg(long, env = "BATON_SOCKET", default_value = crate::config::DEFAULT_CONTROL_SOCKET)]
+        control_socket: PathBuf,
+    },
 }
 
 /// `baton uninstall`.

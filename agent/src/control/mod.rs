@@ -38,6 +38,28 @@ pub enum Request {
         /// `quarantine`, `freeze` or `kill`.
         action: crate::breaker::Action,
     },
+    /// Open one port of an address prefix to an agent for a while (root
+    /// only).
+    GrantAdd {
+        /// Agent name.
+        agent: String,
+        /// `ADDRESS[/PREFIX]:PORT`.
+        allow: String,
+        /// How long, in seconds.
+        seconds: u64,
+        /// Connects allowed; absent: no limit but time.
+        #[serde(default)]
+        max_connects: Option<u32>,
+        /// `tcp`, `udp` or `any`.
+        protocol: String,
+    },
+    /// The grants in force (root only).
+    GrantList,
+    /// End a grant now (root only).
+    GrantRevoke {
+        /// Grant id.
+        id: u32,
+    },
     /// An agent's recent denials. From inside an agent, that agent's own
     /// only; from outside, root only, naming the agent.
     Why {
@@ -100,6 +122,11 @@ pub enum Reply {
     Breakers {
         /// The states.
         agents: Vec<serde_json::Value>,
+    },
+    /// The grants in force, one JSON object each.
+    Grants {
+        /// The grants.
+        grants: Vec<serde_json::Value>,
     },
     /// Done; what happened.
     Done {

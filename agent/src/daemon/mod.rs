@@ -5,6 +5,7 @@ mod breakers;
 mod dns;
 mod events;
 mod files;
+mod grants;
 mod guard;
 mod takeover;
 mod trail;
@@ -57,7 +58,7 @@ use crate::{
     identity::AgentRegistry,
     kernel::{
         ControlState, Enforcer,
-        maps::{DnsMaps, PolicyMaps, RuntimeMaps},
+        maps::{DnsMaps, GrantMaps, PolicyMaps, RuntimeMaps},
         pins::PinDir,
     },
     policy::{
@@ -757,6 +758,8 @@ struct Daemon {
     /// Per agent: when its last refused operator request was recorded, and
     /// how many were refused since without a record of their own.
     refusals: Mutex<HashMap<u32, (std::time::Instant, u64)>>,
+    /// Operators' grants; see [`grants`] for the lock order.
+    grants: Mutex<grants::Grants>,
 }
 
 /// One record per agent per this interval for refused operator requests:
@@ -801,6 +804,21 @@ impl Handler for Daemon {
             Request::BreakerReset { agent } => self.breaker_command(&agent, None),
             Request::BreakerTrip { agent, action } => self.breaker_command(&agent, Some(action)),
             Request::Why { agent, recent } => self.why(caller, agent, recent),
+            Request::GrantAdd {
+                agent,
+                allow,
+                seconds,
+                max_connects,
+                protocol,
+            } => self.grant_add(&grants::GrantRequest {
+                agent,
+                allow,
+                duration: Duration::from_secs(seconds),
+                max_connects,
+                protocol,
+            }),
+            Request::GrantList => self.grant_list(),
+            Request::GrantRevoke { id } => self.grant_revoke(id),
         }
     }
 }
@@ -866,7 +884,14 @@ impl Daemon {
             Request::BreakerList => "breaker list",
             Request::BreakerReset { .. } => "breaker reset",
             Request::BreakerTrip { .. } => "breaker trip",
+            Request::GrantAdd { .. } => "grant",
+            Request::GrantList => "grant list",
+            Request::GrantRevoke { .. } => "grant revoke",
             Request::Admit { .. } | Request::Status | Request::Why { .. } => "request",
+        };
+        let control = match request {
+            Request::GrantAdd { .. } | Request::GrantList | Request::GrantRevoke { .. } => "grant",
+            _ => "breaker",
         };
         let Some(agent_id) = caller.agent else {
             return Reply::Error {
@@ -879,7 +904,9 @@ impl Daemon {
             .name_of(agent_id)
             .map_or_else(|| format!("#{agent_id}"), |n| n.to_string());
         let target = match request {
-            Request::BreakerReset { agent } | Request::BreakerTrip { agent, .. } => {
+            Request::BreakerReset { agent }
+            | Request::BreakerTrip { agent, .. }
+            | Request::GrantAdd { agent, .. } => {
                 format!(" of agent {agent}")
             }
             _ => String::new(),
@@ -920,7 +947,7 @@ impl Daemon {
         }
         tracing::warn!("{text}");
         let host = state.host.clone();
-        let mut record = AuditRecord::lifecycle(&host, "breaker", text);
+        let mut record = AuditRecord::lifecycle(&host, control, text);
         record.agent = Some(agent);
         record.verdict = "denied";
         record.hook = Some("control_socket");
@@ -1186,6 +1213,7 @@ async fn serve(
     let generation = maps.apply(&compiled, registry.ids())?;
     let unresolved = maps.apply_selectors(&compiled, registry.ids(), &enforcer.cgroup_root)?;
     let mut dns = DnsMaps::new(&mut enforcer.ebpf)?;
+    let grant_maps = GrantMaps::new(&mut enforcer.ebpf)?;
     // A previous daemon's proxies died with it; queries find no proxy (and
     // fail) until this daemon's are up, never an unfiltered resolver.
     dns.clear_proxies();
@@ -1378,6 +1406,13 @@ async fn serve(
         .context("cannot open a second handle on the identity map")?;
     let identity = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(identity))
         .context("the identity map is not a hash map")?;
+    let (grants, grant_warnings) = grants::Grants::open(grant_maps, &settings.state_dir, |name| {
+        state.registry.id_of(name)
+    });
+    for warning in grant_warnings {
+        tracing::warn!("{warning}");
+        state.record(AuditRecord::lifecycle(&host, "grant", warning));
+    }
     let daemon = Arc::new(Daemon {
         state: Mutex::new(state),
         writer,
@@ -1385,7 +1420,9 @@ async fn serve(
         audit,
         identity,
         refusals: Mutex::default(),
+        grants: Mutex::new(grants),
     });
+    let grant_sweeper = tokio::spawn(grants::sweep_grants(Arc::downgrade(&daemon)));
     let audit_ticker = tokio::spawn(tick_audit(Arc::downgrade(&daemon)));
     if let Some(events) = fanotify_events {
         tokio::spawn(record_fanotify_events(Arc::downgrade(&daemon), events));
@@ -1453,6 +1490,7 @@ async fn serve(
     guard.abort();
     control.abort();
     sweeper.abort();
+    grant_sweeper.abort();
     netns_server.abort();
     breaker_task.abort();
     reloader.abort();

@@ -115,6 +115,11 @@ impl AuditWriter {
         }
     }
 
+    /// The host name records carry.
+    pub(super) fn host(&self) -> &str {
+        &self.decoder.host
+    }
+
     /// A copy of what decoding events takes, with the names in force now.
     pub(super) fn decoder(&self) -> Decoder {
         self.decoder.clone()
@@ -215,6 +220,10 @@ impl Decoder {
                 .or_else(|| latest()?.agent_names.get(&id).cloned())
         };
         let rule = |id: u32| {
+            if id & agent_common::egress::GRANT_RULE_BIT != 0 {
+                let grant = id & !agent_common::egress::GRANT_RULE_BIT;
+                return Some(("grant".to_string(), format!("grant/{grant}")));
+            }
             let named =
                 |naming: &Naming| naming.rule(id).map(|r| (r.policy.clone(), r.rule.clone()));
             named(&self.naming).or_else(|| named(latest()?.as_ref()))

@@ -17,8 +17,9 @@ use std::{
 use agent_common::{
     egress::{
         DnsProxyKey, DnsProxyPorts, EGRESS_KEY_HEADER_BITS, EgressKey, EgressValue,
-        LEARNED_ADDR_ROWS, LEARNED_ROWS, LearnedKey, LearnedRow, LearnedValue, OriginalDestination,
-        PORT_TABLES_PER_GENERATION, PortRule, PortTable, ipv4_mapped,
+        GRANT_KEY_HEADER_BITS, GRANT_SLOTS, GrantKey, GrantValue, LEARNED_ADDR_ROWS, LEARNED_ROWS,
+        LearnedKey, LearnedRow, LearnedValue, OriginalDestination, PORT_TABLES_PER_GENERATION,
+        PortRule, PortTable, ipv4_mapped,
     },
     files::{
         FILE_KEY_HEADER_BITS, FileKey, FileValue, InodeMark, ObjectKey, ObjectValue,
@@ -1199,5 +1200,117 @@ mod tests {
         assert!(merge_learned(Some(&value), 0, 2_000, 1, &[port(1, 1)]).is_some());
         // Once a pair expired, the new one fits.
         assert!(merge_learned(Some(&value), 1_000, 2_000, 99, &[port(99, 99)]).is_some());
+    }
+}
+
+/// Operators' grants in the kernel: the trie the address hooks and the
+/// backstop consult after the rules, and each grant's connect count.
+pub struct GrantMaps {
+    grants: LpmTrie<MapData, GrantKey, GrantValue>,
+    connects: Array<MapData, u32>,
+}
+
+/// Where one grant sits in the trie: its agent, port and address prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrantPlace {
+    /// Agent id.
+    pub agent_id: u32,
+    /// Destination port.
+    pub port: u16,
+    /// Address prefix (IPv4 is stored IPv4-mapped).
+    pub addr: IpAddr,
+    /// Prefix length in the address's own family.
+    pub prefix_len: u8,
+}
+
+impl GrantPlace {
+    fn key(&self) -> Key<GrantKey> {
+        let (addr, prefix) = match self.addr {
+            IpAddr::V4(v4) => (ipv4_mapped(v4.octets()), 96 + u32::from(self.prefix_len)),
+            IpAddr::V6(v6) => (v6.octets(), u32::from(self.prefix_len)),
+        };
+        Key::new(
+            GRANT_KEY_HEADER_BITS + prefix,
+            GrantKey {
+                agent_id: self.agent_id.to_be_bytes(),
+                port: self.port.to_be_bytes(),
+                addr,
+                _pad: [0; 2],
+            },
+        )
+    }
+}
+
+impl GrantMaps {
+    /// Takes the grant maps out of the loaded object.
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self, KernelError> {
+        Ok(Self {
+            grants: take(ebpf, map_names::EGRESS_GRANTS)?,
+            connects: take(ebpf, map_names::GRANT_CONNECTS)?,
+        })
+    }
+
+    /// Puts a grant in force: its connect count starts at zero before the
+    /// trie entry that refers to it appears.
+    pub fn insert(&mut self, place: &GrantPlace, value: GrantValue) -> Result<(), KernelError> {
+        if value.slot >= GRANT_SLOTS {
+            return Err(KernelError::Map {
+                map: map_names::GRANT_CONNECTS,
+                source: MapError::OutOfBounds {
+                    index: value.slot,
+                    max_entries: GRANT_SLOTS,
+                },
+            });
+        }
+        self.connects
+            .set(value.slot, 0, 0)
+            .map_err(map_error(map_names::GRANT_CONNECTS))?;
+        self.grants
+            .insert(&place.key(), value, 0)
+            .map_err(map_error(map_names::EGRESS_GRANTS))
+    }
+
+    /// Puts back a grant a previous daemon wrote, keeping its connect count.
+    pub fn restore(&mut self, place: &GrantPlace, value: GrantValue) -> Result<(), KernelError> {
+        self.grants
+            .insert(&place.key(), value, 0)
+            .map_err(map_error(map_names::EGRESS_GRANTS))
+    }
+
+    /// Takes a grant out of force; a grant already gone is no error.
+    pub fn remove(&mut self, place: &GrantPlace) -> Result<(), KernelError> {
+        match self.grants.remove(&place.key()) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(KernelError::Map {
+                map: map_names::EGRESS_GRANTS,
+                source,
+            }),
+        }
+    }
+
+    /// Connects the grant in `slot` has allowed (attempts beyond the budget
+    /// count too, so this may exceed it).
+    pub fn connects(&self, slot: u32) -> u32 {
+        self.connects.get(&slot, 0).unwrap_or(0)
+    }
+
+    /// Removes every trie entry whose place `keep` does not list: grants a
+    /// previous daemon left that are no longer on record.
+    pub fn retain(&mut self, keep: &[GrantPlace]) -> usize {
+        let keep: Vec<Key<GrantKey>> = keep.iter().map(GrantPlace::key).collect();
+        let stale: Vec<Key<GrantKey>> = self
+            .grants
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| {
+                !keep
+                    .iter()
+                    .any(|k| k.prefix_len() == key.prefix_len() && k.data() == key.data())
+            })
+            .collect();
+        stale
+            .iter()
+            .filter(|key| self.grants.remove(key).is_ok())
+            .count()
     }
 }

@@ -1,0 +1,288 @@
+//! `baton grant` on the host kernel: a grant opens a denied port for a
+//! while and for a number of connects, the kernel stops honouring it at
+//! either limit, every grant, use and end is recorded, an agent cannot
+//! grant itself anything, and a restarted daemon keeps the grants in force.
+
+use std::{
+    net::TcpListener,
+    time::{Duration, Instant},
+};
+
+use baton_tests::{Daemon, EPERM, baton, baton_bin, helper_outcome, policy};
+use serde_json::Value;
+
+const HELPER: &str = env!("CARGO_BIN_EXE_baton-test-helper");
+
+fn listener() -> (TcpListener, u16) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
+}
+
+/// An agent whose egress default denies everything, loopback included.
+fn grant_policy(name: &str) -> String {
+    policy(name, name, "  egress:\n    default: deny\n")
+}
+
+fn grant_cli(daemon: &Daemon, args: &[&str]) -> std::process::Output {
+    let mut full = vec!["grant"];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["--control-socket", daemon.socket.to_str().unwrap()]);
+    baton(&full)
+}
+
+fn granted(daemon: &Daemon, args: &[&str]) -> String {
+    let output = grant_cli(daemon, args);
+    assert!(
+        output.status.success(),
+        "baton grant {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+fn grant_list(daemon: &Daemon) -> Vec<Value> {
+    let output = granted(daemon, &["list", "--json"]);
+    output
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("grant list --json prints JSON lines"))
+        .collect()
+}
+
+fn connect(daemon: &Daemon, agent: &str, port: u16) -> String {
+    helper_outcome(&daemon.exec(agent, &[HELPER, "connect", &format!("127.0.0.1:{port}")]))
+}
+
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn grant_record(daemon: &Daemon, words: &str) -> Option<Value> {
+    daemon.records().into_iter().find(|r| {
+        r["control"] == "grant"
+            && r["object"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(words))
+    })
+}
+
+#[test]
+fn a_grant_ends_at_its_connect_budget_and_at_its_time() {
+    let (_service, port) = listener();
+    let daemon = Daemon::start("grant-limits", &[("p.yaml", grant_policy("granted"))]);
+    assert_eq!(connect(&daemon, "granted", port), EPERM, "before any grant");
+
+    let target = format!("127.0.0.1:{port}");
+    let reply = granted(
+        &daemon,
+        &[
+            "granted",
+            "--allow",
+            &target,
+            "--for",
+            "30s",
+            "--max-connects",
+            "5",
+        ],
+    );
+    assert!(reply.contains("grant 1 opens any 127.0.0.1/32"), "{reply}");
+    let listed = grant_list(&daemon);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["agent"], "granted");
+    assert_eq!(listed[0]["max_connects"], 5);
+
+    // Five connects from five processes (each a new child of the agent),
+    // then the sixth is refused by the kernel.
+    let script = format!("for i in 1 2 3 4 5 6; do {HELPER} connect 127.0.0.1:{port}; done");
+    let output = daemon.exec("granted", &["sh", "-c", &script]);
+    let outcomes: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["ok", "ok", "ok", "ok", "ok", EPERM],
+        "five connects within the budget, the sixth refused: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        connect(&daemon, "granted", port),
+        EPERM,
+        "still refused later"
+    );
+
+    // Each use is recorded with the grant as its rule, and the end too.
+    wait_until("five recorded uses", || {
+        daemon
+            .decisions()
+            .iter()
+            .filter(|r| r["verdict"] == "allowed" && r["rule"]["policy"] == "grant")
+            .count()
+            == 5
+    });
+    let used = daemon
+        .decisions()
+        .into_iter()
+        .find(|r| r["verdict"] == "allowed" && r["rule"]["policy"] == "grant")
+        .unwrap();
+    assert_eq!(used["rule"]["id"], "grant/1");
+    assert_eq!(used["agent"], "granted");
+    assert_eq!(used["object"]["port"], port);
+    wait_until("the used-up record", || {
+        grant_record(&daemon, "grant 1 of any to 127.0.0.1/32").is_some_and(|r| {
+            r["object"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("used up after 5 of 5 connects"))
+        })
+    });
+    assert!(
+        grant_list(&daemon).is_empty(),
+        "a used-up grant is not listed"
+    );
+    let created = grant_record(&daemon, "grant 1 opens").expect("the grant is recorded");
+    assert_eq!(created["agent"], "granted");
+    assert_eq!(created["verdict"], "allowed");
+
+    // Time: a grant of 3 s with no budget works until it ends, then the
+    // kernel refuses, whether or not the daemon has swept it yet.
+    let started = Instant::now();
+    granted(&daemon, &["granted", "--allow", &target, "--for", "3s"]);
+    assert_eq!(
+        connect(&daemon, "granted", port),
+        "ok",
+        "within the grant's time"
+    );
+    assert_eq!(grant_list(&daemon).len(), 1);
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()));
+    assert_eq!(
+        connect(&daemon, "granted", port),
+        EPERM,
+        "after the grant's time"
+    );
+    wait_until("the expiry record", || {
+        grant_record(&daemon, "grant 2 of any").is_some_and(|r| {
+            r["object"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("expired after 1 connects"))
+        })
+    });
+    assert!(
+        grant_list(&daemon).is_empty(),
+        "an expired grant is not listed"
+    );
+}
+
+#[test]
+fn an_agent_cannot_grant_itself_and_bad_grants_are_refused() {
+    let (_service, port) = listener();
+    let daemon = Daemon::start("grant-refused", &[("p.yaml", grant_policy("asker"))]);
+    let target = format!("127.0.0.1:{port}");
+    let baton = baton_bin();
+    let socket = daemon.socket.to_str().unwrap().to_string();
+    let output = daemon.exec(
+        "asker",
+        &[
+            baton.to_str().unwrap(),
+            "grant",
+            "asker",
+            "--allow",
+            &target,
+            "--for",
+            "1h",
+            "--control-socket",
+            &socket,
+        ],
+    );
+    assert!(!output.status.success(), "an agent granted itself egress");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("grant of agent asker refused")
+            && stderr.contains("belongs to agent asker"),
+        "{stderr}"
+    );
+    let refusal = daemon.wait_for_record(|r| {
+        r["control"] == "grant" && r["verdict"] == "denied" && r["hook"] == "control_socket"
+    });
+    assert_eq!(refusal["agent"], "asker");
+    assert!(grant_list(&daemon).is_empty());
+    assert_eq!(connect(&daemon, "asker", port), EPERM);
+
+    for (args, says) in [
+        (
+            vec!["nobody-here", "--allow", target.as_str(), "--for", "1m"],
+            "no agent named \"nobody-here\"",
+        ),
+        (
+            vec!["asker", "--allow", "127.0.0.1", "--for", "1m"],
+            "is not a destination",
+        ),
+        (
+            vec!["asker", "--allow", "example.com:443", "--for", "1m"],
+            "is a domain name",
+        ),
+        (
+            vec!["asker", "--allow", target.as_str(), "--for", "8days"],
+            "a grant lasts from 1 s to 7days",
+        ),
+    ] {
+        let output = grant_cli(&daemon, &args);
+        assert!(!output.status.success(), "{args:?} was granted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    let output = grant_cli(&daemon, &["revoke", "77"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no grant 77 is in force"));
+}
+
+#[test]
+fn a_restarted_daemon_keeps_unexpired_grants_and_revoke_ends_them() {
+    let (_service, port) = listener();
+    let mut daemon =
+        Daemon::start_persistent("grant-restart", &[("p.yaml", grant_policy("keeper"))]);
+    let target = format!("127.0.0.1:{port}");
+    granted(
+        &daemon,
+        &[
+            "keeper",
+            "--allow",
+            &target,
+            "--for",
+            "10m",
+            "--max-connects",
+            "3",
+        ],
+    );
+    assert_eq!(connect(&daemon, "keeper", port), "ok");
+
+    assert_eq!(connect(&daemon, "keeper", port), "ok");
+
+    daemon.stop();
+    daemon.restart();
+    let listed = grant_list(&daemon);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["connects"], 2, "the count survives the restart");
+    assert_eq!(connect(&daemon, "keeper", port), "ok", "the third connect");
+    assert_eq!(
+        connect(&daemon, "keeper", port),
+        EPERM,
+        "the budget is spent"
+    );
+    wait_until("the spent grant to be swept", || {
+        grant_list(&daemon).is_empty()
+    });
+
+    let id = listed[0]["id"].to_string();
+    granted(&daemon, &["keeper", "--allow", &target, "--for", "10m"]);
+    let list = grant_list(&daemon);
+    let newest = list.last().unwrap()["id"].to_string();
+    assert_ne!(newest, id);
+    assert_eq!(connect(&daemon, "keeper", port), "ok");
+    let reply = granted(&daemon, &["revoke", &newest]);
+    assert!(reply.contains("revoked"), "{reply}");
+    assert_eq!(connect(&daemon, "keeper", port), EPERM, "after revoke");
+    assert!(grant_record(&daemon, &format!("grant {newest} of any")).is_some());
+}
