@@ -219,7 +219,7 @@ fn published_of_line(line: &[u8]) -> Option<Published> {
     // Streams filter on these; a value outside the known sets reads as
     // "unknown" there, the line itself is unchanged.
     const CONTROLS: &[&str] = &[
-        "egress", "file", "exec", "dns", "audit", "daemon", "policy", "breaker", "socket",
+        "egress", "file", "exec", "dns", "audit", "daemon", "policy", "breaker", "grant", "socket",
     ];
     const VERDICTS: &[&str] = &["allowed", "denied", "would-deny", "detected", "info"];
     let intern = |value: &str, known: &[&'static str]| -> &'static str {
