@@ -22,7 +22,8 @@ use crate::util::{create_dir_all, display, shell_quote, write_atomic};
 
 /// How long one VM run may take before it is stopped: a guard against a
 /// hung guest, not a speed target. The 6.1 suite takes some 20 to 30
-/// minutes under QEMU without KVM on a busy 2-core machine.
+/// minutes under QEMU without KVM on a busy 2-core machine, sharing it
+/// with the 6.12 suite.
 pub const VM_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 
 /// Kernel command line added to virtme-ng's: BPF LSM must be in the LSM list.
@@ -211,9 +212,10 @@ fn run_with_log(cmd: &mut Command, log: &Path) -> Result<Option<ExitStatus>> {
         .with_context(|| format!("cannot start {}", cmd.get_program().to_string_lossy()))?;
     let stdout = child.stdout.take().context("no pipe for the VM's output")?;
     let stderr = child.stderr.take().context("no pipe for the VM's errors")?;
+    let prefix = format!("[{}] ", log_label(log));
     let pumps = [
-        spawn_pump(stdout, io::stdout(), Arc::clone(&file)),
-        spawn_pump(stderr, io::stderr(), Arc::clone(&file)),
+        spawn_pump(stdout, prefix.clone(), false, Arc::clone(&file)),
+        spawn_pump(stderr, prefix, true, Arc::clone(&file)),
     ];
 
     let deadline = Instant::now() + VM_TIMEOUT;
@@ -237,24 +239,53 @@ fn run_with_log(cmd: &mut Command, log: &Path) -> Result<Option<ExitStatus>> {
     Ok(status)
 }
 
-/// Copies `from` to `terminal` (best effort) and to `log` until end of file.
+/// The run folder's name (kernel, time, pid), which tells the lines of VMs
+/// that run at the same time apart on the terminal.
+fn log_label(log: &Path) -> String {
+    log.parent().and_then(Path::file_name).map_or_else(
+        || "vm".to_string(),
+        |name| name.to_string_lossy().into_owned(),
+    )
+}
+
+/// Copies `from` to `log` as it comes and to the terminal (best effort) a
+/// whole line at a time, each line after `prefix`, until end of file.
 fn spawn_pump(
     mut from: impl Read + Send + 'static,
-    mut terminal: impl Write + Send + 'static,
+    prefix: String,
+    to_stderr: bool,
     log: Arc<Mutex<File>>,
 ) -> thread::JoinHandle<io::Result<()>> {
     thread::spawn(move || {
         let mut buf = [0u8; 8192];
+        let mut pending: Vec<u8> = Vec::new();
+        let show = |line: &[u8]| {
+            let text = String::from_utf8_lossy(line);
+            let text = text.trim_end_matches(['\r', '\n']);
+            // One call per line: lines of VMs that run at once do not mix.
+            if to_stderr {
+                eprintln!("{prefix}{text}");
+            } else {
+                println!("{prefix}{text}");
+            }
+        };
         loop {
             let n = match from.read(&mut buf) {
-                Ok(0) => return Ok(()),
+                Ok(0) => {
+                    if !pending.is_empty() {
+                        show(&pending);
+                    }
+                    return Ok(());
+                }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
-            let _ = terminal
-                .write_all(&buf[..n])
-                .and_then(|()| terminal.flush());
+            pending.extend_from_slice(&buf[..n]);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                show(&line);
+            }
             let mut log = log.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             log.write_all(&buf[..n])?;
         }
