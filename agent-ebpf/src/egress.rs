@@ -403,7 +403,11 @@ fn try_decide(
                     by_learned = true;
                 }
             }
-            if found == decision::NONE {
+            // A held agent spends no grant: the connect is refused anyway.
+            if found == decision::NONE
+                && policy.mode != mode::QUARANTINE
+                && !quarantined(agent.agent_id)
+            {
                 (found, rule_id) = match_grant(agent.agent_id, &destination, true);
                 by_grant = found != decision::NONE;
             }

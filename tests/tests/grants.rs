@@ -149,15 +149,16 @@ fn a_grant_ends_at_its_connect_budget_and_at_its_time() {
 
     // Time: a grant of 3 s with no budget works until it ends, then the
     // kernel refuses, whether or not the daemon has swept it yet.
-    let started = Instant::now();
     granted(&daemon, &["granted", "--allow", &target, "--for", "3s"]);
+    // The daemon set the expiry before it replied: 3 s from here is later.
+    let granted_by = Instant::now();
     assert_eq!(
         connect(&daemon, "granted", port),
         "ok",
         "within the grant's time"
     );
     assert_eq!(grant_list(&daemon).len(), 1);
-    std::thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()));
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(granted_by.elapsed()));
     assert_eq!(
         connect(&daemon, "granted", port),
         EPERM,
@@ -285,4 +286,34 @@ fn a_restarted_daemon_keeps_unexpired_grants_and_revoke_ends_them() {
     assert!(reply.contains("revoked"), "{reply}");
     assert_eq!(connect(&daemon, "keeper", port), EPERM, "after revoke");
     assert!(grant_record(&daemon, &format!("grant {newest} of any")).is_some());
+}
+
+#[test]
+fn a_grant_opens_only_what_the_default_denies() {
+    let (_open, open_port) = listener();
+    let (_denied, denied_port) = listener();
+    let spec = format!(
+        "  egress:\n    default: deny\n    deny:\n      - cidr: 127.0.0.1\n        ports: [{denied_port}]\n"
+    );
+    let daemon = Daemon::start(
+        "grant-precedence",
+        &[("p.yaml", policy("bounded", "bounded", &spec))],
+    );
+    for port in [open_port, denied_port] {
+        let target = format!("127.0.0.0/8:{port}");
+        granted(&daemon, &["bounded", "--allow", &target, "--for", "1m"]);
+    }
+    assert_eq!(
+        connect(&daemon, "bounded", open_port),
+        "ok",
+        "the default is opened"
+    );
+    assert_eq!(
+        connect(&daemon, "bounded", denied_port),
+        EPERM,
+        "the policy's own deny rule keeps deciding"
+    );
+    let denial =
+        daemon.wait_for_record(|r| r["verdict"] == "denied" && r["object"]["port"] == denied_port);
+    assert_ne!(denial["rule"]["policy"], "grant");
 }
