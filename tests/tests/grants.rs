@@ -317,3 +317,62 @@ fn a_grant_opens_only_what_the_default_denies() {
         daemon.wait_for_record(|r| r["verdict"] == "denied" && r["object"]["port"] == denied_port);
     assert_ne!(denial["rule"]["policy"], "grant");
 }
+
+#[test]
+fn a_datagram_grant_counts_each_unconnected_send_and_keeps_to_its_protocol() {
+    let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = receiver.local_addr().unwrap().port();
+    let (_tcp, tcp_port) = listener();
+    let daemon = Daemon::start("grant-udp", &[("p.yaml", grant_policy("sender"))]);
+    let target = format!("127.0.0.1:{port}");
+    granted(
+        &daemon,
+        &[
+            "sender",
+            "--allow",
+            &target,
+            "--for",
+            "1m",
+            "--max-connects",
+            "2",
+            "--protocol",
+            "udp",
+        ],
+    );
+    let tcp_target = format!("127.0.0.1:{tcp_port}");
+    granted(
+        &daemon,
+        &[
+            "sender",
+            "--allow",
+            &tcp_target,
+            "--for",
+            "1m",
+            "--protocol",
+            "udp",
+        ],
+    );
+    let script = format!("for i in 1 2 3; do {HELPER} sendto 127.0.0.1:{port}; done");
+    let output = daemon.exec("sender", &["sh", "-c", &script]);
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        ["ok", "ok", EPERM],
+        "each unconnected send spends one of the budget"
+    );
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 8];
+    for _ in 0..2 {
+        receiver
+            .recv(&mut buf)
+            .expect("the granted datagrams arrive");
+    }
+    assert_eq!(
+        connect(&daemon, "sender", tcp_port),
+        EPERM,
+        "a udp grant opens no tcp"
+    );
+}
