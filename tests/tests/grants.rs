@@ -94,6 +94,12 @@ fn a_grant_ends_at_its_connect_budget_and_at_its_time() {
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["agent"], "granted");
     assert_eq!(listed[0]["max_connects"], 5);
+    let status = daemon.status();
+    let agent = &status["agents"][0];
+    assert_eq!(
+        agent["grants"][0]["destination"],
+        format!("127.0.0.1/32:{port}")
+    );
 
     // Five connects from five processes (each a new child of the agent),
     // then the sixth is refused by the kernel.

@@ -65,6 +65,16 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
             }
         }
         println!("  counters  {}", describe_counters(&agent["counters"]));
+        for grant in agent["grants"].as_array().into_iter().flatten() {
+            println!(
+                "  grant {}  {} {} until {} ({} connects)",
+                grant["id"],
+                grant["protocol"].as_str().unwrap_or("?"),
+                grant["destination"].as_str().unwrap_or("?"),
+                grant["expires_at"].as_str().unwrap_or("?"),
+                grant["connects"]
+            );
+        }
     }
     Ok(())
 }

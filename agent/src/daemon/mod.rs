@@ -786,10 +786,19 @@ impl Handler for Daemon {
         match request {
             Request::Admit { agent } => self.admit(caller, &agent),
             Request::Status => {
-                let state = self.state.lock().expect("state lock poisoned");
-                Reply::Status {
-                    report: state.status(),
+                let mut report = self.state.lock().expect("state lock poisoned").status();
+                let grants = self.grants.lock().expect("grants lock poisoned").list();
+                if let Some(agents) = report["agents"].as_array_mut() {
+                    for agent in agents {
+                        let name = agent["agent"].as_str().unwrap_or_default().to_string();
+                        agent["grants"] = grants
+                            .iter()
+                            .filter(|g| g.grant.agent == name)
+                            .filter_map(|g| serde_json::to_value(g).ok())
+                            .collect();
+                    }
                 }
+                Reply::Status { report }
             }
             Request::BreakerList => {
                 let state = self.state.lock().expect("state lock poisoned");
