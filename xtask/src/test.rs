@@ -139,6 +139,19 @@ fn host_suite(filter: Option<&str>) -> Result<Counts> {
     Ok(counts)
 }
 
+/// Test binaries run at once inside a VM. Each VM test starts a daemon of
+/// its own, and loading its programs keeps one guest CPU busy in the
+/// verifier for most of a minute; two lanes keep both guest CPUs (and so
+/// both host cores) busy. Within a binary, tests still run one at a time.
+const VM_LANES: usize = 2;
+
+/// How much VM work a test binary holds, to start the heaviest first: the
+/// number of `vm_` tests in its source (each starts a daemon), or 1.
+fn vm_weight(root: &Path, binary: &TestBinary) -> usize {
+    std::fs::read_to_string(root.join("tests/tests").join(format!("{}.rs", binary.name)))
+        .map_or(1, |source| source.matches("fn vm_").count().max(1))
+}
+
 fn vm_script(root: &Path, results: &Path, binaries: &[TestBinary], filter: Option<&str>) -> String {
     let mut script = String::from("set -u\n");
     let _ = writeln!(script, "cd {}", util::shell_quote(root));
@@ -154,7 +167,15 @@ fn vm_script(root: &Path, results: &Path, binaries: &[TestBinary], filter: Optio
     // (st_ino) are not the kernel's inode numbers, and other runs' files
     // come and go. Tests get a tmpfs of their own.
     script.push_str("mkdir -p /run/baton-tests && export BATON_TEST_TMP=/run/baton-tests\n");
-    for binary in binaries {
+    // A queue the lanes take binaries from: `mkdir` of a claim succeeds for
+    // one lane only. The heaviest binaries go first so that no lane is
+    // left with a long one at the end.
+    script.push_str(
+        "claims=/run/baton-tests/vm-suite-claims\nrm -rf \"$claims\" && mkdir -p \"$claims\"\n",
+    );
+    let mut ordered: Vec<&TestBinary> = binaries.iter().collect();
+    ordered.sort_by_key(|b| std::cmp::Reverse(vm_weight(root, b)));
+    for (index, binary) in ordered.iter().enumerate() {
         // Unit tests that read the running kernel run here too; of the
         // integration binaries, the tests that need BPF LSM (marked ignored
         // on the host). Everything else already ran on the host kernel, and
@@ -170,11 +191,21 @@ fn vm_script(root: &Path, results: &Path, binaries: &[TestBinary], filter: Optio
         let log = util::shell_quote(results.join(format!("{label}.log")));
         let _ = writeln!(
             script,
-            "echo \"vm-suite: running {label}\"; {} {args} > {log} 2>&1; echo $? > {}",
+            "job_{index}() {{ echo \"vm-suite: running {label}\"; {} {args} > {log} 2>&1; echo $? > {}; }}",
             util::shell_quote(&binary.path),
             util::shell_quote(results.join(format!("{label}.rc")))
         );
     }
+    let indices: Vec<String> = (0..ordered.len()).map(|i| i.to_string()).collect();
+    let _ = writeln!(
+        script,
+        "lane() {{ for i in {}; do mkdir \"$claims/$i\" 2>/dev/null || continue; job_$i; done; }}",
+        indices.join(" ")
+    );
+    for _ in 0..VM_LANES {
+        script.push_str("lane &\n");
+    }
+    script.push_str("wait\n");
     script
 }
 
@@ -286,44 +317,15 @@ pub fn run(vm: bool, filter: Option<&str>) -> Result<()> {
         if kit.kernels.is_empty() {
             bail!("the VM kit has no kernels; setup should have fetched them");
         }
-        // The kernels' suites run at the same time: a guest mostly keeps one
-        // emulated CPU busy (tests run one at a time), so two VMs share
-        // the host's cores instead of leaving one idle, which halves the
-        // suite's wall time on a two-core machine.
-        let results: Vec<(String, Counts, Duration)> = std::thread::scope(|scope| {
-            let runs: Vec<_> = kit
-                .kernels
-                .iter()
-                .map(|kernel| {
-                    let (kit, binaries) = (&kit, &binaries);
-                    scope.spawn(move || {
-                        let vm_started = Instant::now();
-                        let counts = vm_suite(kit, kernel, binaries, filter);
-                        (
-                            format!("VM {} ({})", kernel.name, kernel.release),
-                            counts,
-                            vm_started.elapsed(),
-                        )
-                    })
-                })
-                .collect();
-            runs.into_iter()
-                .zip(&kit.kernels)
-                .map(|(run, kernel)| {
-                    run.join().unwrap_or_else(|_| {
-                        (
-                            format!("VM {} ({})", kernel.name, kernel.release),
-                            Counts {
-                                error: Some("the suite's thread panicked".into()),
-                                ..Counts::default()
-                            },
-                            Duration::ZERO,
-                        )
-                    })
-                })
-                .collect()
-        });
-        suites.extend(results);
+        for kernel in &kit.kernels {
+            let vm_started = Instant::now();
+            let counts = vm_suite(&kit, kernel, &binaries, filter);
+            suites.push((
+                format!("VM {} ({})", kernel.name, kernel.release),
+                counts,
+                vm_started.elapsed(),
+            ));
+        }
     }
 
     println!("\n==================== summary ====================");
