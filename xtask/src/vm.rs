@@ -22,8 +22,7 @@ use crate::util::{create_dir_all, display, shell_quote, write_atomic};
 
 /// How long one VM run may take before it is stopped: a guard against a
 /// hung guest, not a speed target. The 6.1 suite takes some 20 to 30
-/// minutes under QEMU without KVM on a busy 2-core machine, sharing it
-/// with the 6.12 suite.
+/// minutes under QEMU without KVM on a busy 2-core machine.
 pub const VM_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 
 /// Kernel command line added to virtme-ng's: BPF LSM must be in the LSM list.
