@@ -102,25 +102,13 @@ fn vm_an_agent_cannot_use_bpf_even_as_root() {
     );
     assert_eq!(outside(&[PROTECT, "bpf-map-create"]), "ok", "outside");
 
-    // The daemon's connect4 program and the link that attaches it.
-    let programs = bpftool_json(&["prog", "list"]);
-    let connect4 = programs
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["name"] == "connect4")
-        .filter_map(|p| p["id"].as_u64())
-        .max()
-        .expect("the daemon's connect4 program");
-    let links = bpftool_json(&["link", "list"]);
-    let link = links
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["prog_id"].as_u64() == Some(connect4))
-        .and_then(|l| l["id"].as_u64())
-        .expect("the link of connect4")
-        .to_string();
+    // The link this daemon pinned for its connect4 program (another
+    // test's daemon may be running too: the newest connect4 may be its).
+    let link = pinned_links(&daemon.pin_dir)
+        .into_iter()
+        .find(|(name, _, _)| name == "connect4")
+        .map(|(_, link, _)| link.to_string())
+        .expect("the link of the daemon's connect4");
     // The tool an attacker would reach for gets nothing either.
     let detach = Command::new("sh")
         .args(&cgroup.enter_and_exec(&format!("bpftool link detach id {link}"))[1..])
