@@ -696,6 +696,24 @@ pub fn run_outcome(command: &[String]) -> String {
     helper_outcome(&output)
 }
 
+/// A TCP listener on `127.0.0.1` that accepts nothing (connects complete
+/// in the kernel's backlog), and its port.
+pub fn listener() -> (std::net::TcpListener, u16) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
+}
+
+/// Waits up to 10 s, polling every 50 ms, for `check` to hold; panics
+/// naming `what` when it does not.
+pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A free TCP port on `ip` (bound, then released for the caller to use).
 pub fn free_port(ip: &str) -> u16 {
     std::net::TcpListener::bind((ip, 0))

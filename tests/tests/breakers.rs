@@ -3,20 +3,11 @@
 //! kill (double-forked processes included), a fork bomb under a process
 //! limit, and the connect rate limit.
 
-use std::{
-    net::TcpListener,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use baton_tests::{Daemon, EPERM, TestCgroup, baton, helper_outcome, policy};
+use baton_tests::{Daemon, EPERM, TestCgroup, baton, helper_outcome, listener, policy, wait_until};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_baton-test-helper");
-
-fn listener() -> (TcpListener, u16) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    (listener, port)
-}
 
 fn breaker_policy(name: &str, allowed_port: u16, extra: &str) -> String {
     policy(
@@ -49,14 +40,6 @@ fn breaker_cli(daemon: &Daemon, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).to_string()
-}
-
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

@@ -3,15 +3,9 @@
 
 use std::net::TcpListener;
 
-use baton_tests::{Daemon, EPERM, helper_outcome, policy};
+use baton_tests::{Daemon, EPERM, helper_outcome, listener, policy};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_baton-test-helper");
-
-fn listener() -> (TcpListener, u16) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    (listener, port)
-}
 
 #[test]
 fn agent_is_denied_a_port_the_policy_denies_and_others_are_not() {

@@ -3,21 +3,12 @@
 //! either limit, every grant, use and end is recorded, an agent cannot
 //! grant itself anything, and a restarted daemon keeps the grants in force.
 
-use std::{
-    net::TcpListener,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use baton_tests::{Daemon, EPERM, baton, baton_bin, helper_outcome, policy};
+use baton_tests::{Daemon, EPERM, baton, baton_bin, helper_outcome, listener, policy, wait_until};
 use serde_json::Value;
 
 const HELPER: &str = env!("CARGO_BIN_EXE_baton-test-helper");
-
-fn listener() -> (TcpListener, u16) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    (listener, port)
-}
 
 /// An agent whose egress default denies everything, loopback included.
 fn grant_policy(name: &str) -> String {
@@ -51,14 +42,6 @@ fn grant_list(daemon: &Daemon) -> Vec<Value> {
 
 fn connect(daemon: &Daemon, agent: &str, port: u16) -> String {
     helper_outcome(&daemon.exec(agent, &[HELPER, "connect", &format!("127.0.0.1:{port}")]))
-}
-
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn grant_record(daemon: &Daemon, words: &str) -> Option<Value> {

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use baton_tests::{Daemon, EPERM, TempDir, helper_outcome, policy};
+use baton_tests::{Daemon, EPERM, TempDir, helper_outcome, listener, policy};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_baton-test-helper");
 
@@ -42,12 +42,6 @@ fn respond(mut stream: TcpStream, (status, body): (u16, String)) {
         body.len()
     );
     let _ = stream.write_all(reply.as_bytes());
-}
-
-fn listener() -> (TcpListener, u16) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    (listener, port)
 }
 
 fn bundle(allowed: u16) -> String {
