@@ -15,6 +15,37 @@ use crate::event::COMM_BYTES;
 /// Name of the socket-local storage map holding a [`SocketTag`] per socket.
 pub const SOCKET_TAGS: &str = "SOCKET_TAGS";
 
+/// Name of the hash map `cgroup v2 id → 1` of the cgroups the backstop
+/// program is attached to (the cgroup v2 root's id when it covers the
+/// whole host).
+///
+/// The backstop is a per-packet program: attached at the root it costs
+/// every packet on the host. It is attached where agents live instead,
+/// and `sock_create` refuses an agent a socket in a cgroup that no entry
+/// here (the cgroup itself or an ancestor) covers, asking the daemon for
+/// coverage with a [`crate::event::kind::BACKSTOP_NEEDED`] event.
+pub const BACKSTOP_CGROUPS: &str = "BACKSTOP_CGROUPS";
+
+/// Capacity of [`BACKSTOP_CGROUPS`]. Past this many cgroups the daemon
+/// covers the whole host from the root instead.
+pub const MAX_BACKSTOP_CGROUPS: u32 = 64;
+
+/// How many levels below its cgroup's own `sock_create` looks for a
+/// covering ancestor (the root is level 0). A cgroup deeper than this is
+/// covered only by its own entry or the root's.
+pub const BACKSTOP_ANCESTOR_LEVELS: usize = 8;
+
+/// The rule id of a denial because no backstop covered the socket: a
+/// socket an agent creates in a cgroup the backstop is not attached to
+/// (the daemon attaches it, and the next try succeeds), or a socket it did
+/// not create while the backstop does not cover the whole host. Below
+/// [`crate::egress::GRANT_RULE_BIT`], far above any compiled rule.
+pub const UNCOVERED_RULE: u32 = crate::egress::GRANT_RULE_BIT - 1;
+
+/// [`SocketTag::flags`]: the socket was created by an agent in a cgroup the
+/// backstop covered, so every packet it sends runs the backstop.
+pub const COVERED: u32 = 2;
+
 /// What the backstop knows about one agent socket: whose it is, and the
 /// last verdict it reached for it.
 ///

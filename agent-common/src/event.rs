@@ -19,6 +19,11 @@ pub mod kind {
     /// yet: [`super::NetnsEvent`]. The query was denied; the daemon opens a
     /// socket there so the resolver's next try succeeds.
     pub const NETNS_PROXY_NEEDED: u16 = 3;
+    /// An agent needed a socket in a cgroup the packet backstop does not
+    /// cover: [`super::CgroupEvent`], on the same ring as
+    /// [`NETNS_PROXY_NEEDED`]. The socket was refused; the daemon covers
+    /// the host so the next try succeeds.
+    pub const BACKSTOP_NEEDED: u16 = 4;
 }
 
 /// The hook that decided. Stored in [`EventHeader::hook`].
@@ -235,6 +240,18 @@ pub struct NetnsEvent {
     pub netns_cookie: u64,
 }
 const _: () = assert!(size_of::<NetnsEvent>() == 80 + 8);
+
+/// A socket refused because the backstop did not cover its cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupEvent {
+    /// Common header; `kind` is [`kind::BACKSTOP_NEEDED`].
+    pub header: EventHeader,
+    /// cgroup v2 id of the process that asked (0 for a socket it did not
+    /// create, whose cgroup the program cannot see).
+    pub cgroup_id: u64,
+}
+const _: () = assert!(size_of::<CgroupEvent>() == 80 + 8);
 
 /// Path bytes carried in a file event.
 pub const EVENT_PATH_BYTES: usize = 512;

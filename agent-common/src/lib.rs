@@ -77,9 +77,11 @@ pub mod map_names {
     pub const EGRESS_GRANTS: &str = "EGRESS_GRANTS";
     /// `slot → connects made`: each grant's use of its connect budget.
     pub const GRANT_CONNECTS: &str = "GRANT_CONNECTS";
+    /// cgroup v2 id → 1: where the packet backstop is attached.
+    pub const BACKSTOP_CGROUPS: &str = crate::backstop::BACKSTOP_CGROUPS;
     /// Every map the daemon opens by name, for the check that the compiled
     /// object has each of them.
-    pub const ALL: [&str; 26] = [
+    pub const ALL: [&str; 27] = [
         AGENT_OF_TGID,
         AGENT_MARKS,
         AGENT_POLICIES,
@@ -106,6 +108,7 @@ pub mod map_names {
         EXITED_AGENTS,
         EGRESS_GRANTS,
         GRANT_CONNECTS,
+        BACKSTOP_CGROUPS,
     ];
 }
 
@@ -141,6 +144,7 @@ impl_pod!(
     egress::DnsProxyPorts,
     egress::DnsProxyKey,
     event::NetnsEvent,
+    event::CgroupEvent,
     egress::OriginalDestination,
     files::FileKey,
     files::FileValue,

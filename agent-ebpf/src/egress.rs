@@ -353,6 +353,10 @@ fn try_decide(
     let mut destination = destination;
     normalise_wildcard(&mut destination);
 
+    if backstop::uncovered(tag) {
+        return refuse_uncovered(agent, &destination, hook, generation);
+    }
+
     let policy = agent_policy(generation, agent.agent_id);
     if destination.port == DNS_PORT
         && policy.is_some_and(|p| p.flags & policy_flags::DNS_PROXY != 0)
@@ -494,6 +498,38 @@ fn try_decide(
             learned_rule,
         );
     }
+    verdict
+}
+
+/// Refuses a connect or send on a socket the backstop may not see (see
+/// [`backstop::uncovered`]), records it and asks the daemon to cover the
+/// whole host, after which the next try is judged as usual.
+#[inline(always)]
+fn refuse_uncovered(
+    agent: &AgentRecord,
+    destination: &Destination,
+    hook: u16,
+    generation: u32,
+) -> Verdict {
+    let agent_mode = agent_policy(generation, agent.agent_id).map_or(mode::ENFORCE, |p| p.mode);
+    let verdict = verdict_for(decision::DENY, agent_mode);
+    count(agent.agent_id, |c| {
+        c.connects += 1;
+        c.denied_connects += 1;
+    });
+    emit(
+        agent,
+        destination,
+        &Decision {
+            hook,
+            verdict,
+            mode: agent_mode,
+            rule_id: agent_common::backstop::UNCOVERED_RULE,
+            generation,
+        },
+        0,
+    );
+    backstop::request_backstop(agent, 0, hook, generation);
     verdict
 }
 
@@ -662,4 +698,4 @@ fn normalise_wildcard(destination: &mut Destination) {
 /// this module's own matching functions.
 mod backstop;
 
-pub(crate) use backstop::tag_socket;
+pub(crate) use backstop::{current_cgroup_covered, mark_covered, request_backstop, tag_socket};

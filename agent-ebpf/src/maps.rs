@@ -123,6 +123,13 @@ pub static SELECTED_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(4096,
 #[map(name = "SELECTED_EXECUTABLES")]
 pub static SELECTED_EXECUTABLES: HashMap<ExecutableKey, u32> = HashMap::with_max_entries(4096, 0);
 
+/// cgroup v2 id → 1 for each cgroup the packet backstop (`skb_egress`) is
+/// attached to; written by the daemon after it attaches, read by
+/// `sock_create` and the address hooks.
+#[map(name = "BACKSTOP_CGROUPS")]
+pub static BACKSTOP_CGROUPS: HashMap<u64, u8> =
+    HashMap::with_max_entries(agent_common::backstop::MAX_BACKSTOP_CGROUPS + 1, 0);
+
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 

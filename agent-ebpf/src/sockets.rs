@@ -7,14 +7,19 @@
 //! allows ICMP.
 
 use agent_common::{
+    backstop::UNCOVERED_RULE,
     event::{ConnectEvent, hook, kind},
     identity::{AgentRecord, DEFAULT_FAMILIES, family_allowed, policy_flags},
     verdict::{Verdict, decision, mode, verdict_for},
 };
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::cgroup_sock, programs::SockContext};
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid},
+    macros::cgroup_sock,
+    programs::SockContext,
+};
 
 use crate::{
-    egress::tag_socket,
+    egress::{current_cgroup_covered, mark_covered, request_backstop, tag_socket},
     events::{Decision, count_drop, fill_header},
     maps::{EVENTS, active_generation, agent_policy, count, current_agent, take_event_token},
 };
@@ -37,10 +42,37 @@ pub fn sock_create(ctx: SockContext) -> i32 {
         return 1;
     };
     let verdict = try_sock_create(&ctx, &agent);
-    if verdict == Verdict::Allowed {
-        tag_socket(ctx.sock, &agent);
+    if verdict != Verdict::Allowed {
+        return verdict.to_cgroup_sock();
     }
-    verdict.to_cgroup_sock()
+    // The socket's cgroup is the task's: its packets run the backstop only
+    // if the program is attached there or above. Where it is not, the
+    // socket is refused and the daemon attaches it, so the next try works.
+    if !current_cgroup_covered() {
+        return refuse_uncovered(&ctx, &agent).to_cgroup_sock();
+    }
+    mark_covered(tag_socket(ctx.sock, &agent));
+    Verdict::Allowed.to_cgroup_sock()
+}
+
+/// Refuses a socket whose cgroup the backstop does not cover, records it
+/// and asks the daemon for coverage.
+#[inline(always)]
+fn refuse_uncovered(ctx: &SockContext, agent: &AgentRecord) -> Verdict {
+    // SAFETY: the context pointer is valid for the whole program run.
+    let sock = unsafe { &*ctx.sock };
+    let verdict = deny_socket(
+        agent,
+        hook::SOCK_CREATE,
+        UNCOVERED_RULE,
+        sock.family,
+        sock.type_,
+        sock.protocol,
+    );
+    // SAFETY: helper without memory arguments.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    request_backstop(agent, cgroup_id, hook::SOCK_CREATE, active_generation());
+    verdict
 }
 
 #[inline(always)]
@@ -60,7 +92,7 @@ fn try_sock_create(ctx: &SockContext, agent: &AgentRecord) -> Verdict {
     if !forbidden {
         return Verdict::Allowed;
     }
-    deny_socket(agent, hook::SOCK_CREATE, family, sock_type, protocol)
+    deny_socket(agent, hook::SOCK_CREATE, 0, family, sock_type, protocol)
 }
 
 /// Records and returns the verdict for a socket the agent may not have.
@@ -68,6 +100,7 @@ fn try_sock_create(ctx: &SockContext, agent: &AgentRecord) -> Verdict {
 fn deny_socket(
     agent: &AgentRecord,
     hook: u16,
+    rule_id: u32,
     family: u32,
     sock_type: u32,
     protocol: u32,
@@ -95,7 +128,7 @@ fn deny_socket(
             hook,
             verdict,
             mode: agent_mode,
-            rule_id: 0,
+            rule_id,
             generation,
         },
     );
@@ -150,6 +183,7 @@ fn try_socket_create(ctx: &aya_ebpf::programs::LsmContext, agent: &AgentRecord) 
     deny_socket(
         agent,
         hook::SOCKET_CREATE,
+        0,
         family,
         sock_type as u32 & 0xf,
         protocol as u32,

@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use baton_tests::{Daemon, EPERM, TestCgroup, helper_outcome, policy};
+use baton_tests::{Daemon, EPERM, TestCgroup, helper_outcome, policy, wait_until};
 use serde_json::Value;
 
 const HELPER: &str = env!("CARGO_BIN_EXE_baton-test-helper");
@@ -360,14 +360,57 @@ fn segment_routing_header_to_a_denied_hop_never_arrives() {
             ),
         ],
     );
-    held.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    // The socket was made before its process joined the agent, outside
+    // the cgroup the policy selects: the backstop, attached to that cgroup
+    // only, would not see its packets. So the first send is refused and
+    // the daemon covers the whole host; the second then reaches the
+    // backstop, which drops it.
+    let attached = daemon.status()["packet_backstop"]["attached_to"].clone();
+    assert_eq!(
+        attached.as_array().map(Vec::len),
+        Some(1),
+        "the backstop starts on the selected cgroup only: {attached}"
+    );
+    assert!(
+        attached[0].as_str().unwrap().ends_with(&cgroup.relative),
+        "{attached}"
+    );
+    let mut stdin = held.stdin.take().unwrap();
+    stdin.write_all(b"go\n").unwrap();
     line.clear();
     held_out.read_line(&mut line).unwrap();
-    held.wait().unwrap();
+    assert_eq!(line.trim(), EPERM, "the admitted sender's first send");
+    let refused = daemon
+        .wait_for_record(|r| r["rule"]["id"] == "backstop.uncovered" && r["agent"] == "srhcg");
+    assert_eq!(refused["verdict"], "denied");
+    assert_eq!(refused["hook"], "sendmsg6", "{refused}");
+    assert_eq!(refused["process"]["pid"], held.id(), "{refused}");
+    let whole_host = |r: &Value| {
+        r["object"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("covers the whole host"))
+    };
+    wait_until("the daemon to cover the whole host", || {
+        daemon.records().iter().any(whole_host)
+    });
+    let covered = daemon.records().into_iter().find(whole_host).unwrap();
+    assert!(
+        covered["object"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("process {}", held.id())),
+        "{covered}"
+    );
+    stdin.write_all(b"go\n").unwrap();
+    line.clear();
+    held_out.read_line(&mut line).unwrap();
+    // The backstop's drop of a datagram fails the send with EPERM too.
     assert!(
         line.trim() == "ok" || line.trim() == EPERM,
-        "the admitted sender: {line}"
+        "the admitted sender's second send: {line}"
     );
+    drop(stdin);
+    held.wait().unwrap();
 
     // An agent setting the header itself is refused outright.
     let mut command = netns.wrap(&nobody);
@@ -600,4 +643,86 @@ fn routing_options_are_refused_and_other_ip_options_kept() {
 #[ignore = "needs a kernel booted with BPF LSM: runs inside the test VMs (cargo xtask test)"]
 fn vm_routing_options_are_refused_on_the_test_kernels() {
     routing_options_are_refused("vmropt");
+}
+
+/// The backstop runs only where agents live; an agent (here root) that
+/// moves itself to a cgroup the backstop does not cover is refused a
+/// socket there until the daemon has attached it, so no agent socket ever
+/// escapes the packet check.
+#[test]
+fn an_agent_that_leaves_its_cgroup_gets_no_socket_the_backstop_cannot_see() {
+    let home = TestCgroup::new(&format!("/baton-bs-home-{}", std::process::id()));
+    let away = TestCgroup::new(&format!("/baton-bs-away-{}", std::process::id()));
+    let (_listener, port) = baton_tests::listener();
+    let daemon = Daemon::start(
+        "bs-scope",
+        &[(
+            "s.yaml",
+            policy("scope", "scope", "  egress:\n    default: allow\n"),
+        )],
+    );
+    let target = format!("127.0.0.1:{port}");
+    let inner = format!(
+        "echo $$ > {}/cgroup.procs && {HELPER} connect {target}; {HELPER} connect {target}",
+        away.dir.display()
+    );
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
+        .arg("sh")
+        .arg(&home.dir)
+        .arg(baton_tests::baton_bin())
+        .args(["exec", "--agent", "scope", "--control-socket"])
+        .arg(&daemon.socket)
+        .args(["--", "sh", "-c", &inner])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let outcomes: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        outcomes,
+        [EPERM, "ok"],
+        "first connect from the uncovered cgroup, then after the daemon covered it; stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let refused = daemon.wait_for_record(|r| r["rule"]["id"] == "backstop.uncovered");
+    assert_eq!(refused["agent"], "scope");
+    assert_eq!(refused["verdict"], "denied");
+    assert_eq!(refused["hook"], "sock_create");
+    assert_eq!(
+        refused["process"]["cgroup"],
+        away.relative.as_str(),
+        "{refused}"
+    );
+    assert_eq!(refused["process"]["comm"], "baton-test-help", "{refused}");
+
+    // Both cgroups, and not the root: processes elsewhere never run it.
+    let attached: Vec<String> = daemon.status()["packet_backstop"]["attached_to"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|dir| dir.as_str().unwrap().to_string())
+        .collect();
+    let mut expected = [
+        home.dir.display().to_string(),
+        away.dir.display().to_string(),
+    ];
+    expected.sort();
+    assert_eq!(attached, expected, "attached to");
+    let lifecycle: Vec<String> = daemon
+        .records()
+        .iter()
+        .filter_map(|r| r["object"]["message"].as_str().map(str::to_string))
+        .filter(|m| m.starts_with("packet backstop:"))
+        .collect();
+    assert_eq!(lifecycle.len(), 2, "{lifecycle:?}");
+    assert!(
+        lifecycle[0].contains(&home.relative) && lifecycle[0].contains("admitted by baton exec"),
+        "{lifecycle:?}"
+    );
+    assert!(
+        lifecycle[1].contains(&away.relative) && lifecycle[1].contains("was refused a socket"),
+        "{lifecycle:?}"
+    );
 }

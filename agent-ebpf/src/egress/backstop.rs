@@ -33,9 +33,9 @@
 use core::{ffi::c_void, ptr};
 
 use agent_common::{
-    backstop::{LEARNED_RECHECK_NS, NEVER, SocketTag},
+    backstop::{BACKSTOP_ANCESTOR_LEVELS, COVERED, LEARNED_RECHECK_NS, NEVER, SocketTag},
     egress::ipv4_mapped,
-    event::{ConnectEvent, EVENT_VERSION, hook, kind},
+    event::{CgroupEvent, ConnectEvent, EVENT_VERSION, hook, kind},
     identity::AgentRecord,
     verdict::{Verdict, decision, mode, verdict_for},
 };
@@ -46,7 +46,9 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
-        generated::{bpf_get_socket_cookie, bpf_sk_storage_get},
+        generated::{
+            bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie, bpf_sk_storage_get,
+        },
     },
     macros::{btf_map, cgroup_skb, cgroup_sockopt},
     programs::{SkBuffContext, SockoptContext},
@@ -54,9 +56,10 @@ use aya_ebpf::{
 
 use super::{Destination, match_grant, match_learned, match_rules, protocol_bit};
 use crate::{
-    events::count_drop,
+    events::{Decision, count_drop, fill_header},
     maps::{
-        DNS_ORIGINAL, EVENTS, active_generation, agent_policy, count, quarantined, take_event_token,
+        BACKSTOP_CGROUPS, DNS_ORIGINAL, EVENTS, NETNS_REQUESTS, active_generation, agent_policy,
+        count, quarantined, take_event_token,
     },
 };
 
@@ -156,6 +159,96 @@ pub(crate) fn tag_socket(sk: *mut bpf_sock, agent: &AgentRecord) -> *mut SocketT
         fill_tag(tag, agent);
     }
     tag
+}
+
+/// Whether the backstop runs for a socket the current task creates now:
+/// the program is attached to the task's cgroup or an ancestor of it.
+///
+/// `bpf_get_current_ancestor_cgroup_id` in `cgroup_sock` and
+/// `cgroup_sock_addr` programs: 6.1. Only agent processes ask.
+#[inline(always)]
+pub(crate) fn current_cgroup_covered() -> bool {
+    const _: () = assert!(
+        BACKSTOP_ANCESTOR_LEVELS == 8,
+        "the unrolled walk lists every level"
+    );
+    // The root first: when the backstop covers the whole host, one lookup.
+    unroll!(level in [0, 1, 2, 3, 4, 5, 6, 7, 8] {
+        // SAFETY: helper without memory arguments.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        // Past the task's own level: its cgroup and every ancestor were
+        // asked already.
+        if id == 0 {
+            return false;
+        }
+        if BACKSTOP_CGROUPS.get_ptr(id).is_some() {
+            return true;
+        }
+    });
+    // A cgroup deeper than the walk: its own entry.
+    // SAFETY: helper without memory arguments.
+    BACKSTOP_CGROUPS
+        .get_ptr(unsafe { bpf_get_current_cgroup_id() })
+        .is_some()
+}
+
+/// Whether the backstop covers the whole host (attached to the cgroup v2
+/// root), so that every socket runs it wherever it was made.
+#[inline(always)]
+pub(crate) fn host_covered() -> bool {
+    // SAFETY: helper without memory arguments.
+    let root = unsafe { bpf_get_current_ancestor_cgroup_id(0) };
+    BACKSTOP_CGROUPS.get_ptr(root).is_some()
+}
+
+/// Whether an agent's use of the socket behind `tag` escapes the
+/// backstop: the agent did not create it in a covered cgroup (it was
+/// created before the process joined its agent, or passed in), and the
+/// backstop does not cover the whole host. Such a socket's cgroup is not
+/// known here, so its packets may not run the backstop.
+#[inline(always)]
+pub(crate) fn uncovered(tag: *mut SocketTag) -> bool {
+    // SAFETY: a pointer from a successful storage lookup, checked non-null.
+    !tag.is_null() && unsafe { (*tag).flags } & COVERED == 0 && !host_covered()
+}
+
+/// Marks a socket the agent created in a covered cgroup.
+#[inline(always)]
+pub(crate) fn mark_covered(tag: *mut SocketTag) {
+    if !tag.is_null() {
+        // SAFETY: as in `uncovered`.
+        unsafe { (*tag).flags |= COVERED };
+    }
+}
+
+/// Asks the daemon to cover `cgroup_id` (0: a socket whose cgroup is not
+/// known, so the whole host) with the backstop. Not rate-limited by the
+/// agent's event budget: the daemon must hear it for the agent's next try
+/// to succeed; a full ring is counted and the next try asks again.
+#[inline(always)]
+pub(crate) fn request_backstop(agent: &AgentRecord, cgroup_id: u64, hook: u16, generation: u32) {
+    let Some(mut entry) = NETNS_REQUESTS.reserve::<CgroupEvent>(0) else {
+        count(agent.agent_id, |c| c.netns_requests_dropped += 1);
+        return;
+    };
+    // SAFETY: the reservation is exactly one `CgroupEvent`; every field is
+    // written below before submit.
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(
+        &mut event.header,
+        kind::BACKSTOP_NEEDED,
+        core::mem::size_of::<CgroupEvent>(),
+        agent,
+        &Decision {
+            hook,
+            verdict: Verdict::Denied,
+            mode: mode::ENFORCE,
+            rule_id: agent_common::backstop::UNCOVERED_RULE,
+            generation,
+        },
+    );
+    event.cgroup_id = cgroup_id;
+    entry.submit(0);
 }
 
 /// The tag of a socket, or null for sockets of no agent.

@@ -115,7 +115,29 @@ fn hand_over_netns_request(daemon: &Arc<Daemon>, item: &[u8]) {
     if let Some((agent_id, netns_cookie, pid)) = netns_request(item) {
         let daemon = daemon.clone();
         tokio::task::spawn_blocking(move || open_netns_proxy(&daemon, agent_id, netns_cookie, pid));
+    } else if let Some((agent_id, cgroup_id, pid)) = backstop_request(item) {
+        let daemon = daemon.clone();
+        // Attaching a program waits on the kernel's cgroup lock.
+        tokio::task::spawn_blocking(move || {
+            super::backstop::answer_request(&daemon, agent_id, pid, cgroup_id);
+        });
     }
+}
+
+/// `(agent id, cgroup id, pid)` of a "cover this cgroup" request.
+fn backstop_request(bytes: &[u8]) -> Option<(u32, u64, u32)> {
+    use agent_common::event::{CgroupEvent, EventHeader, kind};
+    if bytes.len() < size_of::<CgroupEvent>() {
+        return None;
+    }
+    // SAFETY: length checked; both types are plain old data.
+    let header: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    if header.kind != kind::BACKSTOP_NEEDED {
+        return None;
+    }
+    // SAFETY: as above.
+    let event: CgroupEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    Some((header.agent_id, event.cgroup_id, header.tgid))
 }
 
 /// Waits until a ring is worth reading.

@@ -45,6 +45,16 @@ pub(super) async fn guard_pins(
         if !check_attachment {
             continue;
         }
+        // A removed cgroup took its attachment with it.
+        let pruned = daemon
+            .backstop
+            .lock()
+            .map(|mut backstop| backstop.prune())
+            .unwrap_or_default();
+        if !pruned.is_empty() {
+            let dirs: Vec<String> = pruned.iter().map(|d| d.display().to_string()).collect();
+            tracing::info!(cgroups = %dirs.join(", "), "packet backstop: attachments of removed cgroups forgotten");
+        }
         let detached: BTreeMap<String, String> = pins
             .attachment(&cgroup_root)
             .into_iter()

@@ -1,6 +1,7 @@
 //! `baton run`: the daemon. The CLI verbs are its clients, through the
 //! control socket; this module uses nothing of `cli`.
 
+mod backstop;
 mod breakers;
 mod dns;
 mod events;
@@ -246,6 +247,8 @@ struct State {
     pin_dir: PathBuf,
     /// The pins, with the daemon's own descriptors of every map and link.
     pins: Arc<PinDir>,
+    /// Where the packet backstop is attached; see [`backstop`].
+    backstop: backstop::SharedBackstop,
     /// Writes the audit trail; shared with the event drain, which takes
     /// only this lock.
     writer: Arc<Mutex<AuditWriter>>,
@@ -396,6 +399,12 @@ impl State {
             .lock()
             .expect("audit writer lock poisoned")
             .set_naming(naming);
+        // Before the new selectors take effect, as at start.
+        for message in backstop::cover_policies(&self.backstop, &compiled, &self.cgroup_root) {
+            tracing::info!("{message}");
+            let host = self.host.clone();
+            self.record(AuditRecord::lifecycle(&host, "egress", message));
+        }
         let swapped = self
             .maps
             .apply(&compiled, self.registry.ids())
@@ -684,6 +693,9 @@ impl State {
                 "dir": self.pin_dir,
                 "adopted_at_start": self.adopted,
             },
+            "packet_backstop": {
+                "attached_to": self.backstop.lock().map(|b| b.attached()).unwrap_or_default(),
+            },
             "programs": {
                 "attached": self.pins.held().iter().filter(|p| p.starts_with("links/")).count() - detached.len(),
                 "detached": detached,
@@ -760,6 +772,8 @@ struct Daemon {
     refusals: Mutex<HashMap<u32, (std::time::Instant, u64)>>,
     /// Operators' grants; see [`grants`] for the lock order.
     grants: Mutex<grants::Grants>,
+    /// Where the packet backstop runs; see [`backstop`] for the lock order.
+    backstop: backstop::SharedBackstop,
 }
 
 /// One record per agent per this interval for refused operator requests:
@@ -1018,6 +1032,22 @@ impl Daemon {
                 message: format!("cannot apply the process limit: {error}"),
             };
         }
+        // Its sockets are refused wherever the backstop does not run.
+        match backstop::cover_process(&state.backstop, caller.pid, &state.cgroup_root) {
+            Ok(Some(message)) => {
+                tracing::info!("{message}");
+                let host = state.host.clone();
+                state.record(AuditRecord::lifecycle(&host, "egress", message));
+            }
+            Ok(None) => {}
+            Err(error) => {
+                return Reply::Error {
+                    message: format!(
+                        "cannot cover the agent's cgroup with the packet backstop: {error}"
+                    ),
+                };
+            }
+        }
         match state.maps.admit_live(caller.pid, record, None) {
             Ok(false) => Reply::Error {
                 message: format!(
@@ -1219,6 +1249,16 @@ async fn serve(
         None => AgentRegistry::new(),
     };
     registry.sync(&compiled);
+    let shared_backstop: backstop::SharedBackstop =
+        Arc::new(Mutex::new(crate::kernel::backstop::Backstop::new(
+            &mut enforcer.ebpf,
+            pins.clone(),
+            &enforcer.cgroup_root,
+        )?));
+    // Before any agent is selected: its sockets are refused where the
+    // backstop does not run.
+    let backstop_changes =
+        backstop::cover_policies(&shared_backstop, &compiled, &enforcer.cgroup_root);
     let generation = maps.apply(&compiled, registry.ids())?;
     let unresolved = maps.apply_selectors(&compiled, registry.ids(), &enforcer.cgroup_root)?;
     let mut dns = DnsMaps::new(&mut enforcer.ebpf)?;
@@ -1263,6 +1303,7 @@ async fn serve(
         adopted: pins.adopted().to_vec(),
         pin_dir: pins.path().to_path_buf(),
         pins: pins.clone(),
+        backstop: shared_backstop.clone(),
         maps,
         learning,
         runtime,
@@ -1341,6 +1382,10 @@ async fn serve(
         );
         tracing::warn!("{message}");
         state.record(AuditRecord::lifecycle(&host, "policy", message));
+    }
+    for message in backstop_changes {
+        tracing::info!("{message}");
+        state.record(AuditRecord::lifecycle(&host, "egress", message));
     }
     let admitted = state.admit_cgroup_members(&enforcer.cgroup_root);
     if admitted > 0 {
@@ -1430,6 +1475,7 @@ async fn serve(
         identity,
         refusals: Mutex::default(),
         grants: Mutex::new(grants),
+        backstop: shared_backstop.clone(),
     });
     let grant_sweeper = tokio::spawn(grants::sweep_grants(Arc::downgrade(&daemon)));
     let audit_ticker = tokio::spawn(tick_audit(Arc::downgrade(&daemon)));

@@ -220,6 +220,9 @@ impl Decoder {
                 .or_else(|| latest()?.agent_names.get(&id).cloned())
         };
         let rule = |id: u32| {
+            if id == agent_common::backstop::UNCOVERED_RULE {
+                return Some(("baton".to_string(), "backstop.uncovered".to_string()));
+            }
             if id & agent_common::egress::GRANT_RULE_BIT != 0 {
                 let grant = id & !agent_common::egress::GRANT_RULE_BIT;
                 return Some(("grant".to_string(), format!("grant/{grant}")));

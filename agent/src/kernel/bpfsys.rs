@@ -107,6 +107,19 @@ pub fn obj_info(fd: BorrowedFd<'_>) -> io::Result<ObjInfo> {
     })
 }
 
+/// The cgroup a cgroup link is attached to, from `bpf_link_info`; 0 once
+/// the link was detached or its cgroup removed.
+pub fn link_cgroup_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    // bpf_link_info: type, id, prog_id (u32 each), then the per-type union
+    // at offset 16; for a cgroup link it starts with cgroup_id (u64).
+    let mut info = [0u64; 4];
+    let mut attr = [0u64; 2];
+    attr[0] = u64::from(fd.as_raw_fd() as u32) | ((std::mem::size_of_val(&info) as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info[2])
+}
+
 /// Ids of the programs attached directly to the cgroup `cgroup` for
 /// `attach_type`, as the kernel runs them.
 pub fn cgroup_programs(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u32>> {
@@ -126,6 +139,7 @@ pub fn cgroup_programs(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<V
 /// The cgroup attach type of each cgroup program Baton attaches
 /// (`enum bpf_attach_type`), `None` for programs attached elsewhere.
 pub fn cgroup_attach_type(program: &str) -> Option<u32> {
+    let program = program.split_once('@').map_or(program, |(name, _)| name);
     Some(match program {
         "skb_egress" => 1,
         "sock_create" => 2,

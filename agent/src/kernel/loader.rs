@@ -11,8 +11,8 @@ use agent_common::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock,
-        CgroupSockAddr, CgroupSockopt, Lsm, ProgramError, links::FdLink,
+        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, CgroupSockopt, Lsm,
+        ProgramError, links::FdLink,
     },
 };
 
@@ -105,7 +105,7 @@ fn fingerprint_map(
     })
 }
 
-fn program_error(
+pub(super) fn program_error(
     program: &'static str,
     action: &'static str,
 ) -> impl FnOnce(ProgramError) -> KernelError {
@@ -245,7 +245,7 @@ impl Enforcer {
             pins.pin_link("sock_create", link)?;
         }
 
-        let packet_backstop = match attach_backstop(&mut ebpf, &root, pins) {
+        let packet_backstop = match super::backstop::load(&mut ebpf, pins, &cgroup_root) {
             Ok(()) => ControlState::Enforced,
             Err(error) => ControlState::Unavailable(error.to_string()),
         };
@@ -342,36 +342,6 @@ impl Enforcer {
             detection,
         })
     }
-}
-
-/// Loads and attaches the packet-level backstop, `skb_egress`. Agent
-/// sockets are tagged by `sock_create` and the address hooks, attached
-/// before it, so no agent socket made after the backstop is attached goes
-/// untagged.
-pub fn attach_backstop(ebpf: &mut Ebpf, root: &File, pins: &PinDir) -> Result<(), KernelError> {
-    if pins.keep_link("skb_egress")? {
-        return Ok(());
-    }
-    let program: &mut CgroupSkb = ebpf
-        .program_mut("skb_egress")
-        .ok_or(KernelError::MissingProgram("skb_egress"))?
-        .try_into()
-        .map_err(program_error("skb_egress", "load"))?;
-    program
-        .load()
-        .map_err(program_error("skb_egress", "load"))?;
-    let link = program
-        .attach(root, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
-        .map_err(program_error("skb_egress", "attach"))?;
-    let link = program
-        .take_link(link)
-        .map_err(program_error("skb_egress", "attach"))?;
-    let link = FdLink::try_from(link).map_err(|source| KernelError::Link {
-        program: "skb_egress",
-        source,
-    })?;
-    pins.pin_link("skb_egress", link)?;
-    Ok(())
 }
 
 /// Loads and attaches `cgroup/setsockopt` (5.3), which refuses agents the

@@ -321,7 +321,7 @@ impl RuleObjects {
     }
 }
 
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
+pub(super) fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {

@@ -2,6 +2,7 @@
 //! the programs, and writing the policy maps. What this kernel offers is
 //! [`crate::probe`]'s, which also weighs the fallbacks.
 
+pub mod backstop;
 pub mod bpfsys;
 pub mod btf;
 pub mod cgroup;

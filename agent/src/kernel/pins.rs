@@ -417,6 +417,48 @@ impl PinDir {
         Ok(())
     }
 
+    /// Pins `link`, made with `BPF_LINK_CREATE` rather than through aya,
+    /// for `program`, as [`PinDir::pin_link`] does.
+    pub fn pin_link_fd(&self, program: &str, link: OwnedFd) -> Result<(), PinError> {
+        let staging = self.link_path(&format!("{program}-staging"));
+        let _ = std::fs::remove_file(&staging);
+        bpfsys::obj_pin(link.as_fd(), &staging).map_err(io_error(&staging))?;
+        let pinned = aya::programs::links::PinnedLink::from_pin(&staging);
+        let _ = std::fs::remove_file(&staging);
+        drop(link);
+        let pinned = pinned.map_err(|source| PinError::Io {
+            path: staging.clone(),
+            source: std::io::Error::other(source.to_string()),
+        })?;
+        self.pin_link(program, FdLink::from(pinned))
+    }
+
+    /// Unpins the link of `program` and closes this daemon's descriptor of
+    /// it, so the link detaches.
+    pub fn unpin_link(&self, program: &str) {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&format!("links/{program}"));
+        self.pinned_links
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(program);
+        let _ = std::fs::remove_file(self.link_path(program));
+    }
+
+    /// Links a previous daemon pinned for `program`: `program` itself and
+    /// `program@…` (the same program attached to other cgroups).
+    pub fn adopted_links(&self, program: &str) -> Vec<String> {
+        let scoped = format!("{program}@");
+        self.adopted
+            .iter()
+            .filter_map(|pin| pin.strip_prefix("links/"))
+            .filter(|name| *name == program || name.starts_with(&scoped))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Allows [`PinDir::keep_link`] to keep a previous daemon's links that
     /// are still attached (cgroup programs to `cgroup_root`), or with
     /// `None` forbids it.
@@ -681,6 +723,21 @@ pub fn link_attachment(
     let Some(attach_type) = bpfsys::cgroup_attach_type(program) else {
         return Attachment::Attached;
     };
+    // `PROGRAM@ID`: attached to the cgroup with that id rather than the
+    // root. Only a detach or the cgroup's removal clears the link's cgroup.
+    if let Some((_, cgroup)) = program.split_once('@') {
+        let expected: u64 = cgroup.parse().unwrap_or(0);
+        return match bpfsys::link_cgroup_id(fd) {
+            Ok(found) if found == expected && found != 0 => Attachment::Attached,
+            Ok(0) => Attachment::Detached(format!(
+                "detached from cgroup {expected}, or the cgroup was removed"
+            )),
+            Ok(found) => {
+                Attachment::Detached(format!("attached to cgroup {found} instead of {expected}"))
+            }
+            Err(error) => Attachment::Detached(format!("link unreadable: {error}")),
+        };
+    }
     let root = match cgroup_root {
         Ok(root) => root,
         Err(error) => return Attachment::Detached(format!("cgroup v2 root unreadable: {error}")),

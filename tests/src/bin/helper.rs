@@ -11,7 +11,7 @@
 //!                                                 (IPv6 segment routing header)
 //!   baton-test-helper srh-hold HOP [FINAL]:PORT TEXT
 //!                                                 set the header as an option, print `ready`,
-//!                                                 wait for a line on stdin, then send
+//!                                                 then send once per line on stdin
 //!   baton-test-helper lsrr HOP FINAL:PORT TEXT cmsg|sockopt
 //!                                                 UDP send of TEXT to FINAL through HOP
 //!                                                 (IPv4 loose source route)
@@ -763,9 +763,15 @@ fn main() -> ExitCode {
                 match held {
                     Ok(fd) => {
                         println!("ready");
+                        // One send per line, until standard input closes.
                         let mut line = String::new();
-                        let _ = std::io::stdin().read_line(&mut line);
-                        report(send_with_cmsg(&fd, SocketAddr::V6(final_addr), text, None))
+                        let mut last = ExitCode::SUCCESS;
+                        while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
+                            line.clear();
+                            last =
+                                report(send_with_cmsg(&fd, SocketAddr::V6(final_addr), text, None));
+                        }
+                        last
                     }
                     Err(error) => report(Err(error)),
                 }
