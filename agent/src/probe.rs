@@ -372,7 +372,7 @@ pub fn probe() -> ProbeReport {
         Ok(()) => check(
             "packet backstop programs",
             true,
-            "skb_egress (cgroup_skb/egress, socket storage) loads; sock_create and the address hooks tag agent sockets",
+            "skb_egress (cgroup_skb/egress, socket storage) loads; sock_create and the address hooks tag agent sockets; the daemon attaches it to the agents' cgroups (the whole host for executable selectors), and sock_create refuses an agent a socket where it does not run",
         ),
         Err(e) => check("packet backstop programs", false, e.clone()),
     });

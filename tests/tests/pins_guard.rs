@@ -147,14 +147,15 @@ fn a_root_agent_removing_the_pins_switches_no_control_off() {
 
     // Every pin is back, naming the same objects.
     wait_until("every pin is back", || {
-        let mut now: Vec<String> = ["links", "maps"]
+        let now: Vec<String> = ["links", "maps"]
             .iter()
             .filter_map(|sub| std::fs::read_dir(daemon.pin_dir.join(sub)).ok())
             .flatten()
             .map(|e| e.unwrap().path().display().to_string())
             .collect();
-        now.sort();
-        now == pins_before
+        // The admission may add one: the packet backstop's link for the
+        // agent's cgroup.
+        pins_before.iter().all(|pin| now.contains(pin))
     });
     assert_eq!(
         pinned_link(&connect4)["prog_id"].as_u64(),

@@ -36,7 +36,7 @@ use agent_common::{backstop::MAX_BACKSTOP_CGROUPS, map_names};
 use aya::{
     Ebpf,
     maps::{HashMap, MapData, MapError},
-    programs::{CgroupSkb, ProgramFd},
+    programs::ProgramFd,
 };
 use thiserror::Error;
 
@@ -47,9 +47,9 @@ use super::{
 };
 
 /// The program's name, and the pin name of its link on the root.
-const PROGRAM: &str = "skb_egress";
+pub(super) const PROGRAM: &str = "skb_egress";
 /// `BPF_CGROUP_INET_EGRESS`.
-const INET_EGRESS: u32 = 1;
+pub(super) const INET_EGRESS: u32 = 1;
 
 /// Errors while widening the backstop's coverage.
 #[derive(Debug, Error)]
@@ -291,47 +291,4 @@ impl Backstop {
         self.pins.unpin_link(&format!("{PROGRAM}@{id}"));
         self.covered.remove(&id)
     }
-}
-
-/// Loads the backstop program and keeps what a previous daemon attached:
-/// its links stay when they run the same program where they should. When
-/// one cannot stay (other programs, or detached while no daemon ran), this
-/// program covers the whole host instead: the ids in the old pins do not
-/// say which agents needed them, and covering more is always safe.
-pub fn load(ebpf: &mut Ebpf, pins: &PinDir, cgroup_root: &Path) -> Result<(), KernelError> {
-    let program: &mut CgroupSkb = ebpf
-        .program_mut(PROGRAM)
-        .ok_or(KernelError::MissingProgram(PROGRAM))?
-        .try_into()
-        .map_err(super::loader::program_error(PROGRAM, "load"))?;
-    program
-        .load()
-        .map_err(super::loader::program_error(PROGRAM, "load"))?;
-    let mut whole_host = false;
-    for name in pins.adopted_links(PROGRAM) {
-        if !pins.keep_link(&name)? {
-            whole_host = true;
-        }
-    }
-    if whole_host {
-        let fd = program
-            .fd()
-            .map_err(super::loader::program_error(PROGRAM, "attach"))?;
-        let root = File::open(cgroup_root).map_err(|source| KernelError::CgroupRoot {
-            path: cgroup_root.to_path_buf(),
-            source,
-        })?;
-        let link = bpfsys::cgroup_link_create(fd.as_fd(), root.as_fd(), INET_EGRESS).map_err(
-            |source| KernelError::Program {
-                program: PROGRAM,
-                action: "attach",
-                source: aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
-                    call: "bpf_link_create",
-                    io_error: source,
-                }),
-            },
-        )?;
-        pins.pin_link_fd(PROGRAM, link)?;
-    }
-    Ok(())
 }

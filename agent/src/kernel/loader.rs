@@ -11,13 +11,14 @@ use agent_common::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, CgroupSockopt, Lsm,
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, Lsm,
         ProgramError, links::FdLink,
     },
 };
 
 use super::{
-    ControlState, EBPF_OBJECT, KernelError, bpfsys, btf::Btf, cgroup::cgroup2_mount, pins::PinDir,
+    ControlState, EBPF_OBJECT, KernelError, backstop, bpfsys, btf::Btf, cgroup::cgroup2_mount,
+    pins::PinDir,
 };
 
 /// The egress programs; each attaches to the hook of the same name.
@@ -105,7 +106,7 @@ fn fingerprint_map(
     })
 }
 
-pub(super) fn program_error(
+fn program_error(
     program: &'static str,
     action: &'static str,
 ) -> impl FnOnce(ProgramError) -> KernelError {
@@ -245,7 +246,7 @@ impl Enforcer {
             pins.pin_link("sock_create", link)?;
         }
 
-        let packet_backstop = match super::backstop::load(&mut ebpf, pins, &cgroup_root) {
+        let packet_backstop = match load_backstop(&mut ebpf, pins, &cgroup_root) {
             Ok(()) => ControlState::Enforced,
             Err(error) => ControlState::Unavailable(error.to_string()),
         };
@@ -342,6 +343,53 @@ impl Enforcer {
             detection,
         })
     }
+}
+
+/// Loads the backstop program and keeps what a previous daemon attached:
+/// its links stay when they run the same program where they should. When
+/// one cannot stay (other programs, or detached while no daemon ran), this
+/// program covers the whole host instead: the ids in the old pins do not
+/// say which agents needed them, and covering more is always safe.
+pub fn load_backstop(
+    ebpf: &mut Ebpf,
+    pins: &PinDir,
+    cgroup_root: &std::path::Path,
+) -> Result<(), KernelError> {
+    let program: &mut CgroupSkb = ebpf
+        .program_mut(backstop::PROGRAM)
+        .ok_or(KernelError::MissingProgram(backstop::PROGRAM))?
+        .try_into()
+        .map_err(program_error(backstop::PROGRAM, "load"))?;
+    program
+        .load()
+        .map_err(program_error(backstop::PROGRAM, "load"))?;
+    let mut whole_host = false;
+    for name in pins.adopted_links(backstop::PROGRAM) {
+        if !pins.keep_link(&name)? {
+            whole_host = true;
+        }
+    }
+    if whole_host {
+        use std::os::fd::AsFd as _;
+        let fd = program
+            .fd()
+            .map_err(program_error(backstop::PROGRAM, "attach"))?;
+        let root = File::open(cgroup_root).map_err(|source| KernelError::CgroupRoot {
+            path: cgroup_root.to_path_buf(),
+            source,
+        })?;
+        let link = bpfsys::cgroup_link_create(fd.as_fd(), root.as_fd(), backstop::INET_EGRESS)
+            .map_err(|source| KernelError::Program {
+                program: backstop::PROGRAM,
+                action: "attach",
+                source: aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_link_create",
+                    io_error: source,
+                }),
+            })?;
+        pins.pin_link_fd(backstop::PROGRAM, link)?;
+    }
+    Ok(())
 }
 
 /// Loads and attaches `cgroup/setsockopt` (5.3), which refuses agents the

@@ -29,6 +29,11 @@ const BULK_DAEMON_TARGET: f64 = 0.98;
 const BULK_AGENT_TARGET: f64 = 0.95;
 /// How long each bulk run writes.
 const BULK_MILLIS: u64 = 2_000;
+/// Every bench-connect process (clients, listener, sink) runs on this CPU
+/// (`BATON_BENCH_CPU`): left to the scheduler, whether a client and its
+/// listener shared a CPU changed a round's figure by up to 2.5x on a
+/// two-CPU machine. The daemon is not pinned.
+const BENCH_CPU: (&str, &str) = ("BATON_BENCH_CPU", "0");
 
 /// One measured configuration of the egress benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,9 +129,9 @@ pub(super) fn run(params: &Params) -> Result<()> {
 
     let work = WorkDir::create()?;
     // Both live until the end of the function, every case included.
-    let target_listener = Listener::start(&client)?;
-    let unlisted_listener = Listener::start(&client)?;
-    let sink_listener = Listener::start_as(&client, "--sink")?;
+    let target_listener = Listener::start_with(&client, "--listen", &[BENCH_CPU])?;
+    let unlisted_listener = Listener::start_with(&client, "--listen", &[BENCH_CPU])?;
+    let sink_listener = Listener::start_with(&client, "--sink", &[BENCH_CPU])?;
     let target = target_listener.addr.clone();
     let unlisted = unlisted_listener.addr.clone();
     let sink = sink_listener.addr.clone();
@@ -277,10 +282,8 @@ impl Bench {
             Case::Agent => {
                 let daemon = daemon.context("case (c) needs the daemon")?;
                 // Checked every round: each round starts a new daemon.
-                let outcome = daemon.exec(
-                    &self.baton,
-                    &self.client,
-                    &["--probe".to_string(), self.unlisted.clone()],
+                let outcome = probe(
+                    &mut self.in_agent(daemon, &["--probe".to_string(), self.unlisted.clone()]),
                 )?;
                 ensure!(
                     outcome == "errno=1",
@@ -294,7 +297,7 @@ impl Bench {
                         self.unlisted
                     );
                 }
-                daemon.exec_command(&self.baton, &self.client, &args)
+                self.in_agent(daemon, &args)
             }
             Case::Nftables => {
                 if round == 0 {
@@ -303,12 +306,27 @@ impl Bench {
                 self.cgroup.command(&self.client, &args)
             }
         };
+        cmd.env(BENCH_CPU.0, BENCH_CPU.1);
         // Far above the ~30 µs an iteration takes, far below forever.
         let timeout =
             Duration::from_secs(30) + Duration::from_millis(1) * self.params.iterations as u32;
         let sample = parse_sample(&run_client(&mut cmd, timeout)?);
         drop(table);
         sample
+    }
+
+    /// `bench-connect args` in the benchmark agent, started by `baton exec`
+    /// from the benchmark's own cgroup (that of case (d)), as an agent in
+    /// production runs in a cgroup of its own (a unit, a pod, a
+    /// `maxProcesses` cgroup): the daemon attaches the packet backstop
+    /// there, and processes elsewhere, case (b)'s, never run it.
+    fn in_agent(&self, daemon: &Daemon, args: &[String]) -> Command {
+        let exec = daemon.exec_command(&self.baton, &self.client, args);
+        let exec_args: Vec<String> = exec
+            .get_args()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect();
+        self.cgroup.command(&self.baton, &exec_args)
     }
 
     /// One bulk stream to the sink for `case`.
@@ -319,17 +337,14 @@ impl Bench {
             BULK_MILLIS.to_string(),
         ];
         let mut cmd = match case {
-            Case::Agent => daemon.context("case (c) needs the daemon")?.exec_command(
-                &self.baton,
-                &self.client,
-                &args,
-            ),
+            Case::Agent => self.in_agent(daemon.context("case (c) needs the daemon")?, &args),
             _ => {
                 let mut cmd = Command::new(&self.client);
                 cmd.args(&args);
                 cmd
             }
         };
+        cmd.env(BENCH_CPU.0, BENCH_CPU.1);
         let output = run_client(&mut cmd, Duration::from_millis(BULK_MILLIS * 3 + 30_000))?;
         let value: serde_json::Value = serde_json::from_str(output.trim())
             .with_context(|| format!("bench-connect --bulk printed {output:?}, not JSON"))?;
@@ -391,6 +406,18 @@ impl Bench {
             let warning = format!(
                 "round {}: {attached} connect4 program(s) attached at {} where {expected} \
                  expected (another Baton or eBPF tool is running)",
+                round + 1,
+                self.cgroup_root.display()
+            );
+            println!("bench: warning: {warning}");
+            self.warnings.push(warning);
+        }
+        // The agent runs in the benchmark's cgroup, so the daemon attaches
+        // the packet backstop there; on the root it would be in (b) too.
+        let backstop_on_root = listing.lines().any(|l| l.contains("skb_egress"));
+        if with_daemon && backstop_on_root {
+            let warning = format!(
+                "round {}: the packet backstop is attached to {}, so (b) pays for it on every packet",
                 round + 1,
                 self.cgroup_root.display()
             );

@@ -247,8 +247,14 @@ impl Listener {
 
     /// Starts `client MODE 127.0.0.1:0` (`--listen` or `--sink`).
     fn start_as(client: &Path, mode: &str) -> Result<Self> {
+        Self::start_with(client, mode, &[])
+    }
+
+    /// As [`Listener::start_as`], with more environment variables.
+    fn start_with(client: &Path, mode: &str, env: &[(&str, &str)]) -> Result<Self> {
         let mut child = Command::new(client)
             .args([mode, "127.0.0.1:0"])
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
