@@ -69,7 +69,16 @@ pub(super) fn cover_process(
     pid: u32,
     cgroup_root: &Path,
 ) -> Result<Option<String>, BackstopError> {
-    let dir = process_cgroup(pid, cgroup_root);
+    // A `maxProcesses` agent has a cgroup of its own per exec under
+    // `baton/`: covering their parent once keeps one attachment for all.
+    let limits = cgroup_root.join("baton");
+    let dir = process_cgroup(pid, cgroup_root).map(|dir| {
+        if dir.parent() == Some(limits.as_path()) {
+            limits.clone()
+        } else {
+            dir
+        }
+    });
     let mut backstop = backstop.lock().expect("backstop lock poisoned");
     let coverage = match dir {
         Some(dir) => backstop.cover(&dir)?,
