@@ -37,7 +37,7 @@ pub const BACKSTOP_ANCESTOR_LEVELS: usize = 8;
 
 /// The rule id of a denial because no backstop covered the socket: a
 /// socket an agent creates in a cgroup the backstop is not attached to
-/// (the daemon attaches it, and the next try succeeds), or a socket it did
+/// (the daemon attaches it, and tries after that succeed), or a socket it did
 /// not create while the backstop does not cover the whole host. Below
 /// [`crate::egress::GRANT_RULE_BIT`], far above any compiled rule.
 pub const UNCOVERED_RULE: u32 = crate::egress::GRANT_RULE_BIT - 1;

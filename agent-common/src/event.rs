@@ -22,7 +22,7 @@ pub mod kind {
     /// An agent needed a socket in a cgroup the packet backstop does not
     /// cover: [`super::CgroupEvent`], on the same ring as
     /// [`NETNS_PROXY_NEEDED`]. The socket was refused; the daemon covers
-    /// the host so the next try succeeds.
+    /// the host so tries after that succeed.
     pub const BACKSTOP_NEEDED: u16 = 4;
 }
 

@@ -503,7 +503,7 @@ fn try_decide(
 
 /// Refuses a connect or send on a socket the backstop may not see (see
 /// [`backstop::uncovered`]), records it and asks the daemon to cover the
-/// whole host, after which the next try is judged as usual.
+/// whole host, after which tries are judged as usual.
 #[inline(always)]
 fn refuse_uncovered(
     agent: &AgentRecord,

@@ -47,7 +47,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     }
     // The socket's cgroup is the task's: its packets run the backstop only
     // if the program is attached there or above. Where it is not, the
-    // socket is refused and the daemon attaches it, so the next try works.
+    // socket is refused and the daemon attaches it; tries after that work.
     if !current_cgroup_covered() {
         return refuse_uncovered(&ctx, &agent).to_cgroup_sock();
     }

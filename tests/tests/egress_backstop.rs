@@ -662,8 +662,12 @@ fn an_agent_that_leaves_its_cgroup_gets_no_socket_the_backstop_cannot_see() {
         )],
     );
     let target = format!("127.0.0.1:{port}");
+    // The daemon attaches within milliseconds of the refusal; the agent
+    // tries again until then, as a client retrying a failed call would.
     let inner = format!(
-        "echo $$ > {}/cgroup.procs && {HELPER} connect {target}; {HELPER} connect {target}",
+        "echo $$ > {}/cgroup.procs && {HELPER} connect {target}; \
+         for i in $(seq 100); do out=$({HELPER} connect {target}); \
+         [ \"$out\" = ok ] && break; sleep 0.05; done; echo \"$out\"",
         away.dir.display()
     );
     let output = Command::new("sh")

@@ -49,6 +49,22 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
             format!("{adopted} adopted from a previous daemon at start")
         }
     );
+    let backstop: Vec<&str> = status["packet_backstop"]["attached_to"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|dir| dir.as_str())
+        .collect();
+    println!(
+        "packet backstop: {}",
+        if let Some(why) = status["packet_backstop"]["unavailable"].as_str() {
+            format!("NOT available: {why}")
+        } else if backstop.is_empty() {
+            "not attached yet (no agent needs it)".to_string()
+        } else {
+            format!("attached to {}", backstop.join(", "))
+        }
+    );
     for agent in status["agents"].as_array().into_iter().flatten() {
         println!(
             "\nagent {} ({} mode, {} processes, breaker {})",

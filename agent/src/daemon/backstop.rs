@@ -120,20 +120,25 @@ pub(super) fn answer_request(daemon: &Arc<Daemon>, agent_id: u32, pid: u32, cgro
         .flatten()
         .filter(|dir| crate::kernel::maps::cgroup_id(dir).ok() == Some(cgroup_id))
         .or_else(|| {
-            // The process may be gone already; the root is known by id.
-            (crate::kernel::maps::cgroup_id(&cgroup_root).ok() == Some(cgroup_id))
-                .then(|| cgroup_root.clone())
+            // The process may be gone already (a short-lived one often is):
+            // the cgroup is looked for by its id.
+            (cgroup_id != 0)
+                .then(|| {
+                    crate::kernel::cgroup::subtree(&cgroup_root)
+                        .find(|dir| crate::kernel::maps::cgroup_id(dir).ok() == Some(cgroup_id))
+                })
+                .flatten()
         });
     let why = match (&dir, cgroup_id) {
         (_, 0) => format!(
-            "agent {agent}'s process {pid} was refused the use of a socket it did not create, whose packets only a backstop on the whole host sees; its next try succeeds"
+            "agent {agent}'s process {pid} was refused the use of a socket it did not create, whose packets only a backstop on the whole host sees; a later try succeeds"
         ),
         (Some(dir), _) => format!(
-            "agent {agent}'s process {pid} was refused a socket in cgroup {}, which the backstop did not cover; its next try succeeds",
+            "agent {agent}'s process {pid} was refused a socket in cgroup {}, which the backstop did not cover; a later try succeeds",
             dir.display()
         ),
         (None, _) => format!(
-            "agent {agent}'s process {pid} was refused a socket in cgroup {cgroup_id}, which the backstop did not cover and which is gone or cannot be found; its next try succeeds"
+            "agent {agent}'s process {pid} was refused a socket in cgroup {cgroup_id}, which the backstop did not cover and which is gone or cannot be found; a later try succeeds"
         ),
     };
     let outcome = {

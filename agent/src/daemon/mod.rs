@@ -693,9 +693,10 @@ impl State {
                 "dir": self.pin_dir,
                 "adopted_at_start": self.adopted,
             },
-            "packet_backstop": {
-                "attached_to": self.backstop.lock().map(|b| b.attached()).unwrap_or_default(),
-            },
+            "packet_backstop": self.backstop.lock().map(|b| json!({
+                "attached_to": b.attached(),
+                "unavailable": b.unavailable(),
+            })).unwrap_or_default(),
             "programs": {
                 "attached": self.pins.held().iter().filter(|p| p.starts_with("links/")).count() - detached.len(),
                 "detached": detached,

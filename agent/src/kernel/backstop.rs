@@ -14,7 +14,7 @@
 //! Correctness does not rest on that guess. `sock_create` refuses an agent
 //! process a socket in a cgroup the [`BACKSTOP_CGROUPS`] map does not cover
 //! (the cgroup or an ancestor) and asks the daemon, which covers it; the
-//! agent's next try succeeds. An agent that moved itself to another cgroup
+//! agent's tries after that succeed. An agent that moved itself to another cgroup
 //! is caught the same way. Sockets an agent did not create (made before it
 //! joined, or passed in) have no known cgroup: the address hooks refuse
 //! their use until the backstop covers the whole host.
@@ -195,6 +195,11 @@ impl Backstop {
     /// Whether the program runs for every socket on the host.
     pub fn covers_host(&self) -> bool {
         self.program.is_err() || self.covered.contains_key(&self.root_id)
+    }
+
+    /// Why the program is not loaded, if it is not.
+    pub fn unavailable(&self) -> Option<&str> {
+        self.program.as_ref().err().map(String::as_str)
     }
 
     /// The directories the program is attached to, root first if it is.
