@@ -764,3 +764,83 @@ fn a_killed_daemon_leaves_each_file_mechanism_as_documented() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Without BPF LSM, Landlock enforces a `baton exec` agent's exec
+/// allowlist but cannot see a memfd (an internal mount it leaves alone):
+/// the agent's seccomp filter refuses executable memfds and `fexecve`.
+/// On a kernel with BPF LSM the kernel programs decide instead (the VM
+/// test above) and no such filter is installed.
+#[test]
+fn an_exec_allowlist_without_bpf_lsm_refuses_memfd_and_fexecve() {
+    let helper_dir = std::path::Path::new(HELPER)
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    let exec = format!(
+        "  exec:\n    default: deny\n    allow:\n      - /usr\n      - /bin\n      - /lib\n      - /lib64\n      - {helper_dir}\n"
+    );
+    let daemon = Daemon::start(
+        "exec-memfd",
+        &[
+            ("p.yaml", policy("memfd", "memfd", &exec)),
+            (
+                "a.yaml",
+                policy("anon", "anon", &format!("{exec}    allowAnonymous: true\n")),
+            ),
+        ],
+    );
+    if daemon.status()["file_enforcement"] == "BPF LSM" {
+        // The VM suite covers this kernel's own programs.
+        return;
+    }
+    let run = |args: &[&str]| agent_outcome(&daemon, "memfd", args);
+    assert_eq!(run(&["exec", "/usr/bin/echo", "ok"]), "ok", "allowed");
+    assert_eq!(
+        run(&["memfd-exec", "/usr/bin/echo", "ok"]),
+        EPERM,
+        "an executable memfd, even of an allowed program"
+    );
+    assert_eq!(
+        run(&["fexecve", "/usr/bin/echo", "ok"]),
+        EPERM,
+        "fexecve, even of an allowed program"
+    );
+    // A memfd sealed against execution is still there for what memfds are
+    // for (shared memory, anonymous files).
+    let sealed = daemon.exec(
+        "memfd",
+        &[
+            "python3",
+            "-c",
+            "import os; fd = os.memfd_create('data', 0x8); os.write(fd, b'x'); print('ok')",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&sealed.stdout).trim(),
+        "ok",
+        "a sealed memfd: {}",
+        String::from_utf8_lossy(&sealed.stderr)
+    );
+    // A policy that lets files with no name on disk run gets no such rule.
+    assert_eq!(
+        agent_outcome(&daemon, "anon", &["memfd-exec", "/usr/bin/echo", "ok"]),
+        "ok",
+        "exec.allowAnonymous"
+    );
+    // Outside the agent nothing changes.
+    assert_eq!(
+        outside_outcome(&["memfd-exec", "/usr/bin/echo", "ok"]),
+        "ok"
+    );
+    assert_eq!(outside_outcome(&["fexecve", "/usr/bin/echo", "ok"]), "ok");
+    // Recorded where the daemon reads the kernel's audit log.
+    if daemon.status()["landlock_denials"] == "recorded" {
+        for call in ["memfd_create()", "execveat()"] {
+            let record =
+                daemon.wait_for_record(|r| r["object"]["path"] == call && r["hook"] == "seccomp");
+            assert_eq!(record["agent"], "memfd", "{record}");
+            assert_eq!(record["verdict"], "denied", "{record}");
+        }
+    }
+}

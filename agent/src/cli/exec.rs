@@ -85,11 +85,18 @@ pub fn run(args: &ExecArgs) -> anyhow::Result<()> {
     // record it, and a filter would only slow down every system call.
     // The socket families go into the same filter where BPF LSM's
     // socket_create is missing.
+    // Where Landlock enforces the exec rules, the filter also refuses the
+    // execs it cannot see (executable memfds, fexecve), unless the policy
+    // allows files with no name on disk to run.
     let families = (!families_by_lsm).then_some(families);
+    let exec_by_landlock = landlock.as_ref().is_some_and(|plan| {
+        plan.handled & agent_common::files::right::bit(agent_common::files::right::EXEC) != 0
+            && !plan.allow_anonymous_exec
+    });
     if !held_by_bpf_lsm {
-        crate::fallback::seccomp::apply(families)?;
-    } else if let Some(families) = families {
-        crate::fallback::seccomp::apply_families(families)?;
+        crate::fallback::seccomp::apply(families, exec_by_landlock)?;
+    } else if families.is_some() || exec_by_landlock {
+        crate::fallback::seccomp::apply_families(families, exec_by_landlock)?;
     }
     // Set on this process, so the command and everything it starts inherit
     // it: exec never again grants setuid, setgid or file capabilities, and

@@ -535,12 +535,10 @@ impl State {
             .filter(|rule| !self.protected.iter().any(|(path, _)| *path == rule.path))
             .cloned()
             .collect();
-        Some(crate::fallback::landlock::plan(
-            &rules,
-            compiled.file_default,
-            compiled.exec_default,
-        ))
-        .filter(|plan| plan.handled != 0)
+        let mut plan =
+            crate::fallback::landlock::plan(&rules, compiled.file_default, compiled.exec_default);
+        plan.allow_anonymous_exec = compiled.allow_anonymous_exec;
+        Some(plan).filter(|plan| plan.handled != 0)
     }
 
     /// Logs, once per agent and policy generation, what of the agent's

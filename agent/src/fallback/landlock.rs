@@ -51,6 +51,11 @@ pub struct LandlockPlan {
     /// policy denies allowed.
     #[serde(default)]
     pub not_enforced: Vec<String>,
+    /// The policy's `exec.allowAnonymous`: when unset and Landlock handles
+    /// exec, `baton exec`'s seccomp filter refuses executable memfds and
+    /// `fexecve`, which Landlock cannot see.
+    #[serde(default)]
+    pub allow_anonymous_exec: bool,
 }
 
 fn right_name(r: usize) -> &'static str {
@@ -192,7 +197,7 @@ pub fn plan(rules: &[SourceRule], file_default: u8, exec_default: u8) -> Landloc
     }
     if out.handled & right::bit(right::EXEC) != 0 {
         out.not_enforced.push(
-            "exec: Landlock judges execve only: a program outside the allowed paths still runs through the dynamic loader (ld.so FILE), as an executable mapping (mmap PROT_EXEC) or from a memfd (fexecve)"
+            "exec: Landlock judges execve only: a program outside the allowed paths still runs through the dynamic loader (ld.so FILE) or as an executable mapping (mmap PROT_EXEC); memfds and fexecve are refused by the seccomp filter unless exec.allowAnonymous is set"
                 .into(),
         );
     }

@@ -94,6 +94,10 @@ const X32_OWN_NUMBERS: [i64; 4] = [
     540, // process_vm_writev
 ];
 
+/// x32's `execveat`, which has a number of its own.
+#[cfg(target_arch = "x86_64")]
+const X32_EXECVEAT: i64 = 545;
+
 /// The rule that matches `socket(AF_NETLINK, _, NETLINK_AUDIT)`.
 fn audit_socket_rule() -> Result<SeccompRule, SeccompError> {
     let netlink = SeccompCondition::new(
@@ -127,19 +131,68 @@ fn family_rules(families: u64) -> Result<Vec<SeccompRule>, SeccompError> {
     Ok(rules)
 }
 
+/// `MFD_NOEXEC_SEAL` (Linux 6.3): the memfd can never be made executable.
+const MFD_NOEXEC_SEAL: u64 = 0x0008;
+
+/// Rules for the programs Landlock's execute right does not see, for agents
+/// whose exec rules Landlock enforces: it checks the file an `execve` path
+/// names, but a memfd lives on an internal mount Landlock leaves alone, so
+/// `memfd_create` + `fexecve` (or an exec through `/proc/self/fd/N`) would
+/// run any program. A memfd may still be made when it is sealed against
+/// execution (`MFD_NOEXEC_SEAL`), and `execveat` with `AT_EMPTY_PATH` (an
+/// exec of an open descriptor, which is what `fexecve` does) is refused.
+fn exec_rules(rules: &mut BTreeMap<i64, Vec<SeccompRule>>) -> Result<(), SeccompError> {
+    let executable_memfd = || -> Result<SeccompRule, SeccompError> {
+        Ok(SeccompRule::new(vec![SeccompCondition::new(
+            1,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(MFD_NOEXEC_SEAL),
+            0,
+        )?])?)
+    };
+    let descriptor_exec = || -> Result<SeccompRule, SeccompError> {
+        Ok(SeccompRule::new(vec![SeccompCondition::new(
+            4,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(libc::AT_EMPTY_PATH as u64),
+            libc::AT_EMPTY_PATH as u64,
+        )?])?)
+    };
+    rules.insert(libc::SYS_memfd_create, vec![executable_memfd()?]);
+    rules.insert(libc::SYS_execveat, vec![descriptor_exec()?]);
+    #[cfg(target_arch = "x86_64")]
+    {
+        rules.insert(
+            libc::SYS_memfd_create | X32_SYSCALL_BIT,
+            vec![executable_memfd()?],
+        );
+        rules.insert(X32_EXECVEAT | X32_SYSCALL_BIT, vec![descriptor_exec()?]);
+    }
+    Ok(())
+}
+
 /// Self-protection and, when `families` is given, the socket families
-/// allowed: the classic BPF program of the filter.
-pub fn filter(families: Option<u64>) -> Result<BpfProgram, SeccompError> {
-    build(true, families)
+/// allowed, and with `exec_by_landlock` the execs Landlock cannot see
+/// ([`exec_rules`]): the classic BPF program of the filter.
+pub fn filter(families: Option<u64>, exec_by_landlock: bool) -> Result<BpfProgram, SeccompError> {
+    build(true, families, exec_by_landlock)
 }
 
-/// Only the socket family check, for agents whose self-protection BPF LSM
-/// already holds but whose kernel lacks the `socket_create` program.
-pub fn families_filter(families: u64) -> Result<BpfProgram, SeccompError> {
-    build(false, Some(families))
+/// Only the socket family check (and the exec rules, with
+/// `exec_by_landlock`), for agents whose self-protection BPF LSM already
+/// holds but whose kernel lacks the `socket_create` program.
+pub fn families_filter(
+    families: Option<u64>,
+    exec_by_landlock: bool,
+) -> Result<BpfProgram, SeccompError> {
+    build(false, families, exec_by_landlock)
 }
 
-fn build(self_protection: bool, families: Option<u64>) -> Result<BpfProgram, SeccompError> {
+fn build(
+    self_protection: bool,
+    families: Option<u64>,
+    exec_by_landlock: bool,
+) -> Result<BpfProgram, SeccompError> {
     let arch = TargetArch::try_from(std::env::consts::ARCH)
         .map_err(|_| SeccompError::Arch(std::env::consts::ARCH.to_string()))?;
     let mut rules = BTreeMap::new();
@@ -162,6 +215,9 @@ fn build(self_protection: bool, families: Option<u64>) -> Result<BpfProgram, Sec
             #[cfg(target_arch = "x86_64")]
             rules.insert(number | X32_SYSCALL_BIT, family_rules(families)?);
         }
+    }
+    if exec_by_landlock {
+        exec_rules(&mut rules)?;
     }
     if self_protection {
         // The audit netlink socket: a root agent could switch the audit
@@ -274,6 +330,7 @@ pub fn refused_call(syscall: i64, arch: u32, killed: bool) -> Option<String> {
                 libc::SYS_process_vm_readv,
                 libc::SYS_process_vm_writev,
             ][at],
+            None if number == X32_EXECVEAT => libc::SYS_execveat,
             None => number,
         }
     };
@@ -284,6 +341,8 @@ pub fn refused_call(syscall: i64, arch: u32, killed: bool) -> Option<String> {
         .chain([
             ("socket", libc::SYS_socket),
             ("socketpair", libc::SYS_socketpair),
+            ("memfd_create", libc::SYS_memfd_create),
+            ("execveat", libc::SYS_execveat),
         ])
         .find(|&(_, number)| number == native)
         .map(|(name, _)| name)?;
@@ -325,8 +384,8 @@ impl Applied {
 /// Applies the seccomp filter (with the agent's socket `families`, where
 /// nothing else holds them) and, where Landlock has it, signal scoping to
 /// the calling thread. Call right before exec: irrevocable.
-pub fn apply(families: Option<u64>) -> Result<Applied, SeccompError> {
-    let program = filter(families)?;
+pub fn apply(families: Option<u64>, exec_by_landlock: bool) -> Result<Applied, SeccompError> {
+    let program = filter(families, exec_by_landlock)?;
     let landlock_abi = crate::fallback::landlock::landlock_abi();
     // Landlock first: the filter does not deny its calls, but nothing needs
     // to run under the filter that does not have to.
@@ -338,9 +397,10 @@ pub fn apply(families: Option<u64>) -> Result<Applied, SeccompError> {
     })
 }
 
-/// Applies only the socket family filter. Call right before exec.
-pub fn apply_families(families: u64) -> Result<(), SeccompError> {
-    install(&families_filter(families)?)
+/// Applies only the socket family filter and, with `exec_by_landlock`, the
+/// exec rules. Call right before exec.
+pub fn apply_families(families: Option<u64>, exec_by_landlock: bool) -> Result<(), SeccompError> {
+    install(&families_filter(families, exec_by_landlock)?)
 }
 
 /// What a `baton exec` agent gets from the fallback on a kernel with this
@@ -380,7 +440,7 @@ mod tests {
     /// Runs `body` in a forked child that first installs the filter; returns
     /// how the child ended (`Ok(exit code)` or `Err(signal)`).
     fn in_filtered_child(body: fn() -> i32) -> Result<i32, i32> {
-        in_child_with(filter(None).unwrap(), body)
+        in_child_with(filter(None, false).unwrap(), body)
     }
 
     fn in_child_with(program: BpfProgram, body: fn() -> i32) -> Result<i32, i32> {
@@ -431,7 +491,7 @@ mod tests {
         ] {
             assert!(names.contains(&name), "{name} is denied");
         }
-        assert!(!filter(None).unwrap().is_empty());
+        assert!(!filter(None, false).unwrap().is_empty());
     }
 
     #[test]
@@ -553,14 +613,17 @@ mod tests {
                 .map_or(0, |i| 30 + i as i32)
         }
         assert_eq!(
-            in_child_with(families_filter(DEFAULT_FAMILIES).unwrap(), body),
+            in_child_with(
+                families_filter(Some(DEFAULT_FAMILIES), false).unwrap(),
+                body
+            ),
             Ok(0),
             "exit 30+i: the i-th check failed"
         );
         // vsock allowed: the first check now fails, so the test can fail.
         let with_vsock = DEFAULT_FAMILIES | 1 << libc::AF_VSOCK;
         assert_eq!(
-            in_child_with(families_filter(with_vsock).unwrap(), body),
+            in_child_with(families_filter(Some(with_vsock), false).unwrap(), body),
             Ok(30)
         );
     }
