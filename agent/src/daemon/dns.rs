@@ -472,17 +472,8 @@ pub(super) async fn sweep_learned_addresses(daemon: Weak<Daemon>) {
 
 /// `(agent id, netns cookie, pid)` of a "needs a proxy here" event.
 pub(super) fn netns_request(bytes: &[u8]) -> Option<(u32, u64, u32)> {
-    use agent_common::event::{EventHeader, NetnsEvent, kind};
-    if bytes.len() < size_of::<NetnsEvent>() {
-        return None;
-    }
-    // SAFETY: length checked; both types are plain old data.
-    let header: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    if header.kind != kind::NETNS_PROXY_NEEDED {
-        return None;
-    }
-    // SAFETY: as above.
-    let event: NetnsEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    use agent_common::event::{NetnsEvent, kind};
+    let (header, event) = super::events::request::<NetnsEvent>(bytes, kind::NETNS_PROXY_NEEDED)?;
     Some((header.agent_id, event.netns_cookie, header.tgid))
 }
 

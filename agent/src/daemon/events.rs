@@ -126,18 +126,29 @@ fn hand_over_netns_request(daemon: &Arc<Daemon>, item: &[u8]) {
 
 /// `(agent id, cgroup id, pid)` of a "cover this cgroup" request.
 fn backstop_request(bytes: &[u8]) -> Option<(u32, u64, u32)> {
-    use agent_common::event::{CgroupEvent, EventHeader, kind};
-    if bytes.len() < size_of::<CgroupEvent>() {
+    use agent_common::event::{CgroupEvent, kind};
+    let (header, event) = request::<CgroupEvent>(bytes, kind::BACKSTOP_NEEDED)?;
+    Some((header.agent_id, event.cgroup_id, header.tgid))
+}
+
+/// The header and body of a request of `kind` read from the requests ring,
+/// `None` for another kind or a short record.
+pub(super) fn request<T: aya::Pod>(
+    bytes: &[u8],
+    kind: u16,
+) -> Option<(agent_common::event::EventHeader, T)> {
+    use agent_common::event::EventHeader;
+    if bytes.len() < size_of::<T>() || bytes.len() < size_of::<EventHeader>() {
         return None;
     }
-    // SAFETY: length checked; both types are plain old data.
+    // SAFETY: length checked; the header and `T` are plain old data (`Pod`).
     let header: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    if header.kind != kind::BACKSTOP_NEEDED {
+    if header.kind != kind {
         return None;
     }
     // SAFETY: as above.
-    let event: CgroupEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    Some((header.agent_id, event.cgroup_id, header.tgid))
+    let event: T = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    Some((header, event))
 }
 
 /// Waits until a ring is worth reading.
