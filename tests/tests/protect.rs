@@ -393,6 +393,10 @@ fn vm_a_root_agent_cannot_remove_the_daemons_pins() {
     );
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let target = listener.local_addr().unwrap().to_string();
+    // A first `baton exec` agent makes the daemon attach the packet
+    // backstop to the test's cgroup (a new pin); the pins are counted
+    // after it.
+    assert!(daemon.exec("guard", &["true"]).status.success());
     let pins_before = pins_under(&daemon.pin_dir);
     let links_before = pinned_links(&daemon.pin_dir);
     assert!(
