@@ -202,6 +202,21 @@ fn survive_kill_and_restart(
     allowed: &str,
 ) {
     let prober = Prober::start(daemon, agent, kind, denied, allowed);
+    // The prober's admission attaches the packet backstop to its cgroup
+    // (one more link): the links are counted once it is in.
+    let admitted = std::time::Instant::now();
+    while !daemon.status()["agents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|a| a["agent"] == agent && a["processes"].as_u64() > Some(0))
+    {
+        assert!(
+            admitted.elapsed() < Duration::from_secs(60),
+            "the prober was not admitted within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     std::thread::sleep(Duration::from_millis(500));
     let before = pinned_program_ids(&daemon.pin_dir);
     let rules_before = (
