@@ -109,7 +109,7 @@ pub struct Backstop {
 
 impl Backstop {
     /// Takes the map out of the loaded object and brings it in line with
-    /// the links [`load`] kept or made: an entry for exactly each cgroup
+    /// the links `loader::load_backstop` kept or made: an entry for exactly each cgroup
     /// the program runs on.
     pub fn new(
         ebpf: &mut Ebpf,
