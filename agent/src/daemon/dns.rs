@@ -470,13 +470,6 @@ pub(super) async fn sweep_learned_addresses(daemon: Weak<Daemon>) {
     }
 }
 
-/// `(agent id, netns cookie, pid)` of a "needs a proxy here" event.
-pub(super) fn netns_request(bytes: &[u8]) -> Option<(u32, u64, u32)> {
-    use agent_common::event::{NetnsEvent, kind};
-    let (header, event) = super::events::request::<NetnsEvent>(bytes, kind::NETNS_PROXY_NEEDED)?;
-    Some((header.agent_id, event.netns_cookie, header.tgid))
-}
-
 impl State {
     /// Brings the DNS proxies in line with the agents' domain rules.
     pub(super) fn refresh_dns(&mut self) {

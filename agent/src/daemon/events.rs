@@ -124,6 +124,13 @@ fn hand_over_netns_request(daemon: &Arc<Daemon>, item: &[u8]) {
     }
 }
 
+/// `(agent id, netns cookie, pid)` of a "needs a proxy here" event.
+fn netns_request(bytes: &[u8]) -> Option<(u32, u64, u32)> {
+    use agent_common::event::{NetnsEvent, kind};
+    let (header, event) = request::<NetnsEvent>(bytes, kind::NETNS_PROXY_NEEDED)?;
+    Some((header.agent_id, event.netns_cookie, header.tgid))
+}
+
 /// `(agent id, cgroup id, pid)` of a "cover this cgroup" request.
 fn backstop_request(bytes: &[u8]) -> Option<(u32, u64, u32)> {
     use agent_common::event::{CgroupEvent, kind};
@@ -133,7 +140,7 @@ fn backstop_request(bytes: &[u8]) -> Option<(u32, u64, u32)> {
 
 /// The header and body of a request of `kind` read from the requests ring,
 /// `None` for another kind or a short record.
-pub(super) fn request<T: aya::Pod>(
+fn request<T: aya::Pod>(
     bytes: &[u8],
     kind: u16,
 ) -> Option<(agent_common::event::EventHeader, T)> {

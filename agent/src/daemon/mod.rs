@@ -12,7 +12,7 @@ mod takeover;
 mod trail;
 
 use breakers::{breaker_rules, watch_breakers};
-use dns::{netns_request, open_netns_proxy, start_dns_proxies, sweep_learned_addresses};
+use dns::{open_netns_proxy, start_dns_proxies, sweep_learned_addresses};
 use events::{drain_events, serve_netns_requests, tick_audit};
 use files::{record_fanotify_events, start_fanotify};
 use takeover::Takeover;
