@@ -140,10 +140,7 @@ fn backstop_request(bytes: &[u8]) -> Option<(u32, u64, u32)> {
 
 /// The header and body of a request of `kind` read from the requests ring,
 /// `None` for another kind or a short record.
-fn request<T: aya::Pod>(
-    bytes: &[u8],
-    kind: u16,
-) -> Option<(agent_common::event::EventHeader, T)> {
+fn request<T: aya::Pod>(bytes: &[u8], kind: u16) -> Option<(agent_common::event::EventHeader, T)> {
     use agent_common::event::EventHeader;
     if bytes.len() < size_of::<T>() || bytes.len() < size_of::<EventHeader>() {
         return None;
