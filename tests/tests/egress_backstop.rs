@@ -654,8 +654,10 @@ fn an_agent_that_leaves_its_cgroup_gets_no_socket_the_backstop_cannot_see() {
     leave_the_covered_cgroup();
 }
 
-/// The same on the test kernels: `sock_create` asks for the cgroup's
-/// ancestors with a helper 6.1 must accept in that program type.
+/// The same on the test kernels, where BPF LSM holds Baton's own files:
+/// the agent cannot move itself at all (cgroupfs is protected), and its
+/// sockets in the covered cgroup work, with `sock_create` asking for the
+/// cgroup's ancestors with a helper 6.1 must accept in that program type.
 #[test]
 #[ignore = "needs a kernel booted with BPF LSM: runs inside the test VMs (cargo xtask test)"]
 fn vm_an_agent_that_leaves_its_cgroup_gets_no_socket_the_backstop_cannot_see() {
@@ -695,6 +697,30 @@ fn leave_the_covered_cgroup() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let outcomes: Vec<&str> = stdout.lines().collect();
+    if daemon.status()["file_enforcement"] == "BPF LSM" {
+        // The move is refused as a write to a protected file, so the first
+        // connect is skipped and the others are made from `home`.
+        assert_eq!(
+            outcomes,
+            ["ok"],
+            "stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let refused = daemon.wait_for_record(|r| {
+            r["object"]["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("/cgroup.procs"))
+        });
+        assert_eq!(refused["verdict"], "denied", "{refused}");
+        assert_eq!(refused["agent"], "scope", "{refused}");
+        let attached = daemon.status()["packet_backstop"]["attached_to"].clone();
+        assert_eq!(
+            attached,
+            serde_json::json!([home.dir.display().to_string()]),
+            "attached to"
+        );
+        return;
+    }
     assert_eq!(
         outcomes,
         [EPERM, "ok"],
