@@ -768,3 +768,129 @@ fn leave_the_covered_cgroup() {
         "{lifecycle:?}"
     );
 }
+
+/// A root agent on a host without BPF LSM makes a connection in its
+/// cgroup, moves itself out and has the cgroup removed. The cgroup lives
+/// on, offline, for as long as the socket does, and so must the backstop
+/// on it: a quarantine still cuts that connection. The attachment goes only
+/// once the socket is gone and the kernel has let the cgroup go.
+#[test]
+fn a_removed_cgroup_keeps_the_backstop_while_its_sockets_live() {
+    let home = TestCgroup::new(&format!("/baton-bs-gone-{}", std::process::id()));
+    let away = TestCgroup::new(&format!("/baton-bs-left-{}", std::process::id()));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let daemon = Daemon::start(
+        "bs-gone",
+        &[(
+            "s.yaml",
+            policy("gone", "gone", "  egress:\n    default: allow\n"),
+        )],
+    );
+    if daemon.status()["file_enforcement"] == "BPF LSM" {
+        // Baton's protection keeps an agent in its cgroup there (see
+        // `leave_the_covered_cgroup`): nothing to try.
+        return;
+    }
+    let script = format!(
+        "import os, socket, struct, sys\n\
+         s = socket.create_connection(('127.0.0.1', {port}))\n\
+         print('ready', flush=True)\n\
+         for line in sys.stdin:\n\
+         \x20   verb, _, arg = line.strip().partition(' ')\n\
+         \x20   if verb == 'move':\n\
+         \x20       open(arg + '/cgroup.procs', 'w').write(str(os.getpid()))\n\
+         \x20       print('moved', flush=True)\n\
+         \x20   elif verb == 'send':\n\
+         \x20       s.sendall(arg.encode() + b'\\n')\n\
+         \x20       print('sent', flush=True)\n\
+         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n\
+         s.close()\n"
+    );
+    let mut agent = Command::new("sh")
+        .arg("-c")
+        .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
+        .arg("sh")
+        .arg(&home.dir)
+        .arg(baton_tests::baton_bin())
+        .args(["exec", "--agent", "gone", "--control-socket"])
+        .arg(&daemon.socket)
+        .args(["--", "python3", "-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = agent.stdin.take().unwrap();
+    let mut out = BufReader::new(agent.stdout.take().unwrap());
+    let mut say = |command: &str| {
+        stdin.write_all(format!("{command}\n").as_bytes()).unwrap();
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    };
+    // The first line comes without a command.
+    assert_eq!(say(""), "ready");
+    let (connection, _) = listener.accept().unwrap();
+    connection
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut received = BufReader::new(connection.try_clone().unwrap());
+    let mut read_line = || {
+        let mut line = String::new();
+        match received.read_line(&mut line) {
+            Ok(_) => line.trim().to_string(),
+            Err(error) => format!("nothing ({error})"),
+        }
+    };
+    assert_eq!(say("send before"), "sent");
+    assert_eq!(read_line(), "before");
+
+    assert_eq!(say(&format!("move {}", away.dir.display())), "moved");
+    std::fs::remove_dir(&home.dir).expect("the agent's old cgroup is empty");
+    // The pin guard looks every 2 s.
+    std::thread::sleep(Duration::from_millis(4500));
+    let attached = daemon.status()["packet_backstop"]["attached_to"].clone();
+    assert!(
+        attached
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|dir| dir.as_str() == Some(home.dir.to_str().unwrap())),
+        "the removed cgroup's socket still runs the backstop: {attached}"
+    );
+
+    let trip = baton_tests::baton(&[
+        "breaker",
+        "trip",
+        "gone",
+        "--action",
+        "quarantine",
+        "--control-socket",
+        daemon.socket.to_str().unwrap(),
+    ]);
+    assert!(trip.status.success(), "{trip:?}");
+    assert_eq!(say("send held"), "sent");
+    assert!(
+        read_line().starts_with("nothing"),
+        "a quarantined agent's old connection still carries data"
+    );
+    let cut = daemon.wait_for_record(|r| r["hook"] == "skb_egress" && r["agent"] == "gone");
+    assert_eq!(cut["verdict"], "denied", "{cut}");
+    assert_eq!(cut["mode"], "quarantine", "{cut}");
+    assert_eq!(cut["object"]["port"], u64::from(port), "{cut}");
+
+    // Once the socket is gone (closed with a reset, so that nothing waits
+    // on packets the quarantine drops), the kernel lets the cgroup go and
+    // the daemon forgets the attachment.
+    drop(stdin);
+    agent.wait().unwrap();
+    drop(received);
+    drop(connection);
+    wait_until("the released cgroup's attachment to go", || {
+        !daemon.status()["packet_backstop"]["attached_to"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|dir| dir.as_str() == Some(home.dir.to_str().unwrap()))
+    });
+}

@@ -20,7 +20,8 @@
 //! their use until the backstop covers the whole host.
 //!
 //! Coverage only grows while the pins live: a socket created under a
-//! cgroup's coverage keeps its packets judged for its whole life.
+//! cgroup's coverage keeps its packets judged for its whole life, even
+//! after its cgroup is removed (see [`Backstop::prune`]).
 //!
 //! [`BACKSTOP_CGROUPS`]: agent_common::backstop::BACKSTOP_CGROUPS
 
@@ -82,6 +83,12 @@ pub enum BackstopError {
         /// Underlying error.
         source: MapError,
     },
+}
+
+/// How an attachment to a cgroup that was removed before this daemon
+/// started is listed: its directory is not known any more.
+fn removed_cgroup(cgroup_root: &Path, id: u64) -> PathBuf {
+    cgroup_root.join(format!("(removed cgroup {id})"))
 }
 
 /// What [`Backstop::cover`] did.
@@ -152,9 +159,18 @@ impl Backstop {
                 }
             }
             for id in scoped {
-                if !covered.contains_key(&id) {
-                    // Its cgroup is gone: nothing can be created there.
-                    pins.unpin_link(&format!("{PROGRAM}@{id}"));
+                if covered.contains_key(&id) {
+                    continue;
+                }
+                let pin = format!("{PROGRAM}@{id}");
+                if pins.link_cgroup(&pin) == Some(id) {
+                    // Removed, but its sockets live on and the program
+                    // still judges their packets: kept until the kernel
+                    // lets go (`prune`).
+                    covered.insert(id, removed_cgroup(cgroup_root, id));
+                } else {
+                    // Gone for good: nothing can be created there.
+                    pins.unpin_link(&pin);
                 }
             }
         }
@@ -212,7 +228,12 @@ impl Backstop {
     /// Makes the program run for sockets created in `dir` (a cgroup v2
     /// directory) and below it.
     pub fn cover(&mut self, dir: &Path) -> Result<Coverage, BackstopError> {
-        if self.covers_host() || self.covered.values().any(|c| dir.starts_with(c)) {
+        // An entry covers `dir` only while its directory is still its
+        // cgroup: one removed and made again under the same name is a new
+        // cgroup, which the old attachment does not reach.
+        let covered_by =
+            |(id, c): (&u64, &PathBuf)| dir.starts_with(c) && cgroup_id(c).ok() == Some(*id);
+        if self.covers_host() || self.covered.iter().any(covered_by) {
             return Ok(Coverage::Already);
         }
         if dir == self.cgroup_root || self.covered.len() >= MAX_BACKSTOP_CGROUPS as usize {
@@ -247,13 +268,23 @@ impl Backstop {
         Ok(true)
     }
 
-    /// Forgets attachments whose cgroup was removed (the kernel detached
-    /// them). Returns their directories.
+    /// Forgets attachments whose cgroup was removed and that the kernel
+    /// has let go of. Returns their directories.
+    ///
+    /// A removed cgroup lives on, offline, while any socket made in it
+    /// does, and the programs attached to it keep judging that socket's
+    /// packets. Dropping the link then would let an agent that moved out
+    /// and removed its cgroup send from its old sockets past the backstop.
+    /// The kernel detaches the link itself once the cgroup is released
+    /// (its link then names cgroup 0); only then is the attachment
+    /// forgotten. Until then it stays, and counts against
+    /// [`MAX_BACKSTOP_CGROUPS`].
     pub fn prune(&mut self) -> Vec<PathBuf> {
         let gone: Vec<u64> = self
             .covered
             .iter()
             .filter(|(id, dir)| **id != self.root_id && cgroup_id(dir).ok() != Some(**id))
+            .filter(|(id, _)| self.pins.link_cgroup(&format!("{PROGRAM}@{id}")) != Some(**id))
             .map(|(id, _)| *id)
             .collect();
         let mut removed = Vec::new();

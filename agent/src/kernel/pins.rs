@@ -447,6 +447,16 @@ impl PinDir {
         let _ = std::fs::remove_file(self.link_path(program));
     }
 
+    /// The cgroup the link pinned for `program` runs on, as the kernel
+    /// reports it through the daemon's own descriptor: `Some(0)` once the
+    /// kernel detached it (its cgroup was removed and released), `None`
+    /// when this daemon holds no such link or the kernel cannot say.
+    pub fn link_cgroup(&self, program: &str) -> Option<u64> {
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let link = held.get(&format!("links/{program}"))?;
+        bpfsys::link_cgroup_id(link.fd.as_fd()).ok()
+    }
+
     /// Links a previous daemon pinned for `program`: `program` itself and
     /// `program@…` (the same program attached to other cgroups).
     pub fn adopted_links(&self, program: &str) -> Vec<String> {
