@@ -16,6 +16,7 @@ pub mod egress;
 pub mod event;
 pub mod files;
 pub mod identity;
+pub mod klog;
 pub mod offsets;
 pub mod programs;
 pub mod verdict;

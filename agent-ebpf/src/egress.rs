@@ -678,6 +678,20 @@ fn emit(agent: &AgentRecord, destination: &Destination, decision: &Decision, lea
     event.addr = destination.addr;
     event.learned_rule = learned_rule;
     event._pad2 = 0;
+    // From the record, not the decision's locals: a log call in the
+    // decision code itself changes how the compiler lays out the address
+    // reads, and `connect4` then reads IPv6 context fields the verifier
+    // forbids it.
+    klog!(
+        EGRESS,
+        debug,
+        "egress hook {}: agent {} port {} verdict {} rule {}",
+        event.header.hook,
+        event.header.agent_id,
+        event.port,
+        event.header.verdict,
+        event.header.rule_id
+    );
     entry.submit(0);
 }
 

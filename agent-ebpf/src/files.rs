@@ -1272,6 +1272,13 @@ fn decide(
     } else {
         let matched = if let Objects::Disconnected = objects {
             flags |= file_flags::DISCONNECTED;
+            klog!(
+                FILES,
+                debug,
+                "file hook {}: agent {} reached a disconnected dentry, denied",
+                hook,
+                caller.agent.agent_id
+            );
             (decision::DENY, 0, rights)
         } else {
             combine(caller, object, None, rights)
@@ -1290,6 +1297,13 @@ fn decide(
         None => {
             let matched = if resolved.len == 0 {
                 // A path we cannot name is a path we cannot allow.
+                klog!(
+                    FILES,
+                    warn,
+                    "file hook {}: agent {} path not resolved, denied",
+                    hook,
+                    caller.agent.agent_id
+                );
                 (decision::DENY, 0, rights)
             } else {
                 let by_path = lookup(scratch, caller, &resolved);

@@ -140,6 +140,8 @@ fn try_lsm_program(program: &'static str, hook: &'static str) -> Result<(), Stri
     let btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string())?;
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))
+        .override_global(crate::kernel::klog::LEVEL_GLOBAL, &0u8, true)
+        .override_global(crate::kernel::klog::FAMILIES_GLOBAL, &0u8, true)
         .load(EBPF_OBJECT)
         .map_err(|e| e.to_string())?;
     load_lsm(&mut ebpf, program, hook, &btf, None).map_err(|e| {
@@ -165,6 +167,8 @@ pub fn try_detection() -> Result<Vec<String>, String> {
         .btf(Some(&aya_btf))
         .override_global(agent_common::offsets::KERNEL_OFFSETS_GLOBAL, &offsets, true)
         .override_global(crate::kernel::detect::GLOBAL, &detect_offsets, true)
+        .override_global(crate::kernel::klog::LEVEL_GLOBAL, &0u8, true)
+        .override_global(crate::kernel::klog::FAMILIES_GLOBAL, &0u8, true)
         .load(EBPF_OBJECT)
         .map_err(|e| e.to_string())?;
     let states = crate::kernel::detect::attach(&mut ebpf, &aya_btf, None);
@@ -194,6 +198,8 @@ pub fn try_backstop() -> (Result<(), String>, Result<(), String>) {
         EbpfLoader::new()
             .btf(Some(&aya_btf))
             .override_global(agent_common::offsets::KERNEL_OFFSETS_GLOBAL, &offsets, true)
+            .override_global(crate::kernel::klog::LEVEL_GLOBAL, &0u8, true)
+            .override_global(crate::kernel::klog::FAMILIES_GLOBAL, &0u8, true)
             .load(EBPF_OBJECT)
             .map_err(|e| e.to_string())
     };

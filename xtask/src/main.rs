@@ -198,6 +198,11 @@ fn lint() -> Result<()> {
     setup::setup(&setup::SetupOptions { vm: false })?;
     util::run(cargo().args(["fmt", "--all", "--check"]))?;
     util::run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // Licences, banned crates and sources, from `deny.toml`. Advisories are
+    // left to where the RustSec database (on GitHub) can be fetched.
+    let mut deny = Command::new(setup::cargo_deny()?);
+    deny.current_dir(workspace_root());
+    util::run(deny.args(["deny", "check", "licenses", "bans", "sources"]))?;
     // The kernel programs only build for the BPF target, with nightly.
     let mut nightly = Command::new("rustup");
     nightly.current_dir(workspace_root());

@@ -27,6 +27,9 @@ pub const NIGHTLY_TOOLCHAIN: &str = "nightly-2026-05-20";
 /// The bpf-linker release that is built and expected.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// The cargo-deny release `cargo xtask lint` runs (licences, bans, sources).
+pub const CARGO_DENY_VERSION: &str = "0.20.2";
+
 /// The virtme-ng release installed into the kit's Python environment.
 pub const VIRTME_NG_VERSION: &str = "1.42";
 
@@ -123,7 +126,7 @@ pub fn kit_dir() -> PathBuf {
 }
 
 /// Installs and mounts what is missing: the nightly `rust-src`, bpf-linker,
-/// bpffs and securityfs, the Debian packages the tests use and, with
+/// cargo-deny, bpffs and securityfs, the Debian packages the tests use and, with
 /// `opts.vm`, the VM kit.
 ///
 /// Fails if anything cannot be had, a VM kernel included: the VM suite never
@@ -135,6 +138,7 @@ pub fn setup(opts: &SetupOptions) -> Result<Kit> {
     ensure_nightly()?;
     let sysroot = ensure_rust_src()?;
     ensure_bpf_linker(&dir, &sysroot)?;
+    ensure_cargo_deny()?;
     ensure_mounts()?;
     let mut packages = HOST_PACKAGES.to_vec();
     if opts.vm {
@@ -297,6 +301,41 @@ fn ensure_bpf_linker(kit: &Path, sysroot: &Path) -> Result<()> {
             "setup: warning: `bpf-linker` in PATH is {}, not {wanted}; put {} first in PATH",
             path.display(),
             installed.parent().unwrap_or(&installed).display()
+        );
+    }
+    Ok(())
+}
+
+/// Where setup installs `cargo-deny`.
+pub fn cargo_deny() -> Result<PathBuf> {
+    Ok(cargo_home()?.join("bin/cargo-deny"))
+}
+
+/// Makes sure `cargo-deny` [`CARGO_DENY_VERSION`] is installed in cargo's
+/// `bin` directory, building it from crates.io (about three minutes on two
+/// cores) when it is missing or another version.
+fn ensure_cargo_deny() -> Result<()> {
+    let wanted = format!("cargo-deny {CARGO_DENY_VERSION}");
+    let installed = cargo_deny()?;
+    let version = probe(Command::new(&installed).arg("--version")).map(|v| v.trim().to_owned());
+    if version.as_deref() == Some(wanted.as_str()) {
+        println!(
+            "setup: {wanted} is already installed ({})",
+            installed.display()
+        );
+        return Ok(());
+    }
+    println!("setup: building {wanted} (for `cargo xtask lint`)");
+    let mut cmd = crate::cargo();
+    clean_cargo_env(&mut cmd)
+        .args(["install", "--locked", "--force"])
+        .arg(format!("cargo-deny@{CARGO_DENY_VERSION}"));
+    run(&mut cmd)?;
+    let version = probe(Command::new(&installed).arg("--version")).map(|v| v.trim().to_owned());
+    if version.as_deref() != Some(wanted.as_str()) {
+        bail!(
+            "{} does not report `{wanted}` after it was built",
+            installed.display()
         );
     }
     Ok(())

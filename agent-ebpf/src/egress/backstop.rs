@@ -582,6 +582,14 @@ fn judge(
         flags,
     );
     if verdict == Verdict::Denied {
+        klog!(
+            BACKSTOP,
+            debug,
+            "backstop: agent {} packet to port {} dropped by rule {}",
+            agent_id,
+            destination.port,
+            rule_id
+        );
         count(agent_id, |c| c.dropped_packets += 1);
         emit(tag, destination, agent_mode, rule_id, generation);
     }

@@ -97,6 +97,26 @@ pub struct RunArgs {
     /// daemon leaves its last policies enforced (fail-closed).
     #[arg(long)]
     pub cleanup_on_exit: bool,
+    /// Log lines from the kernel programs themselves (aya-log), at this
+    /// level and above, into this log with target `kernel`: what a file
+    /// hook could not resolve, each packet the backstop drops (`debug`),
+    /// every egress decision (`trace`). For diagnosing a decision or a
+    /// verifier problem without a rebuild. `off` costs nothing: the
+    /// verifier drops the log code. Any other level makes the programs
+    /// larger and slower, and a change of level reloads them.
+    #[arg(long, value_enum, env = "BATON_KERNEL_LOG", default_value = "off")]
+    pub kernel_log: crate::kernel::klog::KernelLog,
+    /// With `--kernel-log`: only these hook families log (comma-separated;
+    /// all when not given). A family that does not log costs nothing, as
+    /// with logging off. On Linux 6.1 the file hooks with logging on are
+    /// too long for its verifier: log `egress,backstop` there.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        env = "BATON_KERNEL_LOG_HOOKS"
+    )]
+    pub kernel_log_hooks: Vec<crate::kernel::klog::HookFamily>,
 }
 
 /// Settings after merging the configuration file and flags.
@@ -113,6 +133,8 @@ struct Settings {
     pin_dir: PathBuf,
     state_dir: PathBuf,
     cleanup_on_exit: bool,
+    /// What the kernel programs log (`--kernel-log`).
+    kernel_log: crate::kernel::klog::KernelLogSettings,
     /// Whether the fanotify fallback may run (`files.fanotify`).
     fanotify: bool,
     /// Whether Landlock's denials are read from the audit subsystem
@@ -179,6 +201,10 @@ impl Settings {
                 .unwrap_or_else(|| crate::kernel::pins::DEFAULT_PIN_DIR.into()),
             state_dir,
             cleanup_on_exit: args.cleanup_on_exit,
+            kernel_log: crate::kernel::klog::KernelLogSettings::new(
+                args.kernel_log,
+                &args.kernel_log_hooks,
+            ),
             policy_dir: args
                 .policy_dir
                 .clone()
@@ -1203,7 +1229,20 @@ async fn serve(
         .agents
         .values()
         .any(|a| !a.cgroups.is_empty() || !a.executables.is_empty());
-    let mut enforcer = Enforcer::load(&pins, settings.audit.events_per_second, wants_detection)?;
+    let mut enforcer = Enforcer::load(
+        &pins,
+        settings.audit.events_per_second,
+        wants_detection,
+        settings.kernel_log,
+    )?;
+    if settings.kernel_log.on() {
+        crate::kernel::klog::spawn_reader(&mut enforcer.ebpf)?;
+        tracing::info!(
+            level = settings.kernel_log.level,
+            families = settings.kernel_log.families,
+            "kernel programs log to target `kernel`"
+        );
+    }
     let mut maps = PolicyMaps::new(&mut enforcer.ebpf)?;
     let runtime = RuntimeMaps::new(&mut enforcer.ebpf)?;
     // Before the first policy is written: which rights detection covers

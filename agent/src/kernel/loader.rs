@@ -85,11 +85,14 @@ fn programs_fingerprint(
     offsets: &KernelOffsets,
     events_per_second: u32,
     detect: &agent_common::detect::DetectOffsets,
+    kernel_log: super::klog::KernelLogSettings,
 ) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
     hash.update(EBPF_OBJECT);
-    hash.update(format!("{offsets:?}|{events_per_second}|{detect:?}"));
+    hash.update(format!(
+        "{offsets:?}|{events_per_second}|{detect:?}|{kernel_log:?}"
+    ));
     hash.finalize().into()
 }
 
@@ -134,6 +137,7 @@ impl Enforcer {
         pins: &PinDir,
         events_per_second: u32,
         detection: bool,
+        kernel_log: super::klog::KernelLogSettings,
     ) -> Result<Self, KernelError> {
         let btf = Btf::from_kernel()?;
         let offsets = btf.kernel_offsets()?;
@@ -146,7 +150,9 @@ impl Enforcer {
             .btf(Some(&aya_btf))
             .override_global(KERNEL_OFFSETS_GLOBAL, &offsets, true)
             .override_global(EVENTS_PER_SECOND_GLOBAL, &events_per_second, true)
-            .override_global(super::detect::GLOBAL, &detect_globals, true);
+            .override_global(super::detect::GLOBAL, &detect_globals, true)
+            .override_global(super::klog::LEVEL_GLOBAL, &kernel_log.level, true)
+            .override_global(super::klog::FAMILIES_GLOBAL, &kernel_log.families, true);
         for name in &pinned {
             loader.map_pin_path(name.as_str(), pins.map_path(name));
         }
@@ -156,7 +162,8 @@ impl Enforcer {
         // object and settings; otherwise its stamp goes before the first
         // link is replaced, so a daemon killed midway leaves none behind
         // that would vouch for a mix of old and new programs.
-        let fingerprint = programs_fingerprint(&offsets, events_per_second, &detect_globals);
+        let fingerprint =
+            programs_fingerprint(&offsets, events_per_second, &detect_globals, kernel_log);
         let same_programs = {
             let mut stamp = fingerprint_map(&mut ebpf)?;
             let same = stamp.get(&0, 0).is_ok_and(|found| found == fingerprint);

@@ -7,6 +7,7 @@ pub mod bpfsys;
 pub mod btf;
 pub mod cgroup;
 pub mod detect;
+pub mod klog;
 pub mod loader;
 pub mod maps;
 pub mod pins;
