@@ -1,14 +1,13 @@
 //! Which hook families write kernel log lines (aya-log) when the daemon
 //! runs with `--kernel-log`: bits of the programs' read-only global
 //! [`FAMILIES_GLOBAL`]. A family whose bit is clear has its log code
-//! dropped by the verifier, as with logging off, so a family whose
-//! programs are near a kernel's instruction limit (the file hooks on 6.1)
-//! can stay quiet while another logs.
+//! dropped by the verifier, as with logging off: its programs cost and
+//! verify as they do without logging while another family logs.
 
 /// Name of the global holding the bit set.
 pub const FAMILIES_GLOBAL: &str = "KERNEL_LOG_FAMILIES";
 
-/// The address hooks (`connect*`, `sendmsg*`): each record they write.
+/// The address hooks (`connect*`, `sendmsg*`): each decision.
 pub const EGRESS: u8 = 1 << 0;
 /// The packet backstop: each packet it drops.
 pub const BACKSTOP: u8 = 1 << 1;

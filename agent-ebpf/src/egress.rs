@@ -311,7 +311,20 @@ fn decide(ctx: &SockAddrContext, hook: u16) -> Verdict {
     };
     // SAFETY: the context pointer is valid for the whole program run.
     let tag = backstop::tag_socket(unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk }, &agent);
-    try_decide(ctx, hook, &agent, tag)
+    let verdict = try_decide(ctx, hook, &agent, tag);
+    // Here, once per program, and not beside the record or inside the
+    // decision: there, on every path that writes a record, it took
+    // `connect6` past 6.1's instruction limit with logging on, and it
+    // changed how the compiler laid out the address reads.
+    klog!(
+        EGRESS,
+        debug,
+        "egress hook {}: agent {} verdict {}",
+        hook,
+        agent.agent_id,
+        verdict as u8
+    );
+    verdict
 }
 
 #[inline(always)]
@@ -678,20 +691,6 @@ fn emit(agent: &AgentRecord, destination: &Destination, decision: &Decision, lea
     event.addr = destination.addr;
     event.learned_rule = learned_rule;
     event._pad2 = 0;
-    // From the record, not the decision's locals: a log call in the
-    // decision code itself changes how the compiler lays out the address
-    // reads, and `connect4` then reads IPv6 context fields the verifier
-    // forbids it.
-    klog!(
-        EGRESS,
-        debug,
-        "egress hook {}: agent {} port {} verdict {} rule {}",
-        event.header.hook,
-        event.header.agent_id,
-        event.port,
-        event.header.verdict,
-        event.header.rule_id
-    );
     entry.submit(0);
 }
 

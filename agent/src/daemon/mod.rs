@@ -99,8 +99,8 @@ pub struct RunArgs {
     pub cleanup_on_exit: bool,
     /// Log lines from the kernel programs themselves (aya-log), at this
     /// level and above, into this log with target `kernel`: what a file
-    /// hook could not resolve, each packet the backstop drops (`debug`),
-    /// every egress decision (`trace`). For diagnosing a decision or a
+    /// hook could not resolve (`warn`), each connect or send decision and
+    /// each packet the backstop drops (`debug`). For diagnosing a decision or a
     /// verifier problem without a rebuild. `off` costs nothing: the
     /// verifier drops the log code. Any other level makes the programs
     /// larger and slower, and a change of level reloads them.
@@ -108,8 +108,7 @@ pub struct RunArgs {
     pub kernel_log: crate::kernel::klog::KernelLog,
     /// With `--kernel-log`: only these hook families log (comma-separated;
     /// all when not given). A family that does not log costs nothing, as
-    /// with logging off. On Linux 6.1 the file hooks with logging on are
-    /// too long for its verifier: log `egress,backstop` there.
+    /// with logging off, and its programs verify as they do without it.
     #[arg(
         long,
         value_enum,

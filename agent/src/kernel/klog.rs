@@ -22,7 +22,7 @@ pub const FAMILIES_GLOBAL: &str = agent_common::klog::FAMILIES_GLOBAL;
 /// A family of hooks that can log on its own (`--kernel-log-hooks`).
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HookFamily {
-    /// `connect*` and `sendmsg*`: each record they write.
+    /// `connect*` and `sendmsg*`: each decision.
     Egress,
     /// The packet backstop: each packet it drops.
     Backstop,
@@ -86,9 +86,10 @@ pub enum KernelLog {
     Warn,
     /// Informational lines and above.
     Info,
-    /// Debug lines and above (e.g. each packet the backstop drops).
+    /// Debug lines and above (each connect or send decision, each packet
+    /// the backstop drops).
     Debug,
-    /// Everything, every egress decision included: costly.
+    /// Everything.
     Trace,
 }
 
