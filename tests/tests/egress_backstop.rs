@@ -776,17 +776,31 @@ fn leave_the_covered_cgroup() {
 /// once the socket is gone and the kernel has let the cgroup go.
 #[test]
 fn a_removed_cgroup_keeps_the_backstop_while_its_sockets_live() {
-    let home = TestCgroup::new(&format!("/baton-bs-gone-{}", std::process::id()));
-    let away = TestCgroup::new(&format!("/baton-bs-left-{}", std::process::id()));
+    removed_cgroup("gone", false);
+}
+
+/// The same across a daemon `kill -9` and restart: the new daemon finds the
+/// old daemon's link to a cgroup that no longer has a directory, keeps it
+/// while the kernel runs it, and lists it by id.
+#[test]
+fn a_restarted_daemon_keeps_the_backstop_of_a_removed_cgroup() {
+    removed_cgroup("again", true);
+}
+
+fn removed_cgroup(label: &str, restart: bool) {
+    let home = TestCgroup::new(&format!("/baton-bs-{label}-{}", std::process::id()));
+    let away = TestCgroup::new(&format!("/baton-bs-{label}-away-{}", std::process::id()));
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let daemon = Daemon::start(
-        "bs-gone",
-        &[(
-            "s.yaml",
-            policy("gone", "gone", "  egress:\n    default: allow\n"),
-        )],
-    );
+    let policies = [(
+        "s.yaml",
+        policy("gone", "gone", "  egress:\n    default: allow\n"),
+    )];
+    let mut daemon = if restart {
+        Daemon::start_persistent(&format!("bs-{label}"), &policies)
+    } else {
+        Daemon::start(&format!("bs-{label}"), &policies)
+    };
     if daemon.status()["file_enforcement"] == "BPF LSM" {
         // Baton's protection keeps an agent in its cgroup there (see
         // `leave_the_covered_cgroup`): nothing to try.
@@ -849,13 +863,20 @@ fn a_removed_cgroup_keeps_the_backstop_while_its_sockets_live() {
     std::fs::remove_dir(&home.dir).expect("the agent's old cgroup is empty");
     // The pin guard looks every 2 s.
     std::thread::sleep(Duration::from_millis(4500));
+    // Without a restart the daemon still knows the directory; after one,
+    // only the cgroup's id.
+    let listed = |dir: &Value| {
+        dir.as_str().is_some_and(|dir| {
+            dir == home.dir.to_str().unwrap() || (restart && dir.contains("(removed cgroup "))
+        })
+    };
+    if restart {
+        daemon.kill();
+        daemon.restart();
+    }
     let attached = daemon.status()["packet_backstop"]["attached_to"].clone();
     assert!(
-        attached
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|dir| dir.as_str() == Some(home.dir.to_str().unwrap())),
+        attached.as_array().unwrap().iter().any(listed),
         "the removed cgroup's socket still runs the backstop: {attached}"
     );
 
@@ -891,6 +912,6 @@ fn a_removed_cgroup_keeps_the_backstop_while_its_sockets_live() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|dir| dir.as_str() == Some(home.dir.to_str().unwrap()))
+            .any(listed)
     });
 }
