@@ -1,8 +1,8 @@
 //! Which hook families write kernel log lines (aya-log) when the daemon
 //! runs with `--kernel-log`: bits of the programs' read-only global
 //! [`FAMILIES_GLOBAL`]. A family whose bit is clear has its log code
-//! dropped by the verifier, as with logging off: its programs cost and
-//! verify as they do without logging while another family logs.
+//! dropped by the verifier, as with logging off, while another family
+//! logs.
 
 /// Name of the global holding the bit set.
 pub const FAMILIES_GLOBAL: &str = "KERNEL_LOG_FAMILIES";

@@ -108,7 +108,7 @@ pub struct RunArgs {
     pub kernel_log: crate::kernel::klog::KernelLog,
     /// With `--kernel-log`: only these hook families log (comma-separated;
     /// all when not given). A family that does not log costs nothing, as
-    /// with logging off, and its programs verify as they do without it.
+    /// with logging off: the verifier drops its log code.
     #[arg(
         long,
         value_enum,
