@@ -17,6 +17,7 @@ use crate::{
         EBPF_OBJECT,
         btf::{Btf, VMLINUX_BTF},
         cgroup::{cgroup2_controllers, cgroup2_mount},
+        klog::{KernelLogSettings, set_globals},
         loader::load_lsm,
     },
 };
@@ -138,10 +139,9 @@ pub fn try_socket_create() -> Result<(), String> {
 
 fn try_lsm_program(program: &'static str, hook: &'static str) -> Result<(), String> {
     let btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string())?;
-    let mut ebpf = EbpfLoader::new()
-        .btf(Some(&btf))
-        .override_global(crate::kernel::klog::LEVEL_GLOBAL, &0u8, true)
-        .override_global(crate::kernel::klog::FAMILIES_GLOBAL, &0u8, true)
+    let mut loader = EbpfLoader::new();
+    loader.btf(Some(&btf));
+    let mut ebpf = set_globals(&mut loader, &KernelLogSettings::OFF)
         .load(EBPF_OBJECT)
         .map_err(|e| e.to_string())?;
     load_lsm(&mut ebpf, program, hook, &btf, None).map_err(|e| {
@@ -163,12 +163,12 @@ pub fn try_detection() -> Result<Vec<String>, String> {
     let offsets = btf.kernel_offsets().map_err(|e| e.to_string())?;
     let detect_offsets = crate::kernel::detect::offsets(&btf)?;
     let aya_btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string())?;
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .btf(Some(&aya_btf))
         .override_global(agent_common::offsets::KERNEL_OFFSETS_GLOBAL, &offsets, true)
-        .override_global(crate::kernel::detect::GLOBAL, &detect_offsets, true)
-        .override_global(crate::kernel::klog::LEVEL_GLOBAL, &0u8, true)
-        .override_global(crate::kernel::klog::FAMILIES_GLOBAL, &0u8, true)
+        .override_global(crate::kernel::detect::GLOBAL, &detect_offsets, true);
+    let mut ebpf = set_globals(&mut loader, &KernelLogSettings::OFF)
         .load(EBPF_OBJECT)
         .map_err(|e| e.to_string())?;
     let states = crate::kernel::detect::attach(&mut ebpf, &aya_btf, None);
@@ -195,11 +195,13 @@ pub fn try_backstop() -> (Result<(), String>, Result<(), String>) {
         let btf = Btf::from_kernel().map_err(|e| e.to_string())?;
         let offsets = btf.kernel_offsets().map_err(|e| e.to_string())?;
         let aya_btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string())?;
-        EbpfLoader::new()
-            .btf(Some(&aya_btf))
-            .override_global(agent_common::offsets::KERNEL_OFFSETS_GLOBAL, &offsets, true)
-            .override_global(crate::kernel::klog::LEVEL_GLOBAL, &0u8, true)
-            .override_global(crate::kernel::klog::FAMILIES_GLOBAL, &0u8, true)
+        let mut loader = EbpfLoader::new();
+        loader.btf(Some(&aya_btf)).override_global(
+            agent_common::offsets::KERNEL_OFFSETS_GLOBAL,
+            &offsets,
+            true,
+        );
+        set_globals(&mut loader, &KernelLogSettings::OFF)
             .load(EBPF_OBJECT)
             .map_err(|e| e.to_string())
     };

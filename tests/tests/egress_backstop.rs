@@ -664,6 +664,22 @@ fn vm_an_agent_that_leaves_its_cgroup_gets_no_socket_the_backstop_cannot_see() {
     leave_the_covered_cgroup();
 }
 
+/// `baton exec --agent AGENT -- COMMAND` started from `cgroup`, where
+/// the backstop is attached when the agent is admitted.
+fn exec_from(cgroup: &TestCgroup, daemon: &Daemon, agent: &str, command: &[&str]) -> Command {
+    let mut exec = Command::new("sh");
+    exec.arg("-c")
+        .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
+        .arg("sh")
+        .arg(&cgroup.dir)
+        .arg(baton_tests::baton_bin())
+        .args(["exec", "--agent", agent, "--control-socket"])
+        .arg(&daemon.socket)
+        .arg("--")
+        .args(command);
+    exec
+}
+
 fn leave_the_covered_cgroup() {
     let home = TestCgroup::new(&format!("/baton-bs-home-{}", std::process::id()));
     let away = TestCgroup::new(&format!("/baton-bs-away-{}", std::process::id()));
@@ -684,15 +700,7 @@ fn leave_the_covered_cgroup() {
          [ \"$out\" = ok ] && break; sleep 0.05; done; echo \"$out\"",
         away.dir.display()
     );
-    let output = Command::new("sh")
-        .arg("-c")
-        .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
-        .arg("sh")
-        .arg(&home.dir)
-        .arg(baton_tests::baton_bin())
-        .args(["exec", "--agent", "scope", "--control-socket"])
-        .arg(&daemon.socket)
-        .args(["--", "sh", "-c", &inner])
+    let output = exec_from(&home, &daemon, "scope", &["sh", "-c", &inner])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -821,15 +829,7 @@ fn removed_cgroup(label: &str, restart: bool) {
          s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n\
          s.close()\n"
     );
-    let mut agent = Command::new("sh")
-        .arg("-c")
-        .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
-        .arg("sh")
-        .arg(&home.dir)
-        .arg(baton_tests::baton_bin())
-        .args(["exec", "--agent", "gone", "--control-socket"])
-        .arg(&daemon.socket)
-        .args(["--", "python3", "-c", &script])
+    let mut agent = exec_from(&home, &daemon, "gone", &["python3", "-c", &script])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

@@ -317,8 +317,9 @@ pub fn cargo_deny() -> Result<PathBuf> {
 fn ensure_cargo_deny() -> Result<()> {
     let wanted = format!("cargo-deny {CARGO_DENY_VERSION}");
     let installed = cargo_deny()?;
-    let version = probe(Command::new(&installed).arg("--version")).map(|v| v.trim().to_owned());
-    if version.as_deref() == Some(wanted.as_str()) {
+    let reports_wanted =
+        || probe(Command::new(&installed).arg("--version")).is_some_and(|v| v.trim() == wanted);
+    if reports_wanted() {
         println!(
             "setup: {wanted} is already installed ({})",
             installed.display()
@@ -331,8 +332,7 @@ fn ensure_cargo_deny() -> Result<()> {
         .args(["install", "--locked", "--force"])
         .arg(format!("cargo-deny@{CARGO_DENY_VERSION}"));
     run(&mut cmd)?;
-    let version = probe(Command::new(&installed).arg("--version")).map(|v| v.trim().to_owned());
-    if version.as_deref() != Some(wanted.as_str()) {
+    if !reports_wanted() {
         bail!(
             "{} does not report `{wanted}` after it was built",
             installed.display()

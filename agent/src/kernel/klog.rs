@@ -4,12 +4,14 @@
 //! The log statements are compiled into every program. Whether they run is
 //! the read-only global [`LEVEL_GLOBAL`], which the loader sets before the
 //! programs are verified: at [`KernelLog::Off`] (the default) the verifier
-//! knows the branch is never taken and drops it, so the programs the kernel
-//! runs are the same instructions as without logging. `verifier-stats`
-//! shows the counts; `baton run --kernel-log debug` turns it on for a
-//! decision or verifier problem that would otherwise need a rebuild.
+//! knows the branch is never taken and drops it: nothing of it runs. (The
+//! compiler lays out the code around such a branch differently, so the
+//! verified instruction counts are not those of a build without logging;
+//! `verifier-stats` shows them.) `baton run --kernel-log debug` turns it
+//! on for a decision or verifier problem that would otherwise need a
+//! rebuild.
 
-use aya::Ebpf;
+use aya::{Ebpf, EbpfLoader};
 use thiserror::Error;
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -72,6 +74,17 @@ impl KernelLogSettings {
     pub fn on(self) -> bool {
         self.level != 0 && self.families != 0
     }
+}
+
+/// Sets both of the programs' log globals on `loader`. Every load of the
+/// object goes through it: aya-log's own default is to log everything.
+pub fn set_globals<'a, 'l>(
+    loader: &'l mut EbpfLoader<'a>,
+    settings: &'a KernelLogSettings,
+) -> &'l mut EbpfLoader<'a> {
+    loader
+        .override_global(LEVEL_GLOBAL, &settings.level, true)
+        .override_global(FAMILIES_GLOBAL, &settings.families, true)
 }
 
 /// How much the kernel programs log.

@@ -150,9 +150,8 @@ impl Enforcer {
             .btf(Some(&aya_btf))
             .override_global(KERNEL_OFFSETS_GLOBAL, &offsets, true)
             .override_global(EVENTS_PER_SECOND_GLOBAL, &events_per_second, true)
-            .override_global(super::detect::GLOBAL, &detect_globals, true)
-            .override_global(super::klog::LEVEL_GLOBAL, &kernel_log.level, true)
-            .override_global(super::klog::FAMILIES_GLOBAL, &kernel_log.families, true);
+            .override_global(super::detect::GLOBAL, &detect_globals, true);
+        super::klog::set_globals(&mut loader, &kernel_log);
         for name in &pinned {
             loader.map_pin_path(name.as_str(), pins.map_path(name));
         }
