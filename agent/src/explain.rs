@@ -34,6 +34,8 @@ use agent_common::identity::{AgentRecord, admission};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use thiserror::Error;
 
+use crate::ids::AgentId;
+
 /// Lines per agent per second, at most.
 pub const PER_SECOND: u32 = 5;
 /// Explanations waiting for the writer; more are dropped.
@@ -62,7 +64,7 @@ pub enum ExplainError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Explanation {
     /// The agent the process belongs to.
-    pub agent_id: u32,
+    pub agent_id: AgentId,
     /// The denied process (tgid).
     pub pid: u32,
     /// Its agent's first process, tried when `pid` has exited.
@@ -86,13 +88,13 @@ pub struct Explainer {
 /// it; at most [`BUDGETS_KEPT`] agents.
 #[derive(Debug, Default)]
 struct OfferBudget {
-    offered: HashMap<u32, (Instant, u32)>,
+    offered: HashMap<AgentId, (Instant, u32)>,
 }
 
 impl OfferBudget {
     /// Counts one offer for `agent_id` at `now`; `false` past
     /// [`OFFERS_PER_SECOND`] in the agent's current second.
-    fn take(&mut self, agent_id: u32, now: Instant) -> bool {
+    fn take(&mut self, agent_id: AgentId, now: Instant) -> bool {
         if self.offered.len() >= BUDGETS_KEPT && !self.offered.contains_key(&agent_id) {
             self.offered.clear();
         }
@@ -129,7 +131,7 @@ impl Explainer {
     /// Whether an explanation for `agent_id` is worth building now; counts
     /// it if so. Call before the line is made: past
     /// [`OFFERS_PER_SECOND`] the writer would drop it anyway.
-    pub fn wants(&mut self, agent_id: u32) -> bool {
+    pub fn wants(&mut self, agent_id: AgentId) -> bool {
         self.budget.take(agent_id, Instant::now())
     }
 
@@ -156,7 +158,7 @@ enum Delivery {
 }
 
 fn write_all(received: &Receiver<Explanation>, identity: &BpfHashMap<MapData, u32, AgentRecord>) {
-    let mut budgets: HashMap<u32, (Instant, u32)> = HashMap::new();
+    let mut budgets: HashMap<AgentId, (Instant, u32)> = HashMap::new();
     for explanation in received {
         let now = Instant::now();
         let (since, used) = budgets.entry(explanation.agent_id).or_insert((now, 0));
@@ -175,7 +177,7 @@ fn write_all(received: &Receiver<Explanation>, identity: &BpfHashMap<MapData, u3
             let delivery = deliver(pid, &explanation, identity);
             tracing::debug!(
                 pid,
-                agent_id = explanation.agent_id,
+                agent_id = explanation.agent_id.raw(),
                 ?delivery,
                 "explanation"
             );
@@ -205,7 +207,7 @@ fn deliver(
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
     // The pidfd holds the pid: the process found now is the one written to.
     match identity.get(&pid, 0) {
-        Ok(record) if record.agent_id == explanation.agent_id => {
+        Ok(record) if record.agent_id == explanation.agent_id.raw() => {
             // A child inherits its admission as `FORK`: its agent's first
             // process says how the tree began.
             let started_by_exec = record.admission == admission::EXEC
@@ -339,24 +341,24 @@ pub fn line_for(record: &serde_json::Value) -> Option<String> {
 mod tests {
     #[test]
     fn offers_are_counted_per_agent_per_second_and_the_table_is_bounded() {
-        use super::{BUDGETS_KEPT, OFFERS_PER_SECOND, OfferBudget};
+        use super::{AgentId, BUDGETS_KEPT, OFFERS_PER_SECOND, OfferBudget};
         use std::time::{Duration, Instant};
         let mut budget = OfferBudget::default();
         let start = Instant::now();
         for _ in 0..OFFERS_PER_SECOND {
-            assert!(budget.take(1, start));
+            assert!(budget.take(AgentId::from_raw(1), start));
         }
-        assert!(!budget.take(1, start + Duration::from_millis(999)));
+        assert!(!budget.take(AgentId::from_raw(1), start + Duration::from_millis(999)));
         // Another agent has a budget of its own.
-        assert!(budget.take(2, start));
+        assert!(budget.take(AgentId::from_raw(2), start));
         // A new second, a new budget.
-        assert!(budget.take(1, start + Duration::from_secs(1)));
+        assert!(budget.take(AgentId::from_raw(1), start + Duration::from_secs(1)));
         for agent in 3..=BUDGETS_KEPT as u32 {
-            assert!(budget.take(agent, start));
+            assert!(budget.take(AgentId::from_raw(agent), start));
         }
         assert_eq!(budget.offered.len(), BUDGETS_KEPT);
         // One agent more: the table starts over rather than grow.
-        assert!(budget.take(u32::MAX, start));
+        assert!(budget.take(AgentId::from_raw(u32::MAX), start));
         assert_eq!(budget.offered.len(), 1);
     }
 

@@ -29,6 +29,7 @@ use thiserror::Error;
 
 use crate::{
     breaker::{Action, CounterSnapshot},
+    ids::{AgentId, RuleId},
     policy::compile::RuleRef,
 };
 
@@ -65,17 +66,17 @@ pub enum HandoverError {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Registry {
     /// Agent name to kernel id.
-    pub agents: BTreeMap<String, u32>,
+    pub agents: BTreeMap<String, AgentId>,
     /// Id of `rules[0]`.
-    pub first_rule_id: u32,
+    pub first_rule_id: RuleId,
     /// Rules by id, from `first_rule_id` on.
     pub rules: Vec<RuleRef>,
 }
 
 impl Registry {
     /// The first rule id a new compile may use.
-    pub fn next_rule_id(&self) -> u32 {
-        self.first_rule_id + self.rules.len() as u32
+    pub fn next_rule_id(&self) -> RuleId {
+        self.first_rule_id.after(self.rules.len())
     }
 }
 
@@ -83,7 +84,7 @@ impl Registry {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenBreaker {
     /// Agent id.
-    pub agent_id: u32,
+    pub agent_id: AgentId,
     /// Agent name.
     pub agent: String,
     /// Breaker that tripped.
@@ -102,18 +103,18 @@ pub struct Progress {
     /// The daemon that wrote it.
     pub pid: u32,
     /// Each agent's kernel counters at that time, by agent id.
-    pub counters: BTreeMap<u32, CounterSnapshot>,
+    pub counters: BTreeMap<AgentId, CounterSnapshot>,
     /// Events suppressed by the rate limit already recorded, by agent id.
-    pub suppressions_recorded: BTreeMap<u32, u64>,
+    pub suppressions_recorded: BTreeMap<AgentId, u64>,
     /// Ring-buffer drops already recorded, by agent id.
-    pub drops_recorded: BTreeMap<u32, u64>,
+    pub drops_recorded: BTreeMap<AgentId, u64>,
     /// Breakers that were open.
     pub open_breakers: Vec<OpenBreaker>,
     /// Each agent's counts from the fanotify listener (denied files, file
     /// writes, canary hits), which live in the daemon and not the kernel:
     /// the next daemon starts from them.
     #[serde(default)]
-    pub fallback_counters: BTreeMap<u32, CounterSnapshot>,
+    pub fallback_counters: BTreeMap<AgentId, CounterSnapshot>,
 }
 
 /// The state directory.
@@ -212,8 +213,8 @@ mod tests {
         let state = StateDir::open(&dir).unwrap();
         assert!(state.registry().unwrap().is_none());
         let registry = Registry {
-            agents: BTreeMap::from([("coder".to_string(), 3)]),
-            first_rule_id: 10,
+            agents: BTreeMap::from([("coder".to_string(), AgentId::from_raw(3))]),
+            first_rule_id: RuleId::from_raw(10),
             rules: vec![RuleRef {
                 policy: "p".into(),
                 rule: "egress.deny[0]".into(),
@@ -223,13 +224,16 @@ mod tests {
         state.save_registry(&registry).unwrap();
         let back = state.registry().unwrap().unwrap();
         assert_eq!(back.agents, registry.agents);
-        assert_eq!(back.next_rule_id(), 11);
+        assert_eq!(back.next_rule_id(), RuleId::from_raw(11));
         let progress = Progress {
             pid: 7,
-            drops_recorded: BTreeMap::from([(3, 5)]),
+            drops_recorded: BTreeMap::from([(AgentId::from_raw(3), 5)]),
             ..Progress::default()
         };
         state.save_progress(&progress).unwrap();
+        // Earlier daemons wrote the bare numbers; their files still read.
+        let written = std::fs::read_to_string(dir.join(PROGRESS_FILE)).unwrap();
+        assert!(written.contains(r#""drops_recorded":{"3":5}"#), "{written}");
         assert_eq!(state.progress().unwrap().unwrap(), progress);
         std::fs::write(dir.join(PROGRESS_FILE), "{").unwrap();
         assert!(matches!(state.progress(), Err(HandoverError::Parse { .. })));

@@ -23,6 +23,7 @@ pub mod explain;
 pub mod fallback;
 pub mod handover;
 pub mod identity;
+pub mod ids;
 pub mod kernel;
 pub mod keys;
 pub mod metrics;

@@ -277,7 +277,7 @@ fn suggest_allows_what_the_agent_did_and_nothing_more() {
     let policies = parse_str(Path::new("suggested.yaml"), &yaml).unwrap();
     assert_eq!(policies.len(), 1);
     assert_eq!(policies[0].document.metadata.name.as_str(), "coder");
-    let set = compile(&policies, 1).unwrap();
+    let set = compile(&policies, baton::ids::RuleId::FIRST).unwrap();
     let coder = &set.agents["coder"];
     assert_eq!(coder.mode, 0, "enforce");
 

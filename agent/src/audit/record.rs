@@ -17,6 +17,7 @@ use thiserror::Error;
 
 pub use super::enrich::AuditAncestor;
 use super::enrich::ProcessCache;
+use crate::ids::{AgentId, RuleId};
 
 /// Schema identifier written in every record.
 pub const SCHEMA: &str = "baton.audit/v1";
@@ -426,13 +427,13 @@ pub struct Context<'a> {
     /// Boot-to-wall clock.
     pub clock: &'a Clock,
     /// Agent name for an id.
-    pub agent_name: &'a dyn Fn(u32) -> Option<String>,
+    pub agent_name: &'a dyn Fn(AgentId) -> Option<String>,
     /// Policy name and rule for a kernel rule id.
-    pub rule: &'a dyn Fn(u32) -> Option<(String, String)>,
+    pub rule: &'a dyn Fn(RuleId) -> Option<(String, String)>,
     /// The name an agent's DNS proxy learned an address from: agent id,
     /// address, the domain rule of the learned row the kernel matched (0:
     /// none), and whether the event is from an agent in audit mode.
-    pub domain_of: &'a dyn Fn(u32, IpAddr, u32, bool) -> Option<String>,
+    pub domain_of: &'a dyn Fn(AgentId, IpAddr, RuleId, bool) -> Option<String>,
 }
 
 impl AuditRecord {
@@ -629,9 +630,9 @@ impl AuditRecord {
                         port: e.port,
                         protocol,
                         domain: (context.domain_of)(
-                            header.agent_id,
+                            AgentId::from_raw(header.agent_id),
                             address,
-                            e.learned_rule,
+                            RuleId::from_raw(e.learned_rule),
                             header.mode == mode::AUDIT,
                         ),
                     },
@@ -668,7 +669,7 @@ impl AuditRecord {
         let parent = (header.ppid != 0).then_some(header.ppid);
         let ancestors = processes.ancestors_from(header.tgid, parent, header.root_tgid);
         let rule = (header.rule_id != 0).then(|| {
-            let (policy, id) = (context.rule)(header.rule_id)
+            let (policy, id) = (context.rule)(RuleId::from_raw(header.rule_id))
                 .unwrap_or_else(|| ("<unknown>".to_string(), "<unknown>".to_string()));
             AuditRule {
                 policy,
@@ -683,7 +684,7 @@ impl AuditRecord {
             time: format_time(context.clock.wall(header.time_boot_ns)),
             host: context.host.to_string(),
             agent: Some(
-                (context.agent_name)(header.agent_id)
+                (context.agent_name)(AgentId::from_raw(header.agent_id))
                     .unwrap_or_else(|| format!("#{}", header.agent_id)),
             ),
             mode: Some(mode_name(header.mode)),
@@ -720,9 +721,10 @@ mod tests {
 
     fn context_test(f: impl FnOnce(&Context<'_>)) {
         let clock = Clock::new();
-        let agent_name = |id: u32| (id == 7).then(|| "demo".to_string());
-        let rule = |id: u32| (id == 3).then(|| ("p".to_string(), "egress.deny[0]".to_string()));
-        let domain_of = |_: u32, _: IpAddr, _: u32, _: bool| None;
+        let agent_name = |id: AgentId| (id.raw() == 7).then(|| "demo".to_string());
+        let rule =
+            |id: RuleId| (id.raw() == 3).then(|| ("p".to_string(), "egress.deny[0]".to_string()));
+        let domain_of = |_: AgentId, _: IpAddr, _: RuleId, _: bool| None;
         f(&Context {
             host: "h",
             clock: &clock,

@@ -14,9 +14,12 @@ use std::{
 use agent_common::identity::AgentCounters;
 use serde::Serialize;
 
-use crate::policy::{
-    compile::BreakerRule,
-    spec::{BreakerAction, BreakerSpec, Threshold},
+use crate::{
+    ids::AgentId,
+    policy::{
+        compile::BreakerRule,
+        spec::{BreakerAction, BreakerSpec, Threshold},
+    },
 };
 
 pub mod limits;
@@ -69,7 +72,7 @@ impl From<BreakerAction> for Action {
 #[derive(Clone, Debug, Serialize)]
 pub struct Transition {
     /// Agent id.
-    pub agent_id: u32,
+    pub agent_id: AgentId,
     /// Agent name.
     pub agent: String,
     /// State before.
@@ -255,7 +258,7 @@ impl AgentBreakers {
 /// All agents' breakers.
 #[derive(Debug, Default)]
 pub struct Engine {
-    agents: BTreeMap<u32, AgentBreakers>,
+    agents: BTreeMap<AgentId, AgentBreakers>,
 }
 
 /// A row of `baton breaker list`.
@@ -276,7 +279,7 @@ pub struct Status {
 impl Engine {
     /// Sets the rules of every agent (after a policy load); states, history
     /// and counters are kept.
-    pub fn set_rules(&mut self, rules: BTreeMap<u32, (String, Vec<BreakerRule>)>) {
+    pub fn set_rules(&mut self, rules: BTreeMap<AgentId, (String, Vec<BreakerRule>)>) {
         let now = Instant::now();
         for (agent_id, (agent, agent_rules)) in rules {
             let entry = self
@@ -297,7 +300,7 @@ impl Engine {
     }
 
     /// Agents with breakers or manual trips to watch.
-    pub fn agent_ids(&self) -> Vec<u32> {
+    pub fn agent_ids(&self) -> Vec<AgentId> {
         self.agents.keys().copied().collect()
     }
 
@@ -305,7 +308,7 @@ impl Engine {
     pub fn observe(
         &mut self,
         now: Instant,
-        agent_id: u32,
+        agent_id: AgentId,
         counters: CounterSnapshot,
     ) -> Vec<Transition> {
         let Some(agent) = self.agents.get_mut(&agent_id) else {
@@ -384,7 +387,7 @@ impl Engine {
     }
 
     /// Closes the agent's breaker at once (`baton breaker reset`).
-    pub fn reset(&mut self, agent_id: u32, counters: CounterSnapshot) -> Option<Transition> {
+    pub fn reset(&mut self, agent_id: AgentId, counters: CounterSnapshot) -> Option<Transition> {
         let agent = self.agents.get_mut(&agent_id)?;
         let from = std::mem::replace(&mut agent.state, State::Closed);
         agent.since = Instant::now();
@@ -403,7 +406,7 @@ impl Engine {
     /// when it has none yet (a manual trip of an agent without rules).
     fn entry(
         &mut self,
-        agent_id: u32,
+        agent_id: AgentId,
         agent: &str,
         counters: CounterSnapshot,
         now: Instant,
@@ -424,7 +427,7 @@ impl Engine {
     /// Opens the agent's breaker by hand (`baton breaker trip`).
     pub fn trip(
         &mut self,
-        agent_id: u32,
+        agent_id: AgentId,
         agent: &str,
         action: Action,
         counters: CounterSnapshot,
@@ -456,7 +459,7 @@ impl Engine {
     /// (a manual trip, a rule since removed) stays open until reset.
     pub fn restore(
         &mut self,
-        agent_id: u32,
+        agent_id: AgentId,
         agent: &str,
         breaker: &str,
         action: Action,
@@ -481,7 +484,7 @@ impl Engine {
     }
 
     /// Breakers that are open: (agent id, agent, breaker, action, reason).
-    pub fn open_breakers(&self) -> Vec<(u32, String, String, Action, String)> {
+    pub fn open_breakers(&self) -> Vec<(AgentId, String, String, Action, String)> {
         self.agents
             .iter()
             .filter_map(|(id, a)| match &a.state {
@@ -520,7 +523,7 @@ impl Engine {
     }
 
     /// The action in force for an agent, if its breaker is open.
-    pub fn action_of(&self, agent_id: u32) -> Option<Action> {
+    pub fn action_of(&self, agent_id: AgentId) -> Option<Action> {
         match self.agents.get(&agent_id)?.state {
             State::Open { action, .. } => Some(action),
             _ => None,
@@ -546,10 +549,12 @@ mod tests {
         }
     }
 
+    const AGENT: AgentId = AgentId::from_raw(1);
+
     fn engine(when: Condition, cooldown: u64) -> Engine {
         let mut engine = Engine::default();
         engine.set_rules(BTreeMap::from([(
-            1,
+            AGENT,
             ("a".to_string(), vec![rule(when, cooldown)]),
         )]));
         engine
@@ -573,13 +578,13 @@ mod tests {
         };
         let mut engine = engine(when, 0);
         let t0 = Instant::now();
-        assert!(engine.observe(t0, 1, denied(20)).is_empty());
-        let trip = engine.observe(t0, 1, denied(21));
+        assert!(engine.observe(t0, AGENT, denied(20)).is_empty());
+        let trip = engine.observe(t0, AGENT, denied(21));
         assert!(matches!(trip[0].to, State::Open { .. }), "{trip:?}");
         // Cooldown 0: half-open at the next look, closed after the probe.
-        let half = engine.observe(t0 + Duration::from_millis(10), 1, denied(21));
+        let half = engine.observe(t0 + Duration::from_millis(10), AGENT, denied(21));
         assert!(matches!(half[0].to, State::HalfOpen { .. }));
-        let closed = engine.observe(t0 + Duration::from_secs(2), 1, denied(21));
+        let closed = engine.observe(t0 + Duration::from_secs(2), AGENT, denied(21));
         assert_eq!(closed[0].to, State::Closed);
     }
 
@@ -594,9 +599,9 @@ mod tests {
         };
         let mut engine = engine(when, 0);
         let t0 = Instant::now();
-        engine.observe(t0, 1, denied(3));
-        engine.observe(t0 + Duration::from_millis(1), 1, denied(3));
-        let again = engine.observe(t0 + Duration::from_millis(2), 1, denied(6));
+        engine.observe(t0, AGENT, denied(3));
+        engine.observe(t0 + Duration::from_millis(1), AGENT, denied(3));
+        let again = engine.observe(t0 + Duration::from_millis(2), AGENT, denied(6));
         assert!(matches!(&again[0].to, State::Open { reason, .. } if reason.contains("again")));
     }
 
@@ -615,14 +620,14 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            engine.observe(t0, 1, touched)[0].to,
+            engine.observe(t0, AGENT, touched)[0].to,
             State::Open { .. }
         ));
-        assert_eq!(engine.action_of(1), Some(Action::Quarantine));
-        let reset = engine.reset(1, touched).unwrap();
+        assert_eq!(engine.action_of(AGENT), Some(Action::Quarantine));
+        let reset = engine.reset(AGENT, touched).unwrap();
         assert_eq!(reset.to, State::Closed);
         assert!(
-            engine.observe(t0, 1, touched).is_empty(),
+            engine.observe(t0, AGENT, touched).is_empty(),
             "old hits do not re-trip"
         );
     }

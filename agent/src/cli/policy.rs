@@ -50,7 +50,8 @@ fn load_paths(paths: &[PathBuf]) -> anyhow::Result<Vec<LoadedPolicy>> {
 
 fn check(paths: &[PathBuf]) -> anyhow::Result<()> {
     let policies = load_paths(paths)?;
-    let set = compile_with(&policies, 1, &expand_on_disk).context("policies do not compile")?;
+    let set = compile_with(&policies, crate::ids::RuleId::FIRST, &expand_on_disk)
+        .context("policies do not compile")?;
     let warnings = crate::policy::lint::lint(&set);
     for (agent, compiled) in &set.agents {
         let mut selectors = vec![format!("baton exec --agent {agent}")];
@@ -117,8 +118,12 @@ fn sign(key: &Path, path: &Path, out: Option<&Path>) -> anyhow::Result<()> {
     if policies.is_empty() {
         bail!("{}: holds no policy; nothing to sign", path.display());
     }
-    compile_with(&policies, 1, &crate::policy::compile::expand_literally)
-        .with_context(|| format!("{}: the policies do not compile", path.display()))?;
+    compile_with(
+        &policies,
+        crate::ids::RuleId::FIRST,
+        &crate::policy::compile::expand_literally,
+    )
+    .with_context(|| format!("{}: the policies do not compile", path.display()))?;
     let signed = bundle::sign(&key, &bytes);
     let target = out.unwrap_or(path);
     write_replacing(target, &signed)?;

@@ -82,7 +82,7 @@ pub enum Reply {
     /// Done.
     Admitted {
         /// The agent's numeric id.
-        agent_id: u32,
+        agent_id: crate::ids::AgentId,
         /// Where BPF LSM is missing: the Landlock ruleset the caller must
         /// apply to itself before it execs the agent's command.
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -90,7 +90,7 @@ pub struct Caller {
     /// The agent id the kernel records for the calling process, `None` for
     /// a process in no agent. Read for each request: a process admitted
     /// while connected is an agent from then on.
-    pub agent: Option<u32>,
+    pub agent: Option<crate::ids::AgentId>,
 }
 
 impl Caller {
@@ -109,7 +109,7 @@ pub trait Handler: Send + Sync + 'static {
 
     /// The agent id the kernel's identity record gives process `tgid`.
     /// Called without the daemon's locks, for every connection and request.
-    fn agent_of(&self, _tgid: u32) -> Option<u32> {
+    fn agent_of(&self, _tgid: u32) -> Option<crate::ids::AgentId> {
         None
     }
 

@@ -15,6 +15,7 @@ use std::{
 
 use crate::{
     audit::AuditRecord,
+    ids::AgentId,
     kernel::backstop::{Backstop, BackstopError, Coverage},
     policy::compile::CompiledPolicySet,
 };
@@ -100,7 +101,7 @@ pub(super) fn cover_process(
 /// kernel refused `pid` a socket in cgroup `cgroup_id` (0: a socket it did
 /// not create, whose cgroup is unknown). Covers that cgroup where it can
 /// be found, else the whole host, and records the change.
-pub(super) fn answer_request(daemon: &Arc<Daemon>, agent_id: u32, pid: u32, cgroup_id: u64) {
+pub(super) fn answer_request(daemon: &Arc<Daemon>, agent_id: AgentId, pid: u32, cgroup_id: u64) {
     let (backstop, cgroup_root, host, agent) = {
         let Ok(state) = daemon.state.lock() else {
             return;

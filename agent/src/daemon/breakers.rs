@@ -7,7 +7,7 @@ use super::*;
 pub(super) fn breaker_rules(
     set: &CompiledPolicySet,
     registry: &AgentRegistry,
-) -> BTreeMap<u32, (String, Vec<crate::policy::compile::BreakerRule>)> {
+) -> BTreeMap<AgentId, (String, Vec<crate::policy::compile::BreakerRule>)> {
     set.agents
         .iter()
         .filter(|(_, agent)| !agent.breakers.is_empty())
@@ -45,7 +45,7 @@ fn describe(transition: &Transition) -> String {
 /// process appears (children forked while the signal went out are caught
 /// by the next round; the kernel's identity record finds double-forked
 /// and re-parented processes too).
-fn signal_agent(maps: &PolicyMaps, agent_id: u32, signal: nix::sys::signal::Signal) -> usize {
+fn signal_agent(maps: &PolicyMaps, agent_id: AgentId, signal: nix::sys::signal::Signal) -> usize {
     use nix::{sys::signal::kill, unistd::Pid};
     let mut signalled = std::collections::HashSet::new();
     for _ in 0..20 {

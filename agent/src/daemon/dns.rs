@@ -19,10 +19,10 @@ pub(super) struct Learning {
     /// The kernel's DNS maps: learned addresses, proxies, query senders.
     pub(super) maps: DnsMaps,
     /// Port rows a domain rule opens, by rule id.
-    pub(super) domain_rows: HashMap<u32, Vec<PortRule>>,
+    pub(super) domain_rows: HashMap<RuleId, Vec<PortRule>>,
     /// The name each (agent, learned address, domain rule) came from, for
     /// audit records.
-    pub(super) learned_names: HashMap<(u32, IpAddr, u32), String>,
+    pub(super) learned_names: HashMap<(AgentId, IpAddr, RuleId), String>,
 }
 
 impl Learning {
@@ -39,7 +39,7 @@ impl Learning {
 /// at a proxy's `ports`.
 fn register_proxy(
     learning: &Mutex<Learning>,
-    agent_id: u32,
+    agent_id: AgentId,
     netns_cookie: u64,
     ports: DnsProxyPorts,
 ) -> Result<(), String> {
@@ -60,8 +60,8 @@ struct ProxyLearner {
 impl Learner for ProxyLearner {
     fn learn(
         &self,
-        agent_id: u32,
-        rule_id: u32,
+        agent_id: AgentId,
+        rule_id: RuleId,
         name: &str,
         addrs: &[LearnedAddress],
     ) -> Result<(), String> {
@@ -95,7 +95,7 @@ impl Learner for ProxyLearner {
         Ok(())
     }
 
-    fn refused(&self, agent_id: u32, name: &str, query_type: &str, socket_cookie: Option<u64>) {
+    fn refused(&self, agent_id: AgentId, name: &str, query_type: &str, socket_cookie: Option<u64>) {
         let Some(daemon) = self.daemon.upgrade() else {
             return;
         };
@@ -120,7 +120,7 @@ impl Learner for ProxyLearner {
             .iter()
             .find(|(n, _)| n.as_str() == agent)
             .map(|(_, a)| a.egress_default_rule)
-            .filter(|&id| id != 0)
+            .filter(|id| !id.is_none())
             .map(|id| {
                 let (policy, rule) = state.policies.rule(id).map_or_else(
                     || ("<unknown>".to_string(), "<unknown>".to_string()),
@@ -129,7 +129,7 @@ impl Learner for ProxyLearner {
                 crate::audit::record::AuditRule {
                     policy,
                     id: rule,
-                    kernel_id: id,
+                    kernel_id: id.raw(),
                 }
             });
         let host = state.host.clone();
@@ -153,7 +153,7 @@ impl Learner for ProxyLearner {
 impl ProxyLearner {
     /// Records that `addr` has no room for another name's ports, and
     /// returns the message for the log.
-    fn record_full(&self, agent_id: u32, rule_id: u32, name: &str, addr: IpAddr) -> String {
+    fn record_full(&self, agent_id: AgentId, rule_id: RuleId, name: &str, addr: IpAddr) -> String {
         let Some(daemon) = self.daemon.upgrade() else {
             return "the daemon is stopping".to_string();
         };
@@ -181,11 +181,11 @@ impl ProxyLearner {
 
 /// What one agent's DNS proxy needs.
 struct ProxyPlan {
-    agent_id: u32,
+    agent_id: AgentId,
     agent: String,
     names: AgentNames,
     /// Port rows per domain rule id.
-    rows: Vec<(u32, Vec<PortRule>)>,
+    rows: Vec<(RuleId, Vec<PortRule>)>,
 }
 
 /// Starts a DNS proxy for every agent with domain rules and points the
@@ -267,7 +267,12 @@ fn watch_pidfd(
 /// the sockets close and the kernel's entry goes (see
 /// [`release_when_empty`]). An agent holds at most
 /// `dns.maxNamespaceProxiesPerAgent` of them at once.
-pub(super) fn open_netns_proxy(daemon: &Arc<Daemon>, agent_id: u32, netns_cookie: u64, pid: u32) {
+pub(super) fn open_netns_proxy(
+    daemon: &Arc<Daemon>,
+    agent_id: AgentId,
+    netns_cookie: u64,
+    pid: u32,
+) {
     let (names, setup) = {
         let mut state = daemon.state.lock().expect("state lock poisoned");
         if state.proxies.contains_key(&(agent_id, netns_cookie))
@@ -324,7 +329,7 @@ pub(super) fn open_netns_proxy(daemon: &Arc<Daemon>, agent_id: u32, netns_cookie
     let pidfd = match pidfd_open(pid) {
         Ok(pidfd) => pidfd,
         Err(error) => {
-            tracing::debug!(agent_id, pid, %error, "process gone before its namespace got a DNS proxy");
+            tracing::debug!(agent_id = agent_id.raw(), pid, %error, "process gone before its namespace got a DNS proxy");
             unpend();
             return;
         }
@@ -340,16 +345,16 @@ pub(super) fn open_netns_proxy(daemon: &Arc<Daemon>, agent_id: u32, netns_cookie
             let pidfd = match watch_pidfd(pidfd) {
                 Ok(pidfd) => pidfd,
                 Err(error) => {
-                    tracing::warn!(agent_id, pid, %error, "cannot watch the process of a namespace proxy");
+                    tracing::warn!(agent_id = agent_id.raw(), pid, %error, "cannot watch the process of a namespace proxy");
                     return;
                 }
             };
             let registered = register_proxy(&state.learning, agent_id, netns_cookie, proxy.ports);
             if let Err(error) = registered {
-                tracing::error!(agent_id, %error, "cannot register the namespace's DNS proxy");
+                tracing::error!(agent_id = agent_id.raw(), %error, "cannot register the namespace's DNS proxy");
                 return;
             }
-            tracing::info!(agent_id, pid, netns_cookie, ports = ?proxy.ports, "DNS proxy opened in the agent's network namespace");
+            tracing::info!(agent_id = agent_id.raw(), pid, netns_cookie, ports = ?proxy.ports, "DNS proxy opened in the agent's network namespace");
             state.proxies.insert((agent_id, netns_cookie), proxy);
             tokio::spawn(release_when_empty(
                 Arc::downgrade(daemon),
@@ -363,14 +368,14 @@ pub(super) fn open_netns_proxy(daemon: &Arc<Daemon>, agent_id: u32, netns_cookie
             ));
         }
         Ok(proxy) => tracing::warn!(
-            agent_id,
+            agent_id = agent_id.raw(),
             pid,
             wanted = netns_cookie,
             got = proxy.netns_cookie,
             "process changed network namespace before its proxy was ready"
         ),
         Err(error) => {
-            tracing::warn!(agent_id, pid, %error, "cannot open a DNS proxy in the agent's network namespace")
+            tracing::warn!(agent_id = agent_id.raw(), pid, %error, "cannot open a DNS proxy in the agent's network namespace")
         }
     }
 }
@@ -378,7 +383,7 @@ pub(super) fn open_netns_proxy(daemon: &Arc<Daemon>, agent_id: u32, netns_cookie
 /// Which namespace proxy a watcher looks after.
 #[derive(Clone, Copy, Debug)]
 struct NetnsProxy {
-    agent_id: u32,
+    agent_id: AgentId,
     netns_cookie: u64,
     netns_id: NetnsId,
 }
@@ -440,7 +445,7 @@ async fn release_when_empty(
         state.proxies.remove(&(proxy.agent_id, proxy.netns_cookie));
         state.netns_cap_reported.remove(&proxy.agent_id);
         tracing::info!(
-            agent_id = proxy.agent_id,
+            agent_id = proxy.agent_id.raw(),
             netns_cookie = proxy.netns_cookie,
             "DNS proxy released: no process of the agent is left in its network namespace"
         );

@@ -125,17 +125,25 @@ fn hand_over_netns_request(daemon: &Arc<Daemon>, item: &[u8]) {
 }
 
 /// `(agent id, netns cookie, pid)` of a "needs a proxy here" event.
-fn netns_request(bytes: &[u8]) -> Option<(u32, u64, u32)> {
+fn netns_request(bytes: &[u8]) -> Option<(AgentId, u64, u32)> {
     use agent_common::event::{NetnsEvent, kind};
     let (header, event) = request::<NetnsEvent>(bytes, kind::NETNS_PROXY_NEEDED)?;
-    Some((header.agent_id, event.netns_cookie, header.tgid))
+    Some((
+        AgentId::from_raw(header.agent_id),
+        event.netns_cookie,
+        header.tgid,
+    ))
 }
 
 /// `(agent id, cgroup id, pid)` of a "cover this cgroup" request.
-fn backstop_request(bytes: &[u8]) -> Option<(u32, u64, u32)> {
+fn backstop_request(bytes: &[u8]) -> Option<(AgentId, u64, u32)> {
     use agent_common::event::{CgroupEvent, kind};
     let (header, event) = request::<CgroupEvent>(bytes, kind::BACKSTOP_NEEDED)?;
-    Some((header.agent_id, event.cgroup_id, header.tgid))
+    Some((
+        AgentId::from_raw(header.agent_id),
+        event.cgroup_id,
+        header.tgid,
+    ))
 }
 
 /// The header and body of a request of `kind` read from the requests ring,
@@ -283,7 +291,7 @@ impl State {
     /// Writes a record for events the kernel could not queue since the last
     /// look: loss is counted and recorded, never silent.
     pub(super) fn record_drops(&mut self) {
-        let agents: Vec<(u32, String)> = self
+        let agents: Vec<(AgentId, String)> = self
             .registry
             .ids()
             .iter()

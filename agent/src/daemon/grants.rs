@@ -24,9 +24,12 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::kernel::{
-    KernelError,
-    maps::{GrantMaps, GrantPlace},
+use crate::{
+    ids::AgentId,
+    kernel::{
+        KernelError,
+        maps::{GrantMaps, GrantPlace},
+    },
 };
 
 /// Grants in force at once, for all agents together: the kernel's slots.
@@ -100,7 +103,7 @@ pub struct Grant {
     /// Agent name.
     pub agent: String,
     /// Agent id the kernel knows the agent by.
-    pub agent_id: u32,
+    pub agent_id: AgentId,
     /// The prefix (network address and length).
     pub network: IpNet,
     /// Destination port.
@@ -250,7 +253,7 @@ impl Grants {
     pub fn open(
         maps: GrantMaps,
         state_dir: &Path,
-        known_agent: impl Fn(&str) -> Option<u32>,
+        known_agent: impl Fn(&str) -> Option<AgentId>,
     ) -> (Self, Vec<String>) {
         let file = state_dir.join(GRANTS_FILE);
         let mut warnings = Vec::new();
@@ -310,7 +313,7 @@ impl Grants {
     }
 
     /// Puts a grant in force for the agent `agent_id`.
-    pub fn add(&mut self, request: &GrantRequest, agent_id: u32) -> Result<Grant, GrantError> {
+    pub fn add(&mut self, request: &GrantRequest, agent_id: AgentId) -> Result<Grant, GrantError> {
         let (network, port) = parse_destination(&request.allow)?;
         if request.duration.is_zero() || request.duration > MAX_GRANT_DURATION {
             return Err(GrantError::Duration(request.duration));

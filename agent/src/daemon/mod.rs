@@ -57,6 +57,7 @@ use crate::{
     },
     handover::{OpenBreaker, Progress, Registry, StateDir},
     identity::AgentRegistry,
+    ids::{AgentId, Generation, RuleId},
     kernel::{
         ControlState, Enforcer,
         maps::{DnsMaps, GrantMaps, PolicyMaps, RuntimeMaps},
@@ -238,9 +239,9 @@ struct State {
     runtime: RuntimeMaps,
     breakers: Engine,
     /// Kernel event drops already recorded, per agent.
-    drops_recorded: HashMap<u32, u64>,
+    drops_recorded: HashMap<AgentId, u64>,
     /// Rate-limit suppressions already recorded, per agent.
-    suppressions_recorded: HashMap<u32, u64>,
+    suppressions_recorded: HashMap<AgentId, u64>,
     /// Prometheus metrics.
     metrics: Arc<crate::metrics::Metrics>,
     /// Where the policies in force came from.
@@ -262,7 +263,7 @@ struct State {
     policies: CompiledPolicySet,
     /// Id of the first rule of the generation in force; the rules before it
     /// belong to the previous generation, kept for events still queued.
-    live_first_rule_id: u32,
+    live_first_rule_id: RuleId,
     /// What a restarted daemon takes over.
     handover: StateDir,
     /// The progress last saved there.
@@ -284,7 +285,7 @@ struct State {
     /// a Landlock ruleset instead.
     files_enforced: bool,
     /// Agents (and policy generations) whose Landlock gaps were logged.
-    landlock_gaps_logged: BTreeSet<(String, u32)>,
+    landlock_gaps_logged: BTreeSet<(String, Generation)>,
     /// Every self-protection LSM hook is attached (see
     /// [`crate::fallback::protected::held_by_bpf_lsm`]).
     held_by_bpf_lsm: bool,
@@ -297,21 +298,21 @@ struct State {
     /// Where BPF LSM is missing: whether the detection programs are attached.
     detection: bool,
     /// Running DNS proxies, per agent id and network namespace cookie.
-    proxies: BTreeMap<(u32, u64), AgentProxy>,
+    proxies: BTreeMap<(AgentId, u64), AgentProxy>,
     /// Each agent's allowed names, shared by its proxies in every namespace.
-    agent_names: BTreeMap<u32, Arc<RwLock<AgentNames>>>,
+    agent_names: BTreeMap<AgentId, Arc<RwLock<AgentNames>>>,
     /// What new proxies need, once the first one is up.
     proxy_setup: Option<(Arc<ProxyConfig>, Arc<dyn Learner>)>,
     /// The DNS settings and the learner, kept so that a reload bringing the
     /// first domain rules can still set the proxies up.
     dns_pending: Option<(DnsConfig, Arc<dyn Learner>)>,
     /// Namespaces a proxy is being opened in, so a burst of queries opens one.
-    pending_netns: std::collections::HashSet<(u32, u64)>,
+    pending_netns: std::collections::HashSet<(AgentId, u64)>,
     /// Namespace proxies one agent may hold (`dns.maxNamespaceProxiesPerAgent`).
     max_netns_proxies: usize,
     /// Agents at that cap whose record is written, so that it is written
     /// once per spell at the cap, not once per query.
-    netns_cap_reported: std::collections::HashSet<u32>,
+    netns_cap_reported: std::collections::HashSet<AgentId>,
 }
 
 /// How long each phase of a reload took.
@@ -398,7 +399,7 @@ impl State {
             self.policy_source = origin.to_string();
             return Ok(());
         }
-        let first_rule_id = self.policies.first_rule_id + self.policies.rules.len() as u32;
+        let first_rule_id = self.policies.first_rule_id.after(self.policies.rules.len());
         let compile_started = std::time::Instant::now();
         let compiled = compile_protected(policies, first_rule_id, &expand_on_disk, &self.protected)
             .map_err(|e| e.to_string())?;
@@ -411,14 +412,15 @@ impl State {
         // resolvable. Older ones are dropped, so the table stays bounded.
         let keep_from = self
             .live_first_rule_id
-            .saturating_sub(self.policies.first_rule_id) as usize;
+            .index_from(self.policies.first_rule_id)
+            .unwrap_or(0);
         // The drain names events without the state lock, so it must know
         // the new agents and rules before the kernel decides by them.
         let naming = Naming::new(
             &self.registry,
             &compiled,
             self.policies.rules.iter().skip(keep_from),
-            self.policies.first_rule_id + keep_from as u32,
+            self.policies.first_rule_id.after(keep_from),
         );
         self.writer
             .lock()
@@ -450,7 +452,7 @@ impl State {
         let mut rules: Vec<_> = old.rules.into_iter().skip(keep_from).collect();
         rules.append(&mut self.policies.rules);
         self.policies.rules = rules;
-        self.policies.first_rule_id = old.first_rule_id + keep_from as u32;
+        self.policies.first_rule_id = old.first_rule_id.after(keep_from);
         self.live_first_rule_id = live_first;
         self.publish_naming();
         self.save_registry();
@@ -505,7 +507,7 @@ impl State {
                 timing.describe()
             ),
         ));
-        tracing::info!(generation, origin, timing = %timing.describe(), "policies reloaded");
+        tracing::info!(generation = generation.raw(), origin, timing = %timing.describe(), "policies reloaded");
         if let Some(parse) = timing.parse {
             self.metrics
                 .observe_reload_phase(crate::metrics::ReloadPhase::Parse, parse);
@@ -515,7 +517,8 @@ impl State {
         self.metrics
             .observe_reload_phase(crate::metrics::ReloadPhase::Swap, timing.swap);
         self.last_reload = Some(timing);
-        self.metrics.set_policy_generation(u64::from(generation));
+        self.metrics
+            .set_policy_generation(u64::from(generation.raw()));
         self.metrics
             .record_policy_reload(crate::metrics::ReloadResult::Success);
         self.policy_source = origin.to_string();
@@ -581,13 +584,17 @@ impl State {
             return;
         }
         for gap in &plan.unexpressible {
-            tracing::warn!(agent, generation, "Landlock cannot express: {gap}");
+            tracing::warn!(
+                agent,
+                generation = generation.raw(),
+                "Landlock cannot express: {gap}"
+            );
         }
     }
 
     /// An agent's counters: the kernel's, plus what the fanotify listener
     /// decided, so that every mechanism's denials feed the same breakers.
-    fn counters(&self, agent_id: u32) -> agent_common::identity::AgentCounters {
+    fn counters(&self, agent_id: AgentId) -> agent_common::identity::AgentCounters {
         let mut counters = self.runtime.counters(agent_id);
         if let Some(watcher) = &self.fanotify
             && let Some(counts) = watcher.counts().get(&agent_id)
@@ -763,7 +770,7 @@ impl State {
                         continue;
                     }
                     let record = AgentRecord {
-                        agent_id,
+                        agent_id: agent_id.raw(),
                         root_tgid: tgid,
                         admission: admission::CGROUP,
                         _pad: [0; 7],
@@ -793,7 +800,7 @@ struct Daemon {
     identity: aya::maps::HashMap<MapData, u32, AgentRecord>,
     /// Per agent: when its last refused operator request was recorded, and
     /// how many were refused since without a record of their own.
-    refusals: Mutex<HashMap<u32, (std::time::Instant, u64)>>,
+    refusals: Mutex<HashMap<AgentId, (std::time::Instant, u64)>>,
     /// Operators' grants; see [`grants`] for the lock order.
     grants: Mutex<grants::Grants>,
     /// Where the packet backstop runs; see [`backstop`] for the lock order.
@@ -809,8 +816,11 @@ impl Handler for Daemon {
         Some(&self.audit)
     }
 
-    fn agent_of(&self, tgid: u32) -> Option<u32> {
-        self.identity.get(&tgid, 0).ok().map(|r| r.agent_id)
+    fn agent_of(&self, tgid: u32) -> Option<AgentId> {
+        self.identity
+            .get(&tgid, 0)
+            .ok()
+            .map(|r| AgentId::from_raw(r.agent_id))
     }
 
     fn handle(&self, caller: Caller, request: Request) -> Reply {
@@ -1012,7 +1022,7 @@ impl Daemon {
         // A process never changes agent: otherwise an agent could leave its
         // policy by asking to join a more permissive one.
         if let Some(current) = state.maps.agent_of(caller.pid) {
-            if current.agent_id == agent_id {
+            if current.agent_id == agent_id.raw() {
                 let (families, allow_privilege_escalation) = state.process_settings(agent);
                 return Reply::Admitted {
                     agent_id,
@@ -1025,7 +1035,7 @@ impl Daemon {
             }
             let current_name = state
                 .registry
-                .name_of(current.agent_id)
+                .name_of(AgentId::from_raw(current.agent_id))
                 .map_or_else(|| format!("#{}", current.agent_id), |n| n.to_string());
             return Reply::Error {
                 message: format!(
@@ -1035,7 +1045,7 @@ impl Daemon {
             };
         }
         let record = AgentRecord {
-            agent_id,
+            agent_id: agent_id.raw(),
             root_tgid: caller.pid,
             admission: admission::EXEC,
             _pad: [0; 7],
@@ -1136,7 +1146,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     } else {
         load_dir(&settings.policy_dir)?
     };
-    let mut compiled = compile_protected(&policies, 1, &expand_on_disk, &settings.protected)?;
+    let mut compiled = compile_protected(
+        &policies,
+        RuleId::FIRST,
+        &expand_on_disk,
+        &settings.protected,
+    )?;
     // The pins are locked before the kernel is touched, so a second daemon
     // on the same directory stops here instead of fighting over the links,
     // and before the audit log is opened, so it leaves no file behind.
@@ -1411,7 +1426,7 @@ async fn serve(
             agents.join(", ")
         ),
     ));
-    tracing::info!(generation, policy_dir = %settings.policy_dir.display(), agents = ?agents, "policies loaded");
+    tracing::info!(generation = generation.raw(), policy_dir = %settings.policy_dir.display(), agents = ?agents, "policies loaded");
     for selector in &unresolved {
         let message = format!(
             "agent {}: {} {} is not selected yet: {}",
@@ -1552,7 +1567,7 @@ async fn serve(
         let state = daemon.state.lock().expect("state lock poisoned");
         state
             .metrics
-            .set_policy_generation(u64::from(state.maps.active_generation()));
+            .set_policy_generation(u64::from(state.maps.active_generation().raw()));
         state
             .metrics
             .record_policy_reload(crate::metrics::ReloadResult::Success);

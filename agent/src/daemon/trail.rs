@@ -38,13 +38,13 @@ pub(super) struct Decoder {
 /// can decide by them.
 #[derive(Default)]
 pub(super) struct Naming {
-    agent_names: HashMap<u32, String>,
+    agent_names: HashMap<AgentId, String>,
     /// Per agent name: its id, its `spec.explain` setting and whether it
     /// is selected by more than `baton exec`.
-    explain: HashMap<String, (u32, Option<bool>, bool)>,
+    explain: HashMap<String, (AgentId, Option<bool>, bool)>,
     /// Rule `first_rule_id + i` is `rules[i]`.
     rules: Vec<RuleRef>,
-    first_rule_id: u32,
+    first_rule_id: RuleId,
 }
 
 impl Naming {
@@ -55,7 +55,7 @@ impl Naming {
         registry: &AgentRegistry,
         set: &CompiledPolicySet,
         kept: impl Iterator<Item = &'a RuleRef>,
-        kept_first: u32,
+        kept_first: RuleId,
     ) -> Self {
         let agent_names = registry
             .ids()
@@ -88,9 +88,9 @@ impl Naming {
         }
     }
 
-    fn rule(&self, id: u32) -> Option<&RuleRef> {
-        id.checked_sub(self.first_rule_id)
-            .and_then(|i| self.rules.get(i as usize))
+    fn rule(&self, id: RuleId) -> Option<&RuleRef> {
+        id.index_from(self.first_rule_id)
+            .and_then(|i| self.rules.get(i))
     }
 }
 
@@ -212,19 +212,19 @@ impl Decoder {
         processes: &mut ProcessCache,
     ) -> Result<AuditRecord, crate::audit::record::DecodeError> {
         let latest = || self.latest.read().ok().map(|naming| Arc::clone(&naming));
-        let agent_name = |id: u32| {
+        let agent_name = |id: AgentId| {
             self.naming
                 .agent_names
                 .get(&id)
                 .cloned()
                 .or_else(|| latest()?.agent_names.get(&id).cloned())
         };
-        let rule = |id: u32| {
-            if id == agent_common::backstop::UNCOVERED_RULE {
+        let rule = |id: RuleId| {
+            if id.raw() == agent_common::backstop::UNCOVERED_RULE {
                 return Some(("baton".to_string(), "backstop.uncovered".to_string()));
             }
-            if id & agent_common::egress::GRANT_RULE_BIT != 0 {
-                let grant = id & !agent_common::egress::GRANT_RULE_BIT;
+            if id.raw() & agent_common::egress::GRANT_RULE_BIT != 0 {
+                let grant = id.raw() & !agent_common::egress::GRANT_RULE_BIT;
                 return Some(("grant".to_string(), format!("grant/{grant}")));
             }
             let named =
@@ -234,8 +234,8 @@ impl Decoder {
         // Only the learned row the kernel matched names a domain. In audit
         // mode names no rule allows are resolved with rule 0 and open no
         // row; a would-deny to such an address still names the name.
-        let domain_of = |agent_id: u32, addr: IpAddr, learned_rule: u32, audit: bool| {
-            if learned_rule == 0 && !audit {
+        let domain_of = |agent_id: AgentId, addr: IpAddr, learned_rule: RuleId, audit: bool| {
+            if learned_rule.is_none() && !audit {
                 return None;
             }
             self.learning

@@ -46,7 +46,10 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::client::SockDiag;
-use crate::policy::domain::AgentNames;
+use crate::{
+    ids::{AgentId, RuleId},
+    policy::domain::AgentNames,
+};
 
 /// Queries one UDP socket handles at once; beyond that, queries are dropped
 /// and the client retries. Bounds the sockets and tasks one agent can cost.
@@ -156,8 +159,8 @@ pub trait Learner: Send + Sync + 'static {
     /// Runs on the async runtime: it must not block for long.
     fn learn(
         &self,
-        agent_id: u32,
-        rule_id: u32,
+        agent_id: AgentId,
+        rule_id: RuleId,
         name: &str,
         addrs: &[LearnedAddress],
     ) -> Result<(), String>;
@@ -166,7 +169,7 @@ pub trait Learner: Send + Sync + 'static {
     /// (lower-case, without the trailing dot). `query_type` is the record type
     /// as DNS spells it, e.g. `A`, `AAAA`, `MX`. `socket_cookie` is the
     /// cookie of the socket that sent the query, when the kernel could say.
-    fn refused(&self, agent_id: u32, name: &str, query_type: &str, socket_cookie: Option<u64>);
+    fn refused(&self, agent_id: AgentId, name: &str, query_type: &str, socket_cookie: Option<u64>);
 }
 
 /// How the proxy forwards queries.
@@ -495,7 +498,7 @@ impl Proxy {
                     debug!(%agent, %name, %query_type, "DNS proxy: refused");
                     return encode(&refusal_reply(&query, &agent, &name));
                 }
-                0
+                RuleId::NONE
             }
         };
         // A zone transfer is a stream of messages, not one answer; agents
@@ -828,10 +831,10 @@ mod tests {
     use super::*;
 
     const DNSMASQ: &str = "/usr/sbin/dnsmasq";
-    const AGENT_ID: u32 = 7;
-    const RULE_EXACT: u32 = 1;
-    const RULE_WILDCARD: u32 = 2;
-    const RULE_RECORDS: u32 = 3;
+    const AGENT_ID: AgentId = AgentId::from_raw(7);
+    const RULE_EXACT: RuleId = RuleId::from_raw(1);
+    const RULE_WILDCARD: RuleId = RuleId::from_raw(2);
+    const RULE_RECORDS: RuleId = RuleId::from_raw(3);
 
     /// A dnsmasq on a free loopback port, killed on drop.
     struct Dnsmasq {
@@ -917,12 +920,12 @@ mod tests {
     }
 
     /// One `learn` call: agent id, rule id, name, addresses.
-    type Learned = (u32, u32, String, Vec<LearnedAddress>);
+    type Learned = (AgentId, RuleId, String, Vec<LearnedAddress>);
 
     #[derive(Default)]
     struct Recorder {
         learned: StdMutex<Vec<Learned>>,
-        refused: StdMutex<Vec<(u32, String, String)>>,
+        refused: StdMutex<Vec<(AgentId, String, String)>>,
         /// The client socket cookie of each refusal.
         cookies: StdMutex<Vec<Option<u64>>>,
         fail: AtomicBool,
@@ -935,8 +938,8 @@ mod tests {
     impl Learner for Recorder {
         fn learn(
             &self,
-            agent_id: u32,
-            rule_id: u32,
+            agent_id: AgentId,
+            rule_id: RuleId,
             name: &str,
             addrs: &[LearnedAddress],
         ) -> Result<(), String> {
@@ -957,7 +960,7 @@ mod tests {
             Ok(())
         }
 
-        fn refused(&self, agent_id: u32, name: &str, query_type: &str, cookie: Option<u64>) {
+        fn refused(&self, agent_id: AgentId, name: &str, query_type: &str, cookie: Option<u64>) {
             self.cookies.lock().unwrap().push(cookie);
             self.refused
                 .lock()
@@ -970,12 +973,12 @@ mod tests {
         fn learned(&self) -> Vec<Learned> {
             self.learned.lock().unwrap().clone()
         }
-        fn refused(&self) -> Vec<(u32, String, String)> {
+        fn refused(&self) -> Vec<(AgentId, String, String)> {
             self.refused.lock().unwrap().clone()
         }
     }
 
-    fn rule(pattern: &str, rule_id: u32) -> DomainRule {
+    fn rule(pattern: &str, rule_id: RuleId) -> DomainRule {
         DomainRule {
             pattern: DomainPattern::parse(pattern).unwrap(),
             rule_id,
@@ -1135,23 +1138,35 @@ mod tests {
     #[test]
     fn most_specific_rule_wins() {
         let names = AgentNames {
-            agent_id: 1,
+            agent_id: AgentId::from_raw(1),
             agent: "a".to_owned(),
             rules: vec![
-                rule("*.example.com", 10),
-                rule("*.api.example.com", 11),
-                rule("api.example.com", 12),
-                rule("v1.api.example.com", 13),
-                rule("*.example.com", 14),
+                rule("*.example.com", RuleId::from_raw(10)),
+                rule("*.api.example.com", RuleId::from_raw(11)),
+                rule("api.example.com", RuleId::from_raw(12)),
+                rule("v1.api.example.com", RuleId::from_raw(13)),
+                rule("*.example.com", RuleId::from_raw(14)),
             ],
             audit: false,
         };
         let decide = |name| names.decide(name).map(|rule| rule.rule_id);
-        assert_eq!(decide("www.example.com"), Some(10), "first of equals wins");
-        assert_eq!(decide("api.example.com"), Some(12), "exact beats wildcard");
-        assert_eq!(decide("v2.api.example.com"), Some(11), "longer suffix wins");
-        assert_eq!(decide("V1.API.example.com."), Some(13));
-        assert_eq!(decide("x.v1.api.example.com"), Some(11));
+        assert_eq!(
+            decide("www.example.com"),
+            Some(RuleId::from_raw(10)),
+            "first of equals wins"
+        );
+        assert_eq!(
+            decide("api.example.com"),
+            Some(RuleId::from_raw(12)),
+            "exact beats wildcard"
+        );
+        assert_eq!(
+            decide("v2.api.example.com"),
+            Some(RuleId::from_raw(11)),
+            "longer suffix wins"
+        );
+        assert_eq!(decide("V1.API.example.com."), Some(RuleId::from_raw(13)));
+        assert_eq!(decide("x.v1.api.example.com"), Some(RuleId::from_raw(11)));
         assert_eq!(decide("example.com"), None);
         assert_eq!(decide("example.org"), None);
     }

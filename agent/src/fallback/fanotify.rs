@@ -52,7 +52,10 @@ use thiserror::Error;
 
 use procfs::process::Syscall;
 
-use crate::policy::{CompiledPolicySet, compile::CompiledAgent, spec::Name};
+use crate::{
+    ids::{AgentId, Generation},
+    policy::{CompiledPolicySet, compile::CompiledAgent, spec::Name},
+};
 
 /// Audit events waiting for the daemon before new ones are counted as lost.
 const EVENT_QUEUE: usize = 4096;
@@ -113,9 +116,9 @@ impl AgentRules {
         Self {
             mode: agent.mode,
             file_default: agent.file_default,
-            file_default_rule: agent.file_default_rule,
+            file_default_rule: agent.file_default_rule.raw(),
             exec_default: agent.exec_default,
-            exec_default_rule: agent.exec_default_rule,
+            exec_default_rule: agent.exec_default_rule.raw(),
             allow_anonymous_exec: agent.allow_anonymous_exec,
             entries: agent
                 .files
@@ -190,8 +193,8 @@ impl AgentRules {
 /// The rules in force, swapped whole on every policy reload.
 #[derive(Default)]
 struct Rules {
-    generation: u32,
-    agents: HashMap<u32, AgentRules>,
+    generation: Generation,
+    agents: HashMap<AgentId, AgentRules>,
 }
 
 // ---------------------------------------------------------------- marks
@@ -298,7 +301,7 @@ struct Shared {
     /// What the listener decided, per agent, for the breakers: counted
     /// here, where every decision is made, not from the records, which a
     /// full queue can lose.
-    counts: Mutex<HashMap<u32, FallbackCounts>>,
+    counts: Mutex<HashMap<AgentId, FallbackCounts>>,
     /// `baton exec` root processes admitted with a Landlock plan, newest
     /// last: Landlock's report of a denial arrives after the syscall, when
     /// the denied process (and its identity entry) may be gone, but it
@@ -466,8 +469,8 @@ impl Watcher {
     pub fn update(
         &mut self,
         set: &CompiledPolicySet,
-        ids: &BTreeMap<Name, u32>,
-        generation: u32,
+        ids: &BTreeMap<Name, AgentId>,
+        generation: Generation,
         exclude: &[(String, u32)],
     ) -> Vec<String> {
         let agents = set
@@ -580,7 +583,7 @@ impl Watcher {
 
     /// What the listener has decided for each agent so far, the counts a
     /// previous daemon handed over ([`Watcher::carry_over`]) included.
-    pub fn counts(&self) -> HashMap<u32, FallbackCounts> {
+    pub fn counts(&self) -> HashMap<AgentId, FallbackCounts> {
         self.shared
             .counts
             .lock()
@@ -590,7 +593,7 @@ impl Watcher {
 
     /// Starts from the counts a previous daemon saved, so that counters
     /// never go backwards across a restart.
-    pub fn carry_over(&self, saved: &HashMap<u32, FallbackCounts>) {
+    pub fn carry_over(&self, saved: &HashMap<AgentId, FallbackCounts>) {
         let mut counts = self
             .shared
             .counts
@@ -796,7 +799,7 @@ impl Shared {
     /// The policy generation in force and `agent_id`'s rules under it (an
     /// agent the listener does not know yet is denied everything); `None`
     /// when the rules' lock is poisoned.
-    fn rules_of(&self, agent_id: u32) -> Option<(u32, AgentRules)> {
+    fn rules_of(&self, agent_id: AgentId) -> Option<(Generation, AgentRules)> {
         let rules = self.rules.read().ok()?;
         let agent = rules
             .agents
@@ -843,7 +846,7 @@ impl Shared {
                 String::new()
             }
         };
-        let Some((generation, agent)) = self.rules_of(member.agent_id) else {
+        let Some((generation, agent)) = self.rules_of(AgentId::from_raw(member.agent_id)) else {
             return (false, None);
         };
         let quarantined = self
@@ -884,7 +887,9 @@ impl Shared {
         };
         {
             let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-            let counts = counts.entry(member.agent_id).or_default();
+            let counts = counts
+                .entry(AgentId::from_raw(member.agent_id))
+                .or_default();
             if verdict != Verdict::Allowed {
                 counts.denied_files += 1;
             }
@@ -919,7 +924,7 @@ impl Shared {
         header.verdict = verdict as u8;
         header.mode = if held { mode::QUARANTINE } else { agent.mode };
         header.rule_id = rule_id;
-        header.generation = generation;
+        header.generation = generation.raw();
         if let Some(stat) = crate::kernel::process::task(tid).and_then(|task| task.stat().ok()) {
             set_comm(header, stat.comm.as_bytes());
         }
@@ -957,7 +962,7 @@ impl Shared {
         if denial.is_agents_own_sandbox(member.root_tgid) {
             return;
         }
-        let Some((generation, agent)) = self.rules_of(member.agent_id) else {
+        let Some((generation, agent)) = self.rules_of(AgentId::from_raw(member.agent_id)) else {
             return;
         };
         let mut flags = 0;
@@ -988,7 +993,9 @@ impl Shared {
         // not the agent's: recorded, but no breaker counts it.
         if flags & file_flags::BEYOND_POLICY == 0 {
             let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-            let counts = counts.entry(member.agent_id).or_default();
+            let counts = counts
+                .entry(AgentId::from_raw(member.agent_id))
+                .or_default();
             counts.denied_files += 1;
             if found == decision::CANARY {
                 counts.canary_hits += 1;
@@ -1016,7 +1023,7 @@ impl Shared {
         header.verdict = Verdict::Denied as u8;
         header.mode = agent.mode;
         header.rule_id = rule_id;
-        header.generation = generation;
+        header.generation = generation.raw();
         set_comm(header, denial.comm.as_bytes());
         if self.events.try_send(Finding::Decision(event)).is_err() {
             self.lost.fetch_add(1, Ordering::Relaxed);
@@ -1047,12 +1054,15 @@ impl Shared {
         else {
             return;
         };
-        let Some((generation, agent)) = self.rules_of(member.agent_id) else {
+        let Some((generation, agent)) = self.rules_of(AgentId::from_raw(member.agent_id)) else {
             return;
         };
         if what.starts_with("socket") {
             let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-            counts.entry(member.agent_id).or_default().denied_sockets += 1;
+            counts
+                .entry(AgentId::from_raw(member.agent_id))
+                .or_default()
+                .denied_sockets += 1;
         }
         let flags = if denial.killed { file_flags::KILLED } else { 0 };
         let mut event = file_event(&what, flags, 0, 0);
@@ -1066,7 +1076,7 @@ impl Shared {
         header.hook = hook::SECCOMP;
         header.verdict = Verdict::Denied as u8;
         header.mode = agent.mode;
-        header.generation = generation;
+        header.generation = generation.raw();
         set_comm(header, denial.comm.as_bytes());
         if self.events.try_send(Finding::Decision(event)).is_err() {
             self.lost.fetch_add(1, Ordering::Relaxed);
@@ -1200,7 +1210,11 @@ mod tests {
         let text = format!(
             "apiVersion: baton.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: p\nspec:\n  selector:\n    agent: a\n    executables: [/opt/a]\n{body}"
         );
-        let set = compile(&parse_str(Path::new("p.yaml"), &text).unwrap(), 1).unwrap();
+        let set = compile(
+            &parse_str(Path::new("p.yaml"), &text).unwrap(),
+            crate::ids::RuleId::FIRST,
+        )
+        .unwrap();
         set.agents["a"].clone()
     }
 

@@ -6,13 +6,16 @@
 
 use std::collections::BTreeMap;
 
-use crate::policy::{CompiledPolicySet, spec::Name};
+use crate::{
+    ids::AgentId,
+    policy::{CompiledPolicySet, spec::Name},
+};
 
 /// Agent names and ids.
 #[derive(Debug, Default)]
 pub struct AgentRegistry {
-    ids: BTreeMap<Name, u32>,
-    names: BTreeMap<u32, Name>,
+    ids: BTreeMap<Name, AgentId>,
+    names: BTreeMap<AgentId, Name>,
     next_id: u32,
 }
 
@@ -27,8 +30,8 @@ impl AgentRegistry {
 
     /// A registry taken over from a previous daemon, whose processes the
     /// kernel still knows by these ids.
-    pub fn restore(ids: BTreeMap<Name, u32>) -> Self {
-        let next_id = ids.values().max().map_or(1, |max| max + 1);
+    pub fn restore(ids: BTreeMap<Name, AgentId>) -> Self {
+        let next_id = ids.values().max().map_or(1, |max| max.raw() + 1);
         let names = ids.iter().map(|(name, id)| (*id, name.clone())).collect();
         Self {
             ids,
@@ -41,25 +44,26 @@ impl AgentRegistry {
     pub fn sync(&mut self, set: &CompiledPolicySet) {
         for name in set.agents.keys() {
             if !self.ids.contains_key(name) {
-                self.ids.insert(name.clone(), self.next_id);
-                self.names.insert(self.next_id, name.clone());
+                let id = AgentId::from_raw(self.next_id);
+                self.ids.insert(name.clone(), id);
+                self.names.insert(id, name.clone());
                 self.next_id += 1;
             }
         }
     }
 
     /// Every known agent and its id.
-    pub fn ids(&self) -> &BTreeMap<Name, u32> {
+    pub fn ids(&self) -> &BTreeMap<Name, AgentId> {
         &self.ids
     }
 
     /// Id of a named agent.
-    pub fn id_of(&self, name: &str) -> Option<u32> {
+    pub fn id_of(&self, name: &str) -> Option<AgentId> {
         self.ids.get(name).copied()
     }
 
     /// Name of an agent id.
-    pub fn name_of(&self, id: u32) -> Option<&Name> {
+    pub fn name_of(&self, id: AgentId) -> Option<&Name> {
         self.names.get(&id)
     }
 }

@@ -178,7 +178,11 @@ mod tests {
         let text = format!(
             "apiVersion: baton.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: p\nspec:\n  selector:\n    agent: a\n{selector}  files:\n    deny: [/srv]\n{files}"
         );
-        let set = compile(&parse_str(Path::new("p.yaml"), &text).unwrap(), 1).unwrap();
+        let set = compile(
+            &parse_str(Path::new("p.yaml"), &text).unwrap(),
+            crate::ids::RuleId::FIRST,
+        )
+        .unwrap();
         set.agents["a"].clone()
     }
 

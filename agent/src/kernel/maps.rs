@@ -39,7 +39,10 @@ use aya::{
 };
 
 use super::KernelError;
-use crate::policy::{CompiledPolicySet, spec::Name};
+use crate::{
+    ids::{AgentId, Generation, RuleId},
+    policy::{CompiledPolicySet, spec::Name},
+};
 
 fn map_error(map: &'static str) -> impl FnOnce(MapError) -> KernelError {
     move |source| KernelError::Map { map, source }
@@ -48,7 +51,7 @@ fn map_error(map: &'static str) -> impl FnOnce(MapError) -> KernelError {
 /// Keys written for one generation, so they can be deleted after the next swap.
 #[derive(Default)]
 struct WrittenKeys {
-    generation: u32,
+    generation: Generation,
     agents: Vec<AgentPolicyKey>,
     egress: Vec<Key<EgressKey>>,
     files: Vec<Key<FileKey>>,
@@ -362,7 +365,7 @@ impl PolicyMaps {
     fn adopt(&mut self) {
         let generation = self.active_generation.get(&0, 0).unwrap_or(0);
         let mut live = WrittenKeys {
-            generation,
+            generation: Generation::from_raw(generation),
             ..WrittenKeys::default()
         };
         let mut stale = WrittenKeys::default();
@@ -413,8 +416,10 @@ impl PolicyMaps {
 
     /// The generation in force, 0 before the first policy set (an adopted
     /// one counts).
-    pub fn active_generation(&self) -> u32 {
-        self.live.as_ref().map_or(0, |l| l.generation)
+    pub fn active_generation(&self) -> Generation {
+        self.live
+            .as_ref()
+            .map_or(Generation::NONE, |l| l.generation)
     }
 
     /// Writes `set` as the next generation and makes it live. On error the
@@ -422,9 +427,9 @@ impl PolicyMaps {
     pub fn apply(
         &mut self,
         set: &CompiledPolicySet,
-        agent_ids: &BTreeMap<Name, u32>,
-    ) -> Result<u32, KernelError> {
-        let generation = self.active_generation().wrapping_add(1).max(1);
+        agent_ids: &BTreeMap<Name, AgentId>,
+    ) -> Result<Generation, KernelError> {
+        let generation = self.active_generation().next();
         let mut written = WrittenKeys {
             generation,
             ..WrittenKeys::default()
@@ -434,7 +439,7 @@ impl PolicyMaps {
             return Err(error);
         }
         self.active_generation
-            .set(0, generation, 0)
+            .set(0, generation.raw(), 0)
             .map_err(map_error(map_names::ACTIVE_GENERATION))?;
         if let Some(old) = self.live.replace(written) {
             self.delete(&old);
@@ -449,19 +454,19 @@ impl PolicyMaps {
     fn write_generation(
         &mut self,
         set: &CompiledPolicySet,
-        agent_ids: &BTreeMap<Name, u32>,
+        agent_ids: &BTreeMap<Name, AgentId>,
         written: &mut WrittenKeys,
     ) -> Result<(), KernelError> {
         let generation = written.generation;
-        let mut next_table = (generation % 2) * PORT_TABLES_PER_GENERATION;
+        let mut next_table = generation.slot() * PORT_TABLES_PER_GENERATION;
         let table_end = next_table + PORT_TABLES_PER_GENERATION;
         for (name, agent) in &set.agents {
             let Some(&agent_id) = agent_ids.get(name) else {
                 continue;
             };
             let key = AgentPolicyKey {
-                generation,
-                agent_id,
+                generation: generation.raw(),
+                agent_id: agent_id.raw(),
             };
             let value = AgentPolicy {
                 mode: agent.mode,
@@ -485,9 +490,9 @@ impl PolicyMaps {
                 } else {
                     0
                 } | self.detect_scope.flags(agent),
-                egress_default_rule: agent.egress_default_rule,
-                file_default_rule: agent.file_default_rule,
-                exec_default_rule: agent.exec_default_rule,
+                egress_default_rule: agent.egress_default_rule.raw(),
+                file_default_rule: agent.file_default_rule.raw(),
+                exec_default_rule: agent.exec_default_rule.raw(),
                 connects_per_second: agent.connects_per_second,
                 families: agent.families,
             };
@@ -517,8 +522,8 @@ impl PolicyMaps {
                 let key = Key::new(
                     EGRESS_KEY_HEADER_BITS + entry.prefix_len,
                     EgressKey {
-                        generation: generation.to_be_bytes(),
-                        agent_id: agent_id.to_be_bytes(),
+                        generation: generation.raw().to_be_bytes(),
+                        agent_id: agent_id.raw().to_be_bytes(),
                         addr: entry.addr,
                     },
                 );
@@ -538,8 +543,8 @@ impl PolicyMaps {
             self.write_objects(generation, agent_id, &agent.files, written)?;
             for entry in &agent.files {
                 let mut data = FileKey {
-                    generation: generation.to_be_bytes(),
-                    agent_id: agent_id.to_be_bytes(),
+                    generation: generation.raw().to_be_bytes(),
+                    agent_id: agent_id.raw().to_be_bytes(),
                     path: [0; PATH_KEY_BYTES],
                 };
                 let len = entry.key.len().min(PATH_KEY_BYTES);
@@ -561,7 +566,7 @@ impl PolicyMaps {
     pub fn apply_selectors(
         &mut self,
         set: &CompiledPolicySet,
-        agent_ids: &BTreeMap<Name, u32>,
+        agent_ids: &BTreeMap<Name, AgentId>,
         cgroup_root: &Path,
     ) -> Result<Vec<UnresolvedSelector>, KernelError> {
         let mut unresolved = Vec::new();
@@ -576,7 +581,7 @@ impl PolicyMaps {
                 match cgroup_id(&dir) {
                     Ok(id) => {
                         self.selected_cgroups
-                            .insert(id, agent_id, 0)
+                            .insert(id, agent_id.raw(), 0)
                             .map_err(map_error(map_names::SELECTED_CGROUPS))?;
                         cgroups.insert(id);
                     }
@@ -592,7 +597,7 @@ impl PolicyMaps {
                 match executable_key(Path::new(path)) {
                     Ok(key) => {
                         self.selected_executables
-                            .insert(key, agent_id, 0)
+                            .insert(key, agent_id.raw(), 0)
                             .map_err(map_error(map_names::SELECTED_EXECUTABLES))?;
                         executables.insert((key.ino, key.dev));
                     }
@@ -642,8 +647,8 @@ impl PolicyMaps {
     /// or that goes through a symbolic link) lies at or under it.
     fn write_objects(
         &mut self,
-        generation: u32,
-        agent_id: u32,
+        generation: Generation,
+        agent_id: AgentId,
         entries: &[crate::policy::compile::FileEntry],
         written: &mut WrittenKeys,
     ) -> Result<(), KernelError> {
@@ -685,8 +690,8 @@ impl PolicyMaps {
         }
         for (object, (_, value)) in by_object {
             let key = ObjectKey {
-                generation,
-                agent_id,
+                generation: generation.raw(),
+                agent_id: agent_id.raw(),
                 object,
             };
             self.file_objects
@@ -763,11 +768,11 @@ impl PolicyMaps {
 
     /// Every process of an agent, from the kernel's identity record: forked,
     /// double-forked and re-parented ones included.
-    pub fn members(&self, agent_id: u32) -> Vec<u32> {
+    pub fn members(&self, agent_id: AgentId) -> Vec<u32> {
         self.identity
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, record)| record.agent_id == agent_id)
+            .filter(|(_, record)| record.agent_id == agent_id.raw())
             .map(|(tgid, _)| tgid)
             .collect()
     }
@@ -884,12 +889,12 @@ impl DnsMaps {
     /// to these proxy ports.
     pub fn set_proxy(
         &mut self,
-        agent_id: u32,
+        agent_id: AgentId,
         netns_cookie: u64,
         ports: DnsProxyPorts,
     ) -> Result<(), KernelError> {
         let key = DnsProxyKey {
-            agent_id,
+            agent_id: agent_id.raw(),
             _pad: 0,
             netns_cookie,
         };
@@ -917,9 +922,9 @@ impl DnsMaps {
     }
 
     /// Stops redirecting `agent_id`'s DNS traffic in that namespace.
-    pub fn remove_proxy(&mut self, agent_id: u32, netns_cookie: u64) {
+    pub fn remove_proxy(&mut self, agent_id: AgentId, netns_cookie: u64) {
         let _ = self.proxy_ports.remove(&DnsProxyKey {
-            agent_id,
+            agent_id: agent_id.raw(),
             _pad: 0,
             netns_cookie,
         });
@@ -932,14 +937,14 @@ impl DnsMaps {
     /// [`Learned::Full`] says so.
     pub fn learn(
         &mut self,
-        agent_id: u32,
+        agent_id: AgentId,
         addr: IpAddr,
         ttl: Duration,
-        rule_id: u32,
+        rule_id: RuleId,
         rows: &[PortRule],
     ) -> Result<Learned, KernelError> {
         let key = LearnedKey {
-            agent_id,
+            agent_id: agent_id.raw(),
             _pad: 0,
             addr: match addr {
                 IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
@@ -951,7 +956,8 @@ impl DnsMaps {
         let now = boot_time_ns();
         let expires = now.saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX));
         let existing = self.learned.get(&key, 0).ok();
-        let Some(value) = merge_learned(existing.as_ref(), now, expires, rule_id, rows) else {
+        let Some(value) = merge_learned(existing.as_ref(), now, expires, rule_id.raw(), rows)
+        else {
             return Ok(Learned::Full);
         };
         self.learned
@@ -1071,24 +1077,24 @@ impl RuntimeMaps {
     }
 
     /// Puts an agent in quarantine, or lets it out.
-    pub fn set_quarantine(&mut self, agent_id: u32, on: bool) -> Result<(), KernelError> {
-        let mut state = self.state.get(&agent_id, 0).unwrap_or_default();
+    pub fn set_quarantine(&mut self, agent_id: AgentId, on: bool) -> Result<(), KernelError> {
+        let mut state = self.state.get(&agent_id.raw(), 0).unwrap_or_default();
         state.quarantined = u32::from(on);
         self.state
-            .insert(agent_id, state, 0)
+            .insert(agent_id.raw(), state, 0)
             .map_err(map_error(map_names::AGENT_STATE))
     }
 
     /// Whether the agent is quarantined in the kernel.
-    pub fn quarantined(&self, agent_id: u32) -> bool {
+    pub fn quarantined(&self, agent_id: AgentId) -> bool {
         self.state
-            .get(&agent_id, 0)
+            .get(&agent_id.raw(), 0)
             .is_ok_and(|state| state.quarantined != 0)
     }
 
     /// The agent's counters, summed over CPUs.
-    pub fn counters(&self, agent_id: u32) -> AgentCounters {
-        let Ok(per_cpu) = self.counters.get(&agent_id, 0) else {
+    pub fn counters(&self, agent_id: AgentId) -> AgentCounters {
+        let Ok(per_cpu) = self.counters.get(&agent_id.raw(), 0) else {
             return AgentCounters::default();
         };
         per_cpu.iter().fold(AgentCounters::default(), |mut sum, c| {
@@ -1213,8 +1219,8 @@ pub struct GrantMaps {
 /// Where one grant sits in the trie: its agent, port and address prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GrantPlace {
-    /// Agent id.
-    pub agent_id: u32,
+    /// The agent granted.
+    pub agent_id: AgentId,
     /// Destination port.
     pub port: u16,
     /// Address prefix (IPv4 is stored IPv4-mapped).
@@ -1232,7 +1238,7 @@ impl GrantPlace {
         Key::new(
             GRANT_KEY_HEADER_BITS + prefix,
             GrantKey {
-                agent_id: self.agent_id.to_be_bytes(),
+                agent_id: self.agent_id.raw().to_be_bytes(),
                 port: self.port.to_be_bytes(),
                 addr,
                 _pad: [0; 2],

@@ -27,6 +27,7 @@ use super::{
         AbsolutePath, Action, BreakerSpec, EgressTarget, Mode, Name, PortRange, Protocol, RulePath,
     },
 };
+use crate::ids::RuleId;
 
 /// Errors that only show once policies are combined.
 #[derive(Debug, Error)]
@@ -125,15 +126,15 @@ pub struct CompiledAgent {
     /// Decision when no egress rule matches.
     pub egress_default: u8,
     /// Rule id for the egress default.
-    pub egress_default_rule: u32,
+    pub egress_default_rule: RuleId,
     /// Decision when no file rule matches.
     pub file_default: u8,
     /// Rule id for the file default.
-    pub file_default_rule: u32,
+    pub file_default_rule: RuleId,
     /// Decision when no exec rule matches.
     pub exec_default: u8,
     /// Rule id for the exec default.
-    pub exec_default_rule: u32,
+    pub exec_default_rule: RuleId,
     /// Whether files with no name on disk may be executed.
     pub allow_anonymous_exec: bool,
     /// Whether user namespaces, mounts, `chroot` and `pivot_root` are
@@ -184,7 +185,7 @@ pub struct DomainEntry {
     /// The name or wildcard.
     pub pattern: DomainPattern,
     /// Kernel rule id.
-    pub rule_id: u32,
+    pub rule_id: RuleId,
     /// Ports and protocols an address learned from the name opens.
     pub rows: Vec<PortRule>,
 }
@@ -206,14 +207,14 @@ pub struct CompiledPolicySet {
     /// Rule `first_rule_id + i` is `rules[i]`.
     pub rules: Vec<RuleRef>,
     /// Id of `rules[0]`.
-    pub first_rule_id: u32,
+    pub first_rule_id: RuleId,
 }
 
 impl CompiledPolicySet {
     /// Looks a kernel rule id up.
-    pub fn rule(&self, id: u32) -> Option<&RuleRef> {
-        id.checked_sub(self.first_rule_id)
-            .and_then(|i| self.rules.get(i as usize))
+    pub fn rule(&self, id: RuleId) -> Option<&RuleRef> {
+        id.index_from(self.first_rule_id)
+            .and_then(|i| self.rules.get(i))
     }
 
     /// Total rule-table entries, for capacity reporting.
@@ -232,7 +233,7 @@ struct EgressSource {
     ports: Vec<PortRange>,
     protocols: u8,
     decision: u8,
-    rule_id: u32,
+    rule_id: RuleId,
 }
 
 /// One file rule before flattening.
@@ -240,7 +241,7 @@ struct FileSource {
     path: AbsolutePath,
     rights: u32,
     decision: u8,
-    rule_id: u32,
+    rule_id: RuleId,
 }
 
 fn action_decision(action: Action) -> u8 {
@@ -288,7 +289,7 @@ fn format_prefix(addr: [u8; 16], prefix_len: u32) -> String {
 /// generation still names the right rule.
 pub fn compile(
     policies: &[LoadedPolicy],
-    first_rule_id: u32,
+    first_rule_id: RuleId,
 ) -> Result<CompiledPolicySet, CompileError> {
     compile_with(policies, first_rule_id, &expand_literally)
 }
@@ -343,7 +344,7 @@ pub fn expand_on_disk(path: &RulePath) -> Vec<AbsolutePath> {
 /// Compiles a policy set, expanding wildcard paths with `expand`.
 pub fn compile_with(
     policies: &[LoadedPolicy],
-    first_rule_id: u32,
+    first_rule_id: RuleId,
     expand: &Expander,
 ) -> Result<CompiledPolicySet, CompileError> {
     compile_protected(policies, first_rule_id, expand, &[])
@@ -355,12 +356,12 @@ pub fn compile_with(
 /// as `baton/protected[i]` in records.
 pub fn compile_protected(
     policies: &[LoadedPolicy],
-    first_rule_id: u32,
+    first_rule_id: RuleId,
     expand: &Expander,
     protected: &[(String, u32)],
 ) -> Result<CompiledPolicySet, CompileError> {
     let mut rules: Vec<RuleRef> = Vec::new();
-    let protected_rules: Vec<(AbsolutePath, u32, u32)> = protected
+    let protected_rules: Vec<(AbsolutePath, u32, RuleId)> = protected
         .iter()
         .enumerate()
         .filter_map(|(i, (path, rights))| {
@@ -369,19 +370,19 @@ pub fn compile_protected(
                 rule: format!("protected[{i}]"),
                 source: PathBuf::new(),
             });
-            let rule_id = first_rule_id + rules.len() as u32 - 1;
+            let rule_id = first_rule_id.after(rules.len() - 1);
             AbsolutePath::parse(path)
                 .ok()
                 .map(|p| (p, *rights, rule_id))
         })
         .collect();
-    let mut add_rule = |policy: &LoadedPolicy, rule: String| -> u32 {
+    let mut add_rule = |policy: &LoadedPolicy, rule: String| -> RuleId {
         rules.push(RuleRef {
             policy: policy.document.metadata.name.to_string(),
             rule,
             source: policy.source.clone(),
         });
-        first_rule_id + rules.len() as u32 - 1
+        first_rule_id.after(rules.len() - 1)
     };
 
     let mut by_agent: BTreeMap<Name, Vec<&LoadedPolicy>> = BTreeMap::new();
@@ -413,9 +414,9 @@ pub fn compile_protected(
         let mut explain: Option<bool> = None;
         let mut cgroups = BTreeSet::new();
         let mut executables = BTreeSet::new();
-        let mut egress_default: Option<(u8, u32)> = None;
-        let mut file_default: Option<(u8, u32)> = None;
-        let mut exec_default: Option<(u8, u32)> = None;
+        let mut egress_default: Option<(u8, RuleId)> = None;
+        let mut file_default: Option<(u8, RuleId)> = None;
+        let mut exec_default: Option<(u8, RuleId)> = None;
         let mut connects_per_second: Option<u32> = None;
         let mut max_processes: Option<u32> = None;
         let mut breakers = Vec::new();
@@ -499,7 +500,7 @@ pub fn compile_protected(
                                             protocols,
                                             decision: decision::ALLOW,
                                             _pad: [0; 2],
-                                            rule_id,
+                                            rule_id: rule_id.raw(),
                                         })
                                         .collect(),
                                 });
@@ -595,9 +596,12 @@ pub fn compile_protected(
                 allow_anonymous_exec = false;
             }
         }
-        let (egress_default, egress_default_rule) = egress_default.unwrap_or((decision::DENY, 0));
-        let (file_default, file_default_rule) = file_default.unwrap_or((decision::ALLOW, 0));
-        let (exec_default, exec_default_rule) = exec_default.unwrap_or((decision::ALLOW, 0));
+        let (egress_default, egress_default_rule) =
+            egress_default.unwrap_or((decision::DENY, RuleId::NONE));
+        let (file_default, file_default_rule) =
+            file_default.unwrap_or((decision::ALLOW, RuleId::NONE));
+        let (exec_default, exec_default_rule) =
+            exec_default.unwrap_or((decision::ALLOW, RuleId::NONE));
         let compiled = CompiledAgent {
             cgroups: cgroups.into_iter().collect(),
             executables: executables.into_iter().collect(),
@@ -747,7 +751,7 @@ fn flatten_egress(
                     protocols: source.protocols,
                     decision: source.decision,
                     _pad: [0; 2],
-                    rule_id: source.rule_id,
+                    rule_id: source.rule_id.raw(),
                 });
             }
         }
@@ -814,7 +818,7 @@ fn flatten_files(sources: &[FileSource]) -> Vec<FileEntry> {
                 });
             if let Some(best) = best {
                 *slot_decision = best.decision;
-                *slot_rule = best.rule_id;
+                *slot_rule = best.rule_id.raw();
             }
         }
         entries.push(FileEntry {
@@ -833,7 +837,11 @@ mod tests {
     use crate::policy::load::parse_str;
 
     fn compile_text(text: &str) -> CompiledPolicySet {
-        compile(&parse_str(Path::new("p.yaml"), text).unwrap(), 1).unwrap()
+        compile(
+            &parse_str(Path::new("p.yaml"), text).unwrap(),
+            RuleId::FIRST,
+        )
+        .unwrap()
     }
 
     const HEAD: &str = "apiVersion: baton.dev/v1alpha1
@@ -871,7 +879,9 @@ spec:
         assert_eq!(inner.rows[1].port_lo, 443);
         assert_eq!(inner.rows[2].port_hi, u16::MAX);
         assert_eq!(
-            set.rule(inner.rows[0].rule_id).unwrap().rule,
+            set.rule(RuleId::from_raw(inner.rows[0].rule_id))
+                .unwrap()
+                .rule,
             "egress.deny[0]"
         );
         assert_eq!(agent.egress_default, decision::DENY);
@@ -914,7 +924,11 @@ spec:
 ",
             ports.join(", ")
         );
-        let error = compile(&parse_str(Path::new("p.yaml"), &text).unwrap(), 1).unwrap_err();
+        let error = compile(
+            &parse_str(Path::new("p.yaml"), &text).unwrap(),
+            RuleId::FIRST,
+        )
+        .unwrap_err();
         assert!(error.to_string().contains("10.0.0.0/8"), "{error}");
     }
 
@@ -926,7 +940,11 @@ spec:
             HEAD.replace("name: p", "name: q")
                 .replace("    agent: a\n", "    agent: b\n    cgroups: [/x/]\n")
         );
-        let error = compile(&parse_str(Path::new("p.yaml"), &text).unwrap(), 1).unwrap_err();
+        let error = compile(
+            &parse_str(Path::new("p.yaml"), &text).unwrap(),
+            RuleId::FIRST,
+        )
+        .unwrap_err();
         assert!(
             error
                 .to_string()

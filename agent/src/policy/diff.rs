@@ -284,14 +284,20 @@ fn action_word(value: u8) -> &'static str {
 
 /// Compares two sets of policies.
 pub fn diff(old: &[LoadedPolicy], new: &[LoadedPolicy]) -> Result<PolicyDiff, DiffError> {
-    let old_set = compile_with(old, 1, &expand_literally).map_err(|source| DiffError::Compile {
-        side: "old",
-        source,
-    })?;
-    let new_set = compile_with(new, 1, &expand_literally).map_err(|source| DiffError::Compile {
-        side: "new",
-        source,
-    })?;
+    let old_set =
+        compile_with(old, crate::ids::RuleId::FIRST, &expand_literally).map_err(|source| {
+            DiffError::Compile {
+                side: "old",
+                source,
+            }
+        })?;
+    let new_set =
+        compile_with(new, crate::ids::RuleId::FIRST, &expand_literally).map_err(|source| {
+            DiffError::Compile {
+                side: "new",
+                source,
+            }
+        })?;
     let agents: BTreeSet<&str> = old_set
         .agents
         .keys()

@@ -12,6 +12,8 @@ use serde::{
     de::{self, Visitor},
 };
 
+use crate::ids::{AgentId, RuleId};
+
 /// The longest name DNS can carry, in presentation form without the final dot
 /// (RFC 1035 section 2.3.4: 255 octets on the wire).
 const MAX_NAME_LEN: usize = 253;
@@ -194,14 +196,14 @@ pub struct DomainRule {
     /// The names the rule allows.
     pub pattern: DomainPattern,
     /// The rule's id, cited by audit records and the kernel's allow map.
-    pub rule_id: u32,
+    pub rule_id: RuleId,
 }
 
 /// The names one agent may resolve.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AgentNames {
     /// The agent's id in the kernel maps.
-    pub agent_id: u32,
+    pub agent_id: AgentId,
     /// The agent's name, for logs.
     pub agent: String,
     /// The domain allow rules.

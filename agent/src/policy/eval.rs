@@ -18,6 +18,7 @@ use super::{
     compile::CompiledAgent,
     spec::{FileRight, Protocol},
 };
+use crate::ids::{AgentId, RuleId};
 
 /// What a rule (or the default) decides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,11 +26,11 @@ pub struct Decision {
     /// Whether it is allowed.
     pub allowed: bool,
     /// The kernel rule id that decided.
-    pub rule_id: u32,
+    pub rule_id: RuleId,
 }
 
 impl Decision {
-    fn of(value: u8, rule_id: u32) -> Self {
+    fn of(value: u8, rule_id: RuleId) -> Self {
         Self {
             allowed: value == decision::ALLOW,
             rule_id,
@@ -58,13 +59,13 @@ fn protocol_bit(protocol: Protocol) -> u8 {
 }
 
 /// Whether the agent's DNS proxy answers `name`, and with which rule.
-pub fn resolves(agent: &CompiledAgent, name: &str) -> Option<u32> {
+pub fn resolves(agent: &CompiledAgent, name: &str) -> Option<RuleId> {
     names_of(agent).decide(name).map(|rule| rule.rule_id)
 }
 
 fn names_of(agent: &CompiledAgent) -> AgentNames {
     AgentNames {
-        agent_id: 0,
+        agent_id: AgentId::NONE,
         agent: String::new(),
         rules: domain_rules(agent),
         audit: false,
@@ -114,7 +115,7 @@ pub fn connect(
     let matching_row = |rows: &[agent_common::egress::PortRule]| {
         rows.iter()
             .find(|row| port >= row.port_lo && port <= row.port_hi && row.protocols & bit != 0)
-            .map(|row| Decision::of(row.decision, row.rule_id))
+            .map(|row| Decision::of(row.decision, RuleId::from_raw(row.rule_id)))
     };
     if let Some(decided) = most_specific.and_then(|entry| matching_row(&entry.rows)) {
         return decided;
@@ -152,7 +153,7 @@ fn decide_path(agent: &CompiledAgent, path: &str, r: usize) -> Decision {
         .filter(|rule| rule.rights & bit != 0 && covers(&rule.path, path))
         // Most specific first, deny wins a tie: as the compiler flattens.
         .max_by_key(|rule| (rule.path.len(), rule.decision == decision::DENY))
-        .map(|rule| Decision::of(rule.decision, 0))
+        .map(|rule| Decision::of(rule.decision, RuleId::NONE))
         .unwrap_or_else(|| {
             if r == right::EXEC {
                 Decision::of(agent.exec_default, agent.exec_default_rule)
@@ -185,7 +186,11 @@ mod tests {
         let text = format!(
             "apiVersion: baton.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: p\nspec:\n  selector:\n    agent: a\n{body}"
         );
-        let set = compile(&parse_str(Path::new("p.yaml"), &text).unwrap(), 1).unwrap();
+        let set = compile(
+            &parse_str(Path::new("p.yaml"), &text).unwrap(),
+            RuleId::FIRST,
+        )
+        .unwrap();
         set.agents["a"].clone()
     }
 

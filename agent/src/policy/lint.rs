@@ -144,7 +144,11 @@ spec:
     allow: [/usr]
     deny: [/usr/bin/id]
 ";
-        let set = compile(&parse_str(Path::new("p.yaml"), text).unwrap(), 1).unwrap();
+        let set = compile(
+            &parse_str(Path::new("p.yaml"), text).unwrap(),
+            crate::ids::RuleId::FIRST,
+        )
+        .unwrap();
         let warnings = lint(&set);
         assert!(
             warnings.iter().any(|w| w
@@ -154,7 +158,11 @@ spec:
         );
         // A deny beside the allowed tree is what allowlists are for.
         let text = text.replace("deny: [/usr/bin/id]", "deny: [/opt/tool]");
-        let set = compile(&parse_str(Path::new("p.yaml"), &text).unwrap(), 1).unwrap();
+        let set = compile(
+            &parse_str(Path::new("p.yaml"), &text).unwrap(),
+            crate::ids::RuleId::FIRST,
+        )
+        .unwrap();
         assert!(
             !lint(&set)
                 .iter()
@@ -177,7 +185,11 @@ spec:
     default: deny
     allow: [/opt/agent]
 ";
-        let set = compile(&parse_str(Path::new("p.yaml"), text).unwrap(), 1).unwrap();
+        let set = compile(
+            &parse_str(Path::new("p.yaml"), text).unwrap(),
+            crate::ids::RuleId::FIRST,
+        )
+        .unwrap();
         let warnings = lint(&set);
         if Path::new("/lib64/ld-linux-x86-64.so.2").exists() {
             assert!(
@@ -191,7 +203,11 @@ spec:
             "default: deny\n    allow: [/opt/agent]",
             "deny: [/usr/bin/nc]",
         );
-        let set = compile(&parse_str(Path::new("p.yaml"), &text).unwrap(), 1).unwrap();
+        let set = compile(
+            &parse_str(Path::new("p.yaml"), &text).unwrap(),
+            crate::ids::RuleId::FIRST,
+        )
+        .unwrap();
         assert!(
             lint(&set)
                 .iter()
@@ -212,7 +228,11 @@ spec:
     allowPrivilegeEscalation: true
 ";
         let escalates = |text: &str| {
-            let set = compile(&parse_str(Path::new("p.yaml"), text).unwrap(), 1).unwrap();
+            let set = compile(
+                &parse_str(Path::new("p.yaml"), text).unwrap(),
+                crate::ids::RuleId::FIRST,
+            )
+            .unwrap();
             lint(&set)
                 .iter()
                 .any(|w| w.message.contains("allowPrivilegeEscalation"))
@@ -232,8 +252,13 @@ spec:
                 "apiVersion: baton.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: {name}\nspec:\n  selector:\n    agent: a\n{process}"
             )
         };
-        let compiled =
-            |text: &str| compile(&parse_str(Path::new("p.yaml"), text).unwrap(), 1).unwrap();
+        let compiled = |text: &str| {
+            compile(
+                &parse_str(Path::new("p.yaml"), text).unwrap(),
+                crate::ids::RuleId::FIRST,
+            )
+            .unwrap()
+        };
         let warns = |set: &CompiledPolicySet| {
             lint(set)
                 .iter()

@@ -173,9 +173,11 @@ pub fn suggest<'a>(
             message: e.to_string(),
             yaml: yaml.clone(),
         })?;
-    compile_with(&policies, 1, &expand_literally).map_err(|e| SuggestError::Invalid {
-        message: e.to_string(),
-        yaml: yaml.clone(),
+    compile_with(&policies, crate::ids::RuleId::FIRST, &expand_literally).map_err(|e| {
+        SuggestError::Invalid {
+            message: e.to_string(),
+            yaml: yaml.clone(),
+        }
     })?;
     Ok(yaml)
 }

@@ -56,7 +56,7 @@ pub struct BenchArgs {
     /// Rounds; every case is measured once per round (files: four times,
     /// twice for the 10,000-rule and depth cases), and the reported figure
     /// is the median over the rounds [default: egress
-    /// 20, dns 20, files 6; breakers: 200 trips; reload: 10 reloads of
+    /// 20, dns 20, files 6; breakers: 200 trips; reload: 100 reloads of
     /// each size; audit: 1 pass over the rates; idle: 1].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub rounds: Option<u32>,
@@ -109,7 +109,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "egress" => egress::run(&params(20, 10_000, false)),
         "dns" => dns::run(&params(20, 2_000, true)),
         "breakers" => breakers::run(&params(200, 5, true)),
-        "reload" => reload::run(&params(10, 10_000, true)),
+        "reload" => reload::run(&params(100, 10_000, true)),
         "audit" => audit::run(&params(1, 3, true)),
         "idle" => idle::run(&params(1, 60, true)),
         "files" => {
