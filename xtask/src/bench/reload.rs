@@ -24,10 +24,10 @@ use crate::{setup, util};
 
 /// Target: parse, compile and swap 10,000 rules in 200 ms.
 const TARGET_MS: f64 = 200.0;
-/// Target: the daemon's resident memory after the big reloads stays within
-/// this factor of what it was after the first big load. A daemon that
-/// keeps a little of every generation grows without bound on a host whose
-/// policies change all day.
+/// Target: the daemon's resident memory after the last of (c)'s reloads
+/// stays within this factor of what it was after the first of them (both
+/// hold two big generations). A daemon that keeps a little of every
+/// generation grows without bound on a host whose policies change all day.
 const TARGET_RSS_GROWTH: f64 = 1.10;
 /// Agents the big sets spread their rules over.
 const AGENTS: usize = 5;
@@ -228,10 +228,22 @@ pub(super) fn run(params: &Params) -> Result<()> {
     show("tiny->big", 0, &first);
     let memory_loaded = daemon.memory()?;
     let mut large = Vec::new();
+    let mut memory_first_big = memory_loaded;
     for i in 0..rounds {
         let r = swap_in(&daemon, &baton, &policies, &big[(i + 1) % 2])?;
         show("big    ", i, &r);
         large.push(r);
+        if i == 0 {
+            memory_first_big = daemon.memory()?;
+        }
+        if (i + 1) % 10 == 0 {
+            let (rss, _) = daemon.memory()?;
+            println!(
+                "bench: VmRSS after {} big reloads: {:.1} MiB",
+                i + 1,
+                rss as f64 / 1024.0
+            );
+        }
     }
     let memory_after = daemon.memory()?;
     daemon.stop()?;
@@ -244,7 +256,7 @@ pub(super) fn run(params: &Params) -> Result<()> {
             large: &large,
             tiny_rules,
             big_rules,
-            memory: [memory_before, memory_loaded, memory_after],
+            memory: [memory_before, memory_loaded, memory_first_big, memory_after],
             baton: &baton,
         })
     );
@@ -263,8 +275,8 @@ struct Figures<'a> {
     tiny_rules: usize,
     big_rules: usize,
     /// (VmRSS, VmHWM) in KiB: on the tiny set, after the first big load,
-    /// after every big reload.
-    memory: [(u64, u64); 3],
+    /// after the first of (c)'s reloads and after the last.
+    memory: [(u64, u64); 4],
     baton: &'a Path,
 }
 
@@ -339,15 +351,17 @@ fn report(f: &Figures) -> String {
         f.large.first().map_or(0, |r| r.rules)
     );
     let mib = |kib: u64| kib as f64 / 1024.0;
-    let [before, loaded, after] = f.memory;
+    let [before, loaded, first_big, after] = f.memory;
     let _ = writeln!(
         out,
         "\nbaton run memory, VmRSS (VmHWM): on the tiny set {:.1} MiB ({:.1}); after (b) {:.1} MiB \
-         ({:.1}); after (c) {:.1} MiB ({:.1})",
+         ({:.1}); after (c)'s first reload {:.1} MiB ({:.1}); after its last {:.1} MiB ({:.1})",
         mib(before.0),
         mib(before.1),
         mib(loaded.0),
         mib(loaded.1),
+        mib(first_big.0),
+        mib(first_big.1),
         mib(after.0),
         mib(after.1)
     );
@@ -357,10 +371,10 @@ fn report(f: &Figures) -> String {
         "\ntarget (c) parse+compile+swap < {TARGET_MS:.0} ms: {total_c:.1} ms  {}",
         verdict(total_c < TARGET_MS)
     );
-    let growth = after.0 as f64 / loaded.0.max(1) as f64;
+    let growth = after.0 as f64 / first_big.0.max(1) as f64;
     let _ = writeln!(
         out,
-        "target VmRSS after (c)'s {} reloads <= {TARGET_RSS_GROWTH:.2}x after (b): {growth:.3}x  {}",
+        "target VmRSS after (c)'s {} reloads <= {TARGET_RSS_GROWTH:.2}x after its first: {growth:.3}x  {}",
         f.large.len(),
         verdict(growth <= TARGET_RSS_GROWTH)
     );
