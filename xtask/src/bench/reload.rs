@@ -226,7 +226,7 @@ pub(super) fn run(params: &Params) -> Result<()> {
     }
     let first = swap_in(&daemon, &baton, &policies, &big[0])?;
     show("tiny->big", 0, &first);
-    let memory_loaded = daemon.memory()?;
+    let memory_loaded = memory_at_rest(&daemon)?;
     let mut large = Vec::new();
     let mut memory_first_big = memory_loaded;
     for i in 0..rounds {
@@ -234,10 +234,10 @@ pub(super) fn run(params: &Params) -> Result<()> {
         show("big    ", i, &r);
         large.push(r);
         if i == 0 {
-            memory_first_big = daemon.memory()?;
+            memory_first_big = memory_at_rest(&daemon)?;
         }
         if (i + 1) % 10 == 0 {
-            let (rss, _) = daemon.memory()?;
+            let (rss, _) = memory_at_rest(&daemon)?;
             println!(
                 "bench: VmRSS after {} big reloads: {:.1} MiB",
                 i + 1,
@@ -245,7 +245,7 @@ pub(super) fn run(params: &Params) -> Result<()> {
             );
         }
     }
-    let memory_after = daemon.memory()?;
+    let memory_after = memory_at_rest(&daemon)?;
     daemon.stop()?;
 
     print!(
@@ -265,6 +265,15 @@ pub(super) fn run(params: &Params) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The daemon's memory once the reload it just reported is over. `baton
+/// status` shows the new generation while the reload is still returning
+/// what it freed to the system (after it lets go of the daemon's state), so
+/// a reading taken at once catches the old set half-freed.
+fn memory_at_rest(daemon: &Daemon) -> Result<(u64, u64)> {
+    thread::sleep(Duration::from_millis(500));
+    daemon.memory()
 }
 
 /// Everything the report shows.
