@@ -26,8 +26,8 @@ use std::{
     fs, io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6},
     path::{Path, PathBuf},
-    sync::{Arc, PoisonError, RwLock},
-    time::Duration,
+    sync::{Arc, Mutex as StdMutex, PoisonError, RwLock},
+    time::{Duration, Instant},
 };
 
 use hickory_proto::{
@@ -69,6 +69,10 @@ const CLASSIC_UDP_LIMIT: usize = 512;
 const ADVERTISED_UDP_PAYLOAD: u16 = 1232;
 /// Back-off after a socket error, so a persistent error cannot spin a core.
 const ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// Answers one proxy (one agent's UDP or TCP listener) keeps. When it is
+/// full, the expired ones go, and if none had, all of them: a flood of
+/// distinct names costs the agent its cache, never the daemon memory.
+pub const MAX_CACHED_ANSWERS: usize = 1024;
 
 /// Errors of the DNS proxy and its configuration.
 #[derive(Debug, thiserror::Error)]
@@ -279,6 +283,7 @@ pub async fn serve_udp(
         config,
         learner,
         diag,
+        cache: AnswerCache::default(),
     });
     let in_flight = Arc::new(Semaphore::new(MAX_UDP_IN_FLIGHT));
     let mut tasks = JoinSet::new();
@@ -333,6 +338,7 @@ pub async fn serve_tcp(
         config,
         learner,
         diag,
+        cache: AnswerCache::default(),
     });
     let connections = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
     let mut tasks = JoinSet::new();
@@ -381,6 +387,112 @@ struct Proxy {
     config: Arc<ProxyConfig>,
     learner: Arc<dyn Learner>,
     diag: Option<Arc<SockDiag>>,
+    cache: AnswerCache,
+}
+
+/// What makes two questions the same answer: the name (lower-case), type
+/// and class, and the flags that change what a resolver returns.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct CacheKey {
+    name: String,
+    query_type: RecordType,
+    query_class: DNSClass,
+    recursion_desired: bool,
+    checking_disabled: bool,
+    dnssec_ok: bool,
+}
+
+impl CacheKey {
+    fn of(query: &Message, question: &hickory_proto::op::Query, name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            query_type: question.query_type,
+            query_class: question.query_class,
+            recursion_desired: query.metadata.recursion_desired,
+            checking_disabled: query.metadata.checking_disabled,
+            dnssec_ok: query.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+        }
+    }
+}
+
+struct CachedAnswer {
+    response: Message,
+    stored: Instant,
+    /// The shortest TTL of its records.
+    lifetime: Duration,
+}
+
+/// Positive answers one agent's proxy got from upstream, until their
+/// shortest TTL runs out. Agents resolve the same few names over and over
+/// (their model's API, a package index); a hit saves the round trip to the
+/// upstream, not the policy decision or the learning step, which run for
+/// every query as for a fresh answer. Each agent's proxy has its own
+/// cache, so an agent cannot tell from the timing what another resolved.
+#[derive(Default)]
+struct AnswerCache {
+    entries: StdMutex<HashMap<CacheKey, CachedAnswer>>,
+}
+
+impl AnswerCache {
+    /// The cached answer to `key`, its TTLs lowered by its age.
+    fn get(&self, key: &CacheKey, now: Instant) -> Option<Message> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let cached = entries.get(key)?;
+        let age = now.saturating_duration_since(cached.stored);
+        if age >= cached.lifetime {
+            return None;
+        }
+        let mut response = cached.response.clone();
+        drop(entries);
+        let elapsed = secs_u32(age);
+        for record in response
+            .answers
+            .iter_mut()
+            .chain(response.authorities.iter_mut())
+            .chain(response.additionals.iter_mut())
+        {
+            record.ttl = record.ttl.saturating_sub(elapsed);
+        }
+        Some(response)
+    }
+
+    /// Keeps `response` if it is a positive answer that may be kept.
+    fn insert(&self, key: CacheKey, response: &Message, now: Instant) {
+        if response.metadata.response_code != ResponseCode::NoError
+            || response.metadata.truncation
+            || response.answers.is_empty()
+        {
+            return;
+        }
+        let Some(shortest) = response.answers.iter().map(|record| record.ttl).min() else {
+            return;
+        };
+        if shortest == 0 {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= MAX_CACHED_ANSWERS && !entries.contains_key(&key) {
+            entries.retain(|_, cached| now.saturating_duration_since(cached.stored) < cached.lifetime);
+            if entries.len() >= MAX_CACHED_ANSWERS {
+                entries.clear();
+            }
+        }
+        entries.insert(
+            key,
+            CachedAnswer {
+                response: response.clone(),
+                stored: now,
+                lifetime: Duration::from_secs(u64::from(shortest)),
+            },
+        );
+    }
+
+    fn len(&self) -> usize {
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
 }
 
 /// Both ends of a query's path to the proxy.
@@ -507,13 +619,25 @@ impl Proxy {
             return encode(&error_reply(&query, ResponseCode::NotImp));
         }
 
-        let mut response = match forward(&query, transport, &self.config).await {
-            Ok(response) => response,
-            Err(error) => {
-                warn!(%agent, %name, %query_type, %error, "DNS proxy: forwarding failed");
-                return encode(&error_reply(&query, ResponseCode::ServFail));
+        let key = CacheKey::of(&query, question, &name);
+        let cached = self.cache.get(&key, Instant::now());
+        let from_cache = cached.is_some();
+        let mut response = match cached {
+            Some(mut response) => {
+                // The asker's own spelling of the name (resolvers vary
+                // its case against forgery, and check it comes back).
+                response.queries = query.queries.clone();
+                response
             }
+            None => match forward(&query, transport, &self.config).await {
+                Ok(response) => response,
+                Err(error) => {
+                    warn!(%agent, %name, %query_type, %error, "DNS proxy: forwarding failed");
+                    return encode(&error_reply(&query, ResponseCode::ServFail));
+                }
+            },
         };
+        let received = Instant::now();
         let addrs = answer_addresses(&response, &question.name, &self.config);
         let max_ttl = secs_u32(self.config.max_ttl);
         for record in &mut response.answers {
@@ -538,6 +662,9 @@ impl Proxy {
         {
             warn!(%agent, %name, %error, "DNS proxy: cannot allow the answer's addresses");
             return encode(&error_reply(&query, ResponseCode::ServFail));
+        }
+        if !from_cache {
+            self.cache.insert(key, &response, received);
         }
         Some(reply)
     }
@@ -1396,6 +1523,101 @@ mod tests {
             ask_udp(proxy.udp, &query).await.metadata.response_code,
             ResponseCode::NXDomain
         );
+    }
+
+    #[tokio::test]
+    async fn a_repeated_question_is_answered_from_the_cache_and_learned_again() {
+        let mut dnsmasq = Dnsmasq::start(600, &[]).await;
+        let proxy = start_proxy(config(vec![dnsmasq.addr])).await;
+        let first = ask_udp(proxy.udp, &question("allowed.test.", RecordType::A)).await;
+        assert_eq!(addresses(&first), [IpAddr::from([127, 0, 0, 2])]);
+        // With the upstream gone, only the cache can answer.
+        let _ = dnsmasq.child.kill();
+        let _ = dnsmasq.child.wait();
+        let second = ask_udp(proxy.udp, &question("ALLOWED.test.", RecordType::A)).await;
+        assert_eq!(second.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(addresses(&second), [IpAddr::from([127, 0, 0, 2])]);
+        assert_eq!(
+            second.queries[0].name().to_ascii(),
+            "ALLOWED.test.",
+            "the asker's spelling comes back"
+        );
+        assert!(second.answers[0].ttl <= first.answers[0].ttl);
+        // A hit opens the ports again, as a fresh answer does.
+        let learned: Vec<_> = proxy
+            .recorder
+            .learned()
+            .into_iter()
+            .map(|(agent, rule, name, _)| (agent, rule, name))
+            .collect();
+        assert_eq!(
+            learned,
+            [
+                (AGENT_ID, RULE_EXACT, "allowed.test".to_owned()),
+                (AGENT_ID, RULE_EXACT, "allowed.test".to_owned())
+            ]
+        );
+        // Another type of the same name is another question.
+        let other = ask_udp(proxy.udp, &question("allowed.test.", RecordType::AAAA)).await;
+        assert_eq!(other.metadata.response_code, ResponseCode::ServFail);
+        // The policy decides before the cache answers.
+        proxy.names.write().unwrap().rules.clear();
+        let refused = ask_udp(proxy.udp, &question("allowed.test.", RecordType::A)).await;
+        assert_eq!(refused.metadata.response_code, ResponseCode::NXDomain);
+    }
+
+    #[test]
+    fn the_cache_keeps_positive_answers_within_their_ttl_and_its_bound() {
+        let cache = AnswerCache::default();
+        let now = Instant::now();
+        let key = |i: usize| CacheKey {
+            name: format!("n{i}.allowed.test"),
+            query_type: RecordType::A,
+            query_class: DNSClass::IN,
+            recursion_desired: true,
+            checking_disabled: false,
+            dnssec_ok: false,
+        };
+        let answer = |ttl: u32, code: ResponseCode| {
+            let mut message = Message::response(1, OpCode::Query);
+            message.metadata.response_code = code;
+            message.add_answer(hickory_proto::rr::Record::from_rdata(
+                Name::from_ascii("n.allowed.test.").unwrap(),
+                ttl,
+                RData::A(hickory_proto::rr::rdata::A::new(127, 0, 0, 2)),
+            ));
+            message
+        };
+        // Not kept: a zero TTL, an error, an empty answer.
+        cache.insert(key(0), &answer(0, ResponseCode::NoError), now);
+        cache.insert(key(0), &answer(60, ResponseCode::ServFail), now);
+        cache.insert(key(0), &Message::response(1, OpCode::Query), now);
+        assert_eq!(cache.len(), 0);
+        // Kept for its TTL, with the TTL counting down.
+        cache.insert(key(0), &answer(60, ResponseCode::NoError), now);
+        let later = cache.get(&key(0), now + Duration::from_secs(20)).unwrap();
+        assert_eq!(later.answers[0].ttl, 40);
+        assert!(cache.get(&key(0), now + Duration::from_secs(60)).is_none());
+        // At the bound, expired answers make room first.
+        for i in 1..MAX_CACHED_ANSWERS {
+            cache.insert(key(i), &answer(600, ResponseCode::NoError), now);
+        }
+        assert_eq!(cache.len(), MAX_CACHED_ANSWERS);
+        let after_first_expired = now + Duration::from_secs(61);
+        cache.insert(
+            key(MAX_CACHED_ANSWERS),
+            &answer(600, ResponseCode::NoError),
+            after_first_expired,
+        );
+        assert_eq!(cache.len(), MAX_CACHED_ANSWERS);
+        assert!(cache.get(&key(1), after_first_expired).is_some());
+        // Full of live answers: it starts over rather than grow.
+        cache.insert(
+            key(MAX_CACHED_ANSWERS + 1),
+            &answer(600, ResponseCode::NoError),
+            after_first_expired,
+        );
+        assert_eq!(cache.len(), 1);
     }
 
     #[tokio::test]

@@ -4,7 +4,9 @@
 //! Usage:
 //!   bench-dns ADDR:PORT ITERATIONS NAME   send ITERATIONS `A` queries for NAME, one
 //!                                         at a time, after a warm-up; print one JSON
-//!                                         line of latencies
+//!                                         line of latencies. `{n}` in NAME becomes
+//!                                         the query's number, so that every query
+//!                                         asks for a name not asked before
 //!   bench-dns --probe ADDR:PORT NAME      one query; print `rcode=N` and, when the
 //!                                         answer has one, ` a=ADDRESS`; or `timeout`
 //!                                         or `errno=N`
@@ -155,18 +157,19 @@ fn measure(server: SocketAddr, iterations: usize, name: &str) -> ExitCode {
     let mut first = None;
     for i in 0..warm_up(iterations) + iterations {
         let id = (i % 65_536) as u16;
+        let asked = name.replace("{n}", &i.to_string());
         let start = Instant::now();
-        let reply = match ask(&socket, id, name, &mut buf) {
+        let reply = match ask(&socket, id, &asked, &mut buf) {
             Ok(reply) => reply,
             Err(error) => {
-                eprintln!("bench-dns: query {i} for {name} to {server}: {error}");
+                eprintln!("bench-dns: query {i} for {asked} to {server}: {error}");
                 return ExitCode::FAILURE;
             }
         };
         let done = Instant::now();
         if reply.rcode != 0 || reply.address.is_none() {
             eprintln!(
-                "bench-dns: query {i} for {name} to {server}: rcode {} with {:?}",
+                "bench-dns: query {i} for {asked} to {server}: rcode {} with {:?}",
                 reply.rcode, reply.address
             );
             return ExitCode::FAILURE;
