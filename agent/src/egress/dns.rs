@@ -487,6 +487,7 @@ impl AnswerCache {
         );
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.entries
             .lock()
