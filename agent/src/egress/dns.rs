@@ -472,7 +472,8 @@ impl AnswerCache {
         }
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if entries.len() >= MAX_CACHED_ANSWERS && !entries.contains_key(&key) {
-            entries.retain(|_, cached| now.saturating_duration_since(cached.stored) < cached.lifetime);
+            entries
+                .retain(|_, cached| now.saturating_duration_since(cached.stored) < cached.lifetime);
             if entries.len() >= MAX_CACHED_ANSWERS {
                 entries.clear();
             }
