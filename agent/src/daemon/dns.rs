@@ -35,6 +35,60 @@ impl Learning {
     }
 }
 
+/// The running DNS proxies and what starting more takes, owned apart from
+/// `State`: a burst of namespace requests from an agent (each a thread
+/// that enters a namespace and binds sockets) does its bookkeeping under
+/// this lock only.
+///
+/// Lock order: `State`, then `Proxies`, then `Learning`. Code holding
+/// `Proxies` never takes `State`: what needs both (a reload's refresh, a
+/// record) takes `State` first or lets go of `Proxies` before.
+pub(super) struct Proxies {
+    /// Running proxies, per agent and network namespace cookie.
+    pub(super) running: BTreeMap<(AgentId, u64), AgentProxy>,
+    /// Each agent's allowed names, shared by its proxies in every namespace.
+    names: BTreeMap<AgentId, Arc<RwLock<AgentNames>>>,
+    /// What new proxies need, once the first one is up.
+    setup: Option<(Arc<ProxyConfig>, Arc<dyn Learner>)>,
+    /// The DNS settings and the learner, kept so that a reload bringing the
+    /// first domain rules can still set the proxies up.
+    waiting_for_rules: Option<(DnsConfig, Arc<dyn Learner>)>,
+    /// Namespaces a proxy is being opened in, so a burst of queries opens one.
+    opening: std::collections::HashSet<(AgentId, u64)>,
+    /// Namespace proxies one agent may hold (`dns.maxNamespaceProxiesPerAgent`).
+    max_per_agent: usize,
+    /// Agents at that cap whose record is written, so that it is written
+    /// once per spell at the cap, not once per query.
+    cap_reported: std::collections::HashSet<AgentId>,
+}
+
+impl Proxies {
+    pub(super) fn new() -> Self {
+        Self {
+            running: BTreeMap::new(),
+            names: BTreeMap::new(),
+            setup: None,
+            waiting_for_rules: None,
+            opening: std::collections::HashSet::new(),
+            max_per_agent: DEFAULT_NETNS_PROXIES_PER_AGENT,
+            cap_reported: std::collections::HashSet::new(),
+        }
+    }
+
+    /// Namespace proxies `agent_id` holds or is opening.
+    fn held_in_namespaces(&self, agent_id: AgentId) -> usize {
+        self.running
+            .iter()
+            .filter(|((id, _), proxy)| *id == agent_id && proxy.netns_id.is_some())
+            .count()
+            + self
+                .opening
+                .iter()
+                .filter(|(id, _)| *id == agent_id)
+                .count()
+    }
+}
+
 /// Points the kernel's redirect for `agent_id` in namespace `netns_cookie`
 /// at a proxy's `ports`.
 fn register_proxy(
@@ -191,18 +245,22 @@ struct ProxyPlan {
 /// Starts a DNS proxy for every agent with domain rules and points the
 /// kernel's redirect at it.
 pub(super) async fn start_dns_proxies(daemon: &Arc<Daemon>, dns: &DnsConfig) -> anyhow::Result<()> {
-    if let Some(max) = dns.max_namespace_proxies_per_agent {
-        let mut state = daemon.state.lock().expect("state lock poisoned");
-        state.max_netns_proxies = max as usize;
-    }
-    let needed = {
+    let (needed, proxies, learning) = {
         let state = daemon.state.lock().expect("state lock poisoned");
-        state
+        let needed = state
             .policies
             .agents
             .values()
-            .any(|a| !a.domains.is_empty())
+            .any(|a| !a.domains.is_empty());
+        (needed, state.proxies.clone(), state.learning.clone())
     };
+    if let Some(max) = dns.max_namespace_proxies_per_agent {
+        proxies.lock().expect("proxies lock poisoned").max_per_agent = max as usize;
+    }
+    let learner: Arc<dyn Learner> = Arc::new(ProxyLearner {
+        daemon: Arc::downgrade(daemon),
+        learning,
+    });
     // Without domain rules an unusable resolver configuration is no reason
     // to stop; a reload that adds domain rules reports it then.
     let config = match proxy_config(dns) {
@@ -213,22 +271,19 @@ pub(super) async fn start_dns_proxies(daemon: &Arc<Daemon>, dns: &DnsConfig) -> 
         }
         Err(error) => {
             tracing::debug!(%error, "no DNS proxy yet: no upstream resolver");
-            let mut state = daemon.state.lock().expect("state lock poisoned");
-            let learner: Arc<dyn Learner> = Arc::new(ProxyLearner {
-                daemon: Arc::downgrade(daemon),
-                learning: state.learning.clone(),
-            });
-            state.dns_pending = Some((dns.clone(), learner));
+            proxies
+                .lock()
+                .expect("proxies lock poisoned")
+                .waiting_for_rules = Some((dns.clone(), learner));
             return Ok(());
         }
     };
-    let mut state = daemon.state.lock().expect("state lock poisoned");
-    let learner: Arc<dyn Learner> = Arc::new(ProxyLearner {
-        daemon: Arc::downgrade(daemon),
-        learning: state.learning.clone(),
-    });
-    state.proxy_setup = Some((config, learner));
-    state.refresh_dns();
+    proxies.lock().expect("proxies lock poisoned").setup = Some((config, learner));
+    daemon
+        .state
+        .lock()
+        .expect("state lock poisoned")
+        .refresh_dns();
     Ok(())
 }
 
@@ -273,51 +328,36 @@ pub(super) fn open_netns_proxy(
     netns_cookie: u64,
     pid: u32,
 ) {
+    let (proxies, learning) = {
+        let state = daemon.state.lock().expect("state lock poisoned");
+        (state.proxies.clone(), state.learning.clone())
+    };
     let (names, setup) = {
-        let mut state = daemon.state.lock().expect("state lock poisoned");
-        if state.proxies.contains_key(&(agent_id, netns_cookie))
-            || state.pending_netns.contains(&(agent_id, netns_cookie))
+        let mut held = proxies.lock().expect("proxies lock poisoned");
+        if held.running.contains_key(&(agent_id, netns_cookie))
+            || held.opening.contains(&(agent_id, netns_cookie))
         {
             return;
         }
-        let held = state
-            .proxies
-            .iter()
-            .filter(|((id, _), proxy)| *id == agent_id && proxy.netns_id.is_some())
-            .count()
-            + state
-                .pending_netns
-                .iter()
-                .filter(|(id, _)| *id == agent_id)
-                .count();
-        if held >= state.max_netns_proxies {
+        let count = held.held_in_namespaces(agent_id);
+        if count >= held.max_per_agent {
             // Once per spell at the cap: the kernel asks again on every
             // query from such a namespace.
-            if state.netns_cap_reported.insert(agent_id) {
-                let agent = state
-                    .registry
-                    .name_of(agent_id)
-                    .map_or_else(|| format!("#{agent_id}"), |n| n.to_string());
-                let message = format!(
-                    "agent {agent} holds DNS proxies in {held} network namespaces, the most dns.maxNamespaceProxiesPerAgent allows: DNS from its further namespaces fails until one of them has no agent process left"
-                );
-                tracing::warn!("{message}");
-                let host = state.host.clone();
-                let mut record = AuditRecord::lifecycle(&host, "dns", message);
-                record.agent = Some(agent);
-                state.record(record);
+            if held.cap_reported.insert(agent_id) {
+                drop(held);
+                report_namespace_cap(daemon, agent_id, count);
             }
             return;
         }
-        state.pending_netns.insert((agent_id, netns_cookie));
-        (
-            state.agent_names.get(&agent_id).cloned(),
-            state.proxy_setup.clone(),
-        )
+        held.opening.insert((agent_id, netns_cookie));
+        (held.names.get(&agent_id).cloned(), held.setup.clone())
     };
     let unpend = || {
-        let mut state = daemon.state.lock().expect("state lock poisoned");
-        state.pending_netns.remove(&(agent_id, netns_cookie));
+        proxies
+            .lock()
+            .expect("proxies lock poisoned")
+            .opening
+            .remove(&(agent_id, netns_cookie));
     };
     let (Some(names), Some((config, learner))) = (names, setup) else {
         unpend();
@@ -335,8 +375,8 @@ pub(super) fn open_netns_proxy(
         }
     };
     let result = start_netns_proxy(pid, names, config, learner);
-    let mut state = daemon.state.lock().expect("state lock poisoned");
-    state.pending_netns.remove(&(agent_id, netns_cookie));
+    let mut held = proxies.lock().expect("proxies lock poisoned");
+    held.opening.remove(&(agent_id, netns_cookie));
     match result {
         Ok(proxy) if proxy.netns_cookie == netns_cookie => {
             let Some(netns_id) = proxy.netns_id else {
@@ -349,13 +389,13 @@ pub(super) fn open_netns_proxy(
                     return;
                 }
             };
-            let registered = register_proxy(&state.learning, agent_id, netns_cookie, proxy.ports);
+            let registered = register_proxy(&learning, agent_id, netns_cookie, proxy.ports);
             if let Err(error) = registered {
                 tracing::error!(agent_id = agent_id.raw(), %error, "cannot register the namespace's DNS proxy");
                 return;
             }
             tracing::info!(agent_id = agent_id.raw(), pid, netns_cookie, ports = ?proxy.ports, "DNS proxy opened in the agent's network namespace");
-            state.proxies.insert((agent_id, netns_cookie), proxy);
+            held.running.insert((agent_id, netns_cookie), proxy);
             tokio::spawn(release_when_empty(
                 Arc::downgrade(daemon),
                 NetnsProxy {
@@ -378,6 +418,23 @@ pub(super) fn open_netns_proxy(
             tracing::warn!(agent_id = agent_id.raw(), pid, %error, "cannot open a DNS proxy in the agent's network namespace")
         }
     }
+}
+
+/// Records that `agent_id` reached its cap of namespace proxies.
+fn report_namespace_cap(daemon: &Daemon, agent_id: AgentId, held: usize) {
+    let mut state = daemon.state.lock().expect("state lock poisoned");
+    let agent = state
+        .registry
+        .name_of(agent_id)
+        .map_or_else(|| format!("#{agent_id}"), |n| n.to_string());
+    let message = format!(
+        "agent {agent} holds DNS proxies in {held} network namespaces, the most dns.maxNamespaceProxiesPerAgent allows: DNS from its further namespaces fails until one of them has no agent process left"
+    );
+    tracing::warn!("{message}");
+    let host = state.host.clone();
+    let mut record = AuditRecord::lifecycle(&host, "dns", message);
+    record.agent = Some(agent);
+    state.record(record);
 }
 
 /// Which namespace proxy a watcher looks after.
@@ -411,8 +468,12 @@ async fn release_when_empty(
         let Some(daemon) = daemon.upgrade() else {
             return;
         };
-        let members = match daemon.state.lock() {
-            Ok(state) => state.maps.members(proxy.agent_id),
+        let (members, proxies, learning) = match daemon.state.lock() {
+            Ok(state) => (
+                state.maps.members(proxy.agent_id),
+                state.proxies.clone(),
+                state.learning.clone(),
+            ),
             Err(_) => return,
         };
         let successor = members
@@ -434,16 +495,16 @@ async fn release_when_empty(
             pidfd = fd;
             continue;
         }
-        let Ok(mut state) = daemon.state.lock() else {
+        let Ok(mut held) = proxies.lock() else {
             return;
         };
-        if let Ok(mut learning) = state.learning.lock() {
+        if let Ok(mut learning) = learning.lock() {
             learning
                 .maps
                 .remove_proxy(proxy.agent_id, proxy.netns_cookie);
         }
-        state.proxies.remove(&(proxy.agent_id, proxy.netns_cookie));
-        state.netns_cap_reported.remove(&proxy.agent_id);
+        held.running.remove(&(proxy.agent_id, proxy.netns_cookie));
+        held.cap_reported.remove(&proxy.agent_id);
         tracing::info!(
             agent_id = proxy.agent_id.raw(),
             netns_cookie = proxy.netns_cookie,
@@ -479,16 +540,20 @@ impl State {
     /// Brings the DNS proxies in line with the agents' domain rules.
     pub(super) fn refresh_dns(&mut self) {
         let needed = self.policies.agents.values().any(|a| !a.domains.is_empty());
-        if self.proxy_setup.is_none()
+        let proxies = self.proxies.clone();
+        let Ok(mut proxies) = proxies.lock() else {
+            return;
+        };
+        if proxies.setup.is_none()
             && needed
-            && let Some((dns, learner)) = self.dns_pending.clone()
+            && let Some((dns, learner)) = proxies.waiting_for_rules.clone()
         {
             // The resolver configuration is read again: it may have been
             // fixed since the start, when no agent needed it.
             match proxy_config(&dns) {
                 Ok(config) => {
-                    self.proxy_setup = Some((Arc::new(config), learner));
-                    self.dns_pending = None;
+                    proxies.setup = Some((Arc::new(config), learner));
+                    proxies.waiting_for_rules = None;
                 }
                 Err(error) => {
                     let message = format!(
@@ -500,7 +565,7 @@ impl State {
                 }
             }
         }
-        let Some((config, learner)) = self.proxy_setup.clone() else {
+        let Some((config, learner)) = proxies.setup.clone() else {
             return;
         };
         let plans: Vec<ProxyPlan> = self
@@ -547,7 +612,7 @@ impl State {
             if let Ok(mut learning) = self.learning.lock() {
                 learning.domain_rows.extend(rows);
             }
-            match self.agent_names.get(&agent_id) {
+            match proxies.names.get(&agent_id) {
                 Some(shared) => {
                     if let Ok(mut current) = shared.write() {
                         *current = names;
@@ -568,8 +633,10 @@ impl State {
                                 continue;
                             }
                             tracing::info!(agent, ports = ?proxy.ports, upstreams = ?config.upstreams, "DNS proxy started");
-                            self.agent_names.insert(agent_id, shared);
-                            self.proxies.insert((agent_id, proxy.netns_cookie), proxy);
+                            proxies.names.insert(agent_id, shared);
+                            proxies
+                                .running
+                                .insert((agent_id, proxy.netns_cookie), proxy);
                         }
                         Err(error) => tracing::error!(%error, agent, "cannot start a DNS proxy"),
                     }

@@ -20,7 +20,10 @@ pub(super) async fn tick_audit(daemon: Weak<Daemon>) {
                 state.metrics.set_map_usage(map, entries, capacity);
             }
             // Only the daemon writes the proxy map: its proxies are its entries.
-            let proxies = state.proxies.len() as u64;
+            let proxies = state
+                .proxies
+                .lock()
+                .map_or(0, |proxies| proxies.running.len()) as u64;
             state.metrics.set_map_usage(
                 agent_common::map_names::DNS_PROXY_PORTS,
                 proxies,

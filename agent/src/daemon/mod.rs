@@ -297,22 +297,9 @@ struct State {
     fanotify: Option<crate::fallback::fanotify::Watcher>,
     /// Where BPF LSM is missing: whether the detection programs are attached.
     detection: bool,
-    /// Running DNS proxies, per agent id and network namespace cookie.
-    proxies: BTreeMap<(AgentId, u64), AgentProxy>,
-    /// Each agent's allowed names, shared by its proxies in every namespace.
-    agent_names: BTreeMap<AgentId, Arc<RwLock<AgentNames>>>,
-    /// What new proxies need, once the first one is up.
-    proxy_setup: Option<(Arc<ProxyConfig>, Arc<dyn Learner>)>,
-    /// The DNS settings and the learner, kept so that a reload bringing the
-    /// first domain rules can still set the proxies up.
-    dns_pending: Option<(DnsConfig, Arc<dyn Learner>)>,
-    /// Namespaces a proxy is being opened in, so a burst of queries opens one.
-    pending_netns: std::collections::HashSet<(AgentId, u64)>,
-    /// Namespace proxies one agent may hold (`dns.maxNamespaceProxiesPerAgent`).
-    max_netns_proxies: usize,
-    /// Agents at that cap whose record is written, so that it is written
-    /// once per spell at the cap, not once per query.
-    netns_cap_reported: std::collections::HashSet<AgentId>,
+    /// The running DNS proxies, behind a lock of their own; see
+    /// [`dns::Proxies`] for the lock order.
+    proxies: Arc<Mutex<dns::Proxies>>,
 }
 
 /// How long each phase of a reload took.
@@ -1385,13 +1372,7 @@ async fn serve(
         ),
         fanotify,
         detection,
-        proxies: BTreeMap::new(),
-        agent_names: BTreeMap::new(),
-        proxy_setup: None,
-        dns_pending: None,
-        pending_netns: std::collections::HashSet::new(),
-        max_netns_proxies: dns::DEFAULT_NETNS_PROXIES_PER_AGENT,
-        netns_cap_reported: std::collections::HashSet::new(),
+        proxies: Arc::new(Mutex::new(dns::Proxies::new())),
     };
     state.publish_naming();
     state.record(AuditRecord::lifecycle(
