@@ -46,8 +46,9 @@ impl Learning {
 pub(super) struct Proxies {
     /// Running proxies, per agent and network namespace cookie.
     pub(super) running: BTreeMap<(AgentId, u64), AgentProxy>,
-    /// Each agent's allowed names, shared by its proxies in every namespace.
-    names: BTreeMap<AgentId, Arc<RwLock<AgentNames>>>,
+    /// Each agent's allowed names and answer cache, shared by its proxies
+    /// in every namespace.
+    names: BTreeMap<AgentId, (Arc<RwLock<AgentNames>>, Arc<AnswerCache>)>,
     /// What new proxies need, once the first one is up.
     setup: Option<(Arc<ProxyConfig>, Arc<dyn Learner>)>,
     /// The DNS settings and the learner, kept so that a reload bringing the
@@ -374,7 +375,8 @@ pub(super) fn open_netns_proxy(
             return;
         }
     };
-    let result = start_netns_proxy(pid, names, config, learner);
+    let (names, cache) = names;
+    let result = start_netns_proxy(pid, names, cache, config, learner);
     let mut held = proxies.lock().expect("proxies lock poisoned");
     held.opening.remove(&(agent_id, netns_cookie));
     match result {
@@ -613,14 +615,20 @@ impl State {
                 learning.domain_rows.extend(rows);
             }
             match proxies.names.get(&agent_id) {
-                Some(shared) => {
+                Some((shared, _)) => {
                     if let Ok(mut current) = shared.write() {
                         *current = names;
                     }
                 }
                 None => {
                     let shared = Arc::new(RwLock::new(names));
-                    match start_agent_proxy(shared.clone(), config.clone(), learner.clone()) {
+                    let cache = Arc::new(AnswerCache::default());
+                    match start_agent_proxy(
+                        shared.clone(),
+                        cache.clone(),
+                        config.clone(),
+                        learner.clone(),
+                    ) {
                         Ok(proxy) => {
                             let registered = register_proxy(
                                 &self.learning,
@@ -633,7 +641,7 @@ impl State {
                                 continue;
                             }
                             tracing::info!(agent, ports = ?proxy.ports, upstreams = ?config.upstreams, "DNS proxy started");
-                            proxies.names.insert(agent_id, shared);
+                            proxies.names.insert(agent_id, (shared, cache));
                             proxies
                                 .running
                                 .insert((agent_id, proxy.netns_cookie), proxy);

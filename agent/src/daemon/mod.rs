@@ -50,7 +50,7 @@ use crate::{
         server::{self, Caller, Handler},
     },
     egress::{
-        dns::{LearnedAddress, Learner, ProxyConfig},
+        dns::{AnswerCache, LearnedAddress, Learner, ProxyConfig},
         service::{
             AgentProxy, DnsConfig, NetnsId, proxy_config, start_agent_proxy, start_netns_proxy,
         },

@@ -69,10 +69,13 @@ const CLASSIC_UDP_LIMIT: usize = 512;
 const ADVERTISED_UDP_PAYLOAD: u16 = 1232;
 /// Back-off after a socket error, so a persistent error cannot spin a core.
 const ERROR_BACKOFF: Duration = Duration::from_millis(50);
-/// Answers one proxy (one agent's UDP or TCP listener) keeps. When it is
-/// full, the expired ones go, and if none had, all of them: a flood of
-/// distinct names costs the agent its cache, never the daemon memory.
+/// Answers one agent's cache keeps, and their bytes (on the wire). When either bound would be passed, the expired answers go, and if
+/// that is not enough, all of them: a flood of distinct names or of large
+/// answers (from a zone the agent controls) costs the agent its cache,
+/// never the daemon memory.
 pub const MAX_CACHED_ANSWERS: usize = 1024;
+/// See [`MAX_CACHED_ANSWERS`].
+pub const MAX_CACHED_BYTES: usize = 1024 * 1024;
 
 /// Errors of the DNS proxy and its configuration.
 #[derive(Debug, thiserror::Error)]
@@ -272,6 +275,7 @@ fn presentation_name(name: &Name) -> String {
 pub async fn serve_udp(
     socket: UdpSocket,
     names: Arc<RwLock<AgentNames>>,
+    cache: Arc<AnswerCache>,
     config: Arc<ProxyConfig>,
     learner: Arc<dyn Learner>,
     diag: Option<Arc<SockDiag>>,
@@ -283,7 +287,7 @@ pub async fn serve_udp(
         config,
         learner,
         diag,
-        cache: AnswerCache::default(),
+        cache,
     });
     let in_flight = Arc::new(Semaphore::new(MAX_UDP_IN_FLIGHT));
     let mut tasks = JoinSet::new();
@@ -329,6 +333,7 @@ pub async fn serve_udp(
 pub async fn serve_tcp(
     listener: TcpListener,
     names: Arc<RwLock<AgentNames>>,
+    cache: Arc<AnswerCache>,
     config: Arc<ProxyConfig>,
     learner: Arc<dyn Learner>,
     diag: Option<Arc<SockDiag>>,
@@ -338,7 +343,7 @@ pub async fn serve_tcp(
         config,
         learner,
         diag,
-        cache: AnswerCache::default(),
+        cache,
     });
     let connections = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
     let mut tasks = JoinSet::new();
@@ -387,7 +392,7 @@ struct Proxy {
     config: Arc<ProxyConfig>,
     learner: Arc<dyn Learner>,
     diag: Option<Arc<SockDiag>>,
-    cache: AnswerCache,
+    cache: Arc<AnswerCache>,
 }
 
 /// What makes two questions the same answer: the name (lower-case), type
@@ -420,24 +425,45 @@ struct CachedAnswer {
     stored: Instant,
     /// The shortest TTL of its records.
     lifetime: Duration,
+    /// Its size on the wire, as the proxy sends it.
+    bytes: usize,
 }
 
-/// Positive answers one agent's proxy got from upstream, until their
+/// Positive answers an agent's proxies got from upstream, until their
 /// shortest TTL runs out. Agents resolve the same few names over and over
 /// (their model's API, a package index); a hit saves the round trip to the
 /// upstream, not the policy decision or the learning step, which run for
-/// every query as for a fresh answer. Each agent's proxy has its own
-/// cache, so an agent cannot tell from the timing what another resolved.
+/// every query as for a fresh answer. Each agent has a cache of its own,
+/// shared by its proxies (UDP and TCP, every network namespace), so an
+/// agent cannot tell from the timing what another resolved.
 #[derive(Default)]
-struct AnswerCache {
-    entries: StdMutex<HashMap<CacheKey, CachedAnswer>>,
+pub struct AnswerCache {
+    entries: StdMutex<CachedAnswers>,
+}
+
+#[derive(Default)]
+struct CachedAnswers {
+    by_question: HashMap<CacheKey, CachedAnswer>,
+    bytes: usize,
+}
+
+impl CachedAnswers {
+    fn drop_expired(&mut self, now: Instant) {
+        self.by_question
+            .retain(|_, cached| now.saturating_duration_since(cached.stored) < cached.lifetime);
+        self.bytes = self.by_question.values().map(|cached| cached.bytes).sum();
+    }
+
+    fn full_for(&self, bytes: usize) -> bool {
+        self.by_question.len() >= MAX_CACHED_ANSWERS || self.bytes + bytes > MAX_CACHED_BYTES
+    }
 }
 
 impl AnswerCache {
     /// The cached answer to `key`, its TTLs lowered by its age.
     fn get(&self, key: &CacheKey, now: Instant) -> Option<Message> {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let cached = entries.get(key)?;
+        let cached = entries.by_question.get(key)?;
         let age = now.saturating_duration_since(cached.stored);
         if age >= cached.lifetime {
             return None;
@@ -456,11 +482,13 @@ impl AnswerCache {
         Some(response)
     }
 
-    /// Keeps `response` if it is a positive answer that may be kept.
-    fn insert(&self, key: CacheKey, response: &Message, now: Instant) {
+    /// Keeps `response` (`bytes` long on the wire) if it is a positive
+    /// answer that may be kept.
+    fn insert(&self, key: CacheKey, response: &Message, bytes: usize, now: Instant) {
         if response.metadata.response_code != ResponseCode::NoError
             || response.metadata.truncation
             || response.answers.is_empty()
+            || bytes > MAX_CACHED_BYTES
         {
             return;
         }
@@ -471,29 +499,31 @@ impl AnswerCache {
             return;
         }
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        if entries.len() >= MAX_CACHED_ANSWERS && !entries.contains_key(&key) {
-            entries
-                .retain(|_, cached| now.saturating_duration_since(cached.stored) < cached.lifetime);
-            if entries.len() >= MAX_CACHED_ANSWERS {
-                entries.clear();
+        if let Some(replaced) = entries.by_question.remove(&key) {
+            entries.bytes -= replaced.bytes;
+        }
+        if entries.full_for(bytes) {
+            entries.drop_expired(now);
+            if entries.full_for(bytes) {
+                *entries = CachedAnswers::default();
             }
         }
-        entries.insert(
+        entries.bytes += bytes;
+        entries.by_question.insert(
             key,
             CachedAnswer {
                 response: response.clone(),
                 stored: now,
                 lifetime: Duration::from_secs(u64::from(shortest)),
+                bytes,
             },
         );
     }
 
     #[cfg(test)]
-    fn len(&self) -> usize {
-        self.entries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+    fn len(&self) -> (usize, usize) {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        (entries.by_question.len(), entries.bytes)
     }
 }
 
@@ -666,7 +696,7 @@ impl Proxy {
             return encode(&error_reply(&query, ResponseCode::ServFail));
         }
         if !from_cache {
-            self.cache.insert(key, &response, received);
+            self.cache.insert(key, &response, reply.len(), received);
         }
         Some(reply)
     }
@@ -1162,15 +1192,24 @@ mod tests {
         let (udp_addr, tcp_addr) = (udp.local_addr().unwrap(), tcp.local_addr().unwrap());
         let learner: Arc<dyn Learner> = recorder.clone();
         let diag = Arc::new(SockDiag::open().unwrap());
+        let cache = Arc::new(AnswerCache::default());
         let tasks = vec![
             tokio::spawn(serve_udp(
                 udp,
                 names.clone(),
+                cache.clone(),
                 config.clone(),
                 learner.clone(),
                 Some(diag.clone()),
             )),
-            tokio::spawn(serve_tcp(tcp, names.clone(), config, learner, Some(diag))),
+            tokio::spawn(serve_tcp(
+                tcp,
+                names.clone(),
+                cache,
+                config,
+                learner,
+                Some(diag),
+            )),
         ];
         Proxy {
             udp: udp_addr,
@@ -1590,36 +1629,62 @@ mod tests {
             ));
             message
         };
-        // Not kept: a zero TTL, an error, an empty answer.
-        cache.insert(key(0), &answer(0, ResponseCode::NoError), now);
-        cache.insert(key(0), &answer(60, ResponseCode::ServFail), now);
-        cache.insert(key(0), &Message::response(1, OpCode::Query), now);
-        assert_eq!(cache.len(), 0);
+        const SIZE: usize = 100;
+        // Not kept: a zero TTL, an error, an empty answer, one larger than
+        // the whole cache.
+        cache.insert(key(0), &answer(0, ResponseCode::NoError), SIZE, now);
+        cache.insert(key(0), &answer(60, ResponseCode::ServFail), SIZE, now);
+        cache.insert(key(0), &Message::response(1, OpCode::Query), SIZE, now);
+        cache.insert(
+            key(0),
+            &answer(60, ResponseCode::NoError),
+            MAX_CACHED_BYTES + 1,
+            now,
+        );
+        assert_eq!(cache.len(), (0, 0));
         // Kept for its TTL, with the TTL counting down.
-        cache.insert(key(0), &answer(60, ResponseCode::NoError), now);
+        cache.insert(key(0), &answer(60, ResponseCode::NoError), SIZE, now);
         let later = cache.get(&key(0), now + Duration::from_secs(20)).unwrap();
         assert_eq!(later.answers[0].ttl, 40);
         assert!(cache.get(&key(0), now + Duration::from_secs(60)).is_none());
         // At the bound, expired answers make room first.
         for i in 1..MAX_CACHED_ANSWERS {
-            cache.insert(key(i), &answer(600, ResponseCode::NoError), now);
+            cache.insert(key(i), &answer(600, ResponseCode::NoError), SIZE, now);
         }
-        assert_eq!(cache.len(), MAX_CACHED_ANSWERS);
+        assert_eq!(cache.len(), (MAX_CACHED_ANSWERS, MAX_CACHED_ANSWERS * SIZE));
         let after_first_expired = now + Duration::from_secs(61);
         cache.insert(
             key(MAX_CACHED_ANSWERS),
             &answer(600, ResponseCode::NoError),
+            SIZE,
             after_first_expired,
         );
-        assert_eq!(cache.len(), MAX_CACHED_ANSWERS);
+        assert_eq!(cache.len(), (MAX_CACHED_ANSWERS, MAX_CACHED_ANSWERS * SIZE));
         assert!(cache.get(&key(1), after_first_expired).is_some());
         // Full of live answers: it starts over rather than grow.
         cache.insert(
             key(MAX_CACHED_ANSWERS + 1),
             &answer(600, ResponseCode::NoError),
+            SIZE,
             after_first_expired,
         );
-        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.len(), (1, SIZE));
+        // The same for bytes: answers that fit the count but not the bytes.
+        let large = MAX_CACHED_BYTES / 4;
+        for i in 0..3 {
+            cache.insert(
+                key(10_000 + i),
+                &answer(600, ResponseCode::NoError),
+                large,
+                now,
+            );
+        }
+        assert_eq!(cache.len(), (4, 3 * large + SIZE));
+        cache.insert(key(10_003), &answer(600, ResponseCode::NoError), large, now);
+        assert_eq!(cache.len(), (1, large));
+        // An answer asked again replaces the old one, bytes too.
+        cache.insert(key(10_003), &answer(600, ResponseCode::NoError), SIZE, now);
+        assert_eq!(cache.len(), (1, SIZE));
     }
 
     #[tokio::test]

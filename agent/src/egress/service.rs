@@ -17,7 +17,7 @@ use tokio::{
 
 use super::client::SockDiag;
 use super::dns::{
-    DnsError, Learner, ProxyConfig, serve_tcp, serve_udp, upstreams_from_resolv_conf,
+    AnswerCache, DnsError, Learner, ProxyConfig, serve_tcp, serve_udp, upstreams_from_resolv_conf,
 };
 use crate::policy::domain::AgentNames;
 
@@ -247,6 +247,7 @@ fn bind_sockets() -> Result<BoundSockets, ServiceError> {
 fn serve(
     bound: BoundSockets,
     names: Arc<RwLock<AgentNames>>,
+    cache: Arc<AnswerCache>,
     config: Arc<ProxyConfig>,
     learner: Arc<dyn Learner>,
 ) -> Result<AgentProxy, ServiceError> {
@@ -270,6 +271,7 @@ fn serve(
         tasks.push(tokio::spawn(serve_udp(
             udp,
             names.clone(),
+            cache.clone(),
             config.clone(),
             learner.clone(),
             bound.diag.clone(),
@@ -277,6 +279,7 @@ fn serve(
         tasks.push(tokio::spawn(serve_tcp(
             tcp,
             names.clone(),
+            cache.clone(),
             config.clone(),
             learner.clone(),
             bound.diag.clone(),
@@ -295,10 +298,11 @@ fn serve(
 /// starts serving them.
 pub fn start_agent_proxy(
     names: Arc<RwLock<AgentNames>>,
+    cache: Arc<AnswerCache>,
     config: Arc<ProxyConfig>,
     learner: Arc<dyn Learner>,
 ) -> Result<AgentProxy, ServiceError> {
-    serve(bind_sockets()?, names, config, learner)
+    serve(bind_sockets()?, names, cache, config, learner)
 }
 
 /// Opens the agent's sockets inside the network namespace of process `pid`
@@ -307,6 +311,7 @@ pub fn start_agent_proxy(
 pub fn start_netns_proxy(
     pid: u32,
     names: Arc<RwLock<AgentNames>>,
+    cache: Arc<AnswerCache>,
     config: Arc<ProxyConfig>,
     learner: Arc<dyn Learner>,
 ) -> Result<AgentProxy, ServiceError> {
@@ -327,7 +332,7 @@ pub fn start_netns_proxy(
     })
     .join()
     .map_err(|_| namespace_error(std::io::Error::other("the namespace thread panicked")))??;
-    let mut proxy = serve(bound, names, config, learner)?;
+    let mut proxy = serve(bound, names, cache, config, learner)?;
     proxy.netns_id = Some(netns_id);
     Ok(proxy)
 }
