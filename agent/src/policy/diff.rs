@@ -284,20 +284,12 @@ fn action_word(value: u8) -> &'static str {
 
 /// Compares two sets of policies.
 pub fn diff(old: &[LoadedPolicy], new: &[LoadedPolicy]) -> Result<PolicyDiff, DiffError> {
-    let old_set =
-        compile_with(old, crate::ids::RuleId::FIRST, &expand_literally).map_err(|source| {
-            DiffError::Compile {
-                side: "old",
-                source,
-            }
-        })?;
-    let new_set =
-        compile_with(new, crate::ids::RuleId::FIRST, &expand_literally).map_err(|source| {
-            DiffError::Compile {
-                side: "new",
-                source,
-            }
-        })?;
+    let compile_side = |policies: &[LoadedPolicy], side: &'static str| {
+        compile_with(policies, crate::ids::RuleId::FIRST, &expand_literally)
+            .map_err(|source| DiffError::Compile { side, source })
+    };
+    let old_set = compile_side(old, "old")?;
+    let new_set = compile_side(new, "new")?;
     let agents: BTreeSet<&str> = old_set
         .agents
         .keys()
