@@ -396,7 +396,9 @@ struct Proxy {
 }
 
 /// What makes two questions the same answer: the name (lower-case), type
-/// and class, and the flags that change what a resolver returns.
+/// and class, and the flags that change what a resolver returns. Whether
+/// the question carried EDNS is one of them: an answer to a question
+/// without it must carry no OPT record (RFC 6891 section 7).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct CacheKey {
     name: String,
@@ -404,6 +406,7 @@ struct CacheKey {
     query_class: DNSClass,
     recursion_desired: bool,
     checking_disabled: bool,
+    edns: bool,
     dnssec_ok: bool,
 }
 
@@ -415,6 +418,7 @@ impl CacheKey {
             query_class: question.query_class,
             recursion_desired: query.metadata.recursion_desired,
             checking_disabled: query.metadata.checking_disabled,
+            edns: query.edns.is_some(),
             dnssec_ok: query.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
         }
     }
@@ -1598,8 +1602,12 @@ mod tests {
                 (AGENT_ID, RULE_EXACT, "allowed.test".to_owned())
             ]
         );
-        // Another type of the same name is another question.
+        // Another type of the same name is another question, and so is
+        // the same one with EDNS.
         let other = ask_udp(proxy.udp, &question("allowed.test.", RecordType::AAAA)).await;
+        assert_eq!(other.metadata.response_code, ResponseCode::ServFail);
+        let with_edns = with_edns(question("allowed.test.", RecordType::A), 1232);
+        let other = ask_udp(proxy.udp, &with_edns).await;
         assert_eq!(other.metadata.response_code, ResponseCode::ServFail);
         // The policy decides before the cache answers.
         proxy.names.write().unwrap().rules.clear();
@@ -1617,6 +1625,7 @@ mod tests {
             query_class: DNSClass::IN,
             recursion_desired: true,
             checking_disabled: false,
+            edns: false,
             dnssec_ok: false,
         };
         let answer = |ttl: u32, code: ResponseCode| {
