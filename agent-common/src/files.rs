@@ -66,6 +66,13 @@ pub mod right {
 /// without changing the layout.
 pub const RIGHT_SLOTS: usize = 8;
 
+/// Slot of a [`FileValue`] that is not a right: decision
+/// [`ALLOW`](crate::verdict::decision::ALLOW) there marks the path as a
+/// secret (`files.secrets`), and its rule id names the secret. An open of
+/// a secret for reading taints the agent (see [`crate::identity::SecretTaint`]).
+pub const SECRET_SLOT: usize = 6;
+const _: () = assert!(SECRET_SLOT >= right::COUNT && SECRET_SLOT < RIGHT_SLOTS);
+
 /// Value of a file rule: one decision per right, already resolved against
 /// the less specific prefixes that cover this one.
 #[repr(C)]

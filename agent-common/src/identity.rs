@@ -183,6 +183,39 @@ pub struct AgentRuntime {
 }
 const _: () = assert!(size_of::<AgentRuntime>() == 32);
 
+/// Value of [`SECRET_TAINTS`](crate::map_names::SECRET_TAINTS): the first
+/// open of a secret that tainted the agent. Written once, by the program
+/// that saw the open (BPF LSM `file_open`) or the daemon's fanotify
+/// listener before it answers, before the open returns; removed only by an
+/// operator (`baton taint clear`). While it is there, the agent's egress is
+/// held to its `egress.afterSecret` rules (see [`NARROWED_AGENT_BIT`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SecretTaint {
+    /// Rule id of the secret (`files.secrets[i]`).
+    pub rule_id: u32,
+    /// Policy generation the rule id belongs to.
+    pub generation: u32,
+    /// tgid of the process that opened it.
+    pub tgid: u32,
+    /// Thread id of that process's thread.
+    pub pid: u32,
+    /// Real uid of that process.
+    pub uid: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// `CLOCK_BOOTTIME` of the open, nanoseconds.
+    pub at_boot_ns: u64,
+    /// `comm` of that thread.
+    pub comm: [u8; crate::event::COMM_BYTES],
+}
+const _: () = assert!(size_of::<SecretTaint>() == 48);
+
+/// Set in the agent id of the egress rules (`EGRESS_RULES` keys) that hold
+/// a tainted agent: its `egress.afterSecret` allow list and a catch-all
+/// deny. Agent ids never reach this bit (the registry counts from 1).
+pub const NARROWED_AGENT_BIT: u32 = 1 << 31;
+
 /// Per-agent counters the breakers read. Kept per CPU in the kernel and
 /// summed by the daemon; every decision counts, whatever the event rate.
 #[repr(C)]
@@ -210,8 +243,11 @@ pub struct AgentCounters {
     pub events_dropped: u64,
     /// Events left out by the per-agent event rate limit.
     pub events_suppressed: u64,
+    /// Secrets opened: 1 while the agent is tainted. The programs record a
+    /// taint in `SECRET_TAINTS`; the daemon fills this in for the breakers.
+    pub secret_touches: u64,
     /// Reserved for counters added later, so the layout stays.
-    pub _reserved: [u64; 4],
+    pub _reserved: [u64; 3],
     /// Requests for a DNS proxy in a new network namespace that found
     /// their ring buffer full (the namespace's resolver retries).
     pub netns_requests_dropped: u64,

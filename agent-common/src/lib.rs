@@ -78,11 +78,13 @@ pub mod map_names {
     pub const EGRESS_GRANTS: &str = "EGRESS_GRANTS";
     /// `slot → connects made`: each grant's use of its connect budget.
     pub const GRANT_CONNECTS: &str = "GRANT_CONNECTS";
+    /// Agent id → the open of a secret that tainted it.
+    pub const SECRET_TAINTS: &str = "SECRET_TAINTS";
     /// cgroup v2 id → 1: where the packet backstop is attached.
     pub const BACKSTOP_CGROUPS: &str = crate::backstop::BACKSTOP_CGROUPS;
     /// Every map the daemon opens by name, for the check that the compiled
     /// object has each of them.
-    pub const ALL: [&str; 27] = [
+    pub const ALL: [&str; 28] = [
         AGENT_OF_TGID,
         AGENT_MARKS,
         AGENT_POLICIES,
@@ -109,6 +111,7 @@ pub mod map_names {
         EXITED_AGENTS,
         EGRESS_GRANTS,
         GRANT_CONNECTS,
+        SECRET_TAINTS,
         BACKSTOP_CGROUPS,
     ];
 }
@@ -133,6 +136,7 @@ impl_pod!(
     identity::ExecutableKey,
     identity::AgentRuntime,
     identity::AgentCounters,
+    identity::SecretTaint,
     identity::DeniedDestination,
     egress::EgressKey,
     egress::EgressValue,

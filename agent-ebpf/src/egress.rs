@@ -20,7 +20,7 @@ use agent_common::{
         OriginalDestination, PORT_TABLE_ROWS, PortRule, ipv4_mapped, protocol,
     },
     event::{ConnectEvent, NetnsEvent, hook, kind},
-    identity::{AgentRecord, AgentRuntime, DeniedDestination, policy_flags},
+    identity::{AgentRecord, AgentRuntime, DeniedDestination, NARROWED_AGENT_BIT, policy_flags},
     verdict::{Verdict, decision, mode, verdict_for},
 };
 use aya_ebpf::{
@@ -39,7 +39,8 @@ use crate::{
     maps::{
         AGENT_STATE, DENIED_DESTINATIONS, DNS_ORIGINAL, DNS_PROXY_PORTS, EGRESS_GRANTS,
         EGRESS_PORT_TABLES, EGRESS_RULES, EVENTS, GRANT_CONNECTS, LEARNED_ADDRS, NETNS_REQUESTS,
-        active_generation, agent_policy, count, current_agent, quarantined, take_event_token,
+        active_generation, agent_policy, count, current_agent, quarantined, tainted,
+        take_event_token,
     },
 };
 
@@ -403,7 +404,7 @@ fn try_decide(
     let mut by_rule = false;
     let mut by_learned = false;
     let mut by_grant = false;
-    let (agent_mode, rule_decision, rule_id) = match policy {
+    let (agent_mode, rule_decision, mut rule_id) = match policy {
         // An agent whose policy is gone is held closed rather than let loose.
         None => (mode::ENFORCE, decision::DENY, 0),
         Some(policy) => {
@@ -446,6 +447,18 @@ fn try_decide(
     } else {
         verdict_for(rule_decision, agent_mode)
     };
+    // An agent that opened a secret is held to its narrowed rules on top of
+    // the rules above: they can only take an allow away.
+    let mut judged_tainted = false;
+    if !quarantine && rule_decision == decision::ALLOW {
+        let packed = narrowed(generation, agent.agent_id, &destination);
+        judged_tainted = packed & NARROWED_TAINTED != 0;
+        if packed as u8 == decision::DENY {
+            rule_id = (packed >> 32) as u32;
+            verdict = verdict_for(decision::DENY, agent_mode);
+            by_grant = false;
+        }
+    }
     let mut rate_limited = false;
     if verdict == Verdict::Allowed
         && let Some(policy) = policy
@@ -464,6 +477,7 @@ fn try_decide(
             &destination,
             rule_id,
             by_learned || by_grant,
+            judged_tainted,
         );
     }
     let new_destination = denied && first_denial(agent.agent_id, &destination);
@@ -592,6 +606,25 @@ fn take_connect_token(agent_id: u32, per_second: u32) -> bool {
     }
     state.connect_tokens -= 1;
     true
+}
+
+/// Bit of [`narrowed`]'s answer: the agent is tainted, whatever its
+/// narrowed rules said.
+const NARROWED_TAINTED: u64 = 1 << 8;
+
+/// The narrowed rules' answer for a tainted agent (one that opened a
+/// secret): their decision in bits 0-7, [`NARROWED_TAINTED`], and the rule
+/// in bits 32-63; 0 for an agent that is not tainted. A tainted agent whose
+/// policy has no narrowing (it lists no secrets now) gets no decision.
+/// A subprogram, so the address hooks, near the instruction limit on 6.1,
+/// check its rule scan once.
+#[inline(never)]
+fn narrowed(generation: u32, agent_id: u32, destination: &Destination) -> u64 {
+    if !tainted(agent_id) {
+        return 0;
+    }
+    let (found, rule_id) = match_rules(generation, agent_id | NARROWED_AGENT_BIT, destination);
+    u64::from(found) | NARROWED_TAINTED | (u64::from(rule_id) << 32)
 }
 
 /// Finds the most specific rule for the destination: the trie picks the

@@ -45,14 +45,18 @@ use core::ffi::c_void;
 
 use agent_common::{
     event::{EVENT_PATH_BYTES, FileEvent, file_flags, hook, kind},
-    files::{FILE_KEY_HEADER_BITS, FileValue, ObjectKey, PATH_KEY_BYTES, object_flags, right},
-    identity::{AgentPolicy, AgentRecord, policy_flags},
+    files::{
+        FILE_KEY_HEADER_BITS, FileValue, ObjectKey, PATH_KEY_BYTES, SECRET_SLOT, object_flags,
+        right,
+    },
+    identity::{AgentPolicy, AgentRecord, SecretTaint, policy_flags},
     verdict::{Verdict, decision, mode, verdict_for},
 };
 use aya_ebpf::{
-    bindings::{inode, path},
+    bindings::{BPF_NOEXIST, inode, path},
     helpers::{
-        bpf_get_current_pid_tgid,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns,
         generated::{bpf_d_path, bpf_loop, bpf_probe_read_kernel},
     },
     macros::{lsm, map},
@@ -403,6 +407,7 @@ fn try_file_open(agent: AgentRecord, file: *const u8) -> Verdict {
         && found.flags & object_flags::COMPLETE != 0
         && rights == right::bit(right::READ)
         && found.value.decisions[right::READ] == decision::ALLOW
+        && found.value.decisions[SECRET_SLOT] == decision::NONE
     {
         return Verdict::Allowed;
     }
@@ -1441,7 +1446,8 @@ fn combine(
     by_path: Option<&FileValue>,
     rights: u32,
 ) -> (u8, u32, u32) {
-    let packed = combine_packed(&caller.policy, object, by_path, rights);
+    let ids = (u64::from(caller.generation) << 32) | u64::from(caller.agent.agent_id);
+    let packed = combine_packed(&caller.policy, object, by_path, rights, ids);
     (
         packed as u8,
         (packed >> 32) as u32,
@@ -1456,12 +1462,19 @@ fn combine(
 /// counters, the record): on 6.1 that took `file_open` past the
 /// million-instruction limit. Returned as one unknown number, the code
 /// after it is checked once.
+///
+/// A read of a secret that is let through taints the agent here, before
+/// the open returns, so no connect of any of its processes can come
+/// between the read and the narrowing. `ids` is the generation (high 32
+/// bits) and the agent id (low 32 bits): a subprogram takes five
+/// arguments at most.
 #[inline(never)]
 fn combine_packed(
     policy: &CallerPolicy,
     object: Option<&FileValue>,
     by_path: Option<&FileValue>,
     rights: u32,
+    ids: u64,
 ) -> u64 {
     let mut denied = 0u32;
     let mut deny_rule = 0u32;
@@ -1510,6 +1523,28 @@ fn combine_packed(
             }
         }
     });
+    let read = right::bit(right::READ);
+    // In audit mode a denied read goes through, and so does the secret.
+    if rights & read != 0 && (denied & read == 0 || policy.mode == mode::AUDIT) {
+        let secret_of = |value: Option<&FileValue>| match value {
+            Some(value) if value.decisions[SECRET_SLOT] == decision::ALLOW => {
+                value.rule_ids[SECRET_SLOT]
+            }
+            _ => 0,
+        };
+        let mut secret = secret_of(object);
+        if secret == 0 {
+            secret = secret_of(by_path);
+        }
+        if secret != 0 && !taint(ids, secret) {
+            // The narrowing could not be put in force: the secret stays
+            // closed rather than readable with egress wide open.
+            denied |= read;
+            if deny_rule == 0 {
+                deny_rule = secret;
+            }
+        }
+    }
     let (decided, rule) = if canary {
         (decision::CANARY, deny_rule)
     } else if denied != 0 {
@@ -1518,6 +1553,35 @@ fn combine_packed(
         (decision::ALLOW, allow_rule)
     };
     u64::from(decided) | (u64::from(denied & right::ALL) << 8) | (u64::from(rule) << 32)
+}
+
+/// Marks the agent in `ids` as having opened secret `rule_id`, unless an
+/// earlier open did. False if the mark could not be written.
+#[inline(always)]
+fn taint(ids: u64, rule_id: u32) -> bool {
+    let agent_id = ids as u32;
+    if crate::maps::tainted(agent_id) {
+        return true;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let taint = SecretTaint {
+        rule_id,
+        generation: (ids >> 32) as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        pid: pid_tgid as u32,
+        uid: bpf_get_current_uid_gid() as u32,
+        _pad: 0,
+        // SAFETY: helper without memory arguments.
+        at_boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    // Another CPU may have tainted the agent since the check: that is the
+    // one `EEXIST` means, and the agent is tainted either way.
+    const EEXIST: i32 = 17;
+    match crate::maps::SECRET_TAINTS.insert(agent_id, taint, u64::from(BPF_NOEXIST)) {
+        Ok(()) => true,
+        Err(error) => error == -EEXIST,
+    }
 }
 
 /// Records a decision on `resolved`. The record's fields go through the

@@ -10,7 +10,7 @@ use agent_common::{
     files::{FileKey, FileValue, InodeMark, ObjectKey, ObjectValue},
     identity::{
         AGENT_MARKS_ENTRIES, AGENT_MARKS_PER_ENTRY, AgentCounters, AgentPolicy, AgentPolicyKey,
-        AgentRecord, AgentRuntime, BPF_F_MMAPABLE, DeniedDestination, ExecutableKey,
+        AgentRecord, AgentRuntime, BPF_F_MMAPABLE, DeniedDestination, ExecutableKey, SecretTaint,
     },
     offsets::KernelOffsets,
 };
@@ -104,6 +104,13 @@ pub static DNS_ORIGINAL: LruHashMap<u64, OriginalDestination> =
 /// Run-time agent state: quarantine and the connect rate limiter.
 #[map(name = "AGENT_STATE")]
 pub static AGENT_STATE: HashMap<u32, AgentRuntime> = HashMap::with_max_entries(4096, 0);
+
+/// Agents that opened a secret: the first such open, until an operator
+/// clears it. A map of its own, not a field of [`AGENT_STATE`], because the
+/// daemon rewrites whole `AGENT_STATE` values (quarantine) and would lose
+/// a taint set between its read and its write.
+#[map(name = "SECRET_TAINTS")]
+pub static SECRET_TAINTS: HashMap<u32, SecretTaint> = HashMap::with_max_entries(4096, 0);
 
 /// Per-agent, per-CPU counters for the breakers.
 #[map(name = "AGENT_COUNTERS")]
@@ -382,6 +389,12 @@ pub fn quarantined(agent_id: u32) -> bool {
         // SAFETY: the pointer comes from a successful lookup.
         unsafe { (*state).quarantined != 0 }
     })
+}
+
+/// Whether the agent opened a secret and is held to its narrowed egress.
+#[inline(always)]
+pub fn tainted(agent_id: u32) -> bool {
+    SECRET_TAINTS.get_ptr(agent_id).is_some()
 }
 
 /// Per-agent event rate, set by the daemon from its configuration.

@@ -1,6 +1,6 @@
 //! The `baton` command.
 
-use baton::cli::{audit, events, grant, uninstall, why};
+use baton::cli::{audit, events, grant, taint, uninstall, why};
 use baton::{
     cli::{Cli, Command, breaker, exec, policy, probe, status},
     daemon,
@@ -32,6 +32,7 @@ fn main() -> std::process::ExitCode {
         Command::Uninstall(args) => uninstall::run(args),
         Command::Why(args) => why::run(args),
         Command::Grant(args) => grant::run(args),
+        Command::Taint(command) => taint::run(command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -529,6 +529,25 @@ pub fn probe() -> ProbeReport {
         },
         level: files_level,
     });
+    controls.push(Control {
+        name: "secrets (narrowing after a read)",
+        level: if bpf_lsm_loadable || fanotify.is_ok() {
+            ControlLevel::Enforced
+        } else if detects {
+            ControlLevel::Degraded
+        } else {
+            ControlLevel::Unavailable
+        },
+        detail: if bpf_lsm_loadable {
+            "BPF LSM file_open taints the agent before a read of a secret returns; the egress hooks and the backstop then hold it to egress.afterSecret".into()
+        } else if fanotify.is_ok() {
+            "the fanotify listener taints the agent before it answers an open of a secret (any open, read or not, for every kind of agent); the egress hooks and the backstop then hold it to egress.afterSecret".into()
+        } else if detects {
+            "only the detection programs see a read of a secret, for agents selected by cgroup, unit or executable: the taint is written as the open returns; reads by baton exec agents are NOT seen".into()
+        } else {
+            "nothing sees an allowed read of a secret here: egress is never narrowed".into()
+        },
+    });
     controls.push(namespace_control(btf.as_ref().ok(), bpf_lsm_loadable));
     controls.push(Control {
         name: "audit trail",

@@ -54,12 +54,14 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockoptContext},
 };
 
-use super::{Destination, match_grant, match_learned, match_rules, protocol_bit};
+use super::{
+    Destination, NARROWED_TAINTED, match_grant, match_learned, match_rules, narrowed, protocol_bit,
+};
 use crate::{
     events::{Decision, count_drop, fill_header},
     maps::{
         BACKSTOP_CGROUPS, DNS_ORIGINAL, EVENTS, NETNS_REQUESTS, active_generation, agent_policy,
-        count, quarantined, take_event_token,
+        count, quarantined, tainted, take_event_token,
     },
 };
 
@@ -94,6 +96,10 @@ const IP_OPTIONS_MAX: usize = 40;
 /// [`SocketTag::cache_flags`]: the cached allow came from a learned name or
 /// an operator's grant, both of which expire.
 pub(super) const LEARNED_ALLOW: u32 = 1;
+/// [`SocketTag::cache_flags`]: the cached verdict was reached with the
+/// agent tainted (it had opened a secret), so its narrowed rules were
+/// applied; a verdict without it is judged again once the agent is.
+pub(super) const JUDGED_TAINTED: u32 = 2;
 /// [`SocketTag::flags`]: an address hook sent this socket's DNS to the
 /// agent's proxy, so `DNS_ORIGINAL` may hold its original server.
 pub(super) const DNS_REDIRECTED: u32 = 1;
@@ -474,8 +480,9 @@ fn try_skb_egress(ctx: &SkBuffContext, tag: &mut SocketTag) -> Verdict {
             count(agent_id, |c| c.dropped_packets += 1);
             return verdict;
         }
-        // A breaker's quarantine does not change the generation.
-        if !quarantined(agent_id) {
+        // Neither a breaker's quarantine nor a secret's taint changes the
+        // generation.
+        if !quarantined(agent_id) && (tag.cache_flags & JUDGED_TAINTED != 0 || !tainted(agent_id)) {
             return verdict;
         }
     }
@@ -568,6 +575,22 @@ fn judge(
         };
         if agent_mode == mode::QUARANTINE || quarantined(agent_id) {
             (Verdict::Denied, mode::QUARANTINE, rule_id)
+        } else if rule_decision == decision::ALLOW {
+            // As at connect: a tainted agent's narrowed rules can only take
+            // the allow away.
+            let packed = narrowed(generation, agent_id, destination);
+            if packed & NARROWED_TAINTED != 0 {
+                flags |= JUDGED_TAINTED;
+            }
+            if packed as u8 == decision::DENY {
+                (
+                    verdict_for(decision::DENY, agent_mode),
+                    agent_mode,
+                    (packed >> 32) as u32,
+                )
+            } else {
+                (verdict_for(rule_decision, agent_mode), agent_mode, rule_id)
+            }
         } else {
             (verdict_for(rule_decision, agent_mode), agent_mode, rule_id)
         }
@@ -629,6 +652,7 @@ pub(super) fn seed(
     destination: &Destination,
     rule_id: u32,
     learned: bool,
+    judged_tainted: bool,
 ) {
     if tag.is_null() {
         return;
@@ -644,6 +668,11 @@ pub(super) fn seed(
         // SAFETY: helper without memory arguments.
         let now = unsafe { bpf_ktime_get_boot_ns() };
         (now + LEARNED_RECHECK_NS, LEARNED_ALLOW)
+    };
+    let flags = if judged_tainted {
+        flags | JUDGED_TAINTED
+    } else {
+        flags
     };
     remember(
         tag,

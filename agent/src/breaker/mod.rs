@@ -118,6 +118,9 @@ pub struct CounterSnapshot {
     /// room in their ring buffer.
     #[serde(default)]
     pub netns_requests_dropped: u64,
+    /// 1 while the agent is tainted by a secret it opened.
+    #[serde(default)]
+    pub secret_touches: u64,
 }
 
 impl From<AgentCounters> for CounterSnapshot {
@@ -137,6 +140,7 @@ impl From<AgentCounters> for CounterSnapshot {
             dropped_packets: c.dropped_packets,
             denied_sockopts: c.denied_sockopts,
             netns_requests_dropped: c.netns_requests_dropped,
+            secret_touches: c.secret_touches,
         }
     }
 }
@@ -248,6 +252,17 @@ impl AgentBreakers {
                 let base = since.map_or(previous, |s| s.canary_hits.max(previous));
                 if current.canary_hits > base {
                     return Some((rule.clone(), "a canary was touched".into()));
+                }
+            }
+            if when.secret {
+                let previous = self
+                    .history
+                    .back()
+                    .map(|(_, c)| c.secret_touches)
+                    .unwrap_or(0);
+                let base = since.map_or(previous, |s| s.secret_touches.max(previous));
+                if current.secret_touches > base {
+                    return Some((rule.clone(), "a secret was opened".into()));
                 }
             }
         }

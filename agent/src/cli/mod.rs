@@ -14,6 +14,7 @@ pub mod grant;
 pub mod policy;
 pub mod probe;
 pub mod status;
+pub mod taint;
 pub mod uninstall;
 pub mod why;
 
@@ -55,6 +56,11 @@ pub enum Command {
     /// every process in an agent. `baton grant list` and `baton grant
     /// revoke ID` show and end grants.
     Grant(GrantArgs),
+    /// Agents that opened one of their secrets (`files.secrets`) and are
+    /// held to their `egress.afterSecret` rules: list them, or lift one
+    /// agent's taint. Root only, and refused to every process in an agent.
+    #[command(subcommand)]
+    Taint(TaintCommand),
     /// Why was that refused? Run inside an agent (no root needed), print
     /// that agent's recent denials with the rule that decided each; an
     /// agent sees only its own. Outside every agent, root may name one.
@@ -345,6 +351,30 @@ pub enum BreakerCommand {
         /// What to do to the agent.
         #[arg(long, value_enum)]
         action: crate::breaker::Action,
+        /// Control socket of the daemon.
+        #[arg(long, env = "BATON_SOCKET", default_value = crate::config::DEFAULT_CONTROL_SOCKET)]
+        control_socket: PathBuf,
+    },
+}
+
+/// `baton taint …`.
+#[derive(Debug, Subcommand)]
+pub enum TaintCommand {
+    /// Every tainted agent: the secret, the process that opened it, when.
+    List {
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Control socket of the daemon.
+        #[arg(long, env = "BATON_SOCKET", default_value = crate::config::DEFAULT_CONTROL_SOCKET)]
+        control_socket: PathBuf,
+    },
+    /// Lift an agent's taint: its full egress policy applies again, until
+    /// it opens a secret again. Connections cut while it was tainted stay
+    /// cut.
+    Clear {
+        /// Agent name.
+        agent: String,
         /// Control socket of the daemon.
         #[arg(long, env = "BATON_SOCKET", default_value = crate::config::DEFAULT_CONTROL_SOCKET)]
         control_socket: PathBuf,

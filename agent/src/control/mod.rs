@@ -60,6 +60,13 @@ pub enum Request {
         /// Grant id.
         id: u32,
     },
+    /// Agents that opened a secret (root only).
+    TaintList,
+    /// Lift an agent's taint (root only).
+    TaintClear {
+        /// Agent name.
+        agent: String,
+    },
     /// An agent's recent denials. From inside an agent, that agent's own
     /// only; from outside, root only, naming the agent.
     Why {
@@ -122,6 +129,11 @@ pub enum Reply {
     Breakers {
         /// The states.
         agents: Vec<serde_json::Value>,
+    },
+    /// The tainted agents, one JSON object each.
+    Taints {
+        /// The taints.
+        taints: Vec<serde_json::Value>,
     },
     /// The grants in force, one JSON object each.
     Grants {

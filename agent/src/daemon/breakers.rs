@@ -86,6 +86,7 @@ pub(super) async fn watch_breakers(daemon: Weak<Daemon>) {
             let Ok(mut state) = daemon.state.lock() else {
                 return;
             };
+            state.notice_taints();
             state.evaluate_breakers();
             (!state.breakers.agent_ids().is_empty(), daemon.clone())
         };

@@ -23,11 +23,24 @@ pub(super) fn start_fanotify(
     }
     let started = maps
         .identity_handle()
-        .and_then(|identity| Ok((identity, maps.exited_handle()?, runtime.state_handle()?)))
+        .and_then(|identity| {
+            Ok((
+                identity,
+                maps.exited_handle()?,
+                runtime.state_handle()?,
+                runtime.taints_handle()?,
+            ))
+        })
         .map_err(|e| e.to_string())
-        .and_then(|(identity, exited, state)| {
-            crate::fallback::fanotify::Watcher::start(identity, exited, state, landlock_audit)
-                .map_err(|e| e.to_string())
+        .and_then(|(identity, exited, state, taints)| {
+            crate::fallback::fanotify::Watcher::start(
+                identity,
+                exited,
+                state,
+                taints,
+                landlock_audit,
+            )
+            .map_err(|e| e.to_string())
         });
     match started {
         Ok((watcher, events)) => (Some(watcher), Some(events)),

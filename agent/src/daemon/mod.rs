@@ -8,6 +8,7 @@ mod events;
 mod files;
 mod grants;
 mod guard;
+mod taints;
 mod takeover;
 mod trail;
 
@@ -300,6 +301,8 @@ struct State {
     /// The running DNS proxies, behind a lock of their own; see
     /// [`dns::Proxies`] for the lock order.
     proxies: Arc<Mutex<dns::Proxies>>,
+    /// Taints already recorded: agent → boot time of the open.
+    taints_seen: BTreeMap<AgentId, u64>,
 }
 
 /// How long each phase of a reload took.
@@ -583,6 +586,7 @@ impl State {
     /// decided, so that every mechanism's denials feed the same breakers.
     fn counters(&self, agent_id: AgentId) -> agent_common::identity::AgentCounters {
         let mut counters = self.runtime.counters(agent_id);
+        counters.secret_touches = u64::from(self.taints_seen.contains_key(&agent_id));
         if let Some(watcher) = &self.fanotify
             && let Some(counts) = watcher.counts().get(&agent_id)
         {
@@ -620,6 +624,7 @@ impl State {
         let exec_off = detached
             .get("bprm_check_security")
             .map(|why| format!("NOT enforced: bprm_check_security: {why}"));
+        let taints = self.taints();
         let agents: Vec<serde_json::Value> = self
             .policies
             .agents
@@ -651,12 +656,24 @@ impl State {
                         "files": files,
                         "exec": exec,
                         "breakers": if agent.breakers.is_empty() { "none" } else { "enforced" },
+                        "secrets": if agent.secrets.is_empty() {
+                            "none"
+                        } else if self.files_enforced {
+                            "watched by BPF LSM: a read taints the agent before it returns"
+                        } else if self.fanotify.is_some() {
+                            "watched by fanotify: any open taints the agent before it returns"
+                        } else if self.detection && agent.selected_outside_exec() {
+                            "watched by the detection programs: a read taints the agent as the open returns"
+                        } else {
+                            "not watched: nothing on this host sees an allowed read"
+                        },
                         "families": self.family_layers.describe(!agent.cgroups.is_empty() || !agent.executables.is_empty()),
                     },
                     "families": crate::policy::families::names(agent.families),
                     "rights": rights,
                     "landlock_gaps": self.landlock_plan(name.as_str()).map(|plan| plan.unexpressible).unwrap_or_default(),
                     "breaker": breakers.get(name.as_str()).cloned().unwrap_or(json!({"state": "closed"})),
+                    "secret_taint": taints.iter().find(|t| t["agent"] == name.as_str()).cloned(),
                     "counters": crate::breaker::CounterSnapshot::from(self.counters(id)),
                 }))
             })
@@ -863,6 +880,8 @@ impl Handler for Daemon {
             }),
             Request::GrantList => self.grant_list(),
             Request::GrantRevoke { id } => self.grant_revoke(id),
+            Request::TaintList => self.taint_list(),
+            Request::TaintClear { agent } => self.taint_clear(&agent),
         }
     }
 }
@@ -931,10 +950,13 @@ impl Daemon {
             Request::GrantAdd { .. } => "grant",
             Request::GrantList => "grant list",
             Request::GrantRevoke { .. } => "grant revoke",
+            Request::TaintList => "taint list",
+            Request::TaintClear { .. } => "taint clear",
             Request::Admit { .. } | Request::Status | Request::Why { .. } => "request",
         };
         let control = match request {
             Request::GrantAdd { .. } | Request::GrantList | Request::GrantRevoke { .. } => "grant",
+            Request::TaintList | Request::TaintClear { .. } => "secret",
             _ => "breaker",
         };
         let Some(agent_id) = caller.agent else {
@@ -950,7 +972,8 @@ impl Daemon {
         let target = match request {
             Request::BreakerReset { agent }
             | Request::BreakerTrip { agent, .. }
-            | Request::GrantAdd { agent, .. } => {
+            | Request::GrantAdd { agent, .. }
+            | Request::TaintClear { agent } => {
                 format!(" of agent {agent}")
             }
             _ => String::new(),
@@ -1366,6 +1389,7 @@ async fn serve(
         host: host.clone(),
         files_enforced: enforcer.files == ControlState::Enforced,
         landlock_gaps_logged: BTreeSet::new(),
+        taints_seen: BTreeMap::new(),
         held_by_bpf_lsm: crate::fallback::protected::held_by_bpf_lsm(&enforcer.lsm_hooks),
         family_layers: crate::fallback::families::Layers::of_this_kernel(
             enforcer.socket_families == ControlState::Enforced,

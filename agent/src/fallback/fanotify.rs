@@ -36,8 +36,8 @@ use serde::{Deserialize, Serialize};
 
 use agent_common::{
     event::{EVENT_PATH_BYTES, EVENT_VERSION, FileEvent, file_flags, hook, kind},
-    files::{FileValue, PATH_KEY_BYTES, right},
-    identity::{AgentCounters, AgentRecord, AgentRuntime},
+    files::{FileValue, PATH_KEY_BYTES, SECRET_SLOT, right},
+    identity::{AgentCounters, AgentRecord, AgentRuntime, SecretTaint},
     map_names,
     verdict::{Verdict, decision, mode, verdict_for},
 };
@@ -142,9 +142,8 @@ impl AgentRules {
         }
     }
 
-    /// `(decision, rule id, denied rights)` for `rights` on `path`, as the
-    /// kernel's longest-prefix lookup and per-right scan decide them.
-    fn decide(&self, path: &str, rights: u32) -> (u8, u32, u32) {
+    /// The entry the kernel's longest-prefix lookup finds for `path`.
+    fn entry(&self, path: &str) -> Option<&FileValue> {
         let mut key = path.as_bytes().to_vec();
         if key.len() < PATH_KEY_BYTES {
             if key.last() != Some(&b'/') {
@@ -153,12 +152,24 @@ impl AgentRules {
         } else {
             key.truncate(PATH_KEY_BYTES);
         }
-        let value = self
-            .entries
+        self.entries
             .iter()
             .filter(|(prefix, _)| key.starts_with(prefix))
             .max_by_key(|(prefix, _)| prefix.len())
-            .map(|(_, value)| value);
+            .map(|(_, value)| value)
+    }
+
+    /// The rule id of the secret `path` is, or is under.
+    fn secret_of(&self, path: &str) -> Option<u32> {
+        self.entry(path)
+            .filter(|value| value.decisions[SECRET_SLOT] == decision::ALLOW)
+            .map(|value| value.rule_ids[SECRET_SLOT])
+    }
+
+    /// `(decision, rule id, denied rights)` for `rights` on `path`, as the
+    /// kernel's longest-prefix lookup and per-right scan decide them.
+    fn decide(&self, path: &str, rights: u32) -> (u8, u32, u32) {
+        let value = self.entry(path);
         let (mut denied, mut deny_rule, mut allow_rule, mut canary) = (0, 0, 0, false);
         for r in (0..right::COUNT).filter(|r| rights & right::bit(*r) != 0) {
             let (mut found, mut rule_id) =
@@ -295,6 +306,9 @@ struct Shared {
     /// their process (the audit subsystem's of seccomp refusals).
     exited: BpfHashMap<MapData, u32, AgentRecord>,
     runtime: BpfHashMap<MapData, u32, AgentRuntime>,
+    /// Where the listener taints an agent that opened a secret, as BPF LSM
+    /// would, before it answers the open.
+    taints: Mutex<BpfHashMap<MapData, u32, SecretTaint>>,
     events: tokio::sync::mpsc::Sender<Finding>,
     lost: AtomicU64,
     own_tgid: u32,
@@ -383,6 +397,7 @@ impl Watcher {
         identity: MapData,
         exited: MapData,
         runtime: MapData,
+        taints: MapData,
         landlock_audit: bool,
     ) -> Result<Started, FanotifyError> {
         // FAN_REPORT_TID: the opening thread, whose pending syscall says
@@ -417,12 +432,18 @@ impl Watcher {
                 map: map_names::AGENT_STATE,
                 source,
             })?;
+        let taints =
+            BpfHashMap::try_from(Map::HashMap(taints)).map_err(|source| FanotifyError::Map {
+                map: map_names::SECRET_TAINTS,
+                source,
+            })?;
         let (sender, receiver) = tokio::sync::mpsc::channel(EVENT_QUEUE);
         let shared = Arc::new(Shared {
             rules: RwLock::new(Rules::default()),
             identity,
             exited,
             runtime,
+            taints: Mutex::new(taints),
             events: sender,
             lost: AtomicU64::new(0),
             own_tgid: std::process::id(),
@@ -488,6 +509,18 @@ impl Watcher {
                     && !exclude.iter().any(|(path, _)| *path == rule.path)
             }) {
                 *denied.entry(rule.path.clone()).or_default() |= rule.rights;
+            }
+        }
+        // Secrets of every agent, `baton exec` ones included: an open of
+        // one must reach the listener, which taints the agent before it
+        // answers (Landlock reports denials only).
+        for agent in set.agents.values() {
+            for (path, _) in agent
+                .secrets
+                .iter()
+                .filter(|(path, _)| !exclude.iter().any(|(excluded, _)| excluded == path))
+            {
+                *denied.entry(path.clone()).or_default() |= right::bit(right::READ);
             }
         }
         let mounts = crate::kernel::cgroup::all_mount_points(
@@ -853,6 +886,18 @@ impl Shared {
             .runtime
             .get(&member.agent_id, 0)
             .is_ok_and(|state| state.quarantined != 0);
+        // Which way the open goes is not known for sure (see
+        // `pending_open_rights`): any open of a secret the agent is let
+        // through taints it, before the answer lets the open return.
+        let secret = (!exec && flags & file_flags::PATH_UNRESOLVED == 0)
+            .then(|| agent.secret_of(&path))
+            .flatten();
+        let let_through = |allowed: bool| {
+            allowed
+                && secret.is_none_or(|rule_id| {
+                    self.taint(member.agent_id, generation, rule_id, tid, tgid)
+                })
+        };
         let both = right::bit(right::READ) | right::bit(right::WRITE);
         let rights = if exec {
             right::bit(right::EXEC)
@@ -861,7 +906,7 @@ impl Shared {
             && agent.decide(&path, both).0 == decision::ALLOW
         {
             // Allowed whatever the open asks for: no need to ask.
-            return (true, None);
+            return (let_through(true), None);
         } else {
             // Not knowing what is asked, assume both: the denial stands.
             pending_open_rights(tid).unwrap_or(both)
@@ -901,7 +946,7 @@ impl Shared {
             }
         }
         if verdict == Verdict::Allowed {
-            return (true, None);
+            return (let_through(true), None);
         }
         if found == decision::CANARY {
             flags |= file_flags::CANARY;
@@ -928,7 +973,53 @@ impl Shared {
         if let Some(stat) = crate::kernel::process::task(tid).and_then(|task| task.stat().ok()) {
             set_comm(header, stat.comm.as_bytes());
         }
-        (verdict != Verdict::Denied, Some(event))
+        (let_through(verdict != Verdict::Denied), Some(event))
+    }
+
+    /// Taints `agent_id` for opening secret `rule_id`, unless it is
+    /// already. False if the taint could not be written: the open is then
+    /// refused, as the kernel programs refuse it.
+    fn taint(
+        &self,
+        agent_id: u32,
+        generation: Generation,
+        rule_id: u32,
+        tid: u32,
+        tgid: u32,
+    ) -> bool {
+        let mut taints = self.taints.lock().unwrap_or_else(PoisonError::into_inner);
+        if taints.get(&agent_id, 0).is_ok() {
+            return true;
+        }
+        let mut comm = [0u8; agent_common::event::COMM_BYTES];
+        if let Some(stat) = crate::kernel::process::task(tid).and_then(|task| task.stat().ok()) {
+            let bytes = stat.comm.as_bytes();
+            let len = bytes.len().min(comm.len() - 1);
+            comm[..len].copy_from_slice(&bytes[..len]);
+        }
+        let taint = SecretTaint {
+            rule_id,
+            generation: generation.raw(),
+            tgid,
+            pid: tid,
+            uid: proc_status(tid).map_or(u32::MAX, |(_, uid, _)| uid),
+            _pad: 0,
+            at_boot_ns: boot_time_ns(),
+            comm,
+        };
+        // BPF_NOEXIST: a kernel program may have tainted it meanwhile.
+        match taints.insert(agent_id, taint, 1) {
+            Ok(()) => true,
+            Err(MapError::SyscallError(error))
+                if error.io_error.raw_os_error() == Some(nix::libc::EEXIST) =>
+            {
+                true
+            }
+            Err(error) => {
+                tracing::error!(%error, agent_id, "cannot taint an agent that opened a secret: the open is refused");
+                false
+            }
+        }
     }
 
     /// Records and counts one denial Landlock reported for a `baton exec`

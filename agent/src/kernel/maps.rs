@@ -27,7 +27,7 @@ use agent_common::{
     },
     identity::{
         AGENT_MARKS_ENTRIES, AGENT_MARKS_PER_ENTRY, AgentCounters, AgentPolicy, AgentPolicyKey,
-        AgentRecord, AgentRuntime, ExecutableKey, policy_flags,
+        AgentRecord, AgentRuntime, ExecutableKey, NARROWED_AGENT_BIT, SecretTaint, policy_flags,
     },
     map_names,
 };
@@ -501,7 +501,15 @@ impl PolicyMaps {
                 .map_err(map_error(map_names::AGENT_POLICIES))?;
             written.agents.push(key);
 
-            for entry in &agent.egress {
+            // A tainted agent's narrowed rules sit beside its own, under
+            // its id with the narrowed bit.
+            let narrowed_id = agent_id.raw() | NARROWED_AGENT_BIT;
+            for (rules_id, entry) in agent
+                .egress
+                .iter()
+                .map(|entry| (agent_id.raw(), entry))
+                .chain(agent.after_secret.iter().map(|entry| (narrowed_id, entry)))
+            {
                 if next_table >= table_end {
                     return Err(KernelError::Map {
                         map: map_names::EGRESS_PORT_TABLES,
@@ -523,7 +531,7 @@ impl PolicyMaps {
                     EGRESS_KEY_HEADER_BITS + entry.prefix_len,
                     EgressKey {
                         generation: generation.raw().to_be_bytes(),
-                        agent_id: agent_id.raw().to_be_bytes(),
+                        agent_id: rules_id.to_be_bytes(),
                         addr: entry.addr,
                     },
                 );
@@ -1050,10 +1058,12 @@ pub fn merge_learned(
     Some(value)
 }
 
-/// Run-time agent state and counters: quarantine, and what the breakers read.
+/// Run-time agent state and counters: quarantine, secrets' taints, and what
+/// the breakers read.
 pub struct RuntimeMaps {
     state: HashMap<MapData, u32, AgentRuntime>,
     counters: PerCpuHashMap<MapData, u32, AgentCounters>,
+    taints: HashMap<MapData, u32, SecretTaint>,
 }
 
 impl RuntimeMaps {
@@ -1067,7 +1077,37 @@ impl RuntimeMaps {
         Ok(Self {
             state: take(ebpf, map_names::AGENT_STATE)?,
             counters: take(ebpf, map_names::AGENT_COUNTERS)?,
+            taints: take(ebpf, map_names::SECRET_TAINTS)?,
         })
+    }
+
+    /// A second handle on the taint map, for the fanotify listener, which
+    /// taints agents itself where BPF LSM is missing.
+    pub fn taints_handle(&self) -> Result<MapData, KernelError> {
+        reopen(&self.taints, map_names::SECRET_TAINTS)
+    }
+
+    /// Every tainted agent and the open that tainted it.
+    pub fn taints(&self) -> BTreeMap<AgentId, SecretTaint> {
+        self.taints
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(agent_id, taint)| (AgentId::from_raw(agent_id), taint))
+            .collect()
+    }
+
+    /// Lifts an agent's taint (`baton taint clear`); false if it had none.
+    pub fn clear_taint(&mut self, agent_id: AgentId) -> Result<bool, KernelError> {
+        match self.taints.remove(&agent_id.raw()) {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(MapError::SyscallError(error))
+                if error.io_error.raw_os_error() == Some(nix::libc::ENOENT) =>
+            {
+                Ok(false)
+            }
+            Err(error) => Err(map_error(map_names::SECRET_TAINTS)(error)),
+        }
     }
 
     /// A second handle on the agent state map (quarantine), for a reader

@@ -190,6 +190,7 @@ pub struct Metrics {
     events_dropped: Family<AgentLabels, Counter>,
     events_suppressed: Family<AgentLabels, Counter>,
     breaker_state: Family<AgentLabels, Gauge>,
+    secret_tainted: Family<AgentLabels, Gauge>,
     policy_generation: Gauge,
     policy_reloads: Family<ResultLabels, Counter>,
     policy_last_reload_success: Gauge,
@@ -252,6 +253,12 @@ impl Metrics {
             "breaker_state",
             "Circuit breaker state per agent: 0 closed, 1 open, 2 half-open",
             breaker_state.clone(),
+        );
+        let secret_tainted = Family::<AgentLabels, Gauge>::default();
+        registry.register(
+            "secret_tainted",
+            "1 while the agent is held to its afterSecret egress for having opened a secret",
+            secret_tainted.clone(),
         );
         let policy_generation = Gauge::default();
         registry.register(
@@ -371,6 +378,7 @@ impl Metrics {
             events_dropped,
             events_suppressed,
             breaker_state,
+            secret_tainted,
             policy_generation,
             policy_reloads,
             policy_last_reload_success,
@@ -468,13 +476,24 @@ impl Metrics {
             .set(state.value());
     }
 
+    /// Sets whether `agent` is tainted by a secret it opened.
+    pub fn set_secret_tainted(&self, agent: &str, tainted: bool) {
+        self.secret_tainted
+            .get_or_create(&AgentLabels {
+                agent: agent.to_owned(),
+            })
+            .set(i64::from(tainted));
+    }
+
     /// Forgets an agent that no policy selects any more: its breaker state
     /// would otherwise be reported forever. Its counters stay, as counters
     /// must.
     pub fn forget_agent(&self, agent: &str) {
-        self.breaker_state.remove(&AgentLabels {
+        let labels = AgentLabels {
             agent: agent.to_owned(),
-        });
+        };
+        self.breaker_state.remove(&labels);
+        self.secret_tainted.remove(&labels);
     }
 
     /// Sets the generation of the policy set in force.
@@ -593,6 +612,7 @@ mod tests {
         metrics.add_events_dropped("demo", 1);
         metrics.add_events_suppressed("demo", 1);
         metrics.set_breaker_state("demo", BreakerState::Closed);
+        metrics.set_secret_tainted("demo", false);
         metrics.set_policy_generation(1);
         metrics.record_policy_reload(ReloadResult::Success);
         metrics.observe_reload_phase(ReloadPhase::Compile, Duration::from_millis(3));
@@ -604,6 +624,7 @@ mod tests {
             ("baton_events_dropped", "counter"),
             ("baton_events_suppressed", "counter"),
             ("baton_breaker_state", "gauge"),
+            ("baton_secret_tainted", "gauge"),
             ("baton_policy_generation", "gauge"),
             ("baton_policy_reload", "counter"),
             ("baton_policy_last_reload_success", "gauge"),

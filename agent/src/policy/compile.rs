@@ -15,7 +15,7 @@ use std::{
 
 use agent_common::{
     egress::{LEARNED_ROWS, PORT_TABLE_ROWS, PortRule, ipv4_mapped, protocol},
-    files::{FileValue, RIGHT_SLOTS, right},
+    files::{FileValue, RIGHT_SLOTS, SECRET_SLOT, right},
     verdict::{decision, mode},
 };
 use thiserror::Error;
@@ -157,6 +157,13 @@ pub struct CompiledAgent {
     /// The file and exec rules as written (wildcards expanded), for
     /// translations that need them unflattened (Landlock).
     pub file_rules: Vec<SourceRule>,
+    /// The secrets (`files.secrets`, wildcards expanded) and their rules:
+    /// an open of one for reading taints the agent.
+    pub secrets: Vec<(String, RuleId)>,
+    /// The egress a tainted agent is held to (`egress.afterSecret` and a
+    /// catch-all deny), on top of [`Self::egress`]; empty when the agent
+    /// has no secrets.
+    pub after_secret: Vec<EgressEntry>,
 }
 
 impl CompiledAgent {
@@ -394,6 +401,11 @@ pub fn compile_protected(
     let mut agents = BTreeMap::new();
     for (agent, selecting) in by_agent {
         let mut egress_sources = Vec::new();
+        let mut after_secret_sources = Vec::new();
+        // The catch-all deny of the narrowed rules, named after the first
+        // policy that sets `afterSecret` or lists secrets.
+        let mut after_secret_rule: Option<RuleId> = None;
+        let mut secrets = Vec::new();
         let mut domains = Vec::new();
         let mut file_sources: Vec<FileSource> = protected_rules
             .iter()
@@ -557,7 +569,42 @@ pub fn compile_protected(
                 policy: policy.document.metadata.name.to_string(),
                 spec: b.clone(),
             }));
+            let after_secret = spec.egress.as_ref().and_then(|e| e.after_secret.as_ref());
+            let lists_secrets = spec.files.as_ref().is_some_and(|f| !f.secrets.is_empty());
+            if after_secret_rule.is_none() && (after_secret.is_some() || lists_secrets) {
+                after_secret_rule = Some(add_rule(policy, "egress.afterSecret".into()));
+            }
+            for (i, rule) in after_secret.iter().flat_map(|a| a.allow.iter()).enumerate() {
+                // Names are refused when the policy is read.
+                if let EgressTarget::Cidr(cidr) = &rule.target {
+                    let (addr, prefix_len) = key_prefix(cidr.0.network(), cidr.0.prefix_len());
+                    after_secret_sources.push(EgressSource {
+                        addr,
+                        prefix_len,
+                        ports: rule.ports.clone(),
+                        protocols: match rule.protocol {
+                            Protocol::Any => protocol::ANY,
+                            Protocol::Tcp => protocol::TCP,
+                            Protocol::Udp => protocol::UDP,
+                        },
+                        decision: decision::ALLOW,
+                        rule_id: add_rule(policy, format!("egress.afterSecret.allow[{i}]")),
+                    });
+                }
+            }
             if let Some(files) = &spec.files {
+                for (i, secret) in files.secrets.iter().enumerate() {
+                    let rule_id = add_rule(policy, format!("files.secrets[{i}]"));
+                    for path in expand(secret) {
+                        secrets.push((path.0.clone(), rule_id));
+                        file_sources.push(FileSource {
+                            path,
+                            rights: right::bit(SECRET_SLOT),
+                            decision: decision::ALLOW,
+                            rule_id,
+                        });
+                    }
+                }
                 for (i, canary) in files.canaries.iter().enumerate() {
                     let rule_id = add_rule(policy, format!("files.canaries[{i}]"));
                     for path in expand(canary) {
@@ -635,12 +682,29 @@ pub fn compile_protected(
             files: flatten_files(&file_sources),
             file_rules: file_sources
                 .iter()
+                // Secrets are no file rule: they decide nothing.
+                .filter(|s| s.rights & right::ALL != 0)
                 .map(|s| SourceRule {
                     path: s.path.0.clone(),
                     rights: s.rights,
                     decision: s.decision,
                 })
                 .collect(),
+            after_secret: match after_secret_rule {
+                Some(rule_id) if !secrets.is_empty() => {
+                    after_secret_sources.push(EgressSource {
+                        addr: [0; 16],
+                        prefix_len: 0,
+                        ports: Vec::new(),
+                        protocols: protocol::ANY,
+                        decision: decision::DENY,
+                        rule_id,
+                    });
+                    flatten_egress(&agent, &after_secret_sources)?
+                }
+                _ => Vec::new(),
+            },
+            secrets,
         };
         agents.insert(agent, compiled);
     }
@@ -885,6 +949,81 @@ spec:
             "egress.deny[0]"
         );
         assert_eq!(agent.egress_default, decision::DENY);
+    }
+
+    #[test]
+    fn secrets_mark_their_paths_and_narrow_egress_to_after_secret() {
+        let set = compile_text(&format!(
+            "{HEAD}  egress:
+    allow:
+      - cidr: 127.0.0.0/8
+    afterSecret:
+      allow:
+        - cidr: 127.0.0.1
+          ports: [8080]
+  files:
+    deny: [/srv/x/private]
+    secrets: [/srv/x]
+"
+        ));
+        let agent = &set.agents["a"];
+        let secret = RuleId::from_raw(agent.secrets[0].1.raw());
+        assert_eq!(agent.secrets[0].0, "/srv/x");
+        assert_eq!(set.rule(secret).unwrap().rule, "files.secrets[0]");
+        // The secret's slot is inherited below it, beside the rights.
+        let below = agent
+            .files
+            .iter()
+            .find(|e| e.key == b"/srv/x/private/")
+            .unwrap();
+        assert_eq!(below.value.decisions[SECRET_SLOT], decision::ALLOW);
+        assert_eq!(below.value.rule_ids[SECRET_SLOT], secret.raw());
+        assert_eq!(below.value.decisions[right::READ], decision::DENY);
+        // No file rule of its own: Landlock and the linter never see it.
+        assert!(agent.file_rules.iter().all(|r| r.path != "/srv/x"));
+        // The narrowed rules: the one address and port, then nothing.
+        let catch_all = agent
+            .after_secret
+            .iter()
+            .find(|e| e.prefix_len == 0)
+            .unwrap();
+        assert_eq!(catch_all.rows.len(), 1);
+        assert_eq!(catch_all.rows[0].decision, decision::DENY);
+        assert_eq!(
+            set.rule(RuleId::from_raw(catch_all.rows[0].rule_id))
+                .unwrap()
+                .rule,
+            "egress.afterSecret"
+        );
+        let host = agent
+            .after_secret
+            .iter()
+            .find(|e| e.prefix_len == 128)
+            .unwrap();
+        assert_eq!(host.rows[0].decision, decision::ALLOW);
+        assert_eq!((host.rows[0].port_lo, host.rows[0].port_hi), (8080, 8080));
+        assert_eq!(host.rows[1].decision, decision::DENY);
+    }
+
+    #[test]
+    fn secrets_without_after_secret_mean_quarantine_and_no_secrets_no_narrowing() {
+        let set = compile_text(&format!(
+            "{HEAD}  egress:
+    default: allow
+  files:
+    secrets: [/srv/token]
+"
+        ));
+        let after = &set.agents["a"].after_secret;
+        assert_eq!(after.len(), 1);
+        assert_eq!(after[0].prefix_len, 0);
+        assert_eq!(after[0].rows[0].decision, decision::DENY);
+        let set = compile_text(&format!(
+            "{HEAD}  egress:
+    afterSecret: quarantine
+"
+        ));
+        assert!(set.agents["a"].after_secret.is_empty());
     }
 
     #[test]

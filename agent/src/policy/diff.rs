@@ -113,6 +113,8 @@ struct View {
     file_default: Option<u8>,
     files: BTreeMap<(Allow, String), Vec<String>>,
     canaries: BTreeMap<String, Vec<String>>,
+    secrets: BTreeMap<String, Vec<String>>,
+    after_secret: BTreeMap<String, Vec<String>>,
     exec_default: Option<u8>,
     exec: BTreeMap<(Allow, String), Vec<String>>,
     anonymous_exec: Option<bool>,
@@ -219,6 +221,17 @@ fn view_of(agent: &str, policies: &[LoadedPolicy], compiled: Option<&CompiledAge
                         .push(cite(format!("egress.{list}[{i}]")));
                 }
             }
+            for (i, rule) in egress
+                .after_secret
+                .iter()
+                .flat_map(|a| a.allow.iter())
+                .enumerate()
+            {
+                view.after_secret
+                    .entry(describe_egress(rule))
+                    .or_default()
+                    .push(cite(format!("egress.afterSecret.allow[{i}]")));
+            }
         }
         if let Some(files) = &spec.files {
             for (list, action, rules) in
@@ -241,6 +254,12 @@ fn view_of(agent: &str, policies: &[LoadedPolicy], compiled: Option<&CompiledAge
                     .entry(canary.0.clone())
                     .or_default()
                     .push(cite(format!("files.canaries[{i}]")));
+            }
+            for (i, secret) in files.secrets.iter().enumerate() {
+                view.secrets
+                    .entry(secret.0.clone())
+                    .or_default()
+                    .push(cite(format!("files.secrets[{i}]")));
             }
         }
         if let Some(exec) = &spec.exec {
@@ -528,6 +547,48 @@ fn compare(before: &View, after: &View) -> Vec<Change> {
             format!("canary {path}"),
             "removed".into(),
             rules.clone(),
+        );
+    }
+    let changed = |old: &BTreeMap<String, Vec<String>>, new: &BTreeMap<String, Vec<String>>| {
+        new.iter()
+            .filter(|(key, _)| !old.contains_key(*key))
+            .map(|(key, rules)| (key.clone(), rules.clone()))
+            .collect::<Vec<_>>()
+    };
+    for (path, rules) in changed(&before.secrets, &after.secrets) {
+        push(
+            Effect::Denies,
+            "files",
+            format!("secret {path}"),
+            "added: reading it narrows the agent's egress to afterSecret".into(),
+            rules,
+        );
+    }
+    for (path, rules) in changed(&after.secrets, &before.secrets) {
+        push(
+            Effect::Allows,
+            "files",
+            format!("secret {path}"),
+            "removed".into(),
+            rules,
+        );
+    }
+    for (subject, rules) in changed(&before.after_secret, &after.after_secret) {
+        push(
+            Effect::Allows,
+            "egress",
+            format!("after a secret: {subject}"),
+            "allow rule added".into(),
+            rules,
+        );
+    }
+    for (subject, rules) in changed(&after.after_secret, &before.after_secret) {
+        push(
+            Effect::Denies,
+            "egress",
+            format!("after a secret: {subject}"),
+            "allow rule removed".into(),
+            rules,
         );
     }
     if before.present {

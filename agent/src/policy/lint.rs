@@ -114,6 +114,13 @@ pub fn lint(set: &CompiledPolicySet) -> Vec<Warning> {
                 ));
             }
         }
+        for (secret, _) in &agent.secrets {
+            if decide(agent, secret, right::READ) == decision::DENY {
+                warn(format!(
+                    "secret {secret} cannot be read (a file rule denies it), so it never narrows the agent's egress; list it in files.deny or files.secrets, not both"
+                ));
+            }
+        }
         if agent.allow_privilege_escalation {
             warn(
                 "process.allowPrivilegeEscalation is true: baton exec leaves no_new_privs off, so an agent running as an ordinary user can become root through any setuid binary on the host".into(),

@@ -291,6 +291,32 @@ spec:
     }
 
     #[test]
+    fn after_secret_is_quarantine_or_addresses_with_a_position() {
+        let error = error_of(&format!("{GOOD}    afterSecret: lockdown\n"));
+        assert!(
+            error.starts_with(
+                "p.yaml:12:18: spec.egress.afterSecret: unknown afterSecret `lockdown`"
+            ),
+            "{error}"
+        );
+        let error = error_of(&format!(
+            "{GOOD}    afterSecret:\n      allow:\n        - domain: api.example.com\n"
+        ));
+        assert!(error.starts_with("p.yaml:13:"), "{error}");
+        assert!(
+            error.contains("afterSecret allows addresses only"),
+            "{error}"
+        );
+        let parsed = parse_str(
+            Path::new("p.yaml"),
+            &format!("{GOOD}    afterSecret: quarantine\n"),
+        )
+        .unwrap();
+        let egress = parsed[0].document.spec.egress.as_ref().unwrap();
+        assert!(egress.after_secret.as_ref().unwrap().allow.is_empty());
+    }
+
+    #[test]
     fn bad_breaker_actions_are_errors() {
         let error = error_of(&format!(
             "{GOOD}  breakers:\n    - name: b\n      when: {{canary: true}}\n      action: explode\n"

@@ -302,6 +302,96 @@ pub struct EgressSpec {
     /// allowed.
     #[serde(default)]
     pub families: Vec<SocketFamily>,
+    /// What the agent may still reach once any of its processes has opened
+    /// one of its `files.secrets`: `quarantine` (nothing), or `{allow:
+    /// [...]}`, addresses and ports as in `allow`. It narrows: a
+    /// destination must be allowed by the rules above too. `quarantine`
+    /// unless set, when the policy lists secrets.
+    #[serde(default, rename = "afterSecret")]
+    pub after_secret: Option<AfterSecret>,
+}
+
+/// `spec.egress.afterSecret`: the egress left to an agent that opened a
+/// secret.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AfterSecret {
+    /// Destinations still allowed; none for `quarantine`.
+    pub allow: Vec<EgressRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAfterSecret {
+    #[serde(default)]
+    allow: Vec<EgressRule>,
+}
+
+impl<'de> Deserialize<'de> for AfterSecret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct AfterSecretVisitor;
+        impl<'de> Visitor<'de> for AfterSecretVisitor {
+            type Value = AfterSecret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`quarantine`, or a map with an allow list")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<AfterSecret, E> {
+                if v == "quarantine" {
+                    Ok(AfterSecret::default())
+                } else {
+                    Err(E::custom(format!(
+                        "unknown afterSecret `{v}`: expected `quarantine` or {{allow: [...]}}"
+                    )))
+                }
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<AfterSecret, A::Error> {
+                let raw = RawAfterSecret::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                if let Some(rule) = raw
+                    .allow
+                    .iter()
+                    .find(|rule| matches!(rule.target, EgressTarget::Domain(_)))
+                {
+                    let EgressTarget::Domain(name) = &rule.target else {
+                        unreachable!("found by its target");
+                    };
+                    return Err(de::Error::custom(format!(
+                        "afterSecret allows addresses only: `{name}` is a name; write the \
+                         addresses it stands for as cidr rules"
+                    )));
+                }
+                Ok(AfterSecret { allow: raw.allow })
+            }
+        }
+        deserializer.deserialize_any(AfterSecretVisitor)
+    }
+}
+
+impl JsonSchema for AfterSecret {
+    fn schema_name() -> Cow<'static, str> {
+        "AfterSecret".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let rule = generator.subschema_for::<EgressRule>();
+        json_schema!({
+            "description": "The egress left to an agent once it has opened one of its secrets: \
+                            `quarantine` (nothing), or the addresses still allowed.",
+            "anyOf": [
+                { "type": "string", "const": "quarantine" },
+                {
+                    "type": "object",
+                    "properties": {
+                        "allow": {
+                            "description": "Destinations still allowed (cidr rules); they \
+                                            must be allowed by the egress rules too.",
+                            "type": "array",
+                            "items": rule,
+                        },
+                    },
+                    "additionalProperties": false,
+                },
+            ],
+        })
+    }
 }
 
 /// A socket address family by name (`vsock`, `bluetooth`, `can`, ...).
@@ -486,6 +576,12 @@ pub struct FilesSpec {
     /// `canary` breakers at once.
     #[serde(default)]
     pub canaries: Vec<RulePath>,
+    /// Files the agent may read (as its other rules say) but that must not
+    /// leave the host: once any of its processes opens one for reading,
+    /// the whole agent is held to `egress.afterSecret` until an operator
+    /// runs `baton taint clear`.
+    #[serde(default)]
+    pub secrets: Vec<RulePath>,
     /// What happens, besides a `detected` record, when Baton can only see
     /// (not prevent) an access that this policy's file or exec rules deny:
     /// `record` (the default) or `kill`, which kills the process with
@@ -570,6 +666,9 @@ pub struct Condition {
     /// Any access to a canary path.
     #[serde(default)]
     pub canary: bool,
+    /// The agent opened one of its `files.secrets` (it is tainted).
+    #[serde(default)]
+    pub secret: bool,
 }
 
 /// "More than N within S seconds".

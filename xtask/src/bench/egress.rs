@@ -49,10 +49,30 @@ enum Case {
     /// (d) no Baton; the same rules as an nftables set matched on the
     /// process's cgroup.
     Nftables,
+    /// (e) as (c), in an agent whose policy also lists a secret and an
+    /// `afterSecret` allow list, not tainted.
+    Secret,
+    /// (f) as (e), the agent tainted (it read its secret): every connect
+    /// is also judged by the narrowed rules.
+    Tainted,
 }
 
+/// The agent of case (e), and the one of case (f): the same policy.
+const SECRET_AGENT: &str = "bench-secret";
+const TAINTED_AGENT: &str = "bench-tainted";
+/// Targets for (e) and (f) against (c): a secret costs nothing until it is
+/// read, and little after.
+const SECRET_RATIO_TARGET: f64 = 1.05;
+
 impl Case {
-    const ALL: [Case; 4] = [Case::Baseline, Case::Daemon, Case::Agent, Case::Nftables];
+    const ALL: [Case; 6] = [
+        Case::Baseline,
+        Case::Daemon,
+        Case::Agent,
+        Case::Nftables,
+        Case::Secret,
+        Case::Tainted,
+    ];
 
     fn tag(self) -> &'static str {
         match self {
@@ -60,6 +80,8 @@ impl Case {
             Case::Daemon => "(b)",
             Case::Agent => "(c)",
             Case::Nftables => "(d)",
+            Case::Secret => "(e)",
+            Case::Tainted => "(f)",
         }
     }
 
@@ -69,11 +91,16 @@ impl Case {
             Case::Daemon => "Baton running, not in an agent",
             Case::Agent => "in an agent, 1,000 rules (eBPF)",
             Case::Nftables => "no Baton, nftables cgroup set, 1,000 rules",
+            Case::Secret => "as (c), with a secret, not read",
+            Case::Tainted => "as (c), secret read: narrowed",
         }
     }
 
     fn needs_daemon(self) -> bool {
-        matches!(self, Case::Daemon | Case::Agent)
+        matches!(
+            self,
+            Case::Daemon | Case::Agent | Case::Secret | Case::Tainted
+        )
     }
 
     /// Whether the bulk-transfer case runs in this configuration.
@@ -142,8 +169,15 @@ pub(super) fn run(params: &Params) -> Result<()> {
     let rules = bench_rules(port, port_of(&sink)?);
     let policy = work.path().join("policies/bench.yaml");
     util::create_dir_all(policy.parent().context("policy directory")?)?;
-    std::fs::write(&policy, policy_yaml(&rules))
-        .with_context(|| format!("cannot write {}", policy.display()))?;
+    let secret = work.path().join("deploy-token");
+    std::fs::write(&secret, "bench token\n")
+        .with_context(|| format!("cannot write {}", secret.display()))?;
+    let mut yaml = policy_yaml(AGENT, &rules, None);
+    for agent in [SECRET_AGENT, TAINTED_AGENT] {
+        yaml.push_str("---\n");
+        yaml.push_str(&policy_yaml(agent, &rules, Some((&secret, &target))));
+    }
+    std::fs::write(&policy, yaml).with_context(|| format!("cannot write {}", policy.display()))?;
     util::output(Command::new(&baton).arg("policy").arg("check").arg(&policy))
         .context("the generated benchmark policy does not compile")?;
 
@@ -320,6 +354,53 @@ impl Bench {
                 }
                 self.cgroup.command(&self.client, &args)
             }
+            Case::Secret | Case::Tainted => {
+                let daemon = daemon.context("cases (e) and (f) need the daemon")?;
+                let agent = if case == Case::Secret {
+                    SECRET_AGENT
+                } else {
+                    // Read the secret (again: a no-op once tainted).
+                    let secret = self.work.path().join("deploy-token");
+                    let read = probe(&mut self.in_agent_named(
+                        TAINTED_AGENT,
+                        Path::new("/bin/cat"),
+                        daemon,
+                        &[secret.display().to_string()],
+                    ))?;
+                    ensure!(
+                        read == "bench token",
+                        "(f) cannot read its secret: {read:?}"
+                    );
+                    TAINTED_AGENT
+                };
+                // The sink is allowed by the rules but not after a secret.
+                let outcome = probe(&mut self.in_agent_named(
+                    agent,
+                    &self.client,
+                    daemon,
+                    &["--probe".to_string(), self.sink.clone()],
+                ))?;
+                let expected = if case == Case::Secret {
+                    "ok"
+                } else {
+                    "errno=1"
+                };
+                ensure!(
+                    outcome == expected,
+                    "{}: a connect to {} (allowed by the rules, not after a secret) gave \
+                     {outcome:?}, not {expected}",
+                    case.tag(),
+                    self.sink
+                );
+                if round == 0 {
+                    println!(
+                        "bench: sanity: {} a connect to {} (not in afterSecret) gives {expected}",
+                        case.tag(),
+                        self.sink
+                    );
+                }
+                self.in_agent_named(agent, &self.client, daemon, &args)
+            }
         };
         cmd.env(BENCH_CPU.0, BENCH_CPU.1);
         // Far above the ~30 µs an iteration takes, far below forever.
@@ -336,7 +417,18 @@ impl Bench {
     /// `maxProcesses` cgroup): the daemon attaches the packet backstop
     /// there, and processes elsewhere, case (b)'s, never run it.
     fn in_agent(&self, daemon: &Daemon, args: &[String]) -> Command {
-        let exec = daemon.exec_command(&self.baton, &self.client, args);
+        self.in_agent_named(AGENT, &self.client, daemon, args)
+    }
+
+    /// `program args` in `agent`, as [`Self::in_agent`] runs them.
+    fn in_agent_named(
+        &self,
+        agent: &str,
+        program: &Path,
+        daemon: &Daemon,
+        args: &[String],
+    ) -> Command {
+        let exec = daemon.exec_command_in(agent, &self.baton, program, args);
         let exec_args: Vec<String> = exec
             .get_args()
             .map(|arg| arg.to_string_lossy().into_owned())
@@ -567,6 +659,17 @@ fn report(rounds: &[Vec<(Case, Sample)>], params: &Params, warnings: &[String]) 
             d.cost,
             verdict(c.cost <= d.cost)
         );
+        for case in [Case::Secret, Case::Tainted] {
+            if let Some(e) = find(case) {
+                let ratio = e.median / c.median;
+                let _ = writeln!(
+                    out,
+                    "target {}/(c) <= {SECRET_RATIO_TARGET:.2}:       {ratio:.3}  {}",
+                    case.tag(),
+                    verdict(ratio <= SECRET_RATIO_TARGET)
+                );
+            }
+        }
     }
     for warning in warnings {
         let _ = writeln!(out, "warning: {warning}");
@@ -675,11 +778,24 @@ fn bench_rules(listener_port: u16, sink_port: u16) -> Vec<Rule> {
     rules
 }
 
-fn policy_yaml(rules: &[Rule]) -> String {
+/// The policy of `agent`: `rules` as its egress allow list, and with
+/// `secret` a secret file and an `afterSecret` list of one address.
+fn policy_yaml(agent: &str, rules: &[Rule], secret: Option<(&Path, &str)>) -> String {
     let mut yaml = format!(
-        "apiVersion: baton.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: {AGENT}\n\
-         spec:\n  selector:\n    agent: {AGENT}\n  egress:\n    default: deny\n    allow:\n"
+        "apiVersion: baton.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: {agent}\n\
+         spec:\n  selector:\n    agent: {agent}\n"
     );
+    if let Some((secret, after)) = secret {
+        let (ip, port) = after.rsplit_once(':').unwrap_or((after, "0"));
+        let _ = write!(
+            yaml,
+            "  files:\n    secrets: [{}]\n  egress:\n    afterSecret:\n      allow:\n        - cidr: {ip}\n          ports: [{port}]\n",
+            secret.display()
+        );
+    } else {
+        yaml.push_str("  egress:\n");
+    }
+    yaml.push_str("    default: deny\n    allow:\n");
     for rule in rules {
         let _ = writeln!(yaml, "      - cidr: {}", rule.cidr);
         if rule.ports != [(0, 65535)] {
@@ -848,11 +964,19 @@ mod tests {
 
     #[test]
     fn policy_lists_ports_and_ranges() {
-        let yaml = policy_yaml(&bench_rules(4242, 4343));
+        let yaml = policy_yaml(AGENT, &bench_rules(4242, 4343), None);
         assert!(yaml.contains("      - cidr: 10.0.0.0/18\n        protocol: any\n"));
         assert!(yaml.contains("        ports: [80, 443]\n"));
         assert!(yaml.contains("        ports: [\"8000-8099\"]\n"));
         assert!(yaml.contains("      - cidr: 127.0.0.1/32\n        ports: [4242, 4343]\n"));
+        let yaml = policy_yaml(
+            "s",
+            &bench_rules(4242, 4343),
+            Some((Path::new("/tmp/token"), "127.0.0.1:4242")),
+        );
+        assert!(yaml.contains(
+            "  files:\n    secrets: [/tmp/token]\n  egress:\n    afterSecret:\n      allow:\n        - cidr: 127.0.0.1\n          ports: [4242]\n    default: deny\n"
+        ));
     }
 
     #[test]
