@@ -212,7 +212,7 @@ fn an_agent_cannot_grant_itself_and_bad_grants_are_refused() {
         ),
         (
             vec!["asker", "--allow", "example.com:443", "--for", "1m"],
-            "is a domain name",
+            "resolves names without Baton's DNS proxy",
         ),
         (
             vec!["asker", "--allow", target.as_str(), "--for", "8days"],
@@ -364,4 +364,97 @@ fn a_datagram_grant_counts_each_unconnected_send_and_keeps_to_its_protocol() {
         EPERM,
         "a udp grant opens no tcp"
     );
+}
+
+#[test]
+fn a_grant_of_a_name_resolves_it_and_opens_its_addresses_for_a_while() {
+    let dir = baton_tests::TempDir::new("grant-name");
+    let (_dns, dns_port) =
+        baton_tests::dnsmasq(&[("granted.test", "127.0.0.5"), ("allowed.test", "127.0.0.2")]);
+    let port = baton_tests::free_port("127.0.0.5");
+    let _service = std::net::TcpListener::bind(("127.0.0.5", port)).unwrap();
+    let other = std::net::TcpListener::bind(("127.0.0.5", 0)).unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    let resolv_conf = dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv_conf,
+        "nameserver 127.0.0.53\noptions attempts:1 timeout:2\n",
+    )
+    .unwrap();
+    // A domain rule, so the agent's DNS goes through the proxy.
+    let daemon = Daemon::start_with_config(
+        "grant-name",
+        &[(
+            "p.yaml",
+            policy(
+                "named",
+                "named",
+                "  egress:\n    default: deny\n    allow:\n      - domain: allowed.test\n        ports: [80]\n",
+            ),
+        )],
+        &format!(
+            "dns:\n  upstreams: [\"127.0.0.1:{dns_port}\"]\n  minTtlSeconds: 1\n  maxTtlSeconds: 2\n"
+        ),
+    );
+    let in_agent = |command: &str| {
+        let wrapped = baton_tests::with_resolv_conf(&resolv_conf, command);
+        let args: Vec<&str> = wrapped.iter().map(String::as_str).collect();
+        daemon.exec("named", &args)
+    };
+    let resolve_and_connect = |port: u16| {
+        helper_outcome(&in_agent(&format!(
+            "sh -c 'getent hosts granted.test >/dev/null || {{ echo unresolved; exit 0; }}; {HELPER} connect 127.0.0.5:{port}'"
+        )))
+    };
+    let unresolved = String::from_utf8_lossy(
+        &in_agent("sh -c 'getent hosts granted.test || echo unresolved'").stdout,
+    )
+    .to_string();
+    assert!(
+        unresolved.contains("unresolved"),
+        "before the grant: {unresolved}"
+    );
+    assert_eq!(
+        helper_outcome(&in_agent(&format!("{HELPER} connect 127.0.0.5:{port}"))),
+        EPERM,
+        "before the grant"
+    );
+
+    let output = granted(
+        &daemon,
+        &[
+            "named",
+            "--allow",
+            &format!("granted.test:{port}"),
+            "--for",
+            "4s",
+            "--max-connects",
+            "2",
+        ],
+    );
+    assert!(output.contains("granted.test"), "{output}");
+    assert_eq!(resolve_and_connect(port), "ok", "the first connect");
+    assert_eq!(
+        resolve_and_connect(other_port),
+        EPERM,
+        "only the granted port opens"
+    );
+    assert_eq!(resolve_and_connect(port), "ok", "the second connect");
+    assert_eq!(resolve_and_connect(port), EPERM, "past the budget of 2");
+    let listed = grant_list(&daemon);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["destination"], format!("granted.test:{port}"));
+    assert_eq!(listed[0]["learned"][0], "127.0.0.5", "{listed:?}");
+    let allowed = daemon.wait_for_record(|r| {
+        r["control"] == "egress" && r["verdict"] == "allowed" && r["rule"]["id"] == "grant/1"
+    });
+    assert_eq!(allowed["object"]["port"], port);
+    // Used up: it ends, and with it the name.
+    wait_until("the grant's end", || grant_list(&daemon).is_empty());
+    let after = String::from_utf8_lossy(
+        &in_agent("sh -c 'getent hosts granted.test || echo unresolved'").stdout,
+    )
+    .to_string();
+    assert!(after.contains("unresolved"), "after the grant: {after}");
+    assert!(grant_record(&daemon, "used up after 2 of 2 connects").is_some());
 }

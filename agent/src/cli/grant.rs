@@ -53,8 +53,19 @@ pub fn run(args: &GrantArgs) -> anyhow::Result<()> {
                     Some(0) | None => format!("{} connects", grant["connects"]),
                     Some(max) => format!("{}/{max} connects", grant["connects"]),
                 };
+                let learned = grant["learned"]
+                    .as_array()
+                    .map(|addrs| {
+                        addrs
+                            .iter()
+                            .filter_map(|a| a.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .filter(|addrs| !addrs.is_empty())
+                    .map_or_else(String::new, |addrs| format!("; resolved to {addrs}"));
                 println!(
-                    "{:>5}  {:20} {} {:28} {budget}, {}s left (until {})",
+                    "{:>5}  {:20} {} {:28} {budget}, {}s left (until {}){learned}",
                     grant["id"],
                     grant["agent"].as_str().unwrap_or("?"),
                     grant["protocol"].as_str().unwrap_or("?"),

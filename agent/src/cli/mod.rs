@@ -50,9 +50,9 @@ pub enum Command {
     /// Inspect and operate the circuit breakers of a running daemon.
     #[command(subcommand)]
     Breaker(BreakerCommand),
-    /// Open one port of an address prefix to an agent for a while: the
-    /// kernel stops honouring the grant when its time runs out or after
-    /// its last allowed connect, daemon or not. Root only, and refused to
+    /// Open one port of an address prefix or a name to an agent for a
+    /// while: the kernel stops honouring the grant when its time runs out
+    /// or after its last allowed connect, daemon or not. Root only, and refused to
     /// every process in an agent. `baton grant list` and `baton grant
     /// revoke ID` show and end grants.
     Grant(GrantArgs),
@@ -85,9 +85,12 @@ pub struct GrantArgs {
     #[arg(required = true)]
     pub agent: Option<String>,
     /// Destination: ADDRESS[/PREFIX]:PORT, IPv6 in brackets (e.g.
-    /// 127.0.0.1:8080, 10.1.0.0/16:443, [2001:db8::/64]:443). A grant opens
-    /// what the agent's `egress.default` denies; the policy's own rules,
-    /// its denies included, keep deciding.
+    /// 127.0.0.1:8080, 10.1.0.0/16:443, [2001:db8::/64]:443), or NAME:PORT
+    /// (api.example.com:443, *.example.com:443) for an agent whose DNS goes
+    /// through Baton's proxy (its policy has a domain rule): the name
+    /// resolves for the grant's life and the addresses it resolves to open.
+    /// A grant opens what the agent's `egress.default` denies; the policy's
+    /// own rules, its denies included, keep deciding.
     #[arg(long, required = true)]
     pub allow: Option<String>,
     /// How long, e.g. 90s, 15m, 2h (at most 7 days).

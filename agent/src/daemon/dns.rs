@@ -61,6 +61,9 @@ pub(super) struct Proxies {
     /// Agents at that cap whose record is written, so that it is written
     /// once per spell at the cap, not once per query.
     cap_reported: std::collections::HashSet<AgentId>,
+    /// Names operators granted, per agent (see [`super::grants`]); a
+    /// reload's refresh keeps them.
+    grant_names: BTreeMap<AgentId, Vec<crate::policy::domain::DomainRule>>,
 }
 
 impl Proxies {
@@ -73,6 +76,26 @@ impl Proxies {
             opening: std::collections::HashSet::new(),
             max_per_agent: DEFAULT_NETNS_PROXIES_PER_AGENT,
             cap_reported: std::collections::HashSet::new(),
+            grant_names: BTreeMap::new(),
+        }
+    }
+
+    /// Puts the names granted to `agent_id` in force in its proxies (and
+    /// in those a reload starts later).
+    pub(super) fn set_grant_names(
+        &mut self,
+        agent_id: AgentId,
+        rules: Vec<crate::policy::domain::DomainRule>,
+    ) {
+        if let Some((names, _)) = self.names.get(&agent_id)
+            && let Ok(mut names) = names.write()
+        {
+            names.grants.clone_from(&rules);
+        }
+        if rules.is_empty() {
+            self.grant_names.remove(&agent_id);
+        } else {
+            self.grant_names.insert(agent_id, rules);
         }
     }
 
@@ -146,6 +169,16 @@ impl Learner for ProxyLearner {
             learning
                 .learned_names
                 .insert((agent_id, learned.addr, rule_id), name.to_string());
+        }
+        // Never take the grants' lock while holding `Learning`.
+        drop(learning);
+        if let Some(daemon) = self.daemon.upgrade() {
+            daemon
+                .grants
+                .lock()
+                .map_err(|_| "grants lock poisoned")?
+                .learn_name(agent_id, name, addrs)
+                .map_err(|error| error.to_string())?;
         }
         Ok(())
     }
@@ -585,6 +618,7 @@ impl State {
                         agent: name.to_string(),
                         rules: crate::policy::eval::domain_rules(a),
                         audit: a.mode == mode::AUDIT,
+                        grants: proxies.grant_names.get(&id).cloned().unwrap_or_default(),
                     },
                     rows: a
                         .domains

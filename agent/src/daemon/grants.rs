@@ -1,5 +1,6 @@
-//! `baton grant`: an operator opens one port of an address prefix to one
-//! agent for a while, and optionally for a number of connects only.
+//! `baton grant`: an operator opens one port of an address prefix, or of a
+//! name, to one agent for a while, and optionally for a number of connects
+//! only.
 //!
 //! The kernel enforces both limits itself (`EGRESS_GRANTS` holds the expiry
 //! and the budget, `GRANT_CONNECTS` the count), so a grant ends on time even
@@ -11,6 +12,13 @@
 //! A grant opens what the agent's default denies; a rule the policy writes
 //! (a `deny` included) keeps deciding. It is kept apart from the policy
 //! generations, so reloads neither copy nor drop it.
+//!
+//! A grant of a name (`api.example.com:443`, `*.example.com:443`) puts the
+//! name in the agent's DNS proxy for the grant's life, for queries no
+//! policy rule answers, and each address an answer for it holds becomes a
+//! kernel grant entry of its own, sharing the grant's expiry and connect
+//! budget (its slot), before the answer reaches the agent. At most
+//! [`MAX_GRANT_ADDRESSES`] addresses per name grant.
 
 use std::{
     collections::BTreeMap,
@@ -25,11 +33,13 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::{
-    ids::AgentId,
+    egress::dns::LearnedAddress,
+    ids::{AgentId, RuleId},
     kernel::{
         KernelError,
         maps::{GrantMaps, GrantPlace},
     },
+    policy::domain::{DomainPattern, DomainRule},
 };
 
 /// Grants in force at once, for all agents together: the kernel's slots.
@@ -42,21 +52,30 @@ pub const MAX_GRANT_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Grant ids stay below the rule-id bit that marks them.
 const MAX_GRANT_ID: u32 = GRANT_RULE_BIT - 1;
 
+/// Addresses one name grant may open: each is a kernel grant entry, and
+/// the kernel holds [`MAX_GRANTS`] entries for every grant together.
+pub const MAX_GRANT_ADDRESSES: usize = 16;
+
 use crate::handover::GRANTS_FILE;
 
 /// Why a grant request failed.
 #[derive(Debug, Error)]
 pub enum GrantError {
-    /// The destination is not an address or prefix with a port.
+    /// The destination is not an address, prefix or name with a port.
     #[error(
-        "{0:?} is not a destination: write ADDRESS[/PREFIX]:PORT, e.g. 127.0.0.1:8080, 10.1.0.0/16:443 or [::1]:8080"
+        "{0:?} is not a destination: write ADDRESS[/PREFIX]:PORT or NAME:PORT, e.g. 127.0.0.1:8080, 10.1.0.0/16:443, [::1]:8080 or api.example.com:443"
     )]
     BadTarget(String),
-    /// A domain name was given; the DNS proxy learns names only from policy.
+    /// A name was granted to an agent whose DNS does not go through Baton.
     #[error(
-        "{0:?} is a domain name: grants name addresses (ADDRESS[/PREFIX]:PORT); a domain belongs in the agent's policy (egress.allow)"
+        "agent {0:?} resolves names without Baton's DNS proxy (its policy has no domain rules), so a grant of a name cannot be enforced: grant the addresses (ADDRESS[/PREFIX]:PORT), or give the policy a domain rule"
     )]
-    Domain(String),
+    NoDnsProxy(String),
+    /// A name grant has opened as many addresses as it may.
+    #[error(
+        "grant {0} already opens {MAX_GRANT_ADDRESSES} addresses, the most a name grant may: {1} is not opened"
+    )]
+    TooManyAddresses(u32, IpAddr),
     /// No agent of that name is in force.
     #[error("no agent named {0:?} is in force")]
     UnknownAgent(String),
@@ -85,7 +104,7 @@ pub enum GrantError {
 pub struct GrantRequest {
     /// Agent name.
     pub agent: String,
-    /// `ADDRESS[/PREFIX]:PORT`.
+    /// `ADDRESS[/PREFIX]:PORT` or `NAME:PORT`.
     pub allow: String,
     /// How long the grant lasts.
     pub duration: Duration,
@@ -104,8 +123,15 @@ pub struct Grant {
     pub agent: String,
     /// Agent id the kernel knows the agent by.
     pub agent_id: AgentId,
-    /// The prefix (network address and length).
-    pub network: IpNet,
+    /// The prefix (network address and length), for a grant of addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<IpNet>,
+    /// The name (or `*.` wildcard), for a grant of a name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<DomainPattern>,
+    /// The addresses answers for the name held, each opened in the kernel.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub learned: Vec<IpAddr>,
     /// Destination port.
     pub port: u16,
     /// `tcp`, `udp` or `any`.
@@ -124,21 +150,38 @@ pub struct Grant {
 }
 
 impl Grant {
-    /// `ADDRESS/PREFIX:PORT`, with brackets around IPv6.
+    /// `ADDRESS/PREFIX:PORT`, with brackets around IPv6, or `NAME:PORT`.
     pub fn destination(&self) -> String {
-        match self.network {
-            IpNet::V4(net) => format!("{net}:{}", self.port),
-            IpNet::V6(net) => format!("[{net}]:{}", self.port),
+        match (&self.domain, self.network) {
+            (Some(domain), _) => format!("{domain}:{}", self.port),
+            (None, Some(IpNet::V4(net))) => format!("{net}:{}", self.port),
+            (None, Some(IpNet::V6(net))) => format!("[{net}]:{}", self.port),
+            (None, None) => format!("?:{}", self.port),
         }
     }
 
-    fn place(&self) -> GrantPlace {
-        GrantPlace {
+    /// The kernel entries the grant holds: its prefix, or one per address
+    /// its name resolved to.
+    fn places(&self) -> Vec<GrantPlace> {
+        let place = |net: IpNet| GrantPlace {
             agent_id: self.agent_id,
             port: self.port,
-            addr: self.network.addr(),
-            prefix_len: self.network.prefix_len(),
+            addr: net.addr(),
+            prefix_len: net.prefix_len(),
+        };
+        match self.network {
+            Some(network) => vec![place(network)],
+            None => self
+                .learned
+                .iter()
+                .map(|&addr| place(IpNet::from(addr)))
+                .collect(),
         }
+    }
+
+    /// The rule id records cite for it.
+    fn rule_id(&self) -> RuleId {
+        RuleId::from_raw(GRANT_RULE_BIT | self.id)
     }
 
     fn value(&self) -> GrantValue {
@@ -208,9 +251,18 @@ fn protocol_bits(name: &str) -> Option<u8> {
     }
 }
 
+/// What a grant opens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GrantTarget {
+    /// An address or prefix.
+    Network(IpNet),
+    /// A name or a `*.` wildcard, through the agent's DNS proxy.
+    Domain(DomainPattern),
+}
+
 /// Parses `ADDRESS[/PREFIX]:PORT` (IPv6 in brackets) into the prefix, with
-/// the address truncated to it, and the port.
-pub fn parse_destination(text: &str) -> Result<(IpNet, u16), GrantError> {
+/// the address truncated to it, or `NAME:PORT` into the name; and the port.
+pub fn parse_destination(text: &str) -> Result<(GrantTarget, u16), GrantError> {
     let bad = || GrantError::BadTarget(text.to_string());
     let (host, port) = if let Some(rest) = text.strip_prefix('[') {
         let (host, port) = rest.split_once("]:").ok_or_else(bad)?;
@@ -227,22 +279,18 @@ pub fn parse_destination(text: &str) -> Result<(IpNet, u16), GrantError> {
     if port == 0 {
         return Err(bad());
     }
-    let network = if let Ok(net) = host.parse::<IpNet>() {
-        net.trunc()
+    let target = if let Ok(net) = host.parse::<IpNet>() {
+        GrantTarget::Network(net.trunc())
     } else if let Ok(addr) = host.parse::<IpAddr>() {
-        IpNet::from(addr)
-    } else if !host.is_empty()
-        && !host.contains('/')
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-        && host.chars().any(|c| c.is_ascii_alphabetic())
+        GrantTarget::Network(IpNet::from(addr))
+    } else if !host.contains('/')
+        && let Ok(pattern) = DomainPattern::parse(host)
     {
-        return Err(GrantError::Domain(host.to_string()));
+        GrantTarget::Domain(pattern)
     } else {
         return Err(bad());
     };
-    Ok((network, port))
+    Ok((target, port))
 }
 
 impl Grants {
@@ -292,14 +340,18 @@ impl Grants {
                 ));
                 continue;
             }
-            match service.maps.restore(&grant.place(), grant.value()) {
+            let restored = grant
+                .places()
+                .iter()
+                .try_for_each(|place| service.maps.restore(place, grant.value()));
+            match restored {
                 Ok(()) => {
                     service.grants.insert(grant.id, grant);
                 }
                 Err(error) => warnings.push(format!("grant {} is dropped: {error}", grant.id)),
             }
         }
-        let places: Vec<GrantPlace> = service.grants.values().map(Grant::place).collect();
+        let places: Vec<GrantPlace> = service.grants.values().flat_map(Grant::places).collect();
         let removed = service.maps.retain(&places);
         if removed > 0 {
             warnings.push(format!(
@@ -312,20 +364,32 @@ impl Grants {
         (service, warnings)
     }
 
-    /// Puts a grant in force for the agent `agent_id`.
-    pub fn add(&mut self, request: &GrantRequest, agent_id: AgentId) -> Result<Grant, GrantError> {
-        let (network, port) = parse_destination(&request.allow)?;
+    /// Puts a grant in force for the agent `agent_id`; `dns_proxy` says
+    /// whether the agent's DNS goes through Baton's proxy, which a grant of
+    /// a name needs.
+    pub fn add(
+        &mut self,
+        request: &GrantRequest,
+        agent_id: AgentId,
+        dns_proxy: bool,
+    ) -> Result<Grant, GrantError> {
+        let (target, port) = parse_destination(&request.allow)?;
+        let (network, domain) = match target {
+            GrantTarget::Network(network) => (Some(network), None),
+            GrantTarget::Domain(_) if !dns_proxy => {
+                return Err(GrantError::NoDnsProxy(request.agent.clone()));
+            }
+            GrantTarget::Domain(domain) => (None, Some(domain)),
+        };
         if request.duration.is_zero() || request.duration > MAX_GRANT_DURATION {
             return Err(GrantError::Duration(request.duration));
         }
         if protocol_bits(&request.protocol).is_none() {
             return Err(GrantError::Protocol(request.protocol.clone()));
         }
-        if let Some(existing) = self
-            .grants
-            .values()
-            .find(|g| g.agent_id == agent_id && g.port == port && g.network == network)
-        {
+        if let Some(existing) = self.grants.values().find(|g| {
+            g.agent_id == agent_id && g.port == port && g.network == network && g.domain == domain
+        }) {
             return Err(GrantError::Duplicate(existing.id));
         }
         if self.grants.len() >= MAX_GRANTS {
@@ -343,6 +407,8 @@ impl Grants {
             agent: request.agent.clone(),
             agent_id,
             network,
+            domain,
+            learned: Vec::new(),
             port,
             protocol: request.protocol.clone(),
             max_connects: request.max_connects.unwrap_or(0),
@@ -351,7 +417,12 @@ impl Grants {
             expires_at: crate::audit::record::format_time(now + request.duration),
             expires_boot_ns: boot_ns().saturating_add(request.duration.as_nanos() as u64),
         };
-        self.maps.insert(&grant.place(), grant.value())?;
+        if grant.domain.is_some() {
+            self.maps.reset_connects(slot)?;
+        }
+        for place in grant.places() {
+            self.maps.insert(&place, grant.value())?;
+        }
         self.grants.insert(id, grant.clone());
         if let Err(error) = self.save() {
             tracing::warn!("{error}");
@@ -362,7 +433,9 @@ impl Grants {
     /// Takes a grant out of force now.
     pub fn revoke(&mut self, id: u32) -> Result<(Grant, u32), GrantError> {
         let grant = self.grants.get(&id).ok_or(GrantError::NoSuchGrant(id))?;
-        self.maps.remove(&grant.place())?;
+        for place in grant.places() {
+            self.maps.remove(&place)?;
+        }
         let connects = self.connects(grant);
         let grant = self.grants.remove(&id).ok_or(GrantError::NoSuchGrant(id))?;
         if let Err(error) = self.save() {
@@ -409,7 +482,11 @@ impl Grants {
             let Some(grant) = self.grants.get(&id) else {
                 continue;
             };
-            if let Err(error) = self.maps.remove(&grant.place()) {
+            if let Err(error) = grant
+                .places()
+                .iter()
+                .try_for_each(|place| self.maps.remove(place))
+            {
                 // The kernel refuses it anyway (time or budget); the entry
                 // is tried again at the next sweep.
                 tracing::warn!(grant = id, %error, "cannot remove an ended grant");
@@ -426,6 +503,71 @@ impl Grants {
             tracing::warn!("{error}");
         }
         out
+    }
+
+    /// The names granted to `agent_id`, as its DNS proxy matches them.
+    pub fn domain_rules(&self, agent_id: AgentId) -> Vec<DomainRule> {
+        self.grants
+            .values()
+            .filter(|grant| grant.agent_id == agent_id)
+            .filter_map(|grant| {
+                Some(DomainRule {
+                    pattern: grant.domain.clone()?,
+                    rule_id: grant.rule_id(),
+                })
+            })
+            .collect()
+    }
+
+    /// Opens, for every name grant of `agent_id` that `name` matches, the
+    /// addresses of an answer the agent's DNS proxy is about to return.
+    /// An address the kernel cannot take fails the answer (`SERVFAIL`)
+    /// rather than hand the agent an address it cannot reach.
+    pub fn learn_name(
+        &mut self,
+        agent_id: AgentId,
+        name: &str,
+        addrs: &[LearnedAddress],
+    ) -> Result<(), GrantError> {
+        let now = boot_ns();
+        let matching: Vec<u32> = self
+            .grants
+            .values()
+            .filter(|grant| {
+                grant.agent_id == agent_id
+                    && grant.expires_boot_ns > now
+                    && grant.domain.as_ref().is_some_and(|d| d.matches(name))
+            })
+            .map(|grant| grant.id)
+            .collect();
+        let mut changed = false;
+        for id in matching {
+            let Some(grant) = self.grants.get_mut(&id) else {
+                continue;
+            };
+            for learned in addrs {
+                if grant.learned.contains(&learned.addr) {
+                    continue;
+                }
+                if grant.learned.len() >= MAX_GRANT_ADDRESSES {
+                    return Err(GrantError::TooManyAddresses(id, learned.addr));
+                }
+                let place = GrantPlace {
+                    agent_id,
+                    port: grant.port,
+                    addr: learned.addr,
+                    prefix_len: if learned.addr.is_ipv4() { 32 } else { 128 },
+                };
+                // Not `insert`: that would start the shared count again.
+                self.maps.restore(&place, grant.value())?;
+                grant.learned.push(learned.addr);
+                changed = true;
+            }
+        }
+        if changed && let Err(error) = self.save() {
+            tracing::warn!("{error}");
+        }
+        Ok(())
     }
 
     fn connects(&self, grant: &Grant) -> u32 {
@@ -482,20 +624,35 @@ impl super::Daemon {
         use crate::control::Reply;
         // Lock order: State, then grants, then the writer; State is let go
         // before the others are taken.
-        let agent_id = {
+        let (agent_id, dns_proxy, proxies) = {
             let state = self.state.lock().expect("state lock poisoned");
-            state.registry.id_of(&request.agent)
+            let dns_proxy =
+                state.policies.agents.iter().any(|(name, agent)| {
+                    name.as_str() == request.agent && !agent.domains.is_empty()
+                });
+            (
+                state.registry.id_of(&request.agent),
+                dns_proxy,
+                state.proxies.clone(),
+            )
         };
         let result = match agent_id {
             None => Err(GrantError::UnknownAgent(request.agent.clone())),
-            Some(agent_id) => self
-                .grants
-                .lock()
-                .expect("grants lock poisoned")
-                .add(request, agent_id),
+            Some(agent_id) => {
+                let mut grants = self.grants.lock().expect("grants lock poisoned");
+                grants
+                    .add(request, agent_id, dns_proxy)
+                    .map(|grant| (grant, grants.domain_rules(agent_id)))
+            }
         };
         match result {
-            Ok(grant) => {
+            Ok((grant, names)) => {
+                if grant.domain.is_some() {
+                    proxies
+                        .lock()
+                        .expect("proxies lock poisoned")
+                        .set_grant_names(grant.agent_id, names);
+                }
                 let budget = if grant.max_connects == 0 {
                     String::new()
                 } else {
@@ -536,6 +693,9 @@ impl super::Daemon {
         let result = self.grants.lock().expect("grants lock poisoned").revoke(id);
         match result {
             Ok((grant, connects)) => {
+                if grant.domain.is_some() {
+                    self.refresh_grant_names(grant.agent_id);
+                }
                 let message = ending_message(&grant, Ending::Revoked, connects);
                 self.record_grant(&grant.agent, "info", message.clone());
                 Reply::Done { message }
@@ -544,6 +704,27 @@ impl super::Daemon {
                 message: error.to_string(),
             },
         }
+    }
+
+    /// Puts the names now granted to `agent_id` in its DNS proxies. Takes
+    /// `State`, the grants and the proxies one after the other, never two
+    /// at once.
+    pub(super) fn refresh_grant_names(&self, agent_id: AgentId) {
+        let proxies = self
+            .state
+            .lock()
+            .expect("state lock poisoned")
+            .proxies
+            .clone();
+        let names = self
+            .grants
+            .lock()
+            .expect("grants lock poisoned")
+            .domain_rules(agent_id);
+        proxies
+            .lock()
+            .expect("proxies lock poisoned")
+            .set_grant_names(agent_id, names);
     }
 
     fn record_grant(&self, agent: &str, verdict: &'static str, message: String) {
@@ -565,6 +746,14 @@ pub(super) async fn sweep_grants(daemon: std::sync::Weak<super::Daemon>) {
             return;
         };
         let ended = daemon.grants.lock().expect("grants lock poisoned").sweep();
+        let named: std::collections::BTreeSet<AgentId> = ended
+            .iter()
+            .filter(|(grant, _, _)| grant.domain.is_some())
+            .map(|(grant, _, _)| grant.agent_id)
+            .collect();
+        for agent_id in named {
+            daemon.refresh_grant_names(agent_id);
+        }
         for (grant, ending, connects) in ended {
             let message = ending_message(&grant, ending, connects);
             tracing::info!("{message}");
@@ -579,14 +768,14 @@ mod tests {
 
     #[test]
     fn destinations_parse_with_prefixes_ports_and_brackets() {
-        let (net, port) = parse_destination("127.0.0.1:8080").unwrap();
-        assert_eq!((net.to_string().as_str(), port), ("127.0.0.1/32", 8080));
-        let (net, port) = parse_destination("10.1.2.3/16:443").unwrap();
-        assert_eq!((net.to_string().as_str(), port), ("10.1.0.0/16", 443));
-        let (net, port) = parse_destination("[::1]:53").unwrap();
-        assert_eq!((net.to_string().as_str(), port), ("::1/128", 53));
-        let (net, _) = parse_destination("[fd00::1/64]:9").unwrap();
-        assert_eq!(net.to_string(), "fd00::/64");
+        let network = |text: &str| match parse_destination(text).unwrap() {
+            (GrantTarget::Network(net), port) => (net.to_string(), port),
+            other => panic!("{text}: {other:?}"),
+        };
+        assert_eq!(network("127.0.0.1:8080"), ("127.0.0.1/32".into(), 8080));
+        assert_eq!(network("10.1.2.3/16:443"), ("10.1.0.0/16".into(), 443));
+        assert_eq!(network("[::1]:53"), ("::1/128".into(), 53));
+        assert_eq!(network("[fd00::1/64]:9").0, "fd00::/64");
         for bad in [
             "127.0.0.1",
             "127.0.0.1:0",
@@ -600,9 +789,20 @@ mod tests {
                 "{bad}"
             );
         }
-        assert!(matches!(
-            parse_destination("api.example.com:443"),
-            Err(GrantError::Domain(_))
-        ));
+        for (text, name) in [
+            ("api.example.com:443", "api.example.com"),
+            ("*.Example.com:443", "*.example.com"),
+        ] {
+            match parse_destination(text).unwrap() {
+                (GrantTarget::Domain(pattern), 443) => assert_eq!(pattern.to_string(), name),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        for bad in ["exa mple.com:443", "a..b:1", "*:443"] {
+            assert!(
+                matches!(parse_destination(bad), Err(GrantError::BadTarget(_))),
+                "{bad}"
+            );
+        }
     }
 }

@@ -1525,6 +1525,13 @@ async fn serve(
         tracing::warn!("{warning}");
         state.record(AuditRecord::lifecycle(&host, "grant", warning));
     }
+    {
+        // Names granted before a restart, for the proxies started below.
+        let mut proxies = state.proxies.lock().expect("proxies lock poisoned");
+        for &agent_id in state.registry.ids().values() {
+            proxies.set_grant_names(agent_id, grants.domain_rules(agent_id));
+        }
+    }
     let daemon = Arc::new(Daemon {
         state: Mutex::new(state),
         writer,

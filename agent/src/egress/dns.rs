@@ -1158,6 +1158,7 @@ mod tests {
                 rule("*.records.test", RULE_RECORDS),
             ],
             audit: false,
+            grants: Vec::new(),
         }
     }
 
@@ -1320,6 +1321,7 @@ mod tests {
                 rule("*.example.com", RuleId::from_raw(14)),
             ],
             audit: false,
+            grants: Vec::new(),
         };
         let decide = |name| names.decide(name).map(|rule| rule.rule_id);
         assert_eq!(

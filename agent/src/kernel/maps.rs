@@ -1316,7 +1316,16 @@ impl GrantMaps {
             .map_err(map_error(map_names::EGRESS_GRANTS))
     }
 
-    /// Puts back a grant a previous daemon wrote, keeping its connect count.
+    /// Sets the connect count of `slot` to zero, for a grant whose entries
+    /// come later (a grant of a name, as answers for it arrive).
+    pub fn reset_connects(&mut self, slot: u32) -> Result<(), KernelError> {
+        self.connects
+            .set(slot, 0, 0)
+            .map_err(map_error(map_names::GRANT_CONNECTS))
+    }
+
+    /// Puts back a grant a previous daemon wrote, keeping its connect
+    /// count; also each further entry of a grant already counting.
     pub fn restore(&mut self, place: &GrantPlace, value: GrantValue) -> Result<(), KernelError> {
         self.grants
             .insert(&place.key(), value, 0)

@@ -208,6 +208,10 @@ pub struct AgentNames {
     pub agent: String,
     /// The domain allow rules.
     pub rules: Vec<DomainRule>,
+    /// Names operators granted for a while (`baton grant AGENT --allow
+    /// NAME:PORT`), rule ids with the grant bit; consulted only for names
+    /// no rule allows, as grants open only what the policy leaves closed.
+    pub grants: Vec<DomainRule>,
     /// Audit mode: a name no rule allows is reported through
     /// [`Learner::refused`](crate::egress::dns::Learner::refused) but still resolved (with rule id 0), because an
     /// agent in audit mode is never denied anything.
@@ -221,20 +225,26 @@ impl AgentNames {
     /// wildcard with a longer suffix beats a shorter one (`*.a.example.com`
     /// beats `*.example.com`). Between equally specific rules the first wins.
     pub fn decide(&self, name: &str) -> Option<&DomainRule> {
-        let specificity = |rule: &DomainRule| {
-            (
-                !rule.pattern.is_wildcard(),
-                rule.pattern.name().split('.').count(),
-            )
-        };
-        self.rules
-            .iter()
-            .filter(|rule| rule.pattern.matches(name))
-            .fold(None, |best: Option<&DomainRule>, rule| match best {
-                Some(best) if specificity(best) >= specificity(rule) => Some(best),
-                _ => Some(rule),
-            })
+        most_specific(&self.rules, name).or_else(|| most_specific(&self.grants, name))
     }
+}
+
+/// The most specific of `rules` that matches `name` (see
+/// [`AgentNames::decide`]).
+fn most_specific<'a>(rules: &'a [DomainRule], name: &str) -> Option<&'a DomainRule> {
+    let specificity = |rule: &DomainRule| {
+        (
+            !rule.pattern.is_wildcard(),
+            rule.pattern.name().split('.').count(),
+        )
+    };
+    rules.iter().filter(|rule| rule.pattern.matches(name)).fold(
+        None,
+        |best: Option<&DomainRule>, rule| match best {
+            Some(best) if specificity(best) >= specificity(rule) => Some(best),
+            _ => Some(rule),
+        },
+    )
 }
 
 #[cfg(test)]

@@ -69,6 +69,7 @@ fn names_of(agent: &CompiledAgent) -> AgentNames {
         agent: String::new(),
         rules: domain_rules(agent),
         audit: false,
+        grants: Vec::new(),
     }
 }
 
