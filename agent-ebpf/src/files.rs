@@ -1523,9 +1523,13 @@ fn combine_packed(
             }
         }
     });
-    let read = right::bit(right::READ);
-    // In audit mode a denied read goes through, and so does the secret.
-    if rights & read != 0 && (denied & read == 0 || policy.mode == mode::AUDIT) {
+    // A read of a secret taints; so does a rename of one (or of a file
+    // into a secret directory): moved out of a secret directory, the file
+    // would be read under a name no secret covers. (A hard link checks the
+    // linked file for reading, so it taints too.)
+    let touching = rights & (right::bit(right::READ) | right::bit(right::RENAME));
+    // In audit mode a denied access goes through, and so does the secret.
+    if touching != 0 && (denied & touching == 0 || policy.mode == mode::AUDIT) {
         let secret_of = |value: Option<&FileValue>| match value {
             Some(value) if value.decisions[SECRET_SLOT] == decision::ALLOW => {
                 value.rule_ids[SECRET_SLOT]
@@ -1539,7 +1543,7 @@ fn combine_packed(
         if secret != 0 && !taint(ids, secret) {
             // The narrowing could not be put in force: the secret stays
             // closed rather than readable with egress wide open.
-            denied |= read;
+            denied |= touching;
             if deny_rule == 0 {
                 deny_rule = secret;
             }

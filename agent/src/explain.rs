@@ -18,6 +18,15 @@
 //! `baton exec` started, whose standard error the rest usually share)
 //! instead, under the same checks.
 //!
+//! A short command (`curl`, `cat`) has usually exited, and often its agent's
+//! first process with it, by the time its denial is decoded. So when
+//! `baton exec` admits a process, the daemon keeps a duplicate of that
+//! process's standard error (same checks) until the process has exited and
+//! every denial made before its exit has been offered here; a line whose
+//! process and first process are both gone goes there. The caller reading
+//! that pipe sees its end a moment later than the command's exit: once the
+//! event drain has caught up. At most [`MAX_KEPT`] are kept at once.
+//!
 //! The work happens on a thread of its own behind a bounded queue, at
 //! most [`PER_SECOND`] lines per agent per second: enforcement never
 //! waits for it, and a flood of denials costs the agent nothing but the
@@ -26,7 +35,10 @@
 use std::{
     collections::HashMap,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+    sync::{
+        Arc, Mutex, PoisonError,
+        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+    },
     time::{Duration, Instant},
 };
 
@@ -48,6 +60,11 @@ const QUEUE: usize = 64;
 const OFFERS_PER_SECOND: u32 = 4 * PER_SECOND;
 /// Agents whose offer budget is kept; past this the table starts over.
 const BUDGETS_KEPT: usize = 4096;
+
+/// Standard errors of `baton exec` agents' first processes kept at once,
+/// each with a pidfd to see the process exit: two descriptors each,
+/// within [`crate::control::budget::EXPLAIN_RESERVE`].
+pub const MAX_KEPT: usize = 16;
 
 /// Errors starting the explainer.
 #[derive(Debug, Error)]
@@ -77,11 +94,83 @@ pub struct Explanation {
     pub line: String,
 }
 
+/// What the writer thread is asked to do, in order.
+#[derive(Debug)]
+enum Message {
+    /// Write a line.
+    Explain(Explanation),
+    /// Close the standard error kept for this first process: every line
+    /// queued before this one has been handled.
+    Release(u32),
+}
+
+/// Kept standard errors by first process.
+type Kept = Arc<Mutex<HashMap<u32, OwnedFd>>>;
+
 /// Handle on the writer thread.
 #[derive(Debug)]
 pub struct Explainer {
-    queue: SyncSender<Explanation>,
+    queue: SyncSender<Message>,
     budget: OfferBudget,
+    kept: Kept,
+}
+
+/// Keeps and releases the standard errors of `baton exec` agents' first
+/// processes; cloned for the admission and the task that waits for the
+/// process to exit.
+#[derive(Clone, Debug)]
+pub struct Keeper {
+    queue: SyncSender<Message>,
+    kept: Kept,
+}
+
+impl Keeper {
+    /// Keeps a duplicate of process `pid`'s standard error, if it is a
+    /// pipe, socket or terminal open for writing and fewer than
+    /// [`MAX_KEPT`] are kept. Returns a pidfd of the process, readable
+    /// once it has exited; [`Self::release`] must follow.
+    pub fn keep(&self, pid: u32) -> Option<OwnedFd> {
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.len() >= MAX_KEPT || kept.contains_key(&pid) {
+            return None;
+        }
+        let pidfd = pidfd_open(pid)?;
+        let stderr = pidfd_getfd(&pidfd, 2)?;
+        if !writable(&stderr) {
+            return None;
+        }
+        kept.insert(pid, stderr);
+        Some(pidfd)
+    }
+
+    /// Closes the standard error kept for `pid` once every line queued
+    /// before has been handled. Blocks while the queue is full.
+    pub fn release(&self, pid: u32) {
+        if self.queue.send(Message::Release(pid)).is_err() {
+            // No writer: nothing will be written there any more.
+            self.kept
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&pid);
+        }
+    }
+}
+
+/// `pidfd_open(2)`: a descriptor of process `pid` that holds its pid.
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: plain system call; a new descriptor on success.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    // SAFETY: a descriptor the kernel just returned, owned by no one else.
+    (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd as i32) })
+}
+
+/// `pidfd_getfd(2)`: a duplicate of descriptor `fd` of the process.
+fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> Option<OwnedFd> {
+    // SAFETY: plain system call on a descriptor we own; a new descriptor
+    // on success.
+    let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    // SAFETY: as above.
+    (got >= 0).then(|| unsafe { OwnedFd::from_raw_fd(got as i32) })
 }
 
 /// Per agent id: the start of its current second and the offers made in
@@ -118,14 +207,25 @@ impl Explainer {
         let identity: BpfHashMap<MapData, u32, AgentRecord> =
             BpfHashMap::try_from(Map::HashMap(identity))?;
         let (queue, received) = sync_channel(QUEUE);
+        let kept = Kept::default();
+        let writer_kept = kept.clone();
         std::thread::Builder::new()
             .name("baton-explain".into())
-            .spawn(move || write_all(&received, &identity))
+            .spawn(move || write_all(&received, &identity, &writer_kept))
             .map_err(ExplainError::Thread)?;
         Ok(Self {
             queue,
             budget: OfferBudget::default(),
+            kept,
         })
+    }
+
+    /// A handle that keeps first processes' standard errors.
+    pub fn keeper(&self) -> Keeper {
+        Keeper {
+            queue: self.queue.clone(),
+            kept: self.kept.clone(),
+        }
     }
 
     /// Whether an explanation for `agent_id` is worth building now; counts
@@ -138,7 +238,7 @@ impl Explainer {
     /// Queues `explanation`; `false` when the queue was full (the line is
     /// dropped, nothing waits).
     pub fn offer(&self, explanation: Explanation) -> bool {
-        match self.queue.try_send(explanation) {
+        match self.queue.try_send(Message::Explain(explanation)) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
         }
@@ -157,9 +257,22 @@ enum Delivery {
     Skipped,
 }
 
-fn write_all(received: &Receiver<Explanation>, identity: &BpfHashMap<MapData, u32, AgentRecord>) {
+fn write_all(
+    received: &Receiver<Message>,
+    identity: &BpfHashMap<MapData, u32, AgentRecord>,
+    kept: &Kept,
+) {
     let mut budgets: HashMap<AgentId, (Instant, u32)> = HashMap::new();
-    for explanation in received {
+    for message in received {
+        let explanation = match message {
+            Message::Explain(explanation) => explanation,
+            Message::Release(pid) => {
+                kept.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&pid);
+                continue;
+            }
+        };
         let now = Instant::now();
         let (since, used) = budgets.entry(explanation.agent_id).or_insert((now, 0));
         if now.duration_since(*since) >= Duration::from_secs(1) {
@@ -173,22 +286,38 @@ fn write_all(received: &Receiver<Explanation>, identity: &BpfHashMap<MapData, u3
         if explanation.root_pid != explanation.pid && explanation.root_pid != 0 {
             targets.push(explanation.root_pid);
         }
-        for pid in targets {
-            let delivery = deliver(pid, &explanation, identity);
+        let mut delivery = Delivery::Gone;
+        for &pid in &targets {
+            delivery = deliver(pid, &explanation, identity);
             tracing::debug!(
                 pid,
                 agent_id = explanation.agent_id.raw(),
                 ?delivery,
                 "explanation"
             );
-            match delivery {
-                Delivery::Written => {
-                    *used += 1;
-                    break;
-                }
-                Delivery::Skipped => break,
-                Delivery::Gone => {}
+            if delivery != Delivery::Gone {
+                break;
             }
+        }
+        if delivery == Delivery::Gone {
+            // Both gone: the first process's standard error, if kept. It
+            // was checked when kept, and is written under the same checks.
+            let root = *targets.last().unwrap_or(&explanation.pid);
+            if let Some(stderr) = kept
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&root)
+            {
+                delivery = write_line(stderr, &explanation.line);
+                tracing::debug!(
+                    pid = root,
+                    ?delivery,
+                    "explanation to a kept standard error"
+                );
+            }
+        }
+        if delivery == Delivery::Written {
+            *used += 1;
         }
     }
 }
@@ -198,13 +327,9 @@ fn deliver(
     explanation: &Explanation,
     identity: &BpfHashMap<MapData, u32, AgentRecord>,
 ) -> Delivery {
-    // SAFETY: plain system call; a new descriptor on success.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
-    if pidfd < 0 {
+    let Some(pidfd) = pidfd_open(pid) else {
         return Delivery::Gone;
-    }
-    // SAFETY: a descriptor the kernel just returned, owned by no one else.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    };
     // The pidfd holds the pid: the process found now is the one written to.
     match identity.get(&pid, 0) {
         Ok(record) if record.agent_id == explanation.agent_id.raw() => {
@@ -220,36 +345,38 @@ fn deliver(
         }
         _ => return Delivery::Gone,
     }
-    // SAFETY: plain system call on a descriptor we own; a new descriptor
-    // on success.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), 2, 0) };
-    if fd < 0 {
+    let Some(stderr) = pidfd_getfd(&pidfd, 2) else {
         return Delivery::Gone;
-    }
-    // SAFETY: as above.
-    let stderr = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    };
     write_line(&stderr, &explanation.line)
+}
+
+/// Whether `fd` is a pipe, socket or terminal open for writing.
+fn writable(fd: &OwnedFd) -> bool {
+    let raw = fd.as_raw_fd();
+    let Ok(stat) = nix::sys::stat::fstat(fd) else {
+        return false;
+    };
+    let kind = stat.st_mode & libc::S_IFMT;
+    // SAFETY: plain call on a descriptor we own.
+    let terminal = kind == libc::S_IFCHR && unsafe { libc::isatty(raw) } == 1;
+    if !(kind == libc::S_IFIFO || kind == libc::S_IFSOCK || terminal) {
+        return false;
+    }
+    // SAFETY: plain call on a descriptor we own; reads the flags only.
+    let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+    flags >= 0 && flags & libc::O_ACCMODE != libc::O_RDONLY
 }
 
 /// Writes `line` to `fd` if it is a pipe, socket or terminal open for
 /// writing with room for it now.
 fn write_line(fd: &OwnedFd, line: &str) -> Delivery {
     let raw = fd.as_raw_fd();
-    let Ok(stat) = nix::sys::stat::fstat(fd) else {
-        return Delivery::Skipped;
-    };
-    let kind = stat.st_mode & libc::S_IFMT;
-    let socket = kind == libc::S_IFSOCK;
-    // SAFETY: plain call on a descriptor we own.
-    let terminal = kind == libc::S_IFCHR && unsafe { libc::isatty(raw) } == 1;
-    if !(kind == libc::S_IFIFO || socket || terminal) {
+    if !writable(fd) {
         return Delivery::Skipped;
     }
-    // SAFETY: plain call on a descriptor we own; reads the flags only.
-    let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
-    if flags < 0 || flags & libc::O_ACCMODE == libc::O_RDONLY {
-        return Delivery::Skipped;
-    }
+    let socket =
+        nix::sys::stat::fstat(fd).is_ok_and(|stat| stat.st_mode & libc::S_IFMT == libc::S_IFSOCK);
     let mut poll = libc::pollfd {
         fd: raw,
         events: libc::POLLOUT,

@@ -282,9 +282,10 @@ fn daemon_threads(daemon: &Daemon) -> String {
     }
 }
 
-/// Descriptors the daemon keeps for the fanotify fallback (192) and the
-/// audit trail (64), as documented: control-socket load never takes them.
-const RESERVE: usize = 256;
+/// Descriptors the daemon keeps for the fanotify fallback (192), the audit
+/// trail (64) and explanations (32), as documented: control-socket load
+/// never takes them.
+const RESERVE: usize = 288;
 
 /// The daemon's descriptor limit in the reserve test: small, so that the
 /// control socket's share is reached with a few hundred connections.
@@ -319,8 +320,8 @@ fn budget_field(daemon: &Daemon, key: &str) -> usize {
 }
 
 /// The descriptor reserve at its bound. The daemon starts with a descriptor
-/// limit of 1,024 and, at start, sets aside 256 descriptors for the
-/// fanotify fallback and the audit trail and caps the control socket at
+/// limit of 1,024 and, at start, sets aside 288 descriptors for the
+/// fanotify fallback, the audit trail and explanations and caps the control socket at
 /// half of the rest. Hostile users then hold every connection the cap
 /// allows (`nobody` and enough other uids to reach the total) and
 /// `nobody` keeps connecting past it: the daemon never holds more than its
@@ -365,7 +366,9 @@ fn at_a_small_descriptor_limit_control_load_never_takes_the_fanotify_and_audit_r
     assert!(!status.success(), "started with a cap that does not fit");
     assert!(
         stderr.contains("config.yaml:2:3: control.maxConnections: 5021 control connections")
-            && stderr.contains("192 for the fanotify fallback and 64 for the audit trail")
+            && stderr.contains(
+                "192 for the fanotify fallback, 64 for the audit trail and 32 for explanations"
+            )
             && stderr.contains("lower control.maxConnections to at most"),
         "{stderr}"
     );

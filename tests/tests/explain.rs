@@ -120,3 +120,113 @@ fn a_denied_process_is_told_why_on_its_own_stderr_and_never_through_a_file() {
     std::io::Read::read_to_string(&mut quiet_stderr, &mut text).unwrap();
     assert!(!text.contains("baton: connect"), "{text}");
 }
+
+/// `command` in `agent` through `baton exec`, its standard error captured
+/// to the end (which comes once the daemon lets go of its copy).
+fn stderr_of(daemon: &Daemon, agent: &str, command: &[&str]) -> String {
+    let output = daemon.exec(agent, command);
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Short commands, denied and gone before the daemon reads their denial,
+/// still get their line: `curl` and `cat` straight under `baton exec`, and
+/// a `curl` two shells down. A flood gets at most the per-second budget,
+/// and `baton why` lists what was denied.
+fn short_commands_are_told_why(label: &str) {
+    let dir = TempDir::new(label);
+    let secret = dir.path().join("deploy-key");
+    std::fs::write(&secret, "key\n").unwrap();
+    let agent = format!("{label}-agent");
+    let policy_name = format!("{label}-policy");
+    let daemon = Daemon::start(
+        label,
+        &[(
+            "p.yaml",
+            policy(
+                &policy_name,
+                &agent,
+                &format!(
+                    "  egress:\n    default: deny\n  files:\n    deny: [{}]\n",
+                    secret.display()
+                ),
+            ),
+        )],
+    );
+    let port = free_port("127.0.0.1");
+    let url = format!("http://127.0.0.1:{port}/");
+    let connect_line = format!(
+        "baton: connect to 127.0.0.1:{port} denied by policy {policy_name} (egress.default)"
+    );
+    let read_line = format!(
+        "baton: read of {} denied by policy {policy_name} (files.deny[0])",
+        secret.display()
+    );
+    let secret_path = secret.display().to_string();
+    // Three rounds, a second apart: two lines a round stay within the
+    // agent's five a second.
+    for round in 0..3 {
+        if round > 0 {
+            std::thread::sleep(Duration::from_millis(1100));
+        }
+        let curl = stderr_of(&daemon, &agent, &["curl", "-sS", "--max-time", "5", &url]);
+        assert!(curl.contains(&connect_line), "round {round}, curl: {curl}");
+        let cat = stderr_of(&daemon, &agent, &["cat", &secret_path]);
+        assert!(cat.contains(&read_line), "round {round}, cat: {cat}");
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    let nested = format!("sh -c \"curl -sS --max-time 5 {url}; true\"; true");
+    let grandchild = stderr_of(&daemon, &agent, &["sh", "-c", &nested]);
+    assert!(
+        grandchild.contains(&connect_line),
+        "grandchild: {grandchild}"
+    );
+
+    // `baton why`, inside the agent: both kinds of denial, with their rule.
+    let baton = baton_bin();
+    let why = daemon.exec(
+        &agent,
+        &[
+            baton.to_str().unwrap(),
+            "why",
+            "--recent",
+            "50",
+            "--control-socket",
+            daemon.socket.to_str().unwrap(),
+        ],
+    );
+    let why = String::from_utf8_lossy(&why.stdout);
+    assert!(why.contains(&secret_path), "{why}");
+    assert!(why.contains(&format!("127.0.0.1:{port}")), "{why}");
+
+    // A flood: 300 denied connects as fast as one process makes them, and
+    // the process stays two seconds more.
+    std::thread::sleep(Duration::from_millis(1100));
+    let flood = format!(
+        "import socket, time\nstart = time.time()\nfor _ in range(300):\n    s = socket.socket()\n    try:\n        s.connect(('127.0.0.1', {port}))\n    except OSError:\n        pass\n    s.close()\ntime.sleep(2)\nprint(round(time.time() - start + 0.5))\n"
+    );
+    let output = daemon.exec(&agent, &["python3", "-c", &flood]);
+    let seconds: u32 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(3);
+    let lines = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter(|line| line.contains(&connect_line))
+        .count() as u32;
+    assert!(lines >= 1, "the flood got no line");
+    assert!(
+        lines <= 5 * (seconds + 1),
+        "{lines} lines in about {seconds} s: more than 5 a second"
+    );
+}
+
+#[test]
+fn short_commands_are_told_why_on_the_host() {
+    short_commands_are_told_why("explain-short");
+}
+
+#[test]
+#[ignore = "needs a kernel booted with BPF LSM: runs inside the test VMs (cargo xtask test)"]
+fn vm_short_commands_are_told_why_with_bpf_lsm() {
+    short_commands_are_told_why("explain-short-vm");
+}

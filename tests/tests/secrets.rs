@@ -253,13 +253,46 @@ cat {token} >/dev/null && echo read-ok
         vec!["ok", "read-ok", EPERM],
         "cleared, then tainted again"
     );
-    wait_until("the second taint's record", || {
+
+    // Another name for the same file is the same secret: read through a
+    // hard link outside the secret's directory (made by someone else, so
+    // no check of the link itself comes into it), and through one the
+    // agent makes.
+    for (maker, link) in [("outside", "linked-outside"), ("agent", "linked-by-agent")] {
+        let cleared = taint_cli(&daemon, &["clear", &agent]);
+        assert!(cleared.status.success(), "{cleared:?}");
+        let link = dir.path().join(link);
+        let make = if maker == "outside" {
+            std::fs::hard_link(&token, &link).unwrap();
+            String::new()
+        } else {
+            format!("ln {} {}\n", token.display(), link.display())
+        };
+        let other_name = format!(
+            "{HELPER} connect 127.0.0.1:{b}
+{make}cat {link} >/dev/null && echo read-ok
+{HELPER} connect 127.0.0.1:{b}
+",
+            b = b.port,
+            link = link.display(),
+        );
+        let output = in_agent(kind, &daemon, &agent, &cgroup, &other_name);
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .collect::<Vec<_>>(),
+            vec!["ok", "read-ok", EPERM],
+            "a hard link made {maker} reads as the secret; stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    wait_until("the fourth taint's record", || {
         daemon
             .decisions()
             .iter()
             .filter(|r: &&Value| r["control"] == "secret" && r["hook"] == "secret_taint")
             .count()
-            == 2
+            == 4
     });
 }
 

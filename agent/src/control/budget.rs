@@ -69,6 +69,11 @@ pub const FANOTIFY_RESERVE: u64 = 192;
 /// connections.
 pub const AUDIT_RESERVE: u64 = 64;
 
+/// Descriptors held back for the explanations of `baton exec` agents: the
+/// standard error of each agent's first process and a pidfd to see it
+/// exit, for [`crate::explain::MAX_KEPT`] processes at once.
+pub const EXPLAIN_RESERVE: u64 = 2 * crate::explain::MAX_KEPT as u64;
+
 /// Descriptors one control connection holds: its socket and a pidfd for
 /// the peer process.
 pub const DESCRIPTORS_PER_CONNECTION: u64 = 2;
@@ -83,9 +88,9 @@ pub const REFUSALS: usize = 16;
 pub enum BudgetError {
     /// Connection limits set in the configuration file do not fit.
     #[error(
-        "{origin}: control.{key}: {wanted} control connections need {needed} descriptors ({per} each, with {REFUSALS} more being refused and the listener), but the control socket may take at most {share} of the daemon's descriptor limit {limit} (half of what is left after {reserve} reserved: {FANOTIFY_RESERVE} for the fanotify fallback and {AUDIT_RESERVE} for the audit trail); lower control.{key} to at most {fits}, or raise the limit (LimitNOFILE in the unit)",
+        "{origin}: control.{key}: {wanted} control connections need {needed} descriptors ({per} each, with {REFUSALS} more being refused and the listener), but the control socket may take at most {share} of the daemon's descriptor limit {limit} (half of what is left after {reserve} reserved: {FANOTIFY_RESERVE} for the fanotify fallback, {AUDIT_RESERVE} for the audit trail and {EXPLAIN_RESERVE} for explanations); lower control.{key} to at most {fits}, or raise the limit (LimitNOFILE in the unit)",
         per = DESCRIPTORS_PER_CONNECTION,
-        reserve = FANOTIFY_RESERVE + AUDIT_RESERVE
+        reserve = reserve()
     )]
     Configured {
         /// `FILE:LINE:COLUMN` of the key, or the file alone.
@@ -106,8 +111,8 @@ pub enum BudgetError {
     },
     /// The limit leaves no room for even one connection beside the reserve.
     #[error(
-        "the daemon's descriptor limit {limit} is too small: {reserve} are reserved ({FANOTIFY_RESERVE} for the fanotify fallback, {AUDIT_RESERVE} for the audit trail) and the control socket needs at least {minimum}; raise the limit to at least {at_least} (LimitNOFILE in the unit)",
-        reserve = FANOTIFY_RESERVE + AUDIT_RESERVE
+        "the daemon's descriptor limit {limit} is too small: {reserve} are reserved ({FANOTIFY_RESERVE} for the fanotify fallback, {AUDIT_RESERVE} for the audit trail, {EXPLAIN_RESERVE} for explanations) and the control socket needs at least {minimum}; raise the limit to at least {at_least} (LimitNOFILE in the unit)",
+        reserve = reserve()
     )]
     TooSmall {
         /// The daemon's descriptor limit.
@@ -120,8 +125,8 @@ pub enum BudgetError {
     /// More descriptors were open when the control socket started than the
     /// budget leaves the daemon.
     #[error(
-        "{in_use} descriptors are open as the control socket starts; with the {control} the control socket may take and the {reserve} reserved ({FANOTIFY_RESERVE} for the fanotify fallback, {AUDIT_RESERVE} for the audit trail) that is more than the descriptor limit {limit}; raise it (LimitNOFILE in the unit) or lower control.maxConnections",
-        reserve = FANOTIFY_RESERVE + AUDIT_RESERVE
+        "{in_use} descriptors are open as the control socket starts; with the {control} the control socket may take and the {reserve} reserved ({FANOTIFY_RESERVE} for the fanotify fallback, {AUDIT_RESERVE} for the audit trail, {EXPLAIN_RESERVE} for explanations) that is more than the descriptor limit {limit}; raise it (LimitNOFILE in the unit) or lower control.maxConnections",
+        reserve = reserve()
     )]
     InUse {
         /// Descriptors open.
@@ -166,7 +171,7 @@ pub fn control_descriptors(limits: &Limits) -> u64 {
 
 /// What the fanotify fallback and the audit trail have to themselves.
 pub const fn reserve() -> u64 {
-    FANOTIFY_RESERVE + AUDIT_RESERVE
+    FANOTIFY_RESERVE + AUDIT_RESERVE + EXPLAIN_RESERVE
 }
 
 /// Connections (users' and operator's together) that fit in `share`
@@ -358,16 +363,16 @@ mod tests {
             err.starts_with("/c.yaml:4:3: control.maxConnections: "),
             "{err}"
         );
-        // (1024 - 256) / 2 = 384 descriptors: (384 - 1) / 2 - 16 = 175
-        // connections, 21 of them (an eighth) the operator's.
-        assert!(err.contains("at most 154"), "{err}");
+        // (1024 - 288) / 2 = 368 descriptors: (368 - 1) / 2 - 16 = 167
+        // connections, 20 of them (an eighth) the operator's.
+        assert!(err.contains("at most 147"), "{err}");
         assert!(err.contains("192 for the fanotify fallback"), "{err}");
         let fits = ControlConfig {
-            max_connections: Some(154),
+            max_connections: Some(147),
             ..ControlConfig::default()
         };
         let budget = plan(1024, &fits).unwrap();
-        assert_eq!(budget.limits.connections, 154);
+        assert_eq!(budget.limits.connections, 147);
         assert!(budget.control <= (1024 - reserve()) / 2);
     }
 

@@ -339,7 +339,7 @@ fn pidfd_open(pid: u32) -> std::io::Result<std::os::fd::OwnedFd> {
 }
 
 /// Registers a pidfd with the runtime.
-fn watch_pidfd(
+pub(super) fn watch_pidfd(
     fd: std::os::fd::OwnedFd,
 ) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
     // SAFETY: the `AsyncFd` owns the descriptor, so it stays open as long

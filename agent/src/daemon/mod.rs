@@ -809,6 +809,15 @@ struct Daemon {
     grants: Mutex<grants::Grants>,
     /// Where the packet backstop runs; see [`backstop`] for the lock order.
     backstop: backstop::SharedBackstop,
+    /// The daemon itself, for tasks a request starts.
+    weak: std::sync::OnceLock<Weak<Daemon>>,
+}
+
+impl Daemon {
+    /// A weak handle on the daemon, for tasks that must not keep it alive.
+    fn weak_self(&self) -> Weak<Daemon> {
+        self.weak.get().cloned().unwrap_or_default()
+    }
 }
 
 /// One record per agent per this interval for refused operator requests:
@@ -1113,6 +1122,7 @@ impl Daemon {
                         watcher.admitted_exec(record);
                     }
                 }
+                trail::keep_stderr(self, &state, agent, caller.pid);
                 let (families, allow_privilege_escalation) = state.process_settings(agent);
                 Reply::Admitted {
                     agent_id,
@@ -1541,7 +1551,9 @@ async fn serve(
         refusals: Mutex::default(),
         grants: Mutex::new(grants),
         backstop: shared_backstop.clone(),
+        weak: std::sync::OnceLock::new(),
     });
+    let _ = daemon.weak.set(Arc::downgrade(&daemon));
     let grant_sweeper = tokio::spawn(grants::sweep_grants(Arc::downgrade(&daemon)));
     let audit_ticker = tokio::spawn(tick_audit(Arc::downgrade(&daemon)));
     if let Some(events) = fanotify_events {
@@ -1564,6 +1576,7 @@ async fn serve(
         in_use,
         reserved_fanotify = budget::FANOTIFY_RESERVE,
         reserved_audit = budget::AUDIT_RESERVE,
+        reserved_explain = budget::EXPLAIN_RESERVE,
         control = settings.descriptors.control,
         connections = settings.descriptors.limits.connections,
         per_user = settings.descriptors.limits.per_user,

@@ -140,6 +140,8 @@ impl Daemon {
                 message: format!("no loaded policy selects agent {agent:?}"),
             };
         };
+        // A taint not noticed yet is recorded before it goes.
+        state.notice_taints();
         match state.runtime.clear_taint(agent_id) {
             Ok(false) => Reply::Done {
                 message: format!("agent {agent} is not tainted"),

@@ -255,3 +255,78 @@ impl Decoder {
         AuditRecord::from_event(bytes, &context, processes)
     }
 }
+
+/// How long the event drain may take to catch up with the denials a
+/// `baton exec` agent's first process made before it exited.
+const CATCH_UP_LIMIT: Duration = Duration::from_millis(1500);
+
+/// Where BPF LSM is missing, denials also reach the writer from Landlock's
+/// reports and the fanotify listener, outside the ring buffer: a little
+/// longer for those.
+const FALLBACK_GRACE: Duration = Duration::from_millis(25);
+
+/// Keeps the standard error of process `pid`, just admitted to `agent` by
+/// `baton exec`, for its explanations (see [`crate::explain`]), and lets it
+/// go once the process has exited and the denials it made before are
+/// offered.
+pub(super) fn keep_stderr(daemon: &Daemon, state: &State, agent: &str, pid: u32) {
+    let wanted = state
+        .policies
+        .agents
+        .iter()
+        .find(|(name, _)| name.as_str() == agent)
+        .is_some_and(|(_, compiled)| compiled.explain != Some(false));
+    if !wanted {
+        return;
+    }
+    let Some(keeper) = daemon.writer.lock().ok().and_then(|writer| {
+        writer
+            .explainer
+            .as_ref()
+            .map(crate::explain::Explainer::keeper)
+    }) else {
+        return;
+    };
+    let Some(pidfd) = keeper.keep(pid) else {
+        return;
+    };
+    let grace = !state.files_enforced;
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        keeper.release(pid);
+        return;
+    };
+    let daemon = daemon.weak_self();
+    runtime.spawn(async move {
+        if let Ok(exited) = dns::watch_pidfd(pidfd) {
+            let _ = exited.readable().await;
+        }
+        catch_up(&daemon).await;
+        if grace {
+            tokio::time::sleep(FALLBACK_GRACE).await;
+        }
+        let _ = tokio::task::spawn_blocking(move || keeper.release(pid)).await;
+    });
+}
+
+/// Waits (up to [`CATCH_UP_LIMIT`]) until the event drain has given back
+/// everything the kernel had queued when it was called.
+async fn catch_up(daemon: &std::sync::Weak<Daemon>) {
+    let position = |daemon: &std::sync::Weak<Daemon>| {
+        let daemon = daemon.upgrade()?;
+        let state = daemon.state.lock().ok()?;
+        let ring = state.event_backlog.state();
+        Some((ring.consumer, ring.producer))
+    };
+    let Some((_, target)) = position(daemon) else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + CATCH_UP_LIMIT;
+    while tokio::time::Instant::now() < deadline {
+        match position(daemon) {
+            Some((consumer, _)) if consumer < target => {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            _ => return,
+        }
+    }
+}

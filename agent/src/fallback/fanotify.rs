@@ -109,6 +109,44 @@ struct AgentRules {
     allow_anonymous_exec: bool,
     /// Key bytes (path with a trailing `/`) and decisions.
     entries: Vec<(Vec<u8>, FileValue)>,
+    /// The files of the agent's secrets by (device, inode), found when the
+    /// policy was loaded, with their rule ids: an open through another name
+    /// (a hard link, a rename, a bind mount) is still an open of the
+    /// secret. Shared, as the rules are copied for every event.
+    secret_inodes: Arc<HashMap<(u64, u64), u32>>,
+}
+
+/// Files looked at per secret directory when its inodes are collected.
+const SECRET_FILES_PER_DIRECTORY: usize = 4096;
+
+/// The regular files of `path` (itself, or those under it, at most
+/// [`SECRET_FILES_PER_DIRECTORY`]) by (device, inode).
+fn secret_files(path: &str) -> Vec<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut found = Vec::new();
+    let mut pending = vec![std::path::PathBuf::from(path)];
+    let mut seen = 0;
+    while let Some(at) = pending.pop() {
+        seen += 1;
+        if seen > SECRET_FILES_PER_DIRECTORY {
+            tracing::warn!(
+                path,
+                "secret directory holds more than {SECRET_FILES_PER_DIRECTORY} entries: the rest are matched by path only"
+            );
+            break;
+        }
+        let Ok(metadata) = std::fs::symlink_metadata(&at) else {
+            continue;
+        };
+        if metadata.is_file() {
+            found.push((metadata.dev(), metadata.ino()));
+        } else if metadata.is_dir()
+            && let Ok(entries) = std::fs::read_dir(&at)
+        {
+            pending.extend(entries.flatten().map(|entry| entry.path()));
+        }
+    }
+    found
 }
 
 impl AgentRules {
@@ -125,6 +163,17 @@ impl AgentRules {
                 .iter()
                 .map(|entry| (entry.key.clone(), entry.value))
                 .collect(),
+            secret_inodes: Arc::new(
+                agent
+                    .secrets
+                    .iter()
+                    .flat_map(|(path, rule_id)| {
+                        secret_files(path)
+                            .into_iter()
+                            .map(move |inode| (inode, rule_id.raw()))
+                    })
+                    .collect(),
+            ),
         }
     }
 
@@ -139,6 +188,7 @@ impl AgentRules {
             exec_default_rule: 0,
             allow_anonymous_exec: false,
             entries: Vec::new(),
+            secret_inodes: Arc::default(),
         }
     }
 
@@ -216,6 +266,8 @@ enum MarkKind {
     Mount,
     /// An inode mark on a directory, with `FAN_EVENT_ON_CHILD`.
     Directory,
+    /// An inode mark on a file (a secret): its opens through any name.
+    File,
 }
 
 /// Marks by kind and path, with their mask bits.
@@ -293,6 +345,7 @@ fn mark_flags(kind: MarkKind) -> MarkFlags {
     match kind {
         MarkKind::Mount => MarkFlags::FAN_MARK_MOUNT,
         MarkKind::Directory => MarkFlags::FAN_MARK_ONLYDIR,
+        MarkKind::File => MarkFlags::empty(),
     }
 }
 
@@ -526,7 +579,18 @@ impl Watcher {
         let mounts = crate::kernel::cgroup::all_mount_points(
             &crate::kernel::cgroup::mounts().unwrap_or_default(),
         );
-        let (wanted, mut unwatched) = plan_marks(&denied.into_iter().collect::<Vec<_>>(), &mounts);
+        let (mut wanted, mut unwatched) =
+            plan_marks(&denied.into_iter().collect::<Vec<_>>(), &mounts);
+        // A secret file is marked itself too: opened through a hard link
+        // elsewhere, it raises no event in its directory.
+        for agent in set.agents.values() {
+            for (path, _) in &agent.secrets {
+                if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
+                    *wanted.entry((MarkKind::File, path.clone())).or_default() |=
+                        MaskFlags::FAN_OPEN_PERM.bits();
+                }
+            }
+        }
         let mut applied = Marks::new();
         for ((kind, path), mask) in &wanted {
             let old = self.marks.get(&(*kind, path.clone())).copied().unwrap_or(0);
@@ -647,6 +711,7 @@ impl Watcher {
             .map(|(kind, path)| match kind {
                 MarkKind::Mount => format!("mount {path}"),
                 MarkKind::Directory => format!("dir {path}"),
+                MarkKind::File => format!("file {path}"),
             })
             .collect()
     }
@@ -889,9 +954,23 @@ impl Shared {
         // Which way the open goes is not known for sure (see
         // `pending_open_rights`): any open of a secret the agent is let
         // through taints it, before the answer lets the open return.
-        let secret = (!exec && flags & file_flags::PATH_UNRESOLVED == 0)
-            .then(|| agent.secret_of(&path))
-            .flatten();
+        let secret = if exec {
+            None
+        } else {
+            (flags & file_flags::PATH_UNRESOLVED == 0)
+                .then(|| agent.secret_of(&path))
+                .flatten()
+                .or_else(|| {
+                    if agent.secret_inodes.is_empty() {
+                        return None;
+                    }
+                    let stat = nix::sys::stat::fstat(fd).ok()?;
+                    agent
+                        .secret_inodes
+                        .get(&(stat.st_dev, stat.st_ino))
+                        .copied()
+                })
+        };
         let let_through = |allowed: bool| {
             allowed
                 && secret.is_none_or(|rule_id| {
