@@ -367,6 +367,70 @@ fn a_datagram_grant_counts_each_unconnected_send_and_keeps_to_its_protocol() {
 }
 
 #[test]
+fn a_restarted_daemon_keeps_a_grant_of_a_name_and_its_addresses() {
+    let dir = baton_tests::TempDir::new("grant-name-restart");
+    let (_dns, dns_port) =
+        baton_tests::dnsmasq(&[("kept.test", "127.0.0.6"), ("allowed.test", "127.0.0.2")]);
+    let port = baton_tests::free_port("127.0.0.6");
+    let _service = std::net::TcpListener::bind(("127.0.0.6", port)).unwrap();
+    let resolv_conf = dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv_conf,
+        "nameserver 127.0.0.53\noptions attempts:1 timeout:2\n",
+    )
+    .unwrap();
+    let mut daemon = Daemon::start_persistent_with_config(
+        "grant-name-restart",
+        &[(
+            "p.yaml",
+            policy(
+                "keepname",
+                "keepname",
+                "  egress:\n    default: deny\n    allow:\n      - domain: allowed.test\n        ports: [80]\n",
+            ),
+        )],
+        &format!(
+            "dns:\n  upstreams: [\"127.0.0.1:{dns_port}\"]\n  minTtlSeconds: 1\n  maxTtlSeconds: 2\n"
+        ),
+    );
+    let in_agent = |daemon: &Daemon, command: &str| {
+        let wrapped = baton_tests::with_resolv_conf(&resolv_conf, command);
+        let args: Vec<&str> = wrapped.iter().map(String::as_str).collect();
+        helper_outcome(&daemon.exec("keepname", &args))
+    };
+    granted(
+        &daemon,
+        &[
+            "keepname",
+            "--allow",
+            &format!("kept.test:{port}"),
+            "--for",
+            "1h",
+            "--max-connects",
+            "3",
+        ],
+    );
+    let resolve_and_connect =
+        format!("sh -c 'getent hosts kept.test >/dev/null && {HELPER} connect 127.0.0.6:{port}'");
+    assert_eq!(in_agent(&daemon, &resolve_and_connect), "ok");
+    daemon.kill();
+    daemon.restart();
+    // The address it resolved to is still open, without a new lookup, and
+    // the count goes on: 2 of 3 then 3 of 3, then refused.
+    let connect = format!("{HELPER} connect 127.0.0.6:{port}");
+    assert_eq!(in_agent(&daemon, &connect), "ok", "after the restart");
+    let listed = grant_list(&daemon);
+    assert_eq!(listed[0]["learned"][0], "127.0.0.6", "{listed:?}");
+    assert_eq!(listed[0]["connects"], 2, "{listed:?}");
+    assert_eq!(
+        in_agent(&daemon, &resolve_and_connect),
+        "ok",
+        "and resolved"
+    );
+    assert_eq!(in_agent(&daemon, &connect), EPERM, "past the budget of 3");
+}
+
+#[test]
 fn a_grant_of_a_name_resolves_it_and_opens_its_addresses_for_a_while() {
     let dir = baton_tests::TempDir::new("grant-name");
     let (_dns, dns_port) =

@@ -1,7 +1,5 @@
 //! `baton breaker …`.
 
-use anyhow::bail;
-
 use super::BreakerCommand;
 use crate::control::{Reply, Request, client::call};
 
@@ -64,11 +62,6 @@ pub fn run(command: &BreakerCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Reply::Done { message } => {
-            println!("{message}");
-            Ok(())
-        }
-        Reply::Error { message } => bail!("{message}"),
-        other => bail!("unexpected reply from the daemon: {other:?}"),
+        other => super::print_done(other),
     }
 }

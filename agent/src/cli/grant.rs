@@ -1,6 +1,6 @@
 //! `baton grant …`.
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
 use super::{GrantArgs, GrantCommand};
 use crate::control::{Reply, Request, client::call};
@@ -76,11 +76,6 @@ pub fn run(args: &GrantArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Reply::Done { message } => {
-            println!("{message}");
-            Ok(())
-        }
-        Reply::Error { message } => bail!("{message}"),
-        other => bail!("unexpected reply from the daemon: {other:?}"),
+        other => super::print_done(other),
     }
 }

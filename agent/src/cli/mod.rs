@@ -77,6 +77,20 @@ pub enum Command {
     Uninstall(UninstallArgs),
 }
 
+/// Prints a daemon's `Done` reply; an `Error` (or anything else) is the
+/// command's error.
+pub(crate) fn print_done(reply: crate::control::Reply) -> anyhow::Result<()> {
+    use crate::control::Reply;
+    match reply {
+        Reply::Done { message } => {
+            println!("{message}");
+            Ok(())
+        }
+        Reply::Error { message } => anyhow::bail!("{message}"),
+        other => anyhow::bail!("unexpected reply from the daemon: {other:?}"),
+    }
+}
+
 /// `baton grant`.
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]

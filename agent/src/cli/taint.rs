@@ -1,7 +1,5 @@
 //! `baton taint …`.
 
-use anyhow::bail;
-
 use super::TaintCommand;
 use crate::control::{Reply, Request, client::call};
 
@@ -48,11 +46,6 @@ pub fn run(command: &TaintCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Reply::Done { message } => {
-            println!("{message}");
-            Ok(())
-        }
-        Reply::Error { message } => bail!("{message}"),
-        other => bail!("unexpected reply from the daemon: {other:?}"),
+        other => super::print_done(other),
     }
 }

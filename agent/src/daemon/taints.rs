@@ -47,22 +47,30 @@ fn describe_taint(
 }
 
 impl State {
+    /// Agent `agent_id`'s name and its taint, described.
+    fn describe(
+        &self,
+        agent_id: AgentId,
+        taint: &agent_common::identity::SecretTaint,
+    ) -> (String, serde_json::Value) {
+        let name = self
+            .registry
+            .name_of(agent_id)
+            .map_or_else(|| format!("#{agent_id}"), |n| n.to_string());
+        let agent = self
+            .registry
+            .name_of(agent_id)
+            .and_then(|n| self.policies.agents.get(n));
+        let described = describe_taint(&self.policies, agent, &name, taint);
+        (name, described)
+    }
+
     /// Every taint in force, described.
     pub(super) fn taints(&self) -> Vec<serde_json::Value> {
         self.runtime
             .taints()
             .iter()
-            .map(|(agent_id, taint)| {
-                let name = self
-                    .registry
-                    .name_of(*agent_id)
-                    .map_or_else(|| format!("#{agent_id}"), |n| n.to_string());
-                let agent = self
-                    .registry
-                    .name_of(*agent_id)
-                    .and_then(|n| self.policies.agents.get(n));
-                describe_taint(&self.policies, agent, &name, taint)
-            })
+            .map(|(agent_id, taint)| self.describe(*agent_id, taint).1)
             .collect()
     }
 
@@ -80,15 +88,7 @@ impl State {
                 continue;
             }
             self.taints_seen.insert(*agent_id, taint.at_boot_ns);
-            let name = self
-                .registry
-                .name_of(*agent_id)
-                .map_or_else(|| format!("#{agent_id}"), |n| n.to_string());
-            let agent = self
-                .registry
-                .name_of(*agent_id)
-                .and_then(|n| self.policies.agents.get(n));
-            let described = describe_taint(&self.policies, agent, &name, taint);
+            let (name, described) = self.describe(*agent_id, taint);
             self.metrics.set_secret_tainted(&name, true);
             let text = |key: &str| described[key].as_str().unwrap_or_default().to_string();
             let message = format!(
