@@ -1,7 +1,20 @@
-//! Circuit breakers: feeding them the kernel counters and carrying out
-//! what they decide.
+//! Circuit breakers, as a service of their own: the engine, the run-time
+//! maps they read and act through (counters, quarantine, secrets' taints),
+//! and what they record.
+//!
+//! `Breakers` sits behind its own lock (`SharedBreakers`), shared by the
+//! daemon (the watcher, breaker and taint commands) and `State` (a reload
+//! hands it the new rules and names; status, takeover and the audit ticker
+//! read counters). The watcher takes only this lock, so a reload or a slow
+//! control request never holds a trip up. Lock order: `State`, then
+//! `Breakers`, then the writer; code holding `Breakers` never takes
+//! `State`.
 
 use super::*;
+use crate::{
+    audit::record::{AuditObject, AuditProcess, AuditRule},
+    fallback::fanotify::FallbackCounter,
+};
 
 /// Breaker rules per agent id.
 pub(super) fn breaker_rules(
@@ -41,68 +54,163 @@ fn describe(transition: &Transition) -> String {
     )
 }
 
-/// Sends `signal` to every process of an agent, repeating until no new
-/// process appears (children forked while the signal went out are caught
-/// by the next round; the kernel's identity record finds double-forked
-/// and re-parented processes too).
-fn signal_agent(maps: &PolicyMaps, agent_id: AgentId, signal: nix::sys::signal::Signal) -> usize {
-    use nix::{sys::signal::kill, unistd::Pid};
-    let mut signalled = std::collections::HashSet::new();
-    for _ in 0..20 {
-        let members = maps.members(agent_id);
-        let fresh: Vec<u32> = members
-            .into_iter()
-            .filter(|pid| !signalled.contains(pid) || signal == nix::sys::signal::Signal::SIGKILL)
+/// A secret as records name it: its policy, its rule and its path.
+#[derive(Clone, Debug)]
+struct SecretName {
+    policy: String,
+    rule: String,
+    path: String,
+}
+
+/// The circuit breakers and what they act through.
+pub(super) struct Breakers {
+    engine: Engine,
+    runtime: RuntimeMaps,
+    /// Taints already recorded: agent → boot time of the open.
+    taints_seen: BTreeMap<AgentId, u64>,
+    /// What the fanotify listener decided, counted with the kernel's
+    /// counters so every mechanism's denials feed the same breakers.
+    fallback: Option<FallbackCounter>,
+    /// The kernel's `tgid → agent` map, to find the processes to signal.
+    identity: aya::maps::HashMap<MapData, u32, AgentRecord>,
+    /// Agent names in force.
+    agents: BTreeMap<AgentId, String>,
+    /// Secrets in force, by rule id.
+    secrets: BTreeMap<RuleId, SecretName>,
+    metrics: Arc<crate::metrics::Metrics>,
+    writer: Arc<Mutex<AuditWriter>>,
+    host: String,
+}
+
+/// The breakers behind their own lock; see the module's lock order.
+pub(super) type SharedBreakers = Arc<Mutex<Breakers>>;
+
+impl Breakers {
+    /// The service, with no rules yet ([`Self::follow`] gives them).
+    pub(super) fn new(
+        runtime: RuntimeMaps,
+        fallback: Option<FallbackCounter>,
+        identity: MapData,
+        metrics: Arc<crate::metrics::Metrics>,
+        writer: Arc<Mutex<AuditWriter>>,
+        host: String,
+    ) -> anyhow::Result<Self> {
+        let identity = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(identity))
+            .context("the identity map is not a hash map")?;
+        Ok(Self {
+            engine: Engine::default(),
+            runtime,
+            taints_seen: BTreeMap::new(),
+            fallback,
+            identity,
+            agents: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            metrics,
+            writer,
+            host,
+        })
+    }
+
+    /// Follows a policy set now in force: its breaker rules, agent names
+    /// and secrets.
+    pub(super) fn follow(&mut self, set: &CompiledPolicySet, registry: &AgentRegistry) {
+        self.engine.set_rules(breaker_rules(set, registry));
+        self.agents = registry
+            .ids()
+            .iter()
+            .map(|(name, id)| (*id, name.to_string()))
             .collect();
-        if fresh.is_empty() {
-            break;
-        }
-        for pid in &fresh {
-            let _ = kill(Pid::from_raw(*pid as i32), signal);
-            signalled.insert(*pid);
-        }
-        if signal != nix::sys::signal::Signal::SIGKILL {
-            // A stopped process forks no more; one more round catches what
-            // was forked in between.
-            if maps.members(agent_id).iter().all(|p| signalled.contains(p)) {
-                break;
+        // Rules of the set before stay named too: a taint set under them
+        // may be noticed after the swap.
+        for agent in set.agents.values() {
+            for (path, rule_id) in &agent.secrets {
+                if let Some(rule) = set.rule(*rule_id) {
+                    self.secrets.insert(
+                        *rule_id,
+                        SecretName {
+                            policy: rule.policy.clone(),
+                            rule: rule.rule.clone(),
+                            path: path.clone(),
+                        },
+                    );
+                }
             }
         }
-        std::thread::sleep(Duration::from_millis(5));
+        self.secrets
+            .retain(|rule_id, _| *rule_id >= set.first_rule_id);
     }
-    signalled.len()
-}
 
-/// Reads the breakers' counters often: a trip takes effect within one
-/// period even when no event arrives (events are rate-limited, counters
-/// are not). A decision the event drain or the fanotify listener writes
-/// wakes it at once.
-pub(super) async fn watch_breakers(daemon: Weak<Daemon>) {
-    loop {
-        let (watched, due) = {
-            let Some(daemon) = daemon.upgrade() else {
-                return;
-            };
-            let Ok(mut state) = daemon.state.lock() else {
-                return;
-            };
-            state.notice_taints();
-            state.evaluate_breakers();
-            (!state.breakers.agent_ids().is_empty(), daemon.clone())
-        };
-        // Often while an agent has breakers; rarely otherwise, so an idle
-        // daemon costs nothing measurable.
-        let period = if watched { 10 } else { 500 };
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(period)) => {}
-            () = due.breakers_due.notified() => {}
+    /// The engine: states, rules and what it restores.
+    pub(super) fn engine(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
+    /// The run-time maps (quarantine, counters, taints).
+    pub(super) fn runtime(&self) -> &RuntimeMaps {
+        &self.runtime
+    }
+
+    /// An agent's counters: the kernel's, plus what the fanotify listener
+    /// decided, plus whether a secret tainted it.
+    pub(super) fn counters(&self, agent_id: AgentId) -> agent_common::identity::AgentCounters {
+        let mut counters = self.runtime.counters(agent_id);
+        counters.secret_touches = u64::from(self.taints_seen.contains_key(&agent_id));
+        if let Some(counts) = self.fallback.as_ref().and_then(|f| f.of(agent_id)) {
+            counts.add_to(&mut counters);
         }
+        counters
     }
-}
 
-impl State {
+    fn name_of(&self, agent_id: AgentId) -> String {
+        self.agents
+            .get(&agent_id)
+            .cloned()
+            .unwrap_or_else(|| format!("#{agent_id}"))
+    }
+
+    fn record(&self, record: AuditRecord) {
+        self.writer
+            .lock()
+            .expect("audit writer lock poisoned")
+            .record(record);
+    }
+
+    /// Sends `signal` to every process of an agent, repeating until no
+    /// new process appears (children forked while the signal went out are
+    /// caught by the next round; the kernel's identity record finds
+    /// double-forked and re-parented processes too).
+    fn signal_agent(&self, agent_id: AgentId, signal: nix::sys::signal::Signal) -> usize {
+        use nix::{sys::signal::kill, unistd::Pid};
+        let members = || crate::kernel::maps::members_of(&self.identity, agent_id);
+        let mut signalled = std::collections::HashSet::new();
+        for _ in 0..20 {
+            let fresh: Vec<u32> = members()
+                .into_iter()
+                .filter(|pid| {
+                    !signalled.contains(pid) || signal == nix::sys::signal::Signal::SIGKILL
+                })
+                .collect();
+            if fresh.is_empty() {
+                break;
+            }
+            for pid in &fresh {
+                let _ = kill(Pid::from_raw(*pid as i32), signal);
+                signalled.insert(*pid);
+            }
+            if signal != nix::sys::signal::Signal::SIGKILL {
+                // A stopped process forks no more; one more round catches
+                // what was forked in between.
+                if members().iter().all(|p| signalled.contains(p)) {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        signalled.len()
+    }
+
     /// Carries out a breaker transition and records it.
-    pub(super) fn carry_out(&mut self, transition: &Transition) {
+    fn carry_out(&mut self, transition: &Transition) {
         use nix::sys::signal::Signal;
         let agent_id = transition.agent_id;
         // Lift what the previous state imposed.
@@ -116,7 +224,7 @@ impl State {
                     }
                 }
                 Action::Freeze => {
-                    signal_agent(&self.maps, agent_id, Signal::SIGCONT);
+                    self.signal_agent(agent_id, Signal::SIGCONT);
                 }
                 Action::Kill => {}
             }
@@ -129,10 +237,10 @@ impl State {
                     }
                 }
                 Action::Freeze => {
-                    signal_agent(&self.maps, agent_id, Signal::SIGSTOP);
+                    self.signal_agent(agent_id, Signal::SIGSTOP);
                 }
                 Action::Kill => {
-                    let killed = signal_agent(&self.maps, agent_id, Signal::SIGKILL);
+                    let killed = self.signal_agent(agent_id, Signal::SIGKILL);
                     tracing::info!(agent = transition.agent, killed, "agent killed");
                 }
             }
@@ -152,42 +260,238 @@ impl State {
         self.record(record);
     }
 
-    /// Feeds every watched agent's counters to the breakers and acts on
-    /// what trips.
-    pub(super) fn evaluate_breakers(&mut self) {
+    /// Records new taints, feeds every watched agent's counters to the
+    /// breakers and acts on what trips.
+    pub(super) fn evaluate(&mut self) {
+        self.notice_taints();
         let now = std::time::Instant::now();
-        for agent_id in self.breakers.agent_ids() {
+        for agent_id in self.engine.agent_ids() {
             let counters = self.counters(agent_id).into();
-            for transition in self.breakers.observe(now, agent_id, counters) {
+            for transition in self.engine.observe(now, agent_id, counters) {
                 self.carry_out(&transition);
             }
         }
     }
-}
 
-impl Daemon {
     /// `baton breaker reset` (no action) or `baton breaker trip`.
-    pub(super) fn breaker_command(&self, agent: &str, trip: Option<Action>) -> Reply {
-        let mut state = self.state.lock().expect("state lock poisoned");
-        let Some(agent_id) = state.registry.id_of(agent) else {
-            return Reply::Error {
-                message: format!("no loaded policy selects agent {agent:?}"),
-            };
-        };
-        let counters = state.counters(agent_id).into();
+    pub(super) fn command(
+        &mut self,
+        agent_id: AgentId,
+        agent: &str,
+        trip: Option<Action>,
+    ) -> Reply {
+        let counters = self.counters(agent_id).into();
         let transition = match trip {
-            Some(action) => Some(state.breakers.trip(agent_id, agent, action, counters)),
-            None => state.breakers.reset(agent_id, counters),
+            Some(action) => Some(self.engine.trip(agent_id, agent, action, counters)),
+            None => self.engine.reset(agent_id, counters),
         };
         match transition {
             Some(transition) => {
                 let message = describe(&transition);
-                state.carry_out(&transition);
+                self.carry_out(&transition);
                 Reply::Done { message }
             }
             None => Reply::Done {
                 message: format!("agent {agent} has no breaker state to reset"),
             },
+        }
+    }
+
+    /// What the daemon says about one taint, in records, replies and
+    /// status.
+    fn describe_taint(
+        &self,
+        agent_id: AgentId,
+        taint: &agent_common::identity::SecretTaint,
+    ) -> serde_json::Value {
+        let secret = self.secrets.get(&RuleId::from_raw(taint.rule_id));
+        let comm_len = taint
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(taint.comm.len());
+        serde_json::json!({
+            "agent": self.name_of(agent_id),
+            "secret": secret.map_or("a secret of an earlier policy", |s| s.path.as_str()),
+            "rule": secret.map_or_else(|| format!("rule {}", taint.rule_id), |s| s.rule.clone()),
+            "policy": secret.map_or("", |s| s.policy.as_str()),
+            "time": crate::audit::record::format_time(Clock::new().wall(taint.at_boot_ns)),
+            "pid": taint.tgid,
+            "tid": taint.pid,
+            "uid": taint.uid,
+            "comm": String::from_utf8_lossy(&taint.comm[..comm_len]),
+        })
+    }
+
+    /// Every taint in force, described.
+    pub(super) fn taints(&self) -> Vec<serde_json::Value> {
+        self.runtime
+            .taints()
+            .iter()
+            .map(|(agent_id, taint)| self.describe_taint(*agent_id, taint))
+            .collect()
+    }
+
+    /// Records each taint the kernel or the fanotify listener set since the
+    /// last look (they wrote it before the open returned; this only
+    /// notices), and forgets the ones an operator lifted.
+    pub(super) fn notice_taints(&mut self) {
+        let taints = self.runtime.taints();
+        self.taints_seen.retain(|agent_id, at| {
+            taints
+                .get(agent_id)
+                .is_some_and(|taint| taint.at_boot_ns == *at)
+        });
+        for (agent_id, taint) in &taints {
+            if self.taints_seen.contains_key(agent_id) {
+                continue;
+            }
+            self.taints_seen.insert(*agent_id, taint.at_boot_ns);
+            let name = self.name_of(*agent_id);
+            let described = self.describe_taint(*agent_id, taint);
+            self.metrics.set_secret_tainted(&name, true);
+            let text = |key: &str| described[key].as_str().unwrap_or_default().to_string();
+            let message = format!(
+                "agent {name} opened secret {} ({}): its egress is held to egress.afterSecret until `baton taint clear {name}`",
+                text("secret"),
+                text("rule"),
+            );
+            tracing::warn!("{message}");
+            let mut process = AuditProcess::live(taint.tgid, 0);
+            process.pid = taint.tgid;
+            process.tid = taint.pid;
+            process.uid = taint.uid;
+            process.comm = text("comm");
+            let record = AuditRecord {
+                time: text("time"),
+                agent: Some(name.clone()),
+                mode: Some("enforce"),
+                verdict: "allowed",
+                control: "secret",
+                hook: Some("secret_taint"),
+                object: AuditObject::Message { message },
+                rule: Some(AuditRule {
+                    policy: text("policy"),
+                    id: text("rule"),
+                    kernel_id: taint.rule_id,
+                }),
+                process: Some(process),
+                ..AuditRecord::lifecycle(&self.host, "secret", String::new())
+            };
+            self.record(record);
+        }
+    }
+
+    /// `baton taint clear`: lifts agent `agent_id`'s taint.
+    pub(super) fn clear_taint(&mut self, agent_id: AgentId, agent: &str) -> Reply {
+        // A taint not noticed yet is recorded before it goes.
+        self.notice_taints();
+        match self.runtime.clear_taint(agent_id) {
+            Ok(false) => Reply::Done {
+                message: format!("agent {agent} is not tainted"),
+            },
+            Ok(true) => {
+                self.taints_seen.remove(&agent_id);
+                self.metrics.set_secret_tainted(agent, false);
+                let message = format!(
+                    "agent {agent}: taint cleared by an operator; its full egress policy applies again"
+                );
+                tracing::info!("{message}");
+                let mut record = AuditRecord::lifecycle(&self.host, "secret", message.clone());
+                record.agent = Some(agent.to_string());
+                self.record(record);
+                Reply::Done { message }
+            }
+            Err(error) => Reply::Error {
+                message: format!("cannot clear agent {agent}'s taint: {error}"),
+            },
+        }
+    }
+}
+
+/// Reads the breakers' counters often: a trip takes effect within one
+/// period even when no event arrives (events are rate-limited, counters
+/// are not). A decision the event drain or the fanotify listener writes
+/// wakes it at once. Takes the breakers' lock only.
+pub(super) async fn watch_breakers(daemon: Weak<Daemon>) {
+    loop {
+        let (watched, due) = {
+            let Some(daemon) = daemon.upgrade() else {
+                return;
+            };
+            let Ok(mut breakers) = daemon.breakers.lock() else {
+                return;
+            };
+            breakers.evaluate();
+            (!breakers.engine.agent_ids().is_empty(), daemon.clone())
+        };
+        // Often while an agent has breakers; rarely otherwise, so an idle
+        // daemon costs nothing measurable.
+        let period = if watched { 10 } else { 500 };
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(period)) => {}
+            () = due.breakers_due.notified() => {}
+        }
+    }
+}
+
+impl Daemon {
+    /// The id of agent `agent`, or the reply that says there is none.
+    fn agent_id_of(&self, agent: &str) -> Result<AgentId, Reply> {
+        self.state
+            .lock()
+            .expect("state lock poisoned")
+            .registry
+            .id_of(agent)
+            .ok_or_else(|| Reply::Error {
+                message: format!("no loaded policy selects agent {agent:?}"),
+            })
+    }
+
+    /// `baton breaker reset` (no action) or `baton breaker trip`.
+    pub(super) fn breaker_command(&self, agent: &str, trip: Option<Action>) -> Reply {
+        match self.agent_id_of(agent) {
+            Ok(agent_id) => self
+                .breakers
+                .lock()
+                .expect("breakers lock poisoned")
+                .command(agent_id, agent, trip),
+            Err(reply) => reply,
+        }
+    }
+
+    /// `baton breaker list`.
+    pub(super) fn breaker_list(&self) -> Reply {
+        let mut breakers = self.breakers.lock().expect("breakers lock poisoned");
+        let agents = breakers
+            .engine()
+            .list(std::time::Instant::now())
+            .into_iter()
+            .filter_map(|status| serde_json::to_value(status).ok())
+            .collect();
+        Reply::Breakers { agents }
+    }
+
+    /// `baton taint list`.
+    pub(super) fn taint_list(&self) -> Reply {
+        Reply::Taints {
+            taints: self
+                .breakers
+                .lock()
+                .expect("breakers lock poisoned")
+                .taints(),
+        }
+    }
+
+    /// `baton taint clear AGENT`.
+    pub(super) fn taint_clear(&self, agent: &str) -> Reply {
+        match self.agent_id_of(agent) {
+            Ok(agent_id) => self
+                .breakers
+                .lock()
+                .expect("breakers lock poisoned")
+                .clear_taint(agent_id, agent),
+            Err(reply) => reply,
         }
     }
 }

@@ -8,11 +8,10 @@ mod events;
 mod files;
 mod grants;
 mod guard;
-mod taints;
 mod takeover;
 mod trail;
 
-use breakers::{breaker_rules, watch_breakers};
+use breakers::watch_breakers;
 use dns::{open_netns_proxy, start_dns_proxies, sweep_learned_addresses};
 use events::{drain_events, serve_netns_requests, tick_audit};
 use files::{record_fanotify_events, start_fanotify};
@@ -237,8 +236,9 @@ struct State {
     maps: PolicyMaps,
     /// The DNS maps and what learning needs, behind a lock of their own.
     learning: Arc<Mutex<dns::Learning>>,
-    runtime: RuntimeMaps,
-    breakers: Engine,
+    /// The circuit breakers and the run-time maps, behind a lock of their
+    /// own; see [`breakers`] for the lock order.
+    breakers: breakers::SharedBreakers,
     /// Kernel event drops already recorded, per agent.
     drops_recorded: HashMap<AgentId, u64>,
     /// Rate-limit suppressions already recorded, per agent.
@@ -301,8 +301,6 @@ struct State {
     /// The running DNS proxies, behind a lock of their own; see
     /// [`dns::Proxies`] for the lock order.
     proxies: Arc<Mutex<dns::Proxies>>,
-    /// Taints already recorded: agent → boot time of the open.
-    taints_seen: BTreeMap<AgentId, u64>,
 }
 
 /// How long each phase of a reload took.
@@ -468,7 +466,9 @@ impl State {
             }
         }
         self.breakers
-            .set_rules(breaker_rules(&self.policies, &self.registry));
+            .lock()
+            .expect("breakers lock poisoned")
+            .follow(&self.policies, &self.registry);
         self.refresh_dns();
         let timing = ReloadTiming {
             parse: read_time,
@@ -585,26 +585,26 @@ impl State {
     /// An agent's counters: the kernel's, plus what the fanotify listener
     /// decided, so that every mechanism's denials feed the same breakers.
     fn counters(&self, agent_id: AgentId) -> agent_common::identity::AgentCounters {
-        let mut counters = self.runtime.counters(agent_id);
-        counters.secret_touches = u64::from(self.taints_seen.contains_key(&agent_id));
-        if let Some(watcher) = &self.fanotify
-            && let Some(counts) = watcher.counts().get(&agent_id)
-        {
-            counts.add_to(&mut counters);
-        }
-        counters
+        self.breakers
+            .lock()
+            .expect("breakers lock poisoned")
+            .counters(agent_id)
     }
 
     /// What `baton status` shows.
     fn status(&self) -> serde_json::Value {
         use serde_json::json;
         let now = std::time::Instant::now();
-        let breakers: BTreeMap<String, serde_json::Value> = self
-            .breakers
-            .list(now)
-            .into_iter()
-            .map(|b| (b.agent.clone(), json!(b.state)))
-            .collect();
+        let (breakers, taints) = {
+            let mut held = self.breakers.lock().expect("breakers lock poisoned");
+            let breakers: BTreeMap<String, serde_json::Value> = held
+                .engine()
+                .list(now)
+                .into_iter()
+                .map(|b| (b.agent.clone(), json!(b.state)))
+                .collect();
+            (breakers, held.taints())
+        };
         // Asked of the kernel, not remembered: a program detached by other
         // means shows here at once.
         let detached = self.detached_programs();
@@ -624,7 +624,6 @@ impl State {
         let exec_off = detached
             .get("bprm_check_security")
             .map(|why| format!("NOT enforced: bprm_check_security: {why}"));
-        let taints = self.taints();
         let agents: Vec<serde_json::Value> = self
             .policies
             .agents
@@ -807,6 +806,8 @@ struct Daemon {
     refusals: Mutex<HashMap<AgentId, (std::time::Instant, u64)>>,
     /// Operators' grants; see [`grants`] for the lock order.
     grants: Mutex<grants::Grants>,
+    /// The circuit breakers; see [`breakers`] for the lock order.
+    breakers: breakers::SharedBreakers,
     /// Where the packet backstop runs; see [`backstop`] for the lock order.
     backstop: backstop::SharedBackstop,
     /// The daemon itself, for tasks a request starts.
@@ -861,16 +862,7 @@ impl Handler for Daemon {
                 }
                 Reply::Status { report }
             }
-            Request::BreakerList => {
-                let state = self.state.lock().expect("state lock poisoned");
-                let agents = state
-                    .breakers
-                    .list(std::time::Instant::now())
-                    .into_iter()
-                    .filter_map(|status| serde_json::to_value(status).ok())
-                    .collect();
-                Reply::Breakers { agents }
-            }
+            Request::BreakerList => self.breaker_list(),
             Request::BreakerReset { agent } => self.breaker_command(&agent, None),
             Request::BreakerTrip { agent, action } => self.breaker_command(&agent, Some(action)),
             Request::Why { agent, recent } => self.why(caller, agent, recent),
@@ -1343,8 +1335,6 @@ async fn serve(
     let event_backlog = events.backlog()?;
     let netns_requests = take_ring(&mut enforcer.ebpf, map_names::NETNS_REQUESTS)?;
 
-    let mut breakers = Engine::default();
-    breakers.set_rules(breaker_rules(&compiled, &registry));
     let live_first_rule_id = compiled.first_rule_id;
     let mut compiled = compiled;
     if let Some(previous) = previous_registry {
@@ -1369,6 +1359,21 @@ async fn serve(
         learning.clone(),
         host.clone(),
     )));
+    let identity_for_breakers = maps
+        .identity_handle()
+        .context("cannot open a second handle on the identity map")?;
+    let mut breakers = breakers::Breakers::new(
+        runtime,
+        fanotify
+            .as_ref()
+            .map(crate::fallback::fanotify::Watcher::counter),
+        identity_for_breakers,
+        metrics.clone(),
+        writer.clone(),
+        host.clone(),
+    )?;
+    breakers.follow(&compiled, &registry);
+    let breakers = Arc::new(Mutex::new(breakers));
     let mut state = State {
         live_first_rule_id,
         handover,
@@ -1379,8 +1384,7 @@ async fn serve(
         backstop: shared_backstop.clone(),
         maps,
         learning,
-        runtime,
-        breakers,
+        breakers: breakers.clone(),
         drops_recorded: HashMap::new(),
         suppressions_recorded: HashMap::new(),
         metrics: metrics.clone(),
@@ -1399,7 +1403,6 @@ async fn serve(
         host: host.clone(),
         files_enforced: enforcer.files == ControlState::Enforced,
         landlock_gaps_logged: BTreeSet::new(),
-        taints_seen: BTreeMap::new(),
         held_by_bpf_lsm: crate::fallback::protected::held_by_bpf_lsm(&enforcer.lsm_hooks),
         family_layers: crate::fallback::families::Layers::of_this_kernel(
             enforcer.socket_families == ControlState::Enforced,
@@ -1550,6 +1553,7 @@ async fn serve(
         identity,
         refusals: Mutex::default(),
         grants: Mutex::new(grants),
+        breakers,
         backstop: shared_backstop.clone(),
         weak: std::sync::OnceLock::new(),
     });

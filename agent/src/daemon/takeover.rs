@@ -48,6 +48,9 @@ impl State {
                 .collect(),
             open_breakers: self
                 .breakers
+                .lock()
+                .expect("breakers lock poisoned")
+                .engine()
                 .open_breakers()
                 .into_iter()
                 .map(|(agent_id, agent, breaker, action, reason)| OpenBreaker {
@@ -117,16 +120,26 @@ impl State {
             // Without saved state, a quarantine still in the kernel is the
             // only breaker left to find.
             for (name, id) in self.registry.ids().clone() {
-                if self.runtime.quarantined(id) {
+                let quarantined = self
+                    .breakers
+                    .lock()
+                    .expect("breakers lock poisoned")
+                    .runtime()
+                    .quarantined(id);
+                if quarantined {
                     let counters = self.counters(id).into();
-                    self.breakers.restore(
-                        id,
-                        name.as_str(),
-                        "restored",
-                        Action::Quarantine,
-                        "quarantined in the kernel when the daemon started",
-                        counters,
-                    );
+                    self.breakers
+                        .lock()
+                        .expect("breakers lock poisoned")
+                        .engine()
+                        .restore(
+                            id,
+                            name.as_str(),
+                            "restored",
+                            Action::Quarantine,
+                            "quarantined in the kernel when the daemon started",
+                            counters,
+                        );
                 }
             }
             return;
@@ -182,14 +195,18 @@ impl State {
                 continue;
             }
             let counters = self.counters(open.agent_id).into();
-            self.breakers.restore(
-                open.agent_id,
-                &open.agent,
-                &open.breaker,
-                open.action,
-                &open.reason,
-                counters,
-            );
+            self.breakers
+                .lock()
+                .expect("breakers lock poisoned")
+                .engine()
+                .restore(
+                    open.agent_id,
+                    &open.agent,
+                    &open.breaker,
+                    open.action,
+                    &open.reason,
+                    counters,
+                );
             let mut record = AuditRecord::lifecycle(
                 &host,
                 "breaker",

@@ -387,6 +387,22 @@ struct Shared {
 /// How many `baton exec` roots [`Shared::exec_roots`] remembers.
 const EXEC_ROOTS_REMEMBERED: usize = 4096;
 
+/// A handle on the fanotify listener's per-agent counts.
+#[derive(Clone)]
+pub struct FallbackCounter(Arc<Shared>);
+
+impl FallbackCounter {
+    /// What the listener decided for `agent_id` so far.
+    pub fn of(&self, agent_id: AgentId) -> Option<FallbackCounts> {
+        self.0
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&agent_id)
+            .copied()
+    }
+}
+
 /// Per-agent counts of the fanotify listener's decisions, added to the
 /// kernel's counters of the same names wherever counters are read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -686,6 +702,11 @@ impl Watcher {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// A handle on the listener's per-agent counts, for the breakers.
+    pub fn counter(&self) -> FallbackCounter {
+        FallbackCounter(self.shared.clone())
     }
 
     /// Starts from the counts a previous daemon saved, so that counters

@@ -777,12 +777,7 @@ impl PolicyMaps {
     /// Every process of an agent, from the kernel's identity record: forked,
     /// double-forked and re-parented ones included.
     pub fn members(&self, agent_id: AgentId) -> Vec<u32> {
-        self.identity
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, record)| record.agent_id == agent_id.raw())
-            .map(|(tgid, _)| tgid)
-            .collect()
+        members_of(&self.identity, agent_id)
     }
 
     /// Entries and capacity of the policy and identity maps, for metrics.
@@ -1056,6 +1051,16 @@ pub fn merge_learned(
     };
     value.rows[..merged.len()].copy_from_slice(&merged);
     Some(value)
+}
+
+/// The processes (tgids) of agent `agent_id` in the identity map.
+pub fn members_of(identity: &HashMap<MapData, u32, AgentRecord>, agent_id: AgentId) -> Vec<u32> {
+    identity
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, record)| record.agent_id == agent_id.raw())
+        .map(|(tgid, _)| tgid)
+        .collect()
 }
 
 /// Run-time agent state and counters: quarantine, secrets' taints, and what
