@@ -563,9 +563,10 @@ fn a_baton_exec_agents_file_denials_are_recorded_and_counted() {
     assert_eq!(record["process"]["comm"], "baton-test-help", "{record}");
     assert_eq!(outside_outcome(&["open", &key, "read"]), "ok");
 
-    // What Landlock takes beyond the policy (listing the directory above a
-    // denied one) is recorded as such, with no rule, and counts for no
-    // breaker.
+    // What Landlock takes beyond the policy (a new file directly in the
+    // directory above a denied one) is recorded as such, with no rule, and
+    // counts for no breaker. Listing that directory is ordinary work, and
+    // allowed.
     if !lsm {
         let denied_files =
             |daemon: &Daemon| daemon.status()["agents"][0]["counters"]["denied_files"].clone();
@@ -573,8 +574,17 @@ fn a_baton_exec_agents_file_denials_are_recorded_and_counted() {
         let root = tree.path("");
         let root = root.trim_end_matches('/');
         let output = daemon.exec("tree", &["ls", root]);
-        assert!(!output.status.success(), "Landlock refuses the listing");
-        let record = daemon.wait_for_record(|r| r["object"]["path"] == root);
+        assert!(
+            output.status.success(),
+            "the directory above a denied one lists: {output:?}"
+        );
+        let fresh = format!("{root}/fresh.txt");
+        let output = daemon.exec("tree", &["touch", &fresh]);
+        assert!(!output.status.success(), "Landlock refuses the new file");
+        // Landlock names the directory the file was refused in.
+        let record = daemon.wait_for_record(|r| {
+            r["object"]["path"] == root && r["object"]["denied_rights"][0] == "create"
+        });
         assert_eq!(record["object"]["beyond_policy"], true, "{record}");
         assert!(record["rule"].is_null(), "{record}");
         assert_eq!(denied_files(&daemon), before, "not counted");

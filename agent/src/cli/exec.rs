@@ -154,15 +154,33 @@ mod tests {
 
     #[test]
     fn rights_landlock_only_narrows_print_nothing() {
-        // A read deny under a default allow: Landlock takes rights from the
-        // ancestors beyond the policy, but leaves nothing denied open.
+        // A create deny under a default allow: Landlock takes rights from
+        // the ancestors beyond the policy, but leaves nothing denied open.
         let plan = plan(
-            &[rule("/root/.ssh", right::bit(right::READ), decision::DENY)],
+            &[rule(
+                "/root/.ssh",
+                right::bit(right::CREATE),
+                decision::DENY,
+            )],
             decision::ALLOW,
             decision::ALLOW,
         );
         assert!(!plan.unexpressible.is_empty(), "{plan:?}");
         assert_eq!(gaps_line("coder", &plan), None);
+    }
+
+    #[test]
+    fn a_read_deny_says_its_directory_can_be_listed() {
+        // The directories above stay listable, so the denied one is too:
+        // something the policy denies stays open, and the line says so.
+        let plan = plan(
+            &[rule("/root/.ssh", right::bit(right::READ), decision::DENY)],
+            decision::ALLOW,
+            decision::ALLOW,
+        );
+        assert!(plan.list_dirs.contains("/root"), "{plan:?}");
+        let line = gaps_line("coder", &plan).unwrap();
+        assert!(line.contains("cannot express 1 thing"), "{line}");
     }
 
     #[test]

@@ -43,6 +43,11 @@ pub struct LandlockPlan {
     pub handled: u32,
     /// Paths and the rights granted beneath them.
     pub grants: BTreeMap<String, u32>,
+    /// Directories on the way to a denied path, granted listing only
+    /// (beneath them too: Landlock's rights cover a whole tree), so that
+    /// `ls /` and `ls $HOME` work while a path below is denied.
+    #[serde(default)]
+    pub list_dirs: std::collections::BTreeSet<String>,
     /// What the policy says that Landlock cannot, in words for the user:
     /// both what stays unenforced and what Landlock restricts more than
     /// the policy does.
@@ -170,12 +175,26 @@ pub fn plan(rules: &[SourceRule], file_default: u8, exec_default: u8) -> Landloc
                     *out.grants.entry(child).or_default() |= bit;
                 }
             }
-            if matches!(
-                r,
-                right::CREATE | right::DELETE | right::RENAME | right::READ
-            ) {
+            if matches!(r, right::CREATE | right::DELETE | right::RENAME) {
                 out.unexpressible.push(format!(
                     "{name}: entries directly in {ancestor} (on the way to a denied path) get no {name} right under Landlock, and paths created there later are not covered"
+                ));
+            }
+            if r == right::READ && Path::new(ancestor.as_str()).is_dir() {
+                // Listing the directories above a denied path is ordinary
+                // work (`ls /`, `ls $HOME`, `find`). Landlock cannot grant
+                // it to a directory alone, so the denied path below can be
+                // listed too: its names, never its files' contents.
+                out.list_dirs.insert((*ancestor).clone());
+                out.unexpressible.push(format!(
+                    "read: files created later directly in {ancestor} (on the way to a denied path) cannot be read under Landlock"
+                ));
+            }
+        }
+        if r == right::READ && !ancestors.is_empty() {
+            for deny in &denies {
+                out.not_enforced.push(format!(
+                    "read: {deny} can be listed (the names in it, not what its files hold), so that the directories above it can be: Landlock's listing right covers a whole tree"
                 ));
             }
         }
@@ -270,6 +289,13 @@ pub fn apply(plan: &LandlockPlan) -> Result<(), LandlockError> {
         }
         ruleset = ruleset.add_rule(PathBeneath::new(fd, flags))?;
     }
+    let list = BitFlags::from(AccessFs::ReadDir) & handled;
+    for path in plan.list_dirs.iter().filter(|_| !list.is_empty()) {
+        let Ok(fd) = PathFd::new(PathBuf::from(path)) else {
+            continue;
+        };
+        ruleset = ruleset.add_rule(PathBeneath::new(fd, list))?;
+    }
     // Denials after the exec are reported to the audit subsystem (ABI 7+;
     // ignored before), where the daemon reads them (`landlock_log`).
     let status = ruleset.log_new_exec(true)?.restrict_self()?;
@@ -340,7 +366,29 @@ mod tests {
             "siblings at the root are granted"
         );
         assert!(plan.unexpressible.iter().any(|u| u.contains("chmod")));
+        // The directories above it may be listed, and so (its names only)
+        // may the denied one: said as something left unenforced.
+        assert!(plan.list_dirs.contains(&dir.display().to_string()));
+        assert!(plan.list_dirs.contains("/"));
+        assert!(!plan.list_dirs.contains(&secret));
+        assert!(
+            plan.not_enforced
+                .iter()
+                .any(|u| u.contains(&format!("read: {secret} can be listed"))),
+            "{:?}",
+            plan.not_enforced
+        );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_write_deny_lists_nothing_more() {
+        let plan = plan(
+            &[rule("/etc", right::bit(right::WRITE), decision::DENY)],
+            decision::ALLOW,
+            decision::ALLOW,
+        );
+        assert!(plan.list_dirs.is_empty(), "{:?}", plan.list_dirs);
     }
 
     #[test]
