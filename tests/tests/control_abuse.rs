@@ -365,7 +365,7 @@ fn at_a_small_descriptor_limit_control_load_never_takes_the_fanotify_and_audit_r
     );
     assert!(!status.success(), "started with a cap that does not fit");
     assert!(
-        stderr.contains("config.yaml:2:3: control.maxConnections: 5021 control connections")
+        stderr.contains("config.yaml:2:3: control.maxConnections: 5020 control connections")
             && stderr.contains(
                 "192 for the fanotify fallback, 64 for the audit trail and 32 for explanations"
             )
