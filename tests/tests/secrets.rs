@@ -199,6 +199,16 @@ sleep 0.5
         .unwrap();
     assert_eq!(listed["secret_taint"]["comm"], "cat", "{listed}");
     assert_eq!(listed["counters"]["secret_touches"], 1, "{listed}");
+    let text = baton(&[
+        "status",
+        "--control-socket",
+        daemon.socket.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("TAINTED") && text.contains("files.secrets[0]"),
+        "{text}"
+    );
     let list = taint_cli(&daemon, &["list"]);
     assert!(
         String::from_utf8_lossy(&list.stdout).contains(&agent),

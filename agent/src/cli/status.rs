@@ -81,6 +81,17 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
             }
         }
         println!("  counters  {}", describe_counters(&agent["counters"]));
+        let taint = &agent["secret_taint"];
+        if taint.is_object() {
+            println!(
+                "  TAINTED   {} ({}) read by {}[{}] at {}: egress held to egress.afterSecret until `baton taint clear`",
+                taint["secret"].as_str().unwrap_or("?"),
+                taint["rule"].as_str().unwrap_or("?"),
+                taint["comm"].as_str().unwrap_or("?"),
+                taint["pid"],
+                taint["time"].as_str().unwrap_or("?"),
+            );
+        }
         for grant in agent["grants"].as_array().into_iter().flatten() {
             println!(
                 "  grant {}  {} {} until {} ({} connects)",
