@@ -136,9 +136,7 @@ impl Keeper {
         }
         let pidfd = pidfd_open(pid)?;
         let stderr = pidfd_getfd(&pidfd, 2)?;
-        if !writable(&stderr) {
-            return None;
-        }
+        writable(&stderr)?;
         kept.insert(pid, stderr);
         Some(pidfd)
     }
@@ -351,32 +349,41 @@ fn deliver(
     write_line(&stderr, &explanation.line)
 }
 
-/// Whether `fd` is a pipe, socket or terminal open for writing.
-fn writable(fd: &OwnedFd) -> bool {
+/// What a descriptor a line may be written to is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    /// A pipe or a terminal.
+    Stream,
+    /// A socket: written with `send`, never raising `SIGPIPE`.
+    Socket,
+}
+
+/// What `fd` is, if it is a pipe, socket or terminal open for writing.
+fn writable(fd: &OwnedFd) -> Option<Target> {
     let raw = fd.as_raw_fd();
-    let Ok(stat) = nix::sys::stat::fstat(fd) else {
-        return false;
-    };
+    let stat = nix::sys::stat::fstat(fd).ok()?;
     let kind = stat.st_mode & libc::S_IFMT;
     // SAFETY: plain call on a descriptor we own.
     let terminal = kind == libc::S_IFCHR && unsafe { libc::isatty(raw) } == 1;
-    if !(kind == libc::S_IFIFO || kind == libc::S_IFSOCK || terminal) {
-        return false;
-    }
+    let target = match kind {
+        libc::S_IFSOCK => Target::Socket,
+        libc::S_IFIFO => Target::Stream,
+        _ if terminal => Target::Stream,
+        _ => return None,
+    };
     // SAFETY: plain call on a descriptor we own; reads the flags only.
     let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
-    flags >= 0 && flags & libc::O_ACCMODE != libc::O_RDONLY
+    (flags >= 0 && flags & libc::O_ACCMODE != libc::O_RDONLY).then_some(target)
 }
 
 /// Writes `line` to `fd` if it is a pipe, socket or terminal open for
 /// writing with room for it now.
 fn write_line(fd: &OwnedFd, line: &str) -> Delivery {
     let raw = fd.as_raw_fd();
-    if !writable(fd) {
+    let Some(target) = writable(fd) else {
         return Delivery::Skipped;
-    }
-    let socket =
-        nix::sys::stat::fstat(fd).is_ok_and(|stat| stat.st_mode & libc::S_IFMT == libc::S_IFSOCK);
+    };
+    let socket = target == Target::Socket;
     let mut poll = libc::pollfd {
         fd: raw,
         events: libc::POLLOUT,

@@ -366,37 +366,67 @@ fn a_datagram_grant_counts_each_unconnected_send_and_keeps_to_its_protocol() {
     );
 }
 
-#[test]
-fn a_restarted_daemon_keeps_a_grant_of_a_name_and_its_addresses() {
-    let dir = baton_tests::TempDir::new("grant-name-restart");
-    let (_dns, dns_port) =
-        baton_tests::dnsmasq(&[("kept.test", "127.0.0.6"), ("allowed.test", "127.0.0.2")]);
-    let port = baton_tests::free_port("127.0.0.6");
-    let _service = std::net::TcpListener::bind(("127.0.0.6", port)).unwrap();
+/// What a grant of a name needs: a DNS server on loopback answering
+/// `name` with `ip` (and `allowed.test`), a `resolv.conf` for the agent,
+/// and an agent whose DNS goes through the proxy (one domain rule).
+struct NameWorld {
+    _dir: baton_tests::TempDir,
+    _dns: baton_tests::Service,
+    resolv_conf: std::path::PathBuf,
+    /// The agent's policy.
+    policy: String,
+    /// The daemon's configuration: the DNS server as upstream.
+    config: String,
+}
+
+fn name_world(label: &str, agent: &str, name: &str, ip: &str) -> NameWorld {
+    let dir = baton_tests::TempDir::new(label);
+    let (dns, dns_port) = baton_tests::dnsmasq(&[(name, ip), ("allowed.test", "127.0.0.2")]);
     let resolv_conf = dir.path().join("resolv.conf");
     std::fs::write(
         &resolv_conf,
         "nameserver 127.0.0.53\noptions attempts:1 timeout:2\n",
     )
     .unwrap();
-    let mut daemon = Daemon::start_persistent_with_config(
-        "grant-name-restart",
-        &[(
-            "p.yaml",
-            policy(
-                "keepname",
-                "keepname",
-                "  egress:\n    default: deny\n    allow:\n      - domain: allowed.test\n        ports: [80]\n",
-            ),
-        )],
-        &format!(
+    NameWorld {
+        _dir: dir,
+        _dns: dns,
+        resolv_conf,
+        policy: policy(
+            agent,
+            agent,
+            "  egress:\n    default: deny\n    allow:\n      - domain: allowed.test\n        ports: [80]\n",
+        ),
+        config: format!(
             "dns:\n  upstreams: [\"127.0.0.1:{dns_port}\"]\n  minTtlSeconds: 1\n  maxTtlSeconds: 2\n"
         ),
+    }
+}
+
+/// `command` in `agent`, with the world's `resolv.conf`.
+fn in_named(
+    world: &NameWorld,
+    daemon: &Daemon,
+    agent: &str,
+    command: &str,
+) -> std::process::Output {
+    let wrapped = baton_tests::with_resolv_conf(&world.resolv_conf, command);
+    let args: Vec<&str> = wrapped.iter().map(String::as_str).collect();
+    daemon.exec(agent, &args)
+}
+
+#[test]
+fn a_restarted_daemon_keeps_a_grant_of_a_name_and_its_addresses() {
+    let world = name_world("grant-name-restart", "keepname", "kept.test", "127.0.0.6");
+    let port = baton_tests::free_port("127.0.0.6");
+    let _service = std::net::TcpListener::bind(("127.0.0.6", port)).unwrap();
+    let mut daemon = Daemon::start_persistent_with_config(
+        "grant-name-restart",
+        &[("p.yaml", world.policy.clone())],
+        &world.config,
     );
     let in_agent = |daemon: &Daemon, command: &str| {
-        let wrapped = baton_tests::with_resolv_conf(&resolv_conf, command);
-        let args: Vec<&str> = wrapped.iter().map(String::as_str).collect();
-        helper_outcome(&daemon.exec("keepname", &args))
+        helper_outcome(&in_named(&world, daemon, "keepname", command))
     };
     granted(
         &daemon,
@@ -432,39 +462,17 @@ fn a_restarted_daemon_keeps_a_grant_of_a_name_and_its_addresses() {
 
 #[test]
 fn a_grant_of_a_name_resolves_it_and_opens_its_addresses_for_a_while() {
-    let dir = baton_tests::TempDir::new("grant-name");
-    let (_dns, dns_port) =
-        baton_tests::dnsmasq(&[("granted.test", "127.0.0.5"), ("allowed.test", "127.0.0.2")]);
+    let world = name_world("grant-name", "named", "granted.test", "127.0.0.5");
     let port = baton_tests::free_port("127.0.0.5");
     let _service = std::net::TcpListener::bind(("127.0.0.5", port)).unwrap();
     let other = std::net::TcpListener::bind(("127.0.0.5", 0)).unwrap();
     let other_port = other.local_addr().unwrap().port();
-    let resolv_conf = dir.path().join("resolv.conf");
-    std::fs::write(
-        &resolv_conf,
-        "nameserver 127.0.0.53\noptions attempts:1 timeout:2\n",
-    )
-    .unwrap();
-    // A domain rule, so the agent's DNS goes through the proxy.
     let daemon = Daemon::start_with_config(
         "grant-name",
-        &[(
-            "p.yaml",
-            policy(
-                "named",
-                "named",
-                "  egress:\n    default: deny\n    allow:\n      - domain: allowed.test\n        ports: [80]\n",
-            ),
-        )],
-        &format!(
-            "dns:\n  upstreams: [\"127.0.0.1:{dns_port}\"]\n  minTtlSeconds: 1\n  maxTtlSeconds: 2\n"
-        ),
+        &[("p.yaml", world.policy.clone())],
+        &world.config,
     );
-    let in_agent = |command: &str| {
-        let wrapped = baton_tests::with_resolv_conf(&resolv_conf, command);
-        let args: Vec<&str> = wrapped.iter().map(String::as_str).collect();
-        daemon.exec("named", &args)
-    };
+    let in_agent = |command: &str| in_named(&world, &daemon, "named", command);
     let resolve_and_connect = |port: u16| {
         helper_outcome(&in_agent(&format!(
             "sh -c 'getent hosts granted.test >/dev/null || {{ echo unresolved; exit 0; }}; {HELPER} connect 127.0.0.5:{port}'"

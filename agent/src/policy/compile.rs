@@ -243,6 +243,15 @@ struct EgressSource {
     rule_id: RuleId,
 }
 
+/// The kernel's protocol bits for a rule's `protocol`.
+fn protocol_bits(rule: Protocol) -> u8 {
+    match rule {
+        Protocol::Any => protocol::ANY,
+        Protocol::Tcp => protocol::TCP,
+        Protocol::Udp => protocol::UDP,
+    }
+}
+
 /// One file rule before flattening.
 struct FileSource {
     path: AbsolutePath,
@@ -463,11 +472,7 @@ pub fn compile_protected(
                     ("deny", Action::Deny, &egress.deny),
                 ] {
                     for (i, rule) in rules_of.iter().enumerate() {
-                        let protocols = match rule.protocol {
-                            Protocol::Any => protocol::ANY,
-                            Protocol::Tcp => protocol::TCP,
-                            Protocol::Udp => protocol::UDP,
-                        };
+                        let protocols = protocol_bits(rule.protocol);
                         let rule_id = add_rule(policy, format!("egress.{list}[{i}]"));
                         match &rule.target {
                             EgressTarget::Cidr(cidr) => {
@@ -582,11 +587,7 @@ pub fn compile_protected(
                         addr,
                         prefix_len,
                         ports: rule.ports.clone(),
-                        protocols: match rule.protocol {
-                            Protocol::Any => protocol::ANY,
-                            Protocol::Tcp => protocol::TCP,
-                            Protocol::Udp => protocol::UDP,
-                        },
+                        protocols: protocol_bits(rule.protocol),
                         decision: decision::ALLOW,
                         rule_id: add_rule(policy, format!("egress.afterSecret.allow[{i}]")),
                     });
