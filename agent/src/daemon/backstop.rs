@@ -5,7 +5,7 @@
 //!
 //! The service's state is the [`Backstop`] behind its own lock, shared by
 //! the policy state (reload, admission) and the request ring. Lock order:
-//! State → Backstop → audit writer; the request handler never holds the
+//! `PolicyService` → Backstop → audit writer; the request handler never holds the
 //! backstop while it takes the state lock.
 
 use std::{
@@ -103,7 +103,7 @@ pub(super) fn cover_process(
 /// be found, else the whole host, and records the change.
 pub(super) fn answer_request(daemon: &Arc<Daemon>, agent_id: AgentId, pid: u32, cgroup_id: u64) {
     let (backstop, cgroup_root, host, agent) = {
-        let Ok(state) = daemon.state.lock() else {
+        let Ok(state) = daemon.policy.lock() else {
             return;
         };
         (
@@ -163,7 +163,7 @@ pub(super) fn answer_request(daemon: &Arc<Daemon>, agent_id: AgentId, pid: u32, 
         Err(error) => format!("{why}; {}", failure(&error)),
     };
     tracing::info!("{text}");
-    if let Ok(mut state) = daemon.state.lock() {
+    if let Ok(mut state) = daemon.policy.lock() {
         state.record(AuditRecord::lifecycle(&host, "egress", text));
     }
 }

@@ -1,14 +1,16 @@
 //! Circuit breakers, as a service of their own: the engine, the run-time
 //! maps they read and act through (counters, quarantine, secrets' taints),
-//! and what they record.
+//! what they record, and the accounting that follows the counters: loss
+//! reports (events the kernel dropped or rate-limited) and the progress a
+//! successor daemon takes over.
 //!
 //! `Breakers` sits behind its own lock (`SharedBreakers`), shared by the
-//! daemon (the watcher, breaker and taint commands) and `State` (a reload
-//! hands it the new rules and names; status, takeover and the audit ticker
+//! daemon (the watcher, the audit ticker, breaker and taint commands) and
+//! `PolicyService` (a reload hands it the new rules and names; status and takeover
 //! read counters). The watcher takes only this lock, so a reload or a slow
-//! control request never holds a trip up. Lock order: `State`, then
+//! control request never holds a trip up. Lock order: `PolicyService`, then
 //! `Breakers`, then the writer; code holding `Breakers` never takes
-//! `State`.
+//! `PolicyService`.
 
 use super::*;
 use crate::{
@@ -77,6 +79,14 @@ pub(super) struct Breakers {
     agents: BTreeMap<AgentId, String>,
     /// Secrets in force, by rule id.
     secrets: BTreeMap<RuleId, SecretName>,
+    /// Kernel event drops already recorded, per agent.
+    drops_recorded: HashMap<AgentId, u64>,
+    /// Rate-limit suppressions already recorded, per agent.
+    suppressions_recorded: HashMap<AgentId, u64>,
+    /// Where the progress a successor takes over is saved.
+    handover: StateDir,
+    /// The progress last saved there.
+    saved_progress: Progress,
     metrics: Arc<crate::metrics::Metrics>,
     writer: Arc<Mutex<AuditWriter>>,
     host: String,
@@ -91,6 +101,7 @@ impl Breakers {
         runtime: RuntimeMaps,
         fallback: Option<FallbackCounter>,
         identity: MapData,
+        handover: StateDir,
         metrics: Arc<crate::metrics::Metrics>,
         writer: Arc<Mutex<AuditWriter>>,
         host: String,
@@ -105,6 +116,10 @@ impl Breakers {
             identity,
             agents: BTreeMap::new(),
             secrets: BTreeMap::new(),
+            drops_recorded: HashMap::new(),
+            suppressions_recorded: HashMap::new(),
+            handover,
+            saved_progress: Progress::default(),
             metrics,
             writer,
             host,
@@ -145,11 +160,6 @@ impl Breakers {
         &mut self.engine
     }
 
-    /// The run-time maps (quarantine, counters, taints).
-    pub(super) fn runtime(&self) -> &RuntimeMaps {
-        &self.runtime
-    }
-
     /// An agent's counters: the kernel's, plus what the fanotify listener
     /// decided, plus whether a secret tainted it.
     pub(super) fn counters(&self, agent_id: AgentId) -> agent_common::identity::AgentCounters {
@@ -159,6 +169,202 @@ impl Breakers {
             counts.add_to(&mut counters);
         }
         counters
+    }
+
+    /// Writes a record for events the kernel could not queue since the last
+    /// look: loss is counted and recorded, never silent.
+    pub(super) fn record_drops(&mut self) {
+        let agents: Vec<(AgentId, String)> = self
+            .agents
+            .iter()
+            .map(|(id, name)| (*id, name.clone()))
+            .collect();
+        for (agent_id, agent) in agents {
+            let counters = self.counters(agent_id);
+            self.metrics
+                .observe_events_suppressed_total(&agent, counters.events_suppressed);
+            let suppressed_seen = self.suppressions_recorded.entry(agent_id).or_insert(0);
+            if counters.events_suppressed > *suppressed_seen {
+                let count = counters.events_suppressed - *suppressed_seen;
+                *suppressed_seen = counters.events_suppressed;
+                self.record(AuditRecord::suppressed(
+                    &self.host,
+                    Some(&agent),
+                    count,
+                    "over the per-agent event rate; every decision was still enforced and counted",
+                ));
+            }
+            let dropped = counters.events_dropped;
+            self.metrics.observe_events_dropped_total(&agent, dropped);
+            let seen = self.drops_recorded.entry(agent_id).or_insert(0);
+            if dropped > *seen {
+                let count = dropped - *seen;
+                *seen = dropped;
+                self.record(AuditRecord::suppressed(
+                    &self.host,
+                    Some(&agent),
+                    count,
+                    "the kernel's event ring buffer was full",
+                ));
+            }
+        }
+    }
+
+    /// Saves the counters reported so far and the open breakers, when they
+    /// changed, for a daemon that takes over from this one.
+    pub(super) fn save_progress(&mut self) {
+        let mut progress = Progress {
+            pid: std::process::id(),
+            suppressions_recorded: self
+                .suppressions_recorded
+                .iter()
+                .map(|(k, v)| (*k, *v))
+                .collect(),
+            drops_recorded: self.drops_recorded.iter().map(|(k, v)| (*k, *v)).collect(),
+            counters: self
+                .agents
+                .keys()
+                .map(|id| (*id, self.counters(*id).into()))
+                .collect(),
+            open_breakers: self
+                .engine
+                .open_breakers()
+                .into_iter()
+                .map(|(agent_id, agent, breaker, action, reason)| OpenBreaker {
+                    agent_id,
+                    agent,
+                    breaker,
+                    action,
+                    reason,
+                })
+                .collect(),
+            fallback_counters: self
+                .fallback
+                .as_ref()
+                .map(|listener| {
+                    listener
+                        .counts()
+                        .into_iter()
+                        .map(|(agent_id, counts)| {
+                            let mut counters = agent_common::identity::AgentCounters::default();
+                            counts.add_to(&mut counters);
+                            (agent_id, counters.into())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            ..Progress::default()
+        };
+        if progress == self.saved_progress {
+            return;
+        }
+        let unchanged = progress.clone();
+        progress.saved_at = crate::audit::record::format_time(std::time::SystemTime::now());
+        match self.handover.save_progress(&progress) {
+            Ok(()) => self.saved_progress = unchanged,
+            Err(error) => tracing::error!(%error, "cannot save progress for a restart"),
+        }
+    }
+
+    /// Continues where a previous daemon stopped: reports what its agents
+    /// did while no daemon ran, continues loss accounting from its counts,
+    /// and re-opens its breakers. Without its progress, a quarantine still
+    /// in the kernel is the only breaker left to find.
+    pub(super) fn take_over(&mut self, previous: Option<Progress>) {
+        let agents: Vec<(AgentId, String)> = self
+            .agents
+            .iter()
+            .map(|(id, name)| (*id, name.clone()))
+            .collect();
+        let Some(previous) = previous else {
+            for (id, name) in agents {
+                if self.runtime.quarantined(id) {
+                    let counters = self.counters(id).into();
+                    self.engine.restore(
+                        id,
+                        &name,
+                        "restored",
+                        Action::Quarantine,
+                        "quarantined in the kernel when the daemon started",
+                        counters,
+                    );
+                }
+            }
+            return;
+        };
+        if let Some(listener) = &self.fallback {
+            let saved = previous
+                .fallback_counters
+                .iter()
+                .map(|(agent_id, saved)| {
+                    (
+                        *agent_id,
+                        crate::fallback::fanotify::FallbackCounts {
+                            denied_files: saved.denied_files,
+                            file_writes: saved.file_writes,
+                            canary_hits: saved.canary_hits,
+                            denied_sockets: saved.denied_sockets,
+                        },
+                    )
+                })
+                .collect();
+            listener.carry_over(&saved);
+        }
+        for (id, name) in &agents {
+            let now: crate::breaker::CounterSnapshot = self.counters(*id).into();
+            let Some(before) = previous.counters.get(id) else {
+                continue;
+            };
+            if now == *before {
+                continue;
+            }
+            let mut record = AuditRecord::lifecycle(
+                &self.host,
+                "daemon",
+                format!(
+                    "while no daemon ran, agent {name}: {} connects ({} denied, {} rate-limited), {} file and exec denials, {} denied sockets, {} execs, {} events lost to a full ring buffer",
+                    now.connects.saturating_sub(before.connects),
+                    now.denied_connects.saturating_sub(before.denied_connects),
+                    now.rate_limited.saturating_sub(before.rate_limited),
+                    now.denied_files.saturating_sub(before.denied_files),
+                    now.denied_sockets.saturating_sub(before.denied_sockets),
+                    now.execs.saturating_sub(before.execs),
+                    now.events_dropped.saturating_sub(before.events_dropped),
+                ),
+            );
+            record.agent = Some(name.clone());
+            self.record(record);
+        }
+        self.suppressions_recorded = previous.suppressions_recorded.into_iter().collect();
+        self.drops_recorded = previous.drops_recorded.into_iter().collect();
+        for open in previous.open_breakers {
+            if !self.agents.contains_key(&open.agent_id) {
+                continue;
+            }
+            let counters = self.counters(open.agent_id).into();
+            self.engine.restore(
+                open.agent_id,
+                &open.agent,
+                &open.breaker,
+                open.action,
+                &open.reason,
+                counters,
+            );
+            let mut record = AuditRecord::lifecycle(
+                &self.host,
+                "breaker",
+                format!(
+                    "breaker {} of agent {} is still open ({}) after the restart",
+                    open.breaker,
+                    open.agent,
+                    serde_json::to_string(&open.action).unwrap_or_default()
+                ),
+            );
+            record.agent = Some(open.agent.clone());
+            self.record(record);
+        }
+        // The rest of the loss is reported by the usual accounting.
+        self.record_drops();
     }
 
     fn name_of(&self, agent_id: AgentId) -> String {
@@ -438,9 +644,9 @@ pub(super) async fn watch_breakers(daemon: Weak<Daemon>) {
 impl Daemon {
     /// The id of agent `agent`, or the reply that says there is none.
     fn agent_id_of(&self, agent: &str) -> Result<AgentId, Reply> {
-        self.state
+        self.policy
             .lock()
-            .expect("state lock poisoned")
+            .expect("policy lock poisoned")
             .registry
             .id_of(agent)
             .ok_or_else(|| Reply::Error {

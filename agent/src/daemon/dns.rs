@@ -9,11 +9,11 @@ use crate::kernel::maps::Learned;
 /// Entries kept in `learned_names` before it is cleared.
 const LEARNED_NAMES_LIMIT: usize = 65_536;
 
-/// What a DNS answer needs to open its ports, owned apart from `State`: the
+/// What a DNS answer needs to open its ports, owned apart from `PolicyService`: the
 /// learner takes only this lock, so name resolution never waits for the
-/// event drain writing an audit batch under the `State` lock.
+/// event drain writing an audit batch under the `PolicyService` lock.
 ///
-/// Lock order: `State`, then `Learning`. The learner never takes `State`
+/// Lock order: `PolicyService`, then `Learning`. The learner never takes `PolicyService`
 /// while it holds this one.
 pub(super) struct Learning {
     /// The kernel's DNS maps: learned addresses, proxies, query senders.
@@ -36,13 +36,13 @@ impl Learning {
 }
 
 /// The running DNS proxies and what starting more takes, owned apart from
-/// `State`: a burst of namespace requests from an agent (each a thread
+/// `PolicyService`: a burst of namespace requests from an agent (each a thread
 /// that enters a namespace and binds sockets) does its bookkeeping under
 /// this lock only.
 ///
-/// Lock order: `State`, then `Proxies`, then `Learning`. Code holding
-/// `Proxies` never takes `State`: what needs both (a reload's refresh, a
-/// record) takes `State` first or lets go of `Proxies` before.
+/// Lock order: `PolicyService`, then `Proxies`, then `Learning`. Code holding
+/// `Proxies` never takes `PolicyService`: what needs both (a reload's refresh, a
+/// record) takes `PolicyService` first or lets go of `Proxies` before.
 pub(super) struct Proxies {
     /// Running proxies, per agent and network namespace cookie.
     pub(super) running: BTreeMap<(AgentId, u64), AgentProxy>,
@@ -158,7 +158,7 @@ impl Learner for ProxyLearner {
                     .learn(agent_id, learned.addr, learned.ttl, rule_id, &rows)
                     .map_err(|e| e.to_string())?;
                 if outcome == Learned::Full {
-                    // Never take `State` while holding `Learning`.
+                    // Never take `PolicyService` while holding `Learning`.
                     drop(learning);
                     return Err(self.record_full(agent_id, rule_id, name, learned.addr));
                 }
@@ -187,7 +187,7 @@ impl Learner for ProxyLearner {
         let Some(daemon) = self.daemon.upgrade() else {
             return;
         };
-        let Ok(mut state) = daemon.state.lock() else {
+        let Ok(mut state) = daemon.policy.lock() else {
             return;
         };
         let agent = state
@@ -245,7 +245,7 @@ impl ProxyLearner {
         let Some(daemon) = self.daemon.upgrade() else {
             return "the daemon is stopping".to_string();
         };
-        let Ok(mut state) = daemon.state.lock() else {
+        let Ok(mut state) = daemon.policy.lock() else {
             return "state lock poisoned".to_string();
         };
         let agent = state
@@ -280,7 +280,7 @@ struct ProxyPlan {
 /// kernel's redirect at it.
 pub(super) async fn start_dns_proxies(daemon: &Arc<Daemon>, dns: &DnsConfig) -> anyhow::Result<()> {
     let (needed, proxies, learning) = {
-        let state = daemon.state.lock().expect("state lock poisoned");
+        let state = daemon.policy.lock().expect("policy lock poisoned");
         let needed = state
             .policies
             .agents
@@ -314,9 +314,9 @@ pub(super) async fn start_dns_proxies(daemon: &Arc<Daemon>, dns: &DnsConfig) -> 
     };
     proxies.lock().expect("proxies lock poisoned").setup = Some((config, learner));
     daemon
-        .state
+        .policy
         .lock()
-        .expect("state lock poisoned")
+        .expect("policy lock poisoned")
         .refresh_dns();
     Ok(())
 }
@@ -363,7 +363,7 @@ pub(super) fn open_netns_proxy(
     pid: u32,
 ) {
     let (proxies, learning) = {
-        let state = daemon.state.lock().expect("state lock poisoned");
+        let state = daemon.policy.lock().expect("policy lock poisoned");
         (state.proxies.clone(), state.learning.clone())
     };
     let (names, setup) = {
@@ -457,7 +457,7 @@ pub(super) fn open_netns_proxy(
 
 /// Records that `agent_id` reached its cap of namespace proxies.
 fn report_namespace_cap(daemon: &Daemon, agent_id: AgentId, held: usize) {
-    let mut state = daemon.state.lock().expect("state lock poisoned");
+    let mut state = daemon.policy.lock().expect("policy lock poisoned");
     let agent = state
         .registry
         .name_of(agent_id)
@@ -503,7 +503,7 @@ async fn release_when_empty(
         let Some(daemon) = daemon.upgrade() else {
             return;
         };
-        let (members, proxies, learning) = match daemon.state.lock() {
+        let (members, proxies, learning) = match daemon.policy.lock() {
             Ok(state) => (
                 state.maps.members(proxy.agent_id),
                 state.proxies.clone(),
@@ -558,7 +558,7 @@ pub(super) async fn sweep_learned_addresses(daemon: Weak<Daemon>) {
         let Some(daemon) = daemon.upgrade() else {
             return;
         };
-        let Ok(learning) = daemon.state.lock().map(|state| state.learning.clone()) else {
+        let Ok(learning) = daemon.policy.lock().map(|state| state.learning.clone()) else {
             return;
         };
         let removed = learning
@@ -571,7 +571,7 @@ pub(super) async fn sweep_learned_addresses(daemon: Weak<Daemon>) {
     }
 }
 
-impl State {
+impl PolicyService {
     /// Brings the DNS proxies in line with the agents' domain rules.
     pub(super) fn refresh_dns(&mut self) {
         let needed = self.policies.agents.values().any(|a| !a.domains.is_empty());

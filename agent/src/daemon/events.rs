@@ -13,9 +13,11 @@ pub(super) async fn tick_audit(daemon: Weak<Daemon>) {
         let Some(daemon) = daemon.upgrade() else {
             return;
         };
-        if let Ok(mut state) = daemon.state.lock() {
-            state.record_drops();
-            state.save_progress();
+        if let Ok(mut breakers) = daemon.breakers.lock() {
+            breakers.record_drops();
+            breakers.save_progress();
+        }
+        if let Ok(state) = daemon.policy.lock() {
             for (map, entries, capacity) in state.maps.usage() {
                 state.metrics.set_map_usage(map, entries, capacity);
             }
@@ -29,10 +31,16 @@ pub(super) async fn tick_audit(daemon: Weak<Daemon>) {
                 proxies,
                 u64::from(agent_common::egress::DNS_PROXY_ENTRIES),
             );
-            state
-                .metrics
-                .set_events_pending(state.event_backlog.bytes());
         }
+        daemon
+            .writer
+            .lock()
+            .map(|writer| {
+                writer
+                    .metrics()
+                    .set_events_pending(daemon.event_backlog.bytes())
+            })
+            .ok();
         if let Ok(mut writer) = daemon.writer.lock() {
             writer.tick();
         }
@@ -290,49 +298,7 @@ fn drain_batch(
     }
 }
 
-impl State {
-    /// Writes a record for events the kernel could not queue since the last
-    /// look: loss is counted and recorded, never silent.
-    pub(super) fn record_drops(&mut self) {
-        let agents: Vec<(AgentId, String)> = self
-            .registry
-            .ids()
-            .iter()
-            .map(|(name, id)| (*id, name.to_string()))
-            .collect();
-        for (agent_id, agent) in agents {
-            let counters = self.counters(agent_id);
-            self.metrics
-                .observe_events_suppressed_total(&agent, counters.events_suppressed);
-            let suppressed_seen = self.suppressions_recorded.entry(agent_id).or_insert(0);
-            if counters.events_suppressed > *suppressed_seen {
-                let count = counters.events_suppressed - *suppressed_seen;
-                *suppressed_seen = counters.events_suppressed;
-                let host = self.host.clone();
-                self.record(AuditRecord::suppressed(
-                    &host,
-                    Some(&agent),
-                    count,
-                    "over the per-agent event rate; every decision was still enforced and counted",
-                ));
-            }
-            let dropped = counters.events_dropped;
-            self.metrics.observe_events_dropped_total(&agent, dropped);
-            let seen = self.drops_recorded.entry(agent_id).or_insert(0);
-            if dropped > *seen {
-                let count = dropped - *seen;
-                *seen = dropped;
-                let host = self.host.clone();
-                self.record(AuditRecord::suppressed(
-                    &host,
-                    Some(&agent),
-                    count,
-                    "the kernel's event ring buffer was full",
-                ));
-            }
-        }
-    }
-
+impl PolicyService {
     /// Writes `record` to the audit trail.
     pub(super) fn record(&mut self, record: AuditRecord) {
         self.writer

@@ -52,9 +52,12 @@ pub(super) fn start_fanotify(
 }
 
 /// Writes the fanotify listener's decisions to the audit trail, as kernel
-/// file events are.
+/// file events are. Takes the writer's lock alone, like the event drain:
+/// the listener's losses come from its own handle, not from `PolicyService`.
 pub(super) async fn record_fanotify_events(
     daemon: Weak<Daemon>,
+    listener: crate::fallback::fanotify::FallbackCounter,
+    host: String,
     mut events: tokio::sync::mpsc::Receiver<crate::fallback::fanotify::Finding>,
 ) {
     let clock = Clock::new();
@@ -65,14 +68,13 @@ pub(super) async fn record_fanotify_events(
         let Some(daemon) = daemon.upgrade() else {
             return;
         };
+        let Ok(mut writer) = daemon.writer.lock() else {
+            return;
+        };
         let event = match finding {
             crate::fallback::fanotify::Finding::Decision(event) => event,
             crate::fallback::fanotify::Finding::Degraded(message) => {
-                let Ok(mut state) = daemon.state.lock() else {
-                    return;
-                };
-                let host = state.host.clone();
-                state.record(AuditRecord::lifecycle(&host, "file", message));
+                writer.record(AuditRecord::lifecycle(&host, "file", message));
                 continue;
             }
         };
@@ -84,39 +86,24 @@ pub(super) async fn record_fanotify_events(
                 size_of::<agent_common::event::FileEvent>(),
             )
         };
-        // Like the event drain, the writer's lock alone.
-        {
-            let Ok(mut writer) = daemon.writer.lock() else {
-                return;
-            };
-            match writer.decoder().decode(bytes, &clock, &mut processes) {
-                Ok(record) => writer.record(record),
-                Err(error) => tracing::warn!(%error, "undecodable fanotify decision"),
-            }
+        match writer.decoder().decode(bytes, &clock, &mut processes) {
+            Ok(record) => writer.record(record),
+            Err(error) => tracing::warn!(%error, "undecodable fanotify decision"),
         }
-        daemon.breakers_due.notify_one();
-        let Ok(mut state) = daemon.state.lock() else {
-            return;
-        };
-        let host = state.host.clone();
-        let (lost, overflows) = state
-            .fanotify
-            .as_ref()
-            .map_or((0, 0), |w| (w.lost(), w.landlock_lost()));
         for (now, recorded, reason) in [
             (
-                lost,
+                listener.lost(),
                 &mut lost_recorded,
                 "the fanotify listener's queue was full; every decision was still made",
             ),
             (
-                overflows,
+                listener.landlock_lost(),
                 &mut overflows_recorded,
                 "Landlock's denial reports overflowed the daemon's audit socket (count: overflows, not reports); those denials stood but are not recorded",
             ),
         ] {
             if now > *recorded {
-                state.record(AuditRecord::suppressed(
+                writer.record(AuditRecord::suppressed(
                     &host,
                     None,
                     now - *recorded,
@@ -125,10 +112,12 @@ pub(super) async fn record_fanotify_events(
                 *recorded = now;
             }
         }
+        drop(writer);
+        daemon.breakers_due.notify_one();
     }
 }
 
-impl State {
+impl PolicyService {
     /// Brings the fanotify marks and rules in line with the policies in
     /// force, and records what cannot be watched.
     pub(super) fn refresh_fanotify(&mut self) {

@@ -622,10 +622,10 @@ impl super::Daemon {
     /// `baton grant AGENT --allow …`.
     pub(super) fn grant_add(&self, request: &GrantRequest) -> crate::control::Reply {
         use crate::control::Reply;
-        // Lock order: State, then grants, then the writer; State is let go
+        // Lock order: the policy service, then grants, then the writer; it is let go
         // before the others are taken.
         let (agent_id, dns_proxy, proxies) = {
-            let state = self.state.lock().expect("state lock poisoned");
+            let state = self.policy.lock().expect("policy lock poisoned");
             let dns_proxy =
                 state.policies.agents.iter().any(|(name, agent)| {
                     name.as_str() == request.agent && !agent.domains.is_empty()
@@ -707,13 +707,13 @@ impl super::Daemon {
     }
 
     /// Puts the names now granted to `agent_id` in its DNS proxies. Takes
-    /// `State`, the grants and the proxies one after the other, never two
+    /// `PolicyService`, the grants and the proxies one after the other, never two
     /// at once.
     pub(super) fn refresh_grant_names(&self, agent_id: AgentId) {
         let proxies = self
-            .state
+            .policy
             .lock()
-            .expect("state lock poisoned")
+            .expect("policy lock poisoned")
             .proxies
             .clone();
         let names = self

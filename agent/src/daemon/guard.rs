@@ -67,7 +67,7 @@ pub(super) async fn guard_pins(
         if repairs.is_empty() && detached == reported {
             continue;
         }
-        let Ok(mut state) = daemon.state.lock() else {
+        let Ok(mut state) = daemon.policy.lock() else {
             return;
         };
         state.metrics.set_programs_detached(detached.len());
@@ -95,7 +95,7 @@ pub(super) async fn guard_pins(
     }
 }
 
-impl State {
+impl PolicyService {
     /// Records a pin found missing or replaced, and counts it.
     fn record_repair(&mut self, repair: &PinRepair) {
         let (kind, object) = if repair.pin.starts_with("maps/") {

@@ -8,6 +8,7 @@ mod events;
 mod files;
 mod grants;
 mod guard;
+mod reload;
 mod takeover;
 mod trail;
 
@@ -15,6 +16,7 @@ use breakers::watch_breakers;
 use dns::{open_netns_proxy, start_dns_proxies, sweep_learned_addresses};
 use events::{drain_events, serve_netns_requests, tick_audit};
 use files::{record_fanotify_events, start_fanotify};
+use reload::{fix_allocator_thresholds, follow_sources};
 use takeover::Takeover;
 use trail::{AuditWriter, Naming};
 
@@ -231,32 +233,22 @@ impl Settings {
     }
 }
 
-/// State the control socket and the event loop share.
-struct State {
+/// The policy service: the compiled set in force, the registry of agent
+/// ids, the policy maps it writes, its reloads, and admission. It holds
+/// handles on the services it drives (the DNS learner and proxies, the
+/// breakers, the backstop, the audit writer), which each keep their own
+/// lock; see each module for the lock order, which always starts here.
+struct PolicyService {
     maps: PolicyMaps,
     /// The DNS maps and what learning needs, behind a lock of their own.
     learning: Arc<Mutex<dns::Learning>>,
     /// The circuit breakers and the run-time maps, behind a lock of their
     /// own; see [`breakers`] for the lock order.
     breakers: breakers::SharedBreakers,
-    /// Kernel event drops already recorded, per agent.
-    drops_recorded: HashMap<AgentId, u64>,
-    /// Rate-limit suppressions already recorded, per agent.
-    suppressions_recorded: HashMap<AgentId, u64>,
     /// Prometheus metrics.
     metrics: Arc<crate::metrics::Metrics>,
-    /// Where the policies in force came from.
-    policy_source: String,
-    /// When they were loaded (RFC 3339).
-    policy_loaded_at: String,
-    /// The last policy load that was refused, if any.
-    policy_error: Option<String>,
-    /// How long the phases of the last successful reload took.
-    last_reload: Option<ReloadTiming>,
-    /// Per policy source: the set in force and the last error.
-    source_status: Vec<crate::policy::source::SourceStatus>,
-    /// What the set in force looks like, to skip reloads that change nothing.
-    applied_fingerprint: String,
+    /// Where the set in force came from, and how its reloads went.
+    reloads: reload::ReloadLog,
     /// Paths no agent may change.
     protected: Vec<(String, u32)>,
     cgroup_root: PathBuf,
@@ -267,8 +259,6 @@ struct State {
     live_first_rule_id: RuleId,
     /// What a restarted daemon takes over.
     handover: StateDir,
-    /// The progress last saved there.
-    saved_progress: Progress,
     /// What was adopted from a previous daemon at start.
     adopted: Vec<String>,
     pin_dir: PathBuf,
@@ -279,8 +269,6 @@ struct State {
     /// Writes the audit trail; shared with the event drain, which takes
     /// only this lock.
     writer: Arc<Mutex<AuditWriter>>,
-    /// How far the event drain trails the kernel.
-    event_backlog: crate::kernel::ring::RingBacklog,
     host: String,
     /// Whether BPF LSM enforces file rules; if not, `baton exec` agents get
     /// a Landlock ruleset instead.
@@ -303,58 +291,7 @@ struct State {
     proxies: Arc<Mutex<dns::Proxies>>,
 }
 
-/// How long each phase of a reload took.
-#[derive(Clone, Copy, Debug)]
-struct ReloadTiming {
-    /// Reading and parsing, when the source measured it.
-    parse: Option<Duration>,
-    compile: Duration,
-    swap: Duration,
-    /// Rules in the new set (egress, file and domain rules, flattened).
-    rules: usize,
-}
-
-impl ReloadTiming {
-    fn ms(duration: Duration) -> f64 {
-        // Microsecond resolution is plenty and keeps the JSON short.
-        (duration.as_micros() as f64) / 1e3
-    }
-
-    fn to_json(self) -> serde_json::Value {
-        serde_json::json!({
-            "parse_ms": self.parse.map(Self::ms),
-            "compile_ms": Self::ms(self.compile),
-            "swap_ms": Self::ms(self.swap),
-            "rules": self.rules,
-        })
-    }
-
-    /// `parse 3.1 ms, compile 40.2 ms, swap 55.0 ms, 10000 rules`.
-    fn describe(self) -> String {
-        let parse = self.parse.map_or_else(
-            || "not measured".to_string(),
-            |d| format!("{:.1} ms", Self::ms(d)),
-        );
-        format!(
-            "parse {parse}, compile {:.1} ms, swap {:.1} ms, {} rules",
-            Self::ms(self.compile),
-            Self::ms(self.swap),
-            self.rules
-        )
-    }
-}
-
-/// The policy documents, serialized: equal strings mean equal sets.
-fn policy_fingerprint(policies: &[crate::policy::LoadedPolicy]) -> String {
-    let mut documents: Vec<String> = policies
-        .iter()
-        .map(|p| serde_json::to_string(&p.document).unwrap_or_default())
-        .collect();
-    documents.sort();
-    documents.join("\n")
-}
-
-impl State {
+impl PolicyService {
     /// Gives the audit writer the names of the agents and rules in force.
     fn publish_naming(&self) {
         let naming = Naming::new(
@@ -367,167 +304,6 @@ impl State {
             .lock()
             .expect("audit writer lock poisoned")
             .set_naming(naming);
-    }
-
-    /// Compiles and swaps in a new policy set with no enforcement gap: the
-    /// kernel sees the old generation until one write makes the new one
-    /// live. Run-time state (learned addresses, breakers, counters) stays.
-    /// `read_time` is how long the source took to read and parse the set,
-    /// when it measured that.
-    fn reload(
-        &mut self,
-        policies: &[crate::policy::LoadedPolicy],
-        origin: &str,
-        read_time: Option<Duration>,
-    ) -> Result<(), String> {
-        // A source re-reading what is already in force (its first read at
-        // start, a touch of a file) is not a reload.
-        let fingerprint = policy_fingerprint(policies);
-        if fingerprint == self.applied_fingerprint {
-            self.policy_source = origin.to_string();
-            return Ok(());
-        }
-        let first_rule_id = self.policies.first_rule_id.after(self.policies.rules.len());
-        let compile_started = std::time::Instant::now();
-        let compiled = compile_protected(policies, first_rule_id, &expand_on_disk, &self.protected)
-            .map_err(|e| e.to_string())?;
-        let compile_time = compile_started.elapsed();
-        let rule_count = compiled.rules.len();
-        let swap_started = std::time::Instant::now();
-        self.registry.sync(&compiled);
-        // Events decided under the old generation may still be in the ring
-        // buffer: rule ids only grow, and the old generation's names stay
-        // resolvable. Older ones are dropped, so the table stays bounded.
-        let keep_from = self
-            .live_first_rule_id
-            .index_from(self.policies.first_rule_id)
-            .unwrap_or(0);
-        // The drain names events without the state lock, so it must know
-        // the new agents and rules before the kernel decides by them.
-        let naming = Naming::new(
-            &self.registry,
-            &compiled,
-            self.policies.rules.iter().skip(keep_from),
-            self.policies.first_rule_id.after(keep_from),
-        );
-        self.writer
-            .lock()
-            .expect("audit writer lock poisoned")
-            .set_naming(naming);
-        // Before the new selectors take effect, as at start.
-        for message in backstop::cover_policies(&self.backstop, &compiled, &self.cgroup_root) {
-            tracing::info!("{message}");
-            let host = self.host.clone();
-            self.record(AuditRecord::lifecycle(&host, "egress", message));
-        }
-        let swapped = self
-            .maps
-            .apply(&compiled, self.registry.ids())
-            .and_then(|generation| {
-                self.maps
-                    .apply_selectors(&compiled, self.registry.ids(), &self.cgroup_root)
-                    .map(|unresolved| (generation, unresolved))
-            });
-        let (generation, unresolved) = match swapped {
-            Ok(swapped) => swapped,
-            Err(error) => {
-                self.publish_naming();
-                return Err(error.to_string());
-            }
-        };
-        let live_first = compiled.first_rule_id;
-        let old = std::mem::replace(&mut self.policies, compiled);
-        let mut rules: Vec<_> = old.rules.into_iter().skip(keep_from).collect();
-        rules.append(&mut self.policies.rules);
-        self.policies.rules = rules;
-        self.policies.first_rule_id = old.first_rule_id.after(keep_from);
-        self.live_first_rule_id = live_first;
-        self.publish_naming();
-        self.save_registry();
-        let cgroup_root = self.cgroup_root.clone();
-        self.admit_cgroup_members(&cgroup_root);
-        self.refresh_fanotify();
-        if !self.files_enforced && !self.detection {
-            let undetected: Vec<String> = self
-                .policies
-                .agents
-                .iter()
-                .filter(|(_, a)| !a.cgroups.is_empty() || !a.executables.is_empty())
-                .map(|(name, _)| name.to_string())
-                .collect();
-            if !undetected.is_empty() {
-                let message = format!(
-                    "control degraded: the detection programs are attached at start, and only when an agent is selected by cgroup, unit or executable; agents {} get no detection until the daemon restarts",
-                    undetected.join(", ")
-                );
-                tracing::warn!("{message}");
-                let host = self.host.clone();
-                self.record(AuditRecord::lifecycle(&host, "file", message));
-            }
-        }
-        self.breakers
-            .lock()
-            .expect("breakers lock poisoned")
-            .follow(&self.policies, &self.registry);
-        self.refresh_dns();
-        let timing = ReloadTiming {
-            parse: read_time,
-            compile: compile_time,
-            swap: swap_started.elapsed(),
-            rules: rule_count,
-        };
-        let host = self.host.clone();
-        for selector in unresolved {
-            self.record(AuditRecord::lifecycle(
-                &host,
-                "policy",
-                format!(
-                    "agent {}: {} {} is not selected yet: {}",
-                    selector.agent, selector.what, selector.path, selector.reason
-                ),
-            ));
-        }
-        let agents: Vec<String> = self.policies.agents.keys().map(|n| n.to_string()).collect();
-        self.record(AuditRecord::lifecycle(
-            &host,
-            "policy",
-            format!(
-                "generation {generation} loaded from {origin}: agents {}; {}",
-                agents.join(", "),
-                timing.describe()
-            ),
-        ));
-        tracing::info!(generation = generation.raw(), origin, timing = %timing.describe(), "policies reloaded");
-        if let Some(parse) = timing.parse {
-            self.metrics
-                .observe_reload_phase(crate::metrics::ReloadPhase::Parse, parse);
-        }
-        self.metrics
-            .observe_reload_phase(crate::metrics::ReloadPhase::Compile, timing.compile);
-        self.metrics
-            .observe_reload_phase(crate::metrics::ReloadPhase::Swap, timing.swap);
-        self.last_reload = Some(timing);
-        self.metrics
-            .set_policy_generation(u64::from(generation.raw()));
-        self.metrics
-            .record_policy_reload(crate::metrics::ReloadResult::Success);
-        self.policy_source = origin.to_string();
-        self.policy_loaded_at = crate::audit::record::format_time(std::time::SystemTime::now());
-        self.policy_error = None;
-        self.applied_fingerprint = fingerprint;
-        Ok(())
-    }
-
-    /// Records a policy set that was refused; the last good set stays.
-    fn policy_rejected(&mut self, source: &str, error: &str) {
-        let message =
-            format!("policy set from {source} rejected, the last good set stays in force: {error}");
-        tracing::error!("{message}");
-        let host = self.host.clone();
-        self.record(AuditRecord::lifecycle(&host, "policy", message));
-        self.metrics
-            .record_policy_reload(crate::metrics::ReloadResult::Failure);
-        self.policy_error = Some(format!("{source}: {error}"));
     }
 
     /// The Landlock ruleset a `baton exec` process of `agent` applies to
@@ -680,14 +456,7 @@ impl State {
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "pid": std::process::id(),
-            "policy": {
-                "generation": self.maps.active_generation(),
-                "source": self.policy_source,
-                "loaded_at": self.policy_loaded_at,
-                "last_error": self.policy_error,
-                "last_reload": self.last_reload.map(ReloadTiming::to_json),
-                "sources": self.source_status,
-            },
+            "policy": self.reloads.to_json(self.maps.active_generation()),
             "file_enforcement": match (self.files_enforced, &self.fanotify) {
                 (true, _) => "BPF LSM".to_string(),
                 (false, Some(watcher)) => {
@@ -714,13 +483,11 @@ impl State {
             // How often Landlock's reports were lost, and how often the
             // audit subsystem was found switched off (and switched back on).
             "landlock_reports": self.fanotify.as_ref().map(|watcher| serde_json::json!({
-                "overflows": watcher.landlock_lost(),
+                "overflows": watcher.counter().landlock_lost(),
                 "audit_switched_off": watcher.audit_switched_off(),
             })),
             "audit": {
                 "head_seq": self.writer.lock().ok().and_then(|w| w.sink.head()).map(|head| head.seq),
-                "events_pending_bytes": self.event_backlog.bytes(),
-                "event_ring": self.event_backlog.state(),
             },
             "pins": {
                 "dir": self.pin_dir,
@@ -792,7 +559,7 @@ impl State {
 }
 
 struct Daemon {
-    state: Mutex<State>,
+    policy: Mutex<PolicyService>,
     /// The audit writer; see [`trail`] for the lock order.
     writer: Arc<Mutex<AuditWriter>>,
     /// Wakes the breaker service when the drain wrote a decision.
@@ -812,6 +579,9 @@ struct Daemon {
     backstop: backstop::SharedBackstop,
     /// The daemon itself, for tasks a request starts.
     weak: std::sync::OnceLock<Weak<Daemon>>,
+    /// How far the event drain trails the kernel: a read-only view of the
+    /// ring's positions, which needs no lock.
+    event_backlog: crate::kernel::ring::RingBacklog,
 }
 
 impl Daemon {
@@ -848,7 +618,10 @@ impl Handler for Daemon {
         match request {
             Request::Admit { agent } => self.admit(caller, &agent),
             Request::Status => {
-                let mut report = self.state.lock().expect("state lock poisoned").status();
+                let mut report = self.policy.lock().expect("policy lock poisoned").status();
+                report["audit"]["events_pending_bytes"] = self.event_backlog.bytes().into();
+                report["audit"]["event_ring"] =
+                    serde_json::to_value(self.event_backlog.state()).unwrap_or_default();
                 let grants = self.grants.lock().expect("grants lock poisoned").list();
                 if let Some(agents) = report["agents"].as_array_mut() {
                     for agent in agents {
@@ -893,7 +666,7 @@ impl Daemon {
     /// the audit hub still holds.
     fn why(&self, caller: Caller, asked: Option<String>, recent: usize) -> Reply {
         let own = caller.agent.map(|id| {
-            let state = self.state.lock().expect("state lock poisoned");
+            let state = self.policy.lock().expect("policy lock poisoned");
             state
                 .registry
                 .name_of(id)
@@ -965,7 +738,7 @@ impl Daemon {
                 message: format!("{what} needs root"),
             };
         };
-        let mut state = self.state.lock().expect("state lock poisoned");
+        let mut state = self.policy.lock().expect("policy lock poisoned");
         let agent = state
             .registry
             .name_of(agent_id)
@@ -1024,7 +797,7 @@ impl Daemon {
     }
 
     fn admit(&self, caller: Caller, agent: &str) -> Reply {
-        let mut state = self.state.lock().expect("state lock poisoned");
+        let mut state = self.policy.lock().expect("policy lock poisoned");
         let Some(agent_id) = state.registry.id_of(agent) else {
             return Reply::Error {
                 message: format!("no loaded policy selects agent {agent:?}"),
@@ -1281,6 +1054,11 @@ async fn serve(
         settings.fanotify,
         settings.landlock_audit,
     );
+    let fanotify_events = fanotify_events.zip(
+        fanotify
+            .as_ref()
+            .map(crate::fallback::fanotify::Watcher::counter),
+    );
     // Denied processes of agents whose policy asks for it get a line on
     // their standard error; without it, nothing else changes.
     let explainer = match maps
@@ -1368,16 +1146,16 @@ async fn serve(
             .as_ref()
             .map(crate::fallback::fanotify::Watcher::counter),
         identity_for_breakers,
+        handover.clone(),
         metrics.clone(),
         writer.clone(),
         host.clone(),
     )?;
     breakers.follow(&compiled, &registry);
     let breakers = Arc::new(Mutex::new(breakers));
-    let mut state = State {
+    let mut state = PolicyService {
         live_first_rule_id,
         handover,
-        saved_progress: Progress::default(),
         adopted: pins.adopted().to_vec(),
         pin_dir: pins.path().to_path_buf(),
         pins: pins.clone(),
@@ -1385,21 +1163,13 @@ async fn serve(
         maps,
         learning,
         breakers: breakers.clone(),
-        drops_recorded: HashMap::new(),
-        suppressions_recorded: HashMap::new(),
         metrics: metrics.clone(),
-        policy_source: settings.policy_dir.display().to_string(),
-        policy_loaded_at: crate::audit::record::format_time(std::time::SystemTime::now()),
-        policy_error: None,
-        last_reload: None,
-        source_status: Vec::new(),
-        applied_fingerprint: policy_fingerprint(policies),
+        reloads: reload::ReloadLog::new(&settings.policy_dir.display().to_string(), policies),
         protected: settings.protected.clone(),
         cgroup_root: enforcer.cgroup_root.clone(),
         registry,
         policies: compiled,
         writer: writer.clone(),
-        event_backlog,
         host: host.clone(),
         files_enforced: enforcer.files == ControlState::Enforced,
         landlock_gaps_logged: BTreeSet::new(),
@@ -1429,7 +1199,10 @@ async fn serve(
         state.take_over(previous_progress);
     }
     state.save_registry();
-    state.save_progress();
+    breakers
+        .lock()
+        .expect("breakers lock poisoned")
+        .save_progress();
     let agents: Vec<String> = state
         .policies
         .agents
@@ -1546,7 +1319,7 @@ async fn serve(
         }
     }
     let daemon = Arc::new(Daemon {
-        state: Mutex::new(state),
+        policy: Mutex::new(state),
         writer,
         breakers_due: tokio::sync::Notify::new(),
         audit,
@@ -1556,12 +1329,18 @@ async fn serve(
         breakers,
         backstop: shared_backstop.clone(),
         weak: std::sync::OnceLock::new(),
+        event_backlog,
     });
     let _ = daemon.weak.set(Arc::downgrade(&daemon));
     let grant_sweeper = tokio::spawn(grants::sweep_grants(Arc::downgrade(&daemon)));
     let audit_ticker = tokio::spawn(tick_audit(Arc::downgrade(&daemon)));
-    if let Some(events) = fanotify_events {
-        tokio::spawn(record_fanotify_events(Arc::downgrade(&daemon), events));
+    if let Some((events, listener)) = fanotify_events {
+        tokio::spawn(record_fanotify_events(
+            Arc::downgrade(&daemon),
+            listener,
+            host.clone(),
+            events,
+        ));
     }
     start_dns_proxies(&daemon, &settings.dns).await?;
     let sweeper = tokio::spawn(sweep_learned_addresses(Arc::downgrade(&daemon)));
@@ -1594,7 +1373,7 @@ async fn serve(
         settings.descriptors.limits,
     ));
     {
-        let state = daemon.state.lock().expect("state lock poisoned");
+        let state = daemon.policy.lock().expect("policy lock poisoned");
         state
             .metrics
             .set_policy_generation(u64::from(state.maps.active_generation().raw()));
@@ -1633,7 +1412,7 @@ async fn serve(
     reloader.abort();
     let _ = std::fs::remove_file(&settings.control_socket);
     {
-        let mut state = daemon.state.lock().expect("state lock poisoned");
+        let mut state = daemon.policy.lock().expect("policy lock poisoned");
         let host = state.host.clone();
         state.record(AuditRecord::lifecycle(
             &host,
@@ -1655,9 +1434,9 @@ async fn serve(
     drop(enforcer);
     if settings.cleanup_on_exit {
         let handover = daemon
-            .state
+            .policy
             .lock()
-            .expect("state lock poisoned")
+            .expect("policy lock poisoned")
             .handover
             .clone();
         handover.remove();
@@ -1669,77 +1448,13 @@ async fn serve(
         }
     } else {
         daemon
-            .state
+            .breakers
             .lock()
-            .expect("state lock poisoned")
+            .expect("breakers lock poisoned")
             .save_progress();
         tracing::info!(pin_dir = %pins.path().display(), "programs stay attached with the last policies; `baton uninstall` removes them");
     }
     result
-}
-
-/// Applies every new desired set the policy sources produce. A set that
-/// does not parse, verify, compile or fit leaves the last good one in force.
-async fn follow_sources(daemon: Weak<Daemon>, mut sources: crate::policy::source::Sources) {
-    let mut desired = crate::policy::source::DesiredSet::new(sources.names.clone());
-    while let Some(update) = sources.updates.recv().await {
-        let Some(daemon) = daemon.upgrade() else {
-            return;
-        };
-        let source = update.source.clone();
-        let origin = update.origin.clone();
-        let read_time = update.read_time;
-        let Ok(mut state) = daemon.state.lock() else {
-            return;
-        };
-        // Nothing is applied until every source has reported once, so one
-        // source's set never stands in for all of them.
-        match desired.apply(update) {
-            crate::policy::source::Step::Apply(policies) => {
-                if let Err(error) = state.reload(&policies, &origin, read_time) {
-                    desired.reject(&source, &error);
-                    state.policy_rejected(&source, &error);
-                }
-            }
-            crate::policy::source::Step::Rejected(error) => state.policy_rejected(&source, &error),
-            crate::policy::source::Step::Wait => {}
-        }
-        state.source_status = desired.status();
-        drop(state);
-        release_freed_memory();
-    }
-}
-
-/// Gives the memory a reload freed back to the system. A reload of 10,000
-/// rules allocates and frees tens of MiB on whichever runtime thread runs
-/// it, and glibc keeps what each thread's arena freed: without this, RSS
-/// grew by some 30 MiB over ten such reloads (`cargo xtask bench reload`).
-fn release_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free heap pages to the kernel; it
-    // takes the allocator's own locks.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// Keeps glibc from holding on to what a reload frees. By default glibc
-/// raises its mmap threshold to the size of each large block freed (up to
-/// 32 MiB), so once the first 10,000-rule set is dropped, the next sets'
-/// large buffers (policy text, rule tables) come from the heap instead of
-/// their own mappings, and free space between long-lived allocations is
-/// kept: RSS drifted by up to 20% over 100 reloads (`cargo xtask bench
-/// reload`). A fixed threshold returns every large block to the system
-/// when it is freed. 1 MiB, not glibc's initial 128 KiB: the audit writer's
-/// batches (about 256 KiB) then stay on the heap, where mapping and
-/// unmapping each one cost a tenth of the writer's time.
-fn fix_allocator_thresholds() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only changes allocator parameters; it is called
-    // before the runtime's threads start allocating.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
-    }
 }
 
 /// Whether process `pid` is in `cgroup` (relative to the cgroup v2 root)

@@ -2,12 +2,12 @@
 //! trail, under a lock of its own.
 //!
 //! The event drain writes whole batches of records, thousands at a time
-//! under a flood of denials. Were it to hold the daemon's [`State`] while
+//! under a flood of denials. Were it to hold the daemon's [`PolicyService`] while
 //! it does, control requests, admissions and DNS learning would wait on
 //! the audit log. So the writer owns what writing needs (the trail, the
 //! explainer, the names of agents and rules), and the drain takes only
-//! its lock. Lock order: `State`, then the writer, then DNS learning; the
-//! writer never takes `State`.
+//! its lock. Lock order: `PolicyService`, then the writer, then DNS learning; the
+//! writer never takes `PolicyService`.
 
 use super::*;
 use crate::{explain::Explainer, metrics::Metrics, policy::compile::RuleRef};
@@ -269,7 +269,7 @@ const FALLBACK_GRACE: Duration = Duration::from_millis(25);
 /// `baton exec`, for its explanations (see [`crate::explain`]), and lets it
 /// go once the process has exited and the denials it made before are
 /// offered.
-pub(super) fn keep_stderr(daemon: &Daemon, state: &State, agent: &str, pid: u32) {
+pub(super) fn keep_stderr(daemon: &Daemon, state: &PolicyService, agent: &str, pid: u32) {
     let wanted = state
         .policies
         .agents
@@ -313,8 +313,7 @@ pub(super) fn keep_stderr(daemon: &Daemon, state: &State, agent: &str, pid: u32)
 async fn catch_up(daemon: &std::sync::Weak<Daemon>) {
     let position = |daemon: &std::sync::Weak<Daemon>| {
         let daemon = daemon.upgrade()?;
-        let state = daemon.state.lock().ok()?;
-        let ring = state.event_backlog.state();
+        let ring = daemon.event_backlog.state();
         Some((ring.consumer, ring.producer))
     };
     let Some((_, target)) = position(daemon) else {

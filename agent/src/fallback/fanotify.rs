@@ -401,6 +401,41 @@ impl FallbackCounter {
             .get(&agent_id)
             .copied()
     }
+
+    /// What the listener has decided for each agent so far, the counts a
+    /// previous daemon handed over ([`Self::carry_over`]) included.
+    pub fn counts(&self) -> HashMap<AgentId, FallbackCounts> {
+        self.0
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Starts from the counts a previous daemon saved, so that counters
+    /// never go backwards across a restart.
+    pub fn carry_over(&self, saved: &HashMap<AgentId, FallbackCounts>) {
+        let mut counts = self.0.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        for (agent_id, saved) in saved {
+            let now = counts.entry(*agent_id).or_default();
+            now.denied_files += saved.denied_files;
+            now.file_writes += saved.file_writes;
+            now.canary_hits += saved.canary_hits;
+            now.denied_sockets += saved.denied_sockets;
+        }
+    }
+
+    /// Decisions the listener could not queue for the audit trail (each
+    /// was still made).
+    pub fn lost(&self) -> u64 {
+        self.0.lost.load(Ordering::Relaxed)
+    }
+
+    /// Times Landlock's denial reports were lost before the daemon read
+    /// them (the audit socket overflowed); the denials themselves stood.
+    pub fn landlock_lost(&self) -> u64 {
+        self.0.landlock_lost.load(Ordering::Relaxed)
+    }
 }
 
 /// Per-agent counts of the fanotify listener's decisions, added to the
@@ -676,53 +711,15 @@ impl Watcher {
         })
     }
 
-    /// Decisions that could not be queued for the audit trail so far; the
-    /// decisions themselves were all made.
-    pub fn lost(&self) -> u64 {
-        self.shared.lost.load(Ordering::Relaxed)
-    }
-
-    /// Times Landlock's denial reports were lost before the daemon read
-    /// them (the audit socket overflowed); the denials themselves stood.
-    pub fn landlock_lost(&self) -> u64 {
-        self.shared.landlock_lost.load(Ordering::Relaxed)
-    }
-
     /// Times the audit subsystem was found switched off (and switched back
     /// on); Landlock's denials in between were not reported.
     pub fn audit_switched_off(&self) -> u64 {
         self.shared.audit_switched_off.load(Ordering::Relaxed)
     }
 
-    /// What the listener has decided for each agent so far, the counts a
-    /// previous daemon handed over ([`Watcher::carry_over`]) included.
-    pub fn counts(&self) -> HashMap<AgentId, FallbackCounts> {
-        self.shared
-            .counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
     /// A handle on the listener's per-agent counts, for the breakers.
     pub fn counter(&self) -> FallbackCounter {
         FallbackCounter(self.shared.clone())
-    }
-
-    /// Starts from the counts a previous daemon saved, so that counters
-    /// never go backwards across a restart.
-    pub fn carry_over(&self, saved: &HashMap<AgentId, FallbackCounts>) {
-        let mut counts = self
-            .shared
-            .counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for (agent_id, saved) in saved {
-            let now = counts.entry(*agent_id).or_default();
-            now.denied_files += saved.denied_files;
-            now.file_writes += saved.file_writes;
-            now.canary_hits += saved.canary_hits;
-        }
     }
 
     /// The watched paths, for `baton status`: `mount PATH` or `dir PATH`.

@@ -282,6 +282,11 @@ pub struct RingState {
     pub head_header: Option<u32>,
 }
 
+// SAFETY: through `&self` the gauge only loads the kernel's positions and
+// one header word, each with an atomic load, from a read-only mapping; any
+// number of threads may do that at once.
+unsafe impl Sync for RingBacklog {}
+
 impl RingBacklog {
     /// Bytes the kernel has queued (or is queueing) that no reader has
     /// given back yet.
