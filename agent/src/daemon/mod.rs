@@ -52,7 +52,7 @@ use crate::{
         server::{self, Caller, Handler},
     },
     egress::{
-        dns::{AnswerCache, LearnedAddress, Learner, ProxyConfig},
+        dns::{AnswerCache, Hold, LearnedAddress, Learner, ProxyConfig},
         service::{
             AgentProxy, DnsConfig, NetnsId, proxy_config, start_agent_proxy, start_netns_proxy,
         },

@@ -156,6 +156,17 @@ pub struct LearnedAddress {
     pub ttl: Duration,
 }
 
+/// Why the proxy refuses a name its rules allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// A process of the agent opened one of its secrets. Its egress is
+    /// narrowed to `egress.afterSecret`, which names no domain, and a query
+    /// forwarded upstream is itself data leaving the host (in its name).
+    Secret,
+    /// A breaker (or an operator) quarantined the agent.
+    Quarantine,
+}
+
 /// What the proxy tells the rest of the daemon.
 pub trait Learner: Send + Sync + 'static {
     /// Called with the addresses of an allowed answer before the answer is
@@ -172,11 +183,24 @@ pub trait Learner: Send + Sync + 'static {
         addrs: &[LearnedAddress],
     ) -> Result<(), String>;
 
-    /// Called when a query is refused because no rule allows `name`
-    /// (lower-case, without the trailing dot). `query_type` is the record type
-    /// as DNS spells it, e.g. `A`, `AAAA`, `MX`. `socket_cookie` is the
-    /// cookie of the socket that sent the query, when the kernel could say.
-    fn refused(&self, agent_id: AgentId, name: &str, query_type: &str, socket_cookie: Option<u64>);
+    /// Whether the agent is held right now, asked for every query its
+    /// rules allow, before the cache or an upstream sees it: a held agent's
+    /// names are refused like names no rule allows.
+    fn held(&self, agent_id: AgentId) -> Option<Hold>;
+
+    /// Called when a query is refused, because no rule allows `name`
+    /// (lower-case, without the trailing dot) or because the agent is
+    /// `held`. `query_type` is the record type as DNS spells it, e.g. `A`,
+    /// `AAAA`, `MX`. `socket_cookie` is the cookie of the socket that sent
+    /// the query, when the kernel could say.
+    fn refused(
+        &self,
+        agent_id: AgentId,
+        name: &str,
+        query_type: &str,
+        socket_cookie: Option<u64>,
+        held: Option<Hold>,
+    );
 }
 
 /// How the proxy forwards queries.
@@ -631,9 +655,12 @@ impl Proxy {
                 names.audit && !poisoned,
             )
         };
-        let rule_id = match rule_id {
-            Some(rule_id) => rule_id,
-            None => {
+        // A held agent's allowed names go no further than its unlisted
+        // ones: neither the cache nor an upstream sees them.
+        let held = rule_id.and_then(|_| self.learner.held(agent_id));
+        let rule_id = match (rule_id, held) {
+            (Some(rule_id), None) => rule_id,
+            (rule_id, held) => {
                 let cookie = match (&self.diag, client) {
                     (Some(diag), Some(client)) => {
                         diag.cookie(client.peer, client.local, transport == Transport::Udp)
@@ -641,12 +668,12 @@ impl Proxy {
                     _ => None,
                 };
                 self.learner
-                    .refused(agent_id, &name, &query_type.to_string(), cookie);
+                    .refused(agent_id, &name, &query_type.to_string(), cookie, held);
                 if !audit {
-                    debug!(%agent, %name, %query_type, "DNS proxy: refused");
-                    return encode(&refusal_reply(&query, &agent, &name));
+                    debug!(%agent, %name, %query_type, ?held, "DNS proxy: refused");
+                    return encode(&refusal_reply(&query, &agent, &name, held));
                 }
-                RuleId::NONE
+                rule_id.unwrap_or(RuleId::NONE)
             }
         };
         // A zone transfer is a stream of messages, not one answer; agents
@@ -748,13 +775,21 @@ const EDE_BLOCKED: u16 = 15;
 /// Error (RFC 8914, "Blocked") whose text says that Baton's policy refused
 /// the name. No SOA is attached, so nothing caches the refusal (RFC 2308
 /// section 5): a policy that allows the name later is obeyed at once.
-fn refusal_reply(query: &Message, agent: &str, name: &str) -> Message {
+fn refusal_reply(query: &Message, agent: &str, name: &str, held: Option<Hold>) -> Message {
     let mut reply = error_reply(query, ResponseCode::NXDomain);
     if let Some(edns) = reply.edns.as_mut() {
         // Worded like the `spec.explain` line (`crate::explain`).
-        let text = format!(
-            "baton: resolving {name} denied by the policy of agent {agent}; ask an operator to allow it"
-        );
+        let text = match held {
+            None => format!(
+                "baton: resolving {name} denied by the policy of agent {agent}; ask an operator to allow it"
+            ),
+            Some(Hold::Secret) => format!(
+                "baton: resolving {name} denied: agent {agent} opened a secret, and resolves no name until an operator runs `baton taint clear {agent}`"
+            ),
+            Some(Hold::Quarantine) => format!(
+                "baton: resolving {name} denied: agent {agent} is quarantined; an operator can run `baton breaker reset {agent}`"
+            ),
+        };
         let mut data = EDE_BLOCKED.to_be_bytes().to_vec();
         data.extend_from_slice(text.as_bytes());
         edns.options_mut()
@@ -1096,6 +1131,10 @@ mod tests {
         /// runs.
         watch: StdMutex<Option<std::net::UdpSocket>>,
         reply_before_learn: AtomicBool,
+        /// What `held` answers.
+        held: StdMutex<Option<Hold>>,
+        /// The hold each refusal was made under.
+        holds: StdMutex<Vec<Option<Hold>>>,
     }
 
     impl Learner for Recorder {
@@ -1123,8 +1162,20 @@ mod tests {
             Ok(())
         }
 
-        fn refused(&self, agent_id: AgentId, name: &str, query_type: &str, cookie: Option<u64>) {
+        fn held(&self, _agent_id: AgentId) -> Option<Hold> {
+            *self.held.lock().unwrap()
+        }
+
+        fn refused(
+            &self,
+            agent_id: AgentId,
+            name: &str,
+            query_type: &str,
+            cookie: Option<u64>,
+            held: Option<Hold>,
+        ) {
             self.cookies.lock().unwrap().push(cookie);
+            self.holds.lock().unwrap().push(held);
             self.refused
                 .lock()
                 .unwrap()
@@ -1468,6 +1519,64 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_held_agent_resolves_no_name_and_nothing_goes_upstream() {
+        // An upstream that never answers and keeps what it is sent.
+        let upstream = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        upstream.set_nonblocking(true).unwrap();
+        let proxy = start_proxy(config(vec![upstream.local_addr().unwrap()])).await;
+        for (hold, wording) in [
+            (Hold::Secret, "agent demo opened a secret"),
+            (Hold::Quarantine, "agent demo is quarantined"),
+        ] {
+            *proxy.recorder.held.lock().unwrap() = Some(hold);
+            let query = with_edns(question("www.allowed.test.", RecordType::A), 1232);
+            let started = Instant::now();
+            let reply = ask_udp(proxy.udp, &query).await;
+            assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+            assert!(
+                started.elapsed() < Duration::from_millis(400),
+                "answered without waiting for an upstream"
+            );
+            let edns = reply.edns.as_ref().expect("EDNS in, EDNS out");
+            let text = edns
+                .options()
+                .as_ref()
+                .iter()
+                .find_map(|(code, option)| match option {
+                    EdnsOption::Unknown(_, data) if u16::from(*code) == EDNS_EXTENDED_ERROR => {
+                        Some(String::from_utf8_lossy(&data[2..]).into_owned())
+                    }
+                    _ => None,
+                })
+                .expect("an Extended DNS Error");
+            assert!(text.contains(wording), "{text}");
+            let replies = ask_tcp(proxy.tcp, &[question("allowed.test.", RecordType::A)]).await;
+            assert_eq!(replies[0].metadata.response_code, ResponseCode::NXDomain);
+        }
+        assert!(
+            upstream.recv(&mut [0u8; 512]).is_err(),
+            "a held agent's query reached the upstream"
+        );
+        assert!(proxy.recorder.learned().is_empty());
+        assert_eq!(proxy.recorder.refused().len(), 4);
+        assert_eq!(
+            *proxy.recorder.holds.lock().unwrap(),
+            [
+                Some(Hold::Secret),
+                Some(Hold::Secret),
+                Some(Hold::Quarantine),
+                Some(Hold::Quarantine)
+            ]
+        );
+        // Unheld again, names resolve as before (the upstream is silent,
+        // so the proxy tries it and fails).
+        *proxy.recorder.held.lock().unwrap() = None;
+        let reply = ask_udp(proxy.udp, &question("allowed.test.", RecordType::A)).await;
+        assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+        assert!(upstream.recv(&mut [0u8; 512]).is_ok(), "asked upstream");
     }
 
     #[tokio::test]

@@ -1101,6 +1101,11 @@ impl RuntimeMaps {
             .collect()
     }
 
+    /// Whether a process of the agent opened one of its secrets.
+    pub fn tainted(&self, agent_id: AgentId) -> bool {
+        self.taints.get(&agent_id.raw(), 0).is_ok()
+    }
+
     /// Lifts an agent's taint (`baton taint clear`); false if it had none.
     pub fn clear_taint(&mut self, agent_id: AgentId) -> Result<bool, KernelError> {
         match self.taints.remove(&agent_id.raw()) {

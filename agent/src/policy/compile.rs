@@ -164,6 +164,9 @@ pub struct CompiledAgent {
     /// catch-all deny), on top of [`Self::egress`]; empty when the agent
     /// has no secrets.
     pub after_secret: Vec<EgressEntry>,
+    /// The rule a tainted agent's refusals cite (`egress.afterSecret`),
+    /// [`RuleId::NONE`] when the agent has no secrets.
+    pub after_secret_rule: RuleId,
 }
 
 impl CompiledAgent {
@@ -705,6 +708,9 @@ pub fn compile_protected(
                 }
                 _ => Vec::new(),
             },
+            after_secret_rule: after_secret_rule
+                .filter(|_| !secrets.is_empty())
+                .unwrap_or(RuleId::NONE),
             secrets,
         };
         agents.insert(agent, compiled);
