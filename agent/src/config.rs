@@ -90,6 +90,14 @@ pub struct FilesConfig {
     /// the kernel also prints the records to its log, rate-limited). With
     /// `false`, those denials are enforced but not recorded.
     pub landlock_audit: Option<bool>,
+    /// Whether the fanotify fallback watches a denied folder through its
+    /// whole mount [default: false]. By default each folder and file in it
+    /// is marked (up to 4,096 in all; bigger trees are watched through
+    /// their mount anyway), so opens elsewhere never wait for the daemon,
+    /// and a folder made in it later is marked within about a millisecond,
+    /// in which a file in it is not seen. With `true`, no such moment, and
+    /// every open on that mount, by any process, waits for the daemon.
+    pub fanotify_whole_mounts: Option<bool>,
 }
 
 /// `metrics:` in the configuration file.

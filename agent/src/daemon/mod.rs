@@ -142,6 +142,9 @@ struct Settings {
     /// Whether Landlock's denials are read from the audit subsystem
     /// (`files.landlockAudit`).
     landlock_audit: bool,
+    /// Whether fanotify watches denied folders through their whole mount
+    /// (`files.fanotifyWholeMounts`).
+    fanotify_whole_mounts: bool,
     /// How the daemon's descriptors are shared, and the control socket's
     /// limits within its share.
     descriptors: budget::Budget,
@@ -195,6 +198,7 @@ impl Settings {
             descriptors,
             fanotify: config.files.fanotify.unwrap_or(true),
             landlock_audit: config.files.landlock_audit.unwrap_or(true),
+            fanotify_whole_mounts: config.files.fanotify_whole_mounts.unwrap_or(false),
             protected,
             pin_dir: args
                 .pin_dir
@@ -1047,13 +1051,16 @@ async fn serve(
     let runtime = RuntimeMaps::new(&mut enforcer.ebpf)?;
     // Before the first policy is written: which rights detection covers
     // depends on whether fanotify runs.
-    let (fanotify, fanotify_events) = start_fanotify(
+    let (mut fanotify, fanotify_events) = start_fanotify(
         &enforcer,
         &maps,
         &runtime,
         settings.fanotify,
         settings.landlock_audit,
     );
+    if let Some(watcher) = fanotify.as_mut() {
+        watcher.watch_whole_mounts(settings.fanotify_whole_mounts);
+    }
     let fanotify_events = fanotify_events.zip(
         fanotify
             .as_ref()

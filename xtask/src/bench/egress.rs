@@ -11,7 +11,10 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 
-use super::{AGENT, Daemon, Listener, Params, WorkDir, build, median, port_of, probe, run_client};
+use super::{
+    AGENT, Cgroup, Daemon, Listener, Params, WorkDir, build, cgroup2_root, median, port_of, probe,
+    run_client,
+};
 use crate::{setup, util, workspace_root};
 
 /// Allow rules for other destinations; with the listener's rule the agent
@@ -182,7 +185,7 @@ pub(super) fn run(params: &Params) -> Result<()> {
         .context("the generated benchmark policy does not compile")?;
 
     let cgroup_root = cgroup2_root()?;
-    let cgroup = Cgroup::create(&cgroup_root)?;
+    let cgroup = Cgroup::create(&cgroup_root, CGROUP_NAME)?;
     let nft_script = work.path().join("bench.nft");
     std::fs::write(&nft_script, nft_ruleset(&rules, &cgroup)?)
         .with_context(|| format!("cannot write {}", nft_script.display()))?;
@@ -303,8 +306,10 @@ pub(super) fn run(params: &Params) -> Result<()> {
         bench.warnings.join("; ")
     );
 
+    let breakdown = bench.program_breakdown()?;
     print!("{}", report(&clean_rounds, params, &bench.warnings));
     print!("{}", bulk_report(&clean_bulk));
+    print!("{breakdown}");
     println!(
         "bench: done in {:.0} s (build included)",
         started.elapsed().as_secs_f64()
@@ -313,6 +318,36 @@ pub(super) fn run(params: &Params) -> Result<()> {
 }
 
 impl Bench {
+    /// One more pass of (b) and (c) with the kernel's run-time statistics
+    /// on: what each kernel program costs a connect, to show where (c)'s
+    /// time over (a) goes. Kept out of the timed rounds, as the statistics
+    /// add a clock read to every program run.
+    fn program_breakdown(&self) -> Result<String> {
+        let daemon = Daemon::start(&self.baton, self.work.path(), "")?;
+        let stats = super::programs::enable()?;
+        let mut out = format!(
+            "\negress: where the time goes, per kernel program (one more pass of \
+             {} connects per case, with the kernel's run-time statistics on, which \
+             add their own clock reads to every run)\n",
+            self.params.iterations
+        );
+        for case in [Case::Daemon, Case::Agent] {
+            let before = super::programs::snapshot();
+            // Round 1: the sanity checks of round 0 already ran.
+            self.measure(case, 1, Some(&daemon))?;
+            let after = super::programs::snapshot();
+            let shares = super::programs::shares(&before, &after, self.params.iterations as u64);
+            out.push_str(&super::programs::table(
+                &format!("{} {}", case.tag(), case.label()),
+                "connect",
+                &shares,
+            ));
+        }
+        drop(stats);
+        daemon.stop()?;
+        Ok(out)
+    }
+
     /// Measures `case` once; the daemon is running exactly when the case
     /// needs it.
     fn measure(&self, case: Case, round: usize, daemon: Option<&Daemon>) -> Result<Sample> {
@@ -855,14 +890,6 @@ fn nft_table_exists() -> bool {
     util::probe(Command::new("nft").args(["list", "table", "inet", NFT_TABLE])).is_some()
 }
 
-/// The cgroup v2 mount point.
-fn cgroup2_root() -> Result<PathBuf> {
-    util::mount_points("cgroup2")?
-        .into_iter()
-        .next()
-        .context("no cgroup v2 hierarchy is mounted")
-}
-
 /// The loaded nftables table of case (d), deleted on drop.
 ///
 /// It is loaded only around (d): its output chain sees every packet of
@@ -882,67 +909,6 @@ impl Drop for NftTable {
             util::output(Command::new("nft").args(["delete", "table", "inet", NFT_TABLE]))
         {
             eprintln!("bench: cannot delete the table inet {NFT_TABLE}: {error:#}");
-        }
-    }
-}
-
-/// The cgroup v2 directory of case (d), removed on drop.
-struct Cgroup {
-    dir: PathBuf,
-    /// Depth below the cgroup v2 root, which is what `socket cgroupv2
-    /// level` compares: 1 here. It is not the number of components of the
-    /// path nftables is given, which on a hybrid host include the mount's
-    /// own `unified/` (level 2 there silently matches nothing).
-    level: usize,
-}
-
-impl Cgroup {
-    fn create(root: &Path) -> Result<Self> {
-        let dir = root.join(CGROUP_NAME);
-        // Left by an interrupted run; empty, since its processes are gone.
-        if dir.exists() {
-            std::fs::remove_dir(&dir)
-                .with_context(|| format!("cannot remove the stale cgroup {}", dir.display()))?;
-        }
-        std::fs::create_dir(&dir)
-            .with_context(|| format!("cannot create the cgroup {}", dir.display()))?;
-        Ok(Self { dir, level: 1 })
-    }
-
-    /// The cgroup as nftables names it: relative to `/sys/fs/cgroup`, so
-    /// on a hybrid host it starts with the v2 mount's own folder.
-    fn nft_path(&self) -> Result<String> {
-        let relative = self.dir.strip_prefix("/sys/fs/cgroup").with_context(|| {
-            format!(
-                "{} is not below /sys/fs/cgroup, where nftables resolves cgroup paths",
-                self.dir.display()
-            )
-        })?;
-        Ok(relative.to_string_lossy().into_owned())
-    }
-
-    /// `program args` run from inside the cgroup: the shell moves itself
-    /// in, then execs, so every socket the program opens is the cgroup's.
-    fn command(&self, program: &Path, args: &[String]) -> Command {
-        let mut script = format!(
-            "echo $$ > {} && exec {}",
-            util::shell_quote(self.dir.join("cgroup.procs")),
-            util::shell_quote(program)
-        );
-        for arg in args {
-            script.push(' ');
-            script.push_str(&util::shell_quote(arg));
-        }
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c").arg(script);
-        cmd
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        if let Err(error) = std::fs::remove_dir(&self.dir) {
-            eprintln!("bench: cannot remove {}: {error}", self.dir.display());
         }
     }
 }

@@ -84,8 +84,6 @@ const FILES_LANDLOCK_FACTOR_LARGE: f64 = 1.2;
 /// its admission to the agent) for a while after it starts, on the same
 /// two virtual CPUs.
 const FILES_DELAY_MS: u64 = 500;
-/// Where the kernel's BPF run-time statistics are switched on and off.
-const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 /// Baton's program on the `file_open` LSM hook, as bpftool names it.
 const FILE_OPEN_PROGRAM: &str = "file_open";
 /// What a BPF LSM denial and a Landlock denial give `open()`.
@@ -249,7 +247,7 @@ impl FileCase {
 /// for every deny rule (`secret` denied), and `ROOT/open/target`, the
 /// measured file, under the one allow rule; for (f), `ROOT/open/d01/…/target`
 /// deeper down.
-struct FileTree {
+pub(super) struct FileTree {
     root: PathBuf,
     /// The agent whose policy names the tree.
     agent: &'static str,
@@ -257,6 +255,20 @@ struct FileTree {
 }
 
 impl FileTree {
+    /// A tree of 1,000 rules under `root`, named by `agent`'s policy.
+    pub(super) fn at(root: &Path, agent: &'static str) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            agent,
+            deny_rules: FILE_DENY_RULES,
+        }
+    }
+
+    /// How many deny rules its policy has.
+    pub(super) fn deny_rules(&self) -> usize {
+        self.deny_rules
+    }
+
     /// The tree of (c), (d) and (f): 1,000 rules.
     fn new() -> Self {
         Self {
@@ -287,7 +299,7 @@ impl FileTree {
     }
 
     /// The measured file.
-    fn target(&self) -> PathBuf {
+    pub(super) fn target(&self) -> PathBuf {
         self.deep_target(1)
     }
 
@@ -303,14 +315,14 @@ impl FileTree {
 
     /// A file under the last deny rule, for checking that it holds: the
     /// last, so that a policy loaded only in part shows.
-    fn secret(&self) -> PathBuf {
+    pub(super) fn secret(&self) -> PathBuf {
         self.denied()
             .last()
             .map_or_else(|| self.root.join("secret"), |d| d.join("file"))
     }
 
     /// Creates the tree, with measured files at each of `depths` too.
-    fn create(&self, depths: &[usize]) -> Result<()> {
+    pub(super) fn create(&self, depths: &[usize]) -> Result<()> {
         let _ = std::fs::remove_dir_all(&self.root);
         for denied in self.denied() {
             util::create_dir_all(&denied)?;
@@ -328,7 +340,7 @@ impl FileTree {
         Ok(())
     }
 
-    fn policy_yaml(&self) -> String {
+    pub(super) fn policy_yaml(&self) -> String {
         let agent = self.agent;
         let mut yaml = format!(
             "apiVersion: baton.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: {agent}\n\
@@ -394,7 +406,7 @@ fn list_dir(folder: &Path) -> Result<Vec<PathBuf>> {
 
 /// Writes the Landlock grants equivalent to `tree`'s policy to `file`, one
 /// path per line, for bench-open; returns the file and how many grants.
-fn write_landlock_grants(tree: &FileTree, file: &Path) -> Result<(PathBuf, usize)> {
+pub(super) fn write_landlock_grants(tree: &FileTree, file: &Path) -> Result<(PathBuf, usize)> {
     let grants = landlock_grants(&tree.denied(), &[tree.allowed()], list_dir)?;
     let lines: Vec<String> = grants.iter().map(|p| p.display().to_string()).collect();
     std::fs::write(file, lines.join("\n") + "\n")
@@ -490,53 +502,22 @@ pub(super) fn run(params: &Params, kernel: &str) -> Result<()> {
 /// statistics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct ProgramStats {
-    id: u64,
+    id: u32,
     run_time_ns: u64,
     run_cnt: u64,
 }
 
-/// Every loaded LSM program named [`FILE_OPEN_PROGRAM`], with its
-/// statistics so far.
+/// Every loaded program named [`FILE_OPEN_PROGRAM`], with its statistics
+/// so far.
 fn file_open_programs() -> Result<Vec<ProgramStats>> {
-    let listing = util::output(Command::new("bpftool").args(["prog", "show", "--json"]))?;
-    let programs: Value =
-        serde_json::from_str(&listing).context("bpftool prog show printed no JSON")?;
-    Ok(programs
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .filter(|p| p["type"] == "lsm" && p["name"] == FILE_OPEN_PROGRAM)
-        .map(|p| ProgramStats {
-            id: p["id"].as_u64().unwrap_or_default(),
-            // Absent until the statistics have counted something.
-            run_time_ns: p["run_time_ns"].as_u64().unwrap_or_default(),
-            run_cnt: p["run_cnt"].as_u64().unwrap_or_default(),
+    Ok(super::programs::snapshot()
+        .named(FILE_OPEN_PROGRAM)
+        .map(|(id, run_time_ns, run_cnt)| ProgramStats {
+            id,
+            run_time_ns,
+            run_cnt,
         })
         .collect())
-}
-
-fn set_bpf_stats(on: bool) -> Result<()> {
-    std::fs::write(BPF_STATS_SYSCTL, if on { "1" } else { "0" })
-        .with_context(|| format!("cannot write {BPF_STATS_SYSCTL}"))
-}
-
-/// Switches the BPF statistics off on drop, whatever happened meanwhile.
-struct BpfStats;
-
-impl BpfStats {
-    fn enable() -> Result<Self> {
-        set_bpf_stats(true)?;
-        Ok(Self)
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        if let Err(error) = set_bpf_stats(false) {
-            eprintln!("bench: {error:#}");
-        }
-    }
 }
 
 /// Everything the files cases share, inside the VM.
@@ -718,7 +699,7 @@ impl FilesBench {
         );
         let mut cmd = self.command(case, Some(daemon))?;
         let before = file_open_programs()?;
-        let stats = BpfStats::enable()?;
+        let stats = super::programs::enable()?;
         let output = run_client(&mut cmd, self.timeout());
         drop(stats);
         let (timing, _) = parse_timing("bench-open", &output?)?;

@@ -39,7 +39,9 @@ mod breakers;
 mod dns;
 mod egress;
 mod files;
+mod files_host;
 mod idle;
+mod programs;
 mod reload;
 
 /// Arguments of `cargo xtask bench`.
@@ -78,6 +80,11 @@ pub struct BenchArgs {
     /// Test kernel the `files` benchmark boots.
     #[arg(long, value_parser = ["6.1", "6.12"], default_value = "6.12")]
     pub kernel: String,
+    /// `files` only: measure the fallbacks of a kernel without BPF LSM
+    /// (Landlock for `baton exec` agents, fanotify for the others) on this
+    /// machine instead of BPF LSM in a VM.
+    #[arg(long)]
+    pub host: bool,
     /// Run the `files` cases in this machine and write the results to DIR;
     /// `cargo xtask bench files` passes it to itself inside the VM.
     #[arg(long, hide = true, value_name = "DIR")]
@@ -113,6 +120,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "audit" => audit::run(&params(1, 3, true)),
         "idle" => idle::run(&params(1, 60, true)),
         "files" => {
+            if args.host {
+                return files_host::run(&params(files_host::ROUNDS, files_host::ITERATIONS, true));
+            }
             let params = params(files::ROUNDS, files::ITERATIONS, true);
             match &args.in_vm {
                 Some(results) => files::run_in_vm(results, &params),
@@ -639,6 +649,76 @@ fn clock_ticks_per_second() -> u64 {
     util::probe(Command::new("getconf").arg("CLK_TCK"))
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(100)
+}
+
+/// The cgroup v2 mount point.
+fn cgroup2_root() -> Result<PathBuf> {
+    util::mount_points("cgroup2")?
+        .into_iter()
+        .next()
+        .context("no cgroup v2 hierarchy is mounted")
+}
+
+/// A cgroup v2 directory directly below the root, made for a benchmark
+/// and removed on drop.
+struct Cgroup {
+    dir: PathBuf,
+    /// Depth below the cgroup v2 root, which is what `socket cgroupv2
+    /// level` compares: 1 here. It is not the number of components of the
+    /// path nftables is given, which on a hybrid host include the mount's
+    /// own `unified/` (level 2 there silently matches nothing).
+    level: usize,
+}
+
+impl Cgroup {
+    fn create(root: &Path, name: &str) -> Result<Self> {
+        let dir = root.join(name);
+        // Left by an interrupted run; empty, since its processes are gone.
+        if dir.exists() {
+            std::fs::remove_dir(&dir)
+                .with_context(|| format!("cannot remove the stale cgroup {}", dir.display()))?;
+        }
+        std::fs::create_dir(&dir)
+            .with_context(|| format!("cannot create the cgroup {}", dir.display()))?;
+        Ok(Self { dir, level: 1 })
+    }
+
+    /// The cgroup as nftables names it: relative to `/sys/fs/cgroup`, so
+    /// on a hybrid host it starts with the v2 mount's own folder.
+    fn nft_path(&self) -> Result<String> {
+        let relative = self.dir.strip_prefix("/sys/fs/cgroup").with_context(|| {
+            format!(
+                "{} is not below /sys/fs/cgroup, where nftables resolves cgroup paths",
+                self.dir.display()
+            )
+        })?;
+        Ok(relative.to_string_lossy().into_owned())
+    }
+
+    /// `program args` run from inside the cgroup: the shell moves itself
+    /// in, then execs, so every socket the program opens is the cgroup's.
+    fn command(&self, program: &Path, args: &[String]) -> Command {
+        let mut script = format!(
+            "echo $$ > {} && exec {}",
+            util::shell_quote(self.dir.join("cgroup.procs")),
+            util::shell_quote(program)
+        );
+        for arg in args {
+            script.push(' ');
+            script.push_str(&util::shell_quote(arg));
+        }
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(script);
+        cmd
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir(&self.dir) {
+            eprintln!("bench: cannot remove {}: {error}", self.dir.display());
+        }
+    }
 }
 
 #[cfg(test)]
