@@ -859,3 +859,29 @@ pub fn landlock_abi() -> i64 {
     };
     abi.max(0)
 }
+
+/// Pins this process to the CPU `BATON_BENCH_CPU` names, when set, for the
+/// benchmarks' clients (`tool` names the one complaining). Where the
+/// scheduler put a client and its peer (same CPU or not) swung rounds by up
+/// to 2.5x on a two-CPU machine, far more than the hooks being measured
+/// cost; a lone client still moves between CPUs of different speeds.
+pub fn pin_to_bench_cpu(tool: &str) {
+    let Some(cpu) = std::env::var("BATON_BENCH_CPU")
+        .ok()
+        .and_then(|cpu| cpu.parse::<usize>().ok())
+    else {
+        return;
+    };
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it;
+    // sched_setaffinity reads it for this process.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            eprintln!(
+                "{tool}: cannot pin to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}

@@ -1119,11 +1119,22 @@ impl Watcher {
                 MarkKind::File => Some(format!("file {path}")),
             })
             .collect();
+        // A long list says nothing more than its count.
+        const TREES_LISTED: usize = 8;
         watched.extend(
             self.trees
                 .iter()
+                .take(TREES_LISTED)
                 .map(|(root, count)| format!("tree {root} ({count} objects)")),
         );
+        if let Some(rest) = self
+            .trees
+            .get(TREES_LISTED..)
+            .filter(|rest| !rest.is_empty())
+        {
+            let objects: usize = rest.iter().map(|(_, count)| count).sum();
+            watched.push(format!("{} more trees ({objects} objects)", rest.len()));
+        }
         watched
     }
 }

@@ -262,33 +262,8 @@ fn probe(addr: SocketAddr) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Pins this process to the CPU `BATON_BENCH_CPU` names, when set. The
-/// benchmark runs the client and its listener on one CPU: where the
-/// scheduler put them (same CPU or not) swung rounds by up to 2.5x on a
-/// two-CPU machine, far more than the hooks being measured cost.
-fn pin_to_cpu() {
-    let Some(cpu) = std::env::var("BATON_BENCH_CPU")
-        .ok()
-        .and_then(|cpu| cpu.parse::<usize>().ok())
-    else {
-        return;
-    };
-    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it;
-    // sched_setaffinity reads it for this process.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
-            eprintln!(
-                "bench-connect: cannot pin to CPU {cpu}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-}
-
 fn main() -> ExitCode {
-    pin_to_cpu();
+    baton_tests::pin_to_bench_cpu("bench-connect");
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let parse = |addr: &str| addr.parse::<SocketAddr>().ok();

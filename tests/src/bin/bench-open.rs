@@ -7,6 +7,9 @@
 //!                                          of latencies
 //!   bench-open [OPTIONS] --probe FILE      one open; print `ok` or `errno=N`
 //!
+//! With `BATON_BENCH_CPU=N` in the environment, the process runs on CPU N
+//! only.
+//!
 //! Options:
 //!   --landlock GRANTS   restrict this process with Landlock first (below)
 //!   --delay-ms N        sleep N ms before the warm-up, so that what others do
@@ -185,6 +188,7 @@ fn probe(path: &CString) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    baton_tests::pin_to_bench_cpu("bench-open");
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let mut grants = None;
     let mut delay = Duration::ZERO;

@@ -33,13 +33,15 @@ const CGROUP_NAME: &str = "baton-bench-files";
 /// Rounds and opens per case and round, unless `--rounds` and
 /// `--iterations` say otherwise: on the host a run takes well under a
 /// second.
-pub(super) const ROUNDS: u32 = 10;
+pub(super) const ROUNDS: u32 = 20;
 pub(super) const ITERATIONS: u32 = 20_000;
 /// Target for (b)/(a): a daemon holding no agent may cost a process in no
 /// agent this much.
 const DAEMON_RATIO_TARGET: f64 = 1.05;
 /// Target for (c)-(a) and (d)-(a) against (L)-(a).
 const LANDLOCK_FACTOR: f64 = 1.5;
+/// The CPU bench-open runs on (`BATON_BENCH_CPU`).
+const BENCH_CPU: (&str, &str) = ("BATON_BENCH_CPU", "0");
 /// How long bench-open waits before it measures, so that the daemon's work
 /// on the new process (admission, fanotify's first look) is over.
 const DELAY_MS: u64 = 300;
@@ -157,7 +159,7 @@ impl HostBench {
     /// `bench-open ARGS` as `case` runs it.
     fn command(&self, case: Case, daemon: Option<&Daemon>, args: &[String]) -> Result<Command> {
         let daemon = || daemon.with_context(|| format!("case {} needs the daemon", case.tag()));
-        Ok(match case {
+        let mut cmd = match case {
             Case::Baseline | Case::Daemon => {
                 let mut cmd = Command::new(&self.client);
                 cmd.args(args);
@@ -170,7 +172,11 @@ impl HostBench {
             }
             Case::Exec => daemon()?.exec_command_in(AGENT, &self.baton, &self.client, args),
             Case::Cgroup => self.cgroup.command(&self.client, args),
-        })
+        };
+        // One CPU for every case: a lone client moving between CPUs
+        // swung a round's median by a third.
+        cmd.env(BENCH_CPU.0, BENCH_CPU.1);
+        Ok(cmd)
     }
 
     fn sanity(&self, case: Case, daemon: Option<&Daemon>) -> Result<()> {
