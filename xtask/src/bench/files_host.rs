@@ -206,6 +206,42 @@ impl HostBench {
     }
 }
 
+impl HostBench {
+    /// One more pass of (b), (c) and (d) with the kernel's run-time
+    /// statistics on: what each kernel program costs an open. Kept out of
+    /// the timed rounds, as the statistics add a clock read to every run.
+    fn program_breakdown(&self, work: &Path) -> Result<String> {
+        let daemon = Daemon::start(&self.baton, work, "")?;
+        let stats = super::programs::enable()?;
+        let mut out = format!(
+            "\nfiles --host: where the time goes, per kernel program (one more pass of {} \
+             opens per case, with the kernel's run-time statistics on)\n",
+            self.iterations
+        );
+        let args = self.args(&[
+            self.target.display().to_string(),
+            self.iterations.to_string(),
+        ]);
+        for case in [Case::Daemon, Case::Exec, Case::Cgroup] {
+            let before = super::programs::snapshot();
+            run_client(
+                &mut self.command(case, Some(&daemon), &args)?,
+                std::time::Duration::from_secs(120),
+            )?;
+            let after = super::programs::snapshot();
+            let shares = super::programs::shares(&before, &after, self.iterations as u64);
+            out.push_str(&super::programs::table(
+                &format!("{} {}", case.tag(), case.label()),
+                "open",
+                &shares,
+            ));
+        }
+        drop(stats);
+        daemon.stop()?;
+        Ok(out)
+    }
+}
+
 /// `cargo xtask bench files --host`.
 pub(super) fn run(params: &Params) -> Result<()> {
     ensure!(
@@ -325,7 +361,9 @@ pub(super) fn run(params: &Params) -> Result<()> {
         }
         rounds.push(measured);
     }
+    let breakdown = bench.program_breakdown(work.path())?;
     print!("{}", report(&rounds, &enforcement));
+    print!("{breakdown}");
     println!(
         "bench: done in {:.0} s (build included)",
         started.elapsed().as_secs_f64()
