@@ -609,3 +609,92 @@ fn a_denied_folder_is_watched_object_by_object_and_its_files_wherever_they_go() 
     assert_eq!(record["verdict"], "denied", "{record}");
     assert_eq!(record["hook"], "fanotify_open_perm", "{record}");
 }
+
+/// The objects marked one by one are bounded (4,096): a folder that comes
+/// and goes gives its share back, and past the bound the whole mount is
+/// watched, with a record saying so.
+#[test]
+fn new_folders_in_a_denied_tree_are_bounded_and_past_the_bound_the_mount_is_watched() {
+    if baton_tests::bpf_lsm_loads() {
+        eprintln!("BPF LSM loads here, so the fanotify fallback is not used");
+        return;
+    }
+    let setup = Setup::new("fanbound");
+    let mount = Tmpfs::mount(setup.dir.path().join("mnt"));
+    let tree = mount.0.join("keys");
+    std::fs::create_dir_all(&tree).unwrap();
+    let body = format!("  files:\n    deny: [{}]\n", tree.display());
+    let daemon = Daemon::start("fanbound", &[("p.yaml", setup.policy(&[], &body))]);
+    let past_the_bound = |r: &Value| {
+        r["control"] == "file"
+            && r["object"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("past the 4096 objects"))
+    };
+
+    // Churn well past the bound: each folder's share comes back.
+    for i in 0..5_000 {
+        let folder = tree.join(format!("churn{i}"));
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::remove_dir(&folder).unwrap();
+    }
+    let folder = tree.join("after");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("f"), "x").unwrap();
+    let file = folder.join("f").display().to_string();
+    let started = Instant::now();
+    while setup.as_agent(&["open", &file, "read"]) != EPERM {
+        assert!(started.elapsed() < Duration::from_secs(5), "never watched");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        !daemon.records().iter().any(past_the_bound),
+        "folders that came and went used up the bound"
+    );
+
+    // Past the bound: the mount, and a record.
+    for i in 0..4_100 {
+        std::fs::create_dir(tree.join(format!("kept{i}"))).unwrap();
+    }
+    let started = Instant::now();
+    let record = loop {
+        let records = daemon.records();
+        let found: Vec<&Value> = records.iter().filter(|r| past_the_bound(r)).collect();
+        if let [record] = found.as_slice() {
+            break (*record).clone();
+        }
+        assert!(found.len() < 2, "one record, not one per folder: {found:?}");
+        assert!(started.elapsed() < Duration::from_secs(10), "no record");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        record["object"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("the whole mount {}", mount.0.display())),
+        "{record}"
+    );
+    let beside = mount.0.join("beside");
+    std::fs::write(&beside, "x").unwrap();
+    // Watched through the mount now: a new file anywhere in the tree is
+    // seen at once.
+    let deep = tree.join("kept4099/new");
+    std::fs::write(&deep, "x").unwrap();
+    assert_eq!(
+        setup.as_agent(&["open", &deep.display().to_string(), "read"]),
+        EPERM
+    );
+    assert_eq!(
+        setup.as_agent(&["open", &beside.display().to_string(), "read"]),
+        "ok"
+    );
+    assert_eq!(
+        daemon
+            .records()
+            .iter()
+            .filter(|r| past_the_bound(r))
+            .count(),
+        1,
+        "said once until the next policy load"
+    );
+}

@@ -188,8 +188,11 @@ impl Learner for ProxyLearner {
         // written before the secret's open returns, so a query the agent
         // sends after it always finds it.
         let daemon = self.daemon.upgrade()?;
-        let breakers = daemon.breakers.lock().ok()?;
-        breakers.held(agent_id)
+        daemon
+            .breakers
+            .lock()
+            .ok()
+            .and_then(|service| service.held(agent_id))
     }
 
     fn refused(

@@ -34,7 +34,7 @@ use std::{
     path::Path,
     sync::{
         Arc, Mutex, PoisonError, RwLock,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -516,6 +516,29 @@ fn follow_trees(group: &Fanotify, watch: &TreeWatch, shared: &Shared) {
             }
         };
         for event in events {
+            if event.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                // Reports were lost: look at every watched folder again.
+                tracing::warn!("inotify's queue overflowed; looking at the denied trees again");
+                rescan_trees(group, watch, shared);
+                continue;
+            }
+            if event.mask.contains(AddWatchFlags::IN_IGNORED) {
+                // The folder is gone (or no longer watched): its share of
+                // the bound is free again.
+                let forgotten = watch
+                    .folders
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&event.wd);
+                if forgotten.is_some() {
+                    let _ = shared.tree_budget.fetch_update(
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                        |left| Some((left + 1).min(TREE_MARKS)),
+                    );
+                }
+                continue;
+            }
             if !event.mask.contains(AddWatchFlags::IN_ISDIR) {
                 continue;
             }
@@ -533,6 +556,32 @@ fn follow_trees(group: &Fanotify, watch: &TreeWatch, shared: &Shared) {
             };
             let folder = format!("{parent}/{}", name.to_string_lossy());
             mark_new_folder(group, watch, shared, &folder, mask);
+        }
+    }
+}
+
+/// Marks every folder in a watched folder that is not watched yet, after
+/// inotify lost reports.
+fn rescan_trees(group: &Fanotify, watch: &TreeWatch, shared: &Shared) {
+    let watched: Vec<(String, u64)> = watch
+        .folders
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .values()
+        .cloned()
+        .collect();
+    let known: std::collections::HashSet<&str> =
+        watched.iter().map(|(folder, _)| folder.as_str()).collect();
+    for (folder, mask) in &watched {
+        let Ok(entries) = std::fs::read_dir(folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path().display().to_string();
+            let is_folder = entry.file_type().is_ok_and(|kind| kind.is_dir());
+            if is_folder && !known.contains(path.as_str()) {
+                mark_new_folder(group, watch, shared, &path, *mask);
+            }
         }
     }
 }
@@ -627,9 +676,13 @@ fn mark_whole_mount(group: &Fanotify, shared: &Shared, path: &str, mask: u64) {
     {
         add_mark(shared, MarkKind::Mount, &mount, mask);
     }
-    shared.degraded(format!(
-        "control degraded: {path} is new in a denied folder past the {TREE_MARKS} objects marked one by one; the whole mount {mount} is watched until the next policy load"
-    ));
+    // Once until the next policy load: every folder after it would say
+    // the same.
+    if !shared.past_tree_marks.swap(true, Ordering::Relaxed) {
+        shared.degraded(format!(
+            "control degraded: {path} is new in a denied folder past the {TREE_MARKS} objects marked one by one; the whole mount {mount} is watched until the next policy load"
+        ));
+    }
 }
 
 /// Remembers a mark the tree thread added, for the next policy load.
@@ -662,6 +715,9 @@ struct Shared {
     added_marks: Mutex<Marks>,
     /// How many more objects the tree thread may mark one by one.
     tree_budget: AtomicUsize,
+    /// Whether the tree thread said it went past [`TREE_MARKS`] since the
+    /// last policy load.
+    past_tree_marks: AtomicBool,
     identity: BpfHashMap<MapData, u32, AgentRecord>,
     /// Agent processes that exited lately, for reports that arrive after
     /// their process (the audit subsystem's of seccomp refusals).
@@ -862,6 +918,7 @@ impl Watcher {
             tree_files: RwLock::default(),
             added_marks: Mutex::default(),
             tree_budget: AtomicUsize::new(0),
+            past_tree_marks: AtomicBool::new(false),
             identity,
             exited,
             runtime,
@@ -1026,6 +1083,7 @@ impl Watcher {
             self.tree_marks.saturating_sub(marked_one_by_one),
             Ordering::Relaxed,
         );
+        self.shared.past_tree_marks.store(false, Ordering::Relaxed);
         *self
             .shared
             .tree_files
