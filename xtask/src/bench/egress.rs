@@ -225,21 +225,8 @@ pub(super) fn run(params: &Params) -> Result<()> {
         let mut measured = Vec::new();
         let mut bulk = Vec::new();
         let mut clean = true;
-        // Alternating which half goes first cancels slow drift between
-        // the daemon-off and daemon-on cases.
-        let mut phases = [false, true];
-        if round % 2 == 1 {
-            phases.reverse();
-        }
-        for with_daemon in phases {
-            let mut cases: Vec<Case> = Case::ALL
-                .iter()
-                .copied()
-                .filter(|c| c.needs_daemon() == with_daemon)
-                .collect();
-            if round % 2 == 1 {
-                cases.reverse();
-            }
+        for with_daemon in super::halves(round) {
+            let cases = super::half_cases(round, &Case::ALL, with_daemon, Case::needs_daemon);
             let daemon = if with_daemon {
                 Some(Daemon::start(&bench.baton, bench.work.path(), "")?)
             } else {

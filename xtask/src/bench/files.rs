@@ -791,25 +791,12 @@ pub(super) fn run_in_vm(results: &Path, params: &Params) -> Result<()> {
     // daemon half follows the previous round's and one daemon start (tens
     // of seconds here) serves both.
     let phases: Vec<(usize, bool)> = (0..params.rounds)
-        .flat_map(|round| {
-            let mut halves = [false, true];
-            if round % 2 == 1 {
-                halves.reverse();
-            }
-            halves.map(|with_daemon| (round, with_daemon))
-        })
+        .flat_map(|round| super::halves(round).map(|with_daemon| (round, with_daemon)))
         .collect();
     let mut daemon: Option<Daemon> = None;
     for (at, &(round, with_daemon)) in phases.iter().enumerate() {
         let measured = &mut rounds[round];
-        let mut cases: Vec<FileCase> = all
-            .iter()
-            .copied()
-            .filter(|c| c.needs_daemon() == with_daemon)
-            .collect();
-        if round % 2 == 1 {
-            cases.reverse();
-        }
+        let cases = super::half_cases(round, &all, with_daemon, FileCase::needs_daemon);
         if with_daemon && daemon.is_none() {
             let started = Instant::now();
             let started_daemon = Daemon::start(&bench.baton, bench.work.path(), "")?;

@@ -651,6 +651,36 @@ fn clock_ticks_per_second() -> u64 {
         .unwrap_or(100)
 }
 
+/// The daemon-off and daemon-on halves of round `round`, in the order they
+/// run: reversed every other round (ABBA), which cancels slow drift between
+/// the two.
+fn halves(round: usize) -> [bool; 2] {
+    if round % 2 == 1 {
+        [true, false]
+    } else {
+        [false, true]
+    }
+}
+
+/// The cases of one half of round `round`, reversed every other round as
+/// the halves are.
+fn half_cases<C: Copy>(
+    round: usize,
+    cases: &[C],
+    with_daemon: bool,
+    needs_daemon: impl Fn(C) -> bool,
+) -> Vec<C> {
+    let mut half: Vec<C> = cases
+        .iter()
+        .copied()
+        .filter(|case| needs_daemon(*case) == with_daemon)
+        .collect();
+    if round % 2 == 1 {
+        half.reverse();
+    }
+    half
+}
+
 /// The cgroup v2 mount point.
 fn cgroup2_root() -> Result<PathBuf> {
     util::mount_points("cgroup2")?
@@ -724,6 +754,17 @@ impl Drop for Cgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounds_alternate_their_halves_and_cases() {
+        let cases = [1, 2, 3, 4];
+        let on = |case: i32| case % 2 == 0;
+        assert_eq!(halves(0), [false, true]);
+        assert_eq!(halves(1), [true, false]);
+        assert_eq!(half_cases(0, &cases, true, on), vec![2, 4]);
+        assert_eq!(half_cases(1, &cases, true, on), vec![4, 2]);
+        assert_eq!(half_cases(2, &cases, false, on), vec![1, 3]);
+    }
 
     #[test]
     fn medians_of_rounds() {
