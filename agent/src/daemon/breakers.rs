@@ -79,6 +79,8 @@ pub(super) struct Breakers {
     agents: BTreeMap<AgentId, String>,
     /// Secrets in force, by rule id.
     secrets: BTreeMap<RuleId, SecretName>,
+    /// Agents whose policy in force lists secrets.
+    with_secrets: BTreeSet<AgentId>,
     /// Kernel event drops already recorded, per agent.
     drops_recorded: HashMap<AgentId, u64>,
     /// Rate-limit suppressions already recorded, per agent.
@@ -116,6 +118,7 @@ impl Breakers {
             identity,
             agents: BTreeMap::new(),
             secrets: BTreeMap::new(),
+            with_secrets: BTreeSet::new(),
             drops_recorded: HashMap::new(),
             suppressions_recorded: HashMap::new(),
             handover,
@@ -134,6 +137,12 @@ impl Breakers {
             .ids()
             .iter()
             .map(|(name, id)| (*id, name.to_string()))
+            .collect();
+        self.with_secrets = set
+            .agents
+            .iter()
+            .filter(|(_, agent)| !agent.secrets.is_empty())
+            .filter_map(|(name, _)| registry.id_of(name.as_str()))
             .collect();
         // Rules of the set before stay named too: a taint set under them
         // may be noticed after the swap.
@@ -368,11 +377,15 @@ impl Breakers {
     }
 
     /// Whether the DNS proxy must refuse the agent every name: it opened a
-    /// secret, or it is quarantined. Read from the kernel's maps.
+    /// secret, or it is quarantined. The taint is read from the kernel's
+    /// map (the kernel or the listener writes it before the secret's open
+    /// returns), and only for agents with secrets; the quarantine from the
+    /// engine, which is what puts it in the kernel. Most queries so cost no
+    /// system call.
     pub(super) fn held(&self, agent_id: AgentId) -> Option<Hold> {
-        if self.runtime.tainted(agent_id) {
+        if self.with_secrets.contains(&agent_id) && self.runtime.tainted(agent_id) {
             Some(Hold::Secret)
-        } else if self.runtime.quarantined(agent_id) {
+        } else if self.engine.action_of(agent_id) == Some(Action::Quarantine) {
             Some(Hold::Quarantine)
         } else {
             None

@@ -10,6 +10,8 @@
 //! writer never takes `PolicyService`.
 
 use super::*;
+use prometheus_client::metrics::counter::Counter;
+
 use crate::{explain::Explainer, metrics::Metrics, policy::compile::RuleRef};
 
 /// The daemon's one writer of audit records.
@@ -17,6 +19,11 @@ pub(super) struct AuditWriter {
     pub(super) sink: AuditTrail,
     explainer: Option<Explainer>,
     metrics: Arc<Metrics>,
+    /// The decision counters used so far, by agent, then control and
+    /// verdict: a flood of denials counts each without building labels.
+    /// Bounded by the agents in force (and those before them) times the
+    /// few controls and verdicts.
+    decision_counters: HashMap<String, HashMap<(&'static str, &'static str), Counter>>,
     decoder: Decoder,
 }
 
@@ -106,6 +113,7 @@ impl AuditWriter {
             sink,
             explainer,
             metrics,
+            decision_counters: HashMap::new(),
             decoder: Decoder {
                 naming: Arc::new(Naming::default()),
                 latest: Arc::default(),
@@ -143,11 +151,22 @@ impl AuditWriter {
     /// denied process its `spec.explain` line.
     pub(super) fn record(&mut self, mut record: AuditRecord) {
         if record.verdict != "info" {
-            self.metrics.record_decision(
-                record.agent.as_deref().unwrap_or(""),
-                record.control,
-                record.verdict,
-            );
+            let agent = record.agent.as_deref().unwrap_or("");
+            let labels = (record.control, record.verdict);
+            if let Some(counter) = self
+                .decision_counters
+                .get(agent)
+                .and_then(|by_labels| by_labels.get(&labels))
+            {
+                counter.inc();
+            } else {
+                let counter = self.metrics.decision_counter(agent, labels.0, labels.1);
+                counter.inc();
+                self.decision_counters
+                    .entry(agent.to_string())
+                    .or_default()
+                    .insert(labels, counter);
+            }
         }
         if let Err(error) = self.sink.write(&mut record) {
             tracing::error!(%error, "audit record lost");

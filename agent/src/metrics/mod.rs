@@ -404,13 +404,20 @@ impl Metrics {
     /// audit record carries (`egress`, `denied`, say). Lifecycle records
     /// are not decisions and are not counted.
     pub fn record_decision(&self, agent: &str, control: &str, verdict: &str) {
+        self.decision_counter(agent, control, verdict).inc();
+    }
+
+    /// The counter of decisions with these labels, for a caller that
+    /// counts many and keeps it (building the labels costs three
+    /// allocations and a lookup).
+    pub fn decision_counter(&self, agent: &str, control: &str, verdict: &str) -> Counter {
         self.decisions
             .get_or_create(&DecisionLabels {
                 agent: agent.to_owned(),
                 control: control.to_owned(),
                 verdict: verdict.to_owned(),
             })
-            .inc();
+            .clone()
     }
 
     /// Adds `count` events of `agent` lost to a full ring buffer.
