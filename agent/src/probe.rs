@@ -519,8 +519,8 @@ pub fn probe() -> ProbeReport {
                     None => "NOT enforced (Landlock is off)".to_string(),
                 },
                 match (fanotify.is_ok(), detects) {
-                    (true, true) => "fanotify fallback: deny-listed paths only, opens for read or write and exec are denied (a default deny applies only on watched paths); create, delete, rename, chmod and executable mappings are NOT enforced, only detected (tp_btf sys_enter/sys_exit), with a kill where the policy says onDetect: kill",
-                    (true, false) => "fanotify fallback: deny-listed paths only, opens for read or write and exec are denied; create, delete, rename, chmod and executable mappings are NOT enforced, and a default deny applies only on watched paths",
+                    (true, true) => "fanotify fallback: deny-listed paths only, opens for read or write and exec are denied (a default deny applies only on watched paths; a folder made in a denied folder is watched about a millisecond after it appears, unless files.fanotifyWholeMounts); create, delete, rename, chmod and executable mappings are NOT enforced, only detected (tp_btf sys_enter/sys_exit), with a kill where the policy says onDetect: kill",
+                    (true, false) => "fanotify fallback: deny-listed paths only, opens for read or write and exec are denied (a folder made in a denied folder is watched about a millisecond after it appears, unless files.fanotifyWholeMounts); create, delete, rename, chmod and executable mappings are NOT enforced, and a default deny applies only on watched paths",
                     (false, true) => "NOT enforced (no fanotify permission events): opens, execs, create, delete, rename, chmod and executable mappings are only detected (tp_btf sys_enter/sys_exit, sched_process_exec), with a kill where the policy says onDetect: kill",
                     (false, false) => "NOT enforced (no fanotify permission events, no detection programs)",
                 }
