@@ -11,7 +11,11 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 /// SHA-256 of one record's line, without its newline, in lower-case hex.
 pub fn line_hash(line: &[u8]) -> String {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
-    hex::encode(Sha256::digest(line))
+    // Into a buffer at once: `hex::encode` builds the string a char at a
+    // time, a few percent of the writer's time at 200,000 records a second.
+    let mut hex = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(line), &mut hex).expect("64 hex digits for 32 bytes");
+    String::from_utf8_lossy(&hex).into_owned()
 }
 
 /// The chain head: the last record written, by sequence number and hash.
