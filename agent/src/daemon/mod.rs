@@ -1373,6 +1373,10 @@ async fn serve(
         operator = settings.descriptors.limits.operator,
         "descriptor budget"
     );
+    // Whoever sees the socket may stop the daemon at once: from here on a
+    // SIGTERM is a clean shutdown (a signed head), never the default death.
+    let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let listener = server::bind(&settings.control_socket)?;
     let control = tokio::spawn(server::serve_with(
         listener,
@@ -1402,8 +1406,6 @@ async fn serve(
     let reloader = tokio::spawn(follow_sources(Arc::downgrade(&daemon), sources));
     tracing::info!(socket = %settings.control_socket.display(), audit_log = %settings.audit_log.display(), "ready");
 
-    let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let result = tokio::select! {
         result = drain_events(events, daemon.clone()) => result,
         _ = terminate.recv() => Ok(()),
