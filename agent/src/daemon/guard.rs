@@ -1,20 +1,105 @@
 //! Keeping the pins in place and checking, against the kernel, that every
 //! program is still attached.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::{
+    os::fd::{AsFd as _, AsRawFd, RawFd},
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+use nix::sys::inotify::{AddWatchFlags, AddWatchFlags as InotifyMask, InitFlags, Inotify};
 
 use super::*;
 use crate::kernel::pins::{Attachment, PinDamage, PinRepair};
 
-/// How often pins are checked: a removed pin is back well within a
-/// second. A check lists the two pin folders and compares inode numbers,
-/// so it costs a few system calls however many pins there are.
-const GUARD_INTERVAL: Duration = Duration::from_millis(250);
+/// How often, at the latest, every pin is listed and the kernel is asked
+/// whether each program is still attached (a call or two per program,
+/// some forty in all). A pin removed, renamed or pinned over is seen at
+/// once through inotify on the pin folders; this pass finds what inotify
+/// cannot report (a link detached with `bpftool link detach`, events lost
+/// to a full inotify queue). It is most of what an idle daemon does
+/// (`cargo xtask bench idle`).
+const GUARD_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Every how many pin checks the kernel is asked whether each program is
-/// still attached (a call or two per program, some forty in all): every
-/// 2 s. It is most of what an idle daemon does (`cargo xtask bench idle`).
-const ATTACHMENT_EVERY: u32 = 8;
+/// Changes in the pin folders wake the guard.
+const PIN_FOLDER_CHANGES: AddWatchFlags = AddWatchFlags::IN_CREATE
+    .union(AddWatchFlags::IN_DELETE)
+    .union(AddWatchFlags::IN_MOVED_FROM)
+    .union(AddWatchFlags::IN_MOVED_TO)
+    .union(AddWatchFlags::IN_DELETE_SELF)
+    .union(AddWatchFlags::IN_MOVE_SELF)
+    .union(AddWatchFlags::IN_ONLYDIR);
+
+/// The inotify instance watching the pin folders, registered with tokio.
+struct PinWatch(Inotify);
+
+impl AsRawFd for PinWatch {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl PinWatch {
+    /// Watches the pin directory and its `maps/` and `links/` folders.
+    /// Called again after every repair: a folder removed and made anew is
+    /// a new inode, which the old watch does not see.
+    fn watch(&self, pins: &Path) {
+        for folder in [pins.to_path_buf(), pins.join("maps"), pins.join("links")] {
+            // A folder that is missing is made again by the repair this
+            // change sets off, which then calls here again.
+            let _ = self.0.add_watch(&folder, PIN_FOLDER_CHANGES);
+        }
+    }
+
+    /// Reads every queued event. A folder moved away keeps its watch,
+    /// which is dropped here, so renaming the folders in a loop cannot
+    /// pile up watches.
+    fn drain(&self) {
+        while let Ok(events) = self.0.read_events() {
+            for event in events {
+                if event.mask.contains(InotifyMask::IN_MOVE_SELF) {
+                    let _ = self.0.rm_watch(event.wd);
+                }
+            }
+        }
+    }
+}
+
+/// The guard's inotify instance, or `None` (the periodic pass alone then
+/// keeps the pins) when the kernel refuses one.
+fn pin_watch(pins: &Path) -> Option<AsyncFd<PinWatch>> {
+    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+        .inspect_err(|error| {
+            tracing::warn!(%error, "no inotify for the pin folders: a removed pin is put back within {} s instead of at once", GUARD_INTERVAL.as_secs());
+        })
+        .ok()?;
+    // SAFETY: `PinWatch` owns the descriptor and the `AsyncFd` owns the
+    // `PinWatch`, so the descriptor outlives the registration.
+    let watch = unsafe { AsyncFd::register(PinWatch(inotify)) }.ok()?;
+    watch.get_ref().watch(pins);
+    Some(watch)
+}
+
+/// Waits for the next pass: the interval's tick (`true`: a full pass) or a
+/// change in the pin folders (`false`: the pins only).
+async fn next_pass(
+    interval: &mut tokio::time::Interval,
+    watch: Option<&AsyncFd<PinWatch>>,
+) -> bool {
+    let Some(watch) = watch else {
+        interval.tick().await;
+        return true;
+    };
+    tokio::select! {
+        _ = interval.tick() => true,
+        ready = watch.readable() => {
+            if let Ok(mut ready) = ready {
+                ready.get_inner().drain();
+                ready.clear_ready();
+            }
+            false
+        }
+    }
+}
 
 /// Puts back pins that were removed or replaced, and reports programs the
 /// kernel no longer runs: in the audit log, the metrics and `/readyz`
@@ -31,18 +116,21 @@ pub(super) async fn guard_pins(
 ) {
     let mut interval = tokio::time::interval(GUARD_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let watch = pin_watch(pins.path());
     // Programs reported detached, so each change is recorded once.
     let mut reported: BTreeMap<String, String> = BTreeMap::new();
-    let mut ticks: u32 = 0;
     loop {
-        interval.tick().await;
+        let full = next_pass(&mut interval, watch.as_ref()).await;
         let Some(daemon) = daemon.upgrade() else {
             return;
         };
         let repairs = pins.repair();
-        let check_attachment = ticks.is_multiple_of(ATTACHMENT_EVERY) || !repairs.is_empty();
-        ticks = ticks.wrapping_add(1);
-        if !check_attachment {
+        if !repairs.is_empty()
+            && let Some(watch) = &watch
+        {
+            watch.get_ref().watch(pins.path());
+        }
+        if !full && repairs.is_empty() {
             continue;
         }
         // A removed cgroup took its attachment with it.
