@@ -332,18 +332,37 @@ pub async fn serve_udp(
                     debug!(%peer, "DNS proxy: too many queries in flight, dropping one");
                     continue;
                 };
-                let query = buf[..len].to_vec();
+                let client = local.map(|local| Client { peer, local });
+                let step = proxy.answer_here(&buf[..len], Transport::Udp, client);
                 let socket = socket.clone();
                 let proxy = proxy.clone();
-                tasks.spawn(async move {
-                    let _permit = permit;
-                    let client = local.map(|local| Client { peer, local });
-                    if let Some(reply) = proxy.handle(&query, Transport::Udp, client).await
-                        && let Err(error) = socket.send_to(&reply, peer).await
-                    {
-                        debug!(%peer, %error, "DNS proxy: cannot send the reply");
+                match step {
+                    Step::Reply(None) => {}
+                    Step::Reply(Some(reply)) => match socket.try_send_to(&reply, peer) {
+                        Ok(_) => {}
+                        // A full send buffer: the reply waits in a task
+                        // instead of holding up every other query.
+                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                            tasks.spawn(async move {
+                                let _permit = permit;
+                                if let Err(error) = socket.send_to(&reply, peer).await {
+                                    debug!(%peer, %error, "DNS proxy: cannot send the reply");
+                                }
+                            });
+                        }
+                        Err(error) => debug!(%peer, %error, "DNS proxy: cannot send the reply"),
+                    },
+                    Step::Forward(pending) => {
+                        tasks.spawn(async move {
+                            let _permit = permit;
+                            if let Some(reply) = proxy.forward(pending).await
+                                && let Err(error) = socket.send_to(&reply, peer).await
+                            {
+                                debug!(%peer, %error, "DNS proxy: cannot send the reply");
+                            }
+                        });
                     }
-                });
+                }
             }
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => log_join(joined),
         }
@@ -619,19 +638,30 @@ impl Proxy {
         transport: Transport,
         client: Option<Client>,
     ) -> Option<Vec<u8>> {
+        match self.answer_here(bytes, transport, client) {
+            Step::Reply(reply) => reply,
+            Step::Forward(pending) => self.forward(pending).await,
+        }
+    }
+
+    /// Everything that needs no upstream: the policy decision, refusals
+    /// and answers from the cache. Synchronous, so the UDP loop answers
+    /// these itself, without a task and the thread wake-up one costs.
+    fn answer_here(&self, bytes: &[u8], transport: Transport, client: Option<Client>) -> Step {
+        let reply = |message: &Message| Step::Reply(encode(message));
         let query = match Message::from_vec(bytes) {
             Ok(query) => query,
-            Err(error) => return malformed_reply(bytes, &error),
+            Err(error) => return Step::Reply(malformed_reply(bytes, &error)),
         };
         // Never answer an answer: that could make two servers loop.
         if query.metadata.message_type != MessageType::Query {
-            return None;
+            return Step::Reply(None);
         }
         if query.metadata.op_code != OpCode::Query {
-            return encode(&error_reply(&query, ResponseCode::NotImp));
+            return reply(&error_reply(&query, ResponseCode::NotImp));
         }
         let [question] = query.queries.as_slice() else {
-            return encode(&error_reply(&query, ResponseCode::FormErr));
+            return reply(&error_reply(&query, ResponseCode::FormErr));
         };
         let name = presentation_name(&question.name);
         let query_type = question.query_type;
@@ -671,7 +701,7 @@ impl Proxy {
                     .refused(agent_id, &name, &query_type.to_string(), cookie, held);
                 if !audit {
                     debug!(%agent, %name, %query_type, ?held, "DNS proxy: refused");
-                    return encode(&refusal_reply(&query, &agent, &name, held));
+                    return reply(&refusal_reply(&query, &agent, &name, held));
                 }
                 rule_id.unwrap_or(RuleId::NONE)
             }
@@ -679,28 +709,68 @@ impl Proxy {
         // A zone transfer is a stream of messages, not one answer; agents
         // have no business asking for one.
         if matches!(query_type, RecordType::AXFR | RecordType::IXFR) {
-            return encode(&error_reply(&query, ResponseCode::NotImp));
+            return reply(&error_reply(&query, ResponseCode::NotImp));
         }
 
         let key = CacheKey::of(&query, question, &name);
-        let cached = self.cache.get(&key, Instant::now());
-        let from_cache = cached.is_some();
-        let mut response = match cached {
+        let pending = Pending {
+            query,
+            transport,
+            key,
+            agent_id,
+            agent,
+            rule_id,
+            name,
+        };
+        match self.cache.get(&pending.key, Instant::now()) {
             Some(mut response) => {
                 // The asker's own spelling of the name (resolvers vary
                 // its case against forgery, and check it comes back).
-                response.queries = query.queries.clone();
-                response
+                response.queries = pending.query.queries.clone();
+                Step::Reply(self.finish(&pending, response, true))
             }
-            None => match forward(&query, transport, &self.config).await {
-                Ok(response) => response,
-                Err(error) => {
-                    warn!(%agent, %name, %query_type, %error, "DNS proxy: forwarding failed");
-                    return encode(&error_reply(&query, ResponseCode::ServFail));
-                }
-            },
-        };
+            None => Step::Forward(Box::new(pending)),
+        }
+    }
+
+    /// Asks the upstream the question [`Proxy::answer_here`] could not
+    /// answer, and answers it.
+    async fn forward(&self, pending: Box<Pending>) -> Option<Vec<u8>> {
+        match forward(&pending.query, pending.transport, &self.config).await {
+            Ok(response) => self.finish(&pending, response, false),
+            Err(error) => {
+                let Pending {
+                    agent, name, query, ..
+                } = &*pending;
+                let query_type = query
+                    .queries
+                    .first()
+                    .map_or_else(String::new, |q| q.query_type.to_string());
+                warn!(%agent, %name, %query_type, %error, "DNS proxy: forwarding failed");
+                encode(&error_reply(query, ResponseCode::ServFail))
+            }
+        }
+    }
+
+    /// Learns an allowed answer's addresses (before the client can use
+    /// them), keeps a fresh answer in the cache, and encodes the reply.
+    fn finish(
+        &self,
+        pending: &Pending,
+        mut response: Message,
+        from_cache: bool,
+    ) -> Option<Vec<u8>> {
+        let Pending {
+            query,
+            transport,
+            key,
+            agent_id,
+            agent,
+            rule_id,
+            name,
+        } = pending;
         let received = Instant::now();
+        let question = query.queries.first()?;
         let addrs = answer_addresses(&response, &question.name, &self.config);
         let max_ttl = secs_u32(self.config.max_ttl);
         for record in &mut response.answers {
@@ -708,11 +778,11 @@ impl Proxy {
         }
         response.metadata.id = query.metadata.id;
         let Some(reply) = encode(&response) else {
-            return encode(&error_reply(&query, ResponseCode::ServFail));
+            return encode(&error_reply(query, ResponseCode::ServFail));
         };
 
         let limit = match transport {
-            Transport::Udp => udp_limit(&query),
+            Transport::Udp => udp_limit(query),
             Transport::Tcp => usize::from(u16::MAX),
         };
         if reply.len() > limit {
@@ -721,16 +791,36 @@ impl Proxy {
             return encode(&response.truncate());
         }
         if !addrs.is_empty()
-            && let Err(error) = self.learner.learn(agent_id, rule_id, &name, &addrs)
+            && let Err(error) = self.learner.learn(*agent_id, *rule_id, name, &addrs)
         {
             warn!(%agent, %name, %error, "DNS proxy: cannot allow the answer's addresses");
-            return encode(&error_reply(&query, ResponseCode::ServFail));
+            return encode(&error_reply(query, ResponseCode::ServFail));
         }
         if !from_cache {
-            self.cache.insert(key, &response, reply.len(), received);
+            self.cache
+                .insert(key.clone(), &response, reply.len(), received);
         }
         Some(reply)
     }
+}
+
+/// What [`Proxy::answer_here`] found.
+enum Step {
+    /// The reply (`None`: nothing is sent).
+    Reply(Option<Vec<u8>>),
+    /// The question goes to the upstream.
+    Forward(Box<Pending>),
+}
+
+/// A question the policy allows, on its way to the upstream.
+struct Pending {
+    query: Message,
+    transport: Transport,
+    key: CacheKey,
+    agent_id: AgentId,
+    agent: String,
+    rule_id: RuleId,
+    name: String,
 }
 
 /// FORMERR when at least the header can be read, otherwise silence.

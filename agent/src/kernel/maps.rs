@@ -963,6 +963,12 @@ impl DnsMaps {
         else {
             return Ok(Learned::Full);
         };
+        // The same answer again (from the proxy's cache, or another name
+        // of the same rule with no later expiry) changes nothing: one
+        // system call per address instead of two on the query's path.
+        if existing.as_ref() == Some(&value) {
+            return Ok(Learned::Allowed);
+        }
         self.learned
             .insert(key, value, 0)
             .map_err(map_error(map_names::LEARNED_ADDRS))?;
