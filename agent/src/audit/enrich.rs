@@ -12,6 +12,8 @@ use std::{
 
 use serde::Serialize;
 
+use super::redact::Redactor;
+
 /// One ancestor of the acting process.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct AuditAncestor {
@@ -72,9 +74,27 @@ pub struct ProcessCache {
     cgroup_misses: HashMap<u64, Instant>,
     /// The cgroup v2 mount point, once found.
     cgroup_root: Option<std::path::PathBuf>,
+    /// Redacts what procfs says as it is read, so a process's command
+    /// line runs through the patterns once, not once per record.
+    redactor: Option<Redactor>,
 }
 
 impl ProcessCache {
+    /// A cache whose every entry (executable and command line) is
+    /// redacted with `redactor` when it is read: see
+    /// [`AuditProcess::redacted`](super::record::AuditProcess::redacted).
+    pub fn redacting(redactor: Redactor) -> Self {
+        Self {
+            redactor: Some(redactor),
+            ..Self::default()
+        }
+    }
+
+    /// Whether what this cache hands out is redacted already.
+    pub fn redacts(&self) -> bool {
+        self.redactor.is_some()
+    }
+
     /// What procfs says about `tgid`, from the cache while it is fresh.
     pub(crate) fn lookup(&mut self, tgid: u32) -> ProcessInfo {
         if let Some((at, info)) = self.entries.get(&tgid)
@@ -82,7 +102,17 @@ impl ProcessCache {
         {
             return info.clone();
         }
-        let info = read_process(tgid);
+        let mut info = read_process(tgid);
+        if let Some(redactor) = &self.redactor {
+            if let Some(exe) = &mut info.exe
+                && let Some(clean) = redactor.redact_str(exe)
+            {
+                *exe = clean;
+            }
+            if let Some(cmdline) = &mut info.cmdline {
+                redactor.redact_args(cmdline);
+            }
+        }
         if info.exe.is_some() || info.ppid.is_some() {
             if self.entries.len() >= PROCESS_CACHE_LIMIT {
                 self.entries.clear();
@@ -286,6 +316,33 @@ mod tests {
         // No such process: nothing, and no error.
         let gone = read_process(u32::MAX);
         assert!(gone.exe.is_none() && gone.ppid.is_none() && gone.cgroup.is_none());
+    }
+
+    #[test]
+    fn a_redacting_cache_hands_out_redacted_command_lines() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30", "sh", "--password", "hunter2"])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut plain = ProcessCache::default();
+        let mut redacting = ProcessCache::redacting(Redactor::new(true, &[]).unwrap());
+        assert!(!plain.redacts() && redacting.redacts());
+        let raw = plain.lookup(pid).cmdline.unwrap_or_default();
+        let redacted = redacting.lookup(pid).cmdline.unwrap_or_default();
+        // From the cache the second time, redacted still.
+        let again = redacting.lookup(pid).cmdline.unwrap_or_default();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(raw.iter().any(|arg| arg == "hunter2"), "{raw:?}");
+        assert!(
+            !redacted.iter().any(|arg| arg.contains("hunter2"))
+                && redacted
+                    .iter()
+                    .any(|arg| arg.contains(super::super::redact::MARK)),
+            "{redacted:?}"
+        );
+        assert_eq!(again, redacted);
     }
 
     #[test]

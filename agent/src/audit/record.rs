@@ -191,6 +191,12 @@ pub struct AuditProcess {
     /// process, as far as procfs (or the cache) still knew them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ancestors: Vec<AuditAncestor>,
+    /// Whether `exe` and `cmdline`, the ancestors' too, were redacted
+    /// where they were read (the event drain's process cache), so the
+    /// audit trail need not run the patterns over them again. Not part of
+    /// the record.
+    #[serde(skip)]
+    pub redacted: bool,
 }
 
 impl AuditProcess {
@@ -232,6 +238,7 @@ impl AuditProcess {
             cgroup: info.cgroup,
             agent_root_pid: root,
             ancestors,
+            redacted: false,
         }
     }
 }
@@ -707,6 +714,7 @@ impl AuditRecord {
                 cgroup: processes.cgroup_path(header.cgroup_id, info.cgroup.as_deref()),
                 agent_root_pid: header.root_tgid,
                 ancestors,
+                redacted: processes.redacts(),
             }),
             checkpoint: None,
         })

@@ -237,7 +237,9 @@ impl Redactor {
             AuditObject::Message { message } => fix(message),
             _ => {}
         }
-        if let Some(process) = &mut record.process {
+        if let Some(process) = &mut record.process
+            && !process.redacted
+        {
             if let Some(exe) = &mut process.exe {
                 fix(exe);
             }

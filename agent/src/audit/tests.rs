@@ -468,6 +468,7 @@ fn secrets_never_reach_the_file() {
         cgroup: None,
         agent_root_pid: 1,
         ancestors: Vec::new(),
+        redacted: false,
     });
     trail.write(&mut record).unwrap();
     let hub = trail.hub();

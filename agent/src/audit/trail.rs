@@ -560,6 +560,11 @@ impl AuditTrail {
         Ok(trail)
     }
 
+    /// The redaction this trail applies to every record it writes.
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
     /// Redacts `record`, gives it its sequence number and the previous
     /// record's hash, appends it as one line and publishes it; writes a
     /// checkpoint after it when one is due.

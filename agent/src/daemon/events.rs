@@ -66,7 +66,16 @@ pub(super) async fn drain_events(events: EventRing, daemon: Arc<Daemon>) -> anyh
     // the descriptor outlives the registration.
     let mut events = unsafe { AsyncFd::register(events) }.map_err(|e| e.into_parts().1)?;
     let clock = Clock::new();
-    let mut processes = ProcessCache::default();
+    // The writer redacts every record; processes the drain reads are
+    // redacted once, as they enter its cache.
+    let redactor = daemon
+        .writer
+        .lock()
+        .map_err(|_| anyhow::anyhow!("audit writer lock poisoned"))?
+        .sink
+        .redactor()
+        .clone();
+    let mut processes = ProcessCache::redacting(redactor);
     let mut waiter = RingWaiter::default();
     let mut last = Drained {
         more: true,
