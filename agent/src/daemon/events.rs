@@ -76,6 +76,10 @@ pub(super) async fn drain_events(events: EventRing, daemon: Arc<Daemon>) -> anyh
         .redactor()
         .clone();
     let mut processes = ProcessCache::redacting(redactor);
+    // Kept from batch to batch: a batch's records take some hundreds of
+    // kilobytes, and allocating (and growing) that anew for every batch
+    // made the allocator's work a good part of the drain's.
+    let mut decoded = Vec::with_capacity(DRAIN_BATCH);
     let mut waiter = RingWaiter::default();
     let mut last = Drained {
         more: true,
@@ -83,7 +87,13 @@ pub(super) async fn drain_events(events: EventRing, daemon: Arc<Daemon>) -> anyh
     };
     loop {
         waiter.wait(&mut events, last).await?;
-        last = drain_batch(events.get_mut(), &daemon, &clock, &mut processes);
+        last = drain_batch(
+            events.get_mut(),
+            &daemon,
+            &clock,
+            &mut processes,
+            &mut decoded,
+        );
     }
 }
 
@@ -244,6 +254,7 @@ fn drain_batch(
     daemon: &Arc<Daemon>,
     clock: &Clock,
     processes: &mut ProcessCache,
+    decoded: &mut Vec<(AuditRecord, u64)>,
 ) -> Drained {
     // Decoding (which reads /proc for every process it has not seen) takes
     // no lock: only the names in force, copied out for a moment.
@@ -252,7 +263,7 @@ fn drain_batch(
         .lock()
         .expect("audit writer lock poisoned")
         .decoder();
-    let mut decoded = Vec::new();
+    decoded.clear();
     let mut read = 0;
     while read < DRAIN_BATCH
         && let Some(item) = ring.read_next()
@@ -268,7 +279,7 @@ fn drain_batch(
     let mut writer = daemon.writer.lock().expect("audit writer lock poisoned");
     // One write for what the batch holds, not one per record.
     writer.sink.begin_batch();
-    for (record, after) in decoded {
+    for (record, after) in decoded.drain(..) {
         writer.record(record);
         // A batch is written whole before the trail would write part of
         // it early: written in parts, a batch killed midway would be read
