@@ -405,10 +405,18 @@ impl PinDir {
             path: pending.clone(),
             source,
         })?;
-        std::fs::rename(&pending, &live).map_err(io_error(&live))?;
-        // The daemon's own descriptor, opened from the pin before aya's
-        // is closed, keeps the link attached whatever happens to the pin.
-        self.hold(&format!("links/{program}"))?;
+        {
+            // The rename and the new hold happen under the lock the pin
+            // guard checks under: between them the guard (which the
+            // rename itself wakes, through inotify) would take the new
+            // link for a stranger's, put the old one back over it and
+            // record a tampering that never happened.
+            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            std::fs::rename(&pending, &live).map_err(io_error(&live))?;
+            // The daemon's own descriptor, opened from the pin before aya's
+            // is closed, keeps the link attached whatever happens to the pin.
+            self.hold_in(&mut held, &format!("links/{program}"))?;
+        }
         drop(FdLink::from(pinned));
         self.pinned_links
             .lock()
@@ -523,6 +531,12 @@ impl PinDir {
     /// Opens and keeps the object pinned at `pin` (`maps/NAME`,
     /// `links/PROGRAM`).
     fn hold(&self, pin: &str) -> Result<(), PinError> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        self.hold_in(&mut held, pin)
+    }
+
+    /// [`PinDir::hold`] with the held objects' lock already taken.
+    fn hold_in(&self, held: &mut BTreeMap<String, Held>, pin: &str) -> Result<(), PinError> {
         let path = self.path.join(pin);
         let hold_error = |source| PinError::Hold {
             path: path.clone(),
@@ -533,18 +547,15 @@ impl PinDir {
         let pin_inode = pin_inode(&path);
         let fd = bpfsys::obj_get(&path).map_err(hold_error)?;
         let info = bpfsys::obj_info(fd.as_fd()).map_err(hold_error)?;
-        self.held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                pin.to_string(),
-                Held {
-                    fd,
-                    id: info.id,
-                    prog_id: info.prog_id,
-                    pin_inode,
-                },
-            );
+        held.insert(
+            pin.to_string(),
+            Held {
+                fd,
+                id: info.id,
+                prog_id: info.prog_id,
+                pin_inode,
+            },
+        );
         Ok(())
     }
 
