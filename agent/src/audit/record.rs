@@ -16,7 +16,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 pub use super::enrich::AuditAncestor;
-use super::enrich::ProcessCache;
+use super::{enrich::ProcessCache, redact::Redactor};
 use crate::ids::{AgentId, RuleId};
 
 /// Schema identifier written in every record.
@@ -239,6 +239,43 @@ impl AuditProcess {
             agent_root_pid: root,
             ancestors,
             redacted: false,
+        }
+    }
+}
+
+impl AuditRecord {
+    /// Redacts every free-text field that may carry a secret: command
+    /// lines, executables and paths of the process and its ancestors, the
+    /// object's path and message. A process whose fields were redacted
+    /// where they were read ([`AuditProcess::redacted`]) is left as it is.
+    pub fn redact(&mut self, redactor: &Redactor) {
+        let fix = |text: &mut String| {
+            if let Some(clean) = redactor.redact_str(text) {
+                *text = clean;
+            }
+        };
+        match &mut self.object {
+            AuditObject::File { path, .. } => fix(path),
+            AuditObject::Message { message } => fix(message),
+            _ => {}
+        }
+        if let Some(process) = &mut self.process
+            && !process.redacted
+        {
+            if let Some(exe) = &mut process.exe {
+                fix(exe);
+            }
+            if let Some(cmdline) = &mut process.cmdline {
+                redactor.redact_args(cmdline);
+            }
+            for ancestor in &mut process.ancestors {
+                if let Some(exe) = &mut ancestor.exe {
+                    fix(exe);
+                }
+                if let Some(cmdline) = &mut ancestor.cmdline {
+                    redactor.redact_args(cmdline);
+                }
+            }
         }
     }
 }

@@ -10,8 +10,6 @@
 
 use regex::{Regex, RegexSet};
 
-use super::record::{AuditObject, AuditRecord};
-
 /// What a secret is replaced with.
 pub const MARK: &str = "[REDACTED]";
 
@@ -220,40 +218,6 @@ impl Redactor {
                 *arg = out;
             }
             start = end + 1;
-        }
-    }
-
-    /// Redacts every free-text field of `record` that may carry a secret:
-    /// command lines, executables and paths of the process and its
-    /// ancestors, the object's path and message.
-    pub fn redact_record(&self, record: &mut AuditRecord) {
-        let fix = |text: &mut String| {
-            if let Some(clean) = self.redact_str(text) {
-                *text = clean;
-            }
-        };
-        match &mut record.object {
-            AuditObject::File { path, .. } => fix(path),
-            AuditObject::Message { message } => fix(message),
-            _ => {}
-        }
-        if let Some(process) = &mut record.process
-            && !process.redacted
-        {
-            if let Some(exe) = &mut process.exe {
-                fix(exe);
-            }
-            if let Some(cmdline) = &mut process.cmdline {
-                self.redact_args(cmdline);
-            }
-            for ancestor in &mut process.ancestors {
-                if let Some(exe) = &mut ancestor.exe {
-                    fix(exe);
-                }
-                if let Some(cmdline) = &mut ancestor.cmdline {
-                    self.redact_args(cmdline);
-                }
-            }
         }
     }
 }

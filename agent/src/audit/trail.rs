@@ -575,7 +575,7 @@ impl AuditTrail {
     /// and a gap record in the chain says how many were lost and why.
     /// Neither is an error: [`AuditTrail::health`] tells.
     pub fn write(&mut self, record: &mut AuditRecord) -> Result<(), AuditError> {
-        self.redactor.redact_record(record);
+        record.redact(&self.redactor);
         if !self.append(record, false) {
             return Ok(());
         }

@@ -54,10 +54,10 @@ impl PinWatch {
     /// which is dropped here, so renaming the folders in a loop cannot
     /// pile up watches.
     fn drain(&self) {
-        while let Ok(events) = self.0.read_events() {
-            for event in events {
-                if event.mask.contains(InotifyMask::IN_MOVE_SELF) {
-                    let _ = self.0.rm_watch(event.wd);
+        while let Ok(changes) = self.0.read_events() {
+            for change in changes {
+                if change.mask.contains(InotifyMask::IN_MOVE_SELF) {
+                    let _ = self.0.rm_watch(change.wd);
                 }
             }
         }
